@@ -1,0 +1,70 @@
+"""Evaluation of every run of a group on every task's test set, class-IL and task-IL at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbones import BatchedBackbone, Params
+from .data.benchmarks import ContinualData, prepare_inputs
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of R runs after some task. Accuracies in %, arrays with a leading run axis."""
+
+    class_il_correct: np.ndarray  # (R, T) int: argmax over all K classes
+    task_il_correct: np.ndarray  # (R, T) int: argmax over the evaluated task's classes
+    test_counts: np.ndarray  # (T,) int
+    class_correct: np.ndarray  # (R, K) int, class-IL
+    class_counts: np.ndarray  # (K,) int
+    confidence: np.ndarray  # (R, K, K): mean softmax vector (class-IL) over the test samples of each true class
+
+    @property
+    def class_il(self) -> np.ndarray:
+        return 100.0 * self.class_il_correct / self.test_counts
+
+    @property
+    def task_il(self) -> np.ndarray:
+        return 100.0 * self.task_il_correct / self.test_counts
+
+    @property
+    def per_class_accuracy(self) -> np.ndarray:
+        return 100.0 * self.class_correct / np.maximum(self.class_counts, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, chunk_size: int = 2048
+) -> Evaluation:
+    """Evaluate R stacked networks (eval mode) on all test sets; inputs are shared by the runs."""
+    k, t_count = data.n_classes, data.n_tasks
+    device = data.device
+    cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
+    til = torch.zeros_like(cil)
+    class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
+    prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
+    for t, idx in enumerate(data.test_task_idx):
+        outside_task = data.class_task != t
+        for start in range(0, len(idx), chunk_size):
+            rows = idx[start : start + chunk_size]
+            y = data.test_y[rows]
+            x = prepare_inputs(data.test_x[rows], data.spec)
+            logits, _ = net.forward(params, buffers, x.unsqueeze(0).expand(n_runs, *x.shape), train=False)
+            hit = logits.argmax(-1) == y
+            cil[:, t] += hit.sum(1)
+            til[:, t] += (logits.masked_fill(outside_task, float("-inf")).argmax(-1) == y).sum(1)
+            class_correct.index_add_(1, y, hit.to(torch.int64))
+            prob_sums.index_add_(1, y, logits.softmax(-1).to(torch.float64))
+    counts = np.array([len(i) for i in data.test_task_idx], dtype=np.int64)
+    class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
+    return Evaluation(
+        class_il_correct=cil.cpu().numpy(),
+        task_il_correct=til.cpu().numpy(),
+        test_counts=counts,
+        class_correct=class_correct.cpu().numpy(),
+        class_counts=class_counts,
+        confidence=(prob_sums / torch.from_numpy(np.maximum(class_counts, 1)).to(device).view(1, k, 1)).cpu().numpy(),
+    )

@@ -1,0 +1,11 @@
+"""Fine-tuning: cross-entropy on the incoming batch only (the lower bound)."""
+
+from ..step import Step
+from .base import Method, MethodOutput
+
+
+class SGD(Method):
+    name = "sgd"
+
+    def loss_terms(self, step: Step) -> MethodOutput:
+        return MethodOutput({"ce": step.cross_entropy(step.forward(step.stream), step.stream)})

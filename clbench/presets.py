@@ -1,0 +1,75 @@
+"""Hyperparameter presets: Mammoth's best arguments from the DER paper (../shared/reference).
+
+A preset is looked up per (benchmark, method, buffer). Where the table has no row, a documented
+fallback is used and the resolution says so in its notes, which become part of the run's record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# (benchmark, method) -> {buffer: (lr, minibatch, alpha, beta)}; buffer 0 = no buffer.
+_T = tuple[float, int | None, float | None, float | None]
+PRESETS: dict[tuple[str, str], dict[int, _T]] = {
+    ("seq-mnist", "sgd"): {0: (0.03, None, None, None)},
+    ("seq-mnist", "er"): {200: (0.01, 10, None, None), 500: (0.1, 10, None, None), 5120: (0.1, 10, None, None)},
+    ("seq-mnist", "der"): {200: (0.03, 10, 0.2, None), 500: (0.03, 128, 1.0, None), 5120: (0.1, 128, 0.5, None)},
+    ("seq-mnist", "derpp"): {200: (0.03, 128, 0.2, 1.0), 500: (0.03, 10, 1.0, 0.5), 5120: (0.1, 64, 0.2, 0.5)},
+    ("seq-cifar10", "sgd"): {0: (0.1, None, None, None)},
+    ("seq-cifar10", "er"): {b: (0.1, 32, None, None) for b in (200, 500, 5120)},
+    ("seq-cifar10", "der"): {b: (0.03, 32, 0.3, None) for b in (200, 500, 5120)},
+    ("seq-cifar10", "derpp"): {200: (0.03, 32, 0.1, 0.5), 500: (0.03, 32, 0.2, 0.5), 5120: (0.03, 32, 0.1, 1.0)},
+    ("seq-tinyimg", "sgd"): {0: (0.03, None, None, None)},
+    ("seq-tinyimg", "er"): {200: (0.1, 32, None, None), 500: (0.03, 32, None, None), 5120: (0.1, 32, None, None)},
+    ("seq-tinyimg", "der"): {b: (0.03, 32, 0.1, None) for b in (200, 500, 5120)},
+    ("seq-tinyimg", "derpp"): {200: (0.03, 32, 0.1, 1.0), 500: (0.03, 32, 0.2, 0.5), 5120: (0.03, 32, 0.1, 0.5)},
+    ("seq-cifar100", "sgd"): {0: (0.03, 32, None, None)},
+    ("seq-cifar100", "er"): {b: (0.1, 32, None, None) for b in (200, 500, 2000, 5120)},
+    ("seq-cifar100", "der"): {b: (0.03, 32, 0.3, None) for b in (500, 2000)},
+    ("seq-cifar100", "derpp"): {b: (0.03, 32, 0.1, 0.5) for b in (200, 500, 2000, 5120)},
+    ("seq-cifar100", "er_ace"): {b: (0.03, 32, None, None) for b in (500, 2000)},
+}
+
+# Benchmarks without published presets borrow another's, and the notes say so.
+PRESET_SOURCE = {"seq-fmnist": "seq-mnist", "synthetic": "seq-mnist"}
+# Methods without a row borrow another method's lr/minibatch, and the notes say so.
+METHOD_FALLBACK = {"er_ace": "er", "joint": "sgd"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    lr: float
+    minibatch_size: int | None
+    alpha: float | None
+    beta: float | None
+    source: str  # e.g. "seq-mnist/derpp/buffer 200"
+    notes: tuple[str, ...]
+
+
+def lookup_preset(benchmark: str, method: str, buffer_size: int) -> Preset:
+    notes: list[str] = []
+    table_bench = PRESET_SOURCE.get(benchmark, benchmark)
+    if table_bench != benchmark:
+        notes.append(f"{benchmark} has no published presets: using the {table_bench} ones")
+    table_method = method
+    if (table_bench, method) not in PRESETS:
+        table_method = METHOD_FALLBACK.get(method, method)
+        if (table_bench, table_method) not in PRESETS:
+            raise ValueError(f"no hyperparameter preset for {method} on {benchmark}: pass lr explicitly")
+        notes.append(f"no {method} preset for {table_bench}: using the {table_method} row")
+    rows = PRESETS[(table_bench, table_method)]
+    if 0 in rows:
+        key = 0
+    elif buffer_size in rows:
+        key = buffer_size
+    elif buffer_size < 200 and 200 in rows:
+        key = 200
+        notes.append(f"buffer {buffer_size} (< 200) has no preset: using the buffer-200 row")
+    else:
+        # Nearest listed buffer on a log scale (e.g. 1000 -> 500, 3000 -> 5120).
+        key = min(rows, key=lambda b: abs(math.log(b) - math.log(max(buffer_size, 1))))
+        notes.append(f"buffer {buffer_size} has no preset: using the nearest listed buffer, {key}")
+    lr, mb, alpha, beta = rows[key]
+    source = f"{table_bench}/{table_method}" + (f"/buffer {key}" if key else "")
+    return Preset(lr, mb, alpha, beta, source, tuple(notes))

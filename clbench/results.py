@@ -1,0 +1,85 @@
+"""What a run yields: its resolved config, the accuracy matrices and everything measured."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ResolvedConfig
+from .metrics import summarize
+
+
+@dataclass(frozen=True)
+class RunResult:
+    config: ResolvedConfig
+    class_il: np.ndarray  # (T, T) % : A[i][j], accuracy on task j after training task i
+    task_il: np.ndarray  # (T, T) %
+    class_il_correct: np.ndarray  # (T, T) int
+    task_il_correct: np.ndarray  # (T, T) int
+    test_counts: np.ndarray  # (T,) int: test samples per task
+    per_class_accuracy: np.ndarray  # (T, K) %, class-IL, after each task
+    confidence: np.ndarray  # (T, K, K): after task i, mean softmax vector of each true class's test samples
+    train_loss: dict[str, np.ndarray]  # term -> (T,) mean per step over the task ("total" = sum of terms)
+    train_s: np.ndarray  # (T,) wall seconds the whole group spent training each task
+    eval_s: np.ndarray  # (T,) wall seconds the whole group spent evaluating after each task
+    group_size: int  # runs that trained in lockstep with this one (times above are shared)
+    device: str
+    versions: dict[str, str]
+    class_names: tuple[str, ...] = field(default=())
+
+    @property
+    def run_id(self) -> str:
+        return self.config.identity()
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return summarize(self.class_il, self.task_il)
+
+    @property
+    def wall_s(self) -> float:
+        """This run's share of its group's wall time (group time / group size)."""
+        return float((self.train_s.sum() + self.eval_s.sum()) / self.group_size)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: arrays as nested lists."""
+        return {
+            "run_id": self.run_id,
+            "config": self.config.to_dict(),
+            "class_il": self.class_il.tolist(),
+            "task_il": self.task_il.tolist(),
+            "class_il_correct": self.class_il_correct.tolist(),
+            "task_il_correct": self.task_il_correct.tolist(),
+            "test_counts": self.test_counts.tolist(),
+            "per_class_accuracy": self.per_class_accuracy.tolist(),
+            "confidence": self.confidence.tolist(),
+            "train_loss": {k: v.tolist() for k, v in self.train_loss.items()},
+            "train_s": self.train_s.tolist(),
+            "eval_s": self.eval_s.tolist(),
+            "group_size": self.group_size,
+            "device": self.device,
+            "versions": dict(self.versions),
+            "class_names": list(self.class_names),
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResult":
+        a = np.asarray
+        return cls(
+            config=ResolvedConfig.from_dict(d["config"]),
+            class_il=a(d["class_il"], dtype=np.float64),
+            task_il=a(d["task_il"], dtype=np.float64),
+            class_il_correct=a(d["class_il_correct"], dtype=np.int64),
+            task_il_correct=a(d["task_il_correct"], dtype=np.int64),
+            test_counts=a(d["test_counts"], dtype=np.int64),
+            per_class_accuracy=a(d["per_class_accuracy"], dtype=np.float64),
+            confidence=a(d["confidence"], dtype=np.float64),
+            train_loss={k: a(v, dtype=np.float64) for k, v in d["train_loss"].items()},
+            train_s=a(d["train_s"], dtype=np.float64),
+            eval_s=a(d["eval_s"], dtype=np.float64),
+            group_size=int(d["group_size"]),
+            device=d["device"],
+            versions=dict(d["versions"]),
+            class_names=tuple(d.get("class_names", ())),
+        )

@@ -1,0 +1,113 @@
+"""What a method sees of one training step: the batches, the network and the loss layer.
+
+The loss layer is where the general masked softmax is applied, for every method alike: a method
+asks for ``step.cross_entropy(logits, batch)`` and the trainer's per-run mask specs decide which
+rows are masked (stream rows, buffer rows or both) and with which value. Methods never mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .masking import MaskSpec, masked_cross_entropy, task_active_mask
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows for every run of a group; inputs already augmented and normalised."""
+
+    x: torch.Tensor  # (R, N, C, H, W) float
+    y: torch.Tensor  # (R, N) int64
+    task: torch.Tensor  # (R, N) int64: the task each row's class belongs to
+    from_buffer: torch.Tensor  # (N,) bool: replayed (True) or incoming stream (False) rows
+    valid: torch.Tensor | None = None  # (R, N) float 1/0; None = all rows valid
+    logits: torch.Tensor | None = None  # (R, N, K) logits stored with buffer rows (DER)
+
+    def __len__(self) -> int:
+        return self.y.shape[1]
+
+
+def concat(a: Batch, b: Batch) -> Batch:
+    """Rows of ``a`` then rows of ``b`` (e.g. ER's stream batch + buffer minibatch)."""
+
+    def cat(u, v, fill):
+        if u is None and v is None:
+            return None
+        u = u if u is not None else torch.full(a.y.shape, fill, device=a.y.device)
+        v = v if v is not None else torch.full(b.y.shape, fill, device=b.y.device)
+        return torch.cat([u, v], dim=1)
+
+    return Batch(
+        x=torch.cat([a.x, b.x], dim=1),
+        y=torch.cat([a.y, b.y], dim=1),
+        task=torch.cat([a.task, b.task], dim=1),
+        from_buffer=torch.cat([a.from_buffer, b.from_buffer]),
+        valid=cat(a.valid, b.valid, 1.0),
+        logits=None,
+    )
+
+
+def per_run_mean(per_row: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over each run's valid rows: (R, N) -> (R,). Zero for a run with no valid row."""
+    if valid is None:
+        return per_row.mean(dim=1)
+    return (per_row * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
+
+
+class LossLayer:
+    """The trainer's loss functions, with each run's mask spec applied."""
+
+    def __init__(self, masks: Sequence[MaskSpec], class_task: torch.Tensor):
+        device = class_task.device
+        self.class_task = class_task
+        self.any_masked = any(m.enabled for m in masks)
+        # Unmasked runs get m = 0, never used: every class is active for their rows.
+        self.mask_value = torch.tensor([m.value if m.enabled else 0.0 for m in masks], device=device).view(-1, 1)
+        self.on_stream = torch.tensor([m.on_stream for m in masks], device=device).view(-1, 1)
+        self.on_buffer = torch.tensor([m.on_buffer for m in masks], device=device).view(-1, 1)
+
+    def cross_entropy(self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-run mean cross-entropy (R,), general masked softmax on the rows the specs select.
+
+        ``inactive`` (broadcastable to logits, bool) lets a method exclude classes by its own rule
+        (ER-ACE): those logits become -inf, no gradient, before the general mask is applied.
+        """
+        z = logits if inactive is None else logits.masked_fill(inactive, float("-inf"))
+        if self.any_masked:
+            masked_rows = torch.where(batch.from_buffer, self.on_buffer, self.on_stream)  # (R, N)
+            active = task_active_mask(batch.task, self.class_task) | ~masked_rows.unsqueeze(-1)
+            per_row = masked_cross_entropy(z, batch.y, active, self.mask_value, reduction="none", validate=False)
+        else:
+            per_row = F.cross_entropy(z.flatten(0, 1), batch.y.flatten(), reduction="none").view(batch.y.shape)
+        return per_run_mean(per_row, batch.valid)
+
+    @staticmethod
+    def logit_mse(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-run mean squared error to the stored logits (R,); never masked (DER's targets are raw)."""
+        if batch.logits is None:
+            raise ValueError("logit_mse needs a batch drawn from a buffer that stores logits")
+        return per_run_mean((logits - batch.logits).pow(2).mean(dim=-1), batch.valid)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One training step of a lockstep group, as handed to ``Method.loss_terms``."""
+
+    task: int  # the task being trained (0-based)
+    stream: Batch
+    replay: tuple[Batch, ...]  # the method's independent buffer draws; empty while none is made
+    alpha: torch.Tensor  # (R,)
+    beta: torch.Tensor  # (R,)
+    seen_classes: torch.Tensor  # (R, K) bool: classes seen in the stream so far, this batch included
+    forward: Callable[[Batch], torch.Tensor]  # batch -> logits (R, N, K), training mode
+    loss: LossLayer
+
+    def cross_entropy(self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss.cross_entropy(logits, batch, inactive)
+
+    def logit_mse(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.loss.logit_mse(logits, batch)
