@@ -72,6 +72,8 @@ class BatchedResNet18:
     Buffers: ``{bn}.running_mean`` / ``{bn}.running_var`` ``(R, C)`` for every BatchNorm ``{bn}``.
     """
 
+    row_independent = False  # BatchNorm: a row's output depends on its batch
+
     def __init__(self, n_classes: int, in_channels: int = 3, width: int = 64):
         self.n_classes = n_classes
         self.in_channels = in_channels

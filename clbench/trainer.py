@@ -10,9 +10,11 @@ The whole training step is ``_train_step``; the rest is bookkeeping around it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import draw_crop_flip
 from .backbones import BatchedBackbone, BatchedMLP, Params
-from .buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
+from .buffer import BufferDraw, ReservoirBuffer, reservoir_slots, sample_without_replacement
 from .config import ResolvedConfig, RunConfig
 from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs
 from .evaluation import Evaluation, evaluate
@@ -52,6 +54,33 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+class PhaseTimes:
+    """Opt-in wall-clock split of ``train_group`` by phase (``train_group(..., phases=PhaseTimes())``),
+    for ``benchmarks/efficiency.py``. Each phase synchronises a CUDA device at its edges, so this
+    perturbs GPU timing a little; without it the trainer times nothing but whole tasks."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.cuda = torch.device(device).type == "cuda"
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] += time.perf_counter() - t0
+
+
+_UNTIMED = contextlib.nullcontext()
+
+
+def _untimed(name: str) -> contextlib.AbstractContextManager:
+    return _UNTIMED
+
+
 class RunRandomness:
     """A run's independent random streams, all derived from its seed alone."""
 
@@ -74,7 +103,10 @@ def make_backbone(cfg: ResolvedConfig, data: ContinualData) -> BatchedBackbone:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unsupported device {str(device)!r}: valid devices are cpu, cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available: valid devices here are cpu")
     if dev.type not in ("cpu", "cuda"):
@@ -103,26 +135,57 @@ class _NetState:
         return logits
 
 
+class _StepForward:
+    """``Step.forward`` for one step.
+
+    With a row-independent backbone (no batch statistics: the MLP), the first call forwards all
+    the step's batches (stream and replay draws, whose inputs are consecutive slices of ``x``) as
+    one batch and every call returns its batch's rows: one large GEMM per layer instead of one per
+    batch (DER++: 3), the same logits. Any other batch (ER's concatenation) is forwarded alone.
+    """
+
+    def __init__(self, state: _NetState, x: torch.Tensor, batches: Sequence[Batch]):
+        self.state, self.x, self.batches = state, x, batches
+        self.joint = getattr(state.net, "row_independent", False) and len(batches) > 1
+        self.logits: tuple[torch.Tensor, ...] | None = None
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.joint:
+            for i, b in enumerate(self.batches):
+                if b is batch:
+                    if self.logits is None:
+                        logits, _ = self.state.net.forward(self.state.params, self.state.buffers, self.x, train=True)
+                        self.logits = logits.split([len(b) for b in self.batches], dim=1)
+                    return self.logits[i]
+        return self.state.forward(batch)
+
+
 def _fresh(params: Params, grad: bool) -> Params:
     return {k: v.detach().clone().requires_grad_(grad) for k, v in params.items()}
 
 
 def _train_step(
-    method: Method, state: _NetState, step: Step, lr: torch.Tensor, buffer: ReservoirBuffer | None, slots: torch.Tensor | None, x_raw: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """One step for every run: loss terms -> one backward -> per-run SGD -> buffer insertion."""
-    out = method.loss_terms(step)
-    total = torch.stack(list(out.terms.values())).sum(0)  # (R,)
-    # Summing the runs' losses gives each run's parameters exactly its own gradient.
-    names = list(state.params)
-    grads = torch.autograd.grad(total.sum(), [state.params[n] for n in names])
-    with torch.no_grad():
-        for n, g in zip(names, grads):
-            p = state.params[n]
-            p.sub_(g * lr.view(-1, *([1] * (p.dim() - 1))))  # plain SGD, lr per run
+    method: Method, state: _NetState, step: Step, lr: dict[str, torch.Tensor], buffer: ReservoirBuffer | None,
+    slots: torch.Tensor | None, x_raw: torch.Tensor, phase: Callable[[str], contextlib.AbstractContextManager],
+) -> tuple[tuple[str, ...], torch.Tensor]:
+    """One step for every run: loss terms -> one backward -> per-run SGD -> buffer insertion.
+
+    Returns the loss terms' names and the terms and their total, stacked ``(n_terms + 1, R)``.
+    """
+    with phase("forward and loss"):
+        out = method.loss_terms(step)
+        terms = torch.stack(list(out.terms.values()))  # (n_terms, R)
+        total = terms.sum(0)
+    with phase("backward"):
+        # Summing the runs' losses gives each run's parameters exactly its own gradient.
+        grads = torch.autograd.grad(total.sum(), list(state.params.values()))
+    with phase("optimizer"), torch.no_grad():
+        for (name, p), g in zip(state.params.items(), grads):
+            p.addcmul_(g, lr[name], value=-1.0)  # plain SGD, lr per run (broadcast view), in place
     if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits
-        buffer.insert(slots, x_raw, step.stream.y, step.stream.task, out.stream_logits)
-    return {**{k: v.detach() for k, v in out.terms.items()}, "total": total.detach()}
+        with phase("buffer insertion"):
+            buffer.insert(slots, x_raw, step.stream.y, step.stream.task, out.stream_logits)
+    return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach()
 
 
 def train_group(
@@ -130,10 +193,12 @@ def train_group(
     data: ContinualData,
     *,
     progress: ProgressCallback | None = None,
+    phases: PhaseTimes | None = None,
 ) -> list[RunResult]:
     """Train a lockstep group (configs with one ``group_key``) on ``data``; one result per config.
 
-    The device is the data's device (``load_benchmark(..., device=...)``).
+    The device is the data's device (``load_benchmark(..., device=...)``). ``phases``, when given,
+    accumulates the wall time of each phase of training (a profile; see ``PhaseTimes``).
     """
     cfgs = list(configs)
     if not cfgs:
@@ -162,6 +227,7 @@ def train_group(
     evaluations: list[Evaluation] = []
     loss_means: list[dict[str, np.ndarray]] = []
     train_s, eval_s = np.zeros(n_tasks), np.zeros(n_tasks)
+    phase = phases or _untimed
     started = time.perf_counter()
 
     def report(phase: str, task: int, epoch: int, step: int, n_steps: int) -> None:
@@ -178,73 +244,102 @@ def train_group(
         n = len(pool)
         n_steps = math.ceil(n / batch_size)
         n_draws = method.replay_draws if task >= method.replay_from_task else 0
-        sums: dict[str, torch.Tensor] = {}
+        sums: torch.Tensor | int = 0  # (n_terms + 1, R), summed over the task's steps
         for epoch in range(c0.epochs):
-            lr = base_lr * 0.1 ** sum(epoch >= m for m in c0.lr_milestones)
-            order = torch.from_numpy(np.stack([r.order.permutation(n) for r in rand])).to(device)
-            samples = pool[order]  # (R, n): each run's own order of the task's training set
-            aug = None
-            if spec.augment:
-                aug = torch.from_numpy(np.stack([draw_crop_flip(r.augment, (n,)) for r in rand])).to(device)
-            slots = None
-            if buffer is not None:
-                slots = torch.from_numpy(
-                    np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
-                ).to(device)
+            lr_runs = base_lr * 0.1 ** sum(epoch >= m for m in c0.lr_milestones)
+            lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in state.params.items()}
+            with phase("random plans (order, augmentation, buffer)"):
+                order = torch.from_numpy(np.stack([r.order.permutation(n) for r in rand])).to(device)
+                samples = pool[order]  # (R, n): each run's own order of the task's training set
+                aug = None
+                if spec.augment:
+                    aug = torch.from_numpy(np.stack([draw_crop_flip(r.augment, (n,)) for r in rand])).to(device)
+                slots = None
+                if buffer is not None:
+                    slots = torch.from_numpy(
+                        np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
+                    ).to(device)
             plan = None
             report_every = max(1, n_steps // 50)
             for s in range(n_steps):
                 if n_draws and s % PLAN_CHUNK_STEPS == 0:
-                    plan = _replay_plan(rand, sizes, buffer.n_seen, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
-                cols = slice(s * batch_size, min((s + 1) * batch_size, n))
-                rows = samples[:, cols]
-                x_raw, y = data.train_x[rows], data.train_y[rows]
-                stream = Batch(
-                    x=prepare_inputs(x_raw, spec, aug[:, cols] if aug is not None else None),
-                    y=y,
-                    task=data.class_task[y],
-                    from_buffer=torch.zeros(y.shape[1], dtype=torch.bool, device=device),
-                )
-                if method.tracks_seen_classes:
-                    seen_classes = seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
-                replay: tuple[Batch, ...] = ()
-                if n_draws and buffer.n_seen > 0:
-                    replay = tuple(plan.batch(buffer, d, s % PLAN_CHUNK_STEPS, spec) for d in range(n_draws))
-                step = Step(task, stream, replay, alpha, beta, seen_classes, state.forward, loss_layer)
-                terms = _train_step(method, state, step, lr, buffer, slots[:, cols] if slots is not None else None, x_raw)
-                for name, value in terms.items():
-                    sums[name] = sums[name] + value if name in sums else value.clone()
+                    with phase("random plans (order, augmentation, buffer)"):
+                        plan = _replay_plan(rand, sizes, buffer.n_seen, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
+                with phase("buffer sampling"):
+                    planned = plan.draw(buffer, s % PLAN_CHUNK_STEPS) if n_draws and buffer.n_seen > 0 else None
+                with phase("batch assembly and augmentation"):
+                    cols = slice(s * batch_size, min((s + 1) * batch_size, n))
+                    rows = samples[:, cols]
+                    x_raw, y = data.train_x[rows], data.train_y[rows]
+                    x, stream, replay = _step_batches(data, x_raw, y, aug[:, cols] if aug is not None else None, planned, n_draws)
+                    if method.tracks_seen_classes:
+                        seen_classes = seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
+                forward = _StepForward(state, x, (stream, *replay))
+                step = Step(task, stream, replay, alpha, beta, seen_classes, forward, loss_layer)
+                names, terms = _train_step(method, state, step, lr, buffer, slots[:, cols] if slots is not None else None, x_raw, phase)
+                sums = sums + terms
                 if (s + 1) % report_every == 0 or s + 1 == n_steps:
                     report("train", task, epoch, s + 1, n_steps)
         train_s[task] = time.perf_counter() - t0
-        loss_means.append({k: (v / (n_steps * c0.epochs)).cpu().numpy() for k, v in sums.items()})
+        means = (sums / (n_steps * c0.epochs)).cpu().numpy()
+        loss_means.append(dict(zip(names, means)))
         report("evaluate", task, c0.epochs - 1, n_steps, n_steps)
         t1 = time.perf_counter()
-        evaluations.append(evaluate(net, state.params, state.buffers, data, n_runs))
+        with phase("evaluation"):
+            evaluations.append(evaluate(net, state.params, state.buffers, data, n_runs))
         eval_s[task] = time.perf_counter() - t1
         report("task_done", task, c0.epochs - 1, n_steps, n_steps)
     return _results(cfgs, data, evaluations, loss_means, train_s, eval_s, str(device))
 
 
 @dataclass(frozen=True)
+class _PlannedDraw:
+    """One step's replay rows, all draws side by side (draw d is columns ``d*M .. (d+1)*M``)."""
+
+    rows: BufferDraw  # (R, draws*M, ...)
+    aug: torch.Tensor | None  # (R, draws*M, 3)
+    padded: bool  # some run has fewer than M samples to draw from: ``rows.valid`` matters
+
+
+@dataclass(frozen=True)
 class _ReplayPlan:
     """Which buffer rows each run replays in a chunk of steps, and how they are augmented."""
 
-    idx: torch.Tensor  # (draws, R, steps, M), -1 = padding
+    idx: torch.Tensor  # (steps, R, draws*M), -1 = padding
     padded: np.ndarray  # (steps,) bool: some run has fewer than M samples to draw from
-    aug: torch.Tensor | None  # (draws, R, steps, M, 3)
+    aug: torch.Tensor | None  # (steps, R, draws*M, 3)
 
-    def batch(self, buffer: ReservoirBuffer, draw: int, step: int, spec) -> Batch:
-        d = buffer.draw(self.idx[draw, :, step])
-        aug = self.aug[draw, :, step] if self.aug is not None else None
-        return Batch(
-            x=prepare_inputs(d.x, spec, aug),
-            y=d.y,
-            task=d.task,
-            from_buffer=torch.ones(d.y.shape[1], dtype=torch.bool, device=d.y.device),
-            valid=d.valid if self.padded[step] else None,
-            logits=d.logits,
+    def draw(self, buffer: ReservoirBuffer, step: int) -> _PlannedDraw:
+        aug = self.aug[step] if self.aug is not None else None
+        return _PlannedDraw(buffer.draw(self.idx[step]), aug, bool(self.padded[step]))
+
+
+def _step_batches(
+    data: ContinualData, x_raw: torch.Tensor, y: torch.Tensor, aug: torch.Tensor | None, planned: _PlannedDraw | None, n_draws: int
+) -> tuple[torch.Tensor, Batch, tuple[Batch, ...]]:
+    """A step's network inputs ``x`` (stream rows, then every replay draw's rows), prepared in one
+    pass, and its batches, whose inputs are slices of ``x`` (see ``_StepForward``)."""
+    device, b = y.device, y.shape[1]
+    if planned is not None:
+        x_raw = torch.cat([x_raw, planned.rows.x], dim=1)
+        aug = torch.cat([aug, planned.aug], dim=1) if aug is not None else None
+    x = prepare_inputs(x_raw, data.spec, aug)
+    stream = Batch(x[:, :b], y, data.class_task[y], torch.zeros(b, dtype=torch.bool, device=device))
+    if planned is None:
+        return x, stream, ()
+    d, m = planned.rows, planned.rows.y.shape[1] // n_draws
+    replay = tuple(
+        Batch(
+            x=x[:, b + i * m : b + (i + 1) * m],
+            y=d.y[:, i * m : (i + 1) * m],
+            task=d.task[:, i * m : (i + 1) * m],
+            from_buffer=torch.ones(m, dtype=torch.bool, device=device),
+            valid=d.valid[:, i * m : (i + 1) * m] if planned.padded else None,
+            logits=d.logits[:, i * m : (i + 1) * m] if d.logits is not None else None,
         )
+        for i in range(n_draws)
+    )
+    return x, stream, replay
 
 
 def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, minibatch, n_draws, augment, device) -> _ReplayPlan:
@@ -256,9 +351,12 @@ def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, m
         np.stack([sample_without_replacement(r.replay, avail[i], minibatch) for _ in range(n_draws)])
         for i, r in enumerate(rand)
     ], axis=1)  # (draws, R, steps, M)
+    n_runs = len(rand)
+    idx = idx.transpose(2, 1, 0, 3).reshape(n_plan_steps, n_runs, n_draws * minibatch)
     aug = None
     if augment:
         aug = np.stack([draw_crop_flip(r.augment, (n_draws, n_plan_steps, minibatch)) for r in rand], axis=1)
+        aug = aug.transpose(2, 1, 0, 3, 4).reshape(n_plan_steps, n_runs, n_draws * minibatch, 3)
         aug = torch.from_numpy(aug).to(device)
     return _ReplayPlan(torch.from_numpy(idx).to(device), (avail < minibatch).any(axis=0), aug)
 
@@ -337,4 +435,4 @@ def train_runs(
     return [r for r in results if r is not None]
 
 
-__all__ = ["Progress", "plan_groups", "train_group", "train_runs", "SyntheticOptions"]
+__all__ = ["PhaseTimes", "Progress", "plan_groups", "train_group", "train_runs", "SyntheticOptions"]

@@ -124,12 +124,12 @@ class ContinualData:
 def prepare_inputs(x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images (..., C, H, W) -> float32 network inputs: scale to [0, 1], optionally crop
     and flip (``augment_params`` from ``augment.draw_crop_flip``), then standardise per channel."""
-    x = x_raw.to(torch.float32) / 255.0
+    x = x_raw.to(torch.float32, copy=True).div_(255.0)  # in place: one float tensor per batch, not two
     if augment_params is not None:
         x = crop_flip(x, augment_params)
     if spec.mean is not None:
         shape = (-1, 1, 1)
-        x = (x - torch.tensor(spec.mean, device=x.device).view(shape)) / torch.tensor(spec.std, device=x.device).view(shape)
+        x = x.sub_(torch.tensor(spec.mean, device=x.device).view(shape)).div_(torch.tensor(spec.std, device=x.device).view(shape))
     return x
 
 

@@ -1,0 +1,263 @@
+"""Querying the store: runs as pandas DataFrames, summaries over seeds, and exports.
+
+``load_runs`` is what ``clbench runs``, ``clbench export`` and the reports stand on: one row per
+run, with the metrics computed from the stored accuracy matrices (the matrices are the record;
+``clbench.metrics`` defines what is computed from them).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.engine import URL
+
+from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from .metrics import summarize
+from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
+from .sweep import benchmark_name
+
+# The columns of ``clbench export`` (one row per run), in this order.
+EXPORT_COLUMNS = (
+    "run_id", "experiment", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", "seed", "status",
+    "faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il", "bwt_class_il", "wall_s",
+    "config_hash",
+)
+# More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
+EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
+HYPERPARAMETERS = ("epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta")
+RECORD_COLUMNS = ("group_size", "device", "host", "created_at", "started_at", "finished_at", "error", "config")
+MATRIX_COLUMNS = ("run_id", "setting", "after_task", "on_task", "accuracy")
+EXPORT_FORMATS = ("csv", "json", "parquet")
+SUMMARY_METRICS = ("faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il")
+
+Db = Store | str | os.PathLike | URL | None
+T = TypeVar("T")
+
+
+def _with_store(db: Db, work: Callable[[Store], T]) -> T:
+    if isinstance(db, Store):
+        return work(db)
+    with open_store(db, readonly=True) as store:
+        return work(store)
+
+
+def _as_list(value: Any) -> list | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, int, float)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def _mask_label(value: Any) -> str:
+    if value is None:
+        return "none"
+    return format_mask_value(parse_mask_value(value) if isinstance(value, str) else float(value))
+
+
+def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None, seed=None, status=None,
+                 experiment=None, run_id=None) -> list:
+    """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
+    conds = []
+    if (methods := _as_list(method)) is not None:
+        conds.append(Run.method.in_([str(m) for m in methods]))
+    if (datasets := _as_list(dataset)) is not None:
+        conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))
+    if (masks := _as_list(mask)) is not None:
+        conds.append(Run.mask.in_([_mask_label(m) for m in masks]))
+    if (ons := _as_list(mask_on)) is not None:
+        bad = [o for o in ons if o not in MASK_ON_CHOICES]
+        if bad:
+            raise ValueError(f"invalid mask_on {bad[0]!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+        conds.append(Run.mask_on.in_(ons))
+    if (buffers := _as_list(buffer)) is not None:
+        conds.append(Run.buffer_size.in_([int(b) for b in buffers]))
+    if (seeds := _as_list(seed)) is not None:
+        conds.append(Run.seed.in_([int(s) for s in seeds]))
+    if (statuses := _as_list(status)) is not None:
+        bad = [s for s in statuses if s not in STATUSES]
+        if bad:
+            raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
+        conds.append(Run.status.in_(statuses))
+    if (experiments := _as_list(experiment)) is not None:
+        labelled = select(RunExperiment.run_id).where(RunExperiment.experiment.in_([str(e) for e in experiments]))
+        conds.append(Run.run_id.in_(labelled))
+    if (ids := _as_list(run_id)) is not None:
+        conds.append(Run.run_id.in_([str(i) for i in ids]))
+    return conds
+
+
+def _accuracy_matrices(conn, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> setting -> the T x T accuracy matrix."""
+    cells: dict[str, list] = {}
+    for chunk in in_chunks(list(run_ids)):
+        stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task, Accuracy.accuracy)
+        for row in conn.execute(stmt.where(Accuracy.run_id.in_(chunk))):
+            cells.setdefault(row.run_id, []).append(row)
+    out = {}
+    for rid, rows in cells.items():
+        n = 1 + max(r.after_task for r in rows)
+        mats = {s: np.full((n, n), np.nan) for s in SETTINGS}
+        for r in rows:
+            mats[r.setting][r.after_task, r.on_task] = r.accuracy
+        out[rid] = mats
+    return out
+
+
+def load_runs(
+    db: Db = None,
+    *,
+    method: str | Sequence[str] | None = None,
+    dataset: str | Sequence[str] | None = None,
+    mask: str | float | Sequence[str | float] | None = None,
+    mask_on: str | Sequence[str] | None = None,
+    buffer: int | Sequence[int] | None = None,
+    seed: int | Sequence[int] | None = None,
+    status: str | Sequence[str] | None = None,
+    experiment: str | Sequence[str] | None = None,
+    run_id: str | Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
+    ``results.db``) matching every given filter; a filter is one value or a list of values.
+
+    ``dataset`` takes benchmark or dataset names (``seq-fmnist`` or ``fmnist``), ``mask`` mask
+    values or their text (``"none"``, ``"-inf"``, ``-5``). Columns: ``EXPORT_COLUMNS``, then
+    ``EXTRA_METRICS``, ``HYPERPARAMETERS`` and ``RECORD_COLUMNS`` (``config`` is the resolved
+    config as a dict). Metrics are NaN for runs that are not finished. ``experiment`` holds the
+    run's experiment labels, comma-separated.
+    """
+    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
+
+    def work(store: Store):
+        def query(conn):
+            # Sweeps in the order they were planned, groups in the order they trained, then seeds.
+            stmt = select(Run.__table__).where(*conds).order_by(
+                Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
+                Run.mask_on, Run.mask, Run.seed)
+            rows = conn.execute(stmt).mappings().all()
+            ids = [r["run_id"] for r in rows]
+            labels: dict[str, list[str]] = {}
+            for chunk in in_chunks(ids):
+                stmt = select(RunExperiment.run_id, RunExperiment.experiment).where(RunExperiment.run_id.in_(chunk))
+                for rid, label in conn.execute(stmt.order_by(RunExperiment.experiment)):
+                    labels.setdefault(rid, []).append(label)
+            finished = [r["run_id"] for r in rows if r["status"] == "finished"]
+            return rows, labels, _accuracy_matrices(conn, finished)
+
+        return store.transaction(query)
+
+    rows, labels, matrices = _with_store(db, work)
+    nan_metrics = dict.fromkeys(SUMMARY_METRICS + ("bwt_class_il",) + EXTRA_METRICS, np.nan)
+    records = []
+    for r in rows:
+        mats = matrices.get(r["run_id"])
+        metrics = summarize(mats["class_il"], mats["task_il"]) if mats else nan_metrics
+        cfg = r["config"]
+        records.append({
+            "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
+            "method": r["method"], "dataset": r["benchmark"], "backbone": r["backbone"],
+            "buffer_size": r["buffer_size"], "mask": r["mask"], "mask_on": r["mask_on"], "seed": r["seed"],
+            "status": r["status"], **{k: metrics[k] for k in nan_metrics},
+            "wall_s": r["wall_s"], "config_hash": r["config_hash"],
+            **{k: cfg.get(k) for k in HYPERPARAMETERS},
+            **{k: r[k] for k in RECORD_COLUMNS if k != "config"}, "config": cfg,
+        })
+    columns = list(EXPORT_COLUMNS + EXTRA_METRICS + HYPERPARAMETERS + RECORD_COLUMNS)
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for when in ("created_at", "started_at", "finished_at"):
+        # UTC throughout (SQLite returns the stored UTC times without their zone).
+        df[when] = pd.to_datetime(df[when], utc=True)
+    return df.astype({"wall_s": "float64", **{k: "float64" for k in nan_metrics}})
+
+
+def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
+    """The accuracy matrices of the finished runs matching ``filters`` (as in :func:`load_runs`) in
+    long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
+    conds = _run_filters(**filters) + [Run.status == "finished"]
+
+    def work(store: Store):
+        def query(conn):
+            ids = select(Run.run_id).where(*conds)
+            stmt = select(Accuracy.__table__).where(Accuracy.run_id.in_(ids)).order_by(
+                Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)
+            return conn.execute(stmt).all()
+
+        return store.transaction(query)
+
+    rows = _with_store(db, work)
+    columns = list(MATRIX_COLUMNS) + ["n_correct", "n_total"]
+    return pd.DataFrame.from_records([tuple(r) for r in rows], columns=columns)
+
+
+def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation (over seeds, ddof=1) of the headline metrics per config.
+
+    ``runs`` is a :func:`load_runs` frame; only finished runs count. One row per ``config_hash``,
+    in order of first appearance, with the config's columns, ``n_seeds`` and ``<metric>_mean`` /
+    ``<metric>_std`` for ``SUMMARY_METRICS``.
+    """
+    done = runs[runs["status"] == "finished"]
+    keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
+    rows = []
+    for _, cell in done.groupby("config_hash", sort=False):
+        row = {k: cell[k].iloc[0] for k in keys}
+        row["n_seeds"] = len(cell)
+        for m in SUMMARY_METRICS:
+            row[f"{m}_mean"] = cell[m].mean()
+            row[f"{m}_std"] = cell[m].std(ddof=1) if len(cell) > 1 else np.nan
+        rows.append(row)
+    columns = keys + ["n_seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def export_runs(
+    db: Db = None,
+    out: str | os.PathLike | IO | None = None,
+    *,
+    format: str = "csv",
+    matrices: bool = False,
+    **filters: Any,
+) -> int:
+    """Write the runs matching ``filters`` (one row each, ``EXPORT_COLUMNS``) or, with ``matrices``,
+    their accuracy matrices in long format (``MATRIX_COLUMNS``) to ``out`` (a path or a stream;
+    ``None``: standard output, not for parquet). Returns the number of rows written."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"invalid export format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
+    if format == "parquet":
+        if out is None:
+            raise ValueError("parquet is binary: give an output file (--output runs.parquet)")
+        try:
+            import pyarrow  # noqa: F401, PLC0415 - optional, only for parquet
+        except ImportError:
+            raise ValueError("parquet export needs pyarrow: pip install pyarrow") from None
+    if matrices:
+        df = load_matrices(db, **filters)[list(MATRIX_COLUMNS)]
+    else:
+        df = load_runs(db, **filters)[list(EXPORT_COLUMNS)]
+    if isinstance(out, (str, os.PathLike)):
+        target: Any = Path(out)
+    else:
+        target = out if out is not None else sys.stdout
+    if format == "csv":
+        df.to_csv(target, index=False)
+    elif format == "json":
+        text = df.to_json(orient="records", indent=1)
+        if isinstance(target, Path):
+            target.write_text(text + "\n")
+        else:
+            target.write(text + "\n")
+    else:
+        df.to_parquet(target if isinstance(target, Path) else _binary(target), index=False)
+    return len(df)
+
+
+def _binary(stream: IO) -> IO:
+    return stream.buffer if isinstance(stream, io.TextIOBase) and hasattr(stream, "buffer") else stream

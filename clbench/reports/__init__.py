@@ -1,0 +1,15 @@
+"""Reports: registered experiments rendered into figures and tables, and paired comparisons.
+
+- ``load_experiment`` / ``list_experiments``: the TOML files of ``registry/`` (``experiments``).
+- ``render_report``: an experiment's figures (PNG, PDF, plus a data file of the plotted numbers)
+  and tables (Markdown, CSV, LaTeX) from the registry database (``render``).
+- ``compare_runs``: a baseline mask against each masked variant, paired over seeds (``compare``).
+
+Matplotlib is imported lazily (Agg backend) by the functions that draw.
+"""
+
+from .compare import compare_runs
+from .experiments import ExperimentSpec, list_experiments, load_experiment
+from .render import missing_runs, render_report
+
+__all__ = ["ExperimentSpec", "compare_runs", "list_experiments", "load_experiment", "missing_runs", "render_report"]

@@ -1,0 +1,246 @@
+"""Registered experiments: one TOML file each, naming the runs a report needs and how to render it.
+
+The shipped files live at the repository's top-level ``registry/`` and are installed as the package
+data of ``clbench.experiments``; a user passes their own file by path. A file holds::
+
+    name = "fig4"                      # defaults to the file's stem
+    title = "..."                      # optional
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer
+    benchmark = "seq-fmnist"
+    methods = ["derpp"]
+    masks = ["none", "-inf", "-5"]     # mask values as text
+    buffers = [200]
+    seeds = 10                         # seeds 0..9, or a list [0, 3, 7]
+    mask_on = "stream"                 # optional: stream | buffer | both
+
+    [overrides]                        # optional RunConfig fields shared by all runs
+    epochs = 1
+    synthetic = { train_per_class = 40 }   # only with benchmark = "synthetic"
+
+    [render]                           # optional, per kind (see RENDER_OPTIONS)
+    baseline = "none"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..data.benchmarks import SyntheticOptions
+from ..masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer")
+TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buffers", "seeds", "mask_on",
+                  "overrides", "render", "description")
+REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
+OVERRIDE_KEYS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
+                 "class_order_seed", "synthetic")
+# kind -> render option -> default (None: derived from the runs of the experiment)
+RENDER_OPTIONS: dict[str, dict[str, Any]] = {
+    "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf"},
+    "fig4": {"baseline": "none", "std_band": True},
+    "forgetting": {"forgetting": "chaudhry"},
+    "tiny-buffer": {"forgetting": "chaudhry"},
+}
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A registered experiment: the sweep it needs and what to render from it."""
+
+    name: str
+    kind: str
+    benchmark: str
+    methods: tuple[str, ...]
+    masks: tuple[str, ...]  # normalized labels: "none", "-inf", "-5.0"
+    buffers: tuple[int, ...]
+    seeds: tuple[int, ...]
+    mask_on: str = "stream"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    render: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+    description: str = ""
+    source: str = ""  # the file it was read from
+
+    def configs(self, seeds: int | None = None) -> list[RunConfig]:
+        """The runs this experiment needs (``seeds``: use seeds 0..N-1 instead of the file's)."""
+        from ..sweep import sweep_configs  # noqa: PLC0415 - keeps this module light
+
+        return sweep_configs(
+            methods=self.methods, masks=self.masks, buffers=self.buffers,
+            seeds=tuple(range(seeds)) if seeds is not None else self.seeds,
+            benchmark=self.benchmark, mask_on=self.mask_on, **self.overrides,
+        )
+
+    def with_seeds(self, n: int) -> "ExperimentSpec":
+        if n < 1:
+            raise ValueError(f"invalid number of seeds {n}: give N >= 1")
+        return _replace(self, seeds=tuple(range(n)))
+
+
+def _replace(spec: ExperimentSpec, **changes) -> ExperimentSpec:
+    from dataclasses import replace  # noqa: PLC0415
+
+    return replace(spec, **changes)
+
+
+def _shipped_dir():
+    """The folder of the shipped TOML files: the installed package data, else the source tree's."""
+    try:
+        return resources.files("clbench.experiments")
+    except (ModuleNotFoundError, TypeError):
+        return Path(__file__).resolve().parents[2] / "registry"
+
+
+def list_experiments() -> dict[str, str]:
+    """Name -> title of every shipped experiment, sorted by name."""
+    out = {}
+    for entry in sorted(_shipped_dir().iterdir(), key=lambda p: p.name.removesuffix(".toml")):
+        if entry.name.endswith(".toml"):
+            try:
+                spec = parse_experiment(tomllib.loads(entry.read_text(encoding="utf-8")), entry.name[:-5], entry.name)
+                out[spec.name] = spec.title
+            except ValueError:
+                out[entry.name[:-5]] = "(invalid file)"
+    return out
+
+
+def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
+    """A shipped experiment by name (``fig4``) or a TOML file by path. One-line ``ValueError``s."""
+    text_name = str(name_or_path)
+    path = Path(name_or_path)
+    looks_like_path = text_name.endswith(".toml") or "/" in text_name or path.is_file()
+    if looks_like_path:
+        if not path.is_file():
+            raise ValueError(f"no experiment file {text_name}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read the experiment file {text_name}: {exc.strerror or exc}") from None
+        return parse_toml(text, path.stem, str(path))
+    entry = _shipped_dir() / f"{text_name}.toml"
+    if not entry.is_file():
+        names = ", ".join(list_experiments())
+        raise ValueError(f"unknown experiment {text_name!r}: valid experiments are {names} (or a path to a .toml file)")
+    return parse_toml(entry.read_text(encoding="utf-8"), text_name, f"{text_name}.toml")
+
+
+def parse_toml(text: str, default_name: str, source: str) -> ExperimentSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{source} is not valid TOML: {exc}") from None
+    return parse_experiment(data, default_name, source)
+
+
+def _list_of(data: dict, key: str, source: str, kind: type) -> list:
+    value = data[key]
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{source}: {key} must be a non-empty list")
+    out = []
+    for v in value:
+        if kind is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{source}: {key} must hold whole numbers, got {v!r}")
+        elif kind is str and not isinstance(v, str):
+            raise ValueError(f"{source}: {key} must hold strings (e.g. \"none\", \"-inf\", \"-5\"), got {v!r}")
+        out.append(v)
+    return out
+
+
+def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSpec:
+    """Validate a parsed TOML document into an :class:`ExperimentSpec` (one-line ``ValueError``)."""
+    unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}: valid keys are {', '.join(TOP_LEVEL_KEYS)}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{source}: missing key {missing[0]!r} (required: {', '.join(REQUIRED_KEYS)})")
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise ValueError(f"{source}: unknown kind {kind!r}: valid kinds are {', '.join(KINDS)}")
+    if not isinstance(data["benchmark"], str):
+        raise ValueError(f"{source}: benchmark must be a name, e.g. \"seq-fmnist\"")
+    methods = _list_of(data, "methods", source, str)
+    masks = []
+    for m in _list_of(data, "masks", source, str):
+        try:
+            masks.append(format_mask_value(parse_mask_value(m)))
+        except ValueError as exc:
+            raise ValueError(f"{source}: masks: {exc}") from None
+    buffers = _list_of(data, "buffers", source, int)
+    seeds_value = data["seeds"]
+    if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
+        if seeds_value < 1:
+            raise ValueError(f"{source}: seeds must be a count >= 1 or a list of seeds, got {seeds_value}")
+        seeds = list(range(seeds_value))
+    else:
+        seeds = _list_of(data, "seeds", source, int)
+        if any(s < 0 for s in seeds):
+            raise ValueError(f"{source}: seeds are >= 0")
+    mask_on = data.get("mask_on", "stream")
+    if mask_on not in MASK_ON_CHOICES:
+        raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    overrides = dict(data.get("overrides", {}))
+    bad = sorted(set(overrides) - set(OVERRIDE_KEYS))
+    if bad:
+        raise ValueError(f"{source}: unknown override {bad[0]!r}: valid overrides are {', '.join(OVERRIDE_KEYS)}")
+    if "synthetic" in overrides:
+        syn = dict(overrides["synthetic"])
+        if "input_shape" in syn:
+            syn["input_shape"] = tuple(syn["input_shape"])
+        try:
+            overrides["synthetic"] = SyntheticOptions(**syn)
+        except TypeError as exc:
+            raise ValueError(f"{source}: overrides.synthetic: {exc}") from None
+    render = dict(data.get("render", {}))
+    options = RENDER_OPTIONS[kind]
+    bad = sorted(set(render) - set(options))
+    if bad:
+        raise ValueError(f"{source}: unknown render option {bad[0]!r} for kind {kind}: valid are {', '.join(options)}")
+    render = {**options, **render}
+    for key in ("baseline", "masked"):
+        if render.get(key) is not None:
+            try:
+                render[key] = format_mask_value(parse_mask_value(str(render[key])))
+            except ValueError as exc:
+                raise ValueError(f"{source}: render.{key}: {exc}") from None
+    if "forgetting" in render:
+        from ..metrics import FORGETTING_DEFINITIONS  # noqa: PLC0415
+
+        if render["forgetting"] not in FORGETTING_DEFINITIONS:
+            raise ValueError(f"{source}: render.forgetting {render['forgetting']!r}: valid are "
+                             f"{', '.join(FORGETTING_DEFINITIONS)}")
+    if kind == "fig2":
+        render["method"] = render["method"] or methods[0]
+        render["buffer"] = int(render["buffer"] if render["buffer"] is not None else buffers[0])
+        for key in ("baseline", "masked"):
+            if render[key] not in masks:
+                raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
+        if render["method"] not in methods:
+            raise ValueError(f"{source}: render.method {render['method']!r} is not among the methods")
+        if render["buffer"] not in buffers:
+            raise ValueError(f"{source}: render.buffer {render['buffer']} is not among the buffers")
+    if kind == "fig4" and not any(m not in ("none",) for m in masks):
+        raise ValueError(f"{source}: fig4 needs at least one mask value other than none")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"{source}: name must be a non-empty string without '/'")
+    return ExperimentSpec(
+        name=name, kind=kind, benchmark=data["benchmark"], methods=tuple(methods),
+        masks=tuple(dict.fromkeys(masks)), buffers=tuple(int(b) for b in buffers), seeds=tuple(seeds),
+        mask_on=mask_on, overrides=overrides, render=render, title=str(data.get("title", "")),
+        description=str(data.get("description", "")), source=source,
+    )
+
+
+def mask_sort_key(label: str) -> tuple[int, float]:
+    """none first, then -inf, then the finite values in order."""
+    value = parse_mask_value(label)
+    return (0, 0.0) if value is None else (1, value)

@@ -1,0 +1,98 @@
+"""Render a registered experiment from the registry database into ``out_dir``.
+
+Every figure is written as PNG and PDF with a data file beside it (``NAME.data.csv`` or
+``NAME.data.json``) holding exactly the plotted numbers; every table as Markdown, CSV and LaTeX.
+Only the experiment's own runs (by run id) are read, whoever computed them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..config import ResolvedConfig
+from ..registry import Db, _with_store, load_runs
+from ..store import Store
+from ..sweep import resolve_unique
+from .experiments import ExperimentSpec
+
+
+def experiment_configs(spec: ExperimentSpec) -> list[ResolvedConfig]:
+    """The resolved runs of the experiment (duplicates dropped), in sweep order."""
+    return resolve_unique(spec.configs())
+
+
+def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:
+    """The experiment's runs that are not finished in ``db`` (all of them for an empty store)."""
+    configs = experiment_configs(spec)
+
+    def work(store: Store):
+        statuses = store.statuses([c.identity() for c in configs])
+        return [c for c in configs if statuses.get(c.identity()) != "finished"]
+
+    return _with_store(db, work)
+
+
+def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
+    """The finished runs of the experiment, as a :func:`load_runs` frame in sweep order."""
+    ids = [c.identity() for c in experiment_configs(spec)]
+    df = load_runs(store, run_id=ids)
+    df = df[df["status"] == "finished"]
+    order = {rid: i for i, rid in enumerate(ids)}
+    return df.assign(_order=df["run_id"].map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
+
+
+def _save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{stem}.{ext}"
+        fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
+        paths.append(path)
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    plt.close(fig)
+    return paths
+
+
+def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Path]:
+    """Render ``spec`` from the finished runs in ``db`` into ``out_dir`` (created); returns the
+    files written. Missing runs are left out of the figures and tables (see :func:`missing_runs`);
+    a figure with no runs at all is not written."""
+    out = Path(out_dir)
+
+    def work(store: Store) -> list[Path]:
+        df = experiment_runs(spec, store)
+        if df.empty:
+            return []
+        out.mkdir(parents=True, exist_ok=True)
+        stem = spec.name
+        written: list[Path] = []
+        if spec.kind == "fig2":
+            from . import fig2  # noqa: PLC0415
+
+            data = fig2.fig2_data(spec, df, store)
+            if data is None:
+                return []
+            written.append(fig2.write_data(data, out / f"{stem}.data.json"))
+            written += _save_figure(fig2.plot_fig2(data), out, stem)
+        elif spec.kind == "fig4":
+            from . import fig4  # noqa: PLC0415
+
+            data = fig4.fig4_data(spec, df)
+            data.to_csv(out / f"{stem}.data.csv", index=False)
+            written.append(out / f"{stem}.data.csv")
+            written += _save_figure(fig4.plot_fig4(data, spec), out, stem)
+        else:  # forgetting, tiny-buffer
+            from . import tables  # noqa: PLC0415
+
+            summary = tables.summary(spec, df)
+            written += tables.write_tables(summary, spec, out / stem)
+            if spec.kind == "tiny-buffer":
+                data = tables.buffer_curve_data(summary)
+                data.to_csv(out / f"{stem}-curve.data.csv", index=False)
+                written.append(out / f"{stem}-curve.data.csv")
+                written += _save_figure(tables.plot_buffer_curve(data, spec), out, f"{stem}-curve")
+        return written
+
+    return _with_store(db, work)

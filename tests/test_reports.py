@@ -1,0 +1,348 @@
+"""clbench report / compare: registered experiments, rendering from the registry, paired comparisons.
+
+Tiny synthetic experiments are trained once (module fixture) into a fresh database; the rendered
+figures' artists and data files are checked against the registry's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clbench import cli
+from clbench.registry import load_runs
+from clbench.report_cli import register
+from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
+from clbench.reports.fig2 import fig2_data, plot_fig2
+from clbench.reports.fig4 import fig4_data, plot_fig4
+from clbench.reports.render import experiment_runs
+from clbench.store import open_store
+from clbench.sweep import execute, plan_sweep
+
+register(cli.app)
+
+SYN = """
+benchmark = "synthetic"
+seeds = {seeds}
+[overrides]
+epochs = 1
+synthetic = {{ train_per_class = 20, test_per_class = 10 }}
+"""
+SPECS = {
+    "t-fig2": 'kind = "fig2"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [20]\n',
+    "t-fig4": 'kind = "fig4"\nmethods = ["er"]\nmasks = ["none", "-inf", "-2", "1"]\nbuffers = [10, 20]\n',
+    "t-forgetting": 'kind = "forgetting"\nmethods = ["er", "der"]\nmasks = ["none", "-inf"]\nbuffers = [10, 20]\n',
+    "t-tiny": 'kind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 10, 20]\n',
+}
+
+
+def write_spec(folder, name, seeds=3, extra=""):
+    path = folder / f"{name}.toml"
+    path.write_text(SPECS[name] + extra + SYN.format(seeds=seeds))
+    return path
+
+
+def train(spec, db):
+    with open_store(db) as store:
+        execute(plan_sweep(spec.configs(), store), store, experiment=spec.name)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reports")
+    db = folder / "results.db"
+    specs = {name: load_experiment(write_spec(folder, name)) for name in SPECS}
+    for spec in specs.values():
+        train(spec, db)
+    return folder, db, specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiment files
+
+
+def test_shipped_experiments_load_and_resolve():
+    names = list_experiments()
+    for name in ("fig2", "fig4", "forgetting", "tiny-buffer", "fig4-cifar10", "fig2-cifar10", "forgetting-cifar100",
+                 "fig4-tinyimg"):
+        assert name in names
+    for name in names:
+        spec = load_experiment(name)
+        assert spec.name == name
+        configs = spec.configs()
+        assert len(configs) == len(spec.methods) * len(spec.masks) * len(spec.buffers) * len(spec.seeds)
+        for cfg in configs:
+            cfg.resolve()
+    assert len(load_experiment("fig4").seeds) == 10
+    assert "-inf" in load_experiment("fig4").masks and "none" in load_experiment("fig4").masks
+
+
+def test_shipped_experiments_load_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment("fig2").kind == "fig2"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('kind = "fig9"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none"]\nbuffers = [200]\nseeds = 2\n',
+     "unknown kind 'fig9': valid kinds are fig2, fig4, forgetting, tiny-buffer"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [200]\n',
+     "missing key 'seeds'"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "abc"]\nbuffers = [200]\nseeds = 2\n',
+     "masks:"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\nbogus = 1\n',
+     "unknown key 'bogus'"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 0\n',
+     "seeds must be a count >= 1"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
+     '[overrides]\nepoch = 3\n', "unknown override 'epoch'"),
+    ('kind = "fig2"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-5"]\nbuffers = [200]\nseeds = 2\n',
+     "render.masked '-inf' is not among the masks"),
+    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
+     '[render]\ncolour = "red"\n', "unknown render option 'colour'"),
+    ("kind = ", "is not valid TOML"),
+])
+def test_invalid_experiment_files_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_experiment(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_experiment_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown experiment 'fig9': valid experiments are fig2, fig2-cifar10, fig4"):
+        load_experiment("fig9")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering: files exist and the plotted numbers are the registry's
+
+
+def test_fig2_renders_the_registry_numbers(trained, tmp_path):
+    folder, db, specs = trained
+    spec = specs["t-fig2"]
+    written = render_report(spec, db, tmp_path / "out")
+    names = {p.name for p in written}
+    assert names == {"t-fig2.png", "t-fig2.pdf", "t-fig2.data.json"}
+    assert all(p.stat().st_size > 0 for p in written)
+    data = json.loads((tmp_path / "out" / "t-fig2.data.json").read_text())
+    assert data["seeds"] == [0, 1, 2]
+    runs = load_runs(db, method="er", mask=["none", "-inf"], buffer=20, experiment="t-fig2")
+    with open_store(db, readonly=True) as store:
+        for side, mask in (("baseline", "none"), ("masked", "-inf")):
+            ids = runs[runs["mask"] == mask].sort_values("seed")["run_id"].tolist()
+            results = [store.load_result(i) for i in ids]
+            conf = np.mean([np.diagonal(r.confidence[-1]) for r in results], axis=0)
+            np.testing.assert_allclose(data[side]["confidence"], conf)
+            np.testing.assert_allclose(data[side]["task_accuracy"], np.mean([r.class_il[-1] for r in results], axis=0))
+            faa = runs[runs["mask"] == mask]["faa_class_il"].mean()
+            assert data[side]["faa_class_il"] == pytest.approx(faa)
+            assert data[side]["faa_task_il"] == pytest.approx(runs[runs["mask"] == mask]["faa_task_il"].mean())
+        fig = plot_fig2(fig2_data(spec, experiment_runs(spec, store), store))
+    conf_ax, task_ax = fig.axes[0], fig.axes[1]
+    for ax, key in ((conf_ax, "confidence"), (task_ax, "task_accuracy")):
+        for side, gid in (("baseline", "baseline"), ("masked", "masked")):
+            heights = [p.get_height() for p in ax.patches if p.get_gid() == gid]
+            np.testing.assert_allclose(heights, data[side][key])
+        # masked bars: red where higher than the baseline, blue where lower
+        base = data["baseline"][key]
+        for p, b, m in zip([p for p in ax.patches if p.get_gid() == "masked"], base, data["masked"][key]):
+            expected = "#d62728" if m > b else "#1f77b4" if m < b else "#7f7f7f"
+            assert matplotlib_hex(p.get_facecolor()) == expected
+    # row 2: one line per task; task j's line is A[j:, j]
+    class_il_base = np.asarray(data["baseline"]["class_il"])
+    lines = {l.get_gid(): l for l in fig.axes[2].get_lines()}
+    np.testing.assert_allclose(lines["task 2"].get_ydata(), class_il_base[1:, 1])
+    titles = [ax.get_title() for ax in fig.axes[2:6]]
+    assert f"FAA {data['baseline']['faa_class_il']:.2f}%" in titles[0]
+    weights = [ax.title.get_fontweight() for ax in fig.axes[2:4]]
+    best = 0 if data["baseline"]["faa_class_il"] > data["masked"]["faa_class_il"] else 1
+    assert weights[best] == "bold"
+
+
+def matplotlib_hex(rgba) -> str:
+    from matplotlib.colors import to_hex
+
+    return to_hex(rgba)
+
+
+def test_fig4_renders_mean_and_std_per_mask(trained, tmp_path):
+    folder, db, specs = trained
+    spec = specs["t-fig4"]
+    written = render_report(spec, db, tmp_path)
+    assert {p.name for p in written} == {"t-fig4.png", "t-fig4.pdf", "t-fig4.data.csv"}
+    data = pd.read_csv(tmp_path / "t-fig4.data.csv")
+    runs = load_runs(db, experiment="t-fig4", status="finished")
+    expected = runs.groupby(["buffer_size", "mask"])["faa_class_il"].agg(["mean", "std", "count"])
+    for row in data.itertuples():
+        e = expected.loc[(row.buffer_size, row.mask)]
+        assert row.mean == pytest.approx(e["mean"])
+        assert row.std == pytest.approx(e["std"])
+        assert row.n_seeds == e["count"] == 3
+    assert set(data["mask"]) == {"none", "-inf", "-2.0", "1.0"}
+    fig = plot_fig4(fig4_data(spec, experiment_runs(spec, open_store(db, readonly=True))), spec)
+    assert len(fig.axes) == 2
+    for ax, buffer in zip(fig.axes, (10, 20)):
+        lines = {l.get_gid(): l for l in ax.get_lines()}
+        masked = data[(data["buffer_size"] == buffer) & ~data["is_baseline"]].sort_values("x")
+        np.testing.assert_allclose(lines["mean er"].get_ydata(), masked["mean"])
+        np.testing.assert_allclose(lines["baseline er"].get_ydata(), [expected.loc[(buffer, "none"), "mean"]] * 2)
+        assert lines["baseline er"].get_linestyle() == ":"
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[0] == "-inf" and labels == ["-inf", "-2", "1"]
+        assert ax.get_xlabel() and ax.get_legend() is not None
+    assert fig.axes[0].get_ylabel()
+
+
+@pytest.mark.parametrize("name", ["t-forgetting", "t-tiny"])
+def test_tables_hold_mean_and_std_with_the_best_in_bold(trained, tmp_path, name):
+    folder, db, specs = trained
+    spec = specs[name]
+    written = render_report(spec, db, tmp_path)
+    names = {p.name for p in written}
+    assert {f"{name}.md", f"{name}.csv", f"{name}.tex"} <= names
+    if name == "t-tiny":
+        assert {f"{name}-curve.png", f"{name}-curve.pdf", f"{name}-curve.data.csv"} <= names
+    summary = pd.read_csv(tmp_path / f"{name}.csv")
+    runs = load_runs(db, experiment=name, status="finished")
+    for row in summary.itertuples():
+        column = f"{row.metric}_{row.setting}"
+        cell = runs[(runs["method"] == row.method) & (runs["mask"] == row.mask) & (runs["buffer_size"] == row.buffer_size)]
+        assert row.mean == pytest.approx(cell[column].mean())
+        assert row.std == pytest.approx(cell[column].std(ddof=1))
+    # best per column: highest FAA, lowest forgetting
+    for (_, _, metric), group in summary.groupby(["buffer_size", "setting", "metric"]):
+        best = group.loc[group["best"], "mean"]
+        assert len(best) >= 1
+        assert best.iloc[0] == (group["mean"].max() if metric == "faa" else group["mean"].min())
+    md = (tmp_path / f"{name}.md").read_text()
+    assert "**" in md and "Chaudhry" in md and "## Class-IL" in md and "## Task-IL" in md
+    tex = (tmp_path / f"{name}.tex").read_text()
+    assert r"\textbf{" in tex and r"\begin{tabular}" in tex and "Chaudhry" in tex and r"$m = -\infty$" in tex
+
+
+def test_missing_runs_and_partial_render(trained, tmp_path):
+    folder, db, specs = trained
+    spec = specs["t-fig4"].with_seeds(4)  # seed 3 was never trained
+    missing = missing_runs(spec, db)
+    assert len(missing) == 8 and {c.seed for c in missing} == {3}
+    render_report(spec, db, tmp_path)
+    assert set(pd.read_csv(tmp_path / "t-fig4.data.csv")["n_seeds"]) == {3}
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands
+
+
+def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path, "t-fig2", seeds=2)
+    assert cli.main(["report", str(path), "--no-run"]) == 0
+    assert "4 runs of t-fig2 are missing" in capsys.readouterr().out
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "results.db").exists()
+    assert cli.main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rendered t-fig2" in out
+    assert {p.name for p in (tmp_path / "reports" / "t-fig2").iterdir()} == {"t-fig2.png", "t-fig2.pdf", "t-fig2.data.json"}
+    assert set(load_runs(tmp_path / "results.db")["experiment"]) == {"t-fig2"}
+    # a third seed: --no-run renders what exists and lists the missing runs
+    assert cli.main(["report", str(path), "--no-run", "--seeds", "3", "--out", "elsewhere"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs of t-fig2 missing" in out and (tmp_path / "elsewhere" / "t-fig2.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
+    (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
+    (["compare", "--test", "z"], "invalid --test 'z': valid are wilcoxon, t"),
+    (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),
+    (["compare", "--db", "notadb.txt"], "not a clbench database"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notadb.txt").write_text("hello")
+    before = sorted(os.listdir(tmp_path))
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_compare_command_formats(trained, capsys):
+    folder, db, specs = trained
+    assert cli.main(["compare", "--db", str(db), "--format", "json", "--method", "er", "--buffer", "20",
+                     "--mask", "-inf", "--experiment", "t-fig2"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 4 and {r["variant"] for r in rows} == {"-inf"}
+    faa = next(r for r in rows if r["metric"] == "faa_class_il")
+    runs = load_runs(db, experiment="t-fig2")
+    b = runs[runs["mask"] == "none"].sort_values("seed")["faa_class_il"].to_numpy()
+    v = runs[runs["mask"] == "-inf"].sort_values("seed")["faa_class_il"].to_numpy()
+    assert faa["difference"] == pytest.approx((v - b).mean())
+    assert faa["wins"] == int((v > b).sum()) and faa["n_seeds"] == 3
+    for fmt, needle in (("csv", "baseline_mean"), ("md", "| er | synthetic | 20 | none | -inf |"), ("table", "Wilcoxon")):
+        assert cli.main(["compare", "--db", str(db), "--format", fmt, "--experiment", "t-fig2"]) == 0
+        assert needle in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# compare_runs by hand
+
+
+def _frame(base, variant, seeds=None, variant_seeds=None):
+    cfg = {"method": "er", "benchmark": "seq-fmnist", "buffer_size": 200, "lr": 0.1}
+    rows = []
+    for mask, values, ss in (("none", base, seeds), ("-inf", variant, variant_seeds or seeds)):
+        for seed, v in zip(ss or range(len(values)), values):
+            rows.append({"method": "er", "dataset": "seq-fmnist", "buffer_size": 200, "mask": mask, "mask_on": "stream",
+                         "seed": seed, "status": "finished", "config": {**cfg, "seed": seed, "mask": mask},
+                         "faa_class_il": v, "faa_task_il": v + 10, "forgetting_class_il": 50 - v,
+                         "forgetting_task_il": math.nan})
+    return pd.DataFrame(rows)
+
+
+def test_compare_runs_by_hand():
+    base = [40.0, 42.0, 41.0, 39.0, 43.0]
+    var = [45.0, 43.0, 44.5, 41.0, 48.0]  # better on every seed: +5, +1, +3.5, +2, +5
+    out = compare_runs(_frame(base, var)).set_index("metric")
+    row = out.loc["faa_class_il"]
+    assert row["n_seeds"] == 5 and row["baseline"] == "none" and row["variant"] == "-inf"
+    assert row["difference"] == pytest.approx(3.3)
+    assert row["baseline_mean"] == pytest.approx(41.0) and row["variant_mean"] == pytest.approx(44.3)
+    assert row["baseline_std"] == pytest.approx(np.std(base, ddof=1))
+    # exact Wilcoxon signed-rank, two-sided: all 5 differences positive -> p = 2 / 2^5
+    assert row["p_value"] == pytest.approx(2 / 32)
+    assert (row["wins"], row["losses"], row["ties"]) == (5, 0, 0)
+    assert "Wilcoxon" in row["test"]
+    # forgetting = 50 - accuracy: lower is better, so the variant wins there too
+    f = out.loc["forgetting_class_il"]
+    assert f["difference"] == pytest.approx(-3.3) and f["wins"] == 5
+    # NaN metric values drop out of the pairs
+    assert out.loc["forgetting_task_il", "n_seeds"] == 0
+    # paired t: t = mean(d) / (sd(d) / sqrt(n)), two-sided
+    d = np.subtract(var, base)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    from scipy import stats
+
+    p = 2 * stats.t.sf(abs(t), df=len(d) - 1)
+    assert compare_runs(_frame(base, var), test="t").set_index("metric").loc["faa_class_il", "p_value"] == pytest.approx(p)
+
+
+def test_compare_runs_pairs_only_common_seeds_and_matching_configs():
+    df = _frame([40.0, 41.0, 42.0], [41.0, 40.0, 45.0, 50.0], seeds=[0, 1, 2], variant_seeds=[0, 1, 2, 3])
+    row = compare_runs(df).set_index("metric").loc["faa_class_il"]
+    assert row["n_seeds"] == 3 and (row["wins"], row["losses"], row["ties"]) == (2, 1, 0)
+    assert row["difference"] == pytest.approx((1 - 1 + 3) / 3)
+    other = _frame([40.0], [41.0])
+    other["config"] = [{**c, "lr": 0.5} for c in other["config"]]  # another lr: never paired with lr 0.1
+    other.loc[other["mask"] == "none", "seed"] = 7
+    out = compare_runs(pd.concat([df, other], ignore_index=True))
+    assert set(out.loc[out["metric"] == "faa_class_il", "n_seeds"]) == {3}
+    with pytest.raises(ValueError, match="valid tests are wilcoxon, t"):
+        compare_runs(df, test="z")
