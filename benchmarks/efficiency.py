@@ -1,0 +1,129 @@
+"""Benchmark 5, efficiency: the training step's achieved FLOP/s against the machine's fp32 matmul
+peak (measured in the same run), and where a step's time goes.
+
+Workloads (seq-fmnist, MLP 784-100-100-10, 10 seeds in one lockstep group, buffer 200): DER++
+with the preset replay minibatch 128 drawn twice per step (the fig4 sweep's runs, 266 rows per
+run per step) and ER (minibatch 10, 20 rows per run per step, the lockstep benchmark's runs).
+FLOPs are counted exactly from the step schedule: matrix products only (2 per multiply-add),
+forward + weight gradients + input gradients (none for the input layer); elementwise work is
+not counted. The profile splits the group's wall time by phase (``clbench.trainer.PhaseTimes``)
+and adds the registry write of the group's results to a fresh SQLite database.
+
+Usage: python benchmarks/efficiency.py [--methods derpp,er] [--seeds 10] [--fraction 1.0] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+
+from _common import base_parser, load_line, machine_line, matmul_peak, median, setup, table
+
+from clbench import RunConfig, load_benchmark
+from clbench.methods import get_method
+from clbench.trainer import PhaseTimes, train_group
+
+MLP = (784, 100, 100, 10)
+
+
+def mlp_flops(cfg, data) -> tuple[float, float, int]:
+    """(training FLOPs, evaluation FLOPs, steps) of one run of ``cfg`` on ``data``."""
+    pairs = list(zip(MLP[:-1], MLP[1:]))
+    fwd = 2 * sum(a * b for a, b in pairs)
+    bwd = 2 * sum(a * b for a, b in pairs) + 2 * sum(a * b for a, b in pairs[1:])  # weight + input gradients
+    method = get_method(cfg.method)
+    train, steps, seen = 0.0, 0, 0
+    for task, idx in enumerate(data.train_task_idx):
+        n = len(idx)
+        draws = method.replay_draws if task >= method.replay_from_task else 0
+        for s in range(math.ceil(n / cfg.batch_size) * cfg.epochs):
+            b = min(cfg.batch_size, n - (s % math.ceil(n / cfg.batch_size)) * cfg.batch_size)
+            rows = b + (draws * cfg.minibatch_size if draws and seen > 0 else 0)
+            train += rows * (fwd + bwd)
+            seen += b
+            steps += 1
+    evaluate = data.n_tasks * sum(len(i) for i in data.test_task_idx) * fwd
+    return train, evaluate, steps
+
+
+def save_to_registry(results) -> float | None:
+    """Seconds to record a finished group in a fresh SQLite registry as a sweep does (claim,
+    running, results); None when the registry is not importable."""
+    try:
+        from clbench.store import Owner, open_store
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        store = open_store(os.path.join(tmp, "results.db"))
+        owner = Owner.current()
+        cfgs = [r.config for r in results]
+        store.claim(cfgs, owner)
+        store.mark_running([c.identity() for c in cfgs], owner)
+        store.save_results(results, owner)
+        store.close()
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = base_parser(__doc__.split("\n\n")[0], repeats=1)
+    ap.add_argument("--methods", default="derpp,er")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--fraction", type=float, default=1.0, help="fraction of each task's training set")
+    args = ap.parse_args()
+    setup(args)
+    print(machine_line(args.device), flush=True)
+    peaks = matmul_peak(args.device)
+    peak = max(peaks.values())
+    print("fp32 matmul peak, 2048^3, median of 7: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    data = load_benchmark("seq-fmnist", device=args.device)
+    if args.fraction < 1:
+        data = dataclasses.replace(data, train_task_idx=tuple(i[: max(1, int(len(i) * args.fraction))] for i in data.train_task_idx))
+
+    for method in args.methods.split(","):
+        cfgs = [RunConfig(method=method, benchmark="seq-fmnist", seed=s, buffer_size=200).resolve() for s in range(args.seeds)]
+        train_flops, eval_flops, steps = mlp_flops(cfgs[0], data)
+        runs = []
+        for _ in range(args.repeats):
+            phases = PhaseTimes(args.device)
+            t0 = time.perf_counter()
+            results = train_group(cfgs, data, phases=phases)
+            wall = time.perf_counter() - t0
+            runs.append((wall, phases.seconds, results))
+        wall, seconds, results = sorted(runs, key=lambda r: r[0])[len(runs) // 2]  # the median repeat
+        db_s = save_to_registry(results)
+        train_s = sum(results[0].train_s)
+        eval_s = sum(results[0].eval_s)
+        gemm_s = seconds["forward and loss"] + seconds["backward"]
+        n = args.seeds
+        c0 = cfgs[0]
+        print(f"\n{method}: {n} seeds in one group, buffer 200, batch {c0.batch_size}, replay minibatch {c0.minibatch_size} x "
+              f"{get_method(method).replay_draws} draw(s); {steps} steps; wall {wall:.2f} s (median of {args.repeats})")
+        flop_rows = [
+            ["training (all phases)", f"{n * train_flops / 1e12:.3f}", f"{train_s:.2f}", f"{n * train_flops / train_s / 1e9:.0f}",
+             f"{100 * n * train_flops / train_s / 1e9 / peak:.0f} %"],
+            ["  forward + backward phases only", f"{n * train_flops / 1e12:.3f}", f"{gemm_s:.2f}", f"{n * train_flops / gemm_s / 1e9:.0f}",
+             f"{100 * n * train_flops / gemm_s / 1e9 / peak:.0f} %"],
+            ["evaluation (5 x 10000 test images)", f"{n * eval_flops / 1e12:.3f}", f"{eval_s:.2f}", f"{n * eval_flops / eval_s / 1e9:.0f}",
+             f"{100 * n * eval_flops / eval_s / 1e9 / peak:.0f} %"],
+        ]
+        print(table(["work", "TFLOP", "seconds", "GFLOP/s", f"of the {peak:.0f} GFLOP/s peak"], flop_rows))
+        total = wall + (db_s or 0.0)
+        prof = sorted(seconds.items(), key=lambda kv: -kv[1])
+        rows = [[name, f"{s:.2f}", f"{100 * s / total:.1f} %", f"{1e6 * s / steps:.0f}"] for name, s in prof]
+        other = wall - sum(seconds.values())
+        rows.append(["other (step bookkeeping, loss sums, progress)", f"{other:.2f}", f"{100 * other / total:.1f} %", f"{1e6 * other / steps:.0f}"])
+        if db_s is not None:
+            rows.append(["database (SQLite registry: claim, running, results)", f"{db_s:.2f}", f"{100 * db_s / total:.1f} %", ""])
+        rows.append(["total", f"{total:.2f}", "100 %", f"{1e6 * total / steps:.0f}"])
+        print(table(["phase", "seconds", "share", "us per step"], rows))
+        print(f"lower bound at the measured peak: {n * train_flops / peak / 1e9:.2f} s of training "
+              f"({n * (train_flops + eval_flops) / peak / 1e9:.2f} s with evaluation)")
+    print(load_line())
+
+
+if __name__ == "__main__":
+    main()
