@@ -550,6 +550,12 @@ def export(
         print(f"wrote {n} {'rows' if matrices else 'runs'} to {output}", file=sys.stderr)
 
 
+# `clbench report` and `clbench compare` live in report_cli.py; they reuse the options above.
+from .report_cli import register as _register_report_commands  # noqa: E402
+
+_register_report_commands(app)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 

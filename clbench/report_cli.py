@@ -81,9 +81,9 @@ def register(app: typer.Typer) -> None:
         stdout = _cli._console()
         if no_run:
             if state != "ready":
-                stdout.print(f"nothing to render: {_cli.describe_url(url)} holds no runs; {len(plan_sweep(configs).runs)} "
-                             f"runs of {spec.name} are missing (run clbench report {name} to compute them)",
-                             highlight=False)
+                what = "does not exist yet" if state == "missing" else "holds no runs"
+                stdout.print(f"nothing to render: {_cli.describe_url(url)} {what}", highlight=False)
+                _print_missing(stdout, spec, [r.config for r in plan_sweep(configs).runs], _cli.describe_url(url), name)
                 return
             store = _cli.open_store(url, readonly=True)
             with store:
@@ -225,16 +225,18 @@ def _rows(result):
 
 def compare_table(result) -> Table:
     test = result["test"].iloc[0]
-    table = Table(title=f"Baseline vs masked, paired over common seeds (mean ± std, %; p: {test}; "
-                        "wins/losses/ties: seeds where the variant is better/worse/equal)", title_justify="left")
-    for col in ("method", "dataset", "buffer", "baseline", "variant", "on", "metric", "seeds", "baseline mean",
-                "variant mean", "difference", "p", "wins/losses/ties"):
-        table.add_column(col, no_wrap=True, justify="right" if col in (
-            "buffer", "seeds", "baseline mean", "variant mean", "difference", "p", "wins/losses/ties") else "left")
+    base = result["baseline"].iloc[0]
+    table = Table(title=f"Mask {base} (baseline) against each masked variant, paired over common seeds: mean ± std (%), "
+                        f"diff = variant - baseline, p: {test}, W/L/T: seeds where the variant is better/worse/equal",
+                  title_justify="left")
+    for col in ("method", "dataset", "buffer", "mask", "on", "metric", "seeds", "baseline", "variant", "diff", "p",
+                "W/L/T"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("method", "dataset", "mask", "on", "metric")
+                         else "right")
     for r, label, better in _rows(result):
         diff = Text("-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
                     style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"))
-        table.add_row(r.method, r.dataset, str(r.buffer_size), r.baseline, r.variant, r.mask_on, label, str(r.n_seeds),
+        table.add_row(r.method, r.dataset, str(r.buffer_size), r.variant, r.mask_on, label, str(r.n_seeds),
                       _pm(r.baseline_mean, r.baseline_std), _pm(r.variant_mean, r.variant_std), diff, _p(r.p_value),
                       f"{r.wins}/{r.losses}/{r.ties}")
     return table

@@ -11,8 +11,11 @@ The whole training step is ``_train_step``; the rest is bookkeeping around it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import platform
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -91,6 +94,27 @@ class RunRandomness:
         self.reservoir = np.random.default_rng(reservoir)
         self.replay = np.random.default_rng(replay)
         self.augment = np.random.default_rng(augment)
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Stop glibc from handing the memory of freed tensors back to the OS between steps.
+
+    Every step allocates and frees the same large tensors (a 90-run DER++ step: ~170 MB). glibc
+    serves blocks above its mmap threshold (at most 32 MB) with fresh mappings and trims the heap's
+    free top, so each step page-faults fresh zeroed pages again: 42k faults per step, 40 % of the
+    time of a 90-run DER++ group on the 2-core dev machine. With mmap and trimming off, freed blocks
+    are reused; the process keeps its peak memory. Once per process; Linux with glibc only.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 def make_backbone(cfg: ResolvedConfig, data: ContinualData) -> BatchedBackbone:
@@ -210,6 +234,7 @@ def train_group(
     if c0.benchmark != spec.name or spec.n_classes != data.n_classes:
         raise ValueError(f"data is {spec.name}, configs are for {c0.benchmark}")
     n_runs, n_tasks, n_classes = len(cfgs), data.n_tasks, data.n_classes
+    _keep_freed_memory()
     method = get_method(c0.method)
     rand = [RunRandomness(c.seed) for c in cfgs]
     net = make_backbone(c0, data)

@@ -244,7 +244,7 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     path = write_spec(tmp_path, "t-fig2", seeds=2)
     assert cli.main(["report", str(path), "--no-run"]) == 0
-    assert "4 runs of t-fig2 are missing" in capsys.readouterr().out
+    assert "4 runs of t-fig2 missing" in capsys.readouterr().out
     assert not (tmp_path / "reports").exists() and not (tmp_path / "results.db").exists()
     assert cli.main(["report", str(path)]) == 0
     out = capsys.readouterr().out

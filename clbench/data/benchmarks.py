@@ -124,7 +124,7 @@ class ContinualData:
 def prepare_inputs(x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 images (..., C, H, W) -> float32 network inputs: scale to [0, 1], optionally crop
     and flip (``augment_params`` from ``augment.draw_crop_flip``), then standardise per channel."""
-    x = x_raw.to(torch.float32, copy=True).div_(255.0)  # in place: one float tensor per batch, not two
+    x = x_raw / 255.0  # uint8 -> float32 in one pass, into a new tensor (the later steps work in place)
     if augment_params is not None:
         x = crop_flip(x, augment_params)
     if spec.mean is not None:

@@ -5,7 +5,8 @@
   and tables (Markdown, CSV, LaTeX) from the registry database (``render``).
 - ``compare_runs``: a baseline mask against each masked variant, paired over seeds (``compare``).
 
-Matplotlib is imported lazily (Agg backend) by the functions that draw.
+Matplotlib is imported lazily by the functions that draw, which build ``matplotlib.figure.Figure``
+objects directly (no pyplot, no global backend switch).
 """
 
 from .compare import compare_runs

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..masking import format_mask_value, parse_mask_value
+from .experiments import mask_sort_key
 
 TESTS = {"wilcoxon": "Wilcoxon signed-rank, two-sided", "t": "paired t-test, two-sided"}
 # metric -> (label, higher is better)
@@ -75,7 +76,8 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "wilcoxon
         if base.empty:
             continue
         variants = cell[cell["mask"] != base_label]
-        for (mask, on), var in variants.groupby(["mask", "mask_on"], sort=False):
+        groups = sorted(variants.groupby(["mask", "mask_on"], sort=False), key=lambda g: (mask_sort_key(g[0][0]), g[0][1]))
+        for (mask, on), var in groups:
             b = base if base_label == "none" else base[base["mask_on"] == on]
             b = b.drop_duplicates("seed").set_index("seed")
             v = var.drop_duplicates("seed").set_index("seed")

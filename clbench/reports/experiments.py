@@ -23,6 +23,7 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -113,7 +114,7 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
     """A shipped experiment by name (``fig4``) or a TOML file by path. One-line ``ValueError``s."""
     text_name = str(name_or_path)
     path = Path(name_or_path)
-    looks_like_path = text_name.endswith(".toml") or "/" in text_name or path.is_file()
+    looks_like_path = text_name.endswith(".toml") or "/" in text_name or os.sep in text_name
     if looks_like_path:
         if not path.is_file():
             raise ValueError(f"no experiment file {text_name}")

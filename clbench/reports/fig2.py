@@ -84,18 +84,17 @@ def _paired_bars(ax, labels, base, masked, base_name, masked_name, ylabel, title
 
 
 def plot_fig2(data: dict):
-    """The figure (matplotlib, Agg). Bars carry gid ``baseline``/``masked``; lines their task."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    """The figure (a matplotlib ``Figure``: no pyplot, no global backend). Bars carry the gid
+    ``baseline`` or ``masked``, the lines of row 2 ``task j``."""
+    from matplotlib import colormaps  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     method = METHOD_NAMES.get(data["method"], data["method"])
     base_name = f"{method}, {mask_title(data['baseline_mask'])}"
     masked_name = f"{method}, {mask_title(data['masked_mask'])}"
     b, m = data["baseline"], data["masked"]
     n_tasks = len(b["task_accuracy"])
-    fig = plt.figure(figsize=(16, 8.6), layout="constrained")
+    fig = Figure(figsize=(16, 8.6), layout="constrained")
     gs = fig.add_gridspec(2, 4)
     ax_conf = fig.add_subplot(gs[0, 0:2])
     ax_task = fig.add_subplot(gs[0, 2:4])
@@ -104,7 +103,7 @@ def plot_fig2(data: dict):
                  "Per-class confidence after the final task (class-IL)")
     _paired_bars(ax_task, [f"task {j + 1}" for j in range(n_tasks)], b["task_accuracy"], m["task_accuracy"],
                  base_name, masked_name, "class-IL accuracy (%)", "Per-task accuracy after the final task (class-IL)")
-    colors = plt.get_cmap("tab10")
+    colors = colormaps["tab10"]
     panels = [("class_il", "class-IL", "baseline"), ("class_il", "class-IL", "masked"),
               ("task_il", "task-IL", "baseline"), ("task_il", "task-IL", "masked")]
     axes = []

@@ -53,15 +53,14 @@ def fig4_data(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_fig4(data: pd.DataFrame, spec: ExperimentSpec):
     """Mean lines carry gid ``mean <method>``, bands ``band <method>``, baselines ``baseline <method>``."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib import colormaps  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
     buffers = list(dict.fromkeys(data["buffer_size"]))
     n = max(len(buffers), 1)
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 0.6, 4.8), squeeze=False, sharey=True, layout="constrained")
-    colors = plt.get_cmap("tab10")
+    fig = Figure(figsize=(5.6 * n + 0.6, 4.8), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
+    colors = colormaps["tab10"]
     methods = list(dict.fromkeys(data["method"]))
     pos = mask_positions(spec.masks)
     ticks = sorted((x, m) for m, x in pos.items())

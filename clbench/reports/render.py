@@ -49,9 +49,6 @@ def _save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
         path = out_dir / f"{stem}.{ext}"
         fig.savefig(path, dpi=150 if ext == "png" else None, bbox_inches="tight")
         paths.append(path)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    plt.close(fig)
     return paths
 
 

@@ -70,16 +70,17 @@ def _grid(summary_df: pd.DataFrame, setting: str):
     return rows, buffers, lookup
 
 
-def caption(spec: ExperimentSpec, summary_df: pd.DataFrame) -> str:
+def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = True) -> str:
     variant = spec.render.get("forgetting", "chaudhry")
     seeds = int(summary_df["n_seeds"].max()) if len(summary_df) else 0
-    return (f"{spec.title or spec.name}. Final average accuracy (FAA, %) and forgetting (%), mean ± std over "
-            f"{seeds} seeds, on {spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). "
-            f"Forgetting is {FORGETTING_DEFINITIONS[variant]}.")
+    head = f"{spec.title or spec.name}. " if with_title else ""
+    return (f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
+            f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
+            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}.")
 
 
 def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
-    lines = [f"# {spec.title or spec.name}", "", caption(spec, summary_df), ""]
+    lines = [f"# {spec.title or spec.name}", "", caption(spec, summary_df, with_title=False), ""]
     for setting, label in SETTINGS.items():
         rows, buffers, lookup = _grid(summary_df, setting)
         lines += [f"## {label}", ""]
@@ -93,9 +94,12 @@ def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
     return "\n".join(lines)
 
 
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
+        "$": r"\$", "±": r"$\pm$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _tex_escape(text: str) -> str:
-    return (text.replace("\\", r"\textbackslash{}").replace("&", r"\&").replace("%", r"\%").replace("_", r"\_")
-            .replace("#", r"\#").replace("±", r"$\pm$"))
+    return "".join(_TEX.get(ch, ch) for ch in text)
 
 
 def to_latex(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
@@ -143,13 +147,12 @@ def buffer_curve_data(summary_df: pd.DataFrame) -> pd.DataFrame:
 def plot_buffer_curve(data: pd.DataFrame, spec: ExperimentSpec):
     """FAA against the buffer size (log scale), class-IL and task-IL panels; a line and a ±1 std
     band per method and mask (lines carry gid ``<method> <mask> <setting>``)."""
-    import matplotlib  # noqa: PLC0415
+    from matplotlib import colormaps  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
-    colors = plt.get_cmap("tab10")
+    fig = Figure(figsize=(11, 4.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    colors = colormaps["tab10"]
     keys = list(dict.fromkeys(zip(data["method"], data["mask"])))
     for ax, (setting, label) in zip(axes, SETTINGS.items()):
         for k, (method, mask) in enumerate(keys):
