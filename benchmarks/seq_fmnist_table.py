@@ -27,12 +27,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", nargs="*", default=None, help="rows as METHOD:MASK, e.g. sgd:none er:-inf")
     args = ap.parse_args()
     lines = [
         "| method | mask | class-IL FAA (%) | task-IL FAA (%) | wall, 10-seed group (s) |",
         "|---|---|---|---|---|",
     ]
     for method, mask in ROWS:
+        if args.only is not None and f"{method}:{MaskSpec(mask).label}" not in args.only:
+            continue
         cfgs = [RunConfig(method=method, seed=s, buffer_size=200, mask=MaskSpec(mask)) for s in range(args.seeds)]
         t0 = time.perf_counter()
         results = train_runs(cfgs, device=args.device)
