@@ -11,20 +11,17 @@ The library API the CLI and the reports stand on:
 
 __version__ = "0.1.0"
 
-import os as _os
+# No OpenMP settings are forced here: torch's default (waiting threads spin for a few ms) is the
+# fastest on a quiet machine (10-seed ER group 6.3 s spinning, 15.1 s with OMP_WAIT_POLICY=PASSIVE),
+# but two busy processes on 2 cores then slow each other 3-30x; --threads 1 (10.4 s each, two at
+# once) or OMP_WAIT_POLICY=PASSIVE is the remedy there (benchmarks/README.md, "Threads").
 
-# OpenMP threads that spin while waiting make torch 10-50x slower as soon as another process
-# competes for the cores (measured here: a 10-seed ER group took 156 s spinning, 17 s passive,
-# beside one other busy process). Passive waiting costs little alone. Takes effect only if torch
-# is not imported yet; the user's own setting wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .config import METHODS, ResolvedConfig, RunConfig, resolve  # noqa: E402
-from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark  # noqa: E402
-from .masking import MaskSpec, masked_cross_entropy  # noqa: E402
-from .results import RunResult  # noqa: E402
-from .trainer import Progress, plan_groups, train_group, train_runs  # noqa: E402
-from .registry import load_runs  # noqa: E402
+from .config import METHODS, ResolvedConfig, RunConfig, resolve
+from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark
+from .masking import MaskSpec, masked_cross_entropy
+from .results import RunResult
+from .trainer import Progress, plan_groups, train_group, train_runs
+from .registry import load_runs
 
 __all__ = [
     "BENCHMARKS", "METHODS", "DataNotFoundError", "MaskSpec", "Progress", "ResolvedConfig", "RunConfig",

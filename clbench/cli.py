@@ -8,6 +8,7 @@ reports bad input as one line, ``error: ...``, on stderr with exit status 2.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -126,8 +127,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
     threads: Optional[int] = typer.Option(
-        None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 per process when several "
-                                "processes share few cores: torch slows down badly when they compete."),
+        None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 when other busy processes "
+                                "share the cores: torch's spinning threads then slow every process down."),
     synthetic_train_per_class: Optional[int] = typer.Option(None, hidden=True),
     synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
 ) -> None:
@@ -202,6 +203,8 @@ def run(
             f"; saving to {store.where}",
             highlight=False,
         )
+        if n_run and threads is None and device == "cpu":
+            _warn_if_cores_busy(err)
         with _sigterm_as_interrupt():
             outcome = _execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
                                              experiment=experiment)
@@ -218,6 +221,19 @@ def run(
         f"Stored in {store.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
         highlight=False,
     )
+
+
+def _warn_if_cores_busy(err: Console) -> None:
+    # torch's waiting threads spin; with other busy processes on the same few cores both slow down
+    # 3-30x (benchmarks/README.md, "Threads"). The 1-minute load average is a cheap, lagging sign.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= cores:
+        err.print(
+            f"note: the CPU is busy (load {load:.1f} on {cores} cores); if this is slow, "
+            "use --threads 1 or OMP_WAIT_POLICY=PASSIVE",
+            highlight=False,
+        )
 
 
 def _check_data(benchmarks: set[str], data_dir: Path | None, download: bool) -> None:
