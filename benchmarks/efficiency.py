@@ -7,7 +7,8 @@ run per step) and ER (minibatch 10, 20 rows per run per step, the lockstep bench
 FLOPs are counted exactly from the step schedule: matrix products only (2 per multiply-add),
 forward + weight gradients + input gradients (none for the input layer); elementwise work is
 not counted. The profile splits the group's wall time by phase (``clbench.trainer.PhaseTimes``)
-and adds the registry write of the group's results to a fresh SQLite database.
+and adds the registry write of the group's results to a fresh SQLite database. Last, each layer's
+matrix products alone at one full step's shapes, for the group and for a single run.
 
 Usage: python benchmarks/efficiency.py [--methods derpp,er] [--seeds 10] [--fraction 1.0] [--repeats 1]
 """
@@ -20,7 +21,9 @@ import os
 import tempfile
 import time
 
-from _common import base_parser, load_line, machine_line, matmul_peak, median, setup, table
+import torch
+
+from _common import base_parser, load_line, machine_line, matmul_peak, median, setup, table, timed
 
 from clbench import RunConfig, load_benchmark
 from clbench.methods import get_method
@@ -47,6 +50,31 @@ def mlp_flops(cfg, data) -> tuple[float, float, int]:
             steps += 1
     evaluate = data.n_tasks * sum(len(i) for i in data.test_task_idx) * fwd
     return train, evaluate, steps
+
+
+def layer_throughput(runs: int, rows: int, device: str, repeats: int = 7) -> list[list[str]]:
+    """Forward + backward of each MLP layer through clbench's ``batched_linear`` at one step's
+    shapes (``runs`` runs, ``rows`` rows per run): microseconds and GFLOP/s per layer, median
+    of ``repeats`` timings of 20 calls. The input layer needs no input gradient."""
+    from clbench.backbones import batched_linear
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i, (d, h) in enumerate(zip(MLP[:-1], MLP[1:])):
+        x = torch.rand(runs, rows, d, generator=g).to(device).requires_grad_(i > 0)
+        w = (torch.randn(runs, h, d, generator=g) * 0.05).to(device).requires_grad_(True)
+        b = torch.zeros(runs, h, device=device, requires_grad=True)
+        gy = torch.randn(runs, rows, h, generator=g).to(device)
+        inputs = (x, w, b) if i > 0 else (w, b)
+
+        def once():
+            torch.autograd.grad(batched_linear(x, w, b), inputs, gy)
+
+        once()
+        seconds = median([timed(lambda: [once() for _ in range(20)], device)[1] / 20 for _ in range(repeats)])
+        flops = 2 * runs * rows * d * h * (3 if i > 0 else 2)
+        out.append([f"{d} -> {h}", f"{runs} x {rows}", f"{1e6 * seconds:.0f}", f"{flops / seconds / 1e9:.0f}"])
+    return out
 
 
 def save_to_registry(results) -> float | None:
@@ -122,6 +150,12 @@ def main() -> None:
         print(table(["phase", "seconds", "share", "us per step"], rows))
         print(f"lower bound at the measured peak: {n * train_flops / peak / 1e9:.2f} s of training "
               f"({n * (train_flops + eval_flops) / peak / 1e9:.2f} s with evaluation)")
+        # The matrix products alone, at this step's shapes, for the group and for one run: how
+        # close the dominant kernels come to the peak (what bounds the forward/backward phases).
+        full_rows = c0.batch_size + (get_method(method).replay_draws * c0.minibatch_size if get_method(method).uses_buffer else 0)
+        layer_rows = layer_throughput(n, full_rows, args.device) + layer_throughput(1, full_rows, args.device)
+        print(f"matrix products of one full step (forward + backward, {full_rows} rows per run) through batched_linear:")
+        print(table(["layer", "runs x rows", "us per step", "GFLOP/s"], layer_rows))
     print(load_line())
 
 

@@ -281,7 +281,10 @@ def _execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
 
     try:
         with Live(Group(bar, detail), console=err, refresh_per_second=8):
-            return execute(plan, store, progress=on_progress, **kwargs)
+            outcome = execute(plan, store, progress=on_progress, **kwargs)
+        if not err.is_terminal:
+            err.line()  # off a terminal, Live's last frame ends without a newline
+        return outcome
     except KeyboardInterrupt:
         statuses = store.statuses([r.run_id for r in plan.to_run])
         done = sum(status == "finished" for status in statuses.values())
