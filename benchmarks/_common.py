@@ -20,6 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
+from clbench.trainer import usable_cpu_cores  # noqa: E402  (after the path above)
+
 
 def cpu_model() -> str:
     try:
@@ -45,7 +47,7 @@ def cpu_flags() -> str:
 
 
 def machine_line(device: str = "cpu") -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cpu_cores()
     cpu = f"{cpu_model()}, {cpu_flags()}".rstrip(", ")
     dev = device
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -58,7 +60,7 @@ def machine_line(device: str = "cpu") -> str:
 
 def load_line(cores: int | None = None) -> str:
     """The load average now, with a warning when other processes compete for the CPU."""
-    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cores = cores or usable_cpu_cores()
     load = os.getloadavg()
     line = f"load average at the end: {load[0]:.2f} (1 min), {load[1]:.2f} (5 min)"
     if load[1] > cores + 0.5:

@@ -152,7 +152,8 @@ def main() -> None:
               f"({n * (train_flops + eval_flops) / peak / 1e9:.2f} s with evaluation)")
         # The matrix products alone, at this step's shapes, for the group and for one run: how
         # close the dominant kernels come to the peak (what bounds the forward/backward phases).
-        full_rows = c0.batch_size + (get_method(method).replay_draws * c0.minibatch_size if get_method(method).uses_buffer else 0)
+        spec = get_method(method)
+        full_rows = c0.batch_size + (spec.replay_draws * c0.minibatch_size if spec.uses_buffer else 0)
         layer_rows = layer_throughput(n, full_rows, args.device) + layer_throughput(1, full_rows, args.device)
         print(f"matrix products of one full step (forward + backward, {full_rows} rows per run) through batched_linear:")
         print(table(["layer", "runs x rows", "us per step", "GFLOP/s"], layer_rows))

@@ -12,9 +12,9 @@ The library API the CLI and the reports stand on:
 __version__ = "0.1.0"
 
 # No OpenMP settings are forced here: torch's default (waiting threads spin for a few ms) is the
-# fastest on a quiet machine (10-seed ER group 6.3 s spinning, 15.1 s with OMP_WAIT_POLICY=PASSIVE),
-# but two busy processes on 2 cores then slow each other 3-30x; --threads 1 (10.4 s each, two at
-# once) or OMP_WAIT_POLICY=PASSIVE is the remedy there (benchmarks/README.md, "Threads").
+# fastest alone (10-seed ER group 6.9 s, against 14.1 s with OMP_WAIT_POLICY=PASSIVE), but two
+# busy processes on 2 cores then slow each other 5x (34 s each); one thread each (--threads 1)
+# takes 12 s there. Measured by benchmarks/threads.py (benchmarks/README.md, "Threads").
 
 from .config import METHODS, ResolvedConfig, RunConfig, resolve
 from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark

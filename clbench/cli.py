@@ -39,7 +39,7 @@ from .masking import MASK_ON_CHOICES
 from .registry import EXPORT_FORMATS, export_runs, load_runs, summarize_runs
 from .store import STATUSES, Store, StoreError, describe_url, inspect_db, open_store, resolve_db_url
 from .sweep import Plan, SweepProgress, describe_group, execute, plan_sweep, sweep_configs
-from .trainer import resolve_device
+from .trainer import resolve_device, usable_cpu_cores
 
 app = typer.Typer(
     name="clbench",
@@ -226,7 +226,7 @@ def run(
 def _warn_if_cores_busy(err: Console) -> None:
     # torch's waiting threads spin; with other busy processes on the same few cores both slow down
     # 3-30x (benchmarks/README.md, "Threads"). The 1-minute load average is a cheap, lagging sign.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpu_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load >= cores:
         err.print(

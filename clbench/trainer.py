@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import functools
 import math
+import os
 import platform
 import sys
 import time
@@ -124,6 +125,11 @@ def make_backbone(cfg: ResolvedConfig, data: ContinualData) -> BatchedBackbone:
     from .resnet import BatchedResNet18
 
     return BatchedResNet18(data.n_classes, in_channels=c, width=cfg.width or 64)
+
+
+def usable_cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
