@@ -347,11 +347,11 @@ def test_er_on_fashion_mnist_as_in_the_readme(tmp_path):
 def test_clbench_run_notes_busy_cores_only_when_the_load_fills_them(monkeypatch):
     from rich.console import Console
 
-    from clbench import cli
+    from clbench.cli import run as cli_run
 
     cores = len(os.sched_getaffinity(0))
     for load, expect_note in ((cores + 0.5, True), (cores - 0.9, False)):
-        monkeypatch.setattr(cli.os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setattr(cli_run.os, "getloadavg", lambda load=load: (load, load, load))
         out = io.StringIO()
-        cli._warn_if_cores_busy(Console(file=out, width=200))
+        cli_run._warn_if_cores_busy(Console(file=out, width=200))
         assert ("--threads 1" in out.getvalue()) is expect_note, out.getvalue()

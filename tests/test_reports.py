@@ -16,7 +16,6 @@ import pytest
 
 from clbench import cli
 from clbench.registry import load_runs
-from clbench.report_cli import register
 from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
 from clbench.reports.fig2 import fig2_data, plot_fig2
 from clbench.reports.fig4 import fig4_data, plot_fig4
@@ -24,7 +23,6 @@ from clbench.reports.render import experiment_runs
 from clbench.store import open_store
 from clbench.sweep import execute, plan_sweep
 
-register(cli.app)
 
 SYN = """
 benchmark = "synthetic"

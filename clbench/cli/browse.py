@@ -1,0 +1,169 @@
+"""``clbench runs``, ``clbench show`` and ``clbench export``: reading the registry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from ..registry import EXPORT_FORMATS, export_runs
+from ..store import STATUSES, StoreError, open_store
+from .common import (
+    FILTER_HELP,
+    STATUS_STYLE,
+    UsageProblem,
+    console,
+    db_option,
+    filter_options,
+    load,
+    local_time,
+    num,
+)
+
+
+def runs_command(
+    method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
+    mask: list[str] = typer.Option([], "--mask", metavar="MASK", help=FILTER_HELP),
+    mask_on: list[str] = typer.Option([], "--mask-on", metavar="WHERE", help=FILTER_HELP),
+    buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
+    seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
+    status: list[str] = typer.Option([], "--status", metavar="STATUS", help=f"{', '.join(STATUSES)}. {FILTER_HELP}"),
+    experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    db: Optional[str] = db_option(),
+) -> None:
+    """List runs, with filters."""
+    df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on))
+    out = console()
+    if df.empty:
+        out.print("no runs match")
+        return
+    table = Table(title=f"{len(df)} runs", title_justify="left")
+    for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
+                 "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
+        table.add_column(name, justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s")
+                         else "left")
+    for row in df.itertuples():
+        table.add_row(
+            row.run_id, row.experiment or "-", row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
+            str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
+            num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
+        )
+    out.print(table)
+
+
+def _accuracy_color(value: float) -> str:
+    """Red (0 %) through yellow (50 %) to green (100 %)."""
+    v = min(max(value / 100.0, 0.0), 1.0)
+    red, green = (255, int(510 * v)) if v < 0.5 else (int(510 * (1 - v)), 200)
+    return f"rgb({red},{green},60)"
+
+
+def _matrix_table(title: str, matrix) -> Table:
+    n = matrix.shape[0]
+    table = Table(title=title, title_justify="left")
+    table.add_column("after task", justify="right")
+    for j in range(n):
+        table.add_column(f"task {j + 1}", justify="right")
+    table.add_column("avg seen", justify="right")
+    for i in range(n):
+        cells = []
+        for j in range(n):
+            style = _accuracy_color(matrix[i, j]) + ("" if j <= i else " dim")
+            cells.append(Text(f"{matrix[i, j]:.1f}", style=style))
+        seen = matrix[i, : i + 1].mean()
+        table.add_row(str(i + 1), *cells, Text(f"{seen:.1f}", style="bold " + _accuracy_color(seen)))
+    return table
+
+
+def show(
+    run_id: str = typer.Argument(..., help="A run id, or a unique prefix of 4+ characters (see clbench runs)."),
+    db: Optional[str] = db_option(),
+) -> None:
+    """Print a run: its resolved config, both accuracy matrices and its metrics."""
+    try:
+        store = open_store(db, readonly=True)
+    except StoreError as exc:
+        raise UsageProblem(str(exc)) from None
+    with store:
+        try:
+            rid = store.find_run_id(run_id)
+        except KeyError as exc:
+            raise UsageProblem(exc.args[0]) from None
+        row = store.run_row(rid)
+        result = store.load_result(rid) if row["status"] == "finished" else None
+    out = console()
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("run", rid)
+    head.add_row("status", Text(row["status"], style=STATUS_STYLE.get(row["status"], "")))
+    head.add_row("experiment", ", ".join(row["experiments"]) or "-")
+    head.add_row("config hash", row["config_hash"])
+    head.add_row("created / finished", f"{local_time(row['created_at'])} / {local_time(row['finished_at'])}")
+    head.add_row("host, pid", f"{row['host']}, {row['pid']}")
+    if result is not None:
+        head.add_row("device", result.device)
+        head.add_row("time", f"{result.wall_s:.2f} s (its share of a lockstep group of {result.group_size})")
+        head.add_row("versions", ", ".join(f"{k} {v}" for k, v in result.versions.items() if k != "platform"))
+    out.print(head)
+    config = Table(title="Resolved config", title_justify="left", show_header=False)
+    config.add_column(style="bold")
+    config.add_column()
+    for key, value in row["config"].items():
+        if key == "notes":
+            continue
+        if key == "mask":
+            value = f"{value['value']} on {value['on']}"
+        config.add_row(key, str(value))
+    for note in row["config"].get("notes", []):
+        config.add_row("note", note)
+    out.print(config)
+    if row["error"]:
+        out.print(Text(row["error"].rstrip(), style="red"))
+    if result is None:
+        return
+    out.print(_matrix_table("Class-IL accuracy (%): row = after training task i, column = test set of task j",
+                            result.class_il))
+    out.print(_matrix_table("Task-IL accuracy (%)", result.task_il))
+    metrics = Table(title="Metrics (%)", title_justify="left")
+    metrics.add_column("metric")
+    metrics.add_column("class-IL", justify="right")
+    metrics.add_column("task-IL", justify="right")
+    m = result.metrics
+    for label, key in (("final average accuracy", "faa"), ("forgetting (Chaudhry)", "forgetting"),
+                       ("forgetting (Mammoth)", "forgetting_mammoth"), ("backward transfer", "bwt")):
+        metrics.add_row(label, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
+    out.print(metrics)
+
+
+def export(
+    format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
+    matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Output file. [default: stdout; "
+                                          "runs.parquet / matrices.parquet for parquet]"),
+    method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
+    dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
+    mask: list[str] = typer.Option([], "--mask", metavar="MASK", help=FILTER_HELP),
+    buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
+    status: list[str] = typer.Option([], "--status", metavar="STATUS", help=FILTER_HELP),
+    experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    db: Optional[str] = db_option(),
+) -> None:
+    """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet."""
+    if format not in EXPORT_FORMATS:
+        raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
+    if format == "parquet" and output is None:
+        output = Path("matrices.parquet" if matrices else "runs.parquet")
+    filters = filter_options(method, dataset, mask, buffer, status, experiment)
+    try:
+        n = export_runs(db, output, format=format, matrices=matrices, **filters)
+    except (StoreError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from None
+    if output is not None:
+        print(f"wrote {n} {'rows' if matrices else 'runs'} to {output}", file=sys.stderr)
+

@@ -1,0 +1,175 @@
+"""What every command of the CLI shares: the bad-input exception, option parsing, consoles, the
+database and data checks, and the formatting of numbers, times and durations (once, here)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from contextlib import contextmanager
+from datetime import timezone
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from ..data.benchmarks import get_benchmark
+from ..data.sources import DataNotFoundError, locate
+from ..registry import load_runs
+from ..store import StoreError, inspect_db
+
+
+class UsageProblem(Exception):
+    """Bad input: reported as one ``error:`` line with exit status 2."""
+
+
+DB_HELP = "Database: a file path or a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)."
+FILTER_HELP = "Repeatable, or a comma list."
+STATUS_STYLE = {"finished": "green", "running": "cyan", "pending": "blue", "failed": "red", "interrupted": "yellow"}
+
+
+def db_option():
+    return typer.Option(None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def split(values: Sequence[str] | None) -> list[str]:
+    """Repeatable options that also take comma lists: --mask none,-inf --mask -5."""
+    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
+
+
+def ints(values: Sequence[str] | None, what: str) -> list[int]:
+    out = []
+    for text in split(values):
+        try:
+            out.append(int(text))
+        except ValueError:
+            raise UsageProblem(f"invalid {what} {text!r}: give a whole number") from None
+    return out
+
+
+def filter_options(method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None) -> dict:
+    """The ``load_runs`` filters of a listing command's options (only those given)."""
+    out = {}
+    if method:
+        out["method"] = split(method)
+    if dataset:
+        out["dataset"] = split(dataset)
+    if mask:
+        out["mask"] = split(mask)
+    if buffer:
+        out["buffer"] = ints(buffer, "buffer size")
+    if status:
+        out["status"] = split(status)
+    if experiment:
+        out["experiment"] = list(experiment)
+    if seed:
+        out["seed"] = ints(seed, "seed")
+    if mask_on:
+        out["mask_on"] = split(mask_on)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks made before anything is written
+
+
+def load(db: str | None, **filter_values):
+    """``load_runs`` with its errors as bad input."""
+    try:
+        return load_runs(db, **filter_values)
+    except (StoreError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def inspect(url) -> str:
+    try:
+        return inspect_db(url)
+    except StoreError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def check_data(benchmarks: set[str], data_dir: Path | None, download: bool) -> None:
+    for name in sorted(benchmarks):
+        spec = get_benchmark(name)
+        if spec.dataset == "synthetic":
+            continue
+        try:
+            locate(spec.dataset, data_dir, download=download)
+        except DataNotFoundError as exc:
+            raise UsageProblem(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Consoles and signals
+
+
+def console(stderr: bool = False) -> Console:
+    # Off a terminal (pipes, logs) rich would wrap tables at 80 columns; give them room instead.
+    probe = Console(stderr=stderr)
+    return Console(stderr=stderr, width=None if probe.is_terminal else max(probe.width, 160))
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (e.g. from a scheduler) stops a sweep like Ctrl-C does: finished runs stay saved and
+    unfinished ones are marked interrupted."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def pm(mean: float, std: float) -> str:
+    """``mean ± std`` with two decimals; ``-`` for a missing mean, the mean alone without a std."""
+    if mean != mean:  # NaN
+        return "-"
+    return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
+
+
+def p_value(p: float) -> str:
+    return "-" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
+
+
+def num(value, fmt: str = "{:.2f}") -> str:
+    return "-" if value is None or value != value else fmt.format(value)
+
+
+def local_time(value) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if value.tzinfo is None:  # stored in UTC (SQLite keeps no zone)
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+

@@ -1,0 +1,222 @@
+"""``clbench run``: plan the sweep against the registry, train what is missing under a live progress
+display, and print the summary of every run asked for."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..config import METHODS
+from ..data.benchmarks import BENCHMARKS, SyntheticOptions
+from ..masking import MASK_ON_CHOICES
+from ..registry import load_runs, summarize_runs
+from ..store import StoreError, describe_url, open_store, resolve_db_url
+from ..sweep import (
+    Plan,
+    describe_group,
+    plan_sweep,
+    sweep_configs,
+)
+from ..trainer import resolve_device, usable_cpu_cores
+from .common import (
+    UsageProblem,
+    check_data,
+    console,
+    db_option,
+    duration,
+    inspect,
+    ints,
+    pm,
+    sigterm_as_interrupt,
+    split,
+)
+from .progress import execute_with_progress
+
+
+def run(
+    method: list[str] = typer.Option(["er"], "--method", "-m", metavar="METHOD", help=f"Method: {', '.join(METHODS)}. Repeatable."),
+    mask: list[str] = typer.Option(
+        ["none"], "--mask", metavar="MASK", help="Mask value: none, -inf or a number. Repeatable, or a comma list."),
+    mask_on: str = typer.Option("stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
+    seed: list[str] = typer.Option([], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."),
+    dataset: str = typer.Option("seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."),
+    buffer: list[str] = typer.Option(["200"], "--buffer", "-b", metavar="SIZE", help="Replay buffer size. Repeatable."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"),
+    lr: Optional[float] = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
+    minibatch_size: Optional[int] = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
+    beta: Optional[float] = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
+    download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
+    db: Optional[str] = db_option(),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", metavar="NAME", help="A label grouping these runs."),
+    force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 when other busy processes "
+                                "share the cores: torch's spinning threads then slow every process down."),
+    synthetic_train_per_class: Optional[int] = typer.Option(None, hidden=True),
+    synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
+) -> None:
+    """Train the sweep methods x buffers x masks x seeds; finished runs are reused (cached)."""
+    # 1. Everything about the sweep itself.
+    if mask_on not in MASK_ON_CHOICES:
+        raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    seed_list = sorted(set((list(range(seeds)) if seeds is not None else []) + ints(seed, "seed")))
+    if seeds is not None and seeds < 1:
+        raise UsageProblem(f"invalid --seeds {seeds}: give N >= 1 to run seeds 0..N-1")
+    if not seed_list:
+        seed_list = [0]
+    if any(s < 0 for s in seed_list):
+        raise UsageProblem(f"invalid seed {min(seed_list)}: seeds are >= 0")
+    for name, value in (("--lr", lr), ("--alpha", alpha), ("--beta", beta)):
+        if value is not None and not math.isfinite(value):
+            raise UsageProblem(f"invalid {name} {value}: give a finite number")
+    if group_size is not None and group_size < 1:
+        raise UsageProblem(f"invalid --group-size {group_size}: give N >= 1")
+    if threads is not None and threads < 1:
+        raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
+    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
+                                        alpha=alpha, beta=beta).items() if v is not None}
+    synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
+                                        test_per_class=synthetic_test_per_class).items() if v is not None}
+    if synthetic:
+        overrides["synthetic"] = SyntheticOptions(**synthetic)
+    try:
+        configs = sweep_configs(
+            methods=split(method), masks=split(mask), buffers=ints(buffer, "buffer size"), seeds=seed_list,
+            benchmark=dataset, mask_on=mask_on, **overrides,
+        )
+        plan = plan_sweep(configs, None, force=force, max_group_size=group_size)  # resolves every run
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    except RuntimeError:  # torch's own error for a string that names no device type at all
+        raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
+    # 2. The data, then the database, both without writing anything.
+    check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
+    url = resolve_db_url(db)
+    state = inspect(url)
+    err = console(stderr=True)
+    if dry_run:
+        store = open_store(url, readonly=True) if state == "ready" else None
+        try:
+            plan = plan_sweep(configs, store, force=force, max_group_size=group_size)
+        finally:
+            if store is not None:
+                store.close()
+        _print_plan(console(), plan, url, device)
+        return
+    # 3. Run.
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        store = open_store(url)
+    except StoreError as exc:
+        raise UsageProblem(str(exc)) from None
+    with store:
+        stale = store.mark_stale_runs()
+        if stale:
+            err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
+        plan = plan_sweep(configs, store, force=force, max_group_size=group_size)
+        n_run, n_cached = len(plan.to_run), len(plan.cached)
+        err.print(
+            f"{len(plan.runs)} run{'s' if len(plan.runs) != 1 else ''}: {n_run} to compute in {len(plan.groups)} "
+            f"group{'s' if len(plan.groups) != 1 else ''} (estimated {duration(plan.estimate_s)}), {n_cached} cached"
+            f"; saving to {store.where}",
+            highlight=False,
+        )
+        if n_run and threads is None and device == "cpu":
+            _warn_if_cores_busy(err)
+        with sigterm_as_interrupt():
+            outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
+                                             experiment=experiment)
+        ids = [r.run_id for r in plan.runs]
+        runs = load_runs(store, run_id=ids)
+        # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
+        present = set(runs["run_id"])
+        runs = runs.set_index("run_id").loc[[i for i in ids if i in present]].reset_index()
+        summary = summarize_runs(runs)
+    out = console()
+    out.print(_summary_table(summary))
+    out.print(
+        f"{len(ids)} runs: {len(outcome.computed)} computed in {duration(outcome.wall_s)}, {len(outcome.cached)} cached. "
+        f"Stored in {store.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
+        highlight=False,
+    )
+
+
+def _warn_if_cores_busy(err: Console) -> None:
+    # torch's waiting threads spin; with other busy processes on the same few cores both slow down
+    # 3-30x (benchmarks/README.md, "Threads"). The 1-minute load average is a cheap, lagging sign.
+    cores = usable_cpu_cores()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load >= cores:
+        err.print(
+            f"note: the CPU is busy (load {load:.1f} on {cores} cores); if this is slow, "
+            "use --threads 1 or OMP_WAIT_POLICY=PASSIVE",
+            highlight=False,
+        )
+
+
+def _summary_table(summary) -> Table:
+    table = Table(title="Final average accuracy (FAA) and forgetting (Chaudhry et al. 2018: max over earlier "
+                        "rows minus the last), mean ± std over seeds (%)", title_justify="left")
+    varying = [k for k in ("epochs", "lr", "batch_size", "minibatch_size", "alpha", "beta")
+               if summary[k].nunique(dropna=False) > 1]
+    for name in ["method", "dataset", "buffer", "mask", "on", *varying, "seeds"]:
+        table.add_column(name, justify="right" if name in ("buffer", "seeds", *varying) else "left")
+    for name in ("FAA class-IL", "FAA task-IL", "forgetting class-IL", "forgetting task-IL"):
+        table.add_column(name, justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(
+            row["method"], row["dataset"], str(row["buffer_size"]), row["mask"], row["mask_on"],
+            *[str(row[k]) for k in varying], str(row["n_seeds"]),
+            pm(row["faa_class_il_mean"], row["faa_class_il_std"]), pm(row["faa_task_il_mean"], row["faa_task_il_std"]),
+            pm(row["forgetting_class_il_mean"], row["forgetting_class_il_std"]),
+            pm(row["forgetting_task_il_mean"], row["forgetting_task_il_std"]),
+        )
+    return table
+
+
+def _print_plan(out: Console, plan: Plan, url, device: str) -> None:
+    estimates = plan.group_estimates_s()
+    table = Table(title=f"Plan: {len(plan.runs)} runs against {describe_url(url)}", title_justify="left")
+    for name in ("group", "run id", "method", "dataset", "buffer", "mask", "on", "seed", "stored", "action"):
+        table.add_column(name, justify="right" if name in ("group", "buffer", "seed") else "left")
+    group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
+    for i, r in enumerate(plan.runs):
+        c = r.config
+        action = Text("cached", style="green") if r.action == "cached" else Text(
+            "recompute" if r.stored_status == "finished" else "run", style="yellow")
+        table.add_row(
+            str(group_of[i] + 1) if i in group_of else "-", r.run_id, c.method, c.benchmark, str(c.buffer_size),
+            c.mask.label, c.mask.on, str(c.seed), r.stored_status, action,
+        )
+    out.print(table)
+    for g, members in enumerate(plan.groups):
+        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}",
+                  highlight=False)
+    where_to = "" if device == "cpu" else f" (the cost model is for CPU; on {device} expect less)"
+    out.print(
+        f"{len(plan.to_run)} to compute in {len(plan.groups)} lockstep group(s), {len(plan.cached)} already done "
+        f"(cached). Estimated time: {duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.",
+        highlight=False,
+    )
+
+
