@@ -15,6 +15,14 @@ from .data.benchmarks import SyntheticOptions, get_benchmark
 from .masking import MaskSpec
 from .presets import lookup_preset
 
+# The version of what the engine computes. Bump it with every change that alters any number a run
+# produces, even at rounding level: a run's identity includes it, so runs computed before the change
+# are never served from the cache again (the store shows them as ``stale``).
+#   1: clbench 0.1.0.
+#   2: the replay plan from step 256 of an epoch on no longer counts the samples seen twice (a buffer
+#      that was not yet full was sampled in slots never written: blank inputs with label 0).
+RESULTS_VERSION = 2
+
 METHODS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 BUFFERLESS_METHODS = ("sgd", "joint")
 BACKBONES = ("mlp", "resnet18")
@@ -87,12 +95,16 @@ class ResolvedConfig:
             d["synthetic"] = SyntheticOptions(**s)
         return cls(**d)
 
-    def identity(self) -> str:
-        """A stable hash of the resolved config and seed (notes excluded: they are derived)."""
+    def identity(self, results_version: int = RESULTS_VERSION) -> str:
+        """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
+        (notes excluded: they are derived). The same config computed by an engine whose results
+        differ has another identity."""
         d = self.to_dict()
         d.pop("notes")
         d.pop("preset_source")
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        if results_version > 1:  # version 1 (clbench 0.1.0) hashed the config alone
+            blob += f"|results_version={results_version}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def group_key(self) -> tuple:

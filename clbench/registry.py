@@ -16,9 +16,10 @@ from typing import IO, Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import URL
 
+from .config import RESULTS_VERSION
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
 from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
@@ -33,7 +34,8 @@ EXPORT_COLUMNS = (
 # More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
 EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
 HYPERPARAMETERS = ("epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta")
-RECORD_COLUMNS = ("group_size", "device", "host", "created_at", "started_at", "finished_at", "error", "config")
+RECORD_COLUMNS = ("group_size", "device", "host", "created_at", "started_at", "finished_at", "error",
+                  "results_version", "diverged_task", "diverged_step", "last_finite_loss", "config")
 MATRIX_COLUMNS = ("run_id", "setting", "after_task", "on_task", "accuracy")
 EXPORT_FORMATS = ("csv", "json", "parquet")
 SUMMARY_METRICS = ("faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il")
@@ -86,13 +88,24 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
         bad = [s for s in statuses if s not in STATUSES]
         if bad:
             raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
-        conds.append(Run.status.in_(statuses))
+        conds.append(effective_status().in_(statuses))
     if (experiments := _as_list(experiment)) is not None:
         labelled = select(RunExperiment.run_id).where(RunExperiment.experiment.in_([str(e) for e in experiments]))
         conds.append(Run.run_id.in_(labelled))
     if (ids := _as_list(run_id)) is not None:
         conds.append(Run.run_id.in_([str(i) for i in ids]))
     return conds
+
+
+def _results_version():
+    return func.coalesce(Run.results_version, 1)
+
+
+def effective_status():
+    """The status a run is listed with (SQL): its stored status, or ``stale`` when an older engine
+    (``results_version`` below ``RESULTS_VERSION``) computed it: its numbers may differ from what
+    this clbench computes, so it is never reused or reported unless asked for."""
+    return case((_results_version() < RESULTS_VERSION, "stale"), else_=Run.status)
 
 
 def _accuracy_matrices(conn, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -131,7 +144,9 @@ def load_runs(
     ``dataset`` takes benchmark or dataset names (``seq-fmnist`` or ``fmnist``), ``mask`` mask
     values or their text (``"none"``, ``"-inf"``, ``-5``). Columns: ``EXPORT_COLUMNS``, then
     ``EXTRA_METRICS``, ``HYPERPARAMETERS`` and ``RECORD_COLUMNS`` (``config`` is the resolved
-    config as a dict). Metrics are NaN for runs that are not finished. ``experiment`` holds the
+    config as a dict). ``status`` is the effective status (``stale`` for runs of an older engine,
+    see :func:`effective_status`). Metrics are NaN for runs without trusted results (not finished,
+    e.g. ``diverged``), but computed for ``stale`` runs that finished. ``experiment`` holds the
     run's experiment labels, comma-separated.
     """
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
@@ -139,7 +154,7 @@ def load_runs(
     def work(store: Store):
         def query(conn):
             # Sweeps in the order they were planned, groups in the order they trained, then seeds.
-            stmt = select(Run.__table__).where(*conds).order_by(
+            stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(
                 Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
                 Run.mask_on, Run.mask, Run.seed)
             rows = conn.execute(stmt).mappings().all()
@@ -149,6 +164,7 @@ def load_runs(
                 stmt = select(RunExperiment.run_id, RunExperiment.experiment).where(RunExperiment.run_id.in_(chunk))
                 for rid, label in conn.execute(stmt.order_by(RunExperiment.experiment)):
                     labels.setdefault(rid, []).append(label)
+            # Metrics for runs with trusted results, and for stale ones (they had them once).
             finished = [r["run_id"] for r in rows if r["status"] == "finished"]
             return rows, labels, _accuracy_matrices(conn, finished)
 
@@ -165,7 +181,7 @@ def load_runs(
             "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
             "method": r["method"], "dataset": r["benchmark"], "backbone": r["backbone"],
             "buffer_size": r["buffer_size"], "mask": r["mask"], "mask_on": r["mask_on"], "seed": r["seed"],
-            "status": r["status"], **{k: metrics[k] for k in nan_metrics},
+            "status": r["effective_status"], **{k: metrics[k] for k in nan_metrics},
             "wall_s": r["wall_s"], "config_hash": r["config_hash"],
             **{k: cfg.get(k) for k in HYPERPARAMETERS},
             **{k: r[k] for k in RECORD_COLUMNS if k != "config"}, "config": cfg,
@@ -175,13 +191,13 @@ def load_runs(
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
-    return df.astype({"wall_s": "float64", **{k: "float64" for k in nan_metrics}})
+    return df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
 
 
 def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
     """The accuracy matrices of the finished runs matching ``filters`` (as in :func:`load_runs`) in
     long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
-    conds = _run_filters(**filters) + [Run.status == "finished"]
+    conds = _run_filters(**filters) + [Run.status == "finished"]  # stale ones too, when asked for
 
     def work(store: Store):
         def query(conn):

@@ -5,11 +5,21 @@ URL works, PostgreSQL included. The schema is explicit (the ORM classes below) a
 one row in ``clbench_schema``: a database written by another clbench version, or one that is not
 a clbench database at all, is refused with a :class:`StoreError` before anything is written.
 
-A run's row moves ``pending -> running -> finished | failed | interrupted``. Results are written in
-one transaction together with ``status = finished``, so a finished row always has its matrices
-and nothing interrupted can leave half a result behind. The process that claims a run records its
-host, pid and process start time; a ``pending``/``running`` row whose process is gone is stale
-and :meth:`Store.mark_stale_runs` marks it ``interrupted``.
+A run's row moves ``pending -> running -> finished | diverged | failed | interrupted``. Results are
+written in one transaction together with ``status = finished`` (or ``diverged``: the run's loss or
+weights became non-finite, see ``clbench.trainer``), so a finished row always has its matrices and
+nothing interrupted can leave half a result behind. The process that claims a run records its
+host, pid and process start time and keeps a heartbeat; a ``pending``/``running`` row whose
+process is gone (on this host: the pid; elsewhere: a heartbeat older than ``HEARTBEAT_TIMEOUT_S``)
+is abandoned, and :meth:`Store.mark_stale_runs` marks it ``interrupted``. A run held by a live
+process is never claimed by another one: each run is computed once across processes.
+
+Every row records the ``RESULTS_VERSION`` of the engine that computed it (part of the run's
+identity, ``clbench.config``). Rows of an older version are reported with the derived status
+``stale``: never reused as cached, left out of reports unless asked for.
+
+Schema versions are migrated in place (``_MIGRATIONS``) by the first process that opens an older
+database for writing; tables added since are created the same way.
 
 Concurrency: SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` write
 transactions (so two writers queue instead of dead-locking); every transaction is retried on
@@ -55,16 +65,22 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .config import ResolvedConfig
+from .config import RESULTS_VERSION, ResolvedConfig
 from .results import RunResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION = "clbench"
 DEFAULT_DB = "results.db"
 ENV_DB = "CLBENCH_DB"
-STATUSES = ("pending", "running", "finished", "failed", "interrupted")
-ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or stale
+# What a row's ``status`` column holds.
+STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
+# What listings show: the stored status, or ``stale`` for a row of an older RESULTS_VERSION.
+STATUSES = (*STORED_STATUSES, "stale")
+ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or abandoned
+DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unless forced
 SETTINGS = ("class_il", "task_il")
+HEARTBEAT_INTERVAL_S = 60.0  # how often a running sweep refreshes the heartbeat of its runs
+HEARTBEAT_TIMEOUT_S = 600.0  # a run on another host with an older heartbeat is abandoned
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 _RETRIES = 8
@@ -125,6 +141,12 @@ class Run(Base):
     group_size: Mapped[int | None] = mapped_column(Integer)
     wall_s: Mapped[float | None] = mapped_column(Float)  # this run's share of its group's time
     error: Mapped[str | None] = mapped_column(Text)
+    # Added in schema version 2.
+    results_version: Mapped[int | None] = mapped_column(Integer)  # the engine's RESULTS_VERSION
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # owner last seen alive
+    diverged_task: Mapped[int | None] = mapped_column(Integer)  # where the loss became non-finite
+    diverged_step: Mapped[int | None] = mapped_column(Integer)  # step within that task (all epochs)
+    last_finite_loss: Mapped[float | None] = mapped_column(Float)
 
 
 class RunExperiment(Base):
@@ -235,8 +257,9 @@ def _sqlite_file(url: URL) -> Path | None:
 def inspect_db(db: str | os.PathLike | URL | None = None) -> str:
     """The state of the database at ``db`` without creating or changing anything.
 
-    Returns ``"missing"`` (no file yet; its folder exists), ``"empty"`` (exists, has no tables) or
-    ``"ready"`` (a clbench database of this schema version). Raises :class:`StoreError` for a
+    Returns ``"missing"`` (no file yet; its folder exists), ``"empty"`` (exists, has no tables),
+    ``"outdated"`` (a clbench database of an older schema version: :func:`open_store` migrates it)
+    or ``"ready"`` (a clbench database of this schema version). Raises :class:`StoreError` for a
     database that cannot be reached, is not a clbench database, or has another schema version.
     """
     url = resolve_db_url(db)
@@ -271,6 +294,8 @@ def inspect_db(db: str | os.PathLike | URL | None = None) -> str:
 
 
 def _schema_state(conn, where: str) -> str:
+    """``empty``, ``ready`` or ``outdated`` (an older schema version, or tables added since missing);
+    raises :class:`StoreError` for a database that is not clbench's or is newer than this clbench."""
     tables = set(inspect(conn).get_table_names())
     if not tables:
         return "empty"
@@ -284,13 +309,43 @@ def _schema_state(conn, where: str) -> str:
     if row.version > SCHEMA_VERSION:
         raise StoreError(f"{where} was written by a newer clbench (schema version {row.version}; this clbench "
                          f"reads version {SCHEMA_VERSION}): upgrade clbench or use another --db")
-    if row.version < SCHEMA_VERSION:
-        raise StoreError(f"{where} has the old clbench schema version {row.version} (this clbench needs "
-                         f"{SCHEMA_VERSION}) and there is no migration: use another --db")
-    missing = sorted(TABLE_NAMES - tables)
-    if missing:
-        raise StoreError(f"{where} is an incomplete clbench database (missing tables: {', '.join(missing)})")
+    if row.version < SCHEMA_VERSION or TABLE_NAMES - tables:
+        return "outdated"
     return "ready"
+
+
+def _add_columns_v2(conn) -> None:
+    """Schema 1 -> 2: the results version (1 for every existing row: they were computed by
+    clbench 0.1.0), the owner's heartbeat and where a run diverged."""
+    for column, sql_type in (("results_version", "INTEGER"), ("heartbeat_at", _timestamp_type(conn)),
+                             ("diverged_task", "INTEGER"), ("diverged_step", "INTEGER"),
+                             ("last_finite_loss", "DOUBLE PRECISION" if conn.dialect.name == "postgresql" else "FLOAT")):
+        conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}"))
+    conn.execute(text("UPDATE runs SET results_version = 1"))
+
+
+def _timestamp_type(conn) -> str:
+    return "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+
+
+# from_version -> the step to from_version + 1. Each step runs in the migrating transaction.
+_MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _add_columns_v2}
+
+
+def _migrate(conn, where: str) -> None:
+    """Bring an older clbench database to ``SCHEMA_VERSION`` in one transaction: the version steps,
+    then every table this clbench has and the database lacks. Safe against a concurrent migrator
+    (an advisory lock on PostgreSQL; SQLite's write transactions are exclusive already)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
+    if _schema_state(conn, where) != "outdated":  # someone else migrated it meanwhile
+        return
+    version = conn.execute(select(SchemaInfo.version)).scalar_one()
+    while version < SCHEMA_VERSION:
+        _MIGRATIONS[version](conn)
+        version += 1
+    Base.metadata.create_all(conn, checkfirst=True)
+    conn.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))
 
 
 def _connection_error(url: URL, exc: Exception) -> StoreError:
@@ -407,7 +462,8 @@ class Owner:
         return cls(socket.gethostname(), pid, _process_start(pid))
 
     def is_alive(self) -> bool:
-        """Whether the process still runs (only decidable on its own host; elsewhere: assumed)."""
+        """Whether the process still runs (only decidable on its own host; elsewhere: assumed;
+        the store decides for other hosts by the heartbeat)."""
         if self.host != socket.gethostname():
             return True
         if not _pid_alive(self.pid):
@@ -587,32 +643,58 @@ class Store:
     # -- the lifecycle --------------------------------------------------------------------------
 
     def claim(self, configs: Sequence[ResolvedConfig], owner: Owner, *, experiment: str | None = None,
-              tag: Sequence[ResolvedConfig] = ()) -> None:
-        """Make ``configs`` ``pending`` runs of ``owner`` (new rows, or unfinished ones taken over;
-        finished rows, e.g. under ``--force``, keep their results until new ones replace them) and
-        label them and ``tag`` (e.g. cached runs of the same sweep) with ``experiment``."""
+              tag: Sequence[ResolvedConfig] = (), force: bool = False) -> "Claim":
+        """Make ``configs`` ``pending`` runs of ``owner`` and label them and ``tag`` (e.g. cached runs
+        of the same sweep) with ``experiment``.
+
+        New runs get a row; failed, interrupted and abandoned ones (their owner is gone) are taken
+        over; runs that another live process holds are left to it (``Claim.held``), so concurrent
+        sweeps compute each run once. Finished and diverged runs are claimed only with ``force``
+        (they keep their results until new ones replace them).
+        """
         now = _now()
 
         def work(conn):
             ids = [c.identity() for c in configs]
-            existing: dict[str, str] = {}
+            existing = {}
             for chunk in in_chunks(ids):
-                existing.update(conn.execute(select(Run.run_id, Run.status).where(Run.run_id.in_(chunk))).all())
+                for row in conn.execute(select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start,
+                                               Run.heartbeat_at).where(Run.run_id.in_(chunk))):
+                    existing[row.run_id] = row
+            claimed, held, takeover = [], {}, []
+            for rid in ids:
+                row = existing.get(rid)
+                if row is None:
+                    claimed.append(rid)
+                elif row.status in DONE_STATUSES:
+                    if force:
+                        claimed.append(rid)
+                elif row.status in ACTIVE_STATUSES and _row_owner(row) != owner and _holder_alive(row, now):
+                    held[rid] = f"{row.host} pid {row.pid}"
+                else:
+                    claimed.append(rid)
+                    takeover.append(rid)
             new_rows = [self._run_row(c, "pending", owner, now) for c in configs if c.identity() not in existing]
             if new_rows:
                 conn.execute(insert(Run), new_rows)
-            takeover = [i for i in ids if existing.get(i) not in (None, "finished")]
             for chunk in in_chunks(takeover):
                 conn.execute(
-                    update(Run).where(Run.run_id.in_(chunk), Run.status != "finished").values(
+                    update(Run).where(Run.run_id.in_(chunk), Run.status.not_in(DONE_STATUSES)).values(
                         status="pending", host=owner.host, pid=owner.pid, process_start=owner.process_start,
-                        started_at=None, finished_at=None, error=None,
+                        started_at=None, finished_at=None, error=None, heartbeat_at=now,
                     )
                 )
             if experiment:
                 self._tag(conn, ids + [c.identity() for c in tag], experiment)
+            return Claim(tuple(claimed), held)
 
-        self._write(work)
+        return self._write(work)
+
+    def heartbeat(self, owner: Owner) -> None:
+        """``owner`` is alive: refresh the heartbeat of the runs it holds (see ``HEARTBEAT_TIMEOUT_S``)."""
+        self._write(lambda conn: conn.execute(update(Run).where(
+            Run.status.in_(ACTIVE_STATUSES), Run.host == owner.host, Run.pid == owner.pid,
+        ).values(heartbeat_at=_now())))
 
     def _tag(self, conn, run_ids: list[str], experiment: str) -> None:
         have: set[str] = set()
@@ -630,7 +712,7 @@ class Store:
             "benchmark": cfg.benchmark, "backbone": cfg.backbone, "buffer_size": cfg.buffer_size,
             "mask": cfg.mask.label, "mask_on": cfg.mask.on, "seed": cfg.seed, "config": cfg.to_dict(),
             "status": status, "created_at": now, "host": owner.host, "pid": owner.pid,
-            "process_start": owner.process_start,
+            "process_start": owner.process_start, "heartbeat_at": now, "results_version": RESULTS_VERSION,
         }
 
     def mark_running(self, run_ids: Sequence[str], owner: Owner) -> None:
@@ -728,13 +810,15 @@ class Store:
         self._write(work)
 
     def mark_stale_runs(self) -> list[str]:
-        """Mark ``interrupted`` the pending/running rows whose process is gone (on this host;
-        another host's processes cannot be checked from here). Returns their run ids."""
+        """Mark ``interrupted`` the pending/running rows whose owner is gone: on this host, its
+        process has ended; on another, its heartbeat is older than ``HEARTBEAT_TIMEOUT_S``.
+        Returns their run ids."""
+        now = _now()
 
         def work(conn):
-            rows = conn.execute(select(Run.run_id, Run.host, Run.pid, Run.process_start).where(
+            rows = conn.execute(select(Run.run_id, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
                 Run.status.in_(ACTIVE_STATUSES))).all()
-            stale = [r for r in rows if r.pid is not None and not Owner(r.host or "", r.pid, r.process_start).is_alive()]
+            stale = [r for r in rows if r.pid is not None and not _holder_alive(r, now)]
             for r in stale:
                 conn.execute(update(Run).where(
                     Run.run_id == r.run_id, Run.status.in_(ACTIVE_STATUSES), Run.pid == r.pid, Run.host == r.host,
@@ -744,20 +828,51 @@ class Store:
         return self._write(work)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What :meth:`Store.claim` got: the runs this owner now computes, and those another live
+    process holds (run id -> ``host pid N``), which this owner must leave alone."""
+
+    claimed: tuple[str, ...]
+    held: dict[str, str]
+
+
+def _row_owner(row) -> Owner:
+    return Owner(row.host or "", row.pid, row.process_start)
+
+
+def _holder_alive(row, now: datetime) -> bool:
+    """Whether the process holding an active row lives: its pid on this host (pid reuse ruled out
+    by the start time); on another host, a heartbeat within ``HEARTBEAT_TIMEOUT_S``."""
+    if row.pid is None:
+        return False
+    if (row.host or "") == socket.gethostname():
+        return _row_owner(row).is_alive()
+    beat = row.heartbeat_at
+    if beat is None:
+        return False
+    if beat.tzinfo is None:  # SQLite keeps UTC without its zone
+        beat = beat.replace(tzinfo=timezone.utc)
+    return (now - beat).total_seconds() < HEARTBEAT_TIMEOUT_S
+
 def open_store(db: str | os.PathLike | URL | None = None, *, create: bool = True, readonly: bool = False) -> Store:
     """Open the clbench database at ``db`` (URL or file path; default ``$CLBENCH_DB`` or
-    ``results.db``), creating it and its schema when ``create`` and it does not exist yet.
+    ``results.db``), creating it and its schema when ``create`` and it does not exist yet, and
+    migrating an older clbench database to this schema version.
 
-    ``readonly`` opens it for reading only (SQLite files in ``mode=ro``) and implies not creating.
+    ``readonly`` opens it for reading only (SQLite files in ``mode=ro``) and implies not creating;
+    an older schema is still migrated first, if the database can be written at all.
     Raises :class:`StoreError` when the database cannot be used; nothing is written then.
     """
     url = resolve_db_url(db)
     state = inspect_db(url)
-    if state != "ready" and (readonly or not create):
+    if state in ("missing", "empty") and (readonly or not create):
         raise StoreError(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
+    if state == "outdated":
+        _upgrade(url)
     engine = _make_engine(url, readonly=readonly)
     store = Store(engine, url, readonly=readonly)
-    if state != "ready":
+    if state in ("missing", "empty"):
         try:
             store.transaction(lambda conn: _create_schema(conn, describe_url(url)))
         except DBAPIError as exc:
@@ -769,13 +884,34 @@ def open_store(db: str | os.PathLike | URL | None = None, *, create: bool = True
     return store
 
 
+def _upgrade(url: URL) -> None:
+    engine = _make_engine(url, readonly=False)
+    try:
+        with engine.begin() as conn:
+            _migrate(conn, describe_url(url))
+    except DBAPIError as exc:
+        raise StoreError(f"{describe_url(url)} has an older clbench schema and could not be upgraded to version "
+                         f"{SCHEMA_VERSION} ({_first_line(exc)}): open it once with write access") from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+_SCHEMA_LOCK = 4721930183  # PostgreSQL advisory lock key: one process creates or migrates at a time
+
+
 def _create_schema(conn, where: str) -> None:
     if conn.dialect.name == "postgresql":
         # Two processes creating the schema at once would race on PostgreSQL's catalogs.
-        conn.execute(text("SELECT pg_advisory_xact_lock(4721930183)"))
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})"))
     tables = set(inspect(conn).get_table_names())
     if tables:  # someone else created it meanwhile: check it is ours
-        _schema_state(conn, where)
+        if _schema_state(conn, where) == "outdated":
+            _migrate(conn, where)
         return
     Base.metadata.create_all(conn)
     conn.execute(insert(SchemaInfo).values(id=1, application=APPLICATION, version=SCHEMA_VERSION, created_at=_now()))

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import BUFFERLESS_METHODS, ResolvedConfig, RunConfig
@@ -23,7 +24,7 @@ from .data.benchmarks import BENCHMARKS, ContinualData, get_benchmark, load_benc
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
-from .store import Owner, Store
+from .store import HEARTBEAT_INTERVAL_S, Owner, Store
 from .trainer import Progress, plan_groups, resolve_device, train_group
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +240,7 @@ class SweepOutcome:
     computed: tuple[str, ...]  # run ids computed and saved
     cached: tuple[str, ...]  # run ids reused
     wall_s: float
+    held: dict[str, str] = field(default_factory=dict)  # run id -> live process computing it instead
 
 
 def execute(
@@ -263,8 +265,10 @@ def execute(
     dev = resolve_device(device)
     owner = Owner.current()
     started = time.perf_counter()
+    claim = store.claim([r.config for r in plan.to_run], owner, experiment=experiment,
+                        tag=[r.config for r in plan.cached], force=plan.force)
+    plan = _without(plan, set(claim.held))  # another live process computes these
     to_run = [r.config for r in plan.to_run]
-    store.claim(to_run, owner, experiment=experiment, tag=[r.config for r in plan.cached])
     estimates = plan.group_estimates_s()
     total_estimate = sum(estimates) or 1.0
     done_estimate = 0.0
@@ -280,6 +284,7 @@ def execute(
             progress(SweepProgress(event, group, len(plan.groups), len(computed), len(to_run), label,
                                    min(1.0, fraction), time.perf_counter() - started, train))
 
+    heartbeat = Heartbeat(store, owner)
     try:
         for g in range(len(plan.groups)):
             cfgs = plan.group_configs(g)
@@ -310,7 +315,43 @@ def execute(
     except BaseException as exc:
         _record_stop(store, owner, exc, group_ids, unfinished)
         raise
-    return SweepOutcome(tuple(computed), tuple(r.run_id for r in plan.cached), time.perf_counter() - started)
+    finally:
+        heartbeat.stop()
+    return SweepOutcome(tuple(computed), tuple(r.run_id for r in plan.cached), time.perf_counter() - started,
+                        claim.held)
+
+
+class Heartbeat:
+    """A thread that tells the store, every ``HEARTBEAT_INTERVAL_S``, that ``owner`` is alive, so
+    processes on other hosts leave its runs alone (``Store.claim``) for as long as it lives, however
+    long a group trains. Failures to write are ignored: a missed beat only risks a late one."""
+
+    def __init__(self, store: Store, owner: Owner, interval_s: float = HEARTBEAT_INTERVAL_S):
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(store, owner, interval_s), daemon=True,
+                                        name="clbench-heartbeat")
+        self._thread.start()
+
+    def _beat(self, store: Store, owner: Owner, interval_s: float) -> None:
+        while not self._stopped.wait(interval_s):
+            try:
+                store.heartbeat(owner)
+            except Exception:  # noqa: BLE001 - the sweep itself reports database failures
+                pass
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _without(plan: Plan, run_ids: set[str]) -> Plan:
+    """``plan`` without the runs ``run_ids`` (their groups shrink; empty groups go)."""
+    if not run_ids:
+        return plan
+    keep = [i for i, r in enumerate(plan.runs) if r.run_id not in run_ids]
+    index = {old: new for new, old in enumerate(keep)}
+    groups = tuple(g for g in (tuple(index[i] for i in group if i in index) for group in plan.groups) if g)
+    return replace(plan, runs=tuple(plan.runs[i] for i in keep), groups=groups)
 
 
 def _record_stop(store: Store, owner: Owner, exc: BaseException, group_ids: list[str], unfinished: list[str]) -> None:

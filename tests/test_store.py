@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 import clbench
@@ -165,6 +167,89 @@ def test_stale_rows_of_dead_processes_become_interrupted(db_url, trained):
         assert store.mark_stale_runs() == [a.run_id]
         assert store.statuses([a.run_id, b.run_id]) == {a.run_id: "interrupted", b.run_id: "pending"}
         assert "ended before the run finished" in store.run_row(a.run_id)["error"]
+
+
+def test_a_run_held_by_a_live_process_is_left_to_it(db_url, trained):
+    """Each run is computed once across processes: a claim skips runs that a live owner holds (on
+    this host: its pid; elsewhere: a recent heartbeat) and takes over those of dead owners."""
+    a, b = trained
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        here = st.Owner(st.Owner.current().host, sleeper.pid, st._process_start(sleeper.pid))
+        away = st.Owner("another-host", 4242, None)
+        me = st.Owner.current()
+        with st.open_store(db_url) as store:
+            assert store.claim([a.config], here).claimed == (a.run_id,)
+            assert store.claim([b.config], away).claimed == (b.run_id,)
+            got = store.claim([a.config, b.config], me)
+            assert got.claimed == () and got.held == {a.run_id: f"{here.host} pid {here.pid}",
+                                                      b.run_id: "another-host pid 4242"}
+            assert store.mark_stale_runs() == []
+            # The remote owner's heartbeat goes quiet for longer than the timeout: abandoned.
+            old = datetime.now(timezone.utc) - timedelta(seconds=st.HEARTBEAT_TIMEOUT_S + 5)
+            store.transaction(lambda c: c.execute(update(st.Run).where(st.Run.run_id == b.run_id).values(heartbeat_at=old)))
+            assert store.claim([a.config, b.config], me).claimed == (b.run_id,)
+            assert store.run_row(b.run_id)["pid"] == me.pid
+            sleeper.kill()
+            sleeper.wait()
+            assert store.claim([a.config, b.config], me).claimed == (a.run_id, b.run_id)  # its own, and the dead one's
+            store.heartbeat(me)
+            assert store.run_row(a.run_id)["heartbeat_at"] is not None
+            store.save_results([a], me)
+            assert store.claim([a.config], me).claimed == ()  # finished: not claimed again
+            assert store.claim([a.config], me, force=True).claimed == (a.run_id,)
+            assert store.statuses([a.run_id]) == {a.run_id: "finished"}  # keeps its results meanwhile
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+_V1_JSON_COLUMNS = {"runs": ("config", "versions", "class_names"), "confidence": ("probabilities",)}
+
+
+def _v1_database(db_url: str) -> None:
+    """A database made by clbench 0.1.0 (schema version 1) at ``db_url``: the SQLite file it wrote,
+    or, on PostgreSQL, its schema (tests/data/schema_v1.postgresql.sql) filled with the same rows."""
+    fixture = Path(__file__).parent / "data" / "schema_v1.sqlite"
+    if "://" not in db_url:
+        shutil.copy(fixture, db_url)
+        return
+    engine = create_engine(db_url)
+    ddl = (Path(__file__).parent / "data" / "schema_v1.postgresql.sql").read_text()
+    with sqlite3.connect(fixture) as src, engine.begin() as conn:
+        for statement in ddl.split(";"):
+            if statement.strip().replace("-", "").strip():
+                conn.execute(text(statement))
+        src.row_factory = sqlite3.Row
+        for table in ("clbench_schema", "runs", "run_experiments", "accuracy", "class_accuracy", "confidence",
+                      "task_losses", "task_timings"):
+            rows = [dict(r) for r in src.execute(f"SELECT * FROM {table}")]
+            if not rows:
+                continue
+            cols = list(rows[0])
+            values = ", ".join(f"CAST(:{c} AS JSON)" if c in _V1_JSON_COLUMNS.get(table, ()) else f":{c}" for c in cols)
+            conn.execute(text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({values})"), rows)
+    engine.dispose()
+
+
+def test_an_older_database_is_migrated_and_its_runs_are_stale(db_url):
+    _v1_database(db_url)
+    assert st.inspect_db(db_url) == "outdated"
+    with st.open_store(db_url, readonly=True) as store:  # even a reader upgrades it (the file is writable)
+        version = store.transaction(lambda c: c.execute(text("SELECT version FROM clbench_schema")).scalar())
+        runs = load_runs(store)
+        assert version == st.SCHEMA_VERSION and st.inspect_db(db_url) == "ready"
+        assert len(runs) == 5 and set(runs["status"]) == {"stale"} and set(runs["results_version"]) == {1}
+        assert runs["faa_class_il"].notna().all()  # their results are kept, and readable
+        assert load_runs(store, status="stale")["run_id"].tolist() == runs["run_id"].tolist()
+        assert load_runs(store, status="finished").empty
+        old = store.load_result(runs["run_id"].iloc[0])
+        assert old.config.identity(results_version=1) == runs["run_id"].iloc[0]
+        # The same configs are new runs for this engine: nothing is served from the old cache.
+        plan = plan_sweep([old.config], store)
+        assert [r.action for r in plan.runs] == ["run"] and plan.runs[0].run_id == old.config.identity()
+        assert plan.runs[0].run_id != runs["run_id"].iloc[0]
+    st.open_store(db_url).close()  # migrating is done once
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_owner():

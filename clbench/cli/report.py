@@ -84,7 +84,7 @@ def report_command(
     err = console(stderr=True)
     stdout = console()
     if no_run:
-        if state != "ready":
+        if state in ("missing", "empty"):
             what = "does not exist yet" if state == "missing" else "holds no runs"
             stdout.print(f"nothing to render: {describe_url(url)} {what}", highlight=False)
             _print_missing(stdout, spec, [r.config for r in plan_sweep(configs).runs], describe_url(url), name)
