@@ -291,11 +291,12 @@ def train_group(
                         np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
                     ).to(device)
             plan = None
+            seen_at_epoch_start = buffer.n_seen if buffer is not None else 0
             report_every = max(1, n_steps // 50)
             for s in range(n_steps):
                 if n_draws and s % PLAN_CHUNK_STEPS == 0:
                     with phase("random plans (order, augmentation, buffer)"):
-                        plan = _replay_plan(rand, sizes, buffer.n_seen, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
+                        plan = _replay_plan(rand, sizes, seen_at_epoch_start, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
                 with phase("buffer sampling"):
                     planned = plan.draw(buffer, s % PLAN_CHUNK_STEPS) if n_draws and buffer.n_seen > 0 else None
                 with phase("batch assembly and augmentation"):
@@ -374,6 +375,7 @@ def _step_batches(
 
 
 def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, minibatch, n_draws, augment, device) -> _ReplayPlan:
+    # ``n_seen``: samples the buffer had seen when this epoch started (not when this chunk starts).
     # Before step s of this epoch the buffer has seen n_seen + s * batch_size samples.
     seen = n_seen + np.arange(first_step, first_step + n_plan_steps, dtype=np.int64) * batch_size
     seen = np.minimum(seen, n_seen + n)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from clbench import RunConfig
 from clbench.augment import crop_flip, draw_crop_flip
 from clbench.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
 
@@ -100,3 +101,33 @@ def test_crop_flip_matches_per_sample_reference():
             if flip:
                 want = want.flip(-1)
             torch.testing.assert_close(got[r, n], want)
+
+
+def test_replay_never_draws_a_slot_before_it_is_written(monkeypatch):
+    """A task of 300 steps crosses the replay plan's chunk of 256 steps while a buffer of 5120 is
+    still filling: every replayed slot must hold a sample written at an earlier step (the plan
+    once counted the samples seen twice from the second chunk on and drew blank slots)."""
+    from clbench import trainer
+    from clbench.data.benchmarks import SyntheticOptions, load_benchmark
+
+    assert trainer.PLAN_CHUNK_STEPS < 300
+    written: list[set[int]] = []
+    bad: list[tuple[int, int]] = []
+
+    class RecordingBuffer(ReservoirBuffer):
+        def insert(self, slots, x, y, task, logits):
+            for r, row in enumerate(slots.tolist()):
+                written[r].update(s for s in row if s >= 0)
+            super().insert(slots, x, y, task, logits)
+
+        def draw(self, idx):
+            for r, row in enumerate(idx.tolist()):
+                bad.extend((r, s) for s in row if s >= 0 and s not in written[r])
+            return super().draw(idx)
+
+    monkeypatch.setattr(trainer, "ReservoirBuffer", RecordingBuffer)
+    syn = SyntheticOptions(n_tasks=2, train_per_class=1500, test_per_class=5)
+    cfgs = [RunConfig(method="er", benchmark="synthetic", seed=0, buffer_size=5120, synthetic=syn).resolve()]
+    written.append(set())
+    trainer.train_group(cfgs, load_benchmark("synthetic", synthetic=syn))
+    assert written[0] and not bad, f"{len(bad)} replayed rows came from never-written slots, e.g. {bad[:3]}"
