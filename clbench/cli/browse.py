@@ -19,6 +19,7 @@ from .common import (
     console,
     db_option,
     filter_options,
+    label,
     load,
     local_time,
     num,
@@ -49,7 +50,7 @@ def runs_command(
                          else "left")
     for row in df.itertuples():
         table.add_row(
-            row.run_id, row.experiment or "-", row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
+            row.run_id, label(row.experiment), row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
             str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
         )

@@ -160,6 +160,11 @@ def p_value(p: float) -> str:
     return "-" if p != p else (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}")
 
 
+def label(value) -> str:
+    """A text cell: ``-`` for a missing value (pandas holds a missing string as NaN, a float)."""
+    return value if isinstance(value, str) and value else "-"
+
+
 def num(value, fmt: str = "{:.2f}") -> str:
     return "-" if value is None or value != value else fmt.format(value)
 
