@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
-from .data.benchmarks import SyntheticOptions, get_benchmark
+from .data.benchmarks import SyntheticOptions, dataset_sizes, get_benchmark
 from .masking import MaskSpec
 from .presets import lookup_preset
 
@@ -22,6 +25,14 @@ from .presets import lookup_preset
 #   2: the replay plan from step 256 of an epoch on no longer counts the samples seen twice (a buffer
 #      that was not yet full was sampled in slots never written: blank inputs with label 0).
 RESULTS_VERSION = 2
+
+# The largest whole number every supported database stores in an INTEGER column (PostgreSQL's
+# integer is 32-bit signed; SQLite's would take more, so the two would disagree on what is valid).
+INT_MAX = 2**31 - 1
+MAX_LABEL_LENGTH = 200  # characters of an experiment label (the store's column width)
+# A sweep's size is bounded before it is built: each run is a row to plan, store and list. 100,000
+# runs plan in seconds; more belong in several sweeps (at ~1 s per run, this is a day of CPU).
+MAX_SWEEP_RUNS = 100_000
 
 METHODS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 BUFFERLESS_METHODS = ("sgd", "joint")
@@ -123,23 +134,157 @@ class ResolvedConfig:
         return self.method not in BUFFERLESS_METHODS
 
 
+# ---------------------------------------------------------------------------------------------
+# Validation: one set of rules for every way a run is asked for (the CLI's options, a registered
+# experiment's TOML file, Python), applied before anything is trained or stored.
+
+
+class InvalidValue(ValueError):
+    """A value no run can have. ``field`` names it as a :class:`RunConfig` field (``synthetic.noise``
+    for a synthetic option); ``requirement`` says what is valid. Callers that know where the value
+    came from (an option, a key of a file) reword it with :meth:`message_for`."""
+
+    def __init__(self, field: str, value: Any, requirement: str):
+        self.field, self.value, self.requirement = field, value, requirement
+        super().__init__(self.message_for(field))
+
+    def message_for(self, name: str) -> str:
+        return f"invalid {name} {_shown(self.value)}: {self.requirement}"
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_whole(name: str, value: Any, low: int, high: int = INT_MAX) -> int:
+    """``value`` as an int in ``[low, high]`` (bools and fractional numbers are not whole numbers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, float) and value.is_integer() and low <= value <= high:
+            raise InvalidValue(name, value, f"give a whole number such as {int(value)}, not a decimal")
+        raise InvalidValue(name, value, f"give a whole number from {low} to {high}")
+    if not low <= value <= high:
+        raise InvalidValue(name, value, f"give a whole number from {low} to {high}")
+    return int(value)
+
+
+def check_real(name: str, value: Any, *, low: float | None = None, above: float | None = None) -> float:
+    """``value`` as a finite float, ``>= low`` or ``> above`` when given."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        bound = f" >= {low:g}" if low is not None else (f" > {above:g}" if above is not None else "")
+        raise InvalidValue(name, value, f"give a finite number{bound}")
+    v = float(value)
+    if low is not None and v < low:
+        raise InvalidValue(name, value, f"give a finite number >= {low:g}")
+    if above is not None and not v > above:
+        raise InvalidValue(name, value, f"give a finite number > {above:g}")
+    return v
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidValue(name, value, f"valid are {', '.join(choices)}")
+    return value
+
+
+# RunConfig field -> the check of a value given for it (None, where allowed, means "the default").
+FIELD_CHECKS = {
+    "seed": lambda v: check_whole("seed", v, 0),
+    "buffer_size": lambda v: check_whole("buffer_size", v, 0),
+    "width": lambda v: check_whole("width", v, 1),
+    "epochs": lambda v: check_whole("epochs", v, 1),
+    "batch_size": lambda v: check_whole("batch_size", v, 1),
+    "minibatch_size": lambda v: check_whole("minibatch_size", v, 1),
+    "lr": lambda v: check_real("lr", v, above=0.0),
+    "alpha": lambda v: check_real("alpha", v, low=0.0),
+    "beta": lambda v: check_real("beta", v, low=0.0),
+    "class_order_seed": lambda v: check_whole("class_order_seed", v, 0),
+    "backbone": lambda v: check_choice("backbone", v, BACKBONES),
+}
+OPTIONAL_FIELDS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
+                   "class_order_seed")
+SYNTHETIC_CHECKS = {
+    "n_tasks": lambda v: check_whole("synthetic.n_tasks", v, 1, 10_000),
+    "classes_per_task": lambda v: check_whole("synthetic.classes_per_task", v, 1, 10_000),
+    "train_per_class": lambda v: check_whole("synthetic.train_per_class", v, 1),
+    "test_per_class": lambda v: check_whole("synthetic.test_per_class", v, 1),
+    "noise": lambda v: check_real("synthetic.noise", v, low=0.0),
+    "data_seed": lambda v: check_whole("synthetic.data_seed", v, 0),
+    "backbone": lambda v: check_choice("synthetic.backbone", v, BACKBONES),
+}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """The check of one :class:`RunConfig` field's value (``None`` passes for the optional ones)."""
+    if value is None and name in OPTIONAL_FIELDS:
+        return None
+    return FIELD_CHECKS[name](value)
+
+
+def check_synthetic(options: Any) -> SyntheticOptions:
+    if not isinstance(options, SyntheticOptions):
+        raise InvalidValue("synthetic", options, "give the synthetic benchmark's options as a table")
+    for f in fields(SyntheticOptions):
+        value = getattr(options, f.name)
+        if f.name in SYNTHETIC_CHECKS:
+            SYNTHETIC_CHECKS[f.name](value)
+        elif f.name == "augment" and not isinstance(value, bool):
+            raise InvalidValue("synthetic.augment", value, "give true or false")
+        elif f.name == "input_shape":
+            if not isinstance(value, (tuple, list)) or len(value) != 3:
+                raise InvalidValue("synthetic.input_shape", value, "give [channels, height, width]")
+            for v in value:
+                check_whole("synthetic.input_shape", v, 1, 4096)
+    return options
+
+
+def validate_request(cfg: "RunConfig") -> None:
+    """Every value of ``cfg`` is one a run can have, and one every supported database can store.
+    Raises :class:`InvalidValue` (or ``ValueError`` for names) naming the first that is not."""
+    if not isinstance(cfg.method, str) or cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}: valid methods are {', '.join(METHODS)}")
+    if not isinstance(cfg.benchmark, str):
+        raise InvalidValue("benchmark", cfg.benchmark, "give a benchmark's name")
+    get_benchmark(cfg.benchmark)  # the one-line error naming the valid benchmarks
+    if not isinstance(cfg.mask, MaskSpec):
+        raise InvalidValue("mask", cfg.mask, "give a MaskSpec")
+    for name in FIELD_CHECKS:
+        check_field(name, getattr(cfg, name))
+    if cfg.synthetic is not None:
+        check_synthetic(cfg.synthetic)
+
+
+def check_label(label: Any, what: str = "experiment label") -> str:
+    """An experiment label every supported database stores as given: non-empty text of at most
+    ``MAX_LABEL_LENGTH`` characters, without control characters."""
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidValue(what, label, "give a non-empty name")
+    if len(label) > MAX_LABEL_LENGTH:
+        raise InvalidValue(what, f"{label[:20]}...", f"it has {len(label)} characters; give at most {MAX_LABEL_LENGTH}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+        raise InvalidValue(what, label, "give a name without control characters (newlines, tabs, ...)")
+    return label
+
+
 def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}: valid methods are {', '.join(METHODS)}")
+    validate_request(cfg)
     spec = get_benchmark(cfg.benchmark)
     if cfg.benchmark == "synthetic":
         spec = (cfg.synthetic or SyntheticOptions()).spec()
     elif cfg.synthetic is not None:
         raise ValueError("synthetic options are only valid with the synthetic benchmark")
-    if cfg.seed < 0:
-        raise ValueError(f"seed must be >= 0, got {cfg.seed}")
     notes: list[str] = []
     buffer_size = int(cfg.buffer_size)
     if cfg.method in BUFFERLESS_METHODS:
         buffer_size = 0
     elif buffer_size < 1:
         raise ValueError(f"{cfg.method} needs a buffer of at least 1 sample, got {cfg.buffer_size}")
+    else:
+        stream = dataset_sizes(cfg.benchmark, cfg.synthetic)[0]
+        if buffer_size > stream:
+            # More slots than samples would only allocate memory that is never written.
+            raise InvalidValue("buffer_size", buffer_size, f"{cfg.benchmark}'s stream has {stream} training "
+                               f"samples; a buffer holds at most that many")
     backbone = cfg.backbone or spec.backbone
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}: valid backbones are {', '.join(BACKBONES)}")
@@ -176,15 +321,6 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         preset_source=preset.source,
         notes=tuple(notes),
     )
-    for name in ("epochs", "batch_size"):
-        if getattr(resolved, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(resolved, name)}")
-    if needs_replay and resolved.minibatch_size < 1:
-        raise ValueError(f"minibatch_size must be >= 1, got {resolved.minibatch_size}")
-    if not resolved.lr > 0:
-        raise ValueError(f"lr must be > 0, got {resolved.lr}")
-    if resolved.alpha < 0 or resolved.beta < 0:
-        raise ValueError("alpha and beta must be >= 0")
     overridden = [n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None]
     if overridden:
         resolved = replace(resolved, notes=resolved.notes + (f"overridden: {', '.join(overridden)}",))

@@ -65,7 +65,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .config import RESULTS_VERSION, ResolvedConfig
+from .config import MAX_LABEL_LENGTH, RESULTS_VERSION, ResolvedConfig, check_label
 from .results import RunResult
 
 SCHEMA_VERSION = 2
@@ -154,7 +154,7 @@ class RunExperiment(Base):
 
     __tablename__ = "run_experiments"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
-    experiment: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    experiment: Mapped[str] = mapped_column(String(MAX_LABEL_LENGTH), primary_key=True, index=True)
 
 
 class Accuracy(Base):
@@ -652,6 +652,8 @@ class Store:
         sweeps compute each run once. Finished and diverged runs are claimed only with ``force``
         (they keep their results until new ones replace them).
         """
+        if experiment is not None:
+            check_label(experiment)  # what every backend stores, checked before anything is written
         now = _now()
 
         def work(conn):

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import BUFFERLESS_METHODS, ResolvedConfig, RunConfig
-from .data.benchmarks import BENCHMARKS, ContinualData, get_benchmark, load_benchmark
+from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
+from .data.benchmarks import BENCHMARKS, ContinualData, dataset_sizes, get_benchmark, load_benchmark
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
@@ -64,9 +64,14 @@ def sweep_configs(
         raise ValueError("no seeds given: pass --seeds N (seeds 0..N-1, N >= 1) or --seed S")
     if not buffers:
         raise ValueError("no buffer size given")
+    n_runs = len(methods) * len(buffers) * max(len(masks), 1) * len(seeds)
+    if n_runs > MAX_SWEEP_RUNS:  # checked before anything is built: planning stays cheap and bounded
+        raise ValueError(f"the sweep asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS} runs "
+                         "(split it into several)")
     for b in buffers:
-        if int(b) < 0:
-            raise ValueError(f"invalid buffer size {b}: a buffer holds 0 or more samples (e.g. 200, 500, 5120)")
+        check_field("buffer_size", b)
+    for s in (seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1])):
+        check_field("seed", s)
     mask_specs = [MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on) for m in (masks or (None,))]
     bench = benchmark_name(benchmark)
     return [
@@ -98,18 +103,9 @@ _MLP_ROW_S = 4.2e-6  # the 784-100-100-10 MLP
 _MLP_PARAMS = 784 * 100 + 100 * 100 + 100 * 10
 _RESNET_ROW_S = 0.05  # width 64 at 32 x 32
 _EVAL_ROW_FRACTION = 0.3  # a forward pass only
-# Training and test set sizes of each dataset (the whole dataset; tasks split it).
-_DATASET_SIZES = {"fmnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000),
-                  "cifar100": (50000, 10000), "tinyimg": (100000, 10000)}
-
-
 def _benchmark_sizes(cfg: ResolvedConfig):
-    if cfg.benchmark == "synthetic":
-        opts = cfg.synthetic
-        spec = opts.spec()
-        return spec, opts.train_per_class * spec.n_classes, opts.test_per_class * spec.n_classes
-    spec = get_benchmark(cfg.benchmark)
-    n_train, n_test = _DATASET_SIZES[spec.dataset]
+    spec = cfg.synthetic.spec() if cfg.benchmark == "synthetic" else get_benchmark(cfg.benchmark)
+    n_train, n_test = dataset_sizes(cfg.benchmark, cfg.synthetic)
     return spec, n_train, n_test
 
 

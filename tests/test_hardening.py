@@ -90,3 +90,112 @@ def test_runs_lists_labelled_and_unlabelled_runs_together(db_url, invoke):
     assert "2 runs" in out and "lbl" in out
     unlabelled = [line for line in out.splitlines() if "sgd" in line and "lbl" not in line]
     assert len(unlabelled) == 1 and "│ -" in unlabelled[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 5-8. One validator for the command line and the experiment files, within what every backend stores
+
+from clbench.reports import load_experiment  # noqa: E402
+
+EXPERIMENT = ('kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [10]\n'
+              'seeds = 2\n')
+
+
+def nothing_written(db_url: str, cwd: Path) -> None:
+    """No database file, no schema on the server, no report folder."""
+    if "://" in db_url:
+        assert st.inspect_db(db_url) == "empty"
+    else:
+        assert not Path(db_url).exists()
+    assert not (cwd / "reports").exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("overrides = 5\n", "overrides must be a table"),
+    ("[overrides]\nsynthetic = 5\n", "overrides.synthetic must be a table"),
+    ("render = [1]\n", "render must be a table"),
+    ("title = 3\n", "title must be a string"),
+    ("[overrides]\nsynthetic = { train_per_class = \"many\" }\n", "invalid overrides.synthetic.train_per_class 'many'"),
+    ("[overrides]\nsynthetic = { input_shape = 5 }\n", "invalid overrides.synthetic.input_shape 5"),
+])
+def test_experiment_files_with_wrong_types_are_one_line_errors(tmp_path, invoke, text, needle):
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT + text)
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace("[", r"\[")) as info:
+        load_experiment(path)
+    assert "\n" not in str(info.value)
+    one_error_line(*invoke("report", path, "--no-run"), needle)
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "results.db").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--seed", "99999999999999999999"], "invalid --seed 99999999999999999999: give a whole number from 0 to 2147483647"),
+    (["--buffer", "99999999999999999999"], "invalid --buffer 99999999999999999999"),
+    (["--seed", "2147483648"], "invalid --seed 2147483648"),
+    (["--epochs", "99999999999999999999"], "invalid --epochs"),
+    (["--batch-size", "2147483648"], "invalid --batch-size"),
+    (["--seeds", "2147483648"], "invalid --seeds"),
+    (["--group-size", "99999999999999999999"], "invalid --group-size"),
+    (["-e", "x" * 300], "invalid --experiment 'xxxxxxxxxxxxxxxxxxxx...': it has 300 characters; give at most 200"),
+])
+@pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
+def test_values_no_backend_stores_are_refused_before_the_database_opens(db_url, tmp_path, invoke, args, needle, dry):
+    one_error_line(*invoke("run", *TINY, *args, *(["--dry-run"] if dry else []), "--db", db_url), needle)
+    nothing_written(db_url, tmp_path)
+
+
+def test_the_largest_accepted_values_are_stored_by_every_backend(db_url, invoke):
+    label = "L" * 200
+    rc, out, err = invoke("run", *TINY, "--method", "sgd", "--seed", "2147483647", "-e", label, "--db", db_url)
+    assert rc == 0, err
+    runs = load_runs(db_url)
+    assert runs["seed"].tolist() == [2147483647] and runs["experiment"].tolist() == [label]
+    with pytest.raises(ValueError, match="at most 200"):  # the library refuses it too, before writing
+        train(db_url, tiny(methods=["sgd"], seeds=[1]), experiment=label + "L")
+    assert len(load_runs(db_url)) == 1
+
+
+@pytest.mark.parametrize("key, value, option, text", [
+    ("lr", "inf", "--lr", "inf"),
+    ("lr", "nan", "--lr", "nan"),
+    ("lr", "0", "--lr", "0"),
+    ("alpha", "-1.0", "--alpha", "-1"),
+    ("epochs", "1.7", "--epochs", None),  # typer refuses a decimal for an integer option itself
+    ("epochs", "0", "--epochs", "0"),
+    ("batch_size", "3000000000", "--batch-size", "3000000000"),
+    ("minibatch_size", "-2", "--minibatch-size", "-2"),
+    ("class_order_seed", "-1", None, None),
+    ("width", "0", None, None),
+])
+def test_the_command_line_and_experiment_files_refuse_the_same_values(tmp_path, invoke, key, value, option, text):
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT + f"[overrides]\nepochs = 1\n{key} = {value}\n".replace("epochs = 1\nepochs", "epochs"))
+    line = one_error_line(*invoke("report", path, "--no-run"), f"invalid overrides.{key} {value.replace('.0', '')}")
+    assert "exp.toml" in line
+    if option is not None:
+        rc, out, err = invoke("run", *TINY, option, text or value, "--dry-run")
+        assert rc == 2 and len(err.splitlines()) == 1 and option in err, err
+    assert not (tmp_path / "results.db").exists() and not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\\\b", "x" * 201, ""])
+def test_an_experiment_name_stays_one_folder_under_reports(tmp_path, invoke, name):
+    path = tmp_path / "sub" / "exp.toml"
+    path.parent.mkdir()
+    path.write_text(f'name = "{name}"\n' + EXPERIMENT)
+    one_error_line(*invoke("report", path, "--no-run"), "invalid name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+
+
+def test_an_experiment_file_runs_what_the_command_line_runs(tmp_path):
+    """Accepted values mean the same on both paths: the same run identities."""
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT + "[overrides]\nepochs = 2\nlr = 0.05\nclass_order_seed = 3\n")
+    spec = load_experiment(path)
+    from clbench.sweep import resolve_unique
+
+    from_file = {c.identity() for c in resolve_unique(spec.configs())}
+    from_cli = {c.identity() for c in resolve_unique(sweep_configs(
+        methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=range(2), benchmark="synthetic", epochs=2,
+        lr=0.05, class_order_seed=3))}
+    assert from_file == from_cli and len(from_file) == 4

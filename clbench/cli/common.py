@@ -13,6 +13,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from ..config import INT_MAX, InvalidValue, check_label, check_whole
 from ..data.benchmarks import get_benchmark
 from ..data.sources import DataNotFoundError, locate
 from ..registry import load_runs
@@ -25,6 +26,7 @@ class UsageProblem(Exception):
 
 DB_HELP = "Database: a file path or a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)."
 FILTER_HELP = "Repeatable, or a comma list."
+MAX_THREADS = 1024  # torch would try to start any number of threads; more than this is a typo
 STATUS_STYLE = {"finished": "green", "running": "cyan", "pending": "blue", "failed": "red", "interrupted": "yellow"}
 
 
@@ -36,14 +38,21 @@ def db_option():
 # Parsing
 
 
-def split(values: Sequence[str] | None) -> list[str]:
-    """Repeatable options that also take comma lists: --mask none,-inf --mask -5."""
-    return [part.strip() for value in values or () for part in str(value).split(",") if part.strip()]
-
-
-def ints(values: Sequence[str] | None, what: str) -> list[int]:
+def split(values: Sequence[str] | None, option: str = "value") -> list[str]:
+    """Repeatable options that also take comma lists: --mask none,-inf --mask -5. An empty item
+    (``--mask ''``, ``--mask ' '``, ``--mask ,``, ``--mask -inf,``) is an error, never "nothing"."""
     out = []
-    for text in split(values):
+    for value in values or ():
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(parts):
+            raise UsageProblem(f"invalid {option} {value!r}: an empty value; give one or more values, comma-separated")
+        out.extend(parts)
+    return out
+
+
+def ints(values: Sequence[str] | None, what: str, option: str | None = None) -> list[int]:
+    out = []
+    for text in split(values, option or what):
         try:
             out.append(int(text))
         except ValueError:
@@ -55,22 +64,53 @@ def filter_options(method, dataset, mask, buffer, status, experiment, seed=None,
     """The ``load_runs`` filters of a listing command's options (only those given)."""
     out = {}
     if method:
-        out["method"] = split(method)
+        out["method"] = split(method, "--method")
     if dataset:
-        out["dataset"] = split(dataset)
+        out["dataset"] = split(dataset, "--dataset")
     if mask:
-        out["mask"] = split(mask)
+        out["mask"] = split(mask, "--mask")
     if buffer:
-        out["buffer"] = ints(buffer, "buffer size")
+        out["buffer"] = ints(buffer, "buffer size", "--buffer")
     if status:
-        out["status"] = split(status)
+        out["status"] = split(status, "--status")
     if experiment:
-        out["experiment"] = list(experiment)
+        out["experiment"] = [check_experiment(e) for e in experiment]
     if seed:
-        out["seed"] = ints(seed, "seed")
+        out["seed"] = ints(seed, "seed", "--seed")
     if mask_on:
-        out["mask_on"] = split(mask_on)
+        out["mask_on"] = split(mask_on, "--mask-on")
     return out
+
+
+# Where a RunConfig field comes from on the command line, for the messages of bad values.
+OPTION_OF_FIELD = {
+    "seed": "--seed", "buffer_size": "--buffer", "epochs": "--epochs", "batch_size": "--batch-size",
+    "minibatch_size": "--minibatch-size", "lr": "--lr", "alpha": "--alpha", "beta": "--beta",
+    "synthetic.train_per_class": "--synthetic-train-per-class", "synthetic.test_per_class": "--synthetic-test-per-class",
+}
+
+
+def config_problem(exc: ValueError) -> UsageProblem:
+    """A library ``ValueError`` about a run's values as bad input, naming the option it came from."""
+    if isinstance(exc, InvalidValue) and exc.field in OPTION_OF_FIELD:
+        return UsageProblem(exc.message_for(OPTION_OF_FIELD[exc.field]))
+    return UsageProblem(str(exc))
+
+
+def check_whole_option(option: str, value: int | None, low: int, high: int = INT_MAX) -> int | None:
+    if value is None:
+        return None
+    try:
+        return check_whole(option, value, low, high)
+    except InvalidValue as exc:
+        raise UsageProblem(str(exc)) from None
+
+
+def check_experiment(label: str) -> str:
+    try:
+        return check_label(label)
+    except InvalidValue as exc:
+        raise UsageProblem(exc.message_for("--experiment")) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..config import MAX_SWEEP_RUNS
 from ..masking import format_mask_value, parse_mask_value
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
 from ..reports.compare import COMPARE_METRICS, TESTS, compare_runs
@@ -22,8 +23,10 @@ from ..sweep import plan_sweep
 from ..trainer import resolve_device
 from .common import (
     FILTER_HELP,
+    MAX_THREADS,
     UsageProblem,
     check_data,
+    check_whole_option,
     console,
     db_option,
     duration,
@@ -66,6 +69,8 @@ def report_command(
                 table.add_row(exp_name, "-", "-", "-", f"invalid: {exc}")
         console().print(table)
         return
+    check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
+    check_whole_option("--threads", threads, 1, MAX_THREADS)
     try:
         spec = load_experiment(name)
         if seeds is not None:
@@ -74,8 +79,6 @@ def report_command(
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
     out_dir = out if out is not None else Path("reports") / spec.name
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageProblem(f"--out {out_dir} is a file, not a folder")
@@ -149,8 +152,8 @@ def compare_command(
     except ValueError as exc:
         raise UsageProblem(f"invalid --baseline: {exc}") from None
     filters = filter_options(method, dataset, None, buffer, ["finished"], experiment, seed, None)
-    masks = split(mask)
-    ons = split(mask_on)
+    masks = split(mask, "--mask")
+    ons = split(mask_on, "--mask-on")
     df = load(db, **filters)
     try:
         if masks:

@@ -3,7 +3,6 @@ display, and print the summary of every run asked for."""
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..config import METHODS
+from ..config import MAX_SWEEP_RUNS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
 from ..registry import load_runs, summarize_runs
@@ -27,8 +26,12 @@ from ..sweep import (
 )
 from ..trainer import resolve_device, usable_cpu_cores
 from .common import (
+    MAX_THREADS,
     UsageProblem,
     check_data,
+    check_experiment,
+    check_whole_option,
+    config_problem,
     console,
     db_option,
     duration,
@@ -71,23 +74,20 @@ def run(
     synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
 ) -> None:
     """Train the sweep methods x buffers x masks x seeds; finished runs are reused (cached)."""
-    # 1. Everything about the sweep itself.
+    # 1. Everything about the sweep itself (sizes first: nothing large is built before they are checked).
     if mask_on not in MASK_ON_CHOICES:
         raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
-    seed_list = sorted(set((list(range(seeds)) if seeds is not None else []) + ints(seed, "seed")))
     if seeds is not None and seeds < 1:
         raise UsageProblem(f"invalid --seeds {seeds}: give N >= 1 to run seeds 0..N-1")
-    if not seed_list:
-        seed_list = [0]
-    if any(s < 0 for s in seed_list):
-        raise UsageProblem(f"invalid seed {min(seed_list)}: seeds are >= 0")
-    for name, value in (("--lr", lr), ("--alpha", alpha), ("--beta", beta)):
-        if value is not None and not math.isfinite(value):
-            raise UsageProblem(f"invalid {name} {value}: give a finite number")
-    if group_size is not None and group_size < 1:
-        raise UsageProblem(f"invalid --group-size {group_size}: give N >= 1")
-    if threads is not None and threads < 1:
-        raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
+    check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
+    check_whole_option("--group-size", group_size, 1)
+    check_whole_option("--threads", threads, 1, MAX_THREADS)
+    if experiment is not None:
+        check_experiment(experiment)
+    explicit = ints(seed, "seed", "--seed")
+    for s in explicit:
+        check_whole_option("--seed", s, 0)
+    seed_list = sorted(set(range(seeds or 0)).union(explicit)) if explicit else range(seeds or 1)
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
                                         alpha=alpha, beta=beta).items() if v is not None}
     synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
@@ -96,12 +96,13 @@ def run(
         overrides["synthetic"] = SyntheticOptions(**synthetic)
     try:
         configs = sweep_configs(
-            methods=split(method), masks=split(mask), buffers=ints(buffer, "buffer size"), seeds=seed_list,
-            benchmark=dataset, mask_on=mask_on, **overrides,
+            methods=split(method, "--method"), masks=split(mask, "--mask"),
+            buffers=ints(buffer, "buffer size", "--buffer"), seeds=seed_list, benchmark=dataset, mask_on=mask_on,
+            **overrides,
         )
         plan = plan_sweep(configs, None, force=force, max_group_size=group_size)  # resolves every run
     except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
+        raise config_problem(exc) from None
     try:
         resolve_device(device)
     except ValueError as exc:

@@ -61,6 +61,21 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
+# Training and test set sizes of each dataset (the whole dataset; the tasks split it).
+DATASET_SIZES = {"fmnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000),
+                 "cifar100": (50000, 10000), "tinyimg": (100000, 10000)}
+
+
+def dataset_sizes(benchmark: str, synthetic: "SyntheticOptions | None" = None) -> tuple[int, int]:
+    """(training samples, test samples) of a benchmark: its whole stream and its test sets, known
+    without loading the data."""
+    if benchmark == "synthetic":
+        opts = synthetic or SyntheticOptions()
+        k = opts.n_tasks * opts.classes_per_task
+        return opts.train_per_class * k, opts.test_per_class * k
+    return DATASET_SIZES[get_benchmark(benchmark).dataset]
+
+
 def get_benchmark(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name]

@@ -30,7 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import MAX_SWEEP_RUNS, InvalidValue, RunConfig, check_field, check_label, check_synthetic, check_whole
 from ..data.benchmarks import SyntheticOptions
 from ..masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 
@@ -78,8 +78,8 @@ class ExperimentSpec:
         )
 
     def with_seeds(self, n: int) -> "ExperimentSpec":
-        if n < 1:
-            raise ValueError(f"invalid number of seeds {n}: give N >= 1")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SWEEP_RUNS:
+            raise ValueError(f"invalid number of seeds {n}: give N from 1 to {MAX_SWEEP_RUNS}")
         return _replace(self, seeds=tuple(range(n)))
 
 
@@ -155,8 +155,59 @@ def _list_of(data: dict, key: str, source: str, kind: type) -> list:
     return out
 
 
+def _table(data: dict, key: str, source: str, where: str = "") -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: {where}{key} must be a table ([{where}{key}] followed by key = value lines, "
+                         f"or {key} = {{ ... }}), got {value!r}")
+    return dict(value)
+
+
+def _checked(source: str, name: str, check, value):
+    """``check(value)`` (one of clbench.config's checks, the same the command line goes through),
+    its error naming the key of the file."""
+    try:
+        return check(value)
+    except InvalidValue as exc:
+        raise ValueError(f"{source}: {exc.message_for(name)}") from None
+
+
+def _check_name(name, source: str) -> str:
+    _checked(source, "name", check_label, name)
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\")):
+        # The name is the report's folder under reports/: it must stay one folder there.
+        raise ValueError(f"{source}: invalid name {name!r}: give a name without '/' or '\\' that is not '.' or '..'")
+    return name
+
+
+def _overrides(data: dict, source: str) -> dict:
+    overrides = _table(data, "overrides", source)
+    bad = sorted(set(overrides) - set(OVERRIDE_KEYS))
+    if bad:
+        raise ValueError(f"{source}: unknown override {bad[0]!r}: valid overrides are {', '.join(OVERRIDE_KEYS)}")
+    for key, value in overrides.items():
+        if key != "synthetic":
+            _checked(source, f"overrides.{key}", lambda v, key=key: check_field(key, v), value)
+    if "synthetic" in overrides:
+        syn = _table(overrides, "synthetic", source, "overrides.")
+        if isinstance(syn.get("input_shape"), list):
+            syn["input_shape"] = tuple(syn["input_shape"])
+        try:
+            options = SyntheticOptions(**syn)
+        except TypeError as exc:
+            raise ValueError(f"{source}: overrides.synthetic: {exc}") from None
+        try:
+            overrides["synthetic"] = check_synthetic(options)
+        except InvalidValue as exc:  # exc.field: synthetic.<option>
+            raise ValueError(f"{source}: {exc.message_for('overrides.' + exc.field)}") from None
+    return overrides
+
+
 def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSpec:
-    """Validate a parsed TOML document into an :class:`ExperimentSpec` (one-line ``ValueError``)."""
+    """Validate a parsed TOML document into an :class:`ExperimentSpec` (one-line ``ValueError``).
+
+    Every value a run takes goes through ``clbench.config``'s checks, the same the command line's
+    options go through, so a file and the command line accept exactly the same runs."""
     unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}: valid keys are {', '.join(TOP_LEVEL_KEYS)}")
@@ -168,6 +219,9 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         raise ValueError(f"{source}: unknown kind {kind!r}: valid kinds are {', '.join(KINDS)}")
     if not isinstance(data["benchmark"], str):
         raise ValueError(f"{source}: benchmark must be a name, e.g. \"seq-fmnist\"")
+    for key in ("title", "description"):
+        if not isinstance(data.get(key, ""), str):
+            raise ValueError(f"{source}: {key} must be a string")
     methods = _list_of(data, "methods", source, str)
     masks = []
     for m in _list_of(data, "masks", source, str):
@@ -175,32 +229,25 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             masks.append(format_mask_value(parse_mask_value(m)))
         except ValueError as exc:
             raise ValueError(f"{source}: masks: {exc}") from None
-    buffers = _list_of(data, "buffers", source, int)
+    buffers = [_checked(source, "buffers value", lambda v: check_field("buffer_size", v), b)
+               for b in _list_of(data, "buffers", source, int)]
     seeds_value = data["seeds"]
     if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
         if seeds_value < 1:
             raise ValueError(f"{source}: seeds must be a count >= 1 or a list of seeds, got {seeds_value}")
+        _checked(source, "seeds", lambda v: check_whole("seeds", v, 1, MAX_SWEEP_RUNS), seeds_value)
         seeds = list(range(seeds_value))
     else:
         seeds = _list_of(data, "seeds", source, int)
         if any(s < 0 for s in seeds):
             raise ValueError(f"{source}: seeds are >= 0")
+        for s in seeds:
+            _checked(source, "seeds value", lambda v: check_field("seed", v), s)
     mask_on = data.get("mask_on", "stream")
     if mask_on not in MASK_ON_CHOICES:
         raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
-    overrides = dict(data.get("overrides", {}))
-    bad = sorted(set(overrides) - set(OVERRIDE_KEYS))
-    if bad:
-        raise ValueError(f"{source}: unknown override {bad[0]!r}: valid overrides are {', '.join(OVERRIDE_KEYS)}")
-    if "synthetic" in overrides:
-        syn = dict(overrides["synthetic"])
-        if "input_shape" in syn:
-            syn["input_shape"] = tuple(syn["input_shape"])
-        try:
-            overrides["synthetic"] = SyntheticOptions(**syn)
-        except TypeError as exc:
-            raise ValueError(f"{source}: overrides.synthetic: {exc}") from None
-    render = dict(data.get("render", {}))
+    overrides = _overrides(data, source)
+    render = _table(data, "render", source)
     options = RENDER_OPTIONS[kind]
     bad = sorted(set(render) - set(options))
     if bad:
@@ -220,6 +267,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
                              f"{', '.join(FORGETTING_DEFINITIONS)}")
     if kind == "fig2":
         render["method"] = render["method"] or methods[0]
+        if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
+            raise ValueError(f"{source}: render.buffer must be a whole number, got {render['buffer']!r}")
         render["buffer"] = int(render["buffer"] if render["buffer"] is not None else buffers[0])
         for key in ("baseline", "masked"):
             if render[key] not in masks:
@@ -230,9 +279,12 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(f"{source}: render.buffer {render['buffer']} is not among the buffers")
     if kind == "fig4" and not any(m not in ("none",) for m in masks):
         raise ValueError(f"{source}: fig4 needs at least one mask value other than none")
-    name = data.get("name", default_name)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ValueError(f"{source}: name must be a non-empty string without '/'")
+    if kind == "fig4" and not isinstance(render.get("std_band", True), bool):
+        raise ValueError(f"{source}: render.std_band must be true or false")
+    name = _check_name(data.get("name", default_name), source)
+    n_runs = len(methods) * len(masks) * len(buffers) * len(seeds)
+    if n_runs > MAX_SWEEP_RUNS:
+        raise ValueError(f"{source}: the experiment asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS}")
     return ExperimentSpec(
         name=name, kind=kind, benchmark=data["benchmark"], methods=tuple(methods),
         masks=tuple(dict.fromkeys(masks)), buffers=tuple(int(b) for b in buffers), seeds=tuple(seeds),
