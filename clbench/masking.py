@@ -129,7 +129,7 @@ class MaskSpec:
 def parse_mask_value(text: str) -> float | None:
     """``'none'`` -> None, ``'-inf'`` -> -inf, a finite number -> float; anything else raises."""
     t = str(text).strip().lower()
-    if t in ("none", "", "baseline"):
+    if t in ("none", "baseline"):
         return None
     if t in ("-inf", "-infinity"):
         return -math.inf

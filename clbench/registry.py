@@ -19,7 +19,7 @@ import pandas as pd
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import URL
 
-from .config import RESULTS_VERSION
+from .config import METHODS, RESULTS_VERSION
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
 from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
@@ -70,6 +70,9 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
     if (methods := _as_list(method)) is not None:
+        bad = [m for m in methods if m not in METHODS]
+        if bad:  # like an unknown dataset: a typo, not a filter that matches nothing
+            raise ValueError(f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}")
         conds.append(Run.method.in_([str(m) for m in methods]))
     if (datasets := _as_list(dataset)) is not None:
         conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))

@@ -238,6 +238,16 @@ def resolve_db_url(db: str | os.PathLike | URL | None = None, env: Mapping[str, 
     return URL.create("sqlite", database=str(Path(raw).expanduser().absolute()))
 
 
+def is_in_memory(url: URL) -> bool:
+    """An SQLite database that lives in the process's memory (``sqlite://``, ``:memory:``): it keeps
+    nothing once the process ends."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    database = url.database or ""
+    return database in ("", ":memory:") or database.startswith("file::memory:") or \
+        url.query.get("mode") == "memory"
+
+
 def describe_url(url: URL) -> str:
     """The URL as shown to people: the file for SQLite, the URL without its password otherwise."""
     if _sqlite_file(url) is not None:

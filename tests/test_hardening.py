@@ -199,3 +199,49 @@ def test_an_experiment_file_runs_what_the_command_line_runs(tmp_path):
         methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=range(2), benchmark="synthetic", epochs=2,
         lr=0.05, class_order_seed=3))}
     assert from_file == from_cli and len(from_file) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Silent no-ops: empty masks, an in-memory database, a filter naming no method
+
+
+@pytest.mark.parametrize("value", ["", " ", ",", "-inf,", ",none"])
+@pytest.mark.parametrize("command", ["run", "runs", "export", "compare"])
+def test_an_empty_mask_is_an_error_not_no_mask(tmp_path, invoke, command, value):
+    extra = [*TINY, "--dry-run"] if command == "run" else []
+    one_error_line(*invoke(command, *extra, "--mask", value), f"invalid --mask {value!r}", "empty value")
+    assert not (tmp_path / "results.db").exists()
+
+
+@pytest.mark.parametrize("option", ["--method", "--buffer", "--seed", "--dataset", "--status"])
+def test_every_list_option_refuses_an_empty_item(tmp_path, invoke, option):
+    one_error_line(*invoke("runs", option, ","), f"invalid {option} ','")
+
+
+def test_the_library_refuses_an_empty_mask_too():
+    from clbench.masking import parse_mask_value
+
+    for text in ("", "  "):
+        with pytest.raises(ValueError, match="invalid mask"):
+            parse_mask_value(text)
+    assert parse_mask_value("none") is None
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
+@pytest.mark.parametrize("command", [["run", *TINY, "--method", "sgd"], ["run", *TINY, "--dry-run"], ["runs"],
+                                     ["show", "abcd"], ["export"], ["compare"], ["report", "fig2", "--no-run"]],
+                         ids=lambda c: " ".join(c[:2]) if c[0] == "run" and "--dry-run" in c else c[0])
+def test_an_in_memory_database_is_refused(tmp_path, invoke, command, url):
+    one_error_line(*invoke(*command, "--db", url), "in-memory database", "keeps nothing")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["runs", "export", "compare"])
+def test_an_unknown_method_filter_is_an_error_like_an_unknown_dataset(db_url, invoke, command):
+    train(db_url, tiny(methods=["sgd"], seeds=[0]))
+    one_error_line(*invoke(command, "--method", "foo", "--db", db_url), "unknown method 'foo'", "sgd, joint, er")
+    one_error_line(*invoke(command, "--dataset", "foo", "--db", db_url), "unknown benchmark 'foo'")
+    rc, out, err = invoke(command, "--method", "er", "--db", db_url)  # known, no runs: not an error
+    assert rc == 0, err
+    with pytest.raises(ValueError, match="unknown method 'foo'"):
+        load_runs(db_url, method="foo")

@@ -18,6 +18,7 @@ from .common import (
     UsageProblem,
     console,
     db_option,
+    db_url,
     filter_options,
     label,
     load,
@@ -87,7 +88,7 @@ def show(
 ) -> None:
     """Print a run: its resolved config, both accuracy matrices and its metrics."""
     try:
-        store = open_store(db, readonly=True)
+        store = open_store(db_url(db), readonly=True)
     except StoreError as exc:
         raise UsageProblem(str(exc)) from None
     with store:
@@ -162,7 +163,7 @@ def export(
         output = Path("matrices.parquet" if matrices else "runs.parquet")
     filters = filter_options(method, dataset, mask, buffer, status, experiment)
     try:
-        n = export_runs(db, output, format=format, matrices=matrices, **filters)
+        n = export_runs(db_url(db), output, format=format, matrices=matrices, **filters)
     except (StoreError, ValueError) as exc:
         raise UsageProblem(str(exc)) from None
     if output is not None:

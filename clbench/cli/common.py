@@ -12,12 +12,13 @@ from pathlib import Path
 import pandas as pd
 import typer
 from rich.console import Console
+from sqlalchemy.engine import URL
 
 from ..config import INT_MAX, InvalidValue, check_label, check_whole
 from ..data.benchmarks import get_benchmark
 from ..data.sources import DataNotFoundError, locate
 from ..registry import load_runs
-from ..store import StoreError, inspect_db
+from ..store import StoreError, inspect_db, is_in_memory, resolve_db_url
 
 
 class UsageProblem(Exception):
@@ -117,10 +118,24 @@ def check_experiment(label: str) -> str:
 # Checks made before anything is written
 
 
+def db_url(db: str | None) -> URL:
+    """The database the command works on (``--db``, ``$CLBENCH_DB`` or results.db), refusing one
+    that would keep nothing."""
+    try:
+        url = resolve_db_url(db)
+    except StoreError as exc:
+        raise UsageProblem(str(exc)) from None
+    if is_in_memory(url):
+        raise UsageProblem(f"--db {url.render_as_string(hide_password=True)} is an in-memory database: it keeps "
+                           "nothing after the command ends; give a file path or a database server's URL")
+    return url
+
+
 def load(db: str | None, **filter_values):
     """``load_runs`` with its errors as bad input."""
+    url = db_url(db)
     try:
-        return load_runs(db, **filter_values)
+        return load_runs(url, **filter_values)
     except (StoreError, ValueError) as exc:
         raise UsageProblem(str(exc)) from None
 

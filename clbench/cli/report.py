@@ -18,7 +18,7 @@ from ..config import MAX_SWEEP_RUNS
 from ..masking import format_mask_value, parse_mask_value
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
 from ..reports.compare import COMPARE_METRICS, TESTS, compare_runs
-from ..store import StoreError, describe_url, open_store, resolve_db_url
+from ..store import StoreError, describe_url, open_store
 from ..sweep import plan_sweep
 from ..trainer import resolve_device
 from .common import (
@@ -29,6 +29,7 @@ from .common import (
     check_whole_option,
     console,
     db_option,
+    db_url,
     duration,
     filter_options,
     inspect,
@@ -82,7 +83,7 @@ def report_command(
     out_dir = out if out is not None else Path("reports") / spec.name
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageProblem(f"--out {out_dir} is a file, not a folder")
-    url = resolve_db_url(db)
+    url = db_url(db)
     state = inspect(url)
     err = console(stderr=True)
     stdout = console()

@@ -17,7 +17,7 @@ from ..config import MAX_SWEEP_RUNS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
 from ..registry import load_runs, summarize_runs
-from ..store import StoreError, describe_url, open_store, resolve_db_url
+from ..store import StoreError, describe_url, open_store
 from ..sweep import (
     Plan,
     describe_group,
@@ -34,6 +34,7 @@ from .common import (
     config_problem,
     console,
     db_option,
+    db_url,
     duration,
     inspect,
     ints,
@@ -111,7 +112,7 @@ def run(
         raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
     # 2. The data, then the database, both without writing anything.
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
-    url = resolve_db_url(db)
+    url = db_url(db)
     state = inspect(url)
     err = console(stderr=True)
     if dry_run:
