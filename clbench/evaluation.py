@@ -16,6 +16,7 @@ class Evaluation:
     """One evaluation of R runs after some task. Accuracies in %, arrays with a leading run axis."""
 
     class_il_correct: np.ndarray  # (R, T) int: argmax over all K classes
+    class_il_seen_correct: np.ndarray  # (R, T) int: argmax over the classes of the tasks trained so far
     task_il_correct: np.ndarray  # (R, T) int: argmax over the evaluated task's classes
     test_counts: np.ndarray  # (T,) int
     class_correct: np.ndarray  # (R, K) int, class-IL
@@ -25,6 +26,10 @@ class Evaluation:
     @property
     def class_il(self) -> np.ndarray:
         return 100.0 * self.class_il_correct / self.test_counts
+
+    @property
+    def class_il_seen(self) -> np.ndarray:
+        return 100.0 * self.class_il_seen_correct / self.test_counts
 
     @property
     def task_il(self) -> np.ndarray:
@@ -37,13 +42,18 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, chunk_size: int = 2048
+    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, after_task: int,
+    chunk_size: int = 2048,
 ) -> Evaluation:
-    """Evaluate R stacked networks (eval mode) on all test sets; inputs are shared by the runs."""
+    """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
+    inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
+    all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far)."""
     k, t_count = data.n_classes, data.n_tasks
     device = data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
+    cil_seen = torch.zeros_like(cil)
     til = torch.zeros_like(cil)
+    unseen = data.class_task > after_task
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
     for t, idx in enumerate(data.test_task_idx):
@@ -55,6 +65,7 @@ def evaluate(
             logits, _ = net.forward(params, buffers, x.unsqueeze(0).expand(n_runs, *x.shape), train=False)
             hit = logits.argmax(-1) == y
             cil[:, t] += hit.sum(1)
+            cil_seen[:, t] += (logits.masked_fill(unseen, float("-inf")).argmax(-1) == y).sum(1)
             til[:, t] += (logits.masked_fill(outside_task, float("-inf")).argmax(-1) == y).sum(1)
             class_correct.index_add_(1, y, hit.to(torch.int64))
             prob_sums.index_add_(1, y, logits.softmax(-1).to(torch.float64))
@@ -62,6 +73,7 @@ def evaluate(
     class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
     return Evaluation(
         class_il_correct=cil.cpu().numpy(),
+        class_il_seen_correct=cil_seen.cpu().numpy(),
         task_il_correct=til.cpu().numpy(),
         test_counts=counts,
         class_correct=class_correct.cpu().numpy(),

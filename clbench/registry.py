@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL
 from .config import RESULTS_VERSION
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
+from .results import CLASS_IL_CONVENTIONS
 from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
 from .sweep import benchmark_name
 
@@ -137,6 +138,7 @@ def load_runs(
     status: str | Sequence[str] | None = None,
     experiment: str | Sequence[str] | None = None,
     run_id: str | Sequence[str] | None = None,
+    class_il: str = "all",
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -147,8 +149,12 @@ def load_runs(
     config as a dict). ``status`` is the effective status (``stale`` for runs of an older engine,
     see :func:`effective_status`). Metrics are NaN for runs without trusted results (not finished,
     e.g. ``diverged``), but computed for ``stale`` runs that finished. ``experiment`` holds the
-    run's experiment labels, comma-separated.
+    run's experiment labels, comma-separated. ``class_il`` is the class-IL convention the class-IL
+    metrics are computed with: ``all`` (argmax over every class) or ``seen`` (over the classes seen
+    so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
     """
+    if class_il not in CLASS_IL_CONVENTIONS:
+        raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
 
     def work(store: Store):
@@ -175,7 +181,7 @@ def load_runs(
     records = []
     for r in rows:
         mats = matrices.get(r["run_id"])
-        metrics = summarize(mats["class_il"], mats["task_il"]) if mats else nan_metrics
+        metrics = summarize(mats["class_il" if class_il == "all" else "class_il_seen"], mats["task_il"]) if mats else nan_metrics
         cfg = r["config"]
         records.append({
             "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
@@ -191,7 +197,9 @@ def load_runs(
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
-    return df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
+    df = df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
+    df.attrs["class_il"] = class_il
+    return df
 
 
 def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:

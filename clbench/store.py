@@ -66,7 +66,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .config import RESULTS_VERSION, ResolvedConfig
-from .results import RunResult
+from .results import Divergence, RunResult
 
 SCHEMA_VERSION = 2
 APPLICATION = "clbench"
@@ -78,7 +78,9 @@ STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "inte
 STATUSES = (*STORED_STATUSES, "stale")
 ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or abandoned
 DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unless forced
-SETTINGS = ("class_il", "task_il")
+# The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
+# classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
+SETTINGS = ("class_il", "task_il", "class_il_seen")
 HEARTBEAT_INTERVAL_S = 60.0  # how often a running sweep refreshes the heartbeat of its runs
 HEARTBEAT_TIMEOUT_S = 600.0  # a run on another host with an older heartbeat is abandoned
 
@@ -162,7 +164,7 @@ class Accuracy(Base):
 
     __tablename__ = "accuracy"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
-    setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # class_il | task_il
+    setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SETTINGS
     after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     accuracy: Mapped[float] = mapped_column(Float)  # %
@@ -597,7 +599,7 @@ class Store:
             run = conn.execute(select(Run.__table__).where(Run.run_id == run_id)).mappings().first()
             if run is None:
                 raise KeyError(f"no run {run_id!r} in {self.where}")
-            if run["status"] != "finished":
+            if run["status"] not in DONE_STATUSES:
                 raise KeyError(f"run {run_id} has no results: its status is {run['status']}")
             acc = conn.execute(select(Accuracy.__table__).where(Accuracy.run_id == run_id)).all()
             cls_acc = conn.execute(select(ClassAccuracy.__table__).where(ClassAccuracy.run_id == run_id)).all()
@@ -610,8 +612,9 @@ class Store:
         config = ResolvedConfig.from_dict(run["config"])
         n_tasks = 1 + max(r.after_task for r in acc)
         n_classes = 1 + max(r.class_index for r in cls_acc)
-        mats = {name: np.zeros((n_tasks, n_tasks)) for name in SETTINGS}
-        correct = {name: np.zeros((n_tasks, n_tasks), dtype=np.int64) for name in SETTINGS}
+        present = {r.setting for r in acc}
+        mats = {name: np.zeros((n_tasks, n_tasks)) for name in SETTINGS if name in present}
+        correct = {name: np.zeros((n_tasks, n_tasks), dtype=np.int64) for name in SETTINGS if name in present}
         test_counts = np.zeros(n_tasks, dtype=np.int64)
         for r in acc:
             mats[r.setting][r.after_task, r.on_task] = r.accuracy
@@ -638,6 +641,10 @@ class Store:
             train_loss=train_loss, train_s=train_s, eval_s=eval_s,
             group_size=int(run["group_size"]), device=run["device"], versions=dict(run["versions"] or {}),
             class_names=tuple(run["class_names"] or ()),
+            class_il_seen=mats.get("class_il_seen"), class_il_seen_correct=correct.get("class_il_seen"),
+            divergence=None if run["status"] != "diverged" else Divergence(
+                run["diverged_task"], run["diverged_step"],
+                math.nan if run["last_finite_loss"] is None else run["last_finite_loss"]),
         )
 
     # -- the lifecycle --------------------------------------------------------------------------
@@ -729,7 +736,8 @@ class Store:
 
     def save_results(self, results: Sequence[RunResult], owner: Owner) -> None:
         """Write finished runs, each with all its results, in one transaction (replacing any
-        earlier results of the same run: the same identity gives the same results)."""
+        earlier results of the same run: the same identity gives the same results). A run that
+        diverged is stored with status ``diverged``, where it happened and its last finite loss."""
         now = _now()
         payload = [(res, self._result_rows(res)) for res in results]
 
@@ -742,11 +750,14 @@ class Store:
             for chunk in in_chunks(ids):
                 present.update(conn.execute(select(Run.run_id).where(Run.run_id.in_(chunk))).scalars())
             for res, rows in payload:
+                div = res.divergence
                 values = {
-                    **self._run_row(res.config, "finished", owner, now),
+                    **self._run_row(res.config, "diverged" if div is not None else "finished", owner, now),
                     "finished_at": now, "device": res.device, "versions": dict(res.versions),
                     "class_names": list(res.class_names), "group_size": res.group_size, "wall_s": res.wall_s,
-                    "error": None,
+                    "error": None, "diverged_task": None if div is None else div.task,
+                    "diverged_step": None if div is None else div.step,
+                    "last_finite_loss": None if div is None else _finite_or_none([div.last_finite_loss])[0],
                 }
                 if res.run_id in present:
                     values.pop("created_at")
@@ -767,7 +778,9 @@ class Store:
             {"run_id": rid, "setting": setting, "after_task": i, "on_task": j, "accuracy": float(mat[i, j]),
              "n_correct": int(correct[i, j]), "n_total": int(res.test_counts[j])}
             for setting, mat, correct in (("class_il", res.class_il, res.class_il_correct),
-                                          ("task_il", res.task_il, res.task_il_correct))
+                                          ("task_il", res.task_il, res.task_il_correct),
+                                          ("class_il_seen", res.class_il_seen, res.class_il_seen_correct))
+            if mat is not None
             for i in range(n_tasks) for j in range(n_tasks)
         ]
         class_accuracy = [

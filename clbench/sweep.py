@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .checkpoint import CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, ResolvedConfig, RunConfig
 from .data.benchmarks import BENCHMARKS, ContinualData, get_benchmark, load_benchmark
 from .masking import MaskSpec, parse_mask_value
@@ -253,6 +254,7 @@ def execute(
     experiment: str | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
     on_group_done: Callable[[list[RunResult]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> SweepOutcome:
     """Compute the plan's runs group by group, saving each group's results as it finishes.
 
@@ -261,6 +263,10 @@ def execute(
     (with the traceback) and the rest ``interrupted``; on ``KeyboardInterrupt`` (or any other
     ``BaseException``) all unfinished runs of this sweep become ``interrupted``. The exception is
     re-raised. Finished runs are never touched by an interruption.
+
+    With ``checkpoint``, each group is checkpointed while it trains (``train_group``) and resumes
+    from its checkpoint when the same group is planned again; a group's checkpoint is deleted once
+    its results are committed.
     """
     dev = resolve_device(device)
     owner = Owner.current()
@@ -303,8 +309,10 @@ def execute(
                 within_task = (p.epoch + p.step / max(p.n_steps, 1)) / max(p.n_epochs, 1)
                 report("train", g, label, min(1.0, (p.task + within_task) / p.n_tasks), p)
 
-            results = train_group(cfgs, data, progress=on_train)
+            results = train_group(cfgs, data, progress=on_train, checkpoint=checkpoint)
             store.save_results(results, owner)
+            if checkpoint is not None:
+                discard_checkpoint(checkpoint.directory, group_key(group_ids))
             computed.extend(group_ids)
             unfinished = unfinished[len(group_ids):]
             group_ids = []
