@@ -19,9 +19,9 @@ __version__ = "0.1.0"
 from .config import METHODS, ResolvedConfig, RunConfig, resolve
 from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark
 from .masking import MaskSpec, masked_cross_entropy
+from .registry import load_runs
 from .results import RunResult
 from .trainer import Progress, plan_groups, train_group, train_runs
-from .registry import load_runs
 
 __all__ = [
     "BENCHMARKS", "METHODS", "DataNotFoundError", "MaskSpec", "Progress", "ResolvedConfig", "RunConfig",

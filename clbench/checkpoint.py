@@ -165,6 +165,17 @@ def list_checkpoints(directory: Path | str) -> list[CheckpointSummary]:
     return out
 
 
+def checkpoints_by_run(directory: Path | str) -> dict[str, CheckpointSummary]:
+    """Run id -> the checkpoint holding that run's progress (the most advanced one, if several)."""
+    out: dict[str, CheckpointSummary] = {}
+    for summary in list_checkpoints(directory):
+        for rid in summary.run_ids:
+            here = out.get(rid)
+            if here is None or (summary.task, summary.epoch, summary.step) > (here.task, here.epoch, here.step):
+                out[rid] = summary
+    return out
+
+
 def _first_line(exc: BaseException, limit: int = 120) -> str:
     lines = str(exc).strip().splitlines()
     line = lines[0] if lines else ""

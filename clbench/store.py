@@ -55,8 +55,8 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    inspect,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -245,6 +245,11 @@ def describe_url(url: URL) -> str:
     if _sqlite_file(url) is not None:
         return str(_sqlite_file(url))
     return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(db: str | os.PathLike | URL | None) -> Path | None:
+    """The file of an SQLite registry (``None`` for a database server or an in-memory SQLite)."""
+    return _sqlite_file(resolve_db_url(db))
 
 
 def _sqlite_file(url: URL) -> Path | None:

@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointPolicy, discard_checkpoint, group_key
+from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, ResolvedConfig, RunConfig
 from .data.benchmarks import BENCHMARKS, ContinualData, get_benchmark, load_benchmark
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
-from .store import HEARTBEAT_INTERVAL_S, Owner, Store
+from .store import HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
 from .trainer import Progress, plan_groups, resolve_device, train_group
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +352,23 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+def checkpoint_directory(db_url, checkpoint_dir: str | os.PathLike | None = None,
+                         env: Mapping[str, str] | None = None) -> Path:
+    """Where a sweep against the registry ``db_url`` keeps its groups' checkpoints: ``checkpoint_dir``
+    if given, else ``$CLBENCH_CHECKPOINTS``, else beside an SQLite registry (``results.db`` ->
+    ``results.checkpoints/``), else (a database server) ``clbench.checkpoints/`` in the working
+    directory. Every node of a cluster that may resume a group must see the same folder."""
+    env = os.environ if env is None else env
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir).expanduser().absolute()
+    if env.get(ENV_CHECKPOINTS):
+        return Path(env[ENV_CHECKPOINTS]).expanduser().absolute()
+    path = sqlite_path(db_url)
+    if path is not None:
+        return path.with_name(path.stem + ".checkpoints")
+    return Path("clbench.checkpoints").absolute()
 
 
 def _without(plan: Plan, run_ids: set[str]) -> Plan:

@@ -209,3 +209,44 @@ def test_a_group_killed_with_sigkill_resumes_to_the_same_bits(method, backbone, 
     assert len(set(positions)) == len(positions), positions  # each kill left a later checkpoint
     assert_identical(results, reference)
     json.loads(next(ckpt.glob("*.json")).read_text())  # the summary beside it stayed readable
+
+
+def test_the_same_command_again_resumes_a_killed_sweep_from_its_checkpoint(tmp_path):
+    """Through the CLI: kill -9 inside a task, run the same command again: it says it resumed, the
+    checkpoint is gone once the results are stored, and they equal an uninterrupted sweep's."""
+    from clbench.store import open_store
+
+    args = ["run", "--dataset", "synthetic", "-m", "derpp", "--seeds", "2", "--buffer", "50",
+            "--synthetic-train-per-class", "1500", "--checkpoint-every", "0.05s"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("CLBENCH_DB", None)
+    env.pop("CLBENCH_CHECKPOINTS", None)
+    cli = [sys.executable, "-m", "clbench"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    proc = subprocess.Popen(cli + args, cwd=tmp_path / "a", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "a" / "results.checkpoints"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            summaries = list_checkpoints(ckpt)
+            if summaries and summaries[0].task >= 1 and summaries[0].step > 0:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (summary,) = list_checkpoints(ckpt)
+    again = subprocess.run(cli + args, cwd=tmp_path / "a", env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"from its checkpoint at task {summary.task + 1}/5" in again.stderr
+    assert list_checkpoints(ckpt) == []  # deleted once the group's results were committed
+    fresh = subprocess.run(cli + args, cwd=tmp_path / "b", env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    with open_store(tmp_path / "a" / "results.db", readonly=True) as a, open_store(tmp_path / "b" / "results.db", readonly=True) as b:
+        ids = sorted(summary.run_ids)
+        assert_identical([a.load_result(i) for i in ids], [b.load_result(i) for i in ids])

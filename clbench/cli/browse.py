@@ -10,12 +10,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..checkpoint import CheckpointSummary, checkpoints_by_run
 from ..registry import EXPORT_FORMATS, export_runs
-from ..store import STATUSES, StoreError, open_store
+from ..store import STATUSES, StoreError, open_store, resolve_db_url
+from ..sweep import checkpoint_directory
 from .common import (
     FILTER_HELP,
     STATUS_STYLE,
     UsageProblem,
+    checkpoint_dir_option,
     console,
     db_option,
     filter_options,
@@ -35,25 +38,40 @@ def runs_command(
     status: list[str] = typer.Option([], "--status", metavar="STATUS", help=f"{', '.join(STATUSES)}. {FILTER_HELP}"),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     db: Optional[str] = db_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
 ) -> None:
-    """List runs, with filters."""
+    """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
     df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on))
     out = console()
     if df.empty:
         out.print("no runs match")
         return
+    saved = checkpoints_by_run(checkpoint_directory(resolve_db_url(db), checkpoint_dir))
+    notes = [run_note(row, saved.get(row.run_id)) for row in df.itertuples()]
     table = Table(title=f"{len(df)} runs", title_justify="left")
-    for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
-                 "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
+    columns = ["run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
+               "FAA class-IL", "FAA task-IL", "wall s", "finished at"] + (["note"] if any(notes) else [])
+    for name in columns:
         table.add_column(name, justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s")
                          else "left")
-    for row in df.itertuples():
+    for row, note in zip(df.itertuples(), notes):
         table.add_row(
             row.run_id, row.experiment or "-", row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
             str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
+            *([note] if any(notes) else []),
         )
     out.print(table)
+
+
+def run_note(row, checkpoint: CheckpointSummary | None) -> str:
+    """What a listing says beside a run's status: where it diverged, or how far its checkpoint got."""
+    if row.status == "diverged":
+        return (f"diverged at task {int(row.diverged_task) + 1}, step {int(row.diverged_step) + 1} "
+                f"(last finite loss {num(row.last_finite_loss, '{:.4g}')})")
+    if checkpoint is not None and row.status not in ("finished", "stale"):
+        return f"checkpoint: {checkpoint.describe()}"
+    return ""
 
 
 def _accuracy_color(value: float) -> str:

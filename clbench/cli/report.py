@@ -24,8 +24,12 @@ from .common import (
     FILTER_HELP,
     UsageProblem,
     check_data,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
     console,
     db_option,
+    describe_checkpoints,
     duration,
     filter_options,
     inspect,
@@ -52,6 +56,8 @@ def report_command(
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch."),
     db: Optional[str] = db_option(),
+    checkpoint_every: str = checkpoint_every_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -97,6 +103,7 @@ def report_command(
         _print_missing(stdout, spec, missing, store.where, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     try:
         resolve_device(device)
     except (ValueError, RuntimeError):
@@ -114,12 +121,13 @@ def report_command(
         plan = plan_sweep(configs, store)
         err.print(
             f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
-            f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}",
+            f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}; "
+            f"{describe_checkpoints(policy)}",
             highlight=False,
         )
         with sigterm_as_interrupt():
             execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                        experiment=spec.name)
+                                  experiment=spec.name, checkpoint=policy)
         missing = missing_runs(spec, store)
         written = render_report(spec, store, out_dir)
     _print_written(stdout, spec, written, out_dir)

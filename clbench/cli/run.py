@@ -19,18 +19,17 @@ from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
 from ..registry import load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store, resolve_db_url
-from ..sweep import (
-    Plan,
-    describe_group,
-    plan_sweep,
-    sweep_configs,
-)
+from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
 from ..trainer import resolve_device, usable_cpu_cores
 from .common import (
     UsageProblem,
     check_data,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
     console,
     db_option,
+    describe_checkpoints,
     duration,
     inspect,
     ints,
@@ -60,6 +59,8 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
     db: Optional[str] = db_option(),
+    checkpoint_every: str = checkpoint_every_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", metavar="NAME", help="A label grouping these runs."),
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
@@ -112,6 +113,7 @@ def run(
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
     url = resolve_db_url(db)
     state = inspect(url)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     err = console(stderr=True)
     if dry_run:
         store = open_store(url, readonly=True) if state == "ready" else None
@@ -138,14 +140,14 @@ def run(
         err.print(
             f"{len(plan.runs)} run{'s' if len(plan.runs) != 1 else ''}: {n_run} to compute in {len(plan.groups)} "
             f"group{'s' if len(plan.groups) != 1 else ''} (estimated {duration(plan.estimate_s)}), {n_cached} cached"
-            f"; saving to {store.where}",
+            f"; saving to {store.where}; {describe_checkpoints(policy)}",
             highlight=False,
         )
         if n_run and threads is None and device == "cpu":
             _warn_if_cores_busy(err)
         with sigterm_as_interrupt():
             outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                             experiment=experiment)
+                                            experiment=experiment, checkpoint=policy)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)
         # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
