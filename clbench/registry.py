@@ -224,22 +224,34 @@ def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over seeds, ddof=1) of the headline metrics per config.
 
-    ``runs`` is a :func:`load_runs` frame; only finished runs count. One row per ``config_hash``,
-    in order of first appearance, with the config's columns, ``n_seeds`` and ``<metric>_mean`` /
-    ``<metric>_std`` for ``SUMMARY_METRICS``.
+    ``runs`` is a :func:`load_runs` frame; only finished runs count. One row per ``config_hash``
+    with a finished or diverged run, in order of first appearance, with the config's columns,
+    ``n_seeds`` (finished runs), ``n_diverged`` (diverged runs: excluded from the means, and named
+    by :func:`exclusion_note`) and ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS``.
     """
-    done = runs[runs["status"] == "finished"]
+    done = runs[runs["status"].isin(("finished", "diverged"))]
     keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
     rows = []
     for _, cell in done.groupby("config_hash", sort=False):
+        finished = cell[cell["status"] == "finished"]
         row = {k: cell[k].iloc[0] for k in keys}
-        row["n_seeds"] = len(cell)
+        row["n_seeds"] = len(finished)
+        row["n_diverged"] = int((cell["status"] == "diverged").sum())
         for m in SUMMARY_METRICS:
-            row[f"{m}_mean"] = cell[m].mean()
-            row[f"{m}_std"] = cell[m].std(ddof=1) if len(cell) > 1 else np.nan
+            row[f"{m}_mean"] = finished[m].mean() if len(finished) else np.nan
+            row[f"{m}_std"] = finished[m].std(ddof=1) if len(finished) > 1 else np.nan
         rows.append(row)
-    columns = keys + ["n_seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    columns = keys + ["n_seeds", "n_diverged"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def exclusion_note(n_diverged: int, n_seeds: int) -> str:
+    """``"1 of 10 seeds diverged and is excluded"`` (empty when none diverged)."""
+    if not n_diverged:
+        return ""
+    total = n_diverged + n_seeds
+    verb = "is" if n_diverged == 1 else "are"
+    return f"{n_diverged} of {total} seed{'s' if total != 1 else ''} diverged and {verb} excluded"
 
 
 def export_runs(

@@ -70,3 +70,21 @@ def test_a_diverged_run_is_stored_as_such_and_left_out_of_summaries(tmp_path):
         df = load_runs(store)
     assert df["status"].tolist().count("diverged") == 1
     assert math.isnan(df.loc[df["status"] == "diverged", "faa_class_il"].iloc[0])  # no trusted metrics
+
+
+def test_the_cli_names_diverged_runs_and_excludes_them(tmp_path, capsys):
+    from clbench.cli import main
+
+    db = str(tmp_path / "r.db")
+    common = ["--dataset", "synthetic", "--db", db, "--checkpoint-every", "0"]
+    assert main(["run", *common, "--seeds", "2", "--lr", "1e30"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 seeds diverged and are excluded" in out
+    assert main(["runs", "--db", db, "--status", "diverged"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("diverged at task 1, step") == 2
+    rid = load_runs(db)["run_id"].iloc[0]
+    assert main(["show", rid, "--db", db]) == 0
+    assert "its numbers are not results" in capsys.readouterr().out
+    summary = summarize_runs(load_runs(db))
+    assert summary[["n_seeds", "n_diverged"]].values.tolist() == [[0, 2]]

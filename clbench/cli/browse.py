@@ -12,7 +12,8 @@ from rich.text import Text
 
 from ..checkpoint import CheckpointSummary, checkpoints_by_run
 from ..registry import EXPORT_FORMATS, export_runs
-from ..store import STATUSES, StoreError, open_store, resolve_db_url
+from ..config import RESULTS_VERSION
+from ..store import DONE_STATUSES, STATUSES, StoreError, open_store, resolve_db_url
 from ..sweep import checkpoint_directory
 from .common import (
     FILTER_HELP,
@@ -47,20 +48,23 @@ def runs_command(
         out.print("no runs match")
         return
     saved = checkpoints_by_run(checkpoint_directory(resolve_db_url(db), checkpoint_dir))
-    notes = [run_note(row, saved.get(row.run_id)) for row in df.itertuples()]
     table = Table(title=f"{len(df)} runs", title_justify="left")
-    columns = ["run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
-               "FAA class-IL", "FAA task-IL", "wall s", "finished at"] + (["note"] if any(notes) else [])
-    for name in columns:
+    for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
+                 "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
         table.add_column(name, justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s")
-                         else "left")
-    for row, note in zip(df.itertuples(), notes):
+                         else "left", no_wrap=name == "run id")
+    notes = []
+    for row in df.itertuples():
         table.add_row(
             row.run_id, row.experiment or "-", row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
             str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
-            *([note] if any(notes) else []),
         )
+        if note := run_note(row, saved.get(row.run_id)):
+            notes.append(f"{row.run_id}: {note}")
+    if notes:  # below the table: a column this long would squeeze the others
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     out.print(table)
 
 
@@ -113,17 +117,24 @@ def show(
         except KeyError as exc:
             raise UsageProblem(exc.args[0]) from None
         row = store.run_row(rid)
-        result = store.load_result(rid) if row["status"] == "finished" else None
+        result = store.load_result(rid) if row["status"] in DONE_STATUSES else None
     out = console()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     head.add_row("run", rid)
     head.add_row("status", Text(row["status"], style=STATUS_STYLE.get(row["status"], "")))
+    if (row["results_version"] or 1) < RESULTS_VERSION:
+        head.add_row("stale", Text(f"computed by an engine of results version {row['results_version'] or 1} (this clbench: "
+                                   f"{RESULTS_VERSION}); never reused, left out of reports", style="dim"))
     head.add_row("experiment", ", ".join(row["experiments"]) or "-")
     head.add_row("config hash", row["config_hash"])
     head.add_row("created / finished", f"{local_time(row['created_at'])} / {local_time(row['finished_at'])}")
     head.add_row("host, pid", f"{row['host']}, {row['pid']}")
+    if row["status"] == "diverged":
+        head.add_row("diverged", Text(f"at task {row['diverged_task'] + 1}, step {row['diverged_step'] + 1} of that task "
+                                      f"(last finite loss {num(row['last_finite_loss'], '{:.4g}')}); frozen from "
+                                      "there on, its numbers are not results", style="magenta"))
     if result is not None:
         head.add_row("device", result.device)
         head.add_row("time", f"{result.wall_s:.2f} s (its share of a lockstep group of {result.group_size})")

@@ -17,7 +17,7 @@ from rich.text import Text
 from ..config import METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
-from ..registry import load_runs, summarize_runs
+from ..registry import exclusion_note, load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
 from ..trainer import resolve_device, usable_cpu_cores
@@ -185,7 +185,10 @@ def _summary_table(summary) -> Table:
         table.add_column(name, justify="right" if name in ("buffer", "seeds", *varying) else "left")
     for name in ("FAA class-IL", "FAA task-IL", "forgetting class-IL", "forgetting task-IL"):
         table.add_column(name, justify="right")
+    excluded = []
     for _, row in summary.iterrows():
+        if note := exclusion_note(row["n_diverged"], row["n_seeds"]):
+            excluded.append(f"{row['method']} {row['dataset']} buffer {row['buffer_size']} mask {row['mask']}: {note}")
         table.add_row(
             row["method"], row["dataset"], str(row["buffer_size"]), row["mask"], row["mask_on"],
             *[str(row[k]) for k in varying], str(row["n_seeds"]),
@@ -193,6 +196,10 @@ def _summary_table(summary) -> Table:
             pm(row["forgetting_class_il_mean"], row["forgetting_class_il_std"]),
             pm(row["forgetting_task_il_mean"], row["forgetting_task_il_std"]),
         )
+    if excluded:
+        table.caption = "\n".join(excluded) + " (see clbench runs --status diverged)"
+        table.caption_justify = "left"
+        table.caption_style = "magenta"
     return table
 
 
