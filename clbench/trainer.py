@@ -246,11 +246,14 @@ class _Divergence:
 def _train_step(
     method: Method, state: _NetState, step: Step, lr: dict[str, torch.Tensor], buffer: ReservoirBuffer | None,
     slots: torch.Tensor | None, x_raw: torch.Tensor, divergence: _Divergence, step_in_task: int,
-    phase: Callable[[str], contextlib.AbstractContextManager],
+    phase: Callable[[str], contextlib.AbstractContextManager], post_step_logits: bool = False,
 ) -> tuple[tuple[str, ...], torch.Tensor]:
     """One step for every run: loss terms -> one backward -> per-run SGD -> buffer insertion.
 
-    Runs whose loss or gradient is not finite take no step from here on (``_Divergence``).
+    Runs whose loss or gradient is not finite take no step from here on (``_Divergence``). With
+    ``post_step_logits`` (DER's ``der_logits = "post"``) the buffer stores the logits of a fresh
+    forward of the (augmented) stream batch after the update, instead of the training forward's;
+    that forward uses batch statistics and leaves the BatchNorm running statistics alone.
     Returns the loss terms' names and the terms and their total, stacked ``(n_terms + 1, R)``.
     """
     bn_before = state.buffers
@@ -270,9 +273,14 @@ def _train_step(
         if ok is not None and state.buffers:  # nor do its BatchNorm running statistics move
             state.buffers = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k])
                              for k, v in state.buffers.items()}
-    if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits
+    if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits by default
         with phase("buffer insertion"):
-            buffer.insert(slots, x_raw, step.stream.y, step.stream.task, out.stream_logits)
+            logits = out.stream_logits
+            if post_step_logits and logits is not None:
+                with torch.no_grad():
+                    logits, _ = state.net.forward(state.params, state.buffers, step.stream.x, train=True,
+                                                  row_weight=step.stream.valid)
+            buffer.insert(slots, x_raw, step.stream.y, step.stream.task, logits)
     return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach()
 
 
@@ -468,7 +476,7 @@ def train_group(
                 forward = _StepForward(st.net, x, (stream, *replay))
                 step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer)
                 names, terms = _train_step(method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
-                                           x_raw, st.divergence, epoch * n_steps + s, phase)
+                                           x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
                 st.names, st.sums = names, terms if st.sums is None else st.sums + terms
                 st.step = s + 1
                 if (s + 1) % report_every == 0 or s + 1 == n_steps:

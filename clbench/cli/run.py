@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..config import METHODS
+from ..config import DER_LOGITS, LOGIT_STORING_METHODS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
 from ..registry import exclusion_note, load_runs, summarize_runs
@@ -55,6 +55,9 @@ def run(
     minibatch_size: Optional[int] = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
     alpha: Optional[float] = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
     beta: Optional[float] = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    der_logits: Optional[str] = typer.Option(
+        None, "--der-logits", metavar="WHEN", help="DER/DER++: the logits stored with a sample: pre (the training "
+        "forward's, Mammoth) or post (a fresh forward after the step, the paper authors' code). [default: pre]"),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
@@ -89,8 +92,11 @@ def run(
         raise UsageProblem(f"invalid --group-size {group_size}: give N >= 1")
     if threads is not None and threads < 1:
         raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
+    if der_logits is not None and not set(split(method)) & set(LOGIT_STORING_METHODS):
+        raise UsageProblem(f"--der-logits applies to der and derpp, and none of the methods asked for is one "
+                           f"(valid: {', '.join(DER_LOGITS)} with -m der or -m derpp)")
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
-                                        alpha=alpha, beta=beta).items() if v is not None}
+                                        alpha=alpha, beta=beta, der_logits=der_logits).items() if v is not None}
     synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
                                         test_per_class=synthetic_test_per_class).items() if v is not None}
     if synthetic:

@@ -39,7 +39,7 @@ TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buf
                   "overrides", "render", "description")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                 "class_order_seed", "synthetic")
+                 "class_order_seed", "synthetic", "der_logits")
 # kind -> render option -> default (None: derived from the runs of the experiment)
 RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf"},
