@@ -27,6 +27,9 @@ class RunResult:
     device: str
     versions: dict[str, str]
     class_names: tuple[str, ...] = field(default=())
+    # kind ("true_class", "max") -> (T, T, HISTOGRAM_BINS) int: after task i, the test samples of
+    # task j per bin of that softmax probability (clbench.evaluation); empty for older runs
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -60,6 +63,7 @@ class RunResult:
             "device": self.device,
             "versions": dict(self.versions),
             "class_names": list(self.class_names),
+            "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
         }
 
@@ -82,4 +86,5 @@ class RunResult:
             device=d["device"],
             versions=dict(d["versions"]),
             class_names=tuple(d.get("class_names", ())),
+            histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
         )

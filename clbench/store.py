@@ -189,7 +189,20 @@ class TaskTiming(Base):
     eval_s: Mapped[float] = mapped_column(Float)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming)
+class ConfidenceHistogram(Base):
+    """After each task, the histogram (``clbench.evaluation.HISTOGRAM_BINS`` equal bins over [0, 1],
+    a JSON list of counts) of one softmax probability (``kind``: of the true class, or the largest)
+    over the test samples of one task."""
+
+    __tablename__ = "confidence_histograms"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # true_class | max
+    counts: Mapped[list] = mapped_column(JSON)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
 TABLE_NAMES = frozenset(Base.metadata.tables)
 
 
@@ -444,6 +457,29 @@ def in_chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]
         yield items[i : i + size]
 
 
+def _histogram_rows(conn, run_ids: Sequence[str]) -> list:
+    rows = []
+    for chunk in in_chunks(list(run_ids)):
+        rows += conn.execute(select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))).all()
+    return rows
+
+
+def histogram_arrays(rows) -> dict[str, dict[str, np.ndarray]]:
+    """``confidence_histograms`` rows -> run_id -> kind -> (T, T, bins) counts."""
+    by_run: dict[str, list] = {}
+    for r in rows:
+        by_run.setdefault(r.run_id, []).append(r)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for rid, run_rows in by_run.items():
+        n_tasks = 1 + max(max(r.after_task, r.on_task) for r in run_rows)
+        n_bins = len(run_rows[0].counts)
+        arrays = {kind: np.zeros((n_tasks, n_tasks, n_bins), dtype=np.int64) for kind in {r.kind for r in run_rows}}
+        for r in run_rows:
+            arrays[r.kind][r.after_task, r.on_task] = r.counts
+        out[rid] = arrays
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 
@@ -548,9 +584,9 @@ class Store:
             conf = conn.execute(select(Confidence.__table__).where(Confidence.run_id == run_id)).all()
             losses = conn.execute(select(TaskLoss.__table__).where(TaskLoss.run_id == run_id)).all()
             timings = conn.execute(select(TaskTiming.__table__).where(TaskTiming.run_id == run_id)).all()
-            return run, acc, cls_acc, conf, losses, timings
+            return run, acc, cls_acc, conf, losses, timings, _histogram_rows(conn, [run_id])
 
-        run, acc, cls_acc, conf, losses, timings = self.transaction(work)
+        run, acc, cls_acc, conf, losses, timings, hists = self.transaction(work)
         config = ResolvedConfig.from_dict(run["config"])
         n_tasks = 1 + max(r.after_task for r in acc)
         n_classes = 1 + max(r.class_index for r in cls_acc)
@@ -582,6 +618,7 @@ class Store:
             train_loss=train_loss, train_s=train_s, eval_s=eval_s,
             group_size=int(run["group_size"]), device=run["device"], versions=dict(run["versions"] or {}),
             class_names=tuple(run["class_names"] or ()),
+            histograms=histogram_arrays(hists).get(run_id, {}),
         )
 
     # -- the lifecycle --------------------------------------------------------------------------
@@ -704,8 +741,12 @@ class Store:
             {"run_id": rid, "task": i, "train_s": float(res.train_s[i]), "eval_s": float(res.eval_s[i])}
             for i in range(n_tasks)
         ]
+        histograms = [
+            {"run_id": rid, "after_task": i, "on_task": j, "kind": kind, "counts": [int(c) for c in counts[i, j]]}
+            for kind, counts in res.histograms.items() for i in range(counts.shape[0]) for j in range(counts.shape[1])
+        ]
         return {Accuracy: accuracy, ClassAccuracy: class_accuracy, Confidence: confidence, TaskLoss: losses,
-                TaskTiming: timings}
+                TaskTiming: timings, ConfidenceHistogram: histograms}
 
     def mark_interrupted(self, run_ids: Sequence[str], owner: Owner) -> None:
         """Runs of ``owner`` that were stopped before finishing (never another process's runs)."""

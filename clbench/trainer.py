@@ -413,6 +413,7 @@ def _results(cfgs, data, evaluations, loss_means, train_s, eval_s, device) -> li
                 device=device,
                 versions=versions,
                 class_names=data.class_names,
+                histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
             )
         )
     return out
