@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from clbench import cli
-from clbench.registry import load_runs
+from clbench.evaluation import HISTOGRAM_EDGES
+from clbench.registry import load_histograms, load_runs
 from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
 from clbench.reports.fig2 import fig2_data, plot_fig2
 from clbench.reports.fig4 import fig4_data, plot_fig4
@@ -162,6 +163,27 @@ def test_fig2_renders_the_registry_numbers(trained, tmp_path):
     weights = [ax.title.get_fontweight() for ax in fig.axes[2:4]]
     best = 0 if data["baseline"]["faa_class_il"] > data["masked"]["faa_class_il"] else 1
     assert weights[best] == "bold"
+    # row 3: confidence histograms after the final task, old tasks pooled against the newest,
+    # pooled over seeds: the registry's counts
+    np.testing.assert_allclose(data["histogram_edges"], HISTOGRAM_EDGES)
+    for side, mask in (("baseline", "none"), ("masked", "-inf")):
+        ids = runs[runs["mask"] == mask].sort_values("seed")["run_id"].tolist()
+        stored = load_histograms(db, ids)
+        for kind in ("true_class", "max"):
+            last = np.sum([stored[i][kind][-1] for i in ids], axis=0)  # (T, bins)
+            assert data[side]["histograms"][kind]["old"] == last[:-1].sum(0).tolist()
+            assert data[side]["histograms"][kind]["newest"] == last[-1].tolist()
+            assert sum(data[side]["histograms"][kind]["newest"]) == 3 * 20  # 3 seeds x 2 classes x 10 samples
+    steps = {p.get_gid(): p for ax in fig.axes[6:10] for p in ax.patches}
+    assert len(fig.axes) == 10
+    for side in ("baseline", "masked"):
+        for kind in ("true_class", "max"):
+            for tasks in ("old", "newest"):
+                values, edges, _ = steps[f"{side} {kind} {tasks}"].get_data()
+                counts = np.asarray(data[side]["histograms"][kind][tasks], dtype=float)
+                np.testing.assert_allclose(values, counts / counts.sum())
+                np.testing.assert_allclose(edges, HISTOGRAM_EDGES)
+    assert "old tasks 1-4" in fig.axes[6].get_title() and "newest task 5" in fig.axes[7].get_title()
 
 
 def matplotlib_hex(rgba) -> str:
