@@ -16,7 +16,7 @@ from rich.text import Text
 
 from ..masking import format_mask_value, parse_mask_value
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
-from ..reports.compare import COMPARE_METRICS, TESTS, compare_runs
+from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import plan_sweep
 from ..trainer import resolve_device
@@ -128,7 +128,8 @@ def report_command(
 
 def compare_command(
     baseline: str = typer.Option("none", "--baseline", metavar="MASK", help="The baseline's mask value."),
-    test: str = typer.Option("wilcoxon", "--test", metavar="TEST", help="Paired test: wilcoxon or t."),
+    test: str = typer.Option("permutation", "--test", metavar="TEST",
+                             help="Paired test: permutation (exact sign-flip), wilcoxon or t."),
     format: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"{', '.join(COMPARE_FORMATS)}."),
     method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
     dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
@@ -209,36 +210,81 @@ def _rows(result):
         yield r, label, better
 
 
-def compare_table(result) -> Table:
-    test = result["test"].iloc[0]
+def _test_key(result) -> str:
+    return next(k for k, v in TESTS.items() if v == result["test"].iloc[0])
+
+
+def compare_caption(result) -> str:
+    """Names every procedure behind the table's numbers."""
     base = result["baseline"].iloc[0]
-    table = Table(title=f"Mask {base} (baseline) against each masked variant, paired over common seeds: mean ± std (%), "
-                        f"diff = variant - baseline, p: {test}, W/L/T: seeds where the variant is better/worse/equal",
-                  title_justify="left")
-    for col in ("method", "dataset", "buffer", "mask", "on", "metric", "seeds", "baseline", "variant", "diff", "p",
-                "W/L/T"):
+    return (f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
+            f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
+            + "; ".join(procedures(_test_key(result)))
+            + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting).")
+
+
+def _ci(r) -> str:
+    if r.ci_low != r.ci_low:
+        return "-"
+    return f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+
+
+def _dz(value: float) -> str:
+    return "-" if value != value else f"{value:+.2f}"
+
+
+def _p(r, value: float) -> str:
+    text = p_value(value)
+    return text + ("*" if value == value and value < ALPHA else "")
+
+
+def _notes(result) -> list[str]:
+    notes = []
+    for note in dict.fromkeys(n for n in result["note"] if n):
+        notes.append(f"note: {note}.")
+    return notes
+
+
+# The columns that say which comparison a row is: shown only where they vary, else in the title.
+_WHICH = (("method", "method"), ("dataset", "dataset"), ("buffer_size", "buffer"), ("mask_on", "on"))
+
+
+def compare_table(result) -> Table:
+    which = [(key, col) for key, col in _WHICH if result[key].nunique() > 1]
+    fixed = [f"{col} {result[key].iloc[0]}" for key, col in _WHICH if (key, col) not in which]
+    head = f"{', '.join(fixed)}. " if fixed else ""
+    table = Table(title=head + compare_caption(result) + f" * p < {ALPHA:g}.", title_justify="left")
+    for col in [c for _, c in which] + ["mask", "metric", "seeds", "baseline", "variant", "diff", "95% CI", "d_z",
+                                         "p", "p Holm", "W/L/T"]:
         table.add_column(col, no_wrap=True, justify="left" if col in ("method", "dataset", "mask", "on", "metric")
                          else "right")
     for r, label, better in _rows(result):
         diff = Text("-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
                     style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"))
-        table.add_row(r.method, r.dataset, str(r.buffer_size), r.variant, r.mask_on, label, str(r.n_seeds),
-                      pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, p_value(r.p_value),
-                      f"{r.wins}/{r.losses}/{r.ties}")
+        table.add_row(*[str(getattr(r, key)) for key, _ in which], r.variant, label, str(r.n_seeds),
+                      pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, _ci(r),
+                      _dz(r.effect_size_dz), _p(r, r.p_value), _p(r, r.p_holm), f"{r.wins}/{r.losses}/{r.ties}")
+    notes = _notes(result)
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
 
 
 def compare_markdown(result) -> str:
     buf = io.StringIO()
-    buf.write(f"Baseline vs masked, paired over common seeds (mean ± std, %). p: {result['test'].iloc[0]}.\n\n")
+    buf.write(compare_caption(result) + f" * p < {ALPHA:g}.\n\n")
     head = ["method", "dataset", "buffer", "baseline", "variant", "on", "metric", "seeds", "baseline mean",
-            "variant mean", "difference", "p", "wins/losses/ties"]
+            "variant mean", "difference", "95% CI", "d_z", "p", "p Holm", "wins/losses/ties"]
     buf.write("| " + " | ".join(head) + " |\n")
-    buf.write("|" + "|".join(["---"] * 7 + ["---:"] * 6) + "|\n")
+    buf.write("|" + "|".join(["---"] * 7 + ["---:"] * 9) + "|\n")
     for r, label, _ in _rows(result):
         cells = [r.method, r.dataset, str(r.buffer_size), r.baseline, r.variant, r.mask_on, label, str(r.n_seeds),
                  pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std),
-                 "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", p_value(r.p_value),
-                 f"{r.wins}/{r.losses}/{r.ties}"]
+                 "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", _ci(r), _dz(r.effect_size_dz),
+                 _p(r, r.p_value), _p(r, r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"]
         buf.write("| " + " | ".join(cells) + " |\n")
+    notes = _notes(result)
+    if notes:
+        buf.write("\n" + "\n".join(notes) + "\n")
     return buf.getvalue()
