@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,7 @@ from rich.text import Text
 
 from ..masking import format_mask_value, parse_mask_value
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
+from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import plan_sweep
@@ -40,12 +42,20 @@ from .progress import execute_with_progress
 COMPARE_FORMATS = ("table", "md", "csv", "json")
 
 
+ALL = "all"
+
+
 def report_command(
     name: Optional[str] = typer.Argument(
-        None, metavar="NAME", help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...) or a path "
-                                   "to an experiment .toml file. Without NAME: list the registered experiments."),
+        None, metavar="NAME", help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...), a path "
+                                   "to an experiment .toml file, or 'all' (every registered experiment). Without "
+                                   "NAME: list the registered experiments."),
     no_run: bool = typer.Option(False, "--no-run", help="Render from the runs that exist; list the missing ones."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder. [default: reports/NAME]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="Output folder. [default: reports/NAME; with 'all': reports, one folder per "
+                                            "report inside]"),
+    html: bool = typer.Option(False, "--html", help="Also write static HTML pages: NAME.html beside the report's "
+                                                    "folder and index.html (for 'all' and by default: reports/)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Seeds 0..N-1 instead of the experiment's."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
@@ -55,7 +65,7 @@ def report_command(
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
-        table = Table(title="Registered experiments (clbench report NAME)", title_justify="left")
+        table = Table(title="Registered experiments (clbench report NAME, or all)", title_justify="left")
         for col in ("name", "kind", "benchmark", "runs", "title"):
             table.add_column(col, justify="right" if col == "runs" else "left")
         for exp_name, title in list_experiments().items():
@@ -66,19 +76,35 @@ def report_command(
                 table.add_row(exp_name, "-", "-", "-", f"invalid: {exc}")
         console().print(table)
         return
+    names = list(list_experiments()) if name == ALL else [name]
+    specs = []
+    configs = []
     try:
-        spec = load_experiment(name)
-        if seeds is not None:
-            spec = spec.with_seeds(seeds)
-        configs = spec.configs()
+        for n in names:
+            spec = load_experiment(n)
+            if seeds is not None:
+                spec = spec.with_seeds(seeds)
+            specs.append(spec)
+            configs += spec.configs()
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     if threads is not None and threads < 1:
         raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
-    out_dir = out if out is not None else Path("reports") / spec.name
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageProblem(f"--out {out_dir} is a file, not a folder")
+    if name == ALL:
+        root = out if out is not None else Path("reports")
+        out_dirs = {spec.name: root / spec.name for spec in specs}
+    else:
+        out_dirs = {specs[0].name: out if out is not None else Path("reports") / specs[0].name}
+        root = out_dirs[specs[0].name].parent
+    for out_dir in [*out_dirs.values(), root]:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageProblem(f"--out {out_dir} is a file, not a folder")
+    if html:
+        try:
+            check_html_root(root)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
     url = resolve_db_url(db)
     state = inspect(url)
     err = console(stderr=True)
@@ -87,14 +113,13 @@ def report_command(
         if state != "ready":
             what = "does not exist yet" if state == "missing" else "holds no runs"
             stdout.print(f"nothing to render: {describe_url(url)} {what}", highlight=False)
-            _print_missing(stdout, spec, [r.config for r in plan_sweep(configs).runs], describe_url(url), name)
+            for spec in specs:
+                _print_missing(stdout, spec, [r.config for r in plan_sweep(spec.configs()).runs], describe_url(url),
+                               _name_for(spec, name))
             return
         store = open_store(url, readonly=True)
         with store:
-            missing = missing_runs(spec, store)
-            written = render_report(spec, store, out_dir)
-        _print_written(stdout, spec, written, out_dir)
-        _print_missing(stdout, spec, missing, store.where, name)
+            _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db), stdout, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     try:
@@ -111,20 +136,61 @@ def report_command(
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
-        plan = plan_sweep(configs, store)
-        err.print(
-            f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
-            f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}",
-            highlight=False,
-        )
-        with sigterm_as_interrupt():
-            execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                        experiment=spec.name)
-        missing = missing_runs(spec, store)
-        written = render_report(spec, store, out_dir)
-    _print_written(stdout, spec, written, out_dir)
-    if missing:
-        _print_missing(stdout, spec, missing, store.where, name)
+        for spec in specs:
+            plan = plan_sweep(spec.configs(), store)
+            err.print(
+                f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
+                f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}",
+                highlight=False,
+            )
+            with sigterm_as_interrupt():
+                execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
+                                      experiment=spec.name)
+        _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db), stdout, name,
+                quiet_when_complete=True)
+
+
+def _name_for(spec, name: str) -> str:
+    return spec.name if name == ALL else name
+
+
+def _command(name, no_run, out, html, seeds, db) -> str:
+    """The command line that renders these reports again (shown on the HTML pages)."""
+    args = ["clbench", "report", name]
+    if no_run:
+        args.append("--no-run")
+    if html:
+        args.append("--html")
+    if seeds is not None:
+        args += ["--seeds", str(seeds)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if db is not None:
+        args += ["--db", db]
+    return shlex.join(args)
+
+
+def _render(specs, store, out_dirs, root, html, command, out, name, quiet_when_complete=False) -> None:
+    """Render (and with ``html`` write the pages of) every spec; print what was written and missing."""
+    missing = {spec.name: missing_runs(spec, store) for spec in specs}
+    if html:
+        written = write_html(specs, store, root, out_dirs=out_dirs, commands={s.name: command for s in specs})
+        by_spec = {s.name: [p for p in written if p.parent == out_dirs[s.name]] for s in specs}
+    else:
+        by_spec = {s.name: render_report(s, store, out_dirs[s.name]) for s in specs}
+    for spec in specs:
+        _print_written(out, spec, by_spec[spec.name], out_dirs[spec.name])
+        if name == ALL:  # one line each: the full lists would run to hundreds of rows
+            n, total = len(missing[spec.name]), len(spec.configs())
+            if n:
+                out.print(f"  {n} of {total} runs missing from {store.where} (list them: clbench report {spec.name} "
+                          "--no-run)", highlight=False)
+        elif missing[spec.name] or not quiet_when_complete:
+            _print_missing(out, spec, missing[spec.name], store.where, _name_for(spec, name))
+    if html:
+        out.print(f"wrote {root / INDEX} and {len(specs)} report page{'s' if len(specs) != 1 else ''} "
+                  f"({', '.join(f'{s.name}.html' for s in specs)}): open {root / INDEX} in a browser", highlight=False)
+
 
 def compare_command(
     baseline: str = typer.Option("none", "--baseline", metavar="MASK", help="The baseline's mask value."),
