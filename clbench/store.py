@@ -203,6 +203,22 @@ class ConfidenceHistogram(Base):
 
 
 RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+
+
+class MlflowRun(Base):
+    """Which MLflow run holds what was exported to a tracking store (``clbench export --mlflow``):
+    a clbench run (``entity`` run, ``key`` its run id) or a config's parent run (``entity``
+    config, ``key`` the config hash). Exporting again to the same store adds nothing."""
+
+    __tablename__ = "mlflow_runs"
+    tracking_uri: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)  # run | config
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 TABLE_NAMES = frozenset(Base.metadata.tables)
 
 
@@ -620,6 +636,29 @@ class Store:
             class_names=tuple(run["class_names"] or ()),
             histograms=histogram_arrays(hists).get(run_id, {}),
         )
+
+    # -- MLflow exports -------------------------------------------------------------------------
+
+    def mlflow_runs(self, tracking_uri: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(entity, key) -> (MLflow run id, experiment id) of what was exported to ``tracking_uri``."""
+        stmt = select(MlflowRun.entity, MlflowRun.key, MlflowRun.mlflow_run_id, MlflowRun.experiment_id).where(
+            MlflowRun.tracking_uri == tracking_uri)
+        return {(r.entity, r.key): (r.mlflow_run_id, r.experiment_id)
+                for r in self.transaction(lambda conn: conn.execute(stmt).all())}
+
+    def remember_mlflow_runs(self, tracking_uri: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record (entity, key, MLflow run id, experiment id) rows for ``tracking_uri`` (replacing any)."""
+        now = _now()
+
+        def work(conn):
+            for entity, key, run_id, experiment_id in rows:
+                conn.execute(delete(MlflowRun).where(MlflowRun.tracking_uri == tracking_uri, MlflowRun.entity == entity,
+                                                     MlflowRun.key == key))
+                conn.execute(insert(MlflowRun).values(tracking_uri=tracking_uri, entity=entity, key=key,
+                                                      mlflow_run_id=run_id, experiment_id=experiment_id,
+                                                      exported_at=now))
+
+        self._write(work)
 
     # -- the lifecycle --------------------------------------------------------------------------
 
