@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
