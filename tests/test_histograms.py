@@ -25,7 +25,6 @@ def _softmax64(logits: np.ndarray) -> np.ndarray:
 
 
 def test_evaluate_histograms_match_a_per_run_computation():
-    torch.set_num_threads(1)
     syn = SyntheticOptions(train_per_class=4, test_per_class=30)
     data = load_benchmark("synthetic", synthetic=syn)
     cfg = synthetic_config("er", synthetic=syn).resolve()

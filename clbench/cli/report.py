@@ -299,7 +299,7 @@ def _dz(value: float) -> str:
     return "-" if value != value else f"{value:+.2f}"
 
 
-def _p(r, value: float) -> str:
+def _p(value: float) -> str:
     text = p_value(value)
     return text + ("*" if value == value and value < ALPHA else "")
 
@@ -329,7 +329,7 @@ def compare_table(result) -> Table:
                     style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"))
         table.add_row(*[str(getattr(r, key)) for key, _ in which], r.variant, label, str(r.n_seeds),
                       pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, _ci(r),
-                      _dz(r.effect_size_dz), _p(r, r.p_value), _p(r, r.p_holm), f"{r.wins}/{r.losses}/{r.ties}")
+                      _dz(r.effect_size_dz), _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}")
     notes = _notes(result)
     if notes:
         table.caption = "\n".join(notes)
@@ -348,7 +348,7 @@ def compare_markdown(result) -> str:
         cells = [r.method, r.dataset, str(r.buffer_size), r.baseline, r.variant, r.mask_on, label, str(r.n_seeds),
                  pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std),
                  "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", _ci(r), _dz(r.effect_size_dz),
-                 _p(r, r.p_value), _p(r, r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"]
+                 _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"]
         buf.write("| " + " | ".join(cells) + " |\n")
     notes = _notes(result)
     if notes:
