@@ -23,7 +23,8 @@ from .config import RESULTS_VERSION
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
 from .results import CLASS_IL_CONVENTIONS
-from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
+from .store import (SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays,
+                    in_chunks, open_store)
 from .sweep import benchmark_name
 
 # The columns of ``clbench export`` (one row per run), in this order.
@@ -219,6 +220,28 @@ def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
     rows = _with_store(db, work)
     columns = list(MATRIX_COLUMNS) + ["n_correct", "n_total"]
     return pd.DataFrame.from_records([tuple(r) for r in rows], columns=columns)
+
+
+def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The confidence histograms of ``run_ids``: run_id -> kind -> counts ``(T, T, bins)``.
+
+    ``counts[i, j, b]``: after training task i, how many test samples of task j had that softmax
+    probability (kind ``true_class``: of their true class; ``max``: the largest) in bin b, the
+    bins being ``clbench.evaluation.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
+    histograms (unfinished, or computed before clbench recorded them) are absent.
+    """
+
+    def work(store: Store):
+        def query(conn):
+            rows = []
+            for chunk in in_chunks(list(run_ids)):
+                stmt = select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))
+                rows += conn.execute(stmt).all()
+            return rows
+
+        return store.transaction(query)
+
+    return histogram_arrays(_with_store(db, work))
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -44,6 +44,9 @@ class RunResult:
     class_il_seen: np.ndarray | None = None  # (T, T) %
     class_il_seen_correct: np.ndarray | None = None  # (T, T) int
     divergence: Divergence | None = None  # set when the run diverged (status ``diverged``)
+    # kind ("true_class", "max") -> (T, T, HISTOGRAM_BINS) int: after task i, the test samples of
+    # task j per bin of that softmax probability (clbench.evaluation); empty for older runs
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -91,6 +94,7 @@ class RunResult:
             "class_il_seen": None if self.class_il_seen is None else self.class_il_seen.tolist(),
             "class_il_seen_correct": None if self.class_il_seen_correct is None else self.class_il_seen_correct.tolist(),
             "divergence": None if self.divergence is None else asdict(self.divergence),
+            "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
         }
 
@@ -117,4 +121,5 @@ class RunResult:
             class_il_seen_correct=(None if d.get("class_il_seen_correct") is None
                                    else a(d["class_il_seen_correct"], dtype=np.int64)),
             divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
+            histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
         )

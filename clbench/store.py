@@ -213,7 +213,36 @@ class TaskTiming(Base):
     eval_s: Mapped[float] = mapped_column(Float)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming)
+class ConfidenceHistogram(Base):
+    """After each task, the histogram (``clbench.evaluation.HISTOGRAM_BINS`` equal bins over [0, 1],
+    a JSON list of counts) of one softmax probability (``kind``: of the true class, or the largest)
+    over the test samples of one task."""
+
+    __tablename__ = "confidence_histograms"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # true_class | max
+    counts: Mapped[list] = mapped_column(JSON)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+
+
+class MlflowRun(Base):
+    """Which MLflow run holds what was exported to a tracking store (``clbench export --mlflow``):
+    a clbench run (``entity`` run, ``key`` its run id) or a config's parent run (``entity``
+    config, ``key`` the config hash). Exporting again to the same store adds nothing."""
+
+    __tablename__ = "mlflow_runs"
+    tracking_uri: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)  # run | config
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 TABLE_NAMES = frozenset(Base.metadata.tables)
 
 
@@ -507,6 +536,29 @@ def in_chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]
         yield items[i : i + size]
 
 
+def _histogram_rows(conn, run_ids: Sequence[str]) -> list:
+    rows = []
+    for chunk in in_chunks(list(run_ids)):
+        rows += conn.execute(select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))).all()
+    return rows
+
+
+def histogram_arrays(rows) -> dict[str, dict[str, np.ndarray]]:
+    """``confidence_histograms`` rows -> run_id -> kind -> (T, T, bins) counts."""
+    by_run: dict[str, list] = {}
+    for r in rows:
+        by_run.setdefault(r.run_id, []).append(r)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for rid, run_rows in by_run.items():
+        n_tasks = 1 + max(max(r.after_task, r.on_task) for r in run_rows)
+        n_bins = len(run_rows[0].counts)
+        arrays = {kind: np.zeros((n_tasks, n_tasks, n_bins), dtype=np.int64) for kind in {r.kind for r in run_rows}}
+        for r in run_rows:
+            arrays[r.kind][r.after_task, r.on_task] = r.counts
+        out[rid] = arrays
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 
@@ -611,9 +663,9 @@ class Store:
             conf = conn.execute(select(Confidence.__table__).where(Confidence.run_id == run_id)).all()
             losses = conn.execute(select(TaskLoss.__table__).where(TaskLoss.run_id == run_id)).all()
             timings = conn.execute(select(TaskTiming.__table__).where(TaskTiming.run_id == run_id)).all()
-            return run, acc, cls_acc, conf, losses, timings
+            return run, acc, cls_acc, conf, losses, timings, _histogram_rows(conn, [run_id])
 
-        run, acc, cls_acc, conf, losses, timings = self.transaction(work)
+        run, acc, cls_acc, conf, losses, timings, hists = self.transaction(work)
         config = ResolvedConfig.from_dict(run["config"])
         n_tasks = 1 + max(r.after_task for r in acc)
         n_classes = 1 + max(r.class_index for r in cls_acc)
@@ -650,7 +702,31 @@ class Store:
             divergence=None if run["status"] != "diverged" else Divergence(
                 run["diverged_task"], run["diverged_step"],
                 math.nan if run["last_finite_loss"] is None else run["last_finite_loss"]),
+            histograms=histogram_arrays(hists).get(run_id, {}),
         )
+
+    # -- MLflow exports -------------------------------------------------------------------------
+
+    def mlflow_runs(self, tracking_uri: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(entity, key) -> (MLflow run id, experiment id) of what was exported to ``tracking_uri``."""
+        stmt = select(MlflowRun.entity, MlflowRun.key, MlflowRun.mlflow_run_id, MlflowRun.experiment_id).where(
+            MlflowRun.tracking_uri == tracking_uri)
+        return {(r.entity, r.key): (r.mlflow_run_id, r.experiment_id)
+                for r in self.transaction(lambda conn: conn.execute(stmt).all())}
+
+    def remember_mlflow_runs(self, tracking_uri: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record (entity, key, MLflow run id, experiment id) rows for ``tracking_uri`` (replacing any)."""
+        now = _now()
+
+        def work(conn):
+            for entity, key, run_id, experiment_id in rows:
+                conn.execute(delete(MlflowRun).where(MlflowRun.tracking_uri == tracking_uri, MlflowRun.entity == entity,
+                                                     MlflowRun.key == key))
+                conn.execute(insert(MlflowRun).values(tracking_uri=tracking_uri, entity=entity, key=key,
+                                                      mlflow_run_id=run_id, experiment_id=experiment_id,
+                                                      exported_at=now))
+
+        self._write(work)
 
     # -- the lifecycle --------------------------------------------------------------------------
 
@@ -804,8 +880,12 @@ class Store:
             {"run_id": rid, "task": i, "train_s": float(res.train_s[i]), "eval_s": float(res.eval_s[i])}
             for i in range(n_tasks)
         ]
+        histograms = [
+            {"run_id": rid, "after_task": i, "on_task": j, "kind": kind, "counts": [int(c) for c in counts[i, j]]}
+            for kind, counts in res.histograms.items() for i in range(counts.shape[0]) for j in range(counts.shape[1])
+        ]
         return {Accuracy: accuracy, ClassAccuracy: class_accuracy, Confidence: confidence, TaskLoss: losses,
-                TaskTiming: timings}
+                TaskTiming: timings, ConfidenceHistogram: histograms}
 
     def mark_interrupted(self, run_ids: Sequence[str], owner: Owner) -> None:
         """Runs of ``owner`` that were stopped before finishing (never another process's runs)."""

@@ -294,6 +294,15 @@ class _EpochDraws:
     slots: torch.Tensor | None  # (R, n), -1 = not stored
 
 
+def _to_tensors(d: dict) -> dict:
+    """Numpy arrays (in nested dicts) as tensors: what a checkpoint can hold."""
+    return {k: _to_tensors(v) if isinstance(v, dict) else torch.from_numpy(np.asarray(v)) for k, v in d.items()}
+
+
+def _to_arrays(d: dict) -> dict:
+    return {k: _to_arrays(v) if isinstance(v, dict) else v.numpy() for k, v in d.items()}
+
+
 class _GroupState:
     """Everything a lockstep group's training has done so far: what a checkpoint holds.
 
@@ -340,8 +349,8 @@ class _GroupState:
                     for r in self.rand],
             "seen_classes": cpu(self.seen_classes), "divergence": tensors(self.divergence.state()),
             "names": list(self.names), "sums": cpu(self.sums),
-            "evaluations": [{k: torch.from_numpy(v) for k, v in asdict(e).items()} for e in self.evaluations],
-            "loss_means": [{k: torch.from_numpy(np.asarray(v)) for k, v in m.items()} for m in self.loss_means],
+            "evaluations": [_to_tensors(asdict(e)) for e in self.evaluations],
+            "loss_means": [_to_tensors(m) for m in self.loss_means],
             "train_s": torch.from_numpy(self.train_s), "eval_s": torch.from_numpy(self.eval_s),
             "draws": None if self.draws is None else {k: cpu(v) for k, v in asdict(self.draws).items()},
             "seen_at_epoch_start": self.seen_at_epoch_start,
@@ -365,8 +374,8 @@ class _GroupState:
         self.seen_classes = dev(saved["seen_classes"])
         self.divergence.load(saved["divergence"])
         self.names, self.sums = tuple(saved["names"]), dev(saved["sums"])
-        self.evaluations = [Evaluation(**{k: v.numpy() for k, v in e.items()}) for e in saved["evaluations"]]
-        self.loss_means = [{k: v.numpy() for k, v in m.items()} for m in saved["loss_means"]]
+        self.evaluations = [Evaluation(**_to_arrays(e)) for e in saved["evaluations"]]
+        self.loss_means = [_to_arrays(m) for m in saved["loss_means"]]
         self.train_s, self.eval_s = saved["train_s"].numpy().copy(), saved["eval_s"].numpy().copy()
         d = saved["draws"]
         self.draws = None if d is None else _EpochDraws(dev(d["samples"]), dev(d["aug"]), dev(d["slots"]))
@@ -610,6 +619,7 @@ def _results(cfgs, data, st: _GroupState, device) -> list[RunResult]:
                 class_il_seen=np.stack([e.class_il_seen[r] for e in evaluations]),
                 class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
                 divergence=diverged,
+                histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
             )
         )
     return out

@@ -125,6 +125,12 @@ def test_results_round_trip_exactly(db_url, trained):
             back = store.load_result(res.run_id)
             assert back.to_dict() == res.to_dict()  # every array, loss, timing, version, class name
             assert np.array_equal(back.confidence, res.confidence) and back.confidence.dtype == np.float64
+            assert back.histograms.keys() == {"true_class", "max"}
+        histograms = clbench.load_histograms(store, [r.run_id for r in trained] + ["no-such-run"])
+        assert histograms.keys() == {r.run_id for r in trained}
+        for res in trained:
+            for kind, counts in res.histograms.items():
+                assert np.array_equal(histograms[res.run_id][kind], counts) and counts.shape == (5, 5, 20)
         row = store.run_row(trained[0].run_id)
     assert row["status"] == "finished" and row["experiments"] == ["rt"]
     assert row["config_hash"] == st.config_hash(trained[0].config) == st.config_hash(trained[1].config)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +15,7 @@ from rich.text import Text
 from ..checkpoint import CheckpointSummary, checkpoints_by_run
 from ..registry import EXPORT_FORMATS, export_runs
 from ..config import RESULTS_VERSION
-from ..store import DONE_STATUSES, STATUSES, StoreError, open_store, resolve_db_url
+from ..store import DONE_STATUSES, STATUSES, StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import checkpoint_directory
 from .common import (
     FILTER_HELP,
@@ -23,6 +25,7 @@ from .common import (
     console,
     db_option,
     filter_options,
+    inspect,
     load,
     local_time,
     num,
@@ -171,6 +174,14 @@ def show(
 
 
 def export(
+    tracking_uri: Optional[str] = typer.Argument(
+        None, metavar="[TRACKING_URI]", help="With --mlflow: the MLflow tracking store. [default: MLflow's own: "
+                                             "MLFLOW_TRACKING_URI, else its default]"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Export the finished runs to MLflow instead (one parent run "
+                                                       "per config, its seeds as child runs; needs the extra: pip "
+                                                       "install 'clbench[mlflow]'). Exporting again adds nothing."),
+    mlflow_experiment: str = typer.Option("clbench", "--mlflow-experiment", metavar="NAME",
+                                          help="The MLflow experiment to export into."),
     format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
     matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Output file. [default: stdout; "
@@ -183,7 +194,17 @@ def export(
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     db: Optional[str] = db_option(),
 ) -> None:
-    """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet."""
+    """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet; or, with
+    --mlflow, put the finished runs into an MLflow tracking store."""
+    if tracking_uri is not None and not mlflow:
+        raise UsageProblem(f"unexpected argument {tracking_uri!r}: a tracking URI goes with --mlflow "
+                           "(clbench export --mlflow [TRACKING_URI])")
+    if mlflow:
+        if matrices or output is not None:
+            raise UsageProblem("--mlflow exports to MLflow: --matrices and --output do not apply")
+        _export_mlflow(tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status,
+                                                                          experiment))
+        return
     if format not in EXPORT_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
     if format == "parquet" and output is None:
@@ -196,3 +217,48 @@ def export(
     if output is not None:
         print(f"wrote {n} {'rows' if matrices else 'runs'} to {output}", file=sys.stderr)
 
+
+
+def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, filters: dict) -> None:
+    from ..mlflow_export import MlflowExportError, export_mlflow, import_mlflow, resolve_tracking_uri  # noqa: PLC0415
+
+    if filters.get("status", ["finished"]) != ["finished"]:
+        raise UsageProblem("--mlflow exports finished runs only: leave out --status")
+    filters.pop("status", None)
+    try:
+        import_mlflow()
+        uri = resolve_tracking_uri(tracking_uri)
+    except MlflowExportError as exc:
+        raise UsageProblem(str(exc)) from None
+    inspect_db_ready(db)
+    with _quiet_loggers("mlflow", "alembic"):
+        try:
+            done = export_mlflow(db, uri, experiment=experiment, **filters)
+        except (MlflowExportError, ValueError) as exc:
+            raise UsageProblem(str(exc)) from None
+    print(f"MLflow at {done.tracking_uri}, experiment {done.experiment!r} (id {done.experiment_id}): "
+          f"{done.new_runs} run{'s' if done.new_runs != 1 else ''} exported now ({done.new_parents} new parent "
+          f"run{'s' if done.new_parents != 1 else ''}), {done.already_there} already there, of {done.runs} finished "
+          f"run{'s' if done.runs != 1 else ''} matching. See them: mlflow ui --backend-store-uri {done.tracking_uri}",
+          file=sys.stderr)
+
+
+def inspect_db_ready(db: str | None) -> None:
+    """The database must exist and be a clbench database (export never creates one)."""
+    url = resolve_db_url(db)
+    if inspect(url) != "ready":
+        raise UsageProblem(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
+
+
+@contextmanager
+def _quiet_loggers(*names: str):
+    """MLflow and alembic log every schema step at INFO: keep the command's output to its result."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..config import ResolvedConfig
 from ..registry import Db, _with_store, load_runs
-from ..store import Store
+from ..store import Store, config_hash
 from ..sweep import resolve_unique
 from .experiments import ExperimentSpec
 
@@ -32,6 +32,23 @@ def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:
         return [c for c in configs if statuses.get(c.identity()) != "finished"]
 
     return _with_store(db, work)
+
+
+COVERAGE_COLUMNS = ("run_id", "method", "dataset", "buffer_size", "mask", "mask_on", "seed", "config_hash", "status")
+
+
+def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
+    """Every run the experiment expects, in sweep order, with its status in ``db``: ``missing``
+    for a run with no row, else the stored status as it is (``finished``, ``failed``, ...).
+    Runs of one cell (a figure's point or bar, a table's cell) share a ``config_hash``."""
+    configs = experiment_configs(spec)
+
+    def work(store: Store):
+        statuses = store.statuses([c.identity() for c in configs])
+        return [(c.identity(), c.method, c.benchmark, c.buffer_size, c.mask.label, c.mask.on, c.seed, config_hash(c),
+                 statuses.get(c.identity(), "missing")) for c in configs]
+
+    return pd.DataFrame.from_records(_with_store(db, work), columns=list(COVERAGE_COLUMNS))
 
 
 def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:

@@ -6,6 +6,7 @@ lowest forgetting).
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -92,6 +93,28 @@ def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
             lines.append("| " + " | ".join([METHOD_NAMES.get(method, method), mask_title(mask), *cells]) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def to_html(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
+    """The tables as HTML (one ``<table>`` per setting, the caption as ``<caption>``)."""
+    out = []
+    for setting, label in SETTINGS.items():
+        rows, buffers, lookup = _grid(summary_df, setting)
+        out.append(f"<table class=\"results\"><caption>{label}. {html.escape(caption(spec, summary_df, False))}</caption>")
+        out.append("<thead><tr><th rowspan=\"2\">method</th><th rowspan=\"2\">mask</th>"
+                   + "".join(f"<th colspan=\"2\">buffer {b}</th>" for b in buffers) + "</tr><tr>"
+                   + "<th>FAA</th><th>forgetting</th>" * len(buffers) + "</tr></thead><tbody>")
+        for method, mask in rows:
+            cells = []
+            for b in buffers:
+                for metric in ("faa", "forgetting"):
+                    row = lookup.get((method, mask, b, metric))
+                    text = html.escape(_cell(row, False).replace("**", ""))
+                    cells.append(f"<td class=\"num\">{f'<strong>{text}</strong>' if row is not None and row['best'] else text}</td>")
+            out.append(f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
+                       + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+    return "\n".join(out)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
