@@ -45,7 +45,8 @@ PLAN_CHUNK_STEPS = 256  # replay plans are drawn this many steps at a time (boun
 class Progress:
     """A progress report from a training group (passed to the ``progress`` callback)."""
 
-    phase: str  # "resume" (from a checkpoint, at its position), "train" (during a task), "evaluate", "task_done"
+    phase: str  # "resume" (from a checkpoint, at its position), "train" (during a task), "checkpoint" (one was
+    # saved at this position), "evaluate", "task_done"
     group_size: int
     task: int
     n_tasks: int
@@ -446,6 +447,7 @@ def train_group(
         nonlocal last_saved
         save_checkpoint(checkpoint, ckpt_key, st.snapshot(), st.summary(run_ids, n_tasks, c0.epochs, n_steps))
         last_saved = time.monotonic()
+        report("checkpoint", st.task, st.epoch, st.step, n_steps)
 
     while st.task < n_tasks:
         task = st.task
