@@ -10,6 +10,8 @@ from .config import ResolvedConfig
 from .metrics import summarize
 
 CLASS_IL_CONVENTIONS = ("all", "seen")
+# How captions name each convention.
+CLASS_IL_NAMES = {"all": "class-IL: argmax over all classes", "seen": "class-IL: argmax over the classes seen so far"}
 
 
 @dataclass(frozen=True)

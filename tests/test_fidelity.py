@@ -83,3 +83,47 @@ def test_the_cli_refuses_a_mask_that_cannot_act_and_writes_nothing(tmp_path, cap
     assert not (tmp_path / "r.db").exists()
     assert main(["run", "-m", "er", "--der-logits", "post", "--db", str(tmp_path / "r.db")]) == 2
     assert "--der-logits applies to der and derpp" in capsys.readouterr().err
+
+
+def test_compare_and_reports_name_the_class_il_convention_they_use(tmp_path, capsys):
+    from clbench.cli import main
+    from clbench.registry import load_runs
+    from clbench.reports import compare_runs
+    from clbench.store import Owner, open_store
+
+    cfgs = [synthetic_config("er", seed=s, buffer=20, mask=m, synthetic=SYN) for s in range(3) for m in (None, -1e9)]
+    results = train_runs(cfgs)
+    db = tmp_path / "r.db"
+    with open_store(db) as store:
+        store.claim([r.config for r in results], Owner.current())
+        store.save_results(results, Owner.current())
+    by = {c: compare_runs(load_runs(db, class_il=c)).set_index("metric") for c in ("all", "seen")}
+    assert by["all"].attrs["class_il"] == "all" and by["seen"].attrs["class_il"] == "seen"
+    for col in ("baseline_mean", "variant_mean"):  # the final row is the same under both conventions
+        assert by["all"].loc["faa_class_il", col] == pytest.approx(by["seen"].loc["faa_class_il", col])
+    # earlier rows, and so forgetting, differ (most for masked runs)
+    assert any(by["all"].loc["forgetting_class_il", c] != by["seen"].loc["forgetting_class_il", c]
+               for c in ("baseline_mean", "variant_mean"))
+    assert main(["compare", "--db", str(db), "--format", "md", "--class-il", "seen"]) == 0
+    assert "class-IL: argmax over the classes seen so far" in capsys.readouterr().out
+    assert main(["compare", "--db", str(db), "--class-il", "past"]) == 2
+    assert "invalid --class-il 'past': valid are all, seen" in capsys.readouterr().err
+
+
+def test_stale_runs_stand_in_only_when_asked_and_are_named(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from clbench.reports import load_experiment, render_report
+
+    db = tmp_path / "r.db"
+    shutil.copy(Path(__file__).parent / "data" / "schema_v1.sqlite", db)  # 4 er runs of clbench 0.1.0
+    toml = tmp_path / "old.toml"
+    toml.write_text('kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\n'
+                    'buffers = [20]\nseeds = 2\n')
+    spec = load_experiment(toml)
+    assert render_report(spec, db, tmp_path / "without") == []  # stale runs are not results of this engine
+    written = render_report(spec.with_render(include_stale=True), db, tmp_path / "with")
+    md = next(p for p in written if p.suffix == ".md").read_text()
+    assert "4 of 4 runs are stale (computed by an older clbench engine)" in md
+    assert "Class-IL: argmax over all classes" in md

@@ -64,6 +64,12 @@ def describe_checkpoints(policy: CheckpointPolicy | None) -> str:
     return f"checkpoints every {duration(policy.every_s)} and after each task in {policy.directory}"
 
 
+def class_il_option():
+    return typer.Option("all", "--class-il", metavar="CONVENTION",
+                        help="Class-IL accuracy with the argmax over all classes (all) or over the classes seen so "
+                             "far (seen, Mammoth since 2023-12); the final row is the same, forgetting differs.")
+
+
 def db_option():
     return typer.Option(None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]")
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..masking import format_mask_value, parse_mask_value
+from ..results import CLASS_IL_CONVENTIONS
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
 from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
@@ -23,6 +24,7 @@ from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import plan_sweep
 from ..trainer import resolve_device
 from .common import (
+    class_il_option,
     FILTER_HELP,
     UsageProblem,
     check_data,
@@ -68,6 +70,11 @@ def report_command(
     db: Optional[str] = db_option(),
     checkpoint_every: str = checkpoint_every_option(),
     checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
+    class_il: Optional[str] = typer.Option(
+        None, "--class-il", metavar="CONVENTION", help="Class-IL accuracy with the argmax over all classes (all) or "
+        "over the classes seen so far (seen). [default: the experiment's, else all]"),
+    include_stale: bool = typer.Option(False, "--include-stale", help="Let runs of an older engine (stale) stand "
+                                       "in for runs this clbench has not computed; they are named as such."),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -90,6 +97,12 @@ def report_command(
             spec = load_experiment(n)
             if seeds is not None:
                 spec = spec.with_seeds(seeds)
+            if class_il is not None:
+                if class_il not in CLASS_IL_CONVENTIONS:
+                    raise ValueError(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+                spec = spec.with_render(class_il=class_il)
+            if include_stale:
+                spec = spec.with_render(include_stale=True)
             specs.append(spec)
             configs += spec.configs()
         plan_sweep(configs, None)  # resolves every run
@@ -125,7 +138,7 @@ def report_command(
             return
         store = open_store(url, readonly=True)
         with store:
-            _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db), stdout, name)
+            _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
@@ -154,7 +167,7 @@ def report_command(
             with sigterm_as_interrupt():
                 execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
                                       experiment=spec.name, checkpoint=policy)
-        _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db), stdout, name,
+        _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
                 quiet_when_complete=True)
 
 
@@ -162,9 +175,13 @@ def _name_for(spec, name: str) -> str:
     return spec.name if name == ALL else name
 
 
-def _command(name, no_run, out, html, seeds, db) -> str:
+def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=False) -> str:
     """The command line that renders these reports again (shown on the HTML pages)."""
     args = ["clbench", "report", name]
+    if class_il is not None:
+        args += ["--class-il", class_il]
+    if include_stale:
+        args.append("--include-stale")
     if no_run:
         args.append("--no-run")
     if html:
@@ -212,6 +229,7 @@ def compare_command(
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_il: str = class_il_option(),
     db: Optional[str] = db_option(),
 ) -> None:
     """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
@@ -223,10 +241,13 @@ def compare_command(
         base_label = format_mask_value(parse_mask_value(baseline))
     except ValueError as exc:
         raise UsageProblem(f"invalid --baseline: {exc}") from None
-    filters = filter_options(method, dataset, None, buffer, ["finished"], experiment, seed, None)
+    if class_il not in CLASS_IL_CONVENTIONS:
+        raise UsageProblem(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+    # Diverged runs are loaded too, so that the comparison can say how many it leaves out.
+    filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
     masks = split(mask)
     ons = split(mask_on)
-    df = load(db, **filters)
+    df = load(db, class_il=class_il, **filters)
     try:
         if masks:
             wanted = {format_mask_value(parse_mask_value(m)) for m in masks} | {base_label}
@@ -293,7 +314,7 @@ def compare_caption(result) -> str:
     base = result["baseline"].iloc[0]
     return (f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
             f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
-            + "; ".join(procedures(_test_key(result)))
+            + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
             + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting).")
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..masking import format_mask_value, parse_mask_value
+from ..registry import exclusion_note
+from ..results import CLASS_IL_NAMES
 from .experiments import mask_sort_key
 
 TESTS = {
@@ -59,12 +61,12 @@ def _pair_key(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in _NOT_PAIRING}, sort_keys=True, default=str)
 
 
-def procedures(test: str) -> list[str]:
+def procedures(test: str, class_il: str = "all") -> list[str]:
     """What a comparison reports, each procedure named (the caption of a compare table)."""
     return [f"p: {TESTS[test]}" + (f" (all 2^n sign patterns for n <= {EXACT_MAX_PAIRS} seeds, "
                                    f"{MONTE_CARLO_PATTERNS:,} random ones with seed {MONTE_CARLO_SEED} beyond)"
                                    if test == "permutation" else ""),
-            f"p Holm: {CORRECTION}", CI_METHOD, f"d_z: {EFFECT_SIZE}"]
+            f"p Holm: {CORRECTION}", CI_METHOD, f"d_z: {EFFECT_SIZE}", CLASS_IL_NAMES[class_il]]
 
 
 def sign_flip_p_value(d: np.ndarray) -> float:
@@ -176,15 +178,17 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     ``min_p`` the smallest p the number of pairs allows, ``note`` says when p < 0.05 is out of
     reach, ``wins`` counts seeds where the variant is better (higher accuracy, lower
     forgetting). Pairs with a NaN metric (e.g. forgetting of a single task) are left out of that
-    metric.
+    metric; diverged runs are left out and the note says how many. ``df.attrs["class_il"]`` (the
+    class-IL convention ``load_runs`` computed the metrics with) is carried to the result's attrs.
     """
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}: valid tests are {', '.join(TESTS)}")
     base_label = format_mask_value(parse_mask_value(str(baseline)))
     done = df[df["status"] == "finished"].copy() if "status" in df else df.copy()
+    diverged = _diverged_counts(df)
     rows = []
     if done.empty:
-        return pd.DataFrame(columns=list(COLUMNS))
+        return _with_convention(pd.DataFrame(columns=list(COLUMNS)), df)
     done["_key"] = [_pair_key(c) for c in done["config"]]
     for _, cell in done.groupby("_key", sort=False):
         base = cell[cell["mask"] == base_label]
@@ -192,8 +196,10 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
             continue
         variants = cell[cell["mask"] != base_label]
         groups = sorted(variants.groupby(["mask", "mask_on"], sort=False), key=lambda g: (mask_sort_key(g[0][0]), g[0][1]))
+        key = cell["_key"].iloc[0]
         for (mask, on), var in groups:
             b = base if base_label == "none" else base[base["mask_on"] == on]
+            excluded = _exclusion(diverged, key, base_label, mask, on, len(b), len(var))
             b = b.drop_duplicates("seed").set_index("seed")
             v = var.drop_duplicates("seed").set_index("seed")
             common = sorted(set(b.index) & set(v.index))
@@ -220,7 +226,7 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
                     "difference": d.mean() if n else math.nan, "ci_low": ci_low, "ci_high": ci_high,
                     "effect_size_dz": cohens_dz(d),
                     "p_value": paired_p_value(vv, bv, test), "p_holm": math.nan,
-                    "min_p": smallest_p_value(n, test) if n > 1 else math.nan, "test": TESTS[test], "note": "",
+                    "min_p": smallest_p_value(n, test) if n > 1 else math.nan, "test": TESTS[test], "note": excluded,
                     "wins": int(better.sum()), "losses": int(worse.sum()), "ties": int(n - better.sum() - worse.sum()),
                 })
     out = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
@@ -228,8 +234,36 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy(float))
         m = int(family["p_value"].notna().sum())
         for i, row in family.iterrows():
-            out.at[i, "note"] = _reach_note(row["n_seeds"], row["min_p"], m)
+            out.at[i, "note"] = "; ".join(filter(None, (row["note"], _reach_note(row["n_seeds"], row["min_p"], m))))
+    return _with_convention(out, df)
+
+
+def _with_convention(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    out.attrs["class_il"] = df.attrs.get("class_il", "all")
     return out
+
+
+def _diverged_counts(df: pd.DataFrame) -> dict[tuple[str, str, str], int]:
+    """(pair key, mask, mask_on) -> diverged runs there (left out of every comparison)."""
+    if "status" not in df:
+        return {}
+    bad = df[df["status"] == "diverged"]
+    counts: dict[tuple[str, str, str], int] = {}
+    for cfg, mask, on in zip(bad["config"], bad["mask"], bad["mask_on"]):
+        k = (_pair_key(cfg), mask, on)
+        counts[k] = counts.get(k, 0) + 1
+    return counts
+
+
+def _exclusion(diverged, key: str, base_label: str, mask: str, on: str, n_base: int, n_var: int) -> str:
+    """``"baseline: 1 of 10 seeds diverged and is excluded"`` and the like, or empty."""
+    notes = []
+    for who, m, o, n in (("baseline", base_label, on if base_label != "none" else "stream", n_base),
+                         ("variant", mask, on, n_var)):
+        k = diverged.get((key, m, o), 0)
+        if k:
+            notes.append(f"{who}: {exclusion_note(k, n)}")
+    return "; ".join(notes)
 
 
 def _reach_note(n: int, min_p: float, m: int) -> str:

@@ -22,6 +22,7 @@ import pandas as pd
 from ..evaluation import HISTOGRAM_EDGES
 from ..metrics import final_average_accuracy
 from ..store import Store
+from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec
 
 HIGHER, LOWER, EQUAL, BASE = "#d62728", "#1f77b4", "#7f7f7f", "#bdbdbd"
@@ -40,12 +41,13 @@ def fig2_data(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> dict | No
     seeds = sorted(set(sides["baseline"].index) & set(sides["masked"].index))
     if not seeds:
         return None
+    convention = r.get("class_il", "all")
     out: dict = {"experiment": spec.name, "method": r["method"], "benchmark": spec.benchmark, "buffer": r["buffer"],
-                 "seeds": seeds, "baseline_mask": r["baseline"], "masked_mask": r["masked"]}
+                 "seeds": seeds, "baseline_mask": r["baseline"], "masked_mask": r["masked"], "class_il": convention}
     for name, runs in sides.items():
         results = [store.load_result(runs.loc[s, "run_id"]) for s in seeds]
         conf = np.mean([np.diagonal(res.confidence[-1]) for res in results], axis=0)
-        class_il = np.mean([res.class_il for res in results], axis=0)
+        class_il = np.mean([res.class_il_matrix(convention) for res in results], axis=0)
         task_il = np.mean([res.task_il for res in results], axis=0)
         out[name] = {
             "run_ids": [res.run_id for res in results],
@@ -127,7 +129,8 @@ def plot_fig2(data: dict):
     _paired_bars(ax_task, [f"task {j + 1}" for j in range(n_tasks)], b["task_accuracy"], m["task_accuracy"],
                  base_name, masked_name, "class-IL accuracy (%)", "Per-task accuracy after the final task (class-IL)")
     colors = colormaps["tab10"]
-    panels = [("class_il", "class-IL", "baseline"), ("class_il", "class-IL", "masked"),
+    convention = "class-IL (seen classes)" if data.get("class_il") == "seen" else "class-IL"
+    panels = [("class_il", convention, "baseline"), ("class_il", convention, "masked"),
               ("task_il", "task-IL", "baseline"), ("task_il", "task-IL", "masked")]
     axes = []
     for col, (key, setting, side) in enumerate(panels):
@@ -155,8 +158,8 @@ def plot_fig2(data: dict):
         _histogram_row(fig, gs, data, base_name, masked_name, n_tasks)
     seeds = data["seeds"]
     fig.suptitle(f"{method} on {data['benchmark']}, buffer {data['buffer']}: {mask_title(data['baseline_mask'])} vs "
-                 f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})",
-                 fontsize=13)
+                 f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
+                 f"{CLASS_IL_NAMES[data.get('class_il', 'all')]})", fontsize=13)
     return fig
 
 

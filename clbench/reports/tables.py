@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import FORGETTING_DEFINITIONS
+from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec, mask_sort_key
 from .fig2 import METHOD_NAMES, mask_title
 
 SETTINGS = {"class_il": "Class-IL", "task_il": "Task-IL"}
-SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "best")
+SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "n_stale", "best")
 
 
 def _forgetting_column(variant: str, setting: str) -> str:
@@ -43,7 +44,7 @@ def summary(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
                         rows.append({"method": method, "mask": mask, "buffer_size": int(buffer), "setting": setting,
                                      "metric": metric, "mean": float(v.mean()) if len(v) else math.nan,
                                      "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n_seeds": len(v),
-                                     "best": False})
+                                     "n_stale": int((cell["status"] == "stale").sum()), "best": False})
     out = pd.DataFrame.from_records(rows, columns=list(SUMMARY_COLUMNS))
     for (_, setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
         if group["mean"].notna().any():
@@ -77,7 +78,22 @@ def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = T
     head = f"{spec.title or spec.name}. " if with_title else ""
     return (f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
             f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
-            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}.")
+            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
+            f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _stale_note(summary_df: pd.DataFrame) -> str:
+    """Names the runs of an older engine standing in for missing ones (``--include-stale``)."""
+    if not len(summary_df) or not summary_df["n_stale"].any():
+        return ""
+    per_cell = summary_df.drop_duplicates(["method", "mask", "buffer_size"])
+    n_stale, n_all = int(per_cell["n_stale"].sum()), int(per_cell["n_seeds"].sum())
+    return (f" {n_stale} of {n_all} runs are stale (computed by an older clbench engine) and stand in for runs "
+            "this clbench has not computed.")
 
 
 def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
@@ -195,5 +211,5 @@ def plot_buffer_curve(data: pd.DataFrame, spec: ExperimentSpec):
         ax.set_title(f"{label} (mean ± 1 std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(len(keys), 3), frameon=False)
-    fig.suptitle(spec.title or spec.name, fontsize=12)
+    fig.suptitle(f"{spec.title or spec.name} ({CLASS_IL_NAMES[spec.render.get('class_il', 'all')]})", fontsize=12)
     return fig
