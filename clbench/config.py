@@ -16,6 +16,7 @@ from typing import Any
 
 from .data.benchmarks import SyntheticOptions, dataset_sizes, get_benchmark
 from .masking import MaskSpec
+from .methods import get_method
 from .presets import lookup_preset
 
 # The version of what the engine computes. Bump it with every change that alters any number a run
@@ -36,6 +37,11 @@ MAX_SWEEP_RUNS = 100_000
 
 METHODS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 BUFFERLESS_METHODS = ("sgd", "joint")
+# Which logits DER and DER++ store with a sample: "pre", those of the training forward, before the
+# step (Mammoth's DER/DER++); "post", a fresh forward of the incoming batch after the step (the
+# paper's authors' earlier public code, for its masked DER++).
+DER_LOGITS = ("pre", "post")
+LOGIT_STORING_METHODS = ("der", "derpp")
 BACKBONES = ("mlp", "resnet18")
 
 
@@ -58,6 +64,7 @@ class RunConfig:
     beta: float | None = None
     class_order_seed: int | None = None  # None: classes assigned to tasks in label order
     synthetic: SyntheticOptions | None = None  # sizes of the "synthetic" benchmark
+    der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
 
     def resolve(self) -> "ResolvedConfig":
         return resolve(self)
@@ -85,6 +92,7 @@ class ResolvedConfig:
     synthetic: SyntheticOptions | None
     preset_source: str
     notes: tuple[str, ...] = ()
+    der_logits: str | None = None  # "pre" or "post" for der/derpp; None for other methods
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,22 +108,21 @@ class ResolvedConfig:
         d["mask"] = MaskSpec.from_dict(d["mask"])
         d["lr_milestones"] = tuple(d["lr_milestones"])
         d["notes"] = tuple(d.get("notes", ()))
+        d.setdefault("der_logits", "pre" if d["method"] in LOGIT_STORING_METHODS else None)
         if d.get("synthetic"):
             s = dict(d["synthetic"])
             s["input_shape"] = tuple(s["input_shape"])
             d["synthetic"] = SyntheticOptions(**s)
         return cls(**d)
 
-    def identity(self, results_version: int = RESULTS_VERSION) -> str:
+    def identity(self) -> str:
         """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
         (notes excluded: they are derived). The same config computed by an engine whose results
         differ has another identity."""
         d = self.to_dict()
         d.pop("notes")
         d.pop("preset_source")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        if results_version > 1:  # version 1 (clbench 0.1.0) hashed the config alone
-            blob += f"|results_version={results_version}"
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def group_key(self) -> tuple:
@@ -126,7 +133,7 @@ class ResolvedConfig:
         """
         return (
             self.benchmark, self.synthetic, self.class_order_seed, self.backbone, self.width,
-            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones,
+            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones, self.der_logits,
         )
 
     @property
@@ -199,9 +206,10 @@ FIELD_CHECKS = {
     "beta": lambda v: check_real("beta", v, low=0.0),
     "class_order_seed": lambda v: check_whole("class_order_seed", v, 0),
     "backbone": lambda v: check_choice("backbone", v, BACKBONES),
+    "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
 }
 OPTIONAL_FIELDS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                   "class_order_seed")
+                   "class_order_seed", "der_logits")
 SYNTHETIC_CHECKS = {
     "n_tasks": lambda v: check_whole("synthetic.n_tasks", v, 1, 10_000),
     "classes_per_task": lambda v: check_whole("synthetic.classes_per_task", v, 1, 10_000),
@@ -265,6 +273,11 @@ def check_label(label: Any, what: str = "experiment label") -> str:
     return label
 
 
+def _placements(acts_on: tuple[str, ...]) -> list[str]:
+    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows."""
+    return [p for p in ("stream", "buffer", "both") if ({"stream", "buffer"} if p == "both" else {p}) & set(acts_on)]
+
+
 def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
     validate_request(cfg)
@@ -294,8 +307,14 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     mask = cfg.mask
     if mask.on == "buffer" and not mask.enabled:
         mask = MaskSpec(None, "stream")
-    if mask.enabled and mask.on == "buffer" and buffer_size == 0:
-        notes.append(f"mask on the buffer has no effect for {cfg.method}, which has no buffer")
+    acts_on = get_method(cfg.method).mask_acts_on
+    if mask.enabled and not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
+        where = " or ".join(acts_on) if acts_on else "nowhere"
+        raise ValueError(f"a mask on the {mask.on} cannot act in {cfg.method}, whose cross-entropy sees {where} rows: "
+                         f"valid placements for {cfg.method} are {', '.join(_placements(acts_on)) or 'none (no mask)'}")
+    if cfg.der_logits is not None and cfg.der_logits not in DER_LOGITS:
+        raise ValueError(f"invalid der_logits {cfg.der_logits!r}: valid are {', '.join(DER_LOGITS)}")
+    der_logits = (cfg.der_logits or "pre") if cfg.method in LOGIT_STORING_METHODS else None
 
     def pick(override, preset_value, default):
         return override if override is not None else (preset_value if preset_value is not None else default)
@@ -320,6 +339,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         synthetic=(cfg.synthetic or SyntheticOptions()) if cfg.benchmark == "synthetic" else None,
         preset_source=preset.source,
         notes=tuple(notes),
+        der_logits=der_logits,
     )
     overridden = [n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None]
     if overridden:

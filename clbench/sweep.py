@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
 from .data.benchmarks import BENCHMARKS, ContinualData, dataset_sizes, get_benchmark, load_benchmark
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
-from .store import HEARTBEAT_INTERVAL_S, Owner, Store
+from .store import HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
 from .trainer import Progress, plan_groups, resolve_device, train_group
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +252,7 @@ def execute(
     experiment: str | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
     on_group_done: Callable[[list[RunResult]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> SweepOutcome:
     """Compute the plan's runs group by group, saving each group's results as it finishes.
 
@@ -257,6 +261,10 @@ def execute(
     (with the traceback) and the rest ``interrupted``; on ``KeyboardInterrupt`` (or any other
     ``BaseException``) all unfinished runs of this sweep become ``interrupted``. The exception is
     re-raised. Finished runs are never touched by an interruption.
+
+    With ``checkpoint``, each group is checkpointed while it trains (``train_group``) and resumes
+    from its checkpoint when the same group is planned again; a group's checkpoint is deleted once
+    its results are committed.
     """
     dev = resolve_device(device)
     owner = Owner.current()
@@ -299,8 +307,10 @@ def execute(
                 within_task = (p.epoch + p.step / max(p.n_steps, 1)) / max(p.n_epochs, 1)
                 report("train", g, label, min(1.0, (p.task + within_task) / p.n_tasks), p)
 
-            results = train_group(cfgs, data, progress=on_train)
+            results = train_group(cfgs, data, progress=on_train, checkpoint=checkpoint)
             store.save_results(results, owner)
+            if checkpoint is not None:
+                discard_checkpoint(checkpoint.directory, group_key(group_ids))
             computed.extend(group_ids)
             unfinished = unfinished[len(group_ids):]
             group_ids = []
@@ -338,6 +348,23 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+def checkpoint_directory(db_url, checkpoint_dir: str | os.PathLike | None = None,
+                         env: Mapping[str, str] | None = None) -> Path:
+    """Where a sweep against the registry ``db_url`` keeps its groups' checkpoints: ``checkpoint_dir``
+    if given, else ``$CLBENCH_CHECKPOINTS``, else beside an SQLite registry (``results.db`` ->
+    ``results.checkpoints/``), else (a database server) ``clbench.checkpoints/`` in the working
+    directory. Every node of a cluster that may resume a group must see the same folder."""
+    env = os.environ if env is None else env
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir).expanduser().absolute()
+    if env.get(ENV_CHECKPOINTS):
+        return Path(env[ENV_CHECKPOINTS]).expanduser().absolute()
+    path = sqlite_path(db_url)
+    if path is not None:
+        return path.with_name(path.stem + ".checkpoints")
+    return Path("clbench.checkpoints").absolute()
 
 
 def _without(plan: Plan, run_ids: set[str]) -> Plan:

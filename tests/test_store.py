@@ -125,6 +125,12 @@ def test_results_round_trip_exactly(db_url, trained):
             back = store.load_result(res.run_id)
             assert back.to_dict() == res.to_dict()  # every array, loss, timing, version, class name
             assert np.array_equal(back.confidence, res.confidence) and back.confidence.dtype == np.float64
+            assert back.histograms.keys() == {"true_class", "max"}
+        histograms = clbench.load_histograms(store, [r.run_id for r in trained] + ["no-such-run"])
+        assert histograms.keys() == {r.run_id for r in trained}
+        for res in trained:
+            for kind, counts in res.histograms.items():
+                assert np.array_equal(histograms[res.run_id][kind], counts) and counts.shape == (5, 5, 20)
         row = store.run_row(trained[0].run_id)
     assert row["status"] == "finished" and row["experiments"] == ["rt"]
     assert row["config_hash"] == st.config_hash(trained[0].config) == st.config_hash(trained[1].config)
@@ -244,7 +250,6 @@ def test_an_older_database_is_migrated_and_its_runs_are_stale(db_url):
         assert load_runs(store, status="stale")["run_id"].tolist() == runs["run_id"].tolist()
         assert load_runs(store, status="finished").empty
         old = store.load_result(runs["run_id"].iloc[0])
-        assert old.config.identity(results_version=1) == runs["run_id"].iloc[0]
         # The same configs are new runs for this engine: nothing is served from the old cache.
         plan = plan_sweep([old.config], store)
         assert [r.action for r in plan.runs] == ["run"] and plan.runs[0].run_id == old.config.identity()
@@ -319,11 +324,11 @@ def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monke
     real_train_group = sweep_module.train_group
     calls = []
 
-    def flaky(cfgs, data, progress=None):
+    def flaky(cfgs, data, progress=None, **kw):
         calls.append(len(cfgs))
         if len(calls) == 2:
             raise RuntimeError("boom in group 2")
-        return real_train_group(cfgs, data, progress=progress)
+        return real_train_group(cfgs, data, progress=progress, **kw)
 
     monkeypatch.setattr(sweep_module, "train_group", flaky)
     cfgs = synthetic_sweep(methods=["er", "derpp", "sgd"], masks=["-inf"])
@@ -344,10 +349,10 @@ def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
 
     real_train_group = sweep_module.train_group
 
-    def interrupted_second_time(cfgs, data, progress=None):
+    def interrupted_second_time(cfgs, data, progress=None, **kw):
         if cfgs[0].method == "derpp":
             raise KeyboardInterrupt
-        return real_train_group(cfgs, data, progress=progress)
+        return real_train_group(cfgs, data, progress=progress, **kw)
 
     monkeypatch.setattr(sweep_module, "train_group", interrupted_second_time)
     with st.open_store(db_url) as store:

@@ -7,14 +7,7 @@ import sys
 import typer
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,7 +32,12 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     def on_progress(p: SweepProgress) -> None:
         bar.update(sweep_task, completed=1000 * p.fraction,
                    description=f"group {p.group + 1}/{p.n_groups}, runs {p.runs_done}/{p.n_runs}")
-        if p.event == "train" and p.train is not None:
+        if p.event == "train" and p.train is not None and p.train.phase == "resume":
+            t = p.train
+            err.print(f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}, from its checkpoint at task "
+                      f"{min(t.task + 1, t.n_tasks)}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
+                      f"step {t.step}/{t.n_steps}", highlight=False)
+        elif p.event == "train" and p.train is not None:
             t = p.train
             detail.plain = (f"  {p.label}: task {t.task + 1}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
                             f"step {t.step}/{t.n_steps}")
