@@ -20,6 +20,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.engine import URL
 
 from .config import METHODS, RESULTS_VERSION
+from .files import atomic_file, check_output_file
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
 from .results import CLASS_IL_CONVENTIONS
@@ -300,14 +301,21 @@ def export_runs(
             import pyarrow  # noqa: F401, PLC0415 - optional, only for parquet
         except ImportError:
             raise ValueError("parquet export needs pyarrow: pip install pyarrow") from None
+    if isinstance(out, (str, os.PathLike)):
+        check_output_file(out)  # before the database is read: a bad path is one line, at once
     if matrices:
         df = load_matrices(db, **filters)[list(MATRIX_COLUMNS)]
     else:
         df = load_runs(db, **filters)[list(EXPORT_COLUMNS)]
     if isinstance(out, (str, os.PathLike)):
-        target: Any = Path(out)
+        with atomic_file(out) as tmp:  # all or nothing: a failed write leaves no half file
+            _write_frame(df, tmp, format)
     else:
-        target = out if out is not None else sys.stdout
+        _write_frame(df, out if out is not None else sys.stdout, format)
+    return len(df)
+
+
+def _write_frame(df: pd.DataFrame, target: Any, format: str) -> None:
     if format == "csv":
         df.to_csv(target, index=False)
     elif format == "json":
@@ -318,7 +326,6 @@ def export_runs(
             target.write(text + "\n")
     else:
         df.to_parquet(target if isinstance(target, Path) else _binary(target), index=False)
-    return len(df)
 
 
 def _binary(stream: IO) -> IO:

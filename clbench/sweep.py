@@ -27,7 +27,7 @@ from .data.benchmarks import BENCHMARKS, ContinualData, dataset_sizes, get_bench
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
-from .store import HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
+from .store import DONE_STATUSES, HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
 from .trainer import Progress, plan_groups, resolve_device, train_group
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +189,8 @@ def plan_sweep(
     max_group_size: int | None = None,
 ) -> Plan:
     """Resolve ``configs`` (duplicates dropped), look each run up in ``store`` (``None``: an empty
-    store) and group the runs to compute. Finished runs are ``cached`` unless ``force``."""
+    store) and group the runs to compute. Done runs (finished, or diverged: computing one again
+    diverges again) are ``cached`` unless ``force``."""
     if max_group_size is not None and max_group_size < 1:
         raise ValueError(f"the group size must be >= 1, got {max_group_size}")
     resolved = resolve_unique(configs)
@@ -197,7 +198,7 @@ def plan_sweep(
     runs = []
     for cfg in resolved:
         status = stored.get(cfg.identity(), "new")
-        runs.append(PlannedRun(cfg, status, "cached" if status == "finished" and not force else "run"))
+        runs.append(PlannedRun(cfg, status, "cached" if status in DONE_STATUSES and not force else "run"))
     todo = [i for i, r in enumerate(runs) if r.action == "run"]
     groups = plan_groups([runs[i].config for i in todo], max_group_size)
     return Plan(tuple(runs), tuple(tuple(todo[j] for j in g) for g in groups), force)

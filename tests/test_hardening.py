@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -245,3 +247,169 @@ def test_an_unknown_method_filter_is_an_error_like_an_unknown_dataset(db_url, in
     assert rc == 0, err
     with pytest.raises(ValueError, match="unknown method 'foo'"):
         load_runs(db_url, method="foo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only storage, for real: a read-only bind mount in a private mount namespace when running as
+# root (file permissions do not bind root; read-only storage does), file modes otherwise.
+
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+_DRIVER = """
+import contextlib, io, json, sys
+from clbench.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(args)
+    results.append([rc, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _chmod_tree(root: Path, dir_mode: int, file_mode: int) -> None:
+    for p in [root, *root.rglob("*")]:
+        p.chmod(dir_mode if p.is_dir() else file_mode)
+
+
+def cli_on_readonly(readonly: list[Path], commands: list[list[str]], cwd: Path) -> list[tuple[int, str, str]]:
+    """Run ``clbench`` commands (in one process) with the folders ``readonly`` made read-only:
+    bind-mounted read-only in a private mount namespace as root, mode 0555/0444 otherwise."""
+    env = {k: v for k, v in os.environ.items() if k != "CLBENCH_DB"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    python = [sys.executable, "-c", _DRIVER, json.dumps([[str(a) for a in c] for c in commands])]
+    if os.geteuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("running as root without unshare: cannot make read-only storage here")
+        mount = ('n=$1; shift; i=0; while [ $i -lt $n ]; do mount --bind "$1" "$1" && '
+                 'mount -o remount,bind,ro "$1" "$1" || exit 97; shift; i=$((i+1)); done; exec "$@"')
+        cmd = ["unshare", "-m", "sh", "-c", mount, "sh", str(len(readonly)), *map(str, readonly), *python]
+    else:
+        for d in readonly:
+            _chmod_tree(d, 0o555, 0o444)
+        cmd = python
+    try:
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        if os.geteuid() != 0:
+            for d in readonly:
+                _chmod_tree(d, 0o755, 0o644)
+    if done.returncode == 97:
+        pytest.skip(f"cannot make a read-only bind mount here (no CAP_SYS_ADMIN?): {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return [tuple(r) for r in json.loads(done.stdout.splitlines()[-1])]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Output paths: a folder, a missing folder, read-only storage
+
+
+def test_export_to_a_path_that_cannot_be_written_is_one_line(db_url, tmp_path, invoke):
+    train(db_url, tiny(methods=["sgd"], seeds=[0]))
+    (tmp_path / "adir").mkdir()
+    one_error_line(*invoke("export", "-o", tmp_path / "adir", "--db", db_url), "is a folder; give a file path")
+    one_error_line(*invoke("export", "-o", tmp_path / "missing" / "x.csv", "--db", db_url), "does not exist")
+    (tmp_path / "afile").write_text("x")
+    one_error_line(*invoke("export", "-o", tmp_path / "afile" / "x.csv", "--db", db_url), "is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "results.db") == ["adir", "afile"]
+    assert list((tmp_path / "adir").iterdir()) == []
+
+
+def test_export_and_report_into_read_only_storage_are_one_line(tmp_path):
+    db = tmp_path / "r.db"
+    train(db, tiny(methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=[0, 1]), experiment="exp")
+    (tmp_path / "exp.toml").write_text(EXPERIMENT)
+    ro = tmp_path / "ro"
+    (ro / "old").mkdir(parents=True)
+    (ro / "old" / "keep.txt").write_text("kept")
+    results = cli_on_readonly([ro], [
+        ["export", "-o", ro / "x.csv", "--db", db],
+        ["export", "--format", "parquet", "-o", ro / "old" / "x.parquet", "--db", db],
+        ["report", tmp_path / "exp.toml", "--no-run", "-o", ro / "rep", "--db", db],
+        ["report", tmp_path / "exp.toml", "-o", ro / "old", "--db", db],
+        ["export", "-o", tmp_path / "ok.csv", "--db", db],  # the same process can write elsewhere
+    ], cwd=tmp_path)
+    for rc, out, err in results[:4]:
+        one_error_line(rc, out, err, "not writable")
+    assert results[4][0] == 0 and (tmp_path / "ok.csv").read_text().count("\n") == 5
+    assert sorted(str(p.relative_to(ro)) for p in ro.rglob("*")) == ["old", "old/keep.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Reports with diverged runs: rendered without them, naming them; never half a report
+
+DIVERGING = EXPERIMENT.replace('masks = ["none", "-inf"]', 'masks = ["none", "-inf", "-2", "3e38"]') + \
+    '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n'
+
+
+@pytest.mark.parametrize("kind", ["fig4", "forgetting", "tiny-buffer"])
+def test_a_report_renders_without_diverged_runs_and_names_them(tmp_path, invoke, kind):
+    """m = 3e38 is a finite mask (valid input) whose masked logits overflow the loss at once: every
+    run with it diverges, deterministically. The report must render the rest and say so."""
+    path = tmp_path / "exp.toml"
+    path.write_text(DIVERGING.replace('kind = "fig4"', f'kind = "{kind}"').replace("buffers = [10]",
+                                                                                  "buffers = [5, 10]"))
+    rc, out, err = invoke("report", path, "--checkpoint-every", "0")
+    assert rc == 0, err
+    runs = load_runs(tmp_path / "results.db")
+    diverged = runs[runs["status"] == "diverged"]
+    assert len(diverged) == 4 and set(diverged["mask"]) == {"3e+38"}  # 2 buffers x 2 seeds
+    line = "er, buffer 10, mask 3e+38: 2 of 2 seeds diverged and are excluded (seeds 0, 1)"
+    assert f"excluded: {line}" in out
+    assert "missing" not in out  # done, not missing: running again would diverge again
+    folder = tmp_path / "reports" / "exp"
+    files = {p.name for p in folder.iterdir()}
+    assert files and not any(name.startswith(".") for name in os.listdir(tmp_path / "reports"))
+    for name in files:
+        if name.endswith((".md", ".tex")):
+            assert "2 of 2 seeds diverged" in (folder / name).read_text()
+        if name.endswith(".data.csv"):
+            data = pd.read_csv(folder / name)
+            assert "3e+38" not in set(data["mask"].astype(str)) and np.isfinite(data["mean"]).all()
+    again = invoke("report", path, "--checkpoint-every", "0")
+    assert again[0] == 0 and "to compute" not in again[2].replace("0 to compute", "")  # nothing recomputed
+
+
+def test_a_failing_render_leaves_the_previous_report_and_no_half_folder(tmp_path, monkeypatch):
+    from clbench.reports import fig4, render_report
+
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT + '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    spec = load_experiment(path)
+    db = tmp_path / "r.db"
+    train(db, spec.configs(), experiment="exp")
+    out = tmp_path / "reports" / "exp"
+    first = render_report(spec, db, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {p.name for p in first} and len(before) == 3
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(fig4, "plot_fig4", boom)  # after the data file is written
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        render_report(spec, db, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    with pytest.raises(RuntimeError):
+        render_report(spec, db, tmp_path / "fresh" / "exp")
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith("r.db")) == ["exp.toml", "reports"]
+    assert os.listdir(tmp_path / "reports") == ["exp"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 15 (b). Nothing to render: no folder
+
+
+def test_report_with_nothing_to_render_creates_no_folder(tmp_path, invoke):
+    path = tmp_path / "f2.toml"
+    path.write_text(EXPERIMENT.replace('kind = "fig4"', 'kind = "fig2"') +
+                    '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    spec = load_experiment(path)
+    train(tmp_path / "results.db", [c for c in spec.configs() if c.mask.value is None], experiment="f2")
+    rc, out, err = invoke("report", path, "--no-run")  # the baseline alone: fig2 has no pair to draw
+    assert rc == 0, err
+    assert "nothing rendered" in out and not (tmp_path / "reports").exists()

@@ -18,7 +18,9 @@ from rich.text import Text
 from ..config import MAX_SWEEP_RUNS
 from ..masking import format_mask_value, parse_mask_value
 from ..results import CLASS_IL_CONVENTIONS
+from ..files import OutputError, check_output_folder
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
+from ..reports.render import excluded_runs, exclusion_lines
 from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store
@@ -123,6 +125,11 @@ def report_command(
     for out_dir in [*out_dirs.values(), root]:
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageProblem(f"--out {out_dir} is a file, not a folder")
+    for out_dir in [*out_dirs.values(), root]:
+        try:  # before any training: an output folder that cannot be written is found now, not after it
+            check_output_folder(out_dir)
+        except OutputError as exc:
+            raise UsageProblem(f"invalid --out: {exc}") from None
     if html:
         try:
             check_html_root(root)
@@ -209,6 +216,8 @@ def _render(specs, store, out_dirs, root, html, command, out, name, quiet_when_c
         by_spec = {s.name: render_report(s, store, out_dirs[s.name]) for s in specs}
     for spec in specs:
         _print_written(out, spec, by_spec[spec.name], out_dirs[spec.name])
+        for line in exclusion_lines(spec, excluded_runs(spec, store)):
+            out.print(f"  excluded: {line}", highlight=False)
         if name == ALL:  # one line each: the full lists would run to hundreds of rows
             n, total = len(missing[spec.name]), len(spec.configs())
             if n:

@@ -39,7 +39,9 @@ def fig4_data(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
     """Per (method, buffer, mask): mean, std (ddof=1; NaN for one seed) and count of the class-IL
     FAA over seeds, with the mask's x position (NaN for the baseline)."""
     baseline = spec.render.get("baseline", "none")
-    pos = mask_positions(spec.masks)
+    # Positions of the masks with runs to show: an excluded mask (e.g. every run of m = 3e38
+    # diverged) must not stretch the axis.
+    pos = mask_positions([m for m in spec.masks if m in set(df["mask"])])
     rows = []
     for (method, buffer), cell in df.groupby(["method", "buffer_size"], sort=False):
         for mask in sorted(cell["mask"].unique(), key=mask_sort_key):
@@ -65,8 +67,8 @@ def plot_fig4(data: pd.DataFrame, spec: ExperimentSpec):
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
     colors = colormaps["tab10"]
     methods = list(dict.fromkeys(data["method"]))
-    pos = mask_positions(spec.masks)
-    ticks = sorted((x, m) for m, x in pos.items())
+    shown = data[~data["is_baseline"]]
+    ticks = sorted(set(zip(shown["x"], shown["mask"])))
     for ax, buffer in zip(axes[0], buffers):
         part = data[data["buffer_size"] == buffer]
         for k, method in enumerate(methods):

@@ -79,7 +79,8 @@ def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = T
     return (f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
             f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
             f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
-            f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}")
+            f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}"
+            + (f" {summary_df.attrs['excluded']}" if summary_df.attrs.get("excluded") else ""))
 
 
 def _sentence(text: str) -> str:
