@@ -467,6 +467,13 @@ def _transient(exc: Exception) -> bool:
     )
 
 
+def _damaged(exc: Exception) -> bool:
+    """SQLite's errors for a file whose pages are corrupt: no retry or other query gets past them."""
+    message = str(getattr(exc, "orig", exc)).lower()
+    return ("database disk image is malformed" in message or "file is not a database" in message
+            or "malformed database schema" in message)
+
+
 T = TypeVar("T")
 
 
@@ -607,6 +614,9 @@ class Store:
                 with self.engine.begin() as conn:
                     return work(conn)
             except DBAPIError as exc:
+                if _damaged(exc):
+                    raise StoreError(f"the database {self.where} is damaged ({_first_line(exc)}): restore it from a "
+                                     "backup, or recover what is readable with: sqlite3 FILE .recover") from None
                 if attempt == _RETRIES - 1 or not _transient(exc):
                     raise
                 time.sleep(delay)

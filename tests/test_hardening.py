@@ -413,3 +413,41 @@ def test_report_with_nothing_to_render_creates_no_folder(tmp_path, invoke):
     rc, out, err = invoke("report", path, "--no-run")  # the baseline alone: fig2 has no pair to draw
     assert rc == 0, err
     assert "nothing rendered" in out and not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A database whose schema reads but whose data pages are corrupt
+
+
+def _corrupt_data_pages(path: Path) -> None:
+    """Overwrite the root page of every table and index but the schema's with garbage: the schema
+    (sqlite_master, clbench_schema) still reads, every query of the runs fails."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        roots = [r for (r,) in conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE rootpage > 1 AND tbl_name != 'clbench_schema'")]
+    conn.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    with open(path, "r+b") as fh:
+        for page in roots:
+            fh.seek((page - 1) * page_size)
+            fh.write(b"\xff" * page_size)
+    assert st.inspect_db(path) == "ready"  # the checks before any query pass: the damage is deeper
+
+
+def test_a_database_with_corrupt_data_pages_is_one_line(tmp_path, invoke):
+    db = tmp_path / "results.db"
+    train(db, tiny(methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=[0, 1]), experiment="exp")
+    rid = load_runs(db)["run_id"].iloc[0]
+    (tmp_path / "exp.toml").write_text(EXPERIMENT + '[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    _corrupt_data_pages(db)
+    before = db.read_bytes()
+    for command in (["runs"], ["show", rid], ["export"], ["export", "-o", "x.csv"], ["compare"],
+                    ["report", "exp.toml", "--no-run"]):
+        one_error_line(*invoke(*command, "--db", db), f"the database {db} is damaged",
+                       "database disk image is malformed", "restore it from a backup")
+    assert db.read_bytes() == before and not (tmp_path / "x.csv").exists() and not (tmp_path / "reports").exists()

@@ -31,6 +31,7 @@ from .common import (
     load,
     local_time,
     num,
+    store_errors_as_bad_input,
 )
 
 
@@ -116,7 +117,7 @@ def show(
         store = open_store(db_url(db), readonly=True)
     except StoreError as exc:
         raise UsageProblem(str(exc)) from None
-    with store:
+    with store, store_errors_as_bad_input():
         try:
             rid = store.find_run_id(run_id)
         except KeyError as exc:

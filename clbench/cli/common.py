@@ -182,6 +182,16 @@ def load(db: str | None, **filter_values):
         raise UsageProblem(str(exc)) from None
 
 
+@contextmanager
+def store_errors_as_bad_input():
+    """A read-only command's database problems (e.g. a damaged file) as one ``error:`` line, exit 2:
+    it wrote nothing."""
+    try:
+        yield
+    except StoreError as exc:
+        raise UsageProblem(str(exc)) from None
+
+
 def inspect(url) -> str:
     try:
         return inspect_db(url)

@@ -48,6 +48,7 @@ from .common import (
     pm,
     sigterm_as_interrupt,
     split,
+    store_errors_as_bad_input,
 )
 from .progress import execute_with_progress
 
@@ -148,7 +149,7 @@ def report_command(
                                _name_for(spec, name))
             return
         store = open_store(url, readonly=True)
-        with store:
+        with store, store_errors_as_bad_input():
             _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
