@@ -421,15 +421,33 @@ def _make_engine(url: URL, *, readonly: bool) -> Engine:
                          "install it, e.g. for PostgreSQL: pip install 'psycopg[binary]'") from None
 
 
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``: it can never create or change the file, even by accident).
+
+    A database in WAL mode is read through its ``-shm`` file, which the first reader creates beside
+    it. On read-only storage (a read-only mount, a folder this user cannot write) that is impossible
+    and so is any change to the file: it is then opened ``immutable``, with no shared memory and
+    no locks. Never otherwise, since a file that another process may still write cannot be
+    immutable; and never with an unmerged ``-wal`` beside it, whose changes immutable would skip."""
+    uri = path.absolute().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # WAL readers open the -shm here
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        wal = Path(f"{path}-wal")
+        cannot_write_here = not os.access(path.absolute().parent, os.W_OK | os.X_OK)
+        if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN" or not cannot_write_here or (
+                wal.exists() and wal.stat().st_size > 0):
+            raise
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
+
+
 def _sqlite_engine(url: URL, *, readonly: bool) -> Engine:
     path = _sqlite_file(url)
     if readonly and path is not None:
-        # mode=ro: a reader can never create or change the file, even by accident.
-        uri = path.absolute().as_uri() + "?mode=ro"
-        engine = create_engine(
-            "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S,
-                                                         check_same_thread=False)
-        )
+        engine = create_engine("sqlite://", creator=lambda: _connect_readonly(path))
     else:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
@@ -988,6 +1006,12 @@ def open_store(db: str | os.PathLike | URL | None = None, *, create: bool = True
     state = inspect_db(url)
     if state in ("missing", "empty") and (readonly or not create):
         raise StoreError(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
+    path = _sqlite_file(url)
+    if not readonly and path is not None and path.exists() and not (
+            os.access(path, os.W_OK) and os.access(path.absolute().parent, os.W_OK | os.X_OK)):
+        # Found now rather than at the first write, after the work that was to be saved there.
+        raise StoreError(f"cannot write the database {path}: it or its folder is not writable (no permission, or "
+                         "read-only storage); reading it works (clbench runs, show, export, compare, report --no-run)")
     if state == "outdated":
         _upgrade(url)
     engine = _make_engine(url, readonly=readonly)

@@ -451,3 +451,36 @@ def test_a_database_with_corrupt_data_pages_is_one_line(tmp_path, invoke):
         one_error_line(*invoke(*command, "--db", db), f"the database {db} is damaged",
                        "database disk image is malformed", "restore it from a backup")
     assert db.read_bytes() == before and not (tmp_path / "x.csv").exists() and not (tmp_path / "reports").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. A registry on read-only storage
+
+
+def test_read_only_commands_work_on_a_registry_on_read_only_storage(tmp_path):
+    made = tmp_path / "made.db"
+    train(made, tiny(methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=[0, 1]), experiment="exp")
+    rid = load_runs(made)["run_id"].iloc[0]
+    ro = tmp_path / "shared"
+    ro.mkdir()
+    shutil.copy(made, ro / "results.db")  # a copy, as published: no -wal, no -shm beside it
+    (ro / "results.db").chmod(0o444)
+    (tmp_path / "exp.toml").write_text(EXPERIMENT + '[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    db = ro / "results.db"
+    results = cli_on_readonly([ro], [
+        ["runs", "--db", db],
+        ["show", rid[:8], "--db", db],
+        ["export", "--format", "json", "--db", db],
+        ["export", "-o", tmp_path / "out.csv", "--db", db],
+        ["compare", "--format", "csv", "--db", db],
+        ["report", tmp_path / "exp.toml", "--no-run", "-o", tmp_path / "rep", "--db", db],
+        ["run", *TINY, "--method", "sgd", "--db", db],  # writing is what cannot work: one line
+    ], cwd=tmp_path)
+    for rc, out, err in results[:6]:
+        assert rc == 0 and "error" not in err, err
+    assert "4 runs" in results[0][1] and rid in results[1][1]
+    assert len(json.loads(results[2][1])) == 4 and (tmp_path / "out.csv").exists()
+    assert "faa_class_il" in results[4][1] and (tmp_path / "rep" / "exp.png").exists()
+    rc, out, err = results[6]
+    assert rc in (1, 2) and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert sorted(os.listdir(ro)) == ["results.db"]  # no -wal, -shm or journal was left there
