@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from datetime import datetime, timezone
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,8 +25,8 @@ from .files import atomic_file, check_output_file
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
 from .results import CLASS_IL_CONVENTIONS
-from .store import (SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays,
-                    in_chunks, open_store)
+from .store import (ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store,
+                    histogram_arrays, in_chunks, open_store, shown_status)
 from .sweep import benchmark_name
 
 # The columns of ``clbench export`` (one row per run), in this order.
@@ -94,7 +95,10 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
         bad = [s for s in statuses if s not in STATUSES]
         if bad:
             raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
-        conds.append(effective_status().in_(statuses))
+        # An abandoned pending/running row is shown as interrupted (store.shown_status): the query
+        # takes the active rows too when interrupted ones are asked for; load_runs filters after.
+        stored = set(statuses) | (set(ACTIVE_STATUSES) if "interrupted" in statuses else set())
+        conds.append(effective_status().in_(sorted(stored)))
     if (experiments := _as_list(experiment)) is not None:
         labelled = select(RunExperiment.run_id).where(RunExperiment.experiment.in_([str(e) for e in experiments]))
         conds.append(Run.run_id.in_(labelled))
@@ -182,6 +186,10 @@ def load_runs(
         return store.transaction(query)
 
     rows, labels, matrices = _with_store(db, work)
+    now = datetime.now(timezone.utc)
+    shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
+    if (wanted := _as_list(status)) is not None:
+        rows = [r for r in rows if shown[r["run_id"]] in wanted]
     nan_metrics = dict.fromkeys(SUMMARY_METRICS + ("bwt_class_il",) + EXTRA_METRICS, np.nan)
     records = []
     for r in rows:
@@ -192,7 +200,7 @@ def load_runs(
             "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
             "method": r["method"], "dataset": r["benchmark"], "backbone": r["backbone"],
             "buffer_size": r["buffer_size"], "mask": r["mask"], "mask_on": r["mask_on"], "seed": r["seed"],
-            "status": r["effective_status"], **{k: metrics[k] for k in nan_metrics},
+            "status": shown[r["run_id"]], **{k: metrics[k] for k in nan_metrics},
             "wall_s": r["wall_s"], "config_hash": r["config_hash"],
             **{k: cfg.get(k) for k in HYPERPARAMETERS},
             **{k: r[k] for k in RECORD_COLUMNS if k != "config"}, "config": cfg,

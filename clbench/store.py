@@ -649,12 +649,16 @@ class Store:
     # -- reading --------------------------------------------------------------------------------
 
     def statuses(self, run_ids: Sequence[str]) -> dict[str, str]:
-        """Status of each of ``run_ids`` that has a row."""
+        """Status of each of ``run_ids`` that has a row, as listings show it (:func:`shown_status`:
+        an abandoned ``pending``/``running`` run is ``interrupted``)."""
 
         def work(conn):
             out = {}
+            now = _now()
             for chunk in in_chunks(list(run_ids)):
-                out.update(conn.execute(select(Run.run_id, Run.status).where(Run.run_id.in_(chunk))).all())
+                stmt = select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start, Run.heartbeat_at)
+                for row in conn.execute(stmt.where(Run.run_id.in_(chunk))).mappings():
+                    out[row["run_id"]] = shown_status(row, now)
             return out
 
         return self.transaction(work)
@@ -674,13 +678,15 @@ class Store:
         return ids[0]
 
     def run_row(self, run_id: str) -> dict:
-        """The ``runs`` row of ``run_id`` as a dict, with its experiment labels."""
+        """The ``runs`` row of ``run_id`` as a dict, with its experiment labels; ``status`` is the one
+        listings show (:func:`shown_status`), ``stored_status`` the column's."""
 
         def work(conn):
             row = conn.execute(select(Run.__table__).where(Run.run_id == run_id)).mappings().first()
             if row is None:
                 raise KeyError(f"no run {run_id!r} in {self.where}")
             out = dict(row)
+            out["stored_status"], out["status"] = row["status"], shown_status(row)
             out["experiments"] = sorted(conn.execute(
                 select(RunExperiment.experiment).where(RunExperiment.run_id == run_id)).scalars())
             return out
@@ -977,6 +983,27 @@ class Claim:
 
 def _row_owner(row) -> Owner:
     return Owner(row.host or "", row.pid, row.process_start)
+
+
+def shown_status(row: Mapping[str, Any], now: datetime | None = None) -> str:
+    """The status a listing shows for a ``runs`` row (a mapping with its status and owner columns):
+    the stored one, except that a ``pending``/``running`` row whose owner is gone (see
+    :func:`_holder_alive`) is ``interrupted``, as :meth:`Store.mark_stale_runs` will mark it. Derived
+    at read time, so that even a reader of read-only storage sees the truth."""
+    status = row["status"]
+    if status in ACTIVE_STATUSES and row["pid"] is not None:
+        owner = _RowOwner(row["host"], row["pid"], row["process_start"], row["heartbeat_at"])
+        if not _holder_alive(owner, now or _now()):
+            return "interrupted"
+    return status
+
+
+@dataclass(frozen=True)
+class _RowOwner:
+    host: str | None
+    pid: int | None
+    process_start: int | None
+    heartbeat_at: datetime | None
 
 
 def _holder_alive(row, now: datetime) -> bool:

@@ -253,6 +253,7 @@ def test_an_unknown_method_filter_is_an_error_like_an_unknown_dataset(db_url, in
 # Read-only storage, for real: a read-only bind mount in a private mount namespace when running as
 # root (file permissions do not bind root; read-only storage does), file modes otherwise.
 
+import io  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -484,3 +485,41 @@ def test_read_only_commands_work_on_a_registry_on_read_only_storage(tmp_path):
     rc, out, err = results[6]
     assert rc in (1, 2) and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert sorted(os.listdir(ro)) == ["results.db"]  # no -wal, -shm or journal was left there
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Every listing shows a dead owner's runs as interrupted, without writing
+
+
+def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = st.Owner.current().host
+        ghost = st.Owner(host, dead.pid, 1)
+        live = st.Owner(host, alive.pid, st._process_start(alive.pid))
+        a, b, c = (cfg.resolve() for cfg in tiny(methods=["sgd"], seeds=[0, 1, 2]))
+        with st.open_store(db_url) as store:
+            store.claim([a, b], ghost)
+            store.mark_running([a.identity()], ghost)  # one running, one pending when it was killed
+            store.claim([c], live)
+        rc, out, err = invoke("runs", "--db", db_url)
+        assert rc == 0, err
+        assert out.count("│ interrupted") == 2 and out.count("│ pending") == 1 and "│ running" not in out
+        assert "no runs match" in invoke("runs", "--status", "running", "--db", db_url)[1]
+        assert "2 runs" in invoke("runs", "--status", "interrupted", "--db", db_url)[1]
+        assert "1 runs" in invoke("runs", "--status", "pending", "--db", db_url)[1]
+        assert "interrupted" in invoke("show", a.identity(), "--db", db_url)[1]
+        exported = pd.read_csv(io.StringIO(invoke("export", "--db", db_url)[1]))
+        assert sorted(exported["status"]) == ["interrupted", "interrupted", "pending"]
+        dry = invoke("run", *TINY, "--method", "sgd", "--seeds", "3", "--dry-run", "--db", db_url)[1]
+        assert dry.count("interrupted") == 2
+        assert sorted(load_runs(db_url)["status"]) == ["interrupted", "interrupted", "pending"]
+        with st.open_store(db_url, readonly=True) as store:  # derived when read: nothing was written
+            stored = store.transaction(lambda conn: sorted(r[0] for r in conn.execute(
+                __import__("sqlalchemy").select(st.Run.status))))
+        assert stored == ["pending", "pending", "running"]
+    finally:
+        alive.kill()
+        alive.wait()
