@@ -353,5 +353,5 @@ def test_clbench_run_notes_busy_cores_only_when_the_load_fills_them(monkeypatch)
     for load, expect_note in ((cores + 0.5, True), (cores - 0.9, False)):
         monkeypatch.setattr(cli_run.os, "getloadavg", lambda load=load: (load, load, load))
         out = io.StringIO()
-        cli_run._warn_if_cores_busy(Console(file=out, width=200))
+        cli_run._warn_if_cores_busy(Console(file=out, width=200), env={})  # no thread setting of the user's
         assert ("--threads 1" in out.getvalue()) is expect_note, out.getvalue()

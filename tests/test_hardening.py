@@ -523,3 +523,49 @@ def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
     finally:
         alive.kill()
         alive.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# 15 (a, c). Output off a terminal; the busy-cores note
+
+
+@pytest.mark.parametrize("stop, first_word, status", [(KeyboardInterrupt, "interrupted:", 130),
+                                                      (RuntimeError, "error:", 1)])
+def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch, capsys, stop, first_word, status):
+    """Live's last frame ends without a newline off a terminal; what follows must not be glued to it."""
+    import typer
+    from rich.console import Console
+
+    from clbench.cli import progress
+
+    def stopping(plan, store, progress=None, **kwargs):
+        from clbench.sweep import SweepProgress
+
+        progress(SweepProgress("group_start", 0, 1, 0, 1, "a group", 0.0, 0.0))
+        raise stop("stopped")
+
+    monkeypatch.setattr(progress, "execute", stopping)
+    with st.open_store(tmp_path / "r.db") as store:
+        plan = plan_sweep(tiny(methods=["sgd"]), store)
+        with pytest.raises(typer.Exit) as info:
+            progress.execute_with_progress(plan, store, Console(stderr=True, width=120))
+    err = capsys.readouterr().err
+    assert info.value.exit_code == status
+    lines = err.splitlines()
+    assert any(line.startswith(first_word) for line in lines), err
+    assert all(line.startswith(first_word) or first_word not in line for line in lines), err
+
+
+@pytest.mark.parametrize("setting", [{}, {"OMP_NUM_THREADS": "1"}, {"MKL_NUM_THREADS": "2"},
+                                     {"OMP_WAIT_POLICY": "PASSIVE"}])
+def test_the_busy_cores_note_respects_an_explicit_thread_setting(monkeypatch, tmp_path, invoke, setting):
+    from clbench.cli import run as cli_run
+
+    for name in cli_run.THREAD_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli_run.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+    rc, out, err = invoke("run", *TINY, "--method", "sgd", "--checkpoint-every", "0")
+    assert rc == 0, err
+    assert ("note: the CPU is busy" in err) is (not setting), err

@@ -47,10 +47,14 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
             err.print(f"done: group {p.group + 1}/{p.n_groups}, {p.label}, saved", highlight=False)
 
     try:
-        with Live(Group(bar, detail), console=err, refresh_per_second=8):
-            outcome = execute(plan, store, progress=on_progress, **kwargs)
-        if not err.is_terminal:
-            err.line()  # off a terminal, Live's last frame ends without a newline
+        try:
+            with Live(Group(bar, detail), console=err, refresh_per_second=8):
+                outcome = execute(plan, store, progress=on_progress, **kwargs)
+        finally:
+            if not err.is_terminal:
+                # Off a terminal, Live's last frame ends without a newline: end it, however the
+                # sweep ended, so that what follows (interrupted:, error:) starts its own line.
+                err.line()
         return outcome
     except KeyboardInterrupt:
         statuses = store.statuses([r.run_id for r in plan.to_run])

@@ -4,6 +4,7 @@ display, and print the summary of every run asked for."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
@@ -171,9 +172,17 @@ def run(
     )
 
 
-def _warn_if_cores_busy(err: Console) -> None:
+# Environment variables by which a user has already chosen torch's threads (or how they wait).
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
+
+
+def _warn_if_cores_busy(err: Console, env: Mapping[str, str] | None = None) -> None:
     # torch's waiting threads spin; with other busy processes on the same few cores both slow down
     # 3-30x (benchmarks/README.md, "Threads"). The 1-minute load average is a cheap, lagging sign.
+    # Whoever set the threads already made the choice the note is about: say nothing then.
+    env = os.environ if env is None else env
+    if any(env.get(name) for name in THREAD_SETTINGS):
+        return
     cores = usable_cpu_cores()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load >= cores:
