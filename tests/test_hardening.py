@@ -561,7 +561,7 @@ def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch,
 def test_the_busy_cores_note_respects_an_explicit_thread_setting(monkeypatch, tmp_path, invoke, setting):
     from clbench.cli import run as cli_run
 
-    for name in cli_run.THREAD_SETTINGS:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(name, raising=False)
     for name, value in setting.items():
         monkeypatch.setenv(name, value)
