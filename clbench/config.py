@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .data.benchmarks import SyntheticOptions, dataset_sizes, get_benchmark
@@ -67,7 +67,12 @@ class RunConfig:
     der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
 
     def resolve(self) -> "ResolvedConfig":
-        return resolve(self)
+        """The resolved config (computed once per RunConfig: it is immutable)."""
+        cached = self.__dict__.get("_resolved")
+        if cached is None:
+            cached = resolve(self)
+            object.__setattr__(self, "_resolved", cached)  # not a field: eq, hash, asdict, replace ignore it
+        return cached
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,9 @@ class ResolvedConfig:
     der_logits: str | None = None  # "pre" or "post" for der/derpp; None for other methods
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # Every field is a plain value but these four (asdict's deep copy costs 10x more, and a
+        # sweep's planning calls this once per run).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["mask"] = self.mask.to_dict()
         d["lr_milestones"] = list(self.lr_milestones)
         d["notes"] = list(self.notes)
@@ -119,11 +126,15 @@ class ResolvedConfig:
         """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
         (notes excluded: they are derived). The same config computed by an engine whose results
         differ has another identity."""
-        d = self.to_dict()
-        d.pop("notes")
-        d.pop("preset_source")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        cached = self.__dict__.get("_identity")  # computed once: a sweep asks for it many times
+        if cached is None:
+            d = self.to_dict()
+            d.pop("notes")
+            d.pop("preset_source")
+            blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
+            cached = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_identity", cached)  # not a field: eq, hash, asdict, replace ignore it
+        return cached
 
     def group_key(self) -> tuple:
         """Runs with equal keys can train in lockstep as one batched computation.

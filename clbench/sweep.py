@@ -24,7 +24,9 @@ from typing import Any
 from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
 from .data.benchmarks import BENCHMARKS, ContinualData, dataset_sizes, get_benchmark, load_benchmark
+from . import memory
 from .masking import MaskSpec, parse_mask_value
+from .memory import group_bytes
 from .methods import get_method
 from .results import RunResult
 from .store import DONE_STATUSES, HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
@@ -160,6 +162,7 @@ class Plan:
     runs: tuple[PlannedRun, ...]
     groups: tuple[tuple[int, ...], ...]
     force: bool = False
+    memory_note: str = ""  # how the groups were sized to fit the memory budget, if one was given
 
     @property
     def to_run(self) -> list[PlannedRun]:
@@ -180,6 +183,10 @@ class Plan:
         """Estimated seconds to compute what is not cached (see ``estimate_group_seconds``)."""
         return float(sum(self.group_estimates_s()))
 
+    def group_memory_bytes(self) -> list[int]:
+        """Estimated peak memory of each group (``clbench.memory.group_bytes``)."""
+        return [group_bytes(self.group_configs(g)) for g in range(len(self.groups))]
+
 
 def plan_sweep(
     configs: Sequence[RunConfig | ResolvedConfig],
@@ -187,10 +194,15 @@ def plan_sweep(
     *,
     force: bool = False,
     max_group_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> Plan:
     """Resolve ``configs`` (duplicates dropped), look each run up in ``store`` (``None``: an empty
     store) and group the runs to compute. Done runs (finished, or diverged: computing one again
-    diverges again) are ``cached`` unless ``force``."""
+    diverges again) are ``cached`` unless ``force``.
+
+    ``memory_budget`` (bytes, e.g. ``clbench.memory.budget_bytes(device)``) splits every group that
+    would not fit it (``clbench.memory``'s estimate) into groups that do, and says so in
+    ``Plan.memory_note``; a run that does not fit alone is a ``ValueError``."""
     if max_group_size is not None and max_group_size < 1:
         raise ValueError(f"the group size must be >= 1, got {max_group_size}")
     resolved = resolve_unique(configs)
@@ -200,8 +212,32 @@ def plan_sweep(
         status = stored.get(cfg.identity(), "new")
         runs.append(PlannedRun(cfg, status, "cached" if status in DONE_STATUSES and not force else "run"))
     todo = [i for i, r in enumerate(runs) if r.action == "run"]
-    groups = plan_groups([runs[i].config for i in todo], max_group_size)
-    return Plan(tuple(runs), tuple(tuple(todo[j] for j in g) for g in groups), force)
+    todo_configs = [runs[i].config for i in todo]
+    groups = plan_groups(todo_configs, max_group_size)
+    note = ""
+    if memory_budget is not None:
+        groups, note = _fit_memory(todo_configs, groups, memory_budget)
+    return Plan(tuple(runs), tuple(tuple(todo[j] for j in g) for g in groups), force, note)
+
+
+def _fit_memory(configs: list[ResolvedConfig], groups: list[list[int]], budget: int) -> tuple[list[list[int]], str]:
+    """``groups`` split so that each fits ``budget`` bytes, and a note saying what was done."""
+    out, split = [], []
+    for members in groups:
+        cfgs = [configs[i] for i in members]
+        cap = memory.max_group_size(cfgs, budget)
+        if cap < 1:
+            need = memory.SAFETY * (memory.run_bytes(cfgs) + memory.shared_bytes(cfgs))
+            raise ValueError(f"one run of {describe_group(cfgs)} needs about {memory.human(need)} of memory (estimate) "
+                             f"and this sweep may use {memory.human(budget)}: it cannot run here (a smaller buffer, "
+                             "batch or width needs less)")
+        if cap < len(members):
+            split.append(f"{describe_group(cfgs)} into groups of at most {cap} "
+                         f"(about {memory.human(memory.SAFETY * memory.run_bytes(cfgs))} per run)")
+        out.extend(members[i : i + cap] for i in range(0, len(members), cap))
+    if not split:
+        return out, ""
+    return out, f"groups sized to fit {memory.human(budget)} of memory: " + "; ".join(split)
 
 
 def describe_group(configs: Sequence[ResolvedConfig]) -> str:

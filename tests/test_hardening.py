@@ -569,3 +569,117 @@ def test_the_busy_cores_note_respects_an_explicit_thread_setting(monkeypatch, tm
     rc, out, err = invoke("run", *TINY, "--method", "sgd")
     assert rc == 0, err
     assert ("note: the CPU is busy" in err) is (not setting), err
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Planning is bounded; groups fit the memory they run in
+
+
+def test_an_absurd_sweep_is_refused_at_once_in_bounded_memory(tmp_path, invoke):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        for args in (["--seeds", "1000000000"], ["--seed", "5", "--seeds", "100001"],
+                     ["--method", "er,der", "--mask", "none,-inf", "--seeds", "30000"]):
+            line = one_error_line(*invoke("run", *TINY, *args, "--dry-run"), "100000")
+            assert "--seeds" in line or "split it into several" in line
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20, peak  # nothing of the size of the request was built
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_buffer_larger_than_the_stream_is_refused(tmp_path, invoke):
+    one_error_line(*invoke("run", "--buffer", "10000000", "--dry-run"),
+                   "invalid --buffer 10000000: seq-fmnist's stream has 60000 training samples")
+    one_error_line(*invoke("run", *TINY, "--buffer", "201"), "synthetic's stream has 200 training samples")
+    rc, out, err = invoke("run", *TINY, "--buffer", "200", "--dry-run")  # the whole stream: fine
+    assert rc == 0, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_groups_are_split_to_fit_the_memory_budget():
+    from clbench import memory
+
+    cfgs = [c.resolve() for c in tiny(methods=["er"], buffers=[10, 100], seeds=range(10))]
+    per_run, shared = memory.run_bytes(cfgs), memory.shared_bytes(cfgs)
+    assert per_run > 0 and shared > 0
+    budget = int(memory.SAFETY * (shared + 3.5 * per_run))
+    plan = plan_sweep(cfgs, memory_budget=budget)
+    assert [len(g) for g in plan.groups] == [3] * 6 + [2] and "groups of at most 3" in plan.memory_note
+    assert all(b <= budget for b in plan.group_memory_bytes())
+    assert plan_sweep(cfgs, memory_budget=10 * budget).memory_note == ""  # one group of 20 fits
+    with pytest.raises(ValueError, match="needs about .* of memory .* cannot run here"):
+        plan_sweep(cfgs, memory_budget=int(shared))
+
+
+def test_the_plan_and_the_run_say_how_groups_were_sized(tmp_path, invoke, monkeypatch):
+    from clbench import memory
+    from clbench.cli import run as cli_run
+
+    cfgs = [c.resolve() for c in tiny(methods=["sgd"], seeds=range(5))]
+    budget = int(memory.SAFETY * (memory.shared_bytes(cfgs) + 2.5 * memory.run_bytes(cfgs)))
+    monkeypatch.setattr(cli_run, "budget_bytes", lambda device: budget)
+    rc, out, err = invoke("run", *TINY, "--method", "sgd", "--seeds", "5", "--dry-run")
+    assert rc == 0, err
+    assert "5 to compute in 3 lockstep group(s)" in out and "groups of at most 2" in out and "of memory" in out
+    rc, out, err = invoke("run", *TINY, "--method", "sgd", "--seeds", "5")
+    assert rc == 0, err
+    assert "5 to compute in 3 groups" in err and "groups sized to fit" in err
+    assert "5 runs: 5 computed" in out
+
+
+def test_a_run_that_cannot_fit_alone_is_one_line(tmp_path, invoke):
+    # 2e9 samples per class: the dataset alone is over a terabyte
+    one_error_line(*invoke("run", "--dataset", "synthetic", "--synthetic-train-per-class", "2000000000", "--dry-run"),
+                   "of memory (estimate)", "cannot run here")
+    assert list(tmp_path.iterdir()) == []
+
+
+_MEASURE = """
+import gc, json, sys
+import torch
+torch.set_num_threads(1)
+from clbench import RunConfig, SyntheticOptions, memory
+from clbench.data.benchmarks import load_benchmark
+from clbench.trainer import train_group
+kw, syn, r = json.loads(sys.argv[1])
+syn["input_shape"] = tuple(syn["input_shape"])
+syn = SyntheticOptions(**syn)
+cfgs = [RunConfig(benchmark="synthetic", seed=s, synthetic=syn, **kw).resolve() for s in range(r)]
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+data = load_benchmark("synthetic", synthetic=syn)
+gc.collect()
+base = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from here
+train_group(cfgs, data)
+print(json.dumps({"growth": status("VmHWM:") - base, "run": memory.run_bytes(cfgs), "group": memory.group_bytes(cfgs)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+@pytest.mark.parametrize("kw, syn, sizes", [
+    (dict(method="er", buffer_size=200), dict(train_per_class=300, test_per_class=100, input_shape=[1, 28, 28]),
+     (2, 66)),
+    (dict(method="er", buffer_size=50, width=8, batch_size=16, minibatch_size=16),
+     dict(train_per_class=40, test_per_class=20, input_shape=[3, 16, 16], backbone="resnet18", augment=True), (1, 5)),
+], ids=["mlp", "resnet18"])
+def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
+    """Peak resident memory of real groups (fresh processes, from after the data is loaded): what
+    each run adds is within a factor 1.5 of the estimate, and a whole group stays within its budget
+    (the estimate times SAFETY)."""
+    from clbench import memory
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _MEASURE, json.dumps([kw, syn, r])], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in sizes]
+    small, large = (json.loads(p.communicate(timeout=300)[0]) for p in procs)
+    measured = (large["growth"] - small["growth"]) / (sizes[1] - sizes[0])
+    assert 1 / 1.5 <= large["run"] / measured <= 1.5, (large["run"], measured)
+    assert large["growth"] <= memory.SAFETY * large["group"], (large["growth"], large["group"])

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..config import MAX_SWEEP_RUNS
 from ..masking import format_mask_value, parse_mask_value
+from ..memory import budget_bytes
 from ..results import CLASS_IL_CONVENTIONS
 from ..files import OutputError, check_output_folder
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
@@ -158,6 +159,11 @@ def report_command(
         resolve_device(device)
     except (ValueError, RuntimeError):
         raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
+    budget = budget_bytes(device)
+    try:  # before the database is opened: a run that cannot fit in memory is bad input
+        plan_sweep(configs, None, memory_budget=budget)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -169,11 +175,14 @@ def report_command(
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
         for spec in specs:
-            plan = plan_sweep(spec.configs(), store)
+            try:
+                plan = plan_sweep(spec.configs(), store, memory_budget=budget)
+            except ValueError as exc:  # a run that cannot fit in memory
+                raise UsageProblem(str(exc)) from None
             err.print(
                 f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
                 f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}; "
-                f"{describe_checkpoints(policy)}",
+                f"{describe_checkpoints(policy)}" + (f"; {plan.memory_note}" if plan.memory_note and plan.to_run else ""),
                 highlight=False,
             )
             with sigterm_as_interrupt():

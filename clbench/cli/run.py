@@ -17,6 +17,7 @@ from rich.text import Text
 from ..config import DER_LOGITS, LOGIT_STORING_METHODS, MAX_SWEEP_RUNS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
+from ..memory import budget_bytes, human
 from ..registry import exclusion_note, load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store
 from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
@@ -104,20 +105,21 @@ def run(
     if synthetic:
         overrides["synthetic"] = SyntheticOptions(**synthetic)
     try:
-        configs = sweep_configs(
-            methods=split(method, "--method"), masks=split(mask, "--mask"),
-            buffers=ints(buffer, "buffer size", "--buffer"), seeds=seed_list, benchmark=dataset, mask_on=mask_on,
-            **overrides,
-        )
-        plan = plan_sweep(configs, None, force=force, max_group_size=group_size)  # resolves every run
-    except ValueError as exc:
-        raise config_problem(exc) from None
-    try:
         resolve_device(device)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     except RuntimeError:  # torch's own error for a string that names no device type at all
         raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
+    budget = budget_bytes(device)  # groups are sized to fit it; a run that cannot is refused here
+    try:
+        configs = sweep_configs(
+            methods=split(method, "--method"), masks=split(mask, "--mask"),
+            buffers=ints(buffer, "buffer size", "--buffer"), seeds=seed_list, benchmark=dataset, mask_on=mask_on,
+            **overrides,
+        )
+        plan = plan_sweep(configs, None, force=force, max_group_size=group_size, memory_budget=budget)  # resolves all
+    except ValueError as exc:
+        raise config_problem(exc) from None
     # 2. The data, then the database, both without writing anything.
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
     url = db_url(db)
@@ -127,7 +129,7 @@ def run(
     if dry_run:
         store = open_store(url, readonly=True) if state == "ready" else None
         try:
-            plan = plan_sweep(configs, store, force=force, max_group_size=group_size)
+            plan = plan_sweep(configs, store, force=force, max_group_size=group_size, memory_budget=budget)
         finally:
             if store is not None:
                 store.close()
@@ -144,12 +146,13 @@ def run(
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
-        plan = plan_sweep(configs, store, force=force, max_group_size=group_size)
+        plan = plan_sweep(configs, store, force=force, max_group_size=group_size, memory_budget=budget)
         n_run, n_cached = len(plan.to_run), len(plan.cached)
         err.print(
             f"{len(plan.runs)} run{'s' if len(plan.runs) != 1 else ''}: {n_run} to compute in {len(plan.groups)} "
             f"group{'s' if len(plan.groups) != 1 else ''} (estimated {duration(plan.estimate_s)}), {n_cached} cached"
-            f"; saving to {store.where}; {describe_checkpoints(policy)}",
+            f"; saving to {store.where}; {describe_checkpoints(policy)}"
+            + (f"; {plan.memory_note}" if plan.memory_note and n_run else ""),
             highlight=False,
         )
         if n_run and threads is None and device == "cpu":
@@ -220,13 +223,17 @@ def _summary_table(summary) -> Table:
     return table
 
 
+PLAN_ROWS_SHOWN = 200  # runs listed by --dry-run; a larger plan is summarised (the groups below say the rest)
+PLAN_GROUPS_SHOWN = 50
+
+
 def _print_plan(out: Console, plan: Plan, url, device: str) -> None:
     estimates = plan.group_estimates_s()
     table = Table(title=f"Plan: {len(plan.runs)} runs against {describe_url(url)}", title_justify="left")
     for name in ("group", "run id", "method", "dataset", "buffer", "mask", "on", "seed", "stored", "action"):
         table.add_column(name, justify="right" if name in ("group", "buffer", "seed") else "left")
     group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
-    for i, r in enumerate(plan.runs):
+    for i, r in enumerate(plan.runs[:PLAN_ROWS_SHOWN]):
         c = r.config
         action = Text("cached", style="green") if r.action == "cached" else Text(
             "recompute" if r.stored_status == "finished" else "run", style="yellow")
@@ -234,15 +241,20 @@ def _print_plan(out: Console, plan: Plan, url, device: str) -> None:
             str(group_of[i] + 1) if i in group_of else "-", r.run_id, c.method, c.benchmark, str(c.buffer_size),
             c.mask.label, c.mask.on, str(c.seed), r.stored_status, action,
         )
+    if len(plan.runs) > PLAN_ROWS_SHOWN:
+        table.caption = f"the first {PLAN_ROWS_SHOWN} of {len(plan.runs)} runs; the groups below hold the rest"
     out.print(table)
-    for g, members in enumerate(plan.groups):
-        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}",
-                  highlight=False)
+    memory = plan.group_memory_bytes()
+    for g in range(min(len(plan.groups), PLAN_GROUPS_SHOWN)):
+        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
+                  f"{human(memory[g])} of memory", highlight=False)
+    if len(plan.groups) > PLAN_GROUPS_SHOWN:
+        out.print(f"... and {len(plan.groups) - PLAN_GROUPS_SHOWN} more groups like these", highlight=False)
+    if plan.memory_note:
+        out.print(plan.memory_note, highlight=False)
     where_to = "" if device == "cpu" else f" (the cost model is for CPU; on {device} expect less)"
     out.print(
         f"{len(plan.to_run)} to compute in {len(plan.groups)} lockstep group(s), {len(plan.cached)} already done "
         f"(cached). Estimated time: {duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.",
         highlight=False,
     )
-
-
