@@ -789,6 +789,7 @@ class Store:
         now = _now()
 
         def work(conn):
+            _serialize_writers(conn)
             ids = [c.identity() for c in configs]
             existing = {}
             for chunk in in_chunks(ids):
@@ -869,6 +870,7 @@ class Store:
         payload = [(res, self._result_rows(res)) for res in results]
 
         def work(conn):
+            _serialize_writers(conn)
             ids = [res.run_id for res, _ in payload]
             for table in RESULT_TABLES:
                 for chunk in in_chunks(ids):
@@ -1073,6 +1075,18 @@ def _first_line(exc: Exception) -> str:
 
 
 _SCHEMA_LOCK = 4721930183  # PostgreSQL advisory lock key: one process creates or migrates at a time
+_RUNS_LOCK = 4721930184  # PostgreSQL advisory lock key: one process claims or saves runs at a time
+
+
+def _serialize_writers(conn) -> None:
+    """Claims and saves of concurrent processes take turns on PostgreSQL, as every SQLite write
+    transaction does (BEGIN IMMEDIATE). Otherwise two processes claiming the same new runs both
+    read "no row" and both insert it: one fails with a unique violation in the middle of psycopg's
+    pipelined executemany (psycopg then logs "error ignored terminating <psycopg.Pipeline ...>:
+    pipeline aborted") and takes another attempt. Taking turns, the second reads the first's rows
+    (READ COMMITTED: the read follows the lock) and leaves the runs to it."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"SELECT pg_advisory_xact_lock({_RUNS_LOCK})"))
 
 
 def _create_schema(conn, where: str) -> None:

@@ -274,7 +274,7 @@ class SweepProgress:
 @dataclass(frozen=True)
 class SweepOutcome:
     computed: tuple[str, ...]  # run ids computed and saved
-    cached: tuple[str, ...]  # run ids reused
+    cached: tuple[str, ...]  # run ids reused (done before, or by another process meanwhile)
     wall_s: float
     held: dict[str, str] = field(default_factory=dict)  # run id -> live process computing it instead
 
@@ -308,7 +308,11 @@ def execute(
     started = time.perf_counter()
     claim = store.claim([r.config for r in plan.to_run], owner, experiment=experiment,
                         tag=[r.config for r in plan.cached], force=plan.force)
-    plan = _without(plan, set(claim.held))  # another live process computes these
+    # Another live process computes the held runs; those neither claimed nor held were finished by
+    # another process since the plan was made. Either way, not here.
+    elsewhere = {r.run_id for r in plan.to_run} - set(claim.claimed)
+    done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
+    plan = _without(plan, elsewhere)
     to_run = [r.config for r in plan.to_run]
     estimates = plan.group_estimates_s()
     total_estimate = sum(estimates) or 1.0
@@ -360,8 +364,8 @@ def execute(
         raise
     finally:
         heartbeat.stop()
-    return SweepOutcome(tuple(computed), tuple(r.run_id for r in plan.cached), time.perf_counter() - started,
-                        claim.held)
+    return SweepOutcome(tuple(computed), tuple(r.run_id for r in plan.cached) + done_elsewhere,
+                        time.perf_counter() - started, claim.held)
 
 
 class Heartbeat:

@@ -683,3 +683,45 @@ def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
     measured = (large["growth"] - small["growth"]) / (sizes[1] - sizes[0])
     assert 1 / 1.5 <= large["run"] / measured <= 1.5, (large["run"], measured)
     assert large["growth"] <= memory.SAFETY * large["group"], (large["growth"], large["group"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. Concurrent processes compute each run once
+
+
+@pytest.mark.parametrize("seed_sets", [[["--seeds", "4"]] * 3,
+                                       [["--seed", "0,1,2,3"], ["--seed", "2,3,4,5"], ["--seed", "4,5,6,7"]]],
+                         ids=["identical", "overlapping"])
+def test_concurrent_sweeps_compute_each_run_once(db_url, tmp_path, seed_sets):
+    common = ["run", "--dataset", "synthetic", "--synthetic-train-per-class", "300", "--method", "er",
+              "--group-size", "2", "--checkpoint-every", "0", "--db", db_url]
+    env = {k: v for k, v in os.environ.items() if k != "CLBENCH_DB"}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "clbench", *common, *seeds], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seeds in seed_sets]
+    try:
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    import re
+
+    computed = 0
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+        assert "Traceback" not in err and "Pipeline" not in err and "error" not in err, err
+        done = re.search(r"(\d+) runs: (\d+) computed in .*?, (\d+) cached(?:, (\d+) held by another process)?", out)
+        assert done, out
+        total, n_computed, n_cached, n_held = (int(g or 0) for g in done.groups())
+        assert n_computed + n_cached + n_held == total == 4, out
+        if n_held:
+            assert re.search(rf"held: {n_held} runs? left to \S+ pid \d+", err), err
+        computed += n_computed
+    runs = load_runs(db_url)
+    assert computed == len(runs) == len({s for seeds in seed_sets for s in _seeds(seeds)})  # each once
+    assert set(runs["status"]) == {"finished"}
+
+
+def _seeds(args: list[str]) -> list[int]:
+    return list(range(int(args[1]))) if args[0] == "--seeds" else [int(s) for s in args[1].split(",")]

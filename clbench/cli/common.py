@@ -235,6 +235,17 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def report_held(err: Console, held: dict[str, str]) -> None:
+    """One line for the runs another live process was computing (``SweepOutcome.held``)."""
+    if not held:
+        return
+    holders = sorted(set(held.values()))
+    shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
+    err.print(f"held: {len(held)} run{'s' if len(held) != 1 else ''} left to {shown}, which "
+              f"{'is' if len(holders) == 1 else 'are'} computing them now; run the same command again later to "
+              "see their results", highlight=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Formatting
 

@@ -47,6 +47,7 @@ from .common import (
     load,
     p_value,
     pm,
+    report_held,
     sigterm_as_interrupt,
     split,
     store_errors_as_bad_input,
@@ -186,8 +187,9 @@ def report_command(
                 highlight=False,
             )
             with sigterm_as_interrupt():
-                execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                      experiment=spec.name, checkpoint=policy)
+                outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
+                                                experiment=spec.name, checkpoint=policy)
+            report_held(err, outcome.held)
         _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
                 quiet_when_complete=True)
 

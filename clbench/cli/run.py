@@ -40,6 +40,7 @@ from .common import (
     inspect,
     ints,
     pm,
+    report_held,
     sigterm_as_interrupt,
     split,
 )
@@ -160,6 +161,7 @@ def run(
         with sigterm_as_interrupt():
             outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
                                             experiment=experiment, checkpoint=policy)
+        report_held(err, outcome.held)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)
         # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
@@ -169,7 +171,8 @@ def run(
     out = console()
     out.print(_summary_table(summary))
     out.print(
-        f"{len(ids)} runs: {len(outcome.computed)} computed in {duration(outcome.wall_s)}, {len(outcome.cached)} cached. "
+        f"{len(ids)} runs: {len(outcome.computed)} computed in {duration(outcome.wall_s)}, {len(outcome.cached)} cached"
+        f"{f', {len(outcome.held)} held by another process' if outcome.held else ''}. "
         f"Stored in {store.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
         highlight=False,
     )
