@@ -33,6 +33,7 @@ from .buffer import BufferDraw, ReservoirBuffer, reservoir_slots, sample_without
 from .checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
 from .config import ResolvedConfig, RunConfig
 from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs
+from .environment import numeric_environment
 from .evaluation import Evaluation, evaluate
 from .methods import Method, get_method
 from .results import Divergence, RunResult
@@ -597,7 +598,7 @@ def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, m
 
 
 def _results(cfgs, data, st: _GroupState, device) -> list[RunResult]:
-    versions = software_versions()
+    versions = {**software_versions(), **numeric_environment(device)}  # what the numbers depend on
     evaluations = st.evaluations
     out = []
     for r, (cfg, diverged) in enumerate(zip(cfgs, st.divergence.per_run())):

@@ -725,3 +725,41 @@ def test_concurrent_sweeps_compute_each_run_once(db_url, tmp_path, seed_sets):
 
 def _seeds(args: list[str]) -> list[int]:
     return list(range(int(args[1]))) if args[0] == "--seeds" else [int(s) for s in args[1].split(",")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. Each run records what its numbers depend on
+
+
+def test_a_run_records_the_numeric_environment_it_was_computed_in(db_url, invoke):
+    rc, out, err = invoke("run", *TINY, "--method", "er", "--seeds", "3", "--threads", "1", "--db", db_url)
+    assert rc == 0, err
+    with st.open_store(db_url, readonly=True) as store:
+        rows = [store.run_row(rid) for rid in load_runs(store)["run_id"]]
+        result = store.load_result(rows[0]["run_id"])
+    for row in rows:
+        v = row["versions"]
+        assert v["threads"] == "1" and row["group_size"] == 3 and row["device"] == "cpu"
+        assert v["torch"] == torch.__version__ and v["torch_git"] == torch.version.git_version
+        assert v["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and v["device_name"]
+        assert "blas" in v and v["deterministic_algorithms"] in ("true", "false")
+    assert result.versions == rows[0]["versions"]  # round trip
+    assert "threads 1" in invoke("show", rows[0]["run_id"], "--db", db_url)[1]
+
+
+def test_the_same_environment_gives_the_same_bits_and_says_so():
+    from clbench.trainer import train_group
+    from clbench.data.benchmarks import load_benchmark
+
+    cfgs = [c.resolve() for c in tiny(methods=["er"], seeds=[0, 1])]
+    data = load_benchmark("synthetic", synthetic=cfgs[0].synthetic)
+    torch.set_num_threads(1)
+    a, b = train_group(cfgs, data)[0], train_group(cfgs, data)[0]
+    torch.set_num_threads(2)
+    try:
+        c = train_group(cfgs, data)[0]
+    finally:
+        torch.set_num_threads(1)
+    assert a.versions == b.versions and a.to_dict()["class_il"] == b.to_dict()["class_il"]
+    assert np.array_equal(a.confidence, b.confidence)
+    assert a.versions["threads"] == "1" and c.versions["threads"] == "2"  # the record tells them apart

@@ -1,0 +1,87 @@
+"""Determinism, measured: how far one run's numbers move when only what they should not depend on
+changes (the README's "What holds" quotes this script's output).
+
+Run seed 0 of ER on seq-fmnist (MLP protocol, buffer 200) as: (a) alone with 1 thread, twice;
+(b) inside a lockstep group of ``--group`` seeds, 1 thread; (c) alone with 2 threads; (d) inside
+the group with 2 threads. Against a reference ((a); for (d): (c)), each prints whether every stored
+number is bit-identical, the difference in final average accuracy (class-IL and task-IL, points),
+the largest difference over both accuracy matrices (points), and how much the final class-IL
+correct counts differ (summed over tasks, of 10,000 test samples). OpenMP threads wait passively
+(OMP_WAIT_POLICY=PASSIVE, unless set): that changes no number, only how two threads behave on a
+busy shared machine (spinning ones slowed the 2-thread run 50x there).
+
+Usage: python benchmarks/determinism.py [--group 10] [--seed 0] [--method er]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (by _common)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _common import load_line, machine_line  # noqa: E402
+
+from clbench import RunConfig, load_benchmark  # noqa: E402
+from clbench.trainer import train_group  # noqa: E402
+
+
+def bitwise(a, b) -> bool:
+    pairs = [(a.class_il_correct, b.class_il_correct), (a.task_il_correct, b.task_il_correct),
+             (a.confidence, b.confidence)] + [(a.train_loss[k], b.train_loss[k]) for k in a.train_loss]
+    return all(np.array_equal(x, y, equal_nan=True) for x, y in pairs)
+
+
+def compare(name: str, ref, other) -> list[str]:
+    faa_c = other.metrics["faa_class_il"] - ref.metrics["faa_class_il"]
+    faa_t = other.metrics["faa_task_il"] - ref.metrics["faa_task_il"]
+    max_diff = max(np.abs(other.class_il - ref.class_il).max(), np.abs(other.task_il - ref.task_il).max())
+    flips = int(np.abs(other.class_il_correct[-1] - ref.class_il_correct[-1]).sum())
+    return [name, "yes" if bitwise(ref, other) else "no", f"{faa_c:+.3f}", f"{faa_t:+.3f}", f"{max_diff:.3f}",
+            str(flips)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--group", type=int, default=10, help="size of the lockstep group of (b)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", default="er")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(machine_line("cpu"), flush=True)
+    data = load_benchmark("seq-fmnist")
+    cfg = RunConfig(method=args.method, benchmark="seq-fmnist", seed=args.seed, buffer_size=200).resolve()
+    others = [RunConfig(method=args.method, benchmark="seq-fmnist", seed=s, buffer_size=200).resolve()
+              for s in range(args.seed + 1, args.seed + args.group)]
+
+    def alone(threads: int):
+        torch.set_num_threads(threads)
+        return train_group([cfg], data)[0]
+
+    def grouped(threads: int):
+        torch.set_num_threads(threads)
+        return train_group([cfg, *others], data)[0]
+
+    ref = alone(1)
+    rows = [compare("alone, 1 thread, again (vs alone, 1 thread)", ref, alone(1)),
+            compare(f"in a group of {args.group}, 1 thread (vs alone, 1 thread)", ref, grouped(1))]
+    two = alone(2)
+    rows += [compare("alone, 2 threads (vs alone, 1 thread)", ref, two),
+             compare(f"in a group of {args.group}, 2 threads (vs alone, 2 threads)", two, grouped(2))]
+    print(f"reference: seed {args.seed} of {args.method} on seq-fmnist alone, 1 thread: FAA class-IL "
+          f"{ref.metrics['faa_class_il']:.2f}, task-IL {ref.metrics['faa_task_il']:.2f}; recorded environment "
+          f"{ {k: v for k, v in ref.versions.items() if k not in ('platform', 'python', 'numpy', 'clbench')} }")
+    head = ["variant of the same run", "bit-identical", "FAA class-IL diff", "FAA task-IL diff",
+            "max matrix diff (points)", "final class-IL row: correct counts, sum of |diff|"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(load_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""What a run's numbers depend on beyond its config and seed, recorded with every run.
+
+A run's results are a function of its resolved config and seed for a fixed numeric environment:
+the torch build and the kernels it picks (BLAS, oneDNN, the CPU's vector instructions or the GPU
+and its libraries), the number of threads that split reductions, and the lockstep group's size and
+composition (a group's batched kernels sum in another order than a run alone). Within one such
+environment a run is bit-for-bit reproducible; across them its numbers agree only to rounding,
+which a long training can grow (the README's "What holds" gives the measured size). So each run
+stores the environment it was computed in (in its ``versions`` record, beside its ``group_size``),
+and two runs can be told bit-identical or not by comparing those records.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+
+
+@functools.cache
+def _build() -> dict[str, str]:
+    """The torch build's numeric libraries (once per process: torch.__config__.show() is slow)."""
+    shown = torch.__config__.show()
+    out = {"torch_git": torch.version.git_version or "unknown"}
+    if m := re.search(r"BLAS_INFO=([^,\s]+)", shown):
+        out["blas"] = m.group(1)
+    if m := re.search(r"Math Kernel Library Version ([^\s]+)", shown):
+        out["blas"] = f"{out.get('blas', 'mkl')} {m.group(1)}"
+    if m := re.search(r"MKL-DNN v([^\s]+)", shown):
+        out["onednn"] = m.group(1)
+    out["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform  # noqa: PLC0415
+
+    return platform.processor() or platform.machine()
+
+
+def numeric_environment(device: str | torch.device = "cpu") -> dict[str, str]:
+    """The numeric environment of a computation on ``device`` now, as strings (a run's
+    ``versions`` record): torch build and kernels, threads, the device itself and, on a GPU, its
+    libraries and whether TF32 may replace float32 products."""
+    dev = torch.device(device)
+    out = {**_build(), "threads": str(torch.get_num_threads()), "interop_threads": str(torch.get_num_interop_threads()),
+           "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()).lower()}
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        out["device_name"] = torch.cuda.get_device_name(index)
+        out["cuda"] = str(torch.version.cuda)
+        out["cudnn"] = str(torch.backends.cudnn.version())
+        out["tf32_matmul"] = str(torch.backends.cuda.matmul.allow_tf32).lower()
+        out["tf32_cudnn"] = str(torch.backends.cudnn.allow_tf32).lower()
+        out["cudnn_benchmark"] = str(torch.backends.cudnn.benchmark).lower()
+    else:
+        out["device_name"] = cpu_model()
+    return out
