@@ -19,7 +19,6 @@ from ..reports import list_experiments, load_experiment, missing_runs, render_re
 from ..reports.compare import COMPARE_METRICS, TESTS, compare_runs
 from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import plan_sweep
-from ..trainer import resolve_device
 from .common import (
     FILTER_HELP,
     UsageProblem,
@@ -34,6 +33,16 @@ from .common import (
     pm,
     sigterm_as_interrupt,
     split,
+)
+from .executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
 )
 from .progress import execute_with_progress
 
@@ -52,6 +61,11 @@ def report_command(
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch."),
     db: Optional[str] = db_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    gpus_per_group: Optional[float] = gpus_per_group_option(),
+    cpus_per_group: Optional[int] = cpus_per_group_option(),
+    retries: Optional[int] = retries_option(),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -76,6 +90,8 @@ def report_command(
         raise UsageProblem(str(exc)) from None
     if threads is not None and threads < 1:
         raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
+    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
+                            threads)
     out_dir = out if out is not None else Path("reports") / spec.name
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageProblem(f"--out {out_dir} is a file, not a folder")
@@ -97,17 +113,15 @@ def report_command(
         _print_missing(stdout, spec, missing, store.where, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
-    try:
-        resolve_device(device)
-    except (ValueError, RuntimeError):
-        raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
     if threads is not None:
         torch.set_num_threads(threads)
+    start_executor(runner)
     try:
         store = open_store(url)
     except StoreError as exc:
+        runner.close()
         raise UsageProblem(str(exc)) from None
-    with store:
+    with runner, store:
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
@@ -117,9 +131,11 @@ def report_command(
             f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}",
             highlight=False,
         )
+        if plan.to_run and runner.name != "local":
+            err.print(runner.describe(), highlight=False)
         with sigterm_as_interrupt():
-            execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                        experiment=spec.name)
+            execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
+                                  download=download, experiment=spec.name)
         missing = missing_runs(spec, store)
         written = render_report(spec, store, out_dir)
     _print_written(stdout, spec, written, out_dir)

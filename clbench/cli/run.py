@@ -25,7 +25,7 @@ from ..sweep import (
     plan_sweep,
     sweep_configs,
 )
-from ..trainer import resolve_device, usable_cpu_cores
+from ..trainer import usable_cpu_cores
 from .common import (
     UsageProblem,
     check_data,
@@ -37,6 +37,16 @@ from .common import (
     pm,
     sigterm_as_interrupt,
     split,
+)
+from .executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
 )
 from .progress import execute_with_progress
 
@@ -67,6 +77,11 @@ def run(
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 when other busy processes "
                                 "share the cores: torch's spinning threads then slow every process down."),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    gpus_per_group: Optional[float] = gpus_per_group_option(),
+    cpus_per_group: Optional[int] = cpus_per_group_option(),
+    retries: Optional[int] = retries_option(),
     synthetic_train_per_class: Optional[int] = typer.Option(None, hidden=True),
     synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
 ) -> None:
@@ -102,12 +117,8 @@ def run(
         plan = plan_sweep(configs, None, force=force, max_group_size=group_size)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
-    except RuntimeError:  # torch's own error for a string that names no device type at all
-        raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
+    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
+                            threads)
     # 2. The data, then the database, both without writing anything.
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
     url = resolve_db_url(db)
@@ -122,14 +133,16 @@ def run(
                 store.close()
         _print_plan(console(), plan, url, device)
         return
-    # 3. Run.
+    # 3. Run: connect the executor (a cluster is checked here), then open the database.
     if threads is not None:
         torch.set_num_threads(threads)
+    start_executor(runner)
     try:
         store = open_store(url)
     except StoreError as exc:
+        runner.close()
         raise UsageProblem(str(exc)) from None
-    with store:
+    with runner, store:
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
@@ -141,11 +154,13 @@ def run(
             f"; saving to {store.where}",
             highlight=False,
         )
-        if n_run and threads is None and device == "cpu":
+        if n_run and runner.name != "local":
+            err.print(runner.describe(), highlight=False)
+        if n_run and threads is None and device == "cpu" and runner.name == "local":
             _warn_if_cores_busy(err)
         with sigterm_as_interrupt():
-            outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                             experiment=experiment)
+            outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
+                                             download=download, experiment=experiment)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)
         # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
