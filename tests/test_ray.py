@@ -76,7 +76,8 @@ class NetNamespace:
         return subprocess.run(self.command(args), env=_env(), capture_output=True, text=True, timeout=timeout, **kw)
 
     def popen(self, args, **kw) -> subprocess.Popen:
-        return subprocess.Popen(self.command(args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        """A process whose stderr is to be read (``Lines``); its stdout is dropped."""
+        return subprocess.Popen(self.command(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, **kw)
 
     def pids(self) -> list[int]:
@@ -90,6 +91,18 @@ class NetNamespace:
                 except OSError:
                     pass
         return out
+
+    def busy_workers(self) -> list[int]:
+        """Ray worker processes executing a group: Ray names a worker's process after the task it runs."""
+        busy = []
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::_train_on_worker"):
+                        busy.append(pid)
+            except OSError:
+                pass
+        return busy
 
     def stop(self) -> None:
         """End every process in the namespace: politely, then with SIGKILL."""
@@ -227,8 +240,9 @@ def test_a_worker_killed_while_it_trains_is_retried_and_every_run_finishes_once(
         victim = int(lines.wait_for(STARTED).group(2))
         assert os.readlink(f"/proc/{victim}/ns/net") == cluster.ns.net  # a worker of this test's cluster
         time.sleep(0.3)  # into the training of its group (or of its next one: a group takes 1-2 s)
+        assert victim in cluster.ns.busy_workers()  # it runs a group right now
         os.kill(victim, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=180)
+        proc.wait(timeout=180)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -252,7 +266,7 @@ def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_compute
     try:
         lines.wait_for(DONE)
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -261,22 +275,33 @@ def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_compute
     assert "interrupted:" in err and "Traceback" not in err
     statuses = _statuses(db)
     assert set(statuses) == {"finished", "interrupted"} and sum(statuses.values()) == N_RUNS, statuses
-    # The cancelled groups do not go on in the cluster: both CPUs are free again.
-    free = cluster.python(FREE_CPUS)
-    assert free.stdout.strip().splitlines()[-1] == "2.0", free.stdout + free.stderr
+    # The cancelled groups do not go on in the cluster: no worker runs a group any more.
+    deadline = time.monotonic() + 15
+    while cluster.ns.busy_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not cluster.ns.busy_workers()
     rerun = cluster.clbench("run", *SWEEP, "--db", str(db))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{statuses['interrupted']} to compute" in rerun.stderr and f"{statuses['finished']} cached" in rerun.stderr
     assert_same_results(db, reference)
 
 
-FREE_CPUS = """
-import sys, time, ray
-ray.init(address=sys.argv[1], logging_level="ERROR")
-deadline = time.monotonic() + 30
-while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-    time.sleep(0.2)
-print(ray.available_resources().get("CPU", 0))
+PROGRESS = """
+import json, sys
+from clbench.executors.ray import RayExecutor
+from clbench.store import open_store
+from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.data import SyntheticOptions
+
+configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=[0, 1], benchmark="synthetic",
+                        synthetic=SyntheticOptions(train_per_class=1500))
+events = []
+with RayExecutor(sys.argv[1]) as executor, open_store(sys.argv[2]) as store:
+    plan = plan_sweep(configs, store, max_group_size=2)
+    execute(plan, store, executor=executor, progress=events.append)
+print(json.dumps([dict(event=p.event, group=p.group, where=p.where, running=[r.where for r in p.running],
+                       trained=p.train is not None, done=p.groups_done,
+                       fraction=p.fraction) for p in events]))
 """
 
 CHECK_VERSIONS = """
@@ -290,6 +315,43 @@ try:
 except ExecutorUnavailable as exc:
     print("refused:", exc)
 """
+
+
+def test_progress_comes_from_the_workers_while_they_train(cluster, tmp_path):
+    import json
+
+    done = cluster.python(PROGRESS, str(tmp_path / "ray.db"))
+    assert done.returncode == 0, done.stderr
+    events = json.loads(done.stdout.strip().splitlines()[-1])
+    kinds = [e["event"] for e in events]
+    assert kinds.count("group_start") == 2 and kinds.count("group_done") == 2
+    # Training reports of each group arrive between its start and its end, from a worker.
+    for g in (0, 1):
+        mine = [e for e in events if e["group"] == g]
+        assert mine[0]["event"] == "group_start" and mine[-1]["event"] == "group_done"
+        assert any(e["event"] == "train" and e["trained"] for e in mine[1:-1]), mine
+        assert all(re.fullmatch(r"\S+ \(node \w{8}\) pid \d+", e["where"]) for e in mine if e["event"] != "train")
+    assert max(len(e["running"]) for e in events) == 2  # both groups at once: one per node
+    fractions = [e["fraction"] for e in events]
+    assert fractions[-1] == pytest.approx(1.0) and events[-1]["done"] == 2
+
+
+TWO_DRIVERS = ["--dataset", "synthetic", "--synthetic-train-per-class", "800", "--mask", "none,-inf",
+               "--group-size", "2"]
+
+
+def test_two_drivers_sharing_one_registry_compute_each_run_once(cluster, tmp_path):
+    db = str(tmp_path / "shared.db")
+    a = cluster.clbench_popen("run", *TWO_DRIVERS, "--seed", "0,1,2,3", "--db", db)
+    b = cluster.clbench_popen("run", *TWO_DRIVERS, "--seed", "2,3,4,5", "--db", db)
+    err_a, err_b = a.communicate(timeout=180)[1], b.communicate(timeout=180)[1]
+    assert a.returncode == 0, err_a
+    assert b.returncode == 0, err_b
+    runs = load_runs(db)
+    assert len(runs) == 12 and runs["run_id"].is_unique and set(runs["status"]) == {"finished"}
+    # Every run was trained and saved by exactly one of the two drivers: 12 runs in all.
+    saved = [int(n) for n in re.findall(r"^done: group \d+/\d+, .*\((\d+) runs?\) on ", err_a + "\n" + err_b, re.M)]
+    assert sum(saved) == 12, err_a + err_b
 
 
 def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluster):
