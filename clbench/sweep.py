@@ -3,9 +3,10 @@ and executed group by group.
 
 ``sweep_configs`` builds the configs, ``plan_sweep`` resolves them and asks the store what is
 already done (``cached``) and what is not (``run``), packing the latter into lockstep groups, and
-``execute`` trains the groups, saving each group's results in the store as soon as it finishes.
-An interruption loses at most the running group; running the same sweep again computes only what
-is missing.
+``execute`` is the driver: an executor (``clbench.executors``: in this process, or on a Ray
+cluster) trains the groups, and the driver, the store's only writer, claims the runs, marks them
+running, saves each group's results as soon as it returns and marks what stops. An interruption
+loses at most the running groups; running the same sweep again computes only what is missing.
 """
 
 from __future__ import annotations

@@ -66,11 +66,12 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
             err.print(f"done: group {p.group + 1}/{p.n_groups}, {p.label}{where}, saved", highlight=False)
 
     try:
-        with Live(Group(bar, detail), console=err, refresh_per_second=8):
-            outcome = execute(plan, store, progress=on_progress, **kwargs)
-        if not err.is_terminal:
-            err.line()  # off a terminal, Live's last frame ends without a newline
-        return outcome
+        try:
+            with Live(Group(bar, detail), console=err, refresh_per_second=8):
+                return execute(plan, store, progress=on_progress, **kwargs)
+        finally:
+            if not err.is_terminal:
+                err.line()  # off a terminal, Live's last frame ends without a newline
     except KeyboardInterrupt:
         statuses = store.statuses([r.run_id for r in plan.to_run])
         done = sum(status == "finished" for status in statuses.values())
