@@ -282,7 +282,10 @@ class RayExecutor(Executor):
             check_node_versions()
             self._nodes = [n for n in ray.nodes() if n.get("Alive")]
             self._check_resources()
-            ray.get(self._board.drain.remote(), timeout=_VERSION_CHECK_TIMEOUT_S)
+            try:
+                ray.get(self._board.drain.remote(), timeout=_VERSION_CHECK_TIMEOUT_S)
+            except ray.exceptions.RayError as exc:
+                raise ExecutorUnavailable(f"the progress actor did not start on this node ({one_line(exc)})") from None
         except BaseException:
             self._disconnect(ray)
             raise
