@@ -19,12 +19,12 @@ __version__ = "0.1.0"
 from .config import METHODS, ResolvedConfig, RunConfig, resolve
 from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark
 from .masking import MaskSpec, masked_cross_entropy
+from .registry import load_histograms, load_runs
 from .results import RunResult
 from .trainer import Progress, plan_groups, train_group, train_runs
-from .registry import load_runs
 
 __all__ = [
     "BENCHMARKS", "METHODS", "DataNotFoundError", "MaskSpec", "Progress", "ResolvedConfig", "RunConfig",
     "RunResult", "SyntheticOptions", "load_benchmark", "masked_cross_entropy", "plan_groups", "resolve",
-    "train_group", "train_runs", "load_runs",
+    "train_group", "train_runs", "load_histograms", "load_runs",
 ]

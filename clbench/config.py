@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .data.benchmarks import SyntheticOptions, get_benchmark
 from .masking import MaskSpec
+from .methods import get_method
 from .presets import lookup_preset
 
 # The version of what the engine computes. Bump it with every change that alters any number a run
@@ -25,6 +26,11 @@ RESULTS_VERSION = 2
 
 METHODS = ("sgd", "joint", "er", "der", "derpp", "er_ace")
 BUFFERLESS_METHODS = ("sgd", "joint")
+# Which logits DER and DER++ store with a sample: "pre", those of the training forward, before the
+# step (Mammoth's DER/DER++); "post", a fresh forward of the incoming batch after the step (the
+# paper's authors' earlier public code, for its masked DER++).
+DER_LOGITS = ("pre", "post")
+LOGIT_STORING_METHODS = ("der", "derpp")
 BACKBONES = ("mlp", "resnet18")
 
 
@@ -47,6 +53,7 @@ class RunConfig:
     beta: float | None = None
     class_order_seed: int | None = None  # None: classes assigned to tasks in label order
     synthetic: SyntheticOptions | None = None  # sizes of the "synthetic" benchmark
+    der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
 
     def resolve(self) -> "ResolvedConfig":
         return resolve(self)
@@ -74,6 +81,7 @@ class ResolvedConfig:
     synthetic: SyntheticOptions | None
     preset_source: str
     notes: tuple[str, ...] = ()
+    der_logits: str | None = None  # "pre" or "post" for der/derpp; None for other methods
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,22 +97,21 @@ class ResolvedConfig:
         d["mask"] = MaskSpec.from_dict(d["mask"])
         d["lr_milestones"] = tuple(d["lr_milestones"])
         d["notes"] = tuple(d.get("notes", ()))
+        d.setdefault("der_logits", "pre" if d["method"] in LOGIT_STORING_METHODS else None)
         if d.get("synthetic"):
             s = dict(d["synthetic"])
             s["input_shape"] = tuple(s["input_shape"])
             d["synthetic"] = SyntheticOptions(**s)
         return cls(**d)
 
-    def identity(self, results_version: int = RESULTS_VERSION) -> str:
+    def identity(self) -> str:
         """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
         (notes excluded: they are derived). The same config computed by an engine whose results
         differ has another identity."""
         d = self.to_dict()
         d.pop("notes")
         d.pop("preset_source")
-        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-        if results_version > 1:  # version 1 (clbench 0.1.0) hashed the config alone
-            blob += f"|results_version={results_version}"
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def group_key(self) -> tuple:
@@ -115,12 +122,17 @@ class ResolvedConfig:
         """
         return (
             self.benchmark, self.synthetic, self.class_order_seed, self.backbone, self.width,
-            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones,
+            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones, self.der_logits,
         )
 
     @property
     def uses_buffer(self) -> bool:
         return self.method not in BUFFERLESS_METHODS
+
+
+def _placements(acts_on: tuple[str, ...]) -> list[str]:
+    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows."""
+    return [p for p in ("stream", "buffer", "both") if ({"stream", "buffer"} if p == "both" else {p}) & set(acts_on)]
 
 
 def resolve(cfg: RunConfig) -> ResolvedConfig:
@@ -149,8 +161,14 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     mask = cfg.mask
     if mask.on == "buffer" and not mask.enabled:
         mask = MaskSpec(None, "stream")
-    if mask.enabled and mask.on == "buffer" and buffer_size == 0:
-        notes.append(f"mask on the buffer has no effect for {cfg.method}, which has no buffer")
+    acts_on = get_method(cfg.method).mask_acts_on
+    if mask.enabled and not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
+        where = " or ".join(acts_on) if acts_on else "nowhere"
+        raise ValueError(f"a mask on the {mask.on} cannot act in {cfg.method}, whose cross-entropy sees {where} rows: "
+                         f"valid placements for {cfg.method} are {', '.join(_placements(acts_on)) or 'none (no mask)'}")
+    if cfg.der_logits is not None and cfg.der_logits not in DER_LOGITS:
+        raise ValueError(f"invalid der_logits {cfg.der_logits!r}: valid are {', '.join(DER_LOGITS)}")
+    der_logits = (cfg.der_logits or "pre") if cfg.method in LOGIT_STORING_METHODS else None
 
     def pick(override, preset_value, default):
         return override if override is not None else (preset_value if preset_value is not None else default)
@@ -175,6 +193,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         synthetic=(cfg.synthetic or SyntheticOptions()) if cfg.benchmark == "synthetic" else None,
         preset_source=preset.source,
         notes=tuple(notes),
+        der_logits=der_logits,
     )
     for name in ("epochs", "batch_size"):
         if getattr(resolved, name) < 1:

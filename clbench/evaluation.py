@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,21 +10,35 @@ import torch
 from .backbones import BatchedBackbone, Params
 from .data.benchmarks import ContinualData, prepare_inputs
 
+# Confidence histograms: HISTOGRAM_BINS equal bins over [0, 1] (bin b holds [b/B, (b+1)/B), the
+# last one also 1.0), of the softmax probability of each test sample's true class and of its
+# largest probability, per run and evaluated task.
+HISTOGRAM_BINS = 20
+HISTOGRAM_EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+HISTOGRAM_KINDS = ("true_class", "max")
+
 
 @dataclass(frozen=True)
 class Evaluation:
     """One evaluation of R runs after some task. Accuracies in %, arrays with a leading run axis."""
 
     class_il_correct: np.ndarray  # (R, T) int: argmax over all K classes
+    class_il_seen_correct: np.ndarray  # (R, T) int: argmax over the classes of the tasks trained so far
     task_il_correct: np.ndarray  # (R, T) int: argmax over the evaluated task's classes
     test_counts: np.ndarray  # (T,) int
     class_correct: np.ndarray  # (R, K) int, class-IL
     class_counts: np.ndarray  # (K,) int
     confidence: np.ndarray  # (R, K, K): mean softmax vector (class-IL) over the test samples of each true class
+    # kind (HISTOGRAM_KINDS) -> (R, T, HISTOGRAM_BINS) int: test samples of task t per probability bin
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def class_il(self) -> np.ndarray:
         return 100.0 * self.class_il_correct / self.test_counts
+
+    @property
+    def class_il_seen(self) -> np.ndarray:
+        return 100.0 * self.class_il_seen_correct / self.test_counts
 
     @property
     def task_il(self) -> np.ndarray:
@@ -37,15 +51,22 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, chunk_size: int = 2048
+    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, after_task: int,
+    chunk_size: int = 2048,
 ) -> Evaluation:
-    """Evaluate R stacked networks (eval mode) on all test sets; inputs are shared by the runs."""
+    """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
+    inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
+    all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far)."""
     k, t_count = data.n_classes, data.n_tasks
     device = data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
+    cil_seen = torch.zeros_like(cil)
     til = torch.zeros_like(cil)
+    unseen = data.class_task > after_task
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
+    hists = {kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
+             for kind in HISTOGRAM_KINDS}
     for t, idx in enumerate(data.test_task_idx):
         outside_task = data.class_task != t
         for start in range(0, len(idx), chunk_size):
@@ -55,16 +76,25 @@ def evaluate(
             logits, _ = net.forward(params, buffers, x.unsqueeze(0).expand(n_runs, *x.shape), train=False)
             hit = logits.argmax(-1) == y
             cil[:, t] += hit.sum(1)
+            cil_seen[:, t] += (logits.masked_fill(unseen, float("-inf")).argmax(-1) == y).sum(1)
             til[:, t] += (logits.masked_fill(outside_task, float("-inf")).argmax(-1) == y).sum(1)
             class_correct.index_add_(1, y, hit.to(torch.int64))
-            prob_sums.index_add_(1, y, logits.softmax(-1).to(torch.float64))
+            probs = logits.softmax(-1)  # (R, B, K)
+            prob_sums.index_add_(1, y, probs.to(torch.float64))
+            per_kind = {"true_class": probs.gather(-1, y.view(1, -1, 1).expand(n_runs, -1, 1)).squeeze(-1),
+                        "max": probs.amax(-1)}
+            for kind, p in per_kind.items():  # (R, B) -> bin index, then counts per run
+                bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+                hists[kind][:, t].scatter_add_(1, bins, p.isfinite().long())  # a diverged run's NaNs: not counted
     counts = np.array([len(i) for i in data.test_task_idx], dtype=np.int64)
     class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
     return Evaluation(
         class_il_correct=cil.cpu().numpy(),
+        class_il_seen_correct=cil_seen.cpu().numpy(),
         task_il_correct=til.cpu().numpy(),
         test_counts=counts,
         class_correct=class_correct.cpu().numpy(),
         class_counts=class_counts,
         confidence=(prob_sums / torch.from_numpy(np.maximum(class_counts, 1)).to(device).view(1, k, 1)).cpu().numpy(),
+        histograms={kind: h.cpu().numpy() for kind, h in hists.items()},
     )

@@ -22,7 +22,9 @@ from sqlalchemy.engine import URL
 from .config import RESULTS_VERSION
 from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from .metrics import summarize
-from .store import SETTINGS, STATUSES, Accuracy, Run, RunExperiment, Store, in_chunks, open_store
+from .results import CLASS_IL_CONVENTIONS
+from .store import (SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays,
+                    in_chunks, open_store)
 from .sweep import benchmark_name
 
 # The columns of ``clbench export`` (one row per run), in this order.
@@ -137,6 +139,7 @@ def load_runs(
     status: str | Sequence[str] | None = None,
     experiment: str | Sequence[str] | None = None,
     run_id: str | Sequence[str] | None = None,
+    class_il: str = "all",
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -147,8 +150,12 @@ def load_runs(
     config as a dict). ``status`` is the effective status (``stale`` for runs of an older engine,
     see :func:`effective_status`). Metrics are NaN for runs without trusted results (not finished,
     e.g. ``diverged``), but computed for ``stale`` runs that finished. ``experiment`` holds the
-    run's experiment labels, comma-separated.
+    run's experiment labels, comma-separated. ``class_il`` is the class-IL convention the class-IL
+    metrics are computed with: ``all`` (argmax over every class) or ``seen`` (over the classes seen
+    so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
     """
+    if class_il not in CLASS_IL_CONVENTIONS:
+        raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
 
     def work(store: Store):
@@ -175,7 +182,7 @@ def load_runs(
     records = []
     for r in rows:
         mats = matrices.get(r["run_id"])
-        metrics = summarize(mats["class_il"], mats["task_il"]) if mats else nan_metrics
+        metrics = summarize(mats["class_il" if class_il == "all" else "class_il_seen"], mats["task_il"]) if mats else nan_metrics
         cfg = r["config"]
         records.append({
             "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
@@ -191,7 +198,9 @@ def load_runs(
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
-    return df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
+    df = df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
+    df.attrs["class_il"] = class_il
+    return df
 
 
 def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
@@ -213,25 +222,59 @@ def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
     return pd.DataFrame.from_records([tuple(r) for r in rows], columns=columns)
 
 
+def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """The confidence histograms of ``run_ids``: run_id -> kind -> counts ``(T, T, bins)``.
+
+    ``counts[i, j, b]``: after training task i, how many test samples of task j had that softmax
+    probability (kind ``true_class``: of their true class; ``max``: the largest) in bin b, the
+    bins being ``clbench.evaluation.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
+    histograms (unfinished, or computed before clbench recorded them) are absent.
+    """
+
+    def work(store: Store):
+        def query(conn):
+            rows = []
+            for chunk in in_chunks(list(run_ids)):
+                stmt = select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))
+                rows += conn.execute(stmt).all()
+            return rows
+
+        return store.transaction(query)
+
+    return histogram_arrays(_with_store(db, work))
+
+
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over seeds, ddof=1) of the headline metrics per config.
 
-    ``runs`` is a :func:`load_runs` frame; only finished runs count. One row per ``config_hash``,
-    in order of first appearance, with the config's columns, ``n_seeds`` and ``<metric>_mean`` /
-    ``<metric>_std`` for ``SUMMARY_METRICS``.
+    ``runs`` is a :func:`load_runs` frame; only finished runs count. One row per ``config_hash``
+    with a finished or diverged run, in order of first appearance, with the config's columns,
+    ``n_seeds`` (finished runs), ``n_diverged`` (diverged runs: excluded from the means, and named
+    by :func:`exclusion_note`) and ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS``.
     """
-    done = runs[runs["status"] == "finished"]
+    done = runs[runs["status"].isin(("finished", "diverged"))]
     keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
     rows = []
     for _, cell in done.groupby("config_hash", sort=False):
+        finished = cell[cell["status"] == "finished"]
         row = {k: cell[k].iloc[0] for k in keys}
-        row["n_seeds"] = len(cell)
+        row["n_seeds"] = len(finished)
+        row["n_diverged"] = int((cell["status"] == "diverged").sum())
         for m in SUMMARY_METRICS:
-            row[f"{m}_mean"] = cell[m].mean()
-            row[f"{m}_std"] = cell[m].std(ddof=1) if len(cell) > 1 else np.nan
+            row[f"{m}_mean"] = finished[m].mean() if len(finished) else np.nan
+            row[f"{m}_std"] = finished[m].std(ddof=1) if len(finished) > 1 else np.nan
         rows.append(row)
-    columns = keys + ["n_seeds"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
+    columns = keys + ["n_seeds", "n_diverged"] + [f"{m}_{s}" for m in SUMMARY_METRICS for s in ("mean", "std")]
     return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def exclusion_note(n_diverged: int, n_seeds: int) -> str:
+    """``"1 of 10 seeds diverged and is excluded"`` (empty when none diverged)."""
+    if not n_diverged:
+        return ""
+    total = n_diverged + n_seeds
+    verb = "is" if n_diverged == 1 else "are"
+    return f"{n_diverged} of {total} seed{'s' if total != 1 else ''} diverged and {verb} excluded"
 
 
 def export_runs(

@@ -230,7 +230,6 @@ class _Ctx:
 
     def bn(self, h: torch.Tensor, name: str) -> torch.Tensor:
         """Per-run BatchNorm of ``h`` ``(N, R*C, H, W)``; records the new running statistics."""
-        R = self.R
         weight = self.params[f"{name}.weight"].reshape(-1)
         bias = self.params[f"{name}.bias"].reshape(-1)
         rm = self.buffers[f"{name}.running_mean"]

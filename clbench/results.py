@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .config import ResolvedConfig
 from .metrics import summarize
+
+CLASS_IL_CONVENTIONS = ("all", "seen")
+# How captions name each convention.
+CLASS_IL_NAMES = {"all": "class-IL: argmax over all classes", "seen": "class-IL: argmax over the classes seen so far"}
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a run's loss (or gradient) first became non-finite; it was frozen from that step on."""
+
+    task: int  # 0-based
+    step: int  # within the task, counting all its epochs' steps (0-based)
+    last_finite_loss: float  # the run's total loss at its last finite step (NaN if none was)
 
 
 @dataclass(frozen=True)
@@ -27,10 +40,30 @@ class RunResult:
     device: str
     versions: dict[str, str]
     class_names: tuple[str, ...] = field(default=())
+    # Class-IL with the argmax over the classes seen so far (tasks 0..i after task i; Mammoth since
+    # 2023-12), from the same forward pass as ``class_il`` (argmax over all K classes). ``None`` for
+    # runs stored before clbench measured it.
+    class_il_seen: np.ndarray | None = None  # (T, T) %
+    class_il_seen_correct: np.ndarray | None = None  # (T, T) int
+    divergence: Divergence | None = None  # set when the run diverged (status ``diverged``)
+    # kind ("true_class", "max") -> (T, T, HISTOGRAM_BINS) int: after task i, the test samples of
+    # task j per bin of that softmax probability (clbench.evaluation); empty for older runs
+    histograms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
         return self.config.identity()
+
+    @property
+    def diverged(self) -> bool:
+        return self.divergence is not None
+
+    def class_il_matrix(self, convention: str = "all") -> np.ndarray | None:
+        """The class-IL matrix under ``convention``: ``all`` (argmax over every class) or ``seen``
+        (over the classes seen so far). The final row is the same under both."""
+        if convention not in CLASS_IL_CONVENTIONS:
+            raise ValueError(f"invalid class-IL convention {convention!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+        return self.class_il if convention == "all" else self.class_il_seen
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -60,6 +93,10 @@ class RunResult:
             "device": self.device,
             "versions": dict(self.versions),
             "class_names": list(self.class_names),
+            "class_il_seen": None if self.class_il_seen is None else self.class_il_seen.tolist(),
+            "class_il_seen_correct": None if self.class_il_seen_correct is None else self.class_il_seen_correct.tolist(),
+            "divergence": None if self.divergence is None else asdict(self.divergence),
+            "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
         }
 
@@ -82,4 +119,9 @@ class RunResult:
             device=d["device"],
             versions=dict(d["versions"]),
             class_names=tuple(d.get("class_names", ())),
+            class_il_seen=None if d.get("class_il_seen") is None else a(d["class_il_seen"], dtype=np.float64),
+            class_il_seen_correct=(None if d.get("class_il_seen_correct") is None
+                                   else a(d["class_il_seen_correct"], dtype=np.int64)),
+            divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
+            histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
         )

@@ -55,8 +55,8 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    inspect,
     insert,
+    inspect,
     select,
     text,
     update,
@@ -66,7 +66,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .config import RESULTS_VERSION, ResolvedConfig
-from .results import RunResult
+from .results import Divergence, RunResult
 
 SCHEMA_VERSION = 2
 APPLICATION = "clbench"
@@ -78,7 +78,9 @@ STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "inte
 STATUSES = (*STORED_STATUSES, "stale")
 ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or abandoned
 DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unless forced
-SETTINGS = ("class_il", "task_il")
+# The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
+# classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
+SETTINGS = ("class_il", "task_il", "class_il_seen")
 HEARTBEAT_INTERVAL_S = 60.0  # how often a running sweep refreshes the heartbeat of its runs
 HEARTBEAT_TIMEOUT_S = 600.0  # a run on another host with an older heartbeat is abandoned
 
@@ -162,7 +164,7 @@ class Accuracy(Base):
 
     __tablename__ = "accuracy"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
-    setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # class_il | task_il
+    setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SETTINGS
     after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     accuracy: Mapped[float] = mapped_column(Float)  # %
@@ -211,7 +213,36 @@ class TaskTiming(Base):
     eval_s: Mapped[float] = mapped_column(Float)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming)
+class ConfidenceHistogram(Base):
+    """After each task, the histogram (``clbench.evaluation.HISTOGRAM_BINS`` equal bins over [0, 1],
+    a JSON list of counts) of one softmax probability (``kind``: of the true class, or the largest)
+    over the test samples of one task."""
+
+    __tablename__ = "confidence_histograms"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # true_class | max
+    counts: Mapped[list] = mapped_column(JSON)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+
+
+class MlflowRun(Base):
+    """Which MLflow run holds what was exported to a tracking store (``clbench export --mlflow``):
+    a clbench run (``entity`` run, ``key`` its run id) or a config's parent run (``entity``
+    config, ``key`` the config hash). Exporting again to the same store adds nothing."""
+
+    __tablename__ = "mlflow_runs"
+    tracking_uri: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)  # run | config
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 TABLE_NAMES = frozenset(Base.metadata.tables)
 
 
@@ -243,6 +274,11 @@ def describe_url(url: URL) -> str:
     if _sqlite_file(url) is not None:
         return str(_sqlite_file(url))
     return url.render_as_string(hide_password=True)
+
+
+def sqlite_path(db: str | os.PathLike | URL | None) -> Path | None:
+    """The file of an SQLite registry (``None`` for a database server or an in-memory SQLite)."""
+    return _sqlite_file(resolve_db_url(db))
 
 
 def _sqlite_file(url: URL) -> Path | None:
@@ -500,6 +536,29 @@ def in_chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]
         yield items[i : i + size]
 
 
+def _histogram_rows(conn, run_ids: Sequence[str]) -> list:
+    rows = []
+    for chunk in in_chunks(list(run_ids)):
+        rows += conn.execute(select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))).all()
+    return rows
+
+
+def histogram_arrays(rows) -> dict[str, dict[str, np.ndarray]]:
+    """``confidence_histograms`` rows -> run_id -> kind -> (T, T, bins) counts."""
+    by_run: dict[str, list] = {}
+    for r in rows:
+        by_run.setdefault(r.run_id, []).append(r)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for rid, run_rows in by_run.items():
+        n_tasks = 1 + max(max(r.after_task, r.on_task) for r in run_rows)
+        n_bins = len(run_rows[0].counts)
+        arrays = {kind: np.zeros((n_tasks, n_tasks, n_bins), dtype=np.int64) for kind in {r.kind for r in run_rows}}
+        for r in run_rows:
+            arrays[r.kind][r.after_task, r.on_task] = r.counts
+        out[rid] = arrays
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 
@@ -597,21 +656,22 @@ class Store:
             run = conn.execute(select(Run.__table__).where(Run.run_id == run_id)).mappings().first()
             if run is None:
                 raise KeyError(f"no run {run_id!r} in {self.where}")
-            if run["status"] != "finished":
+            if run["status"] not in DONE_STATUSES:
                 raise KeyError(f"run {run_id} has no results: its status is {run['status']}")
             acc = conn.execute(select(Accuracy.__table__).where(Accuracy.run_id == run_id)).all()
             cls_acc = conn.execute(select(ClassAccuracy.__table__).where(ClassAccuracy.run_id == run_id)).all()
             conf = conn.execute(select(Confidence.__table__).where(Confidence.run_id == run_id)).all()
             losses = conn.execute(select(TaskLoss.__table__).where(TaskLoss.run_id == run_id)).all()
             timings = conn.execute(select(TaskTiming.__table__).where(TaskTiming.run_id == run_id)).all()
-            return run, acc, cls_acc, conf, losses, timings
+            return run, acc, cls_acc, conf, losses, timings, _histogram_rows(conn, [run_id])
 
-        run, acc, cls_acc, conf, losses, timings = self.transaction(work)
+        run, acc, cls_acc, conf, losses, timings, hists = self.transaction(work)
         config = ResolvedConfig.from_dict(run["config"])
         n_tasks = 1 + max(r.after_task for r in acc)
         n_classes = 1 + max(r.class_index for r in cls_acc)
-        mats = {name: np.zeros((n_tasks, n_tasks)) for name in SETTINGS}
-        correct = {name: np.zeros((n_tasks, n_tasks), dtype=np.int64) for name in SETTINGS}
+        present = {r.setting for r in acc}
+        mats = {name: np.zeros((n_tasks, n_tasks)) for name in SETTINGS if name in present}
+        correct = {name: np.zeros((n_tasks, n_tasks), dtype=np.int64) for name in SETTINGS if name in present}
         test_counts = np.zeros(n_tasks, dtype=np.int64)
         for r in acc:
             mats[r.setting][r.after_task, r.on_task] = r.accuracy
@@ -638,7 +698,35 @@ class Store:
             train_loss=train_loss, train_s=train_s, eval_s=eval_s,
             group_size=int(run["group_size"]), device=run["device"], versions=dict(run["versions"] or {}),
             class_names=tuple(run["class_names"] or ()),
+            class_il_seen=mats.get("class_il_seen"), class_il_seen_correct=correct.get("class_il_seen"),
+            divergence=None if run["status"] != "diverged" else Divergence(
+                run["diverged_task"], run["diverged_step"],
+                math.nan if run["last_finite_loss"] is None else run["last_finite_loss"]),
+            histograms=histogram_arrays(hists).get(run_id, {}),
         )
+
+    # -- MLflow exports -------------------------------------------------------------------------
+
+    def mlflow_runs(self, tracking_uri: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """(entity, key) -> (MLflow run id, experiment id) of what was exported to ``tracking_uri``."""
+        stmt = select(MlflowRun.entity, MlflowRun.key, MlflowRun.mlflow_run_id, MlflowRun.experiment_id).where(
+            MlflowRun.tracking_uri == tracking_uri)
+        return {(r.entity, r.key): (r.mlflow_run_id, r.experiment_id)
+                for r in self.transaction(lambda conn: conn.execute(stmt).all())}
+
+    def remember_mlflow_runs(self, tracking_uri: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Record (entity, key, MLflow run id, experiment id) rows for ``tracking_uri`` (replacing any)."""
+        now = _now()
+
+        def work(conn):
+            for entity, key, run_id, experiment_id in rows:
+                conn.execute(delete(MlflowRun).where(MlflowRun.tracking_uri == tracking_uri, MlflowRun.entity == entity,
+                                                     MlflowRun.key == key))
+                conn.execute(insert(MlflowRun).values(tracking_uri=tracking_uri, entity=entity, key=key,
+                                                      mlflow_run_id=run_id, experiment_id=experiment_id,
+                                                      exported_at=now))
+
+        self._write(work)
 
     # -- the lifecycle --------------------------------------------------------------------------
 
@@ -729,7 +817,8 @@ class Store:
 
     def save_results(self, results: Sequence[RunResult], owner: Owner) -> None:
         """Write finished runs, each with all its results, in one transaction (replacing any
-        earlier results of the same run: the same identity gives the same results)."""
+        earlier results of the same run: the same identity gives the same results). A run that
+        diverged is stored with status ``diverged``, where it happened and its last finite loss."""
         now = _now()
         payload = [(res, self._result_rows(res)) for res in results]
 
@@ -742,11 +831,14 @@ class Store:
             for chunk in in_chunks(ids):
                 present.update(conn.execute(select(Run.run_id).where(Run.run_id.in_(chunk))).scalars())
             for res, rows in payload:
+                div = res.divergence
                 values = {
-                    **self._run_row(res.config, "finished", owner, now),
+                    **self._run_row(res.config, "diverged" if div is not None else "finished", owner, now),
                     "finished_at": now, "device": res.device, "versions": dict(res.versions),
                     "class_names": list(res.class_names), "group_size": res.group_size, "wall_s": res.wall_s,
-                    "error": None,
+                    "error": None, "diverged_task": None if div is None else div.task,
+                    "diverged_step": None if div is None else div.step,
+                    "last_finite_loss": None if div is None else _finite_or_none([div.last_finite_loss])[0],
                 }
                 if res.run_id in present:
                     values.pop("created_at")
@@ -767,7 +859,9 @@ class Store:
             {"run_id": rid, "setting": setting, "after_task": i, "on_task": j, "accuracy": float(mat[i, j]),
              "n_correct": int(correct[i, j]), "n_total": int(res.test_counts[j])}
             for setting, mat, correct in (("class_il", res.class_il, res.class_il_correct),
-                                          ("task_il", res.task_il, res.task_il_correct))
+                                          ("task_il", res.task_il, res.task_il_correct),
+                                          ("class_il_seen", res.class_il_seen, res.class_il_seen_correct))
+            if mat is not None
             for i in range(n_tasks) for j in range(n_tasks)
         ]
         class_accuracy = [
@@ -786,8 +880,12 @@ class Store:
             {"run_id": rid, "task": i, "train_s": float(res.train_s[i]), "eval_s": float(res.eval_s[i])}
             for i in range(n_tasks)
         ]
+        histograms = [
+            {"run_id": rid, "after_task": i, "on_task": j, "kind": kind, "counts": [int(c) for c in counts[i, j]]}
+            for kind, counts in res.histograms.items() for i in range(counts.shape[0]) for j in range(counts.shape[1])
+        ]
         return {Accuracy: accuracy, ClassAccuracy: class_accuracy, Confidence: confidence, TaskLoss: losses,
-                TaskTiming: timings}
+                TaskTiming: timings, ConfidenceHistogram: histograms}
 
     def mark_interrupted(self, run_ids: Sequence[str], owner: Owner) -> None:
         """Runs of ``owner`` that were stopped before finishing (never another process's runs)."""

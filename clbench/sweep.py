@@ -14,19 +14,22 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, ResolvedConfig, RunConfig
 from .data.benchmarks import BENCHMARKS, get_benchmark
 from .executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from .masking import MaskSpec, parse_mask_value
 from .methods import get_method
 from .results import RunResult
-from .store import HEARTBEAT_INTERVAL_S, Owner, Store
+from .store import HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
 from .trainer import Progress, plan_groups
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +280,7 @@ def execute(
     experiment: str | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
     on_group_done: Callable[[list[RunResult]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> SweepOutcome:
     """Compute the plan's runs, saving each group's results as soon as it finishes.
 
@@ -292,9 +296,18 @@ def execute(
     ``KeyboardInterrupt`` (or any other exception) all unfinished runs of this sweep become
     ``interrupted`` and the exception is re-raised. Finished runs are never touched by an
     interruption.
+
+    With ``checkpoint`` (the same as ``options.checkpoint``), each group is checkpointed while it
+    trains (``train_group``) and resumes from its checkpoint when the same group is planned again,
+    in whichever process trains it (a cluster: the directory must be shared by the nodes); the
+    driver deletes a group's checkpoint once its results are committed.
     """
     executor = executor if executor is not None else LocalExecutor()
     options = options if options is not None else TrainOptions()
+    if checkpoint is not None:
+        if options.checkpoint not in (None, checkpoint):
+            raise ValueError("execute() got two checkpoint policies: checkpoint= and options.checkpoint differ")
+        options = replace(options, checkpoint=checkpoint)
     executor.check_device(device)  # before anything is written
     if plan.to_run:  # connect (and check the cluster) before claiming runs
         executor.start()
@@ -313,7 +326,8 @@ def execute(
 
     def on_train(p: GroupProgress) -> None:
         if tracker.train(p.group, p.train):
-            report("train", p.group, train=p.train)
+            running = tracker.running[p.group]
+            report("train", p.group, train=p.train, where=running.where, attempt=running.attempt)
 
     heartbeat = Heartbeat(store, owner)
     try:
@@ -332,6 +346,8 @@ def execute(
                     store.mark_failed(ids, owner, f"{where}{event.detail or event.error}")
                     raise GroupFailed(event, tracker.labels[event.group], len(groups))
                 store.save_results(event.results, owner)
+                if options.checkpoint is not None:
+                    discard_checkpoint(options.checkpoint.directory, group_key(ids))
                 tracker.done(event.group)
                 done = set(ids)
                 unfinished = [rid for rid in unfinished if rid not in done]
@@ -420,6 +436,23 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
+
+
+def checkpoint_directory(db_url, checkpoint_dir: str | os.PathLike | None = None,
+                         env: Mapping[str, str] | None = None) -> Path:
+    """Where a sweep against the registry ``db_url`` keeps its groups' checkpoints: ``checkpoint_dir``
+    if given, else ``$CLBENCH_CHECKPOINTS``, else beside an SQLite registry (``results.db`` ->
+    ``results.checkpoints/``), else (a database server) ``clbench.checkpoints/`` in the working
+    directory. Every node of a cluster that may resume a group must see the same folder."""
+    env = os.environ if env is None else env
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir).expanduser().absolute()
+    if env.get(ENV_CHECKPOINTS):
+        return Path(env[ENV_CHECKPOINTS]).expanduser().absolute()
+    path = sqlite_path(db_url)
+    if path is not None:
+        return path.with_name(path.stem + ".checkpoints")
+    return Path("clbench.checkpoints").absolute()
 
 
 def _without(plan: Plan, run_ids: set[str]) -> Plan:

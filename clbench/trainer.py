@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -30,11 +30,12 @@ from . import __version__
 from .augment import draw_crop_flip
 from .backbones import BatchedBackbone, BatchedMLP, Params
 from .buffer import BufferDraw, ReservoirBuffer, reservoir_slots, sample_without_replacement
+from .checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
 from .config import ResolvedConfig, RunConfig
 from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs
 from .evaluation import Evaluation, evaluate
 from .methods import Method, get_method
-from .results import RunResult
+from .results import Divergence, RunResult
 from .step import Batch, LossLayer, Step
 
 PLAN_CHUNK_STEPS = 256  # replay plans are drawn this many steps at a time (bounded memory)
@@ -44,7 +45,8 @@ PLAN_CHUNK_STEPS = 256  # replay plans are drawn this many steps at a time (boun
 class Progress:
     """A progress report from a training group (passed to the ``progress`` callback)."""
 
-    phase: str  # "train" (during a task), "evaluate", "task_done"
+    phase: str  # "resume" (from a checkpoint, at its position), "train" (during a task), "checkpoint" (one was
+    # saved at this position), "evaluate", "task_done"
     group_size: int
     task: int
     n_tasks: int
@@ -87,6 +89,8 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
 
 class RunRandomness:
     """A run's independent random streams, all derived from its seed alone."""
+
+    NUMPY_STREAMS = ("order", "reservoir", "replay", "augment")  # what a checkpoint saves (init is used once)
 
     def __init__(self, seed: int):
         init, order, reservoir, replay, augment = np.random.SeedSequence(seed).spawn(5)
@@ -194,14 +198,66 @@ def _fresh(params: Params, grad: bool) -> Params:
     return {k: v.detach().clone().requires_grad_(grad) for k, v in params.items()}
 
 
+class _Divergence:
+    """Which runs of the group diverged (loss or gradient non-finite), where, and their last finite
+    loss; all on the device, so watching costs no synchronisation per step.
+
+    A diverged run is frozen: its parameters and BatchNorm statistics stop changing (its update is
+    replaced by zero), so its NaNs never reach its parameters, and the runs beside it, whose
+    computations are separate slices of the same tensors, are untouched.
+    """
+
+    def __init__(self, n_runs: int, device: torch.device):
+        self.diverged = torch.zeros(n_runs, dtype=torch.bool, device=device)
+        self.task = torch.full((n_runs,), -1, dtype=torch.int64, device=device)
+        self.step = torch.full((n_runs,), -1, dtype=torch.int64, device=device)
+        self.last_finite = torch.full((n_runs,), math.nan, device=device)
+        # On the CPU a look at the flags costs nothing: the masking is then skipped while all runs
+        # are healthy. On a GPU it would synchronise every step, so the masking always runs.
+        self.check_on_host = device.type == "cpu"
+
+    def watch(self, total: torch.Tensor, grads: Sequence[torch.Tensor], task: int, step: int) -> torch.Tensor | None:
+        """Flag the runs whose loss ``total`` (R,) or gradients are non-finite at this step; returns
+        the (R,) mask of runs that may update, or ``None`` when every run may (known on the CPU)."""
+        # One reduction per gradient: a NaN or inf anywhere in a run's gradient makes its sum so.
+        grad_sum = torch.stack([g.detach().flatten(1).sum(1) for g in grads]).sum(0)
+        ok = torch.isfinite(total.detach()) & torch.isfinite(grad_sum) & ~self.diverged
+        new = ~ok & ~self.diverged
+        self.task = torch.where(new, task, self.task)
+        self.step = torch.where(new, step, self.step)
+        self.last_finite = torch.where(ok, total.detach(), self.last_finite)
+        self.diverged = self.diverged | new
+        if self.check_on_host and bool(ok.all()):
+            return None
+        return ok
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"diverged": self.diverged, "task": self.task, "step": self.step, "last_finite": self.last_finite}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        device = self.diverged.device
+        self.diverged, self.task, self.step, self.last_finite = (
+            state[k].to(device) for k in ("diverged", "task", "step", "last_finite"))
+
+    def per_run(self) -> list[Divergence | None]:
+        flags, tasks, steps, losses = (t.cpu().tolist() for t in (self.diverged, self.task, self.step, self.last_finite))
+        return [Divergence(t, s, loss) if d else None for d, t, s, loss in zip(flags, tasks, steps, losses)]
+
+
 def _train_step(
     method: Method, state: _NetState, step: Step, lr: dict[str, torch.Tensor], buffer: ReservoirBuffer | None,
-    slots: torch.Tensor | None, x_raw: torch.Tensor, phase: Callable[[str], contextlib.AbstractContextManager],
+    slots: torch.Tensor | None, x_raw: torch.Tensor, divergence: _Divergence, step_in_task: int,
+    phase: Callable[[str], contextlib.AbstractContextManager], post_step_logits: bool = False,
 ) -> tuple[tuple[str, ...], torch.Tensor]:
     """One step for every run: loss terms -> one backward -> per-run SGD -> buffer insertion.
 
+    Runs whose loss or gradient is not finite take no step from here on (``_Divergence``). With
+    ``post_step_logits`` (DER's ``der_logits = "post"``) the buffer stores the logits of a fresh
+    forward of the (augmented) stream batch after the update, instead of the training forward's;
+    that forward uses batch statistics and leaves the BatchNorm running statistics alone.
     Returns the loss terms' names and the terms and their total, stacked ``(n_terms + 1, R)``.
     """
+    bn_before = state.buffers
     with phase("forward and loss"):
         out = method.loss_terms(step)
         terms = torch.stack(list(out.terms.values()))  # (n_terms, R)
@@ -210,12 +266,128 @@ def _train_step(
         # Summing the runs' losses gives each run's parameters exactly its own gradient.
         grads = torch.autograd.grad(total.sum(), list(state.params.values()))
     with phase("optimizer"), torch.no_grad():
+        ok = divergence.watch(total, grads, step.task, step_in_task)
         for (name, p), g in zip(state.params.items(), grads):
+            if ok is not None:  # a diverged run's update is zero (not lr * NaN)
+                g = torch.where(ok.view(-1, *([1] * (g.dim() - 1))), g, 0.0)
             p.addcmul_(g, lr[name], value=-1.0)  # plain SGD, lr per run (broadcast view), in place
-    if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits
+        if ok is not None and state.buffers:  # nor do its BatchNorm running statistics move
+            state.buffers = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k])
+                             for k, v in state.buffers.items()}
+    if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits by default
         with phase("buffer insertion"):
-            buffer.insert(slots, x_raw, step.stream.y, step.stream.task, out.stream_logits)
+            logits = out.stream_logits
+            if post_step_logits and logits is not None:
+                with torch.no_grad():
+                    logits, _ = state.net.forward(state.params, state.buffers, step.stream.x, train=True,
+                                                  row_weight=step.stream.valid)
+            buffer.insert(slots, x_raw, step.stream.y, step.stream.task, logits)
     return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach()
+
+
+@dataclass
+class _EpochDraws:
+    """What an epoch draws up front for every run: its order of the task's samples, their
+    augmentation, and the buffer slots they go to."""
+
+    samples: torch.Tensor  # (R, n) indices into the training set, in each run's order
+    aug: torch.Tensor | None  # (R, n, 3)
+    slots: torch.Tensor | None  # (R, n), -1 = not stored
+
+
+def _to_tensors(d: dict) -> dict:
+    """Numpy arrays (in nested dicts) as tensors: what a checkpoint can hold."""
+    return {k: _to_tensors(v) if isinstance(v, dict) else torch.from_numpy(np.asarray(v)) for k, v in d.items()}
+
+
+def _to_arrays(d: dict) -> dict:
+    return {k: _to_arrays(v) if isinstance(v, dict) else v.numpy() for k, v in d.items()}
+
+
+class _GroupState:
+    """Everything a lockstep group's training has done so far: what a checkpoint holds.
+
+    Position: ``task`` is being trained, ``epoch`` of it, ``step`` steps of that epoch done;
+    ``task_begun`` tells whether the task's start (joint's reset, the loss sums) happened.
+    """
+
+    def __init__(self, cfgs: Sequence[ResolvedConfig], net: BatchedBackbone, data: ContinualData, buffer_sizes):
+        device = data.device
+        self.rand = [RunRandomness(c.seed) for c in cfgs]
+        self.init_params, self.init_buffers = net.init([r.init for r in self.rand], device)
+        self.net = _NetState(net, _fresh(self.init_params, True), dict(self.init_buffers))
+        method = get_method(cfgs[0].method)
+        self.buffer = None
+        if method.uses_buffer:
+            self.buffer = ReservoirBuffer(buffer_sizes, data.spec.input_shape, data.n_classes,
+                                          store_logits=method.stores_logits, device=device)
+        n_runs, n_tasks = len(cfgs), data.n_tasks
+        self.seen_classes = torch.zeros((n_runs, data.n_classes), dtype=torch.bool, device=device)
+        self.divergence = _Divergence(n_runs, device)
+        self.task, self.epoch, self.step, self.task_begun = 0, 0, 0, False
+        self.names: tuple[str, ...] = ()
+        self.sums: torch.Tensor | None = None  # (n_terms + 1, R), summed over the task's steps
+        self.evaluations: list[Evaluation] = []
+        self.loss_means: list[dict[str, np.ndarray]] = []
+        self.train_s, self.eval_s = np.zeros(n_tasks), np.zeros(n_tasks)
+        self.draws: _EpochDraws | None = None
+        self.seen_at_epoch_start = 0
+        self.plan: _ReplayPlan | None = None  # the replay plan of the current chunk of steps
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """The state as tensors (on the CPU) and plain values, for ``clbench.checkpoint``."""
+        cpu = lambda t: None if t is None else t.detach().to("cpu", copy=True)  # noqa: E731
+        tensors = lambda d: {k: cpu(v) for k, v in d.items()}  # noqa: E731
+        buf = self.buffer
+        return {
+            "position": [self.task, self.epoch, self.step, self.task_begun],
+            "params": tensors(self.net.params), "bn": tensors(self.net.buffers),
+            "buffer": None if buf is None else {"x": cpu(buf.x), "y": cpu(buf.y), "task": cpu(buf.task),
+                                                "logits": cpu(buf.logits), "n_seen": buf.n_seen},
+            "rng": [{name: getattr(r, name).bit_generator.state for name in RunRandomness.NUMPY_STREAMS}
+                    for r in self.rand],
+            "seen_classes": cpu(self.seen_classes), "divergence": tensors(self.divergence.state()),
+            "names": list(self.names), "sums": cpu(self.sums),
+            "evaluations": [_to_tensors(asdict(e)) for e in self.evaluations],
+            "loss_means": [_to_tensors(m) for m in self.loss_means],
+            "train_s": torch.from_numpy(self.train_s), "eval_s": torch.from_numpy(self.eval_s),
+            "draws": None if self.draws is None else {k: cpu(v) for k, v in asdict(self.draws).items()},
+            "seen_at_epoch_start": self.seen_at_epoch_start,
+            "plan": None if self.plan is None else {"idx": cpu(self.plan.idx), "padded": torch.from_numpy(self.plan.padded),
+                                                    "aug": cpu(self.plan.aug)},
+        }
+
+    def restore(self, saved: dict, device: torch.device) -> None:
+        """Continue from ``snapshot()``'s output (taken from the same group)."""
+        dev = lambda t: None if t is None else t.to(device)  # noqa: E731
+        self.task, self.epoch, self.step, self.task_begun = saved["position"]
+        self.net = _NetState(self.net.net, {k: v.to(device).requires_grad_(True) for k, v in saved["params"].items()},
+                             {k: v.to(device) for k, v in saved["bn"].items()})
+        if self.buffer is not None:
+            b = saved["buffer"]
+            self.buffer.x, self.buffer.y, self.buffer.task = dev(b["x"]), dev(b["y"]), dev(b["task"])
+            self.buffer.logits, self.buffer.n_seen = dev(b["logits"]), int(b["n_seen"])
+        for r, states in zip(self.rand, saved["rng"]):
+            for name, state in states.items():
+                getattr(r, name).bit_generator.state = state
+        self.seen_classes = dev(saved["seen_classes"])
+        self.divergence.load(saved["divergence"])
+        self.names, self.sums = tuple(saved["names"]), dev(saved["sums"])
+        self.evaluations = [Evaluation(**_to_arrays(e)) for e in saved["evaluations"]]
+        self.loss_means = [_to_arrays(m) for m in saved["loss_means"]]
+        self.train_s, self.eval_s = saved["train_s"].numpy().copy(), saved["eval_s"].numpy().copy()
+        d = saved["draws"]
+        self.draws = None if d is None else _EpochDraws(dev(d["samples"]), dev(d["aug"]), dev(d["slots"]))
+        self.seen_at_epoch_start = int(saved["seen_at_epoch_start"])
+        p = saved["plan"]
+        self.plan = None if p is None else _ReplayPlan(dev(p["idx"]), p["padded"].numpy(), dev(p["aug"]))
+
+    def summary(self, run_ids: Sequence[str], n_tasks: int, n_epochs: int, n_steps: int) -> dict:
+        return {"run_ids": list(run_ids), "task": self.task, "n_tasks": n_tasks, "epoch": self.epoch,
+                "n_epochs": n_epochs, "step": self.step, "n_steps": n_steps,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def train_group(
@@ -224,11 +396,17 @@ def train_group(
     *,
     progress: ProgressCallback | None = None,
     phases: PhaseTimes | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> list[RunResult]:
     """Train a lockstep group (configs with one ``group_key``) on ``data``; one result per config.
 
     The device is the data's device (``load_benchmark(..., device=...)``). ``phases``, when given,
     accumulates the wall time of each phase of training (a profile; see ``PhaseTimes``).
+    ``checkpoint``, when given, saves the group's state at the end of every task and every
+    ``checkpoint.every_s`` seconds within a task, and resumes from the group's checkpoint if one
+    exists: the results are then exactly those of an uninterrupted run (bit for bit on the CPU).
+    The caller deletes the checkpoint once it has stored the results
+    (``clbench.checkpoint.discard_checkpoint``).
     """
     cfgs = list(configs)
     if not cfgs:
@@ -242,86 +420,110 @@ def train_group(
     n_runs, n_tasks, n_classes = len(cfgs), data.n_tasks, data.n_classes
     _keep_freed_memory()
     method = get_method(c0.method)
-    rand = [RunRandomness(c.seed) for c in cfgs]
     net = make_backbone(c0, data)
-    init_params, init_buffers = net.init([r.init for r in rand], device)
-    state = _NetState(net, _fresh(init_params, True), dict(init_buffers))
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
     base_lr, alpha, beta = as_tensor([c.lr for c in cfgs]), as_tensor([c.alpha for c in cfgs]), as_tensor([c.beta for c in cfgs])
     loss_layer = LossLayer([c.mask for c in cfgs], data.class_task)
     sizes = np.array([c.buffer_size for c in cfgs], dtype=np.int64)
-    buffer = None
-    if method.uses_buffer:
-        buffer = ReservoirBuffer(sizes, spec.input_shape, n_classes, store_logits=method.stores_logits, device=device)
-    seen_classes = torch.zeros((n_runs, n_classes), dtype=torch.bool, device=device)
+    st = _GroupState(cfgs, net, data, sizes)
+    run_ids = [c.identity() for c in cfgs]
+    ckpt_key = group_key(run_ids)
     batch_size, minibatch = c0.batch_size, c0.minibatch_size
-    evaluations: list[Evaluation] = []
-    loss_means: list[dict[str, np.ndarray]] = []
-    train_s, eval_s = np.zeros(n_tasks), np.zeros(n_tasks)
     phase = phases or _untimed
     started = time.perf_counter()
+    last_saved = time.monotonic()
 
     def report(phase: str, task: int, epoch: int, step: int, n_steps: int) -> None:
         if progress is not None:
             progress(Progress(phase, n_runs, task, n_tasks, epoch, c0.epochs, step, n_steps, time.perf_counter() - started))
 
-    for task in range(n_tasks):
-        t0 = time.perf_counter()
-        if method.trains_on_seen_tasks:  # joint: from the initial weights on tasks 0..task
-            pool = torch.cat(data.train_task_idx[: task + 1])
-            state = _NetState(net, _fresh(init_params, True), dict(init_buffers))
-        else:
-            pool = data.train_task_idx[task]
+    if checkpoint is not None and (saved := load_checkpoint(checkpoint, ckpt_key)) is not None:
+        st.restore(saved, device)
+        task_now = min(st.task, n_tasks - 1)
+        n_in_task = sum(len(i) for i in data.train_task_idx[: task_now + 1]) if method.trains_on_seen_tasks else len(data.train_task_idx[task_now])
+        report("resume", st.task, st.epoch, st.step, math.ceil(n_in_task / batch_size))
+
+    def save(n_steps: int) -> None:
+        nonlocal last_saved
+        save_checkpoint(checkpoint, ckpt_key, st.snapshot(), st.summary(run_ids, n_tasks, c0.epochs, n_steps))
+        last_saved = time.monotonic()
+        report("checkpoint", st.task, st.epoch, st.step, n_steps)
+
+    while st.task < n_tasks:
+        task = st.task
+        # joint: from the initial weights on tasks 0..task
+        pool = torch.cat(data.train_task_idx[: task + 1]) if method.trains_on_seen_tasks else data.train_task_idx[task]
         n = len(pool)
         n_steps = math.ceil(n / batch_size)
         n_draws = method.replay_draws if task >= method.replay_from_task else 0
-        sums: torch.Tensor | int = 0  # (n_terms + 1, R), summed over the task's steps
-        for epoch in range(c0.epochs):
+        if not st.task_begun:
+            if method.trains_on_seen_tasks:
+                st.net = _NetState(net, _fresh(st.init_params, True), dict(st.init_buffers))
+            st.sums, st.task_begun = None, True
+        t0 = time.perf_counter()
+        while st.epoch < c0.epochs:
+            epoch = st.epoch
             lr_runs = base_lr * 0.1 ** sum(epoch >= m for m in c0.lr_milestones)
-            lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in state.params.items()}
-            with phase("random plans (order, augmentation, buffer)"):
-                order = torch.from_numpy(np.stack([r.order.permutation(n) for r in rand])).to(device)
-                samples = pool[order]  # (R, n): each run's own order of the task's training set
-                aug = None
-                if spec.augment:
-                    aug = torch.from_numpy(np.stack([draw_crop_flip(r.augment, (n,)) for r in rand])).to(device)
-                slots = None
-                if buffer is not None:
-                    slots = torch.from_numpy(
-                        np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
-                    ).to(device)
-            plan = None
-            seen_at_epoch_start = buffer.n_seen if buffer is not None else 0
+            lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in st.net.params.items()}
+            if st.draws is None:
+                with phase("random plans (order, augmentation, buffer)"):
+                    st.seen_at_epoch_start = st.buffer.n_seen if st.buffer is not None else 0
+                    st.draws = _draw_epoch(st.rand, pool, n, spec.augment, st.buffer, sizes, batch_size, device)
+            draws = st.draws
             report_every = max(1, n_steps // 50)
-            for s in range(n_steps):
+            for s in range(st.step, n_steps):
                 if n_draws and s % PLAN_CHUNK_STEPS == 0:
                     with phase("random plans (order, augmentation, buffer)"):
-                        plan = _replay_plan(rand, sizes, seen_at_epoch_start, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
+                        st.plan = _replay_plan(st.rand, sizes, st.seen_at_epoch_start, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
                 with phase("buffer sampling"):
-                    planned = plan.draw(buffer, s % PLAN_CHUNK_STEPS) if n_draws and buffer.n_seen > 0 else None
+                    planned = st.plan.draw(st.buffer, s % PLAN_CHUNK_STEPS) if n_draws and st.buffer.n_seen > 0 else None
                 with phase("batch assembly and augmentation"):
                     cols = slice(s * batch_size, min((s + 1) * batch_size, n))
-                    rows = samples[:, cols]
+                    rows = draws.samples[:, cols]
                     x_raw, y = data.train_x[rows], data.train_y[rows]
-                    x, stream, replay = _step_batches(data, x_raw, y, aug[:, cols] if aug is not None else None, planned, n_draws)
+                    x, stream, replay = _step_batches(data, x_raw, y, draws.aug[:, cols] if draws.aug is not None else None, planned, n_draws)
                     if method.tracks_seen_classes:
-                        seen_classes = seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
-                forward = _StepForward(state, x, (stream, *replay))
-                step = Step(task, stream, replay, alpha, beta, seen_classes, forward, loss_layer)
-                names, terms = _train_step(method, state, step, lr, buffer, slots[:, cols] if slots is not None else None, x_raw, phase)
-                sums = sums + terms
+                        st.seen_classes = st.seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
+                forward = _StepForward(st.net, x, (stream, *replay))
+                step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer)
+                names, terms = _train_step(method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
+                                           x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
+                st.names, st.sums = names, terms if st.sums is None else st.sums + terms
+                st.step = s + 1
                 if (s + 1) % report_every == 0 or s + 1 == n_steps:
                     report("train", task, epoch, s + 1, n_steps)
-        train_s[task] = time.perf_counter() - t0
-        means = (sums / (n_steps * c0.epochs)).cpu().numpy()
-        loss_means.append(dict(zip(names, means)))
+                if checkpoint is not None and s + 1 < n_steps and time.monotonic() - last_saved >= checkpoint.every_s:
+                    st.train_s[task] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    save(n_steps)
+            st.epoch, st.step, st.draws, st.plan = epoch + 1, 0, None, None
+        st.train_s[task] += time.perf_counter() - t0
+        st.loss_means.append(dict(zip(st.names, (st.sums / (n_steps * c0.epochs)).cpu().numpy())))
         report("evaluate", task, c0.epochs - 1, n_steps, n_steps)
         t1 = time.perf_counter()
         with phase("evaluation"):
-            evaluations.append(evaluate(net, state.params, state.buffers, data, n_runs))
-        eval_s[task] = time.perf_counter() - t1
+            st.evaluations.append(evaluate(net, st.net.params, st.net.buffers, data, n_runs, after_task=task))
+        st.eval_s[task] = time.perf_counter() - t1
+        st.task, st.epoch, st.step, st.task_begun = task + 1, 0, 0, False
+        if checkpoint is not None:
+            save(n_steps)
         report("task_done", task, c0.epochs - 1, n_steps, n_steps)
-    return _results(cfgs, data, evaluations, loss_means, train_s, eval_s, str(device))
+    return _results(cfgs, data, st, str(device))
+
+
+def _draw_epoch(rand, pool, n, augment, buffer, sizes, batch_size, device) -> _EpochDraws:
+    """Each run's order of the ``n`` samples of ``pool``, their augmentation and buffer slots, for
+    one epoch, from that run's own generators."""
+    order = torch.from_numpy(np.stack([r.order.permutation(n) for r in rand])).to(device)
+    aug = None
+    if augment:
+        aug = torch.from_numpy(np.stack([draw_crop_flip(r.augment, (n,)) for r in rand])).to(device)
+    slots = None
+    if buffer is not None:
+        slots = torch.from_numpy(
+            np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
+        ).to(device)
+    return _EpochDraws(pool[order], aug, slots)
 
 
 @dataclass(frozen=True)
@@ -394,10 +596,11 @@ def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, m
     return _ReplayPlan(torch.from_numpy(idx).to(device), (avail < minibatch).any(axis=0), aug)
 
 
-def _results(cfgs, data, evaluations, loss_means, train_s, eval_s, device) -> list[RunResult]:
+def _results(cfgs, data, st: _GroupState, device) -> list[RunResult]:
     versions = software_versions()
+    evaluations = st.evaluations
     out = []
-    for r, cfg in enumerate(cfgs):
+    for r, (cfg, diverged) in enumerate(zip(cfgs, st.divergence.per_run())):
         out.append(
             RunResult(
                 config=cfg,
@@ -408,13 +611,17 @@ def _results(cfgs, data, evaluations, loss_means, train_s, eval_s, device) -> li
                 test_counts=evaluations[0].test_counts,
                 per_class_accuracy=np.stack([e.per_class_accuracy[r] for e in evaluations]),
                 confidence=np.stack([e.confidence[r] for e in evaluations]),
-                train_loss={k: np.array([m[k][r] for m in loss_means]) for k in loss_means[0]},
-                train_s=train_s.copy(),
-                eval_s=eval_s.copy(),
+                train_loss={k: np.array([m[k][r] for m in st.loss_means]) for k in st.loss_means[0]},
+                train_s=st.train_s.copy(),
+                eval_s=st.eval_s.copy(),
                 group_size=len(cfgs),
                 device=device,
                 versions=versions,
                 class_names=data.class_names,
+                class_il_seen=np.stack([e.class_il_seen[r] for e in evaluations]),
+                class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
+                divergence=diverged,
+                histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
             )
         )
     return out
@@ -442,6 +649,7 @@ def train_runs(
     max_group_size: int | None = None,
     progress: ProgressCallback | None = None,
     on_group_done: Callable[[list[RunResult]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> list[RunResult]:
     """Resolve, group and train runs; results in the order of ``configs``.
 
@@ -460,7 +668,8 @@ def train_runs(
                 c0.benchmark, data_dir=data_dir, download=download, class_order_seed=c0.class_order_seed,
                 synthetic=c0.synthetic, device=dev,
             )
-        group_results = train_group([resolved[i] for i in members], loaded[data_key], progress=progress)
+        group_results = train_group([resolved[i] for i in members], loaded[data_key], progress=progress,
+                                    checkpoint=checkpoint)
         for i, res in zip(members, group_results):
             results[i] = res
         if on_group_done is not None:

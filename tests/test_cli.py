@@ -302,7 +302,7 @@ def test_export_round_trips_into_pandas(swept, in_process, tmp_path):
     rc, long, _ = in_process("export", "--format", "csv", "--matrices", cwd=cwd)
     matrices = pd.read_csv(io.StringIO(long))
     assert list(matrices.columns) == list(MATRIX_COLUMNS)
-    assert len(matrices) == 8 * 2 * 5 * 5  # runs x settings x after_task x on_task
+    assert len(matrices) == 8 * 3 * 5 * 5  # runs x settings (class_il, task_il, class_il_seen) x after_task x on_task
     one = matrices[(matrices["run_id"] == expected["run_id"][0]) & (matrices["setting"] == "class_il")]
     final = one[one["after_task"] == 4]["accuracy"].mean()
     assert final == pytest.approx(expected["faa_class_il"][0])  # FAA is the mean of the last row

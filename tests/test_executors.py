@@ -71,8 +71,8 @@ def test_training_options_reach_train_group_unchanged(tmp_path):
     with open_store(tmp_path / "r.db") as store:
         execute(plan_sweep(small_sweep(), store), store, options=Profiled(phases=phases))
     assert phases.seconds["backward"] > 0 and phases.seconds["evaluation"] > 0
-    assert Profiled(phases=phases).train_group_kwargs() == {"phases": phases}
-    assert TrainOptions().train_group_kwargs() == {}
+    assert Profiled(phases=phases).train_group_kwargs() == {"checkpoint": None, "phases": phases}
+    assert TrainOptions().train_group_kwargs() == {"checkpoint": None}
 
 
 def test_the_local_executor_yields_a_start_and_an_outcome_per_group_in_plan_order():

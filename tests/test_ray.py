@@ -232,14 +232,33 @@ def test_a_sweep_runs_on_both_nodes_and_equals_the_local_executor_bit_for_bit(cl
     assert load_runs(db)["host"].nunique() == 1
 
 
-def test_a_worker_killed_while_it_trains_is_retried_and_every_run_finishes_once(cluster, reference, tmp_path):
-    db = tmp_path / "ray.db"
-    proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db), "--retries", "2")
+def _checkpoint_keys() -> list[str]:
+    """The checkpoint key of each group of SWEEP, in plan order (as ``clbench run`` plans it)."""
+    from clbench.checkpoint import group_key
+    from clbench.data import SyntheticOptions
+    from clbench.sweep import plan_sweep, sweep_configs
+
+    configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=range(6), benchmark="synthetic",
+                            synthetic=SyntheticOptions(train_per_class=2500))
+    plan = plan_sweep(configs, max_group_size=2)
+    return [group_key([plan.runs[i].run_id for i in g]) for g in plan.groups]
+
+
+def test_a_worker_killed_while_it_trains_is_retried_from_its_checkpoint_and_every_run_finishes_once(
+        cluster, reference, tmp_path):
+    db, shared = tmp_path / "ray.db", tmp_path / "shared-checkpoints"  # one machine: every node sees it
+    proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db), "--retries", "2", "--checkpoint-dir", str(shared))
     lines = Lines(proc)
     try:
-        victim = int(lines.wait_for(STARTED).group(2))
+        started = lines.wait_for(STARTED)
+        group, victim = int(started.group(1)), int(started.group(2))
         assert os.readlink(f"/proc/{victim}/ns/net") == cluster.ns.net  # a worker of this test's cluster
-        time.sleep(0.3)  # into the training of its group (or of its next one: a group takes 1-2 s)
+        # Kill it once its group has checkpointed a task (on the worker), while it trains the next one.
+        checkpoint = shared / f"{_checkpoint_keys()[group - 1]}.json"
+        deadline = time.monotonic() + 60
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert checkpoint.exists(), lines.text
         assert victim in cluster.ns.busy_workers()  # it runs a group right now
         os.kill(victim, signal.SIGKILL)
         proc.wait(timeout=180)
@@ -248,14 +267,13 @@ def test_a_worker_killed_while_it_trains_is_retried_and_every_run_finishes_once(
             proc.kill()
     err = lines.text
     assert proc.returncode == 0, err
-    # The group the victim was training started over on another worker process.
-    retried = re.findall(r"^retrying: group (\d+)/\d+, .* attempt 2 on ", err, re.M)
-    assert len(retried) == 1, err
-    starts = [(int(g), int(pid)) for g, pid in STARTED.findall(err)]
-    assert [pid for g, pid in starts if g == int(retried[0])][-1] == victim, err
+    # The group started over on another worker process, from its checkpoint.
+    assert re.search(rf"^retrying: group {group}/{N_GROUPS}, .* attempt 2 on ", err, re.M), err
+    assert re.search(rf"^resumed: group {group}/{N_GROUPS}, .* on .*, from its checkpoint at task [2-5]/5", err, re.M), err
     groups = sorted(int(g) for g, *_ in DONE.findall(err))
     assert groups == list(range(1, N_GROUPS + 1)), err  # every group saved exactly once
-    assert_same_results(db, reference)
+    assert not list(shared.glob("*.pt"))  # each deleted once its group was saved
+    assert_same_results(db, reference)  # resumed on another worker: bit for bit
 
 
 def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_computes_the_rest(cluster, reference,

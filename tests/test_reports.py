@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from clbench import cli
-from clbench.registry import load_runs
+from clbench.evaluation import HISTOGRAM_EDGES
+from clbench.registry import load_histograms, load_runs
 from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
 from clbench.reports.fig2 import fig2_data, plot_fig2
 from clbench.reports.fig4 import fig4_data, plot_fig4
@@ -162,6 +163,27 @@ def test_fig2_renders_the_registry_numbers(trained, tmp_path):
     weights = [ax.title.get_fontweight() for ax in fig.axes[2:4]]
     best = 0 if data["baseline"]["faa_class_il"] > data["masked"]["faa_class_il"] else 1
     assert weights[best] == "bold"
+    # row 3: confidence histograms after the final task, old tasks pooled against the newest,
+    # pooled over seeds: the registry's counts
+    np.testing.assert_allclose(data["histogram_edges"], HISTOGRAM_EDGES)
+    for side, mask in (("baseline", "none"), ("masked", "-inf")):
+        ids = runs[runs["mask"] == mask].sort_values("seed")["run_id"].tolist()
+        stored = load_histograms(db, ids)
+        for kind in ("true_class", "max"):
+            last = np.sum([stored[i][kind][-1] for i in ids], axis=0)  # (T, bins)
+            assert data[side]["histograms"][kind]["old"] == last[:-1].sum(0).tolist()
+            assert data[side]["histograms"][kind]["newest"] == last[-1].tolist()
+            assert sum(data[side]["histograms"][kind]["newest"]) == 3 * 20  # 3 seeds x 2 classes x 10 samples
+    steps = {p.get_gid(): p for ax in fig.axes[6:10] for p in ax.patches}
+    assert len(fig.axes) == 10
+    for side in ("baseline", "masked"):
+        for kind in ("true_class", "max"):
+            for tasks in ("old", "newest"):
+                values, edges, _ = steps[f"{side} {kind} {tasks}"].get_data()
+                counts = np.asarray(data[side]["histograms"][kind][tasks], dtype=float)
+                np.testing.assert_allclose(values, counts / counts.sum())
+                np.testing.assert_allclose(edges, HISTOGRAM_EDGES)
+    assert "old tasks 1-4" in fig.axes[6].get_title() and "newest task 5" in fig.axes[7].get_title()
 
 
 def matplotlib_hex(rgba) -> str:
@@ -258,7 +280,7 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
 @pytest.mark.parametrize("args, message", [
     (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
     (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
-    (["compare", "--test", "z"], "invalid --test 'z': valid are wilcoxon, t"),
+    (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
     (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),
     (["compare", "--db", "notadb.txt"], "not a clbench database"),
 ])
@@ -284,7 +306,7 @@ def test_compare_command_formats(trained, capsys):
     v = runs[runs["mask"] == "-inf"].sort_values("seed")["faa_class_il"].to_numpy()
     assert faa["difference"] == pytest.approx((v - b).mean())
     assert faa["wins"] == int((v > b).sum()) and faa["n_seeds"] == 3
-    for fmt, needle in (("csv", "baseline_mean"), ("md", "| er | synthetic | 20 | none | -inf |"), ("table", "Wilcoxon")):
+    for fmt, needle in (("csv", "p_holm"), ("md", "| er | synthetic | 20 | none | -inf |"), ("table", "sign-flip")):
         assert cli.main(["compare", "--db", str(db), "--format", fmt, "--experiment", "t-fig2"]) == 0
         assert needle in capsys.readouterr().out
 
@@ -308,7 +330,7 @@ def _frame(base, variant, seeds=None, variant_seeds=None):
 def test_compare_runs_by_hand():
     base = [40.0, 42.0, 41.0, 39.0, 43.0]
     var = [45.0, 43.0, 44.5, 41.0, 48.0]  # better on every seed: +5, +1, +3.5, +2, +5
-    out = compare_runs(_frame(base, var)).set_index("metric")
+    out = compare_runs(_frame(base, var), test="wilcoxon").set_index("metric")
     row = out.loc["faa_class_il"]
     assert row["n_seeds"] == 5 and row["baseline"] == "none" and row["variant"] == "-inf"
     assert row["difference"] == pytest.approx(3.3)
@@ -342,5 +364,85 @@ def test_compare_runs_pairs_only_common_seeds_and_matching_configs():
     other.loc[other["mask"] == "none", "seed"] = 7
     out = compare_runs(pd.concat([df, other], ignore_index=True))
     assert set(out.loc[out["metric"] == "faa_class_il", "n_seeds"]) == {3}
-    with pytest.raises(ValueError, match="valid tests are wilcoxon, t"):
+    with pytest.raises(ValueError, match="valid tests are permutation, wilcoxon, t"):
         compare_runs(df, test="z")
+
+
+def _variants_frame(base, variants: dict):
+    """One baseline and several masked variants of one config, seeds 0..n-1."""
+    frames = [_frame(base, v) for v in variants.values()]
+    out = []
+    for (mask, f) in zip(variants, frames):
+        f = f.copy()
+        f.loc[f["mask"] == "-inf", "mask"] = mask
+        out.append(f if not out else f[f["mask"] != "none"])
+    return pd.concat(out, ignore_index=True)
+
+
+def test_compare_statistics_against_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    base = list(rng.normal(70, 2, 8))
+    variants = {"-inf": [b + rng.normal(1.0, 1.0) for b in base], "-2.0": [b + rng.normal(0.3, 1.5) for b in base],
+                "1.0": [b + rng.normal(-0.2, 1.0) for b in base]}
+    out = compare_runs(_variants_frame(base, variants))
+    faa = out[out["metric"] == "faa_class_il"].set_index("variant")
+    assert list(faa.index) == ["-inf", "-2.0", "1.0"]
+    expected_p = {}
+    for mask, var in variants.items():
+        row = faa.loc[mask]
+        d = np.subtract(var, base)
+        # exact sign-flip permutation test: scipy enumerates all 2^8 sign patterns too
+        ref = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                     n_resamples=np.inf, alternative="two-sided")
+        assert row["p_value"] == pytest.approx(ref.pvalue, rel=1e-12)
+        expected_p[mask] = ref.pvalue
+        ci = stats.ttest_rel(var, base).confidence_interval(0.95)
+        assert (row["ci_low"], row["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+        assert row["effect_size_dz"] == pytest.approx(d.mean() / d.std(ddof=1))
+        assert row["min_p"] == pytest.approx(2 / 2**8) and row["note"] == ""
+    # Holm by hand over the three variants of this metric
+    order = sorted(expected_p, key=expected_p.get)
+    running, holm = 0.0, {}
+    for k, mask in enumerate(order):
+        running = max(running, min(1.0, (3 - k) * expected_p[mask]))
+        holm[mask] = running
+    for mask in variants:
+        assert faa.loc[mask, "p_holm"] == pytest.approx(holm[mask])
+    assert "sign-flip" in faa["test"].iloc[0]
+    # Wilcoxon and t stay available, against scipy directly
+    for test, fn in (("wilcoxon", lambda v, b: stats.wilcoxon(np.subtract(v, b)).pvalue),
+                     ("t", lambda v, b: stats.ttest_rel(v, b).pvalue)):
+        rows = compare_runs(_variants_frame(base, variants), test=test)
+        rows = rows[rows["metric"] == "faa_class_il"].set_index("variant")
+        for mask, var in variants.items():
+            assert rows.loc[mask, "p_value"] == pytest.approx(fn(var, base))
+
+
+def test_compare_says_when_seeds_cannot_reach_significance():
+    # 5 seeds, the variant better on every one: the most extreme of 2^5 sign patterns, p = 2/32
+    out = compare_runs(_frame([40.0, 42.0, 41.0, 39.0, 43.0], [45.0, 43.0, 44.5, 41.0, 48.0])).set_index("metric")
+    row = out.loc["faa_class_il"]
+    assert row["p_value"] == pytest.approx(2 / 32) and row["min_p"] == pytest.approx(2 / 32)
+    assert "5 seeds cannot reach p < 0.05" in row["note"]
+    # 6 seeds reach 2/64 alone, but not after Holm over 2 variants (2 x 2/64 = 0.0625)
+    base = [40.0, 42.0, 41.0, 39.0, 43.0, 40.5]
+    two = compare_runs(_variants_frame(base, {"-inf": [b + 1 for b in base], "-2.0": [b + 2 for b in base]}))
+    row = two[two["metric"] == "faa_class_il"].iloc[0]
+    assert row["p_value"] == pytest.approx(2 / 64) and row["p_holm"] == pytest.approx(2 / 32)
+    assert "cannot reach Holm-adjusted p < 0.05 over 2 comparisons" in row["note"]
+
+
+def test_sign_flip_beyond_exact_is_seeded_monte_carlo():
+    from clbench.reports.compare import EXACT_MAX_PAIRS, MONTE_CARLO_PATTERNS, sign_flip_p_value
+
+    d = np.random.default_rng(3).normal(0.3, 1.0, EXACT_MAX_PAIRS + 5)
+    p = sign_flip_p_value(d)
+    assert p == sign_flip_p_value(d)  # deterministic
+    assert (p * (1 + MONTE_CARLO_PATTERNS)) == pytest.approx(round(p * (1 + MONTE_CARLO_PATTERNS)))
+    from scipy import stats
+
+    ref = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                 n_resamples=200_000, alternative="two-sided", rng=np.random.default_rng(1))
+    assert p == pytest.approx(ref.pvalue, abs=0.01)

@@ -13,6 +13,7 @@ reports bad input as one line, ``error: ...``, on stderr with exit status 2.
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -50,9 +51,26 @@ def build_app() -> typer.Typer:
 app = build_app()
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings (logger ``clbench``) as one ``warning:`` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``clbench`` console script. Returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]  # bare `clbench`: help, exit status 0
+    log = logging.getLogger("clbench")
+    handler = _WarningLine(logging.WARNING)
+    log.addHandler(handler)
+    try:
+        return _main(args)
+    finally:
+        log.removeHandler(handler)
+
+
+def _main(args: list[str]) -> int:
     try:
         result = app(args=args, prog_name="clbench", standalone_mode=False)
     except UsageProblem as exc:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -10,15 +12,20 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ..checkpoint import CheckpointSummary, checkpoints_by_run
 from ..registry import EXPORT_FORMATS, export_runs
-from ..store import STATUSES, StoreError, open_store
+from ..config import RESULTS_VERSION
+from ..store import DONE_STATUSES, STATUSES, StoreError, describe_url, open_store, resolve_db_url
+from ..sweep import checkpoint_directory
 from .common import (
     FILTER_HELP,
     STATUS_STYLE,
     UsageProblem,
+    checkpoint_dir_option,
     console,
     db_option,
     filter_options,
+    inspect,
     load,
     local_time,
     num,
@@ -35,25 +42,43 @@ def runs_command(
     status: list[str] = typer.Option([], "--status", metavar="STATUS", help=f"{', '.join(STATUSES)}. {FILTER_HELP}"),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     db: Optional[str] = db_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
 ) -> None:
-    """List runs, with filters."""
+    """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
     df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on))
     out = console()
     if df.empty:
         out.print("no runs match")
         return
+    saved = checkpoints_by_run(checkpoint_directory(resolve_db_url(db), checkpoint_dir))
     table = Table(title=f"{len(df)} runs", title_justify="left")
     for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
                  "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
         table.add_column(name, justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s")
-                         else "left")
+                         else "left", no_wrap=name == "run id")
+    notes = []
     for row in df.itertuples():
         table.add_row(
             row.run_id, row.experiment or "-", row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
             str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
         )
+        if note := run_note(row, saved.get(row.run_id)):
+            notes.append(f"{row.run_id}: {note}")
+    if notes:  # below the table: a column this long would squeeze the others
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     out.print(table)
+
+
+def run_note(row, checkpoint: CheckpointSummary | None) -> str:
+    """What a listing says beside a run's status: where it diverged, or how far its checkpoint got."""
+    if row.status == "diverged":
+        return (f"diverged at task {int(row.diverged_task) + 1}, step {int(row.diverged_step) + 1} "
+                f"(last finite loss {num(row.last_finite_loss, '{:.4g}')})")
+    if checkpoint is not None and row.status not in ("finished", "stale"):
+        return f"checkpoint: {checkpoint.describe()}"
+    return ""
 
 
 def _accuracy_color(value: float) -> str:
@@ -95,17 +120,24 @@ def show(
         except KeyError as exc:
             raise UsageProblem(exc.args[0]) from None
         row = store.run_row(rid)
-        result = store.load_result(rid) if row["status"] == "finished" else None
+        result = store.load_result(rid) if row["status"] in DONE_STATUSES else None
     out = console()
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     head.add_row("run", rid)
     head.add_row("status", Text(row["status"], style=STATUS_STYLE.get(row["status"], "")))
+    if (row["results_version"] or 1) < RESULTS_VERSION:
+        head.add_row("stale", Text(f"computed by an engine of results version {row['results_version'] or 1} (this clbench: "
+                                   f"{RESULTS_VERSION}); never reused, left out of reports", style="dim"))
     head.add_row("experiment", ", ".join(row["experiments"]) or "-")
     head.add_row("config hash", row["config_hash"])
     head.add_row("created / finished", f"{local_time(row['created_at'])} / {local_time(row['finished_at'])}")
     head.add_row("host, pid", f"{row['host']}, {row['pid']}")
+    if row["status"] == "diverged":
+        head.add_row("diverged", Text(f"at task {row['diverged_task'] + 1}, step {row['diverged_step'] + 1} of that task "
+                                      f"(last finite loss {num(row['last_finite_loss'], '{:.4g}')}); frozen from "
+                                      "there on, its numbers are not results", style="magenta"))
     if result is not None:
         head.add_row("device", result.device)
         head.add_row("time", f"{result.wall_s:.2f} s (its share of a lockstep group of {result.group_size})")
@@ -142,6 +174,14 @@ def show(
 
 
 def export(
+    tracking_uri: Optional[str] = typer.Argument(
+        None, metavar="[TRACKING_URI]", help="With --mlflow: the MLflow tracking store. [default: MLflow's own: "
+                                             "MLFLOW_TRACKING_URI, else its default]"),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Export the finished runs to MLflow instead (one parent run "
+                                                       "per config, its seeds as child runs; needs the extra: pip "
+                                                       "install 'clbench[mlflow]'). Exporting again adds nothing."),
+    mlflow_experiment: str = typer.Option("clbench", "--mlflow-experiment", metavar="NAME",
+                                          help="The MLflow experiment to export into."),
     format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
     matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Output file. [default: stdout; "
@@ -154,7 +194,17 @@ def export(
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     db: Optional[str] = db_option(),
 ) -> None:
-    """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet."""
+    """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet; or, with
+    --mlflow, put the finished runs into an MLflow tracking store."""
+    if tracking_uri is not None and not mlflow:
+        raise UsageProblem(f"unexpected argument {tracking_uri!r}: a tracking URI goes with --mlflow "
+                           "(clbench export --mlflow [TRACKING_URI])")
+    if mlflow:
+        if matrices or output is not None:
+            raise UsageProblem("--mlflow exports to MLflow: --matrices and --output do not apply")
+        _export_mlflow(tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status,
+                                                                          experiment))
+        return
     if format not in EXPORT_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
     if format == "parquet" and output is None:
@@ -167,3 +217,48 @@ def export(
     if output is not None:
         print(f"wrote {n} {'rows' if matrices else 'runs'} to {output}", file=sys.stderr)
 
+
+
+def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, filters: dict) -> None:
+    from ..mlflow_export import MlflowExportError, export_mlflow, import_mlflow, resolve_tracking_uri  # noqa: PLC0415
+
+    if filters.get("status", ["finished"]) != ["finished"]:
+        raise UsageProblem("--mlflow exports finished runs only: leave out --status")
+    filters.pop("status", None)
+    try:
+        import_mlflow()
+        uri = resolve_tracking_uri(tracking_uri)
+    except MlflowExportError as exc:
+        raise UsageProblem(str(exc)) from None
+    inspect_db_ready(db)
+    with _quiet_loggers("mlflow", "alembic"):
+        try:
+            done = export_mlflow(db, uri, experiment=experiment, **filters)
+        except (MlflowExportError, ValueError) as exc:
+            raise UsageProblem(str(exc)) from None
+    print(f"MLflow at {done.tracking_uri}, experiment {done.experiment!r} (id {done.experiment_id}): "
+          f"{done.new_runs} run{'s' if done.new_runs != 1 else ''} exported now ({done.new_parents} new parent "
+          f"run{'s' if done.new_parents != 1 else ''}), {done.already_there} already there, of {done.runs} finished "
+          f"run{'s' if done.runs != 1 else ''} matching. See them: mlflow ui --backend-store-uri {done.tracking_uri}",
+          file=sys.stderr)
+
+
+def inspect_db_ready(db: str | None) -> None:
+    """The database must exist and be a clbench database (export never creates one)."""
+    url = resolve_db_url(db)
+    if inspect(url) != "ready":
+        raise UsageProblem(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
+
+
+@contextmanager
+def _quiet_loggers(*names: str):
+    """MLflow and alembic log every schema step at INFO: keep the command's output to its result."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -13,10 +13,12 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from ..checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, parse_duration
 from ..data.benchmarks import get_benchmark
 from ..data.sources import DataNotFoundError, locate
 from ..registry import load_runs
 from ..store import StoreError, inspect_db
+from ..sweep import checkpoint_directory
 
 
 class UsageProblem(Exception):
@@ -25,7 +27,47 @@ class UsageProblem(Exception):
 
 DB_HELP = "Database: a file path or a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)."
 FILTER_HELP = "Repeatable, or a comma list."
-STATUS_STYLE = {"finished": "green", "running": "cyan", "pending": "blue", "failed": "red", "interrupted": "yellow"}
+STATUS_STYLE = {"finished": "green", "running": "cyan", "pending": "blue", "failed": "red", "interrupted": "yellow",
+                "diverged": "magenta", "stale": "dim"}
+
+
+def checkpoint_every_option():
+    return typer.Option("10m", "--checkpoint-every", metavar="DURATION",
+                        help="Checkpoint each group at the end of every task and this often within one "
+                             "(e.g. 90s, 10m, 1h; 0 turns checkpoints off).")
+
+
+def checkpoint_dir_option():
+    return typer.Option(None, "--checkpoint-dir", envvar=ENV_CHECKPOINTS, metavar="DIR", show_envvar=True,
+                        help="Folder of the groups' checkpoints. [default: beside an SQLite registry, "
+                             "e.g. results.checkpoints/]")
+
+
+def checkpoint_policy(db_url, every: str, directory: Path | None) -> CheckpointPolicy | None:
+    """The checkpoint policy of ``--checkpoint-every`` and ``--checkpoint-dir`` (``None``: off);
+    bad values are bad input. Nothing is created here: the folder appears with the first checkpoint."""
+    try:
+        seconds = parse_duration(every)
+    except ValueError as exc:
+        raise UsageProblem(f"invalid --checkpoint-every: {exc}") from None
+    if seconds == 0:
+        return None
+    folder = checkpoint_directory(db_url, directory)
+    if folder.exists() and not folder.is_dir():
+        raise UsageProblem(f"invalid --checkpoint-dir {folder}: it is a file, not a folder")
+    return CheckpointPolicy(folder, seconds)
+
+
+def describe_checkpoints(policy: CheckpointPolicy | None) -> str:
+    if policy is None:
+        return "no checkpoints"
+    return f"checkpoints every {duration(policy.every_s)} and after each task in {policy.directory}"
+
+
+def class_il_option():
+    return typer.Option("all", "--class-il", metavar="CONVENTION",
+                        help="Class-IL accuracy with the argmax over all classes (all) or over the classes seen so "
+                             "far (seen, Mammoth since 2023-12); the final row is the same, forgetting differs.")
 
 
 def db_option():

@@ -7,14 +7,7 @@ import sys
 import typer
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -56,7 +49,13 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
         detail.plain = "\n".join(_running_line(r, p.n_groups) for r in p.running[:MAX_RUNNING_LINES])
         if len(p.running) > MAX_RUNNING_LINES:
             detail.plain += f"\n  ... and {len(p.running) - MAX_RUNNING_LINES} more"
-        if p.event == "group_start" and p.attempt > 1:
+        if p.event == "train" and p.train is not None and p.train.phase == "resume":
+            t = p.train
+            where = f" on {p.where}" if p.where else ""
+            err.print(f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}{where}, from its checkpoint at task "
+                      f"{min(t.task + 1, t.n_tasks)}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
+                      f"step {t.step}/{t.n_steps}", highlight=False)
+        elif p.event == "group_start" and p.attempt > 1:
             err.print(f"retrying: group {p.group + 1}/{p.n_groups}, {p.label}, attempt {p.attempt} on {p.where} "
                       "(the previous worker died)", highlight=False)
         elif p.event == "group_start" and p.where:  # on another process: say which (to find its logs, or it)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,16 +16,23 @@ from rich.table import Table
 from rich.text import Text
 
 from ..masking import format_mask_value, parse_mask_value
+from ..results import CLASS_IL_CONVENTIONS
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
-from ..reports.compare import COMPARE_METRICS, TESTS, compare_runs
+from ..reports.html import INDEX, check_html_root, write_html
+from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store, resolve_db_url
 from ..sweep import plan_sweep
 from .common import (
+    class_il_option,
     FILTER_HELP,
     UsageProblem,
     check_data,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
     console,
     db_option,
+    describe_checkpoints,
     duration,
     filter_options,
     inspect,
@@ -49,12 +57,20 @@ from .progress import execute_with_progress
 COMPARE_FORMATS = ("table", "md", "csv", "json")
 
 
+ALL = "all"
+
+
 def report_command(
     name: Optional[str] = typer.Argument(
-        None, metavar="NAME", help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...) or a path "
-                                   "to an experiment .toml file. Without NAME: list the registered experiments."),
+        None, metavar="NAME", help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...), a path "
+                                   "to an experiment .toml file, or 'all' (every registered experiment). Without "
+                                   "NAME: list the registered experiments."),
     no_run: bool = typer.Option(False, "--no-run", help="Render from the runs that exist; list the missing ones."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder. [default: reports/NAME]"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
+                                       help="Output folder. [default: reports/NAME; with 'all': reports, one folder per "
+                                            "report inside]"),
+    html: bool = typer.Option(False, "--html", help="Also write static HTML pages: NAME.html beside the report's "
+                                                    "folder and index.html (for 'all' and by default: reports/)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Seeds 0..N-1 instead of the experiment's."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
@@ -66,10 +82,17 @@ def report_command(
     gpus_per_group: Optional[float] = gpus_per_group_option(),
     cpus_per_group: Optional[int] = cpus_per_group_option(),
     retries: Optional[int] = retries_option(),
+    checkpoint_every: str = checkpoint_every_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
+    class_il: Optional[str] = typer.Option(
+        None, "--class-il", metavar="CONVENTION", help="Class-IL accuracy with the argmax over all classes (all) or "
+        "over the classes seen so far (seen). [default: the experiment's, else all]"),
+    include_stale: bool = typer.Option(False, "--include-stale", help="Let runs of an older engine (stale) stand "
+                                       "in for runs this clbench has not computed; they are named as such."),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
-        table = Table(title="Registered experiments (clbench report NAME)", title_justify="left")
+        table = Table(title="Registered experiments (clbench report NAME, or all)", title_justify="left")
         for col in ("name", "kind", "benchmark", "runs", "title"):
             table.add_column(col, justify="right" if col == "runs" else "left")
         for exp_name, title in list_experiments().items():
@@ -80,11 +103,22 @@ def report_command(
                 table.add_row(exp_name, "-", "-", "-", f"invalid: {exc}")
         console().print(table)
         return
+    names = list(list_experiments()) if name == ALL else [name]
+    specs = []
+    configs = []
     try:
-        spec = load_experiment(name)
-        if seeds is not None:
-            spec = spec.with_seeds(seeds)
-        configs = spec.configs()
+        for n in names:
+            spec = load_experiment(n)
+            if seeds is not None:
+                spec = spec.with_seeds(seeds)
+            if class_il is not None:
+                if class_il not in CLASS_IL_CONVENTIONS:
+                    raise ValueError(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+                spec = spec.with_render(class_il=class_il)
+            if include_stale:
+                spec = spec.with_render(include_stale=True)
+            specs.append(spec)
+            configs += spec.configs()
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
@@ -92,9 +126,20 @@ def report_command(
         raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
     runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
                             threads)
-    out_dir = out if out is not None else Path("reports") / spec.name
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageProblem(f"--out {out_dir} is a file, not a folder")
+    if name == ALL:
+        root = out if out is not None else Path("reports")
+        out_dirs = {spec.name: root / spec.name for spec in specs}
+    else:
+        out_dirs = {specs[0].name: out if out is not None else Path("reports") / specs[0].name}
+        root = out_dirs[specs[0].name].parent
+    for out_dir in [*out_dirs.values(), root]:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageProblem(f"--out {out_dir} is a file, not a folder")
+    if html:
+        try:
+            check_html_root(root)
+        except ValueError as exc:
+            raise UsageProblem(str(exc)) from None
     url = resolve_db_url(db)
     state = inspect(url)
     err = console(stderr=True)
@@ -103,16 +148,16 @@ def report_command(
         if state in ("missing", "empty"):
             what = "does not exist yet" if state == "missing" else "holds no runs"
             stdout.print(f"nothing to render: {describe_url(url)} {what}", highlight=False)
-            _print_missing(stdout, spec, [r.config for r in plan_sweep(configs).runs], describe_url(url), name)
+            for spec in specs:
+                _print_missing(stdout, spec, [r.config for r in plan_sweep(spec.configs()).runs], describe_url(url),
+                               _name_for(spec, name))
             return
         store = open_store(url, readonly=True)
         with store:
-            missing = missing_runs(spec, store)
-            written = render_report(spec, store, out_dir)
-        _print_written(stdout, spec, written, out_dir)
-        _print_missing(stdout, spec, missing, store.where, name)
+            _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     if threads is not None:
         torch.set_num_threads(threads)
     start_executor(runner)
@@ -125,26 +170,73 @@ def report_command(
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
-        plan = plan_sweep(configs, store)
-        err.print(
-            f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
-            f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}",
-            highlight=False,
-        )
-        if plan.to_run and runner.name != "local":
-            err.print(runner.describe(), highlight=False)
-        with sigterm_as_interrupt():
-            execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
-                                  download=download, experiment=spec.name)
-        missing = missing_runs(spec, store)
-        written = render_report(spec, store, out_dir)
-    _print_written(stdout, spec, written, out_dir)
-    if missing:
-        _print_missing(stdout, spec, missing, store.where, name)
+        for spec in specs:
+            plan = plan_sweep(spec.configs(), store)
+            err.print(
+                f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
+                f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}; "
+                f"{describe_checkpoints(policy)}",
+                highlight=False,
+            )
+            if plan.to_run and runner.name != "local":
+                err.print(runner.describe(), highlight=False)
+            with sigterm_as_interrupt():
+                execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
+                                      download=download, experiment=spec.name, checkpoint=policy)
+        _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
+                quiet_when_complete=True)
+
+
+def _name_for(spec, name: str) -> str:
+    return spec.name if name == ALL else name
+
+
+def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=False) -> str:
+    """The command line that renders these reports again (shown on the HTML pages)."""
+    args = ["clbench", "report", name]
+    if class_il is not None:
+        args += ["--class-il", class_il]
+    if include_stale:
+        args.append("--include-stale")
+    if no_run:
+        args.append("--no-run")
+    if html:
+        args.append("--html")
+    if seeds is not None:
+        args += ["--seeds", str(seeds)]
+    if out is not None:
+        args += ["--out", str(out)]
+    if db is not None:
+        args += ["--db", db]
+    return shlex.join(args)
+
+
+def _render(specs, store, out_dirs, root, html, command, out, name, quiet_when_complete=False) -> None:
+    """Render (and with ``html`` write the pages of) every spec; print what was written and missing."""
+    missing = {spec.name: missing_runs(spec, store) for spec in specs}
+    if html:
+        written = write_html(specs, store, root, out_dirs=out_dirs, commands={s.name: command for s in specs})
+        by_spec = {s.name: [p for p in written if p.parent == out_dirs[s.name]] for s in specs}
+    else:
+        by_spec = {s.name: render_report(s, store, out_dirs[s.name]) for s in specs}
+    for spec in specs:
+        _print_written(out, spec, by_spec[spec.name], out_dirs[spec.name])
+        if name == ALL:  # one line each: the full lists would run to hundreds of rows
+            n, total = len(missing[spec.name]), len(spec.configs())
+            if n:
+                out.print(f"  {n} of {total} runs missing from {store.where} (list them: clbench report {spec.name} "
+                          "--no-run)", highlight=False)
+        elif missing[spec.name] or not quiet_when_complete:
+            _print_missing(out, spec, missing[spec.name], store.where, _name_for(spec, name))
+    if html:
+        out.print(f"wrote {root / INDEX} and {len(specs)} report page{'s' if len(specs) != 1 else ''} "
+                  f"({', '.join(f'{s.name}.html' for s in specs)}): open {root / INDEX} in a browser", highlight=False)
+
 
 def compare_command(
     baseline: str = typer.Option("none", "--baseline", metavar="MASK", help="The baseline's mask value."),
-    test: str = typer.Option("wilcoxon", "--test", metavar="TEST", help="Paired test: wilcoxon or t."),
+    test: str = typer.Option("permutation", "--test", metavar="TEST",
+                             help="Paired test: permutation (exact sign-flip), wilcoxon or t."),
     format: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"{', '.join(COMPARE_FORMATS)}."),
     method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
     dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
@@ -153,6 +245,7 @@ def compare_command(
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_il: str = class_il_option(),
     db: Optional[str] = db_option(),
 ) -> None:
     """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
@@ -164,10 +257,13 @@ def compare_command(
         base_label = format_mask_value(parse_mask_value(baseline))
     except ValueError as exc:
         raise UsageProblem(f"invalid --baseline: {exc}") from None
-    filters = filter_options(method, dataset, None, buffer, ["finished"], experiment, seed, None)
+    if class_il not in CLASS_IL_CONVENTIONS:
+        raise UsageProblem(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+    # Diverged runs are loaded too, so that the comparison can say how many it leaves out.
+    filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
     masks = split(mask)
     ons = split(mask_on)
-    df = load(db, **filters)
+    df = load(db, class_il=class_il, **filters)
     try:
         if masks:
             wanted = {format_mask_value(parse_mask_value(m)) for m in masks} | {base_label}
@@ -225,36 +321,81 @@ def _rows(result):
         yield r, label, better
 
 
-def compare_table(result) -> Table:
-    test = result["test"].iloc[0]
+def _test_key(result) -> str:
+    return next(k for k, v in TESTS.items() if v == result["test"].iloc[0])
+
+
+def compare_caption(result) -> str:
+    """Names every procedure behind the table's numbers."""
     base = result["baseline"].iloc[0]
-    table = Table(title=f"Mask {base} (baseline) against each masked variant, paired over common seeds: mean ± std (%), "
-                        f"diff = variant - baseline, p: {test}, W/L/T: seeds where the variant is better/worse/equal",
-                  title_justify="left")
-    for col in ("method", "dataset", "buffer", "mask", "on", "metric", "seeds", "baseline", "variant", "diff", "p",
-                "W/L/T"):
+    return (f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
+            f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
+            + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
+            + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting).")
+
+
+def _ci(r) -> str:
+    if r.ci_low != r.ci_low:
+        return "-"
+    return f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
+
+
+def _dz(value: float) -> str:
+    return "-" if value != value else f"{value:+.2f}"
+
+
+def _p(value: float) -> str:
+    text = p_value(value)
+    return text + ("*" if value == value and value < ALPHA else "")
+
+
+def _notes(result) -> list[str]:
+    notes = []
+    for note in dict.fromkeys(n for n in result["note"] if n):
+        notes.append(f"note: {note}.")
+    return notes
+
+
+# The columns that say which comparison a row is: shown only where they vary, else in the title.
+_WHICH = (("method", "method"), ("dataset", "dataset"), ("buffer_size", "buffer"), ("mask_on", "on"))
+
+
+def compare_table(result) -> Table:
+    which = [(key, col) for key, col in _WHICH if result[key].nunique() > 1]
+    fixed = [f"{col} {result[key].iloc[0]}" for key, col in _WHICH if (key, col) not in which]
+    head = f"{', '.join(fixed)}. " if fixed else ""
+    table = Table(title=head + compare_caption(result) + f" * p < {ALPHA:g}.", title_justify="left")
+    for col in [c for _, c in which] + ["mask", "metric", "seeds", "baseline", "variant", "diff", "95% CI", "d_z",
+                                         "p", "p Holm", "W/L/T"]:
         table.add_column(col, no_wrap=True, justify="left" if col in ("method", "dataset", "mask", "on", "metric")
                          else "right")
     for r, label, better in _rows(result):
         diff = Text("-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
                     style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"))
-        table.add_row(r.method, r.dataset, str(r.buffer_size), r.variant, r.mask_on, label, str(r.n_seeds),
-                      pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, p_value(r.p_value),
-                      f"{r.wins}/{r.losses}/{r.ties}")
+        table.add_row(*[str(getattr(r, key)) for key, _ in which], r.variant, label, str(r.n_seeds),
+                      pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, _ci(r),
+                      _dz(r.effect_size_dz), _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}")
+    notes = _notes(result)
+    if notes:
+        table.caption = "\n".join(notes)
+        table.caption_justify = "left"
     return table
 
 
 def compare_markdown(result) -> str:
     buf = io.StringIO()
-    buf.write(f"Baseline vs masked, paired over common seeds (mean ± std, %). p: {result['test'].iloc[0]}.\n\n")
+    buf.write(compare_caption(result) + f" * p < {ALPHA:g}.\n\n")
     head = ["method", "dataset", "buffer", "baseline", "variant", "on", "metric", "seeds", "baseline mean",
-            "variant mean", "difference", "p", "wins/losses/ties"]
+            "variant mean", "difference", "95% CI", "d_z", "p", "p Holm", "wins/losses/ties"]
     buf.write("| " + " | ".join(head) + " |\n")
-    buf.write("|" + "|".join(["---"] * 7 + ["---:"] * 6) + "|\n")
+    buf.write("|" + "|".join(["---"] * 7 + ["---:"] * 9) + "|\n")
     for r, label, _ in _rows(result):
         cells = [r.method, r.dataset, str(r.buffer_size), r.baseline, r.variant, r.mask_on, label, str(r.n_seeds),
                  pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std),
-                 "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", p_value(r.p_value),
-                 f"{r.wins}/{r.losses}/{r.ties}"]
+                 "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", _ci(r), _dz(r.effect_size_dz),
+                 _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"]
         buf.write("| " + " | ".join(cells) + " |\n")
+    notes = _notes(result)
+    if notes:
+        buf.write("\n" + "\n".join(notes) + "\n")
     return buf.getvalue()

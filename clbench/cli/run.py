@@ -14,23 +14,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..config import METHODS
+from ..config import DER_LOGITS, LOGIT_STORING_METHODS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
-from ..registry import load_runs, summarize_runs
+from ..registry import exclusion_note, load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store, resolve_db_url
-from ..sweep import (
-    Plan,
-    describe_group,
-    plan_sweep,
-    sweep_configs,
-)
+from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
 from ..trainer import usable_cpu_cores
 from .common import (
     UsageProblem,
     check_data,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
     console,
     db_option,
+    describe_checkpoints,
     duration,
     inspect,
     ints,
@@ -66,10 +65,15 @@ def run(
     minibatch_size: Optional[int] = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
     alpha: Optional[float] = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
     beta: Optional[float] = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    der_logits: Optional[str] = typer.Option(
+        None, "--der-logits", metavar="WHEN", help="DER/DER++: the logits stored with a sample: pre (the training "
+        "forward's, Mammoth) or post (a fresh forward after the step, the paper authors' code). [default: pre]"),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
     db: Optional[str] = db_option(),
+    checkpoint_every: str = checkpoint_every_option(),
+    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", metavar="NAME", help="A label grouping these runs."),
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
@@ -103,8 +107,11 @@ def run(
         raise UsageProblem(f"invalid --group-size {group_size}: give N >= 1")
     if threads is not None and threads < 1:
         raise UsageProblem(f"invalid --threads {threads}: give N >= 1")
+    if der_logits is not None and not set(split(method)) & set(LOGIT_STORING_METHODS):
+        raise UsageProblem(f"--der-logits applies to der and derpp, and none of the methods asked for is one "
+                           f"(valid: {', '.join(DER_LOGITS)} with -m der or -m derpp)")
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
-                                        alpha=alpha, beta=beta).items() if v is not None}
+                                        alpha=alpha, beta=beta, der_logits=der_logits).items() if v is not None}
     synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
                                         test_per_class=synthetic_test_per_class).items() if v is not None}
     if synthetic:
@@ -123,6 +130,7 @@ def run(
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
     url = resolve_db_url(db)
     state = inspect(url)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     err = console(stderr=True)
     if dry_run:
         store = open_store(url, readonly=True) if state == "ready" else None
@@ -151,7 +159,7 @@ def run(
         err.print(
             f"{len(plan.runs)} run{'s' if len(plan.runs) != 1 else ''}: {n_run} to compute in {len(plan.groups)} "
             f"group{'s' if len(plan.groups) != 1 else ''} (estimated {duration(plan.estimate_s)}), {n_cached} cached"
-            f"; saving to {store.where}",
+            f"; saving to {store.where}; {describe_checkpoints(policy)}",
             highlight=False,
         )
         if n_run and runner.name != "local":
@@ -160,7 +168,7 @@ def run(
             _warn_if_cores_busy(err)
         with sigterm_as_interrupt():
             outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
-                                             download=download, experiment=experiment)
+                                            download=download, experiment=experiment, checkpoint=policy)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)
         # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
@@ -198,7 +206,10 @@ def _summary_table(summary) -> Table:
         table.add_column(name, justify="right" if name in ("buffer", "seeds", *varying) else "left")
     for name in ("FAA class-IL", "FAA task-IL", "forgetting class-IL", "forgetting task-IL"):
         table.add_column(name, justify="right")
+    excluded = []
     for _, row in summary.iterrows():
+        if note := exclusion_note(row["n_diverged"], row["n_seeds"]):
+            excluded.append(f"{row['method']} {row['dataset']} buffer {row['buffer_size']} mask {row['mask']}: {note}")
         table.add_row(
             row["method"], row["dataset"], str(row["buffer_size"]), row["mask"], row["mask_on"],
             *[str(row[k]) for k in varying], str(row["n_seeds"]),
@@ -206,6 +217,10 @@ def _summary_table(summary) -> Table:
             pm(row["forgetting_class_il_mean"], row["forgetting_class_il_std"]),
             pm(row["forgetting_task_il_mean"], row["forgetting_task_il_std"]),
         )
+    if excluded:
+        table.caption = "\n".join(excluded) + " (see clbench runs --status diverged)"
+        table.caption_justify = "left"
+        table.caption_style = "magenta"
     return table
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointPolicy
 from ..config import ResolvedConfig
 from ..data.benchmarks import ContinualData, load_benchmark
 from ..results import RunResult
@@ -38,6 +39,10 @@ class TrainOptions:
     group: a new option of ``train_group`` is one more field here, with nothing to change in the
     executors. The options travel to remote workers, so they must pickle.
     """
+
+    # Checkpoint each group while it trains, and resume it from its checkpoint (on a cluster, in a
+    # directory every node sees). The driver deletes a group's checkpoint once it is saved.
+    checkpoint: CheckpointPolicy | None = None
 
     def train_group_kwargs(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

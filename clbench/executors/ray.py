@@ -385,7 +385,7 @@ class RayExecutor(Executor):
         except ray.exceptions.RayError:
             self._board = None
             return
-        latest: dict[int, Progress] = {}
+        latest: dict[int, Progress] = {}  # of the reports within training, only the last one matters
         for run, kind, group, payload in events:
             if run != token:
                 continue
@@ -393,8 +393,11 @@ class RayExecutor(Executor):
                 attempts[group] = attempts.get(group, 0) + 1
                 latest.pop(group, None)  # reports of an earlier attempt
                 yield GroupStarted(group, payload, attempts[group])
-            else:
+            elif payload.phase == "train":
                 latest[group] = payload
+            elif progress is not None:  # a phase change (resumed, evaluated, task done...): each one counts
+                latest.pop(group, None)
+                progress(GroupProgress(group, payload))
         if progress is not None:
             for group, p in latest.items():
                 progress(GroupProgress(group, p))

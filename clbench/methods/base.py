@@ -31,6 +31,10 @@ class Method:
     tracks_seen_classes: bool = False  # the trainer passes step.seen_classes (ER-ACE)
     trains_on_seen_tasks: bool = False  # joint: task t trains, from the initial weights, on tasks 0..t
     loss_terms_names: tuple[str, ...] = ("ce",)
+    # Where the general mask can act: the rows this method's softmax cross-entropy sees ("stream":
+    # incoming samples, "buffer": replayed ones). A mask placed only where it cannot act would make
+    # a run identical to its baseline: that is refused as bad input (``clbench.config.resolve``).
+    mask_acts_on: tuple[str, ...] = ("stream", "buffer")
 
     def loss_terms(self, step: Step) -> MethodOutput:
         raise NotImplementedError

@@ -11,6 +11,7 @@ class DER(Method):
     name = "der"
     replay_draws = 1
     uses_buffer = True
+    mask_acts_on = ("stream",)  # DER has no cross-entropy on replayed rows (only the logit MSE, never masked)
     stores_logits = True
     loss_terms_names = ("ce", "logit_mse")
 

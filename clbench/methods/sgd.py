@@ -6,6 +6,7 @@ from .base import Method, MethodOutput
 
 class SGD(Method):
     name = "sgd"
+    mask_acts_on = ("stream",)  # no buffer: only incoming rows
 
     def loss_terms(self, step: Step) -> MethodOutput:
         return MethodOutput({"ce": step.cross_entropy(step.forward(step.stream), step.stream)})

@@ -33,19 +33,23 @@ from typing import Any
 from ..config import RunConfig
 from ..data.benchmarks import SyntheticOptions
 from ..masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from ..results import CLASS_IL_CONVENTIONS
 
 KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer")
 TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buffers", "seeds", "mask_on",
                   "overrides", "render", "description")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                 "class_order_seed", "synthetic")
+                 "class_order_seed", "synthetic", "der_logits")
 # kind -> render option -> default (None: derived from the runs of the experiment)
+# Options every kind takes: the class-IL convention (argmax over all classes or over the classes
+# seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
+COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False}
 RENDER_OPTIONS: dict[str, dict[str, Any]] = {
-    "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf"},
-    "fig4": {"baseline": "none", "std_band": True},
-    "forgetting": {"forgetting": "chaudhry"},
-    "tiny-buffer": {"forgetting": "chaudhry"},
+    "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
+    "fig4": {"baseline": "none", "std_band": True, **COMMON_RENDER_OPTIONS},
+    "forgetting": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
+    "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -76,6 +80,13 @@ class ExperimentSpec:
             seeds=tuple(range(seeds)) if seeds is not None else self.seeds,
             benchmark=self.benchmark, mask_on=self.mask_on, **self.overrides,
         )
+
+    def with_render(self, **options: Any) -> "ExperimentSpec":
+        """The same experiment rendered with ``options`` (e.g. ``class_il="seen"``) changed."""
+        bad = sorted(set(options) - set(RENDER_OPTIONS[self.kind]))
+        if bad:
+            raise ValueError(f"unknown render option {bad[0]!r} for kind {self.kind}")
+        return _replace(self, render={**self.render, **options})
 
     def with_seeds(self, n: int) -> "ExperimentSpec":
         if n < 1:
@@ -212,6 +223,10 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
                 render[key] = format_mask_value(parse_mask_value(str(render[key])))
             except ValueError as exc:
                 raise ValueError(f"{source}: render.{key}: {exc}") from None
+    if render["class_il"] not in CLASS_IL_CONVENTIONS:
+        raise ValueError(f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+    if not isinstance(render["include_stale"], bool):
+        raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
         from ..metrics import FORGETTING_DEFINITIONS  # noqa: PLC0415
 

@@ -5,7 +5,10 @@ true class over its test samples) and the per-task class-IL accuracy after the f
 masked variant's bars are red where higher than the baseline's and blue where lower. Row 2: the
 accuracy on each task as training proceeds through tasks 1..T (one line per task), class-IL and
 task-IL, for the baseline and the variant; the final average accuracy in each title, the better
-of each pair in bold. All values are means over the seeds both variants have.
+of each pair in bold. Row 3 (runs that recorded confidence histograms): after the final task, the
+distribution over test samples of the softmax probability of the true class and of the largest
+probability, for the old tasks (1..T-1, pooled) and the newest task T, the baseline against the
+variant. All values are means (histograms: pooled counts) over the seeds both variants have.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..evaluation import HISTOGRAM_EDGES
 from ..metrics import final_average_accuracy
 from ..store import Store
+from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec
 
 HIGHER, LOWER, EQUAL, BASE = "#d62728", "#1f77b4", "#7f7f7f", "#bdbdbd"
@@ -36,12 +41,13 @@ def fig2_data(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> dict | No
     seeds = sorted(set(sides["baseline"].index) & set(sides["masked"].index))
     if not seeds:
         return None
+    convention = r.get("class_il", "all")
     out: dict = {"experiment": spec.name, "method": r["method"], "benchmark": spec.benchmark, "buffer": r["buffer"],
-                 "seeds": seeds, "baseline_mask": r["baseline"], "masked_mask": r["masked"]}
+                 "seeds": seeds, "baseline_mask": r["baseline"], "masked_mask": r["masked"], "class_il": convention}
     for name, runs in sides.items():
         results = [store.load_result(runs.loc[s, "run_id"]) for s in seeds]
         conf = np.mean([np.diagonal(res.confidence[-1]) for res in results], axis=0)
-        class_il = np.mean([res.class_il for res in results], axis=0)
+        class_il = np.mean([res.class_il_matrix(convention) for res in results], axis=0)
         task_il = np.mean([res.task_il for res in results], axis=0)
         out[name] = {
             "run_ids": [res.run_id for res in results],
@@ -53,6 +59,24 @@ def fig2_data(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> dict | No
             "faa_task_il": final_average_accuracy(task_il),
         }
         out["class_names"] = list(results[0].class_names) or [str(k) for k in range(len(conf))]
+        out[name]["histograms"] = final_histograms([res.histograms for res in results])
+    if out["baseline"]["histograms"] is None or out["masked"]["histograms"] is None:
+        for name in ("baseline", "masked"):
+            out[name]["histograms"] = None
+    out["histogram_edges"] = HISTOGRAM_EDGES.tolist()
+    return out
+
+
+def final_histograms(per_run: list[dict[str, np.ndarray]]) -> dict | None:
+    """kind -> {"old": counts, "newest": counts} after the final task, summed over the runs and,
+    for "old", over tasks 1..T-1; None when a run has no histograms (computed before clbench
+    recorded them)."""
+    if not per_run or any(not h for h in per_run):
+        return None
+    out = {}
+    for kind in per_run[0]:
+        last = np.sum([h[kind][-1] for h in per_run], axis=0)  # (T, bins): after the final task, per task
+        out[kind] = {"old": last[:-1].sum(0).tolist(), "newest": last[-1].tolist()}
     return out
 
 
@@ -94,8 +118,9 @@ def plot_fig2(data: dict):
     masked_name = f"{method}, {mask_title(data['masked_mask'])}"
     b, m = data["baseline"], data["masked"]
     n_tasks = len(b["task_accuracy"])
-    fig = Figure(figsize=(16, 8.6), layout="constrained")
-    gs = fig.add_gridspec(2, 4)
+    with_histograms = b.get("histograms") is not None and n_tasks > 1
+    fig = Figure(figsize=(16, 12.8 if with_histograms else 8.6), layout="constrained")
+    gs = fig.add_gridspec(3 if with_histograms else 2, 4)
     ax_conf = fig.add_subplot(gs[0, 0:2])
     ax_task = fig.add_subplot(gs[0, 2:4])
     _paired_bars(ax_conf, data["class_names"], b["confidence"], m["confidence"], base_name, masked_name,
@@ -104,7 +129,8 @@ def plot_fig2(data: dict):
     _paired_bars(ax_task, [f"task {j + 1}" for j in range(n_tasks)], b["task_accuracy"], m["task_accuracy"],
                  base_name, masked_name, "class-IL accuracy (%)", "Per-task accuracy after the final task (class-IL)")
     colors = colormaps["tab10"]
-    panels = [("class_il", "class-IL", "baseline"), ("class_il", "class-IL", "masked"),
+    convention = "class-IL (seen classes)" if data.get("class_il") == "seen" else "class-IL"
+    panels = [("class_il", convention, "baseline"), ("class_il", convention, "masked"),
               ("task_il", "task-IL", "baseline"), ("task_il", "task-IL", "masked")]
     axes = []
     for col, (key, setting, side) in enumerate(panels):
@@ -128,8 +154,38 @@ def plot_fig2(data: dict):
     axes[0].set_ylim(-2, 102)
     handles, labels = axes[0].get_legend_handles_labels()
     axes[-1].legend(handles, labels, fontsize=8, loc="lower left", frameon=True)
+    if with_histograms:
+        _histogram_row(fig, gs, data, base_name, masked_name, n_tasks)
     seeds = data["seeds"]
     fig.suptitle(f"{method} on {data['benchmark']}, buffer {data['buffer']}: {mask_title(data['baseline_mask'])} vs "
-                 f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})",
-                 fontsize=13)
+                 f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
+                 f"{CLASS_IL_NAMES[data.get('class_il', 'all')]})", fontsize=13)
     return fig
+
+
+HISTOGRAM_PANELS = (("true_class", "old"), ("true_class", "newest"), ("max", "old"), ("max", "newest"))
+
+
+def _histogram_row(fig, gs, data, base_name, masked_name, n_tasks):
+    """Row 3: one panel per (probability, tasks), the baseline (grey, filled) against the masked
+    variant (red outline) as fractions of the test samples per bin. Steps carry the gid
+    ``<side> <kind> <tasks>``, e.g. ``masked true_class old``."""
+    edges = np.asarray(data["histogram_edges"])
+    old = f"old tasks 1-{n_tasks - 1}" if n_tasks > 2 else "old task 1"
+    what = {"true_class": "p(true class)", "max": "largest probability"}
+    axes = []
+    for col, (kind, tasks) in enumerate(HISTOGRAM_PANELS):
+        ax = fig.add_subplot(gs[2, col], sharey=axes[0] if axes else None)
+        axes.append(ax)
+        for side, name, style in (("baseline", base_name, dict(fill=True, color=BASE, alpha=0.9)),
+                                  ("masked", masked_name, dict(fill=False, color=HIGHER, linewidth=1.8))):
+            counts = np.asarray(data[side]["histograms"][kind][tasks], dtype=float)
+            ax.stairs(counts / max(counts.sum(), 1), edges, label=name, gid=f"{side} {kind} {tasks}", **style)
+        task_text = old if tasks == "old" else f"newest task {n_tasks}"
+        ax.set_title(f"{what[kind]}, {task_text}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel(f"softmax {what[kind]} after the final task")
+        if col == 0:
+            ax.set_ylabel("fraction of test samples")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper center", frameon=False)

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ..masking import parse_mask_value
+from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec, mask_sort_key
 from .fig2 import METHOD_NAMES
 
-DATA_COLUMNS = ("dataset", "method", "buffer_size", "mask", "is_baseline", "x", "mean", "std", "n_seeds")
+DATA_COLUMNS = ("dataset", "method", "buffer_size", "mask", "is_baseline", "x", "mean", "std", "n_seeds", "n_stale")
 
 
 def mask_positions(labels) -> dict[str, float]:
@@ -42,11 +43,13 @@ def fig4_data(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (method, buffer), cell in df.groupby(["method", "buffer_size"], sort=False):
         for mask in sorted(cell["mask"].unique(), key=mask_sort_key):
-            v = cell.loc[cell["mask"] == mask, "faa_class_il"].to_numpy(float)
+            part = cell[cell["mask"] == mask]
+            v = part["faa_class_il"].to_numpy(float)
             rows.append({
                 "dataset": spec.benchmark, "method": method, "buffer_size": int(buffer), "mask": mask,
                 "is_baseline": mask == baseline, "x": math.nan if mask == baseline else pos[mask],
                 "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n_seeds": len(v),
+                "n_stale": int((part["status"] == "stale").sum()),
             })
     return pd.DataFrame.from_records(rows, columns=list(DATA_COLUMNS))
 
@@ -90,5 +93,8 @@ def plot_fig4(data: pd.DataFrame, spec: ExperimentSpec):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2, frameon=False)
     axes[0][0].set_ylabel("class-IL final average accuracy (%)")
-    fig.suptitle(spec.title or f"{spec.name}: class-IL accuracy against the mask value", fontsize=12)
+    n_stale = int(data["n_stale"].sum())
+    stale = f"; {n_stale} stale runs of an older engine stand in for missing ones" if n_stale else ""
+    fig.suptitle((spec.title or f"{spec.name}: class-IL accuracy against the mask value")
+                 + f" ({CLASS_IL_NAMES[spec.render.get('class_il', 'all')]}{stale})", fontsize=12)
     return fig

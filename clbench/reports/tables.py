@@ -6,6 +6,7 @@ lowest forgetting).
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -13,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import FORGETTING_DEFINITIONS
+from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec, mask_sort_key
 from .fig2 import METHOD_NAMES, mask_title
 
 SETTINGS = {"class_il": "Class-IL", "task_il": "Task-IL"}
-SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "best")
+SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "n_stale", "best")
 
 
 def _forgetting_column(variant: str, setting: str) -> str:
@@ -42,7 +44,7 @@ def summary(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
                         rows.append({"method": method, "mask": mask, "buffer_size": int(buffer), "setting": setting,
                                      "metric": metric, "mean": float(v.mean()) if len(v) else math.nan,
                                      "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n_seeds": len(v),
-                                     "best": False})
+                                     "n_stale": int((cell["status"] == "stale").sum()), "best": False})
     out = pd.DataFrame.from_records(rows, columns=list(SUMMARY_COLUMNS))
     for (_, setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
         if group["mean"].notna().any():
@@ -76,7 +78,22 @@ def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = T
     head = f"{spec.title or spec.name}. " if with_title else ""
     return (f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
             f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
-            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}.")
+            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
+            f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _stale_note(summary_df: pd.DataFrame) -> str:
+    """Names the runs of an older engine standing in for missing ones (``--include-stale``)."""
+    if not len(summary_df) or not summary_df["n_stale"].any():
+        return ""
+    per_cell = summary_df.drop_duplicates(["method", "mask", "buffer_size"])
+    n_stale, n_all = int(per_cell["n_stale"].sum()), int(per_cell["n_seeds"].sum())
+    return (f" {n_stale} of {n_all} runs are stale (computed by an older clbench engine) and stand in for runs "
+            "this clbench has not computed.")
 
 
 def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
@@ -92,6 +109,28 @@ def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
             lines.append("| " + " | ".join([METHOD_NAMES.get(method, method), mask_title(mask), *cells]) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def to_html(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
+    """The tables as HTML (one ``<table>`` per setting, the caption as ``<caption>``)."""
+    out = []
+    for setting, label in SETTINGS.items():
+        rows, buffers, lookup = _grid(summary_df, setting)
+        out.append(f"<table class=\"results\"><caption>{label}. {html.escape(caption(spec, summary_df, False))}</caption>")
+        out.append("<thead><tr><th rowspan=\"2\">method</th><th rowspan=\"2\">mask</th>"
+                   + "".join(f"<th colspan=\"2\">buffer {b}</th>" for b in buffers) + "</tr><tr>"
+                   + "<th>FAA</th><th>forgetting</th>" * len(buffers) + "</tr></thead><tbody>")
+        for method, mask in rows:
+            cells = []
+            for b in buffers:
+                for metric in ("faa", "forgetting"):
+                    row = lookup.get((method, mask, b, metric))
+                    text = html.escape(_cell(row, False).replace("**", ""))
+                    cells.append(f"<td class=\"num\">{f'<strong>{text}</strong>' if row is not None and row['best'] else text}</td>")
+            out.append(f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
+                       + "".join(cells) + "</tr>")
+        out.append("</tbody></table>")
+    return "\n".join(out)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
@@ -172,5 +211,5 @@ def plot_buffer_curve(data: pd.DataFrame, spec: ExperimentSpec):
         ax.set_title(f"{label} (mean ± 1 std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(len(keys), 3), frameon=False)
-    fig.suptitle(spec.title or spec.name, fontsize=12)
+    fig.suptitle(f"{spec.title or spec.name} ({CLASS_IL_NAMES[spec.render.get('class_il', 'all')]})", fontsize=12)
     return fig
