@@ -1,4 +1,4 @@
-"""Benchmark 7, distributed: one seq-fmnist sweep (ER, buffer 200, 10 seeds x masks none, -inf,
+"""Benchmark 8, distributed: one seq-fmnist sweep (ER, buffer 200, 10 seeds x masks none, -inf,
 -2, 0 = 40 runs in 4 lockstep groups of 10) through the local executor and through the Ray
 executor with two single-threaded workers (a local Ray cluster on this machine, one CPU per
 group), side by side in one invocation; then Ray's overhead per group.
