@@ -354,7 +354,7 @@ def test_progress_comes_from_the_workers_while_they_train(cluster, tmp_path):
     assert fractions[-1] == pytest.approx(1.0) and events[-1]["done"] == 2
 
 
-TWO_DRIVERS = ["--dataset", "synthetic", "--synthetic-train-per-class", "800", "--mask", "none,-inf",
+TWO_DRIVERS = ["--dataset", "synthetic", "--synthetic-train-per-class", "300", "--mask", "none,-inf",
                "--group-size", "2"]
 
 
