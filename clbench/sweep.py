@@ -3,34 +3,36 @@ and executed group by group.
 
 ``sweep_configs`` builds the configs, ``plan_sweep`` resolves them and asks the store what is
 already done (``cached``) and what is not (``run``), packing the latter into lockstep groups, and
-``execute`` trains the groups, saving each group's results in the store as soon as it finishes.
-An interruption loses at most the running group; running the same sweep again computes only what
-is missing.
+``execute`` is the driver: an executor (``clbench.executors``: in this process, or on a Ray
+cluster) trains the groups, and the driver, the store's only writer, claims the runs, marks them
+running, saves each group's results as soon as it returns and marks what stops. An interruption
+loses at most the running groups; running the same sweep again computes only what is missing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
-from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
-from .data.benchmarks import BENCHMARKS, ContinualData, dataset_sizes, get_benchmark, load_benchmark
 from . import memory
+from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
+from .data.benchmarks import BENCHMARKS, dataset_sizes, get_benchmark
+from .executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from .masking import MaskSpec, parse_mask_value
 from .memory import group_bytes
 from .methods import get_method
 from .results import RunResult
 from .store import DONE_STATUSES, HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
-from .trainer import Progress, plan_groups, resolve_device, train_group
+from .trainer import Progress, plan_groups
 
 # ---------------------------------------------------------------------------------------------
 # What a sweep is
@@ -257,18 +259,38 @@ def describe_group(configs: Sequence[ResolvedConfig]) -> str:
 
 
 @dataclass(frozen=True)
-class SweepProgress:
-    """A progress report of ``execute``: which group, and how far the sweep is."""
+class RunningGroup:
+    """A group being trained right now, as the last report of it says."""
 
-    event: str  # "group_start", "train" (a trainer report), "group_done"
+    group: int
+    label: str  # describe_group of the group
+    where: str  # the process training it: "" for this process
+    attempt: int  # 1, or more when it was started over (its worker died)
+    train: Progress | None  # its trainer's last report; None before the first
+
+
+@dataclass(frozen=True)
+class SweepProgress:
+    """A progress report of ``execute``: what happened (``event`` to ``group``) and how far the
+    sweep is. Several groups may run at once (a cluster executor); ``running`` lists them all."""
+
+    event: str  # "group_start" (a process started training it; again on a retry), "train" (a trainer report), "group_done"
     group: int
     n_groups: int
     runs_done: int  # runs computed and saved so far in this sweep
     n_runs: int  # runs this sweep computes
-    label: str  # describe_group of the running group
+    label: str  # describe_group of ``group``
     fraction: float  # of the estimated work (cost-model weighted), in [0, 1]
     elapsed_s: float  # since execute started
     train: Progress | None = None  # the trainer's report for "train" events
+    groups_done: int = 0
+    running: tuple[RunningGroup, ...] = ()
+    where: str = ""  # the process that trains (group_start) or trained (group_done) ``group``; "" for this one
+    attempt: int = 1
+
+    @property
+    def groups_queued(self) -> int:
+        return self.n_groups - self.groups_done - len(self.running)
 
 
 @dataclass(frozen=True)
@@ -283,6 +305,8 @@ def execute(
     plan: Plan,
     store: Store,
     *,
+    executor: Executor | None = None,
+    options: TrainOptions | None = None,
     device: str = "cpu",
     data_dir: str | None = None,
     download: bool = False,
@@ -291,19 +315,35 @@ def execute(
     on_group_done: Callable[[list[RunResult]], None] | None = None,
     checkpoint: CheckpointPolicy | None = None,
 ) -> SweepOutcome:
-    """Compute the plan's runs group by group, saving each group's results as it finishes.
+    """Compute the plan's runs, saving each group's results as soon as it finishes.
 
-    Runs first become ``pending`` (owned by this process), a group ``running`` while it trains and
-    ``finished`` with its results in one transaction. If a group raises, its runs become ``failed``
-    (with the traceback) and the rest ``interrupted``; on ``KeyboardInterrupt`` (or any other
-    ``BaseException``) all unfinished runs of this sweep become ``interrupted``. The exception is
-    re-raised. Finished runs are never touched by an interruption.
+    This process is the driver and the store's only writer, whatever ``executor`` computes the
+    groups (default: ``LocalExecutor``, in this process, one after another; ``RayExecutor``: a
+    cluster). ``options`` reach ``train_group`` in whichever process trains a group. The executor is
+    started if it is not yet, and left open (a ``with`` block around it closes it).
 
-    With ``checkpoint``, each group is checkpointed while it trains (``train_group``) and resumes
-    from its checkpoint when the same group is planned again; a group's checkpoint is deleted once
-    its results are committed.
+    Runs first become ``pending`` (owned by this process), a group's ``running`` when a process
+    starts training it and ``finished`` with its results in one transaction when it returns. If a
+    group raises, its runs become ``failed`` (with the traceback), the groups not yet done are
+    cancelled and their runs become ``interrupted``, and :class:`GroupFailed` is raised; on
+    ``KeyboardInterrupt`` (or any other exception) all unfinished runs of this sweep become
+    ``interrupted`` and the exception is re-raised. Finished runs are never touched by an
+    interruption.
+
+    With ``checkpoint`` (the same as ``options.checkpoint``), each group is checkpointed while it
+    trains (``train_group``) and resumes from its checkpoint when the same group is planned again,
+    in whichever process trains it (a cluster: the directory must be shared by the nodes); the
+    driver deletes a group's checkpoint once its results are committed.
     """
-    dev = resolve_device(device)
+    executor = executor if executor is not None else LocalExecutor()
+    options = options if options is not None else TrainOptions()
+    if checkpoint is not None:
+        if options.checkpoint not in (None, checkpoint):
+            raise ValueError("execute() got two checkpoint policies: checkpoint= and options.checkpoint differ")
+        options = replace(options, checkpoint=checkpoint)
+    executor.check_device(device)  # before anything is written
+    if plan.to_run:  # connect (and check the cluster) before claiming runs
+        executor.start()
     owner = Owner.current()
     started = time.perf_counter()
     claim = store.claim([r.config for r in plan.to_run], owner, experiment=experiment,
@@ -313,59 +353,103 @@ def execute(
     elsewhere = {r.run_id for r in plan.to_run} - set(claim.claimed)
     done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
     plan = _without(plan, elsewhere)
-    to_run = [r.config for r in plan.to_run]
-    estimates = plan.group_estimates_s()
-    total_estimate = sum(estimates) or 1.0
-    done_estimate = 0.0
-    computed: list[str] = []
-    data: ContinualData | None = None
-    data_key: tuple | None = None
-    unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]  # in training order
-    group_ids: list[str] = []
+    tracker = _Tracker(plan, started)
+    groups = [GroupTask(g, tuple(plan.group_configs(g))) for g in range(len(plan.groups))]
+    unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]
 
-    def report(event: str, group: int, label: str, fraction_in_group: float, train: Progress | None = None):
+    def report(event: str, group: int, **extra) -> None:
         if progress is not None:
-            fraction = (done_estimate + estimates[group] * fraction_in_group) / total_estimate
-            progress(SweepProgress(event, group, len(plan.groups), len(computed), len(to_run), label,
-                                   min(1.0, fraction), time.perf_counter() - started, train))
+            progress(tracker.snapshot(event, group, **extra))
+
+    def on_train(p: GroupProgress) -> None:
+        if tracker.train(p.group, p.train):
+            running = tracker.running[p.group]
+            report("train", p.group, train=p.train, where=running.where, attempt=running.attempt)
 
     heartbeat = Heartbeat(store, owner)
     try:
-        for g in range(len(plan.groups)):
-            cfgs = plan.group_configs(g)
-            group_ids = [c.identity() for c in cfgs]
-            label = describe_group(cfgs)
-            store.mark_running(group_ids, owner)
-            report("group_start", g, label, 0.0)
-            c0 = cfgs[0]
-            if data_key != (c0.benchmark, c0.synthetic, c0.class_order_seed):
-                data_key = (c0.benchmark, c0.synthetic, c0.class_order_seed)
-                data = None  # let the previous dataset go before loading the next: one in memory at a time
-                data = load_benchmark(c0.benchmark, data_dir=data_dir, download=download,
-                                      class_order_seed=c0.class_order_seed, synthetic=c0.synthetic, device=dev)
-
-            def on_train(p: Progress, g=g, label=label):
-                within_task = (p.epoch + p.step / max(p.n_steps, 1)) / max(p.n_epochs, 1)
-                report("train", g, label, min(1.0, (p.task + within_task) / p.n_tasks), p)
-
-            results = train_group(cfgs, data, progress=on_train, checkpoint=checkpoint)
-            store.save_results(results, owner)
-            if checkpoint is not None:
-                discard_checkpoint(checkpoint.directory, group_key(group_ids))
-            computed.extend(group_ids)
-            unfinished = unfinished[len(group_ids):]
-            group_ids = []
-            done_estimate += estimates[g]
-            report("group_done", g, label, 0.0)
-            if on_group_done is not None:
-                on_group_done(results)
-    except BaseException as exc:
-        _record_stop(store, owner, exc, group_ids, unfinished)
+        source = DataSource(data_dir, download)
+        events = executor.run(groups, source, options, device, progress=on_train) if groups else _no_events()
+        with contextlib.closing(events):  # closing it early (an exception here) cancels what is not done
+            for event in events:
+                ids = tracker.run_ids(event.group)
+                if isinstance(event, GroupStarted):
+                    store.mark_running(ids, owner)
+                    tracker.start(event)
+                    report("group_start", event.group, where=event.where, attempt=event.attempt)
+                    continue
+                if not event.ok:
+                    where = f"on {event.where}: " if event.where else ""
+                    store.mark_failed(ids, owner, f"{where}{event.detail or event.error}")
+                    raise GroupFailed(event, tracker.labels[event.group], len(groups))
+                store.save_results(event.results, owner)
+                if options.checkpoint is not None:
+                    discard_checkpoint(options.checkpoint.directory, group_key(ids))
+                tracker.done(event.group)
+                done = set(ids)
+                unfinished = [rid for rid in unfinished if rid not in done]
+                report("group_done", event.group, where=event.where)
+                if on_group_done is not None:
+                    on_group_done(list(event.results))
+    except BaseException:
+        _record_stop(store, owner, unfinished)
         raise
     finally:
         heartbeat.stop()
-    return SweepOutcome(tuple(computed), tuple(r.run_id for r in plan.cached) + done_elsewhere,
+    return SweepOutcome(tuple(tracker.computed), tuple(r.run_id for r in plan.cached) + done_elsewhere,
                         time.perf_counter() - started, claim.held)
+
+
+def _no_events():
+    yield from ()
+
+
+class _Tracker:
+    """The driver's view of a sweep in flight: which groups are done, which run where, how far
+    (the cost model's estimate of each group weights its share of the work)."""
+
+    def __init__(self, plan: Plan, started: float):
+        self.plan, self.started = plan, started
+        self.n_groups = len(plan.groups)
+        self.n_runs = len(plan.to_run)
+        self.labels = [describe_group(plan.group_configs(g)) for g in range(self.n_groups)]
+        self.estimates = plan.group_estimates_s()
+        self.total = sum(self.estimates) or 1.0
+        self.done_estimate = 0.0
+        self.groups_done = 0
+        self.computed: list[str] = []
+        self.running: dict[int, RunningGroup] = {}
+        self.fraction_in: dict[int, float] = {}
+
+    def run_ids(self, group: int) -> list[str]:
+        return [self.plan.runs[i].run_id for i in self.plan.groups[group]]
+
+    def start(self, event: GroupStarted) -> None:
+        self.running[event.group] = RunningGroup(event.group, self.labels[event.group], event.where, event.attempt, None)
+        self.fraction_in[event.group] = 0.0  # a retry starts over
+
+    def train(self, group: int, p: Progress) -> bool:
+        """Record a trainer report; False when it is stale (its group is no longer running)."""
+        if group not in self.running:
+            return False
+        self.running[group] = replace(self.running[group], train=p)
+        within_task = (p.epoch + p.step / max(p.n_steps, 1)) / max(p.n_epochs, 1)
+        self.fraction_in[group] = min(1.0, (p.task + within_task) / p.n_tasks)
+        return True
+
+    def done(self, group: int) -> None:
+        self.running.pop(group, None)
+        self.fraction_in.pop(group, None)
+        self.done_estimate += self.estimates[group]
+        self.groups_done += 1
+        self.computed.extend(self.run_ids(group))
+
+    def snapshot(self, event: str, group: int, **extra) -> SweepProgress:
+        running_work = sum(self.estimates[g] * f for g, f in self.fraction_in.items())
+        fraction = min(1.0, (self.done_estimate + running_work) / self.total)
+        return SweepProgress(event, group, self.n_groups, len(self.computed), self.n_runs, self.labels[group],
+                             fraction, time.perf_counter() - self.started, groups_done=self.groups_done,
+                             running=tuple(self.running[g] for g in sorted(self.running)), **extra)
 
 
 class Heartbeat:
@@ -418,11 +502,10 @@ def _without(plan: Plan, run_ids: set[str]) -> Plan:
     return replace(plan, runs=tuple(plan.runs[i] for i in keep), groups=groups)
 
 
-def _record_stop(store: Store, owner: Owner, exc: BaseException, group_ids: list[str], unfinished: list[str]) -> None:
-    """Mark what this sweep leaves unfinished; never hide ``exc`` behind a second error."""
+def _record_stop(store: Store, owner: Owner, unfinished: list[str]) -> None:
+    """Mark what this sweep leaves unfinished ``interrupted`` (failed runs stay failed); never hide
+    the exception that stopped the sweep behind a second error."""
     try:
-        if isinstance(exc, Exception) and group_ids:
-            store.mark_failed(group_ids, owner, "".join(traceback.format_exception(exc)))
         store.mark_interrupted(unfinished, owner)
     except Exception:  # the store itself may be what failed; the next run marks these rows stale
         pass

@@ -29,6 +29,7 @@ from sqlalchemy.engine import make_url
 import clbench
 from clbench import store as st
 from clbench.registry import load_runs
+from clbench.executors import GroupFailed
 from clbench.sweep import execute, plan_sweep, sweep_configs
 
 PG_ENV = "CLBENCH_TEST_PG_URL"
@@ -319,22 +320,22 @@ def test_finished_runs_are_cached_and_force_recomputes(db_url):
 
 
 def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monkeypatch):
-    import clbench.sweep as sweep_module
+    import clbench.executors.base as unit_of_work
 
-    real_train_group = sweep_module.train_group
+    real_train_group = unit_of_work.train_group
     calls = []
 
-    def flaky(cfgs, data, progress=None, **kw):
+    def flaky(cfgs, data, **kwargs):
         calls.append(len(cfgs))
         if len(calls) == 2:
             raise RuntimeError("boom in group 2")
-        return real_train_group(cfgs, data, progress=progress, **kw)
+        return real_train_group(cfgs, data, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "train_group", flaky)
+    monkeypatch.setattr(unit_of_work, "train_group", flaky)
     cfgs = synthetic_sweep(methods=["er", "derpp", "sgd"], masks=["-inf"])
     with st.open_store(db_url) as store:
         plan = plan_sweep(cfgs, store)
-        with pytest.raises(RuntimeError, match="boom"):
+        with pytest.raises(GroupFailed, match=r"group 2/3 \(derpp .*\) failed: RuntimeError: boom in group 2"):
             execute(plan, store)
         status = {r.config.method: store.statuses([r.run_id])[r.run_id] for r in plan.runs}
         failed = [r.run_id for r in plan.runs if r.config.method == "derpp"]
@@ -345,16 +346,16 @@ def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monke
 
 
 def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
-    import clbench.sweep as sweep_module
+    import clbench.executors.base as unit_of_work
 
-    real_train_group = sweep_module.train_group
+    real_train_group = unit_of_work.train_group
 
-    def interrupted_second_time(cfgs, data, progress=None, **kw):
+    def interrupted_second_time(cfgs, data, **kwargs):
         if cfgs[0].method == "derpp":
             raise KeyboardInterrupt
-        return real_train_group(cfgs, data, progress=progress, **kw)
+        return real_train_group(cfgs, data, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "train_group", interrupted_second_time)
+    monkeypatch.setattr(unit_of_work, "train_group", interrupted_second_time)
     with st.open_store(db_url) as store:
         plan = plan_sweep(synthetic_sweep(), store)
         with pytest.raises(KeyboardInterrupt):

@@ -4,6 +4,7 @@
 - ``run``: plan and train a sweep (``run.py``, with the live display in ``progress.py``);
 - ``runs``, ``show``, ``export``: read the registry (``browse.py``);
 - ``report``, ``compare``: registered experiments and paired comparisons (``report.py``);
+- ``executor.py``: the executor options of ``run`` and ``report`` (``--executor ray`` ...);
 - ``common.py``: what they share (bad input, option parsing, consoles, formatting).
 
 Every command validates all of its input before it opens (let alone creates) the database, and

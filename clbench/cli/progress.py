@@ -12,13 +12,27 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..store import Store
-from ..sweep import Plan, SweepProgress, execute
+from ..executors import GroupFailed
+from ..sweep import Plan, RunningGroup, SweepProgress, execute
 from .common import first_line
 
 
+MAX_RUNNING_LINES = 8
+
+
+def _running_line(r: RunningGroup, n_groups: int) -> str:
+    where = f" on {r.where}" if r.where else ""
+    head = f"  group {r.group + 1}/{n_groups} {r.label}{where}"
+    t = r.train
+    if t is None:
+        return f"{head}: starting"
+    return f"{head}: task {t.task + 1}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, step {t.step}/{t.n_steps}"
+
+
 def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
-    """``execute`` under a live display: the sweep's bar (groups, runs, elapsed, ETA) and a line for
-    the running group (task, epoch, step). Interruptions and failures become one line each."""
+    """``execute`` under a live display: the sweep's bar (groups done, running and queued, runs,
+    elapsed, ETA) and a line per running group (where it runs; task, epoch, step). Interruptions
+    and failures become one line each."""
     if not plan.groups:
         return execute(plan, store, **kwargs)
     bar = Progress(
@@ -30,32 +44,33 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     detail = Text("", style="dim")
 
     def on_progress(p: SweepProgress) -> None:
-        bar.update(sweep_task, completed=1000 * p.fraction,
-                   description=f"group {p.group + 1}/{p.n_groups}, runs {p.runs_done}/{p.n_runs}")
+        groups = f"groups {p.groups_done}/{p.n_groups} done, {len(p.running)} running, {p.groups_queued} queued"
+        bar.update(sweep_task, completed=1000 * p.fraction, description=f"{groups}, runs {p.runs_done}/{p.n_runs}")
+        detail.plain = "\n".join(_running_line(r, p.n_groups) for r in p.running[:MAX_RUNNING_LINES])
+        if len(p.running) > MAX_RUNNING_LINES:
+            detail.plain += f"\n  ... and {len(p.running) - MAX_RUNNING_LINES} more"
         if p.event == "train" and p.train is not None and p.train.phase == "resume":
             t = p.train
-            err.print(f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}, from its checkpoint at task "
+            where = f" on {p.where}" if p.where else ""
+            err.print(f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}{where}, from its checkpoint at task "
                       f"{min(t.task + 1, t.n_tasks)}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
                       f"step {t.step}/{t.n_steps}", highlight=False)
-        elif p.event == "train" and p.train is not None:
-            t = p.train
-            detail.plain = (f"  {p.label}: task {t.task + 1}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
-                            f"step {t.step}/{t.n_steps}")
-        elif p.event == "group_start":
-            detail.plain = f"  {p.label}: starting"
+        elif p.event == "group_start" and p.attempt > 1:
+            err.print(f"retrying: group {p.group + 1}/{p.n_groups}, {p.label}, attempt {p.attempt} on {p.where} "
+                      "(the previous worker died)", highlight=False)
+        elif p.event == "group_start" and p.where:  # on another process: say which (to find its logs, or it)
+            err.print(f"started: group {p.group + 1}/{p.n_groups}, {p.label} on {p.where}", highlight=False)
         elif p.event == "group_done":
-            err.print(f"done: group {p.group + 1}/{p.n_groups}, {p.label}, saved", highlight=False)
+            where = f" on {p.where}" if p.where else ""
+            err.print(f"done: group {p.group + 1}/{p.n_groups}, {p.label}{where}, saved", highlight=False)
 
     try:
         try:
             with Live(Group(bar, detail), console=err, refresh_per_second=8):
-                outcome = execute(plan, store, progress=on_progress, **kwargs)
+                return execute(plan, store, progress=on_progress, **kwargs)
         finally:
             if not err.is_terminal:
-                # Off a terminal, Live's last frame ends without a newline: end it, however the
-                # sweep ended, so that what follows (interrupted:, error:) starts its own line.
-                err.line()
-        return outcome
+                err.line()  # off a terminal, Live's last frame ends without a newline
     except KeyboardInterrupt:
         statuses = store.statuses([r.run_id for r in plan.to_run])
         done = sum(status == "finished" for status in statuses.values())
@@ -65,9 +80,13 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     except SQLAlchemyError as exc:
         print(f"error: the database {store.where} failed: {first_line(exc)}", file=sys.stderr)
         raise typer.Exit(1) from None
-    except Exception as exc:
+    except GroupFailed as exc:
         failed = [rid for rid, status in store.statuses([r.run_id for r in plan.to_run]).items() if status == "failed"]
         where = f"clbench show {failed[0]}" if failed else "clbench runs --status failed"
-        print(f"error: a training group failed ({type(exc).__name__}: {first_line(exc)}); its runs are marked "
-              f"failed with the traceback (see {where})", file=sys.stderr)
+        print(f"error: {exc}; its runs are marked failed with the traceback (see {where}), the groups not done are "
+              "marked interrupted: run the same command again to compute them", file=sys.stderr)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # not a group's training (that is GroupFailed): the executor or the driver itself
+        print(f"error: the sweep stopped ({type(exc).__name__}: {first_line(exc)}); its unfinished runs are marked "
+              "interrupted: run the same command again to compute them", file=sys.stderr)
         raise typer.Exit(1) from None

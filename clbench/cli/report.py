@@ -26,7 +26,6 @@ from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store
 from ..sweep import plan_sweep
-from ..trainer import resolve_device
 from .common import (
     class_il_option,
     FILTER_HELP,
@@ -51,6 +50,16 @@ from .common import (
     sigterm_as_interrupt,
     split,
     store_errors_as_bad_input,
+)
+from .executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
 )
 from .progress import execute_with_progress
 
@@ -77,6 +86,11 @@ def report_command(
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
     threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch."),
     db: Optional[str] = db_option(),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    gpus_per_group: Optional[float] = gpus_per_group_option(),
+    cpus_per_group: Optional[int] = cpus_per_group_option(),
+    retries: Optional[int] = retries_option(),
     checkpoint_every: str = checkpoint_every_option(),
     checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
     class_il: Optional[str] = typer.Option(
@@ -119,6 +133,15 @@ def report_command(
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
+    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
+                            threads)
+    # Groups are sized to fit the memory of the machine they train on: this one, with the local
+    # executor (a Ray worker's memory is the cluster's to schedule).
+    budget = budget_bytes(device) if runner.name == "local" else None
+    try:  # before the database is opened: a run that cannot fit in memory is bad input
+        plan_sweep(configs, None, memory_budget=budget)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
     if name == ALL:
         root = out if out is not None else Path("reports")
         out_dirs = {spec.name: root / spec.name for spec in specs}
@@ -156,22 +179,15 @@ def report_command(
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
-    try:
-        resolve_device(device)
-    except (ValueError, RuntimeError):
-        raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
-    budget = budget_bytes(device)
-    try:  # before the database is opened: a run that cannot fit in memory is bad input
-        plan_sweep(configs, None, memory_budget=budget)
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
     if threads is not None:
         torch.set_num_threads(threads)
+    start_executor(runner)
     try:
         store = open_store(url)
     except StoreError as exc:
+        runner.close()
         raise UsageProblem(str(exc)) from None
-    with store:
+    with runner, store:
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
@@ -186,9 +202,11 @@ def report_command(
                 f"{describe_checkpoints(policy)}" + (f"; {plan.memory_note}" if plan.memory_note and plan.to_run else ""),
                 highlight=False,
             )
+            if plan.to_run and runner.name != "local":
+                err.print(runner.describe(), highlight=False)
             with sigterm_as_interrupt():
-                outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                                experiment=spec.name, checkpoint=policy)
+                outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
+                                                download=download, experiment=spec.name, checkpoint=policy)
             report_held(err, outcome.held)
         _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
                 quiet_when_complete=True)

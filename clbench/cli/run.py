@@ -21,7 +21,7 @@ from ..memory import budget_bytes, human
 from ..registry import exclusion_note, load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store
 from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
-from ..trainer import resolve_device, usable_cpu_cores
+from ..trainer import usable_cpu_cores
 from .common import (
     MAX_THREADS,
     UsageProblem,
@@ -43,6 +43,16 @@ from .common import (
     report_held,
     sigterm_as_interrupt,
     split,
+)
+from .executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
 )
 from .progress import execute_with_progress
 
@@ -78,6 +88,11 @@ def run(
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 when other busy processes "
                                 "share the cores: torch's spinning threads then slow every process down."),
+    executor: str = executor_option(),
+    ray_address: Optional[str] = ray_address_option(),
+    gpus_per_group: Optional[float] = gpus_per_group_option(),
+    cpus_per_group: Optional[int] = cpus_per_group_option(),
+    retries: Optional[int] = retries_option(),
     synthetic_train_per_class: Optional[int] = typer.Option(None, hidden=True),
     synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
 ) -> None:
@@ -105,13 +120,11 @@ def run(
                                         test_per_class=synthetic_test_per_class).items() if v is not None}
     if synthetic:
         overrides["synthetic"] = SyntheticOptions(**synthetic)
-    try:
-        resolve_device(device)
-    except ValueError as exc:
-        raise UsageProblem(str(exc)) from None
-    except RuntimeError:  # torch's own error for a string that names no device type at all
-        raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
-    budget = budget_bytes(device)  # groups are sized to fit it; a run that cannot is refused here
+    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
+                            threads)
+    # Groups are sized to fit the memory of the machine they train on: this one, with the local
+    # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.
+    budget = budget_bytes(device) if runner.name == "local" else None
     try:
         configs = sweep_configs(
             methods=split(method, "--method"), masks=split(mask, "--mask"),
@@ -136,14 +149,16 @@ def run(
                 store.close()
         _print_plan(console(), plan, url, device)
         return
-    # 3. Run.
+    # 3. Run: connect the executor (a cluster is checked here), then open the database.
     if threads is not None:
         torch.set_num_threads(threads)
+    start_executor(runner)
     try:
         store = open_store(url)
     except StoreError as exc:
+        runner.close()
         raise UsageProblem(str(exc)) from None
-    with store:
+    with runner, store:
         stale = store.mark_stale_runs()
         if stale:
             err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
@@ -156,11 +171,13 @@ def run(
             + (f"; {plan.memory_note}" if plan.memory_note and n_run else ""),
             highlight=False,
         )
-        if n_run and threads is None and device == "cpu":
+        if n_run and runner.name != "local":
+            err.print(runner.describe(), highlight=False)
+        if n_run and threads is None and device == "cpu" and runner.name == "local":
             _warn_if_cores_busy(err)
         with sigterm_as_interrupt():
-            outcome = execute_with_progress(plan, store, err, device=device, data_dir=data_dir, download=download,
-                                            experiment=experiment, checkpoint=policy)
+            outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
+                                            download=download, experiment=experiment, checkpoint=policy)
         report_held(err, outcome.held)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)

@@ -8,7 +8,7 @@ indexing, so the replay buffer can store the raw, non-augmented uint8 inputs.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -134,6 +134,19 @@ class ContinualData:
     @property
     def device(self) -> torch.device:
         return self.train_x.device
+
+    def to(self, device: torch.device | str) -> "ContinualData":
+        """The same data on ``device`` (itself when it is there already; this one is never changed).
+        A remote worker gets the data on the CPU, from the driver, and trains on its own device."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        move = lambda t: t.to(device)  # noqa: E731
+        return replace(
+            self, train_x=move(self.train_x), train_y=move(self.train_y), test_x=move(self.test_x),
+            test_y=move(self.test_y), train_task_idx=tuple(map(move, self.train_task_idx)),
+            test_task_idx=tuple(map(move, self.test_task_idx)), class_task=move(self.class_task),
+        )
 
 
 def prepare_inputs(x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,197 @@
+"""What every executor shares: the unit of work, the events an executor reports, and the interface.
+
+The unit of work is one lockstep group: :func:`compute_group` maps (the group's configs, the
+loaded data, the training options) to the group's results, a plain function of its inputs that
+runs wherever the executor puts it (this process, a Ray worker, a SLURM job). Everything about the
+registry stays with the driver (``clbench.sweep.execute``): an executor never opens a database.
+
+An executor's :meth:`Executor.run` yields, for each group, a :class:`GroupStarted` when a process
+starts training it (again when a retry starts it over) and one :class:`GroupOutcome` when it is
+done (its results, or a one-line error with the traceback), in the order things happen; training
+progress goes to a callback meanwhile. Closing the iterator early cancels what is not done.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import socket
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ..checkpoint import CheckpointPolicy
+from ..config import ResolvedConfig
+from ..data.benchmarks import ContinualData, load_benchmark
+from ..results import RunResult
+from ..trainer import Progress, resolve_device, train_group
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The keyword arguments of ``train_group`` that a sweep chooses for all of its groups (beyond
+    the configs, the data and the progress callback).
+
+    Every field reaches ``train_group`` by its name, unchanged, in whichever process trains the
+    group: a new option of ``train_group`` is one more field here, with nothing to change in the
+    executors. The options travel to remote workers, so they must pickle.
+    """
+
+    # Checkpoint each group while it trains, and resume it from its checkpoint (on a cluster, in a
+    # directory every node sees). The driver deletes a group's checkpoint once it is saved.
+    checkpoint: CheckpointPolicy | None = None
+
+    def train_group_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def compute_group(
+    configs: Sequence[ResolvedConfig],
+    data: ContinualData,
+    options: TrainOptions,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[RunResult]:
+    """The unit of work: one lockstep group's results, a function of its inputs alone."""
+    return train_group(list(configs), data, progress=progress, **options.train_group_kwargs())
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """One lockstep group to compute: its index in the plan and its runs' configs."""
+
+    index: int
+    configs: tuple[ResolvedConfig, ...]
+
+    @property
+    def data_key(self) -> tuple:
+        """Which data the group trains on (groups with one key share one loaded benchmark)."""
+        c0 = self.configs[0]
+        return (c0.benchmark, c0.synthetic, c0.class_order_seed)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the driver loads benchmarks from: ``load_benchmark``'s arguments. Only the driver
+    reads dataset files; remote workers receive the loaded data."""
+
+    data_dir: str | os.PathLike | None = None
+    download: bool = False
+
+    def load(self, group: GroupTask, device: torch.device | str = "cpu") -> ContinualData:
+        benchmark, synthetic, class_order_seed = group.data_key
+        return load_benchmark(benchmark, data_dir=self.data_dir, download=self.download,
+                              class_order_seed=class_order_seed, synthetic=synthetic, device=device)
+
+
+@dataclass(frozen=True)
+class GroupStarted:
+    """A process started training the group (``attempt`` > 1: a retry, from the start)."""
+
+    group: int
+    where: str  # the process that trains it: "" for this process, else host, node and pid
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class GroupProgress:
+    """A training report of a running group (what ``train_group`` reports, forwarded)."""
+
+    group: int
+    train: Progress
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """A group is done: its results, or the one-line error that stopped it and the traceback."""
+
+    group: int
+    results: tuple[RunResult, ...] | None
+    where: str = ""
+    error: str | None = None  # one line, e.g. "RuntimeError: CUDA out of memory"
+    detail: str | None = None  # the traceback, from the process that raised
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+GroupEvent = GroupStarted | GroupOutcome
+ProgressSink = Callable[[GroupProgress], None]
+
+
+def failed(group: int, exc: BaseException, where: str = "") -> GroupOutcome:
+    """The outcome of a group whose training raised ``exc`` (call it in the ``except`` block)."""
+    return GroupOutcome(group, None, where, error=one_line(exc), detail="".join(traceback.format_exception(exc)))
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+class GroupFailed(RuntimeError):
+    """A group's training raised; its runs are marked ``failed`` with the traceback."""
+
+    def __init__(self, outcome: GroupOutcome, label: str, n_groups: int):
+        where = f" on {outcome.where}" if outcome.where else ""
+        super().__init__(f"group {outcome.group + 1}/{n_groups} ({label}) failed{where}: {outcome.error}")
+        self.outcome = outcome
+
+
+class ExecutorUnavailable(Exception):
+    """The executor cannot start (not installed, cluster unreachable, versions differ, no node
+    can hold a group). The message is one line meant for the person running clbench."""
+
+
+class Executor(abc.ABC):
+    """Computes lockstep groups somewhere and reports how they go. ``start`` (idempotent; also done
+    by ``run``'s caller, ``clbench.sweep.execute``) connects to whatever runs the groups and checks
+    it, raising :class:`ExecutorUnavailable`; ``close`` lets it go. Usable as a context manager."""
+
+    name = "executor"
+
+    def start(self) -> None:
+        """Connect and check, before any run is claimed (raises :class:`ExecutorUnavailable`)."""
+
+    def close(self) -> None:
+        """Release what ``start`` acquired."""
+
+    def describe(self) -> str:
+        """One line saying where groups run, for the person running the sweep."""
+        return self.name
+
+    def check_device(self, device: str) -> None:
+        """Raise ``ValueError`` (one line) if groups cannot train on ``device`` with this executor.
+        Here: the device must exist in this process (``resolve_device``)."""
+        resolve_device(device)
+
+    @abc.abstractmethod
+    def run(
+        self,
+        groups: Sequence[GroupTask],
+        source: DataSource,
+        options: TrainOptions,
+        device: str,
+        progress: ProgressSink | None = None,
+    ) -> Iterator[GroupEvent]:
+        """Compute ``groups``, yielding a :class:`GroupStarted` as each starts training and one
+        :class:`GroupOutcome` per group as it completes (a failed group's outcome carries the
+        error: ``run`` itself raises only for what stops everything, such as ``KeyboardInterrupt``).
+        Training reports go to ``progress`` meanwhile. The caller handles each outcome before
+        asking for the next event (so results are saved as soon as a group returns); closing the
+        iterator early cancels every group not yet reported done."""
+
+    def __enter__(self) -> "Executor":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
