@@ -68,7 +68,7 @@ def _resnet_sizes(cfg: ResolvedConfig, spec) -> tuple[int, int, int]:
     # + the input and its permuted copy; the backward's workspace (unfolded 3x3 inputs, activation
     # gradients) at the largest layer, 21 maps by measurement; the logits
     train_row = 2 * c * spec.input_shape[1] * spec.input_shape[2] + maps + 21 * largest + 6 * k
-    eval_row = 14 * largest + 10 * k  # no graph, but a layer's unfolded input and several maps at a time
+    eval_row = 18 * largest + 10 * k  # no graph, but a layer's workspace and several maps at a time
     return params, train_row, eval_row
 
 

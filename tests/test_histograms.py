@@ -27,7 +27,7 @@ def _softmax64(logits: np.ndarray) -> np.ndarray:
 def test_evaluate_histograms_match_a_per_run_computation():
     syn = SyntheticOptions(train_per_class=4, test_per_class=30)
     data = load_benchmark("synthetic", synthetic=syn)
-    cfg = synthetic_config("er", synthetic=syn).resolve()
+    cfg = synthetic_config("er", buffer=20, synthetic=syn).resolve()  # at most the 40 samples of the stream
     net = make_backbone(cfg, data)
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
     params, buffers = net.init(gens)

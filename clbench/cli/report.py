@@ -136,8 +136,8 @@ def report_command(
     runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
                             threads)
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
-    # executor (a Ray worker's memory is the cluster's to schedule).
-    budget = budget_bytes(device) if runner.name == "local" else None
+    # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.
+    budget = budget_bytes(device) if runner.name == "local" and not no_run else None
     try:  # before the database is opened: a run that cannot fit in memory is bad input
         plan_sweep(configs, None, memory_budget=budget)
     except ValueError as exc:
