@@ -22,13 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from . import memory
+from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
 from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
 from .data.benchmarks import BENCHMARKS, dataset_sizes, get_benchmark
 from .executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from .masking import MaskSpec, parse_mask_value
-from .memory import group_bytes
 from .methods import get_method
 from .results import RunResult
 from .store import DONE_STATUSES, HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
@@ -187,7 +186,7 @@ class Plan:
 
     def group_memory_bytes(self) -> list[int]:
         """Estimated peak memory of each group (``clbench.memory.group_bytes``)."""
-        return [group_bytes(self.group_configs(g)) for g in range(len(self.groups))]
+        return [memory.group_bytes(self.group_configs(g)) for g in range(len(self.groups))]
 
 
 def plan_sweep(

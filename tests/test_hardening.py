@@ -764,3 +764,14 @@ def test_the_same_environment_gives_the_same_bits_and_says_so():
     assert a.versions == b.versions and a.to_dict()["class_il"] == b.to_dict()["class_il"]
     assert np.array_equal(a.confidence, b.confidence)
     assert a.versions["threads"] == "1" and c.versions["threads"] == "2"  # the record tells them apart
+
+
+def test_a_report_whose_runs_all_diverged_renders_nothing_and_names_them(tmp_path, invoke):
+    path = tmp_path / "exp.toml"
+    path.write_text(EXPERIMENT + '[overrides]\nepochs = 1\nlr = 1e30\n'
+                                 'synthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    rc, out, err = invoke("report", path, "--checkpoint-every", "0")
+    assert rc == 0, err
+    assert set(load_runs(tmp_path / "results.db")["status"]) == {"diverged"}
+    assert "nothing rendered" in out and not (tmp_path / "reports").exists()
+    assert "excluded: er, buffer 10, mask none: 2 of 2 seeds diverged and are excluded (seeds 0, 1)" in out
