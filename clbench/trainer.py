@@ -272,8 +272,8 @@ def _train_step(
         with phase("backward"):
             # Summing the runs' losses gives each run's parameters exactly its own gradient.
             params = list(state.params.values())
-            grads = torch.autograd.grad(total.sum(), params, retain_graph=out.reference is not None)
-            if out.reference is not None:
+            grads = torch.autograd.grad(total.sum(), params, retain_graph=bool(out.reference))
+            if out.reference:
                 reference = torch.autograd.grad(torch.stack(list(out.reference.values())).sum(), params)
                 grads = method.edit_gradients(step, grads, reference)
         with phase("optimizer"), torch.no_grad():

@@ -68,9 +68,10 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
         assert_same_run(res, train_runs([cfg])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_same_seed_and_config_are_bitwise_reproducible(mixed_group):
-    a = train_runs(mixed_group("derpp"))
-    b = train_runs(mixed_group("derpp"))
+@pytest.mark.parametrize("method", ["derpp", "xder", "icarl", "agem", "gdumb"])
+def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
+    a = train_runs(mixed_group(method))
+    b = train_runs(mixed_group(method))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.confidence, y.confidence)
         for k in x.histograms:

@@ -517,3 +517,13 @@ def test_methods_report_renders_tables_paired_comparison_and_curves(trained, tmp
         assert row["difference"] == pytest.approx((var - base).mean())
     md = (tmp_path / "out" / "t-methods-compare.md").read_text()
     assert "| A-GEM | 20 | m = -inf | stream |" in md and "Holm-adjusted over one method's comparisons" in md
+
+
+def test_report_dry_run_prints_the_groups_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "methods", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: 880 runs against" in out and "880 to compute in 19 lockstep group(s)" in out
+    assert "group 19: gdumb seq-fmnist buffer 500 mask none,-inf,-2.0 (30 runs)" in out
+    assert "icarl seq-fmnist buffer 20 mask none (10 runs)" in out
+    assert os.listdir(tmp_path) == []
