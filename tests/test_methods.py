@@ -366,3 +366,15 @@ def test_every_new_method_learns_on_synthetic_data():
     for cfg, res in zip(cfgs, train_runs(cfgs)):
         assert res.metrics["faa_task_il"] > 60, (cfg.method, res.metrics)
         assert set(res.train_loss) == set(get_method(cfg.method).loss_terms_names) | {"total"}
+
+
+@pytest.mark.parametrize("method,kw", [("xder", {"options": {"gamma": 0.5}}), ("icarl", {}), ("gdumb", {"mask": -1.0, "on": "buffer"}),
+                                       ("er_ace", {"head": "cosine"})])
+def test_new_configs_round_trip_through_json(method, kw):
+    import json
+
+    from clbench import ResolvedConfig
+
+    cfg = synthetic_config(method, **kw).resolve()
+    back = ResolvedConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.identity() == cfg.identity() and back.group_key() == cfg.group_key()
