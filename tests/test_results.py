@@ -65,7 +65,7 @@ def test_identity_depends_on_seed_and_config_only():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(method="icarl"), "valid methods are"),
+    (dict(method="foo"), "valid methods are"),
     (dict(method="er", buffer=0), "buffer of at least 1"),
     (dict(method="er", lr=-1.0), "lr must be > 0"),
     (dict(method="er", backbone="vit"), "valid backbones"),

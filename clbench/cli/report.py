@@ -21,7 +21,7 @@ from ..reports import list_experiments, load_experiment, missing_runs, render_re
 from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store, resolve_db_url
-from ..sweep import plan_sweep
+from ..sweep import describe_group, plan_sweep
 from .common import (
     class_il_option,
     FILTER_HELP,
@@ -66,6 +66,8 @@ def report_command(
                                    "to an experiment .toml file, or 'all' (every registered experiment). Without "
                                    "NAME: list the registered experiments."),
     no_run: bool = typer.Option(False, "--no-run", help="Render from the runs that exist; list the missing ones."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the lockstep groups still to compute and an estimate "
+                                                          "of the time; run and write nothing."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
                                        help="Output folder. [default: reports/NAME; with 'all': reports, one folder per "
                                             "report inside]"),
@@ -156,6 +158,15 @@ def report_command(
         with store:
             _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
         return
+    if dry_run:
+        store = open_store(url, readonly=True) if state == "ready" else None
+        try:
+            for spec in specs:
+                _print_dry_run(stdout, spec, plan_sweep(spec.configs(), store), describe_url(url), device)
+        finally:
+            if store is not None:
+                store.close()
+        return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     if threads is not None:
@@ -185,6 +196,17 @@ def report_command(
                                       download=download, experiment=spec.name, checkpoint=policy)
         _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
                 quiet_when_complete=True)
+
+
+def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
+    estimates = plan.group_estimates_s()
+    for g, members in enumerate(plan.groups):
+        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}",
+                  highlight=False)
+    where_to = "" if device == "cpu" else f" (the cost model is for CPU; on {device} expect less)"
+    out.print(f"{spec.name}: {len(plan.runs)} runs against {where}: {len(plan.to_run)} to compute in "
+              f"{len(plan.groups)} lockstep group(s), {len(plan.cached)} already done (cached). Estimated time: "
+              f"{duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.", highlight=False)
 
 
 def _name_for(spec, name: str) -> str:

@@ -130,6 +130,10 @@ def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Pat
             data.to_csv(out / f"{stem}.data.csv", index=False)
             written.append(out / f"{stem}.data.csv")
             written += _save_figure(fig4.plot_fig4(data, spec), out, stem)
+        elif spec.kind == "methods":
+            from . import methods  # noqa: PLC0415
+
+            written += methods.write_report(spec, df, out, _save_figure)
         else:  # forgetting, tiny-buffer
             from . import tables  # noqa: PLC0415
 
