@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import draw_crop_flip
 from .backbones import BatchedBackbone, BatchedMLP, Params
-from .buffer import BufferDraw, ReservoirBuffer, reservoir_slots, sample_without_replacement
+from .buffer import BufferDraw, ReservoirBuffer, sample_without_replacement
 from .checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
 from .config import ResolvedConfig, RunConfig
 from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs

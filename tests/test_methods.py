@@ -149,7 +149,7 @@ def test_icarl_takes_no_mask():
 
 def test_gdumb_greedy_sampler_keeps_the_memory_class_balanced():
     rng = np.random.default_rng(0)
-    size, memory = 50, np.zeros(0, dtype=np.int64)
+    size = 50
     held, n_seen, slot_class = 0, 0, np.full(50, -1)
     for task in range(5):
         labels = rng.permutation(np.repeat(np.arange(2 * task, 2 * task + 2), 300))

@@ -337,7 +337,7 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
         masked = [m for m in own.get("masks", masks) if m != "none"]
         where = {"stream", "buffer"} if on == "both" else {on}
         if masked and not where & set(acts_on):
-            fix = (f"masks = [\"none\"] (it has no softmax cross-entropy)" if not acts_on else
+            fix = ("masks = [\"none\"] (it has no softmax cross-entropy)" if not acts_on else
                    f"mask_on = \"{'buffer' if 'buffer' in acts_on else 'stream'}\"")
             raise ValueError(f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
                              f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}")
