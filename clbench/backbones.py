@@ -19,6 +19,8 @@ Params = dict[str, torch.Tensor]
 
 class BatchedBackbone(Protocol):
     n_classes: int
+    feature_dim: int
+    head: str  # "linear" or "cosine" (see ``HEADS``)
     # True when each row's output depends on that row alone (no batch statistics), so several
     # batches may be forwarded as one.
     row_independent: bool
@@ -41,6 +43,18 @@ class BatchedBackbone(Protocol):
         rows with weight 0 still get (ignored) logits. Returns the new buffers (running statistics
         move only when ``train``).
         """
+
+    def features(
+        self,
+        params: Params,
+        buffers: Params,
+        x: torch.Tensor,
+        *,
+        train: bool,
+        row_weight: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Params]:
+        """The penultimate features ``(R, N, feature_dim)`` the classifier head reads (iCaRL's
+        nearest-mean classifier), and the new buffers, as in ``forward``."""
 
 
 def xavier_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -119,19 +133,42 @@ def batched_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
     return _BatchedLinear.apply(x, w, b, onednn)
 
 
+HEADS = ("linear", "cosine")
+COSINE_SCALE = 10.0  # ER-ACE's original head (Caccia et al. 2022, "distLinear"): 10 * cosine similarity
+COSINE_EPS = 1e-5
+
+
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor, feature_dim: int = -1) -> torch.Tensor:
+    """``COSINE_SCALE * cos(feature, class weight)``, bias-free: features ``(R, N, D)`` and the class
+    weights (``(R, K, D)``, or ``(R, D, K)`` with ``feature_dim=1``) both divided by their L2 norm plus
+    ``COSINE_EPS``; the normalisation is differentiated through. -> ``(R, N, K)``."""
+    f = features / (features.norm(dim=-1, keepdim=True) + COSINE_EPS)
+    w = weight / (weight.norm(dim=feature_dim, keepdim=True) + COSINE_EPS)
+    return COSINE_SCALE * torch.bmm(f, w if feature_dim == 1 else w.transpose(1, 2))
+
+
+def check_head(head: str) -> str:
+    if head not in HEADS:
+        raise ValueError(f"unknown classifier head {head!r}: valid heads are {', '.join(HEADS)}")
+    return head
+
+
 class BatchedMLP:
     """Mammoth's MNIST MLP, ``in-100-100-K`` with ReLU, as batched matrix products over runs.
 
     Weights are stored ``(R, out, in)`` (``nn.Linear``'s layout, which oneDNN takes without a copy).
     Rows are independent (no batch statistics): the trainer may forward several batches as one.
+    ``head="cosine"`` makes the classifier bias-free cosine logits (``cosine_logits``).
     """
 
     row_independent = True
 
-    def __init__(self, in_features: int, n_classes: int, hidden: Sequence[int] = (100, 100)):
+    def __init__(self, in_features: int, n_classes: int, hidden: Sequence[int] = (100, 100), head: str = "linear"):
         self.in_features = in_features
         self.n_classes = n_classes
         self.sizes = [in_features, *hidden, n_classes]
+        self.feature_dim = self.sizes[-2]
+        self.head = check_head(head)
 
     def init(self, generators, device="cpu"):
         per_layer: dict[str, list[torch.Tensor]] = {}
@@ -139,14 +176,17 @@ class BatchedMLP:
             for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
                 per_layer.setdefault(f"w{i}", []).append(xavier_uniform((fan_in, fan_out), g).t())
                 per_layer.setdefault(f"b{i}", []).append(torch.zeros(fan_out))
+        if self.head == "cosine":
+            del per_layer[f"b{len(self.sizes) - 2}"]
         params = {k: torch.stack(v).to(device).requires_grad_(True) for k, v in per_layer.items()}
         return params, {}
 
-    def forward(self, params, buffers, x, *, train, row_weight=None):
+    def features(self, params, buffers, x, *, train, row_weight=None):
+        """The penultimate activations ``(R, N, hidden[-1])`` (after the last ReLU) and the buffers."""
         if x.dim() > 3:
             x = x.flatten(2)
         h = None
-        for i in range(len(self.sizes) - 1):
+        for i in range(len(self.sizes) - 2):
             w, b = params[f"w{i}"], params[f"b{i}"]
             if h is None and x.stride(0) == 0:
                 # One input set shared by every run (evaluation: a zero stride on the run axis):
@@ -155,4 +195,11 @@ class BatchedMLP:
                 h = _linear(x[0], w.reshape(r * out, d), b.reshape(-1)).view(-1, r, out).transpose(0, 1)
             else:
                 h = batched_linear(x if h is None else F.relu(h), w, b)
-        return h, buffers
+        return F.relu(h), buffers
+
+    def forward(self, params, buffers, x, *, train, row_weight=None):
+        features, buffers = self.features(params, buffers, x, train=train, row_weight=row_weight)
+        last = len(self.sizes) - 2
+        if self.head == "cosine":
+            return cosine_logits(features, params[f"w{last}"]), buffers
+        return batched_linear(features, params[f"w{last}"], params[f"b{last}"]), buffers

@@ -26,7 +26,14 @@ def reservoir_slots(rng: np.random.Generator, n_seen: int, n_new: int, size: int
     n = n_seen + np.arange(n_new, dtype=np.int64)
     j = rng.integers(0, n + 1)
     slots = np.where(n < size, n, np.where(j < size, j, -1))
-    # Last write wins within a step: keep only the last occurrence of each (step, slot) pair.
+    return last_write_per_step(slots, size, batch_size)
+
+
+def last_write_per_step(slots: np.ndarray, size: int, batch_size: int) -> np.ndarray:
+    """Sequential writes, done at once per step: of the samples of one step (``batch_size``
+    consecutive ones) that go to the same slot only the last is kept (it overwrites the others);
+    the earlier writes become -1. ``slots`` in ``[-1, size)``."""
+    n_new = len(slots)
     step = np.arange(n_new) // batch_size
     key = np.where(slots >= 0, step * (size + 1) + slots, -1)
     rev = key[::-1]
@@ -73,6 +80,23 @@ def sample_without_replacement(rng: np.random.Generator, avail: np.ndarray, m: i
 
 
 @dataclass(frozen=True)
+class Memory:
+    """The contents of every run's buffer (what a method's end-of-task hook reads and returns): run
+    r's rows are slots ``[0, held[r])``; the tensors keep the buffer's shape (capacity + 1 slots)."""
+
+    x: torch.Tensor  # (R, slots, *item_shape) raw (uint8) inputs
+    y: torch.Tensor  # (R, slots)
+    task: torch.Tensor  # (R, slots): the task of each row's class
+    logits: torch.Tensor | None  # (R, slots, K) or None
+    held: np.ndarray  # (R,) int64
+
+    def valid(self) -> torch.Tensor:
+        """(R, slots) bool: the slots that hold a row."""
+        slots = torch.arange(self.y.shape[1], device=self.y.device)
+        return slots < torch.as_tensor(self.held, device=self.y.device).unsqueeze(1)
+
+
+@dataclass(frozen=True)
 class BufferDraw:
     """Rows drawn from the buffer: raw inputs and what was stored with them."""
 
@@ -111,12 +135,39 @@ class ReservoirBuffer:
         self.task = torch.zeros((r, slots), dtype=torch.int64, device=device)
         self.logits = torch.zeros((r, slots, n_classes), device=device) if store_logits else None
         self.n_seen = 0  # incoming samples seen so far: the same for every run of a group
+        # Rows held per run when a method writes the buffer itself (``replace``); None: filled by
+        # insertion, so each run holds min(n_seen, size).
+        self.held: np.ndarray | None = None
         self._run_offset = torch.arange(r, device=device).unsqueeze(1) * slots
 
     def available(self, n_seen: int | None = None) -> np.ndarray:
-        """How many samples each run's buffer holds after ``n_seen`` incoming samples."""
+        """How many samples each run's buffer holds (after ``n_seen`` incoming samples, for a
+        buffer filled by insertion)."""
+        if self.held is not None:
+            return self.held.copy()
         seen = self.n_seen if n_seen is None else n_seen
         return np.minimum(seen, np.array(self.sizes, dtype=np.int64))
+
+    def holds_any(self) -> bool:
+        return bool(self.available().max() > 0)
+
+    def contents(self) -> Memory:
+        """The buffer's tensors as they are (not copies: a hook must not write into them)."""
+        return Memory(self.x, self.y, self.task, self.logits, self.available())
+
+    def replace(self, memory: Memory) -> None:
+        """Take ``memory`` (same shapes) as the buffer's contents; from now on it holds ``memory.held``."""
+        for name in ("x", "y", "task"):
+            if getattr(memory, name).shape != getattr(self, name).shape:
+                raise ValueError(f"memory.{name} has shape {tuple(getattr(memory, name).shape)}, "
+                                 f"the buffer {tuple(getattr(self, name).shape)}")
+        held = np.asarray(memory.held, dtype=np.int64)
+        if held.shape != (self.n_runs,) or (held < 0).any() or (held > np.array(self.sizes)).any():
+            raise ValueError(f"memory.held must give 0..size rows for each of the {self.n_runs} runs, got {held}")
+        self.x, self.y, self.task = memory.x, memory.y, memory.task
+        if self.logits is not None:
+            self.logits = memory.logits
+        self.held = held
 
     def insert(self, slots: torch.Tensor, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor, logits: torch.Tensor | None) -> None:
         """Write incoming rows to their planned slots (``slots`` (R, b), -1 = not stored)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,11 +53,13 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(
     net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, after_task: int,
-    chunk_size: int = 2048,
+    chunk_size: int = 2048, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Evaluation:
     """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
     inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
-    all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far)."""
+    all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far).
+    ``classifier`` (a method's, e.g. iCaRL's nearest mean of exemplars) maps the inputs
+    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place."""
     k, t_count = data.n_classes, data.n_tasks
     device = data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
@@ -73,7 +76,11 @@ def evaluate(
             rows = idx[start : start + chunk_size]
             y = data.test_y[rows]
             x = prepare_inputs(data.test_x[rows], data.spec)
-            logits, _ = net.forward(params, buffers, x.unsqueeze(0).expand(n_runs, *x.shape), train=False)
+            inputs = x.unsqueeze(0).expand(n_runs, *x.shape)
+            if classifier is None:
+                logits, _ = net.forward(params, buffers, inputs, train=False)
+            else:
+                logits = classifier(inputs)
             hit = logits.argmax(-1) == y
             cil[:, t] += hit.sum(1)
             cil_seen[:, t] += (logits.masked_fill(unseen, float("-inf")).argmax(-1) == y).sum(1)

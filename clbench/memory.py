@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .config import ResolvedConfig
 from .data.benchmarks import dataset_sizes, get_benchmark
-from .methods import get_method
 
 FLOAT = 4  # float32 bytes
 INDEX = 8  # int64 bytes
@@ -79,7 +78,7 @@ def run_bytes(configs: Sequence[ResolvedConfig]) -> int:
     reused from one phase to the next, never given back: ``trainer._keep_freed_memory``)."""
     c0 = configs[0]
     spec = _spec(c0)
-    method = get_method(c0.method)
+    method = c0.method_instance()
     params, train_row, eval_row = (_mlp_sizes if c0.backbone == "mlp" else _resnet_sizes)(c0, spec)
     n_train, n_test = dataset_sizes(c0.benchmark, c0.synthetic)
     c, h, w = spec.input_shape
@@ -87,10 +86,12 @@ def run_bytes(configs: Sequence[ResolvedConfig]) -> int:
     k = spec.n_classes
     task_rows = math.ceil(n_train / spec.n_tasks)
     epoch_rows = n_train if method.trains_on_seen_tasks else task_rows  # joint: tasks 0..t at task t
+    if getattr(method, "exemplar_memory", False):  # iCaRL trains on the task's samples plus its exemplars
+        epoch_rows += max(c.buffer_size for c in configs)
     step_rows = min(c0.batch_size, epoch_rows) + method.replay_draws * c0.minibatch_size
     capacity = max(c.buffer_size for c in configs)
     held = 3 * params * FLOAT  # initial, current and gradient
-    if method.uses_buffer:
+    if method.uses_buffer or getattr(method, "exemplar_memory", False):
         held += (capacity + 1) * (item + 2 * INDEX + (k * FLOAT if method.stores_logits else 0))
     held += 2 * spec.n_tasks * k * k * 8  # confidence sums and results
     training = step_rows * train_row * FLOAT

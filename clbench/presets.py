@@ -7,7 +7,7 @@ fallback is used and the resolution says so in its notes, which become part of t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # (benchmark, method) -> {buffer: (lr, minibatch, alpha, beta)}; buffer 0 = no buffer.
 _T = tuple[float, int | None, float | None, float | None]
@@ -29,35 +29,70 @@ PRESETS: dict[tuple[str, str], dict[int, _T]] = {
     ("seq-cifar100", "der"): {b: (0.03, 32, 0.3, None) for b in (500, 2000)},
     ("seq-cifar100", "derpp"): {b: (0.03, 32, 0.1, 0.5) for b in (200, 500, 2000, 5120)},
     ("seq-cifar100", "er_ace"): {b: (0.03, 32, None, None) for b in (500, 2000)},
+    # methods.md: A-GEM (Mammoth's best args of the DER paper; none for seq-cifar100).
+    ("seq-mnist", "agem"): {b: (0.1, 128, None, None) for b in (200, 500, 5120)},
+    ("seq-cifar10", "agem"): {b: (0.03, 32, None, None) for b in (200, 500, 5120)},
+    ("seq-tinyimg", "agem"): {b: (0.01, 32, None, None) for b in (200, 500, 5120)},
+    # iCaRL (the weight decay, Mammoth's custom L2 / opt_wd, is the option wd below).
+    ("seq-mnist", "icarl"): {b: (0.1, None, None, None) for b in (200, 500, 5120)},
+    ("seq-cifar10", "icarl"): {200: (0.1, None, None, None), 500: (0.1, None, None, None), 5120: (0.03, None, None, None)},
+    ("seq-tinyimg", "icarl"): {b: (0.03, None, None, None) for b in (200, 500, 5120)},
+    ("seq-cifar100", "icarl"): {b: (0.3, None, None, None) for b in (500, 2000)},
+    # X-DER ([M22] best_args; no seq-mnist, seq-cifar10 or seq-tinyimg rows in any source).
+    ("seq-cifar100", "xder"): {500: (0.03, 32, 0.3, 0.8), 2000: (0.03, 32, 0.6, 0.9)},
+    # GDumb: lr is the refit's maximum lr (maxlr).
+    ("seq-cifar10", "gdumb"): {500: (0.05, None, None, None)},
+    ("seq-cifar100", "gdumb"): {b: (0.05, None, None, None) for b in (500, 2000)},
+}
+# Method options of the preset rows (same keys), beside the row's lr/minibatch/alpha/beta.
+PRESET_OPTIONS: dict[tuple[str, str], dict[int, dict]] = {
+    ("seq-cifar10", "icarl"): {b: {"wd": 1e-5} for b in (200, 500, 5120)},
+    ("seq-tinyimg", "icarl"): {b: {"wd": 1e-5} for b in (200, 500, 5120)},
+    ("seq-cifar100", "icarl"): {b: {"wd": 1e-5} for b in (500, 2000)},
+    ("seq-cifar100", "xder"): {500: {"eta": 0.001, "margin": 0.7}, 2000: {"eta": 0.01, "margin": 0.2}},
+    ("seq-cifar10", "gdumb"): {500: {"minlr": 5e-4, "fitting_epochs": 256, "cutmix_alpha": 1.0}},
+    ("seq-cifar100", "gdumb"): {b: {"minlr": 5e-4, "fitting_epochs": 250, "cutmix_alpha": 1.0} for b in (500, 2000)},
 }
 
 # Benchmarks without published presets borrow another's, and the notes say so.
 PRESET_SOURCE = {"seq-fmnist": "seq-mnist", "synthetic": "seq-mnist"}
 # Methods without a row borrow another method's lr/minibatch, and the notes say so.
-METHOD_FALLBACK = {"er_ace": "er", "joint": "sgd"}
+METHOD_FALLBACK = {"er_ace": "er", "joint": "sgd", "xder": "derpp"}
+# Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
+METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
+    "gdumb": ((0.05, None, None, None), "Mammoth's gdumb defaults (maxlr 0.05, minlr 5e-4, 256 fitting epochs, CutMix alpha 1)"),
+}
 
 
 @dataclass(frozen=True)
 class Preset:
-    lr: float
+    lr: float | None
     minibatch_size: int | None
     alpha: float | None
     beta: float | None
     source: str  # e.g. "seq-mnist/derpp/buffer 200"
     notes: tuple[str, ...]
+    options: dict = field(default_factory=dict)  # method options set by the row
 
 
 def lookup_preset(benchmark: str, method: str, buffer_size: int) -> Preset:
+    """The preset of ``method`` on ``benchmark`` for ``buffer_size``, with notes naming every
+    fallback taken. Raises ``ValueError`` when there is none."""
     notes: list[str] = []
     table_bench = PRESET_SOURCE.get(benchmark, benchmark)
     if table_bench != benchmark:
         notes.append(f"{benchmark} has no published presets: using the {table_bench} ones")
     table_method = method
-    if (table_bench, method) not in PRESETS:
-        table_method = METHOD_FALLBACK.get(method, method)
-        if (table_bench, table_method) not in PRESETS:
+    if (table_bench, table_method) not in PRESETS:
+        fallback = METHOD_FALLBACK.get(table_method, table_method)
+        if (table_bench, fallback) not in PRESETS:
+            if table_method in METHOD_DEFAULTS:
+                row, what = METHOD_DEFAULTS[table_method]
+                notes.append(f"no {table_method} preset for {table_bench}: using {what}")
+                return Preset(*row, f"{table_method} defaults", tuple(notes))
             raise ValueError(f"no hyperparameter preset for {method} on {benchmark}: pass lr explicitly")
-        notes.append(f"no {method} preset for {table_bench}: using the {table_method} row")
+        notes.append(f"no {table_method} preset for {table_bench}: using the {fallback} row")
+        table_method = fallback
     rows = PRESETS[(table_bench, table_method)]
     if 0 in rows:
         key = 0
@@ -72,4 +107,5 @@ def lookup_preset(benchmark: str, method: str, buffer_size: int) -> Preset:
         notes.append(f"buffer {buffer_size} has no preset: using the nearest listed buffer, {key}")
     lr, mb, alpha, beta = rows[key]
     source = f"{table_bench}/{table_method}" + (f"/buffer {key}" if key else "")
-    return Preset(lr, mb, alpha, beta, source, tuple(notes))
+    options = dict(PRESET_OPTIONS.get((table_bench, table_method), {}).get(key, {}))
+    return Preset(lr, mb, alpha, beta, source, tuple(notes), options)

@@ -73,10 +73,7 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
                  experiment=None, run_id=None) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
-    if (methods := _as_list(method)) is not None:
-        bad = [m for m in methods if m not in METHODS]
-        if bad:  # like an unknown dataset: a typo, not a filter that matches nothing
-            raise ValueError(f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}")
+    if (methods := _as_list(method)) is not None:  # names checked against the store: _check_methods
         conds.append(Run.method.in_([str(m) for m in methods]))
     if (datasets := _as_list(dataset)) is not None:
         conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))
@@ -105,6 +102,21 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
     if (ids := _as_list(run_id)) is not None:
         conds.append(Run.run_id.in_([str(i) for i in ids]))
     return conds
+
+
+def _check_methods(conn, method) -> None:
+    """An unknown method in a filter is an error, like an unknown dataset: a typo, not a filter that
+    matches nothing. Known: the shipped methods and any stored run's (methods of your own)."""
+    if (methods := _as_list(method)) is None:
+        return
+    known = set(METHODS)
+    if any(str(m) not in known for m in methods):
+        known |= set(conn.execute(select(Run.method).distinct()).scalars())
+    bad = [str(m) for m in methods if str(m) not in known]
+    if bad:
+        mine = sorted(known - set(METHODS))
+        raise ValueError(f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}"
+                         + (f" (and in this database: {', '.join(mine)})" if mine else ""))
 
 
 def _results_version():
@@ -168,6 +180,7 @@ def load_runs(
 
     def work(store: Store):
         def query(conn):
+            _check_methods(conn, method)
             # Sweeps in the order they were planned, groups in the order they trained, then seeds.
             stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(
                 Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
@@ -222,6 +235,7 @@ def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
 
     def work(store: Store):
         def query(conn):
+            _check_methods(conn, filters.get("method"))
             ids = select(Run.run_id).where(*conds)
             stmt = select(Accuracy.__table__).where(Accuracy.run_id.in_(ids)).order_by(
                 Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbones import Params
+from .backbones import Params, check_head, cosine_logits
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
@@ -74,8 +74,9 @@ class BatchedResNet18:
 
     row_independent = False  # BatchNorm: a row's output depends on its batch
 
-    def __init__(self, n_classes: int, in_channels: int = 3, width: int = 64):
+    def __init__(self, n_classes: int, in_channels: int = 3, width: int = 64, head: str = "linear"):
         self.n_classes = n_classes
+        self.head = check_head(head)
         self.in_channels = in_channels
         self.width = width
         self.stem = _ConvSpec("stem", in_channels, width, 3)
@@ -130,6 +131,8 @@ class BatchedResNet18:
         # Drawn as nn.Linear's (K, D) weight, then stored transposed (D, K).
         params["fc.weight"] = _uniform((self.n_classes, self.feature_dim), bound, g).t().contiguous()
         params["fc.bias"] = _uniform((self.n_classes,), bound, g)
+        if self.head == "cosine":  # bias-free; drawn all the same, so the generator's stream is the linear head's
+            del params["fc.bias"]
         return params, buffers
 
     def init(
@@ -161,6 +164,8 @@ class BatchedResNet18:
         equal those of the run alone on those rows; padding rows must hold finite values.
         """
         features, new_buffers = self.features(params, buffers, x, train=train, row_weight=row_weight)
+        if self.head == "cosine":
+            return cosine_logits(features, params["fc.weight"], feature_dim=1), new_buffers
         logits = torch.baddbmm(params["fc.bias"].unsqueeze(1), features, params["fc.weight"])
         return logits, new_buffers
 

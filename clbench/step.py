@@ -7,8 +7,8 @@ rows are masked (stream rows, buffer rows or both) and with which value. Methods
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,7 @@ class LossLayer:
     def __init__(self, masks: Sequence[MaskSpec], class_task: torch.Tensor):
         device = class_task.device
         self.class_task = class_task
+        self.n_tasks = int(class_task.max()) + 1 if class_task.numel() else 0  # once per group, on the host
         self.any_masked = any(m.enabled for m in masks)
         # Unmasked runs get m = 0, never used: every class is active for their rows.
         self.mask_value = torch.tensor([m.value if m.enabled else 0.0 for m in masks], device=device).view(-1, 1)
@@ -105,6 +106,22 @@ class Step:
     seen_classes: torch.Tensor  # (R, K) bool: classes seen in the stream so far, this batch included
     forward: Callable[[Batch], torch.Tensor]  # batch -> logits (R, N, K), training mode
     loss: LossLayer
+    # What the methods that need more than batches read (the defaults: nothing).
+    state: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the method's state (Method.init_state)
+    replay_slots: tuple[torch.Tensor, ...] = ()  # per replay draw, (R, M) buffer slot of each row, -1 = padding
+    draws: Mapping[str, torch.Tensor] = field(default_factory=dict)  # this step's Method.train_draws, (R, ...)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the method's options (config)
+    net: Any = None  # the backbone (BatchedBackbone): forward with other parameters (a frozen teacher)
+    params: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the parameters being trained
+
+    @property
+    def class_task(self) -> torch.Tensor:
+        """(K,) the task of each class."""
+        return self.loss.class_task
+
+    @property
+    def n_tasks(self) -> int:
+        return self.loss.n_tasks
 
     def cross_entropy(self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None) -> torch.Tensor:
         return self.loss.cross_entropy(logits, batch, inactive)

@@ -549,10 +549,12 @@ def _now() -> datetime:
 
 def config_hash(cfg: ResolvedConfig) -> str:
     """What the seeds of one experimental cell share: the hash of the resolved config without the
-    seed (and, like ``identity``, without the derived notes and preset source)."""
+    seed (and, like ``identity``, without the derived notes and preset source, and without where a
+    method of your own was loaded from: its file's hash stays in)."""
     d = cfg.to_dict()
     for derived in ("seed", "notes", "preset_source"):
         d.pop(derived)
+    d.pop("method_source", None)
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(b"config:" + blob.encode()).hexdigest()[:16]
 

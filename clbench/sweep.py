@@ -24,11 +24,10 @@ from typing import Any
 
 from . import memory
 from .checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, discard_checkpoint, group_key
-from .config import BUFFERLESS_METHODS, MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
+from .config import MAX_SWEEP_RUNS, ResolvedConfig, RunConfig, check_field
 from .data.benchmarks import BENCHMARKS, dataset_sizes, get_benchmark
 from .executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from .masking import MaskSpec, parse_mask_value
-from .methods import get_method
 from .results import RunResult
 from .store import DONE_STATUSES, HEARTBEAT_INTERVAL_S, Owner, Store, sqlite_path
 from .trainer import Progress, plan_groups
@@ -65,7 +64,8 @@ def sweep_configs(
     Raises ``ValueError`` with one line for invalid values.
     """
     if not methods:
-        raise ValueError("no method given: valid methods are sgd, joint, er, der, derpp, er_ace")
+        raise ValueError("no method given: valid methods are sgd, joint, er, der, derpp, er_ace, xder, icarl, agem, "
+                         "gdumb, or PATH.py:CLASS")
     if not seeds:
         raise ValueError("no seeds given: pass --seeds N (seeds 0..N-1, N >= 1) or --seed S")
     if not buffers:
@@ -126,8 +126,10 @@ def estimate_group_seconds(configs: Sequence[ResolvedConfig]) -> float:
     """Estimated wall seconds to train and evaluate one lockstep group on this kind of CPU."""
     c0, n_runs = configs[0], len(configs)
     spec, n_train, n_test = _benchmark_sizes(c0)
-    method = get_method(c0.method)
+    method = c0.method_instance()
     per_task = n_train / spec.n_tasks
+    if method.exemplar_memory:  # iCaRL trains on the task's samples plus its exemplars
+        per_task += c0.buffer_size * (spec.n_tasks - 1) / spec.n_tasks
     # joint retrains from scratch on tasks 0..t at task t: 1 + 2 + ... + T tasks' worth of data.
     task_multiples = spec.n_tasks * (spec.n_tasks + 1) / 2 if method.trains_on_seen_tasks else spec.n_tasks
     replaying_tasks = max(0, spec.n_tasks - method.replay_from_task) if method.replay_draws else 0
@@ -136,6 +138,9 @@ def estimate_group_seconds(configs: Sequence[ResolvedConfig]) -> float:
     row_s = _row_seconds(c0, spec)
     train = steps * task_multiples * (_STEP_S + n_runs * rows_per_step * row_s)
     train += steps * replaying_tasks * n_runs * method.replay_draws * c0.minibatch_size * row_s
+    if method.refits:  # GDumb: every task end trains from scratch on the memory
+        refit_steps = method.refit_epochs(c0.option_values) * math.ceil(c0.buffer_size / c0.batch_size) * spec.n_tasks
+        train += refit_steps * (_STEP_S + n_runs * c0.batch_size * row_s)
     evaluate = spec.n_tasks * n_test * n_runs * row_s * _EVAL_ROW_FRACTION
     return train + evaluate
 
@@ -246,7 +251,7 @@ def describe_group(configs: Sequence[ResolvedConfig]) -> str:
     c0 = configs[0]
     parts = [c0.method, c0.benchmark]
     buffers = sorted({c.buffer_size for c in configs})
-    if c0.method not in BUFFERLESS_METHODS:
+    if c0.buffer_size > 0:
         parts.append("buffer " + ",".join(map(str, buffers)))
     masks = list(dict.fromkeys(c.mask.label for c in configs))
     parts.append("mask " + ",".join(masks))

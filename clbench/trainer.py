@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from . import __version__
 from .augment import draw_crop_flip
 from .backbones import BatchedBackbone, BatchedMLP, Params
-from .buffer import BufferDraw, ReservoirBuffer, reservoir_slots, sample_without_replacement
+from .buffer import BufferDraw, ReservoirBuffer, sample_without_replacement
 from .checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
 from .config import ResolvedConfig, RunConfig
 from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs
 from .environment import numeric_environment
 from .evaluation import Evaluation, evaluate
-from .methods import Method, get_method
+from .methods import Method, MethodContext, MethodOutput
 from .results import Divergence, RunResult
 from .step import Batch, LossLayer, Step
 
@@ -91,15 +91,18 @@ def _untimed(name: str) -> contextlib.AbstractContextManager:
 class RunRandomness:
     """A run's independent random streams, all derived from its seed alone."""
 
-    NUMPY_STREAMS = ("order", "reservoir", "replay", "augment")  # what a checkpoint saves (init is used once)
+    # What a checkpoint saves (init is used once). ``method``: the method's hooks' draws.
+    NUMPY_STREAMS = ("order", "reservoir", "replay", "augment", "method")
 
     def __init__(self, seed: int):
-        init, order, reservoir, replay, augment = np.random.SeedSequence(seed).spawn(5)
+        # The sixth child is new: spawning six leaves the first five (and every earlier run) as they were.
+        init, order, reservoir, replay, augment, method = np.random.SeedSequence(seed).spawn(6)
         self.init = torch.Generator().manual_seed(int(init.generate_state(1, np.uint64)[0] >> 1))
         self.order = np.random.default_rng(order)
         self.reservoir = np.random.default_rng(reservoir)
         self.replay = np.random.default_rng(replay)
         self.augment = np.random.default_rng(augment)
+        self.method = np.random.default_rng(method)
 
 
 @functools.cache
@@ -126,10 +129,10 @@ def _keep_freed_memory() -> None:
 def make_backbone(cfg: ResolvedConfig, data: ContinualData) -> BatchedBackbone:
     c, h, w = data.spec.input_shape
     if cfg.backbone == "mlp":
-        return BatchedMLP(c * h * w, data.n_classes)
+        return BatchedMLP(c * h * w, data.n_classes, head=cfg.head)
     from .resnet import BatchedResNet18
 
-    return BatchedResNet18(data.n_classes, in_channels=c, width=cfg.width or 64)
+    return BatchedResNet18(data.n_classes, in_channels=c, width=cfg.width or 64, head=cfg.head)
 
 
 def usable_cpu_cores() -> int:
@@ -247,35 +250,44 @@ class _Divergence:
 
 def _train_step(
     method: Method, state: _NetState, step: Step, lr: dict[str, torch.Tensor], buffer: ReservoirBuffer | None,
-    slots: torch.Tensor | None, x_raw: torch.Tensor, divergence: _Divergence, step_in_task: int,
+    slots: torch.Tensor | None, x_raw: torch.Tensor | None, divergence: _Divergence, step_in_task: int,
     phase: Callable[[str], contextlib.AbstractContextManager], post_step_logits: bool = False,
-) -> tuple[tuple[str, ...], torch.Tensor]:
-    """One step for every run: loss terms -> one backward -> per-run SGD -> buffer insertion.
+    terms_of: Callable[[Step], MethodOutput] | None = None,
+) -> tuple[tuple[str, ...], torch.Tensor, dict[str, torch.Tensor] | None]:
+    """One step for every run: loss terms -> one backward (a second one for the method's reference
+    terms, whose gradient the method's ``edit_gradients`` combines with the loss's) -> per-run SGD
+    -> buffer insertion. ``terms_of`` replaces ``method.loss_terms`` (the refit's terms).
 
     Runs whose loss or gradient is not finite take no step from here on (``_Divergence``). With
     ``post_step_logits`` (DER's ``der_logits = "post"``) the buffer stores the logits of a fresh
     forward of the (augmented) stream batch after the update, instead of the training forward's;
     that forward uses batch statistics and leaves the BatchNorm running statistics alone.
-    Returns the loss terms' names and the terms and their total, stacked ``(n_terms + 1, R)``.
+    Returns the loss terms' names, the terms and their total stacked ``(n_terms + 1, R)``, and the
+    method's new state values (``None``: unchanged).
     """
     bn_before = state.buffers
     with phase("forward and loss"):
-        out = method.loss_terms(step)
-        terms = torch.stack(list(out.terms.values()))  # (n_terms, R)
+        out = (terms_of or method.loss_terms)(step)
+        terms = torch.stack(list(out.terms.values())) if out.terms else step.alpha.new_zeros((0, len(step.alpha)))
         total = terms.sum(0)
-    with phase("backward"):
-        # Summing the runs' losses gives each run's parameters exactly its own gradient.
-        grads = torch.autograd.grad(total.sum(), list(state.params.values()))
-    with phase("optimizer"), torch.no_grad():
-        ok = divergence.watch(total, grads, step.task, step_in_task)
-        for (name, p), g in zip(state.params.items(), grads):
-            if ok is not None:  # a diverged run's update is zero (not lr * NaN)
-                g = torch.where(ok.view(-1, *([1] * (g.dim() - 1))), g, 0.0)
-            p.addcmul_(g, lr[name], value=-1.0)  # plain SGD, lr per run (broadcast view), in place
-        if ok is not None and state.buffers:  # nor do its BatchNorm running statistics move
-            state.buffers = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k])
-                             for k, v in state.buffers.items()}
-    if buffer is not None:  # after the update, like Mammoth; DER stores the pre-update logits by default
+    if out.terms:  # a method may train nothing on the stream (GDumb only fills its memory)
+        with phase("backward"):
+            # Summing the runs' losses gives each run's parameters exactly its own gradient.
+            params = list(state.params.values())
+            grads = torch.autograd.grad(total.sum(), params, retain_graph=bool(out.reference))
+            if out.reference:
+                reference = torch.autograd.grad(torch.stack(list(out.reference.values())).sum(), params)
+                grads = method.edit_gradients(step, grads, reference)
+        with phase("optimizer"), torch.no_grad():
+            ok = divergence.watch(total, grads, step.task, step_in_task)
+            for (name, p), g in zip(state.params.items(), grads):
+                if ok is not None:  # a diverged run's update is zero (not lr * NaN)
+                    g = torch.where(ok.view(-1, *([1] * (g.dim() - 1))), g, 0.0)
+                p.addcmul_(g, lr[name], value=-1.0)  # plain SGD, lr per run (broadcast view), in place
+            if ok is not None and state.buffers:  # nor do its BatchNorm running statistics move
+                state.buffers = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k])
+                                 for k, v in state.buffers.items()}
+    if buffer is not None and slots is not None:  # after the update, like Mammoth; DER stores the pre-update logits by default
         with phase("buffer insertion"):
             logits = out.stream_logits
             if post_step_logits and logits is not None:
@@ -283,7 +295,7 @@ def _train_step(
                     logits, _ = state.net.forward(state.params, state.buffers, step.stream.x, train=True,
                                                   row_weight=step.stream.valid)
             buffer.insert(slots, x_raw, step.stream.y, step.stream.task, logits)
-    return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach()
+    return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach(), out.state
 
 
 @dataclass
@@ -310,14 +322,16 @@ class _GroupState:
 
     Position: ``task`` is being trained, ``epoch`` of it, ``step`` steps of that epoch done;
     ``task_begun`` tells whether the task's start (joint's reset, the loss sums) happened.
+    ``method_state``: the method's own tensors (``Method.init_state``, updated by its steps and
+    end-of-task hook), the one place any method keeps what it carries between steps.
     """
 
-    def __init__(self, cfgs: Sequence[ResolvedConfig], net: BatchedBackbone, data: ContinualData, buffer_sizes):
+    def __init__(self, cfgs: Sequence[ResolvedConfig], net: BatchedBackbone, data: ContinualData, buffer_sizes,
+                 method: Method):
         device = data.device
         self.rand = [RunRandomness(c.seed) for c in cfgs]
         self.init_params, self.init_buffers = net.init([r.init for r in self.rand], device)
         self.net = _NetState(net, _fresh(self.init_params, True), dict(self.init_buffers))
-        method = get_method(cfgs[0].method)
         self.buffer = None
         if method.uses_buffer:
             self.buffer = ReservoirBuffer(buffer_sizes, data.spec.input_shape, data.n_classes,
@@ -334,6 +348,8 @@ class _GroupState:
         self.draws: _EpochDraws | None = None
         self.seen_at_epoch_start = 0
         self.plan: _ReplayPlan | None = None  # the replay plan of the current chunk of steps
+        self.step_draws: dict[str, torch.Tensor] | None = None  # the method's draws for this chunk, (steps, R, ...)
+        self.method_state: dict[str, torch.Tensor] = {}
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -346,7 +362,8 @@ class _GroupState:
             "position": [self.task, self.epoch, self.step, self.task_begun],
             "params": tensors(self.net.params), "bn": tensors(self.net.buffers),
             "buffer": None if buf is None else {"x": cpu(buf.x), "y": cpu(buf.y), "task": cpu(buf.task),
-                                                "logits": cpu(buf.logits), "n_seen": buf.n_seen},
+                                                "logits": cpu(buf.logits), "n_seen": buf.n_seen,
+                                                "held": None if buf.held is None else torch.from_numpy(buf.held.copy())},
             "rng": [{name: getattr(r, name).bit_generator.state for name in RunRandomness.NUMPY_STREAMS}
                     for r in self.rand],
             "seen_classes": cpu(self.seen_classes), "divergence": tensors(self.divergence.state()),
@@ -358,6 +375,8 @@ class _GroupState:
             "seen_at_epoch_start": self.seen_at_epoch_start,
             "plan": None if self.plan is None else {"idx": cpu(self.plan.idx), "padded": torch.from_numpy(self.plan.padded),
                                                     "aug": cpu(self.plan.aug)},
+            "step_draws": None if self.step_draws is None else tensors(self.step_draws),
+            "method_state": tensors(self.method_state),
         }
 
     def restore(self, saved: dict, device: torch.device) -> None:
@@ -370,6 +389,7 @@ class _GroupState:
             b = saved["buffer"]
             self.buffer.x, self.buffer.y, self.buffer.task = dev(b["x"]), dev(b["y"]), dev(b["task"])
             self.buffer.logits, self.buffer.n_seen = dev(b["logits"]), int(b["n_seen"])
+            self.buffer.held = None if b.get("held") is None else b["held"].numpy().copy()
         for r, states in zip(self.rand, saved["rng"]):
             for name, state in states.items():
                 getattr(r, name).bit_generator.state = state
@@ -384,11 +404,25 @@ class _GroupState:
         self.seen_at_epoch_start = int(saved["seen_at_epoch_start"])
         p = saved["plan"]
         self.plan = None if p is None else _ReplayPlan(dev(p["idx"]), p["padded"].numpy(), dev(p["aug"]))
+        sd = saved.get("step_draws")
+        self.step_draws = None if sd is None else {k: v.to(device) for k, v in sd.items()}
+        self.method_state = {k: v.to(device) for k, v in saved.get("method_state", {}).items()}
 
     def summary(self, run_ids: Sequence[str], n_tasks: int, n_epochs: int, n_steps: int) -> dict:
         return {"run_ids": list(run_ids), "task": self.task, "n_tasks": n_tasks, "epoch": self.epoch,
                 "n_epochs": n_epochs, "step": self.step, "n_steps": n_steps,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+    def context(self, task: int, data: ContinualData, cfgs: Sequence[ResolvedConfig]) -> MethodContext:
+        """What the method's task-level hooks see now."""
+        c0 = cfgs[0]
+        return MethodContext(
+            task=task, data=data, net=self.net.net, params={k: v.detach() for k, v in self.net.params.items()},
+            bn=self.net.buffers, state=self.method_state,
+            memory=self.buffer.contents() if self.buffer is not None else None,
+            rngs=tuple(r.method for r in self.rand), buffer_sizes=tuple(c.buffer_size for c in cfgs),
+            batch_size=c0.batch_size, options=c0.option_values,
+        )
 
 
 def train_group(
@@ -407,7 +441,8 @@ def train_group(
     ``checkpoint.every_s`` seconds within a task, and resumes from the group's checkpoint if one
     exists: the results are then exactly those of an uninterrupted run (bit for bit on the CPU).
     The caller deletes the checkpoint once it has stored the results
-    (``clbench.checkpoint.discard_checkpoint``).
+    (``clbench.checkpoint.discard_checkpoint``). A task's end (the method's end-of-task hook, a
+    refit, the evaluation) runs between two checkpoints, so an interruption there redoes it.
     """
     cfgs = list(configs)
     if not cfgs:
@@ -420,13 +455,15 @@ def train_group(
         raise ValueError(f"data is {spec.name}, configs are for {c0.benchmark}")
     n_runs, n_tasks, n_classes = len(cfgs), data.n_tasks, data.n_classes
     _keep_freed_memory()
-    method = get_method(c0.method)
+    method = c0.method_instance()
     net = make_backbone(c0, data)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float32, device=device)  # noqa: E731
     base_lr, alpha, beta = as_tensor([c.lr for c in cfgs]), as_tensor([c.alpha for c in cfgs]), as_tensor([c.beta for c in cfgs])
     loss_layer = LossLayer([c.mask for c in cfgs], data.class_task)
     sizes = np.array([c.buffer_size for c in cfgs], dtype=np.int64)
-    st = _GroupState(cfgs, net, data, sizes)
+    st = _GroupState(cfgs, net, data, sizes, method)
+    st.method_state = method.init_state(st.context(0, data, cfgs))
+    options = c0.option_values
     run_ids = [c.identity() for c in cfgs]
     ckpt_key = group_key(run_ids)
     batch_size, minibatch = c0.batch_size, c0.minibatch_size
@@ -438,11 +475,17 @@ def train_group(
         if progress is not None:
             progress(Progress(phase, n_runs, task, n_tasks, epoch, c0.epochs, step, n_steps, time.perf_counter() - started))
 
+    def task_pool(task: int) -> torch.Tensor:
+        """The rows task ``task`` trains on: (n,), or (R, n) where the method's differ per run."""
+        # joint: from the initial weights on tasks 0..task
+        pool = torch.cat(data.train_task_idx[: task + 1]) if method.trains_on_seen_tasks else data.train_task_idx[task]
+        rows = method.task_rows(st.context(task, data, cfgs), pool)
+        return pool if rows is None else rows
+
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, ckpt_key)) is not None:
         st.restore(saved, device)
         task_now = min(st.task, n_tasks - 1)
-        n_in_task = sum(len(i) for i in data.train_task_idx[: task_now + 1]) if method.trains_on_seen_tasks else len(data.train_task_idx[task_now])
-        report("resume", st.task, st.epoch, st.step, math.ceil(n_in_task / batch_size))
+        report("resume", st.task, st.epoch, st.step, math.ceil(task_pool(task_now).shape[-1] / batch_size))
 
     def save(n_steps: int) -> None:
         nonlocal last_saved
@@ -452,9 +495,8 @@ def train_group(
 
     while st.task < n_tasks:
         task = st.task
-        # joint: from the initial weights on tasks 0..task
-        pool = torch.cat(data.train_task_idx[: task + 1]) if method.trains_on_seen_tasks else data.train_task_idx[task]
-        n = len(pool)
+        pool = task_pool(task)
+        n = pool.shape[-1]
         n_steps = math.ceil(n / batch_size)
         n_draws = method.replay_draws if task >= method.replay_from_task else 0
         if not st.task_begun:
@@ -469,15 +511,21 @@ def train_group(
             if st.draws is None:
                 with phase("random plans (order, augmentation, buffer)"):
                     st.seen_at_epoch_start = st.buffer.n_seen if st.buffer is not None else 0
-                    st.draws = _draw_epoch(st.rand, pool, n, spec.augment, st.buffer, sizes, batch_size, device)
+                    st.draws = _draw_epoch(st.rand, pool, n, spec.augment, st.buffer, sizes, batch_size, device, method,
+                                           data.train_y)
             draws = st.draws
             report_every = max(1, n_steps // 50)
             for s in range(st.step, n_steps):
-                if n_draws and s % PLAN_CHUNK_STEPS == 0:
+                if s % PLAN_CHUNK_STEPS == 0:
                     with phase("random plans (order, augmentation, buffer)"):
-                        st.plan = _replay_plan(st.rand, sizes, st.seen_at_epoch_start, s, min(PLAN_CHUNK_STEPS, n_steps - s), batch_size, n, minibatch, n_draws, spec.augment, device)
+                        chunk = min(PLAN_CHUNK_STEPS, n_steps - s)
+                        if n_draws:
+                            avail = _replay_avail(st.buffer, sizes, st.seen_at_epoch_start, s, chunk, batch_size, n, method)
+                            st.plan = _replay_plan(st.rand, avail, minibatch, n_draws, spec.augment, device)
+                        st.step_draws = _stacked_draws([method.train_draws(r.method, chunk, n_draws * minibatch, options)
+                                                        for r in st.rand], device)
                 with phase("buffer sampling"):
-                    planned = st.plan.draw(st.buffer, s % PLAN_CHUNK_STEPS) if n_draws and st.buffer.n_seen > 0 else None
+                    planned = st.plan.draw(st.buffer, s % PLAN_CHUNK_STEPS) if n_draws and st.buffer.holds_any() else None
                 with phase("batch assembly and augmentation"):
                     cols = slice(s * batch_size, min((s + 1) * batch_size, n))
                     rows = draws.samples[:, cols]
@@ -486,9 +534,14 @@ def train_group(
                     if method.tracks_seen_classes:
                         st.seen_classes = st.seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
                 forward = _StepForward(st.net, x, (stream, *replay))
-                step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer)
-                names, terms = _train_step(method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
-                                           x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
+                step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer, st.method_state,
+                            _replay_slots(planned, n_draws), _step_slice(st.step_draws, s % PLAN_CHUNK_STEPS), options,
+                            net, st.net.params)
+                names, terms, new_state = _train_step(
+                    method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
+                    x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
+                if new_state:
+                    st.method_state = {**st.method_state, **new_state}
                 st.names, st.sums = names, terms if st.sums is None else st.sums + terms
                 st.step = s + 1
                 if (s + 1) % report_every == 0 or s + 1 == n_steps:
@@ -497,13 +550,25 @@ def train_group(
                     st.train_s[task] += time.perf_counter() - t0
                     t0 = time.perf_counter()
                     save(n_steps)
-            st.epoch, st.step, st.draws, st.plan = epoch + 1, 0, None, None
-        st.train_s[task] += time.perf_counter() - t0
+            st.epoch, st.step, st.draws, st.plan, st.step_draws = epoch + 1, 0, None, None, None
         st.loss_means.append(dict(zip(st.names, (st.sums / (n_steps * c0.epochs)).cpu().numpy())))
+        with phase("end of task"):
+            ended = method.end_task(st.context(task, data, cfgs))
+            if ended is not None:
+                st.method_state = dict(ended.state)
+                if ended.memory is not None:
+                    st.buffer.replace(ended.memory)
+        if method.refits:
+            with phase("refit"):
+                st.loss_means[-1] = _refit(method, st, data, cfgs, loss_layer, base_lr, alpha, beta, task,
+                                           c0.epochs * n_steps, phase)
+        st.train_s[task] += time.perf_counter() - t0
         report("evaluate", task, c0.epochs - 1, n_steps, n_steps)
         t1 = time.perf_counter()
         with phase("evaluation"):
-            st.evaluations.append(evaluate(net, st.net.params, st.net.buffers, data, n_runs, after_task=task))
+            classifier = method.classifier(st.context(task, data, cfgs))
+            st.evaluations.append(evaluate(net, st.net.params, st.net.buffers, data, n_runs, after_task=task,
+                                           classifier=classifier))
         st.eval_s[task] = time.perf_counter() - t1
         st.task, st.epoch, st.step, st.task_begun = task + 1, 0, 0, False
         if checkpoint is not None:
@@ -512,19 +577,92 @@ def train_group(
     return _results(cfgs, data, st, str(device))
 
 
-def _draw_epoch(rand, pool, n, augment, buffer, sizes, batch_size, device) -> _EpochDraws:
-    """Each run's order of the ``n`` samples of ``pool``, their augmentation and buffer slots, for
-    one epoch, from that run's own generators."""
+def _stacked_draws(per_run: list[dict[str, np.ndarray]], device) -> dict[str, torch.Tensor] | None:
+    """The runs' draws side by side: name -> (steps, R, ...); None when the method draws nothing."""
+    if not per_run or not per_run[0]:
+        return None
+    return {k: torch.from_numpy(np.stack([d[k] for d in per_run], axis=1)).to(device) for k in per_run[0]}
+
+
+def _step_slice(draws: dict[str, torch.Tensor] | None, step: int) -> dict[str, torch.Tensor]:
+    return {} if draws is None else {k: v[step] for k, v in draws.items()}
+
+
+def _replay_slots(planned: _PlannedDraw | None, n_draws: int) -> tuple[torch.Tensor, ...]:
+    """Per replay draw, the buffer slot of each row (R, M), -1 = padding."""
+    if planned is None:
+        return ()
+    m = planned.idx.shape[1] // n_draws
+    return tuple(planned.idx[:, i * m : (i + 1) * m] for i in range(n_draws))
+
+
+def _refit(method: Method, st: _GroupState, data: ContinualData, cfgs: Sequence[ResolvedConfig], loss_layer: LossLayer,
+           base_lr: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, task: int, first_step: int, phase,
+           ) -> dict[str, np.ndarray]:
+    """Train a freshly initialised network on the buffer's rows (``Method.refits``: GDumb) and make it
+    the group's network. Each epoch: every run's rows in a fresh order from its own generator, in
+    batches of the batch size (a run holding fewer rows than another gets padding rows), augmented
+    like replayed rows; lr from ``method.refit_lr``. Returns the mean of each loss term over the
+    refit's steps (the task's ``train_loss``)."""
+    spec, device, c0 = data.spec, data.device, cfgs[0]
+    options, batch_size = c0.option_values, c0.batch_size
+    # New initial weights, drawn from each run's own method stream.
+    generators = [torch.Generator().manual_seed(int(r.method.integers(0, 2**63 - 1))) for r in st.rand]
+    params, bn = st.net.net.init(generators, device)
+    state = _NetState(st.net.net, params, bn)
+    held = st.buffer.available()
+    width = int(held.max())
+    n_steps = math.ceil(width / batch_size)
+    rows_per_step = [min(batch_size, width - s * batch_size) for s in range(n_steps)]
+    names, sums, count = ("total",), None, 0
+    for epoch in range(method.refit_epochs(options)):
+        order = np.full((len(st.rand), width), -1, dtype=np.int64)
+        for i, (r, h) in enumerate(zip(st.rand, held)):
+            order[i, :h] = r.method.permutation(h)
+        order_t = torch.from_numpy(order).to(device)
+        aug = None
+        if spec.augment:
+            aug = torch.from_numpy(np.stack([draw_crop_flip(r.method, (width,)) for r in st.rand])).to(device)
+        step_draws = _stacked_draws([method.refit_draws(r.method, rows_per_step, spec.input_shape, options)
+                                     for r in st.rand], device)
+        lr_runs = method.refit_lr(epoch, base_lr, options)
+        lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in state.params.items()}
+        for s in range(n_steps):
+            idx = order_t[:, s * batch_size : (s + 1) * batch_size]
+            rows = st.buffer.draw(idx)
+            x = prepare_inputs(rows.x, spec, aug[:, s * batch_size : (s + 1) * batch_size] if aug is not None else None)
+            padded = bool((idx < 0).any())
+            batch = Batch(x, rows.y, rows.task, torch.ones(idx.shape[1], dtype=torch.bool, device=device),
+                          valid=rows.valid if padded else None)
+            step = Step(task, batch, (), alpha, beta, st.seen_classes, state.forward, loss_layer, st.method_state, (),
+                        _step_slice(step_draws, s), options, st.net.net, state.params)
+            names, terms, _ = _train_step(method, state, step, lr, None, None, None, st.divergence, first_step + count,
+                                          phase, terms_of=method.refit_terms)
+            sums = terms if sums is None else sums + terms
+            count += 1
+    st.net = state
+    if sums is None:
+        return {}
+    return dict(zip(names, (sums / count).cpu().numpy()))
+
+
+def _draw_epoch(rand, pool, n, augment, buffer, sizes, batch_size, device, method: Method, train_y) -> _EpochDraws:
+    """Each run's order of the ``n`` samples of ``pool`` ((n,), or (R, n) per run), their
+    augmentation and buffer slots (``method.plan_insertions``), for one epoch, from that run's own
+    generators."""
     order = torch.from_numpy(np.stack([r.order.permutation(n) for r in rand])).to(device)
+    samples = pool[order] if pool.dim() == 1 else pool.gather(1, order)
     aug = None
     if augment:
         aug = torch.from_numpy(np.stack([draw_crop_flip(r.augment, (n,)) for r in rand])).to(device)
     slots = None
-    if buffer is not None:
-        slots = torch.from_numpy(
-            np.stack([reservoir_slots(r.reservoir, buffer.n_seen, n, int(s), batch_size) for r, s in zip(rand, sizes)])
-        ).to(device)
-    return _EpochDraws(pool[order], aug, slots)
+    if buffer is not None and method.inserts_stream:
+        labels, memory = train_y[samples].cpu().numpy(), buffer.y.cpu().numpy()
+        slots = torch.from_numpy(np.stack([
+            method.plan_insertions(r.reservoir, labels[i], memory[i, :s], buffer.n_seen, int(s), batch_size)
+            for i, (r, s) in enumerate(zip(rand, sizes))
+        ])).to(device)
+    return _EpochDraws(samples, aug, slots)
 
 
 @dataclass(frozen=True)
@@ -534,6 +672,7 @@ class _PlannedDraw:
     rows: BufferDraw  # (R, draws*M, ...)
     aug: torch.Tensor | None  # (R, draws*M, 3)
     padded: bool  # some run has fewer than M samples to draw from: ``rows.valid`` matters
+    idx: torch.Tensor  # (R, draws*M) the buffer slot of each row, -1 = padding
 
 
 @dataclass(frozen=True)
@@ -546,7 +685,7 @@ class _ReplayPlan:
 
     def draw(self, buffer: ReservoirBuffer, step: int) -> _PlannedDraw:
         aug = self.aug[step] if self.aug is not None else None
-        return _PlannedDraw(buffer.draw(self.idx[step]), aug, bool(self.padded[step]))
+        return _PlannedDraw(buffer.draw(self.idx[step]), aug, bool(self.padded[step]), self.idx[step])
 
 
 def _step_batches(
@@ -577,12 +716,20 @@ def _step_batches(
     return x, stream, replay
 
 
-def _replay_plan(rand, sizes, n_seen, first_step, n_plan_steps, batch_size, n, minibatch, n_draws, augment, device) -> _ReplayPlan:
+def _replay_avail(buffer: ReservoirBuffer, sizes, n_seen, first_step, n_plan_steps, batch_size, n, method: Method) -> np.ndarray:
+    """How many rows each run's buffer holds before each step of a chunk: (R, steps)."""
+    if not method.inserts_stream:  # written by the method at task ends: constant during a task
+        return np.repeat(buffer.available()[:, None], n_plan_steps, axis=1)
     # ``n_seen``: samples the buffer had seen when this epoch started (not when this chunk starts).
     # Before step s of this epoch the buffer has seen n_seen + s * batch_size samples.
     seen = n_seen + np.arange(first_step, first_step + n_plan_steps, dtype=np.int64) * batch_size
     seen = np.minimum(seen, n_seen + n)
-    avail = np.minimum(seen[None, :], sizes[:, None])  # (R, steps)
+    return np.minimum(seen[None, :], sizes[:, None])
+
+
+def _replay_plan(rand, avail, minibatch, n_draws, augment, device) -> _ReplayPlan:
+    """Each run's replay rows (``avail`` (R, steps): rows its buffer holds) and their augmentation."""
+    n_plan_steps = avail.shape[1]
     idx = np.stack([
         np.stack([sample_without_replacement(r.replay, avail[i], minibatch) for _ in range(n_draws)])
         for i, r in enumerate(rand)

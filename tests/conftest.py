@@ -13,18 +13,33 @@ def synthetic_config(method="er", seed=0, buffer=50, mask=None, on="stream", **k
     return RunConfig(method=method, benchmark="synthetic", seed=seed, buffer_size=buffer, mask=MaskSpec(mask, on), synthetic=syn, **kw)
 
 
+# Few refit epochs for GDumb in tests (its default is 256 per task end).
+TEST_OPTIONS = {"gdumb": {"fitting_epochs": 4}}
+
+
 @pytest.fixture
 def mixed_group():
-    """Configs that may share a group: different seeds, buffers (one below the minibatch), masks."""
+    """Configs that may share a group: different seeds, buffers (one below the minibatch), masks.
 
-    def make(method):
+    Adapted per method: where the mask can act (a method whose cross-entropy sees only replayed
+    rows takes its masks on the buffer; one without a softmax cross-entropy takes none), and one
+    buffer size for the methods that group by it (their other values still differ per run)."""
+
+    def make(method, **kw):
+        cls = get_method(method)
+        acts = cls.mask_acts_on
         # A mask on the buffer alone where the method's cross-entropy sees replayed rows; else both.
-        buffer_only = "buffer" if "buffer" in get_method(method).mask_acts_on else "both"
+        buffer_only = "buffer" if "buffer" in acts else "both"
+        plain = "stream" if "stream" in acts else "buffer"
+        masks = (None, -math.inf, -2.0, 1.0) if acts else (None,) * 4
+        buffers = (30,) * 4 if cls.group_by_buffer_size else (50, 5, 30, 8)
+        if method in TEST_OPTIONS:
+            kw.setdefault("options", TEST_OPTIONS[method])
         return [
-            synthetic_config(method, seed=0, buffer=50, mask=None),
-            synthetic_config(method, seed=1, buffer=5, mask=-math.inf),
-            synthetic_config(method, seed=2, buffer=30, mask=-2.0, on="both", lr=0.05),
-            synthetic_config(method, seed=3, buffer=8, mask=1.0, on=buffer_only, alpha=0.5, beta=0.3),
+            synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **kw),
+            synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on=plain, **kw),
+            synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on="both", lr=0.05, **kw),
+            synthetic_config(method, seed=3, buffer=buffers[3], mask=masks[3], on=buffer_only, alpha=0.5, beta=0.3, **kw),
         ]
 
     return make

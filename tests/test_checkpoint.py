@@ -23,7 +23,8 @@ from clbench.checkpoint import CheckpointPolicy, group_key, list_checkpoints, pa
 from clbench.data.benchmarks import load_benchmark
 from clbench.trainer import train_group
 
-from conftest import synthetic_config
+from clbench.methods import get_method
+from conftest import TEST_OPTIONS, synthetic_config
 
 MLP = SyntheticOptions(train_per_class=60, test_per_class=10)
 RESNET = SyntheticOptions(n_tasks=3, train_per_class=24, test_per_class=6, input_shape=(3, 8, 8), augment=True,
@@ -47,9 +48,15 @@ def group(method: str, backbone: str = "mlp", long: bool = False):
         common = dict(synthetic=LONG["mlp"] if long else MLP)
     else:  # tiny ResNet-18 with crop + flip; buffer 3 < minibatch 8 pads the replay rows
         common = dict(synthetic=LONG["resnet18"] if long else RESNET, width=4, batch_size=8, minibatch_size=8)
-    cfgs = [synthetic_config(method, seed=0, buffer=40, mask=None, **common),
-            synthetic_config(method, seed=1, buffer=3, mask=-float("inf"), on="both", **common),
-            synthetic_config(method, seed=2, buffer=12, mask=-2.0, lr=0.05, **common)]
+    cls = get_method(method)
+    buffers = (12, 12, 12) if cls.group_by_buffer_size else (40, 3, 12)
+    masks = (None, -float("inf"), -2.0) if cls.mask_acts_on else (None,) * 3
+    on = "stream" if "stream" in cls.mask_acts_on else "buffer"
+    if method in TEST_OPTIONS:
+        common["options"] = TEST_OPTIONS[method]
+    cfgs = [synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
+            synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on="both", **common),
+            synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on=on, lr=0.05, **common)]
     cfgs = [c.resolve() for c in cfgs]
     return cfgs, load_benchmark("synthetic", synthetic=cfgs[0].synthetic)
 
@@ -71,7 +78,8 @@ class Stop(Exception):
 
 
 @pytest.mark.parametrize("method,backbone", [("derpp", "mlp"), ("er_ace", "mlp"), ("der", "mlp"), ("joint", "mlp"),
-                                             ("er", "resnet18"), ("derpp", "resnet18")])
+                                             ("er", "resnet18"), ("derpp", "resnet18"), ("xder", "mlp"), ("icarl", "mlp"),
+                                             ("agem", "mlp"), ("gdumb", "mlp"), ("xder", "resnet18")])
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):
     cfgs, data = group(method, backbone)
     reference = train_group(cfgs, data)

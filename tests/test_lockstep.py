@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from clbench import SyntheticOptions, train_runs
+from clbench.methods import get_method
 from clbench.trainer import plan_groups
 
 from conftest import synthetic_config
@@ -26,9 +27,11 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_array_equal(a.histograms[k].sum(-1), b.histograms[k].sum(-1))
 
 
-@pytest.mark.parametrize("method", ["er", "derpp", "der", "er_ace", "sgd", "joint"])
-def test_group_equals_each_run_alone(method, mixed_group):
-    cfgs = mixed_group(method)
+@pytest.mark.parametrize("method,head", [("er", None), ("derpp", None), ("der", None), ("er_ace", None), ("sgd", None),
+                                         ("joint", None), ("er_ace", "cosine"), ("xder", None), ("icarl", None),
+                                         ("agem", None), ("gdumb", None)])
+def test_group_equals_each_run_alone(method, head, mixed_group):
+    cfgs = mixed_group(method, **({"head": head} if head else {}))
     grouped = train_runs(cfgs)
     assert {r.group_size for r in grouped} == {len(plan_groups([c.resolve() for c in cfgs])[0])}
     for cfg, res in zip(cfgs, grouped):
@@ -37,7 +40,7 @@ def test_group_equals_each_run_alone(method, mixed_group):
         assert_same_run(res, alone)
 
 
-@pytest.mark.parametrize("method", ["er", "derpp"])
+@pytest.mark.parametrize("method", ["er", "derpp", "xder", "icarl", "agem", "gdumb"])
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
     # (buffer 3 < minibatch 10 for one run). One step per task (batch = the task's 12 samples):
@@ -46,10 +49,18 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     syn = SyntheticOptions(n_tasks=2, classes_per_task=2, train_per_class=6, test_per_class=6,
                            input_shape=(3, 8, 8), augment=True, backbone="resnet18")
     common = dict(synthetic=syn, width=4, minibatch_size=10, batch_size=12)
+    cls = get_method(method)
+    if cls.group_by_buffer_size:  # one buffer size per group (their runs still differ in seed, mask, lr)
+        buffers = (9, 9, 9)
+        common["options"] = {"fitting_epochs": 1} if method == "gdumb" else None
+    else:
+        buffers = (20, 3, 9)
+    masks = (None, -float("inf"), -1.0) if cls.mask_acts_on else (None,) * 3
+    on = "stream" if "stream" in cls.mask_acts_on else "buffer"
     cfgs = [
-        synthetic_config(method, seed=0, buffer=20, mask=None, **common),
-        synthetic_config(method, seed=5, buffer=3, mask=-float("inf"), on="both", lr=0.1, **common),
-        synthetic_config(method, seed=7, buffer=9, mask=-1.0, **common),
+        synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
+        synthetic_config(method, seed=5, buffer=buffers[1], mask=masks[1], on="both", lr=0.1, **common),
+        synthetic_config(method, seed=7, buffer=buffers[2], mask=masks[2], on=on, **common),
     ]
     grouped = train_runs(cfgs)
     for cfg, res in zip(cfgs, grouped):
@@ -57,9 +68,10 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
         assert_same_run(res, train_runs([cfg])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_same_seed_and_config_are_bitwise_reproducible(mixed_group):
-    a = train_runs(mixed_group("derpp"))
-    b = train_runs(mixed_group("derpp"))
+@pytest.mark.parametrize("method", ["derpp", "xder", "icarl", "agem", "gdumb"])
+def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
+    a = train_runs(mixed_group(method))
+    b = train_runs(mixed_group(method))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x.confidence, y.confidence)
         for k in x.histograms:

@@ -37,6 +37,8 @@ SPECS = {
     "t-fig4": 'kind = "fig4"\nmethods = ["er"]\nmasks = ["none", "-inf", "-2", "1"]\nbuffers = [10, 20]\n',
     "t-forgetting": 'kind = "forgetting"\nmethods = ["er", "der"]\nmasks = ["none", "-inf"]\nbuffers = [10, 20]\n',
     "t-tiny": 'kind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 10, 20]\n',
+    "t-methods": 'kind = "methods"\nmethods = ["er", "icarl", "agem"]\nmasks = ["none", "-inf", "-2"]\nbuffers = [10, 20]\n'
+                 'per_method = { icarl = { masks = ["none"] } }\n',
 }
 
 
@@ -68,13 +70,14 @@ def trained(tmp_path_factory):
 def test_shipped_experiments_load_and_resolve():
     names = list_experiments()
     for name in ("fig2", "fig4", "forgetting", "tiny-buffer", "fig4-cifar10", "fig2-cifar10", "forgetting-cifar100",
-                 "fig4-tinyimg"):
+                 "fig4-tinyimg", "methods"):
         assert name in names
     for name in names:
         spec = load_experiment(name)
         assert spec.name == name
         configs = spec.configs()
-        assert len(configs) == len(spec.methods) * len(spec.masks) * len(spec.buffers) * len(spec.seeds)
+        # Per method its own masks ([per_method] of the methods report), else the file's.
+        assert len(configs) == sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.seeds)
         for cfg in configs:
             cfg.resolve()
     assert len(load_experiment("fig4").seeds) == 10
@@ -446,3 +449,81 @@ def test_sign_flip_beyond_exact_is_seeded_monte_carlo():
     ref = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
                                  n_resamples=200_000, alternative="two-sided", rng=np.random.default_rng(1))
     assert p == pytest.approx(ref.pvalue, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods report: per-method masks, and masked against each method's own baseline
+
+
+METHODS_HEAD = 'kind = "methods"\nbenchmark = "seq-fmnist"\nbuffers = [200]\nseeds = 2\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    ('methods = ["icarl"]\nmasks = ["none", "-inf"]\n',
+     'the masks -inf on the stream cannot act in icarl, whose cross-entropy sees no rows: give [per_method.icarl] '
+     'masks = ["none"]'),
+    ('methods = ["er", "gdumb"]\nmasks = ["none", "-2"]\n',
+     'cannot act in gdumb, whose cross-entropy sees buffer rows: give [per_method.gdumb] mask_on = "buffer"'),
+    ('methods = ["er"]\nmasks = ["none"]\n[per_method.der]\nmasks = ["none"]\n', "per_method.der: 'der' is not among"),
+    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nbuffers = [5]\n', "unknown key 'buffers' in per_method.er"),
+    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmask_on = "side"\n', "invalid mask_on 'side'"),
+    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmasks = ["abc"]\n', "per_method.er.masks"),
+    ('methods = ["nope"]\nmasks = ["none"]\n', "unknown method 'nope'"),
+])
+def test_per_method_masks_are_validated_strictly(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(METHODS_HEAD + text)
+    with pytest.raises(ValueError) as info:
+        load_experiment(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_per_method_masks_and_placement_make_the_runs(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text(METHODS_HEAD + 'methods = ["er", "gdumb", "icarl"]\nmasks = ["none", "-inf"]\n'
+                    '[per_method.gdumb]\nmask_on = "buffer"\n[per_method.icarl]\nmasks = ["none"]\n')
+    spec = load_experiment(path)
+    cells = [(c.method, c.mask.label, c.mask.on) for c in spec.configs() if c.seed == 0]
+    assert cells == [("er", "none", "stream"), ("er", "-inf", "stream"), ("gdumb", "none", "buffer"),
+                     ("gdumb", "-inf", "buffer"), ("icarl", "none", "stream")]
+    assert spec.all_masks == ("none", "-inf")
+
+
+def test_methods_report_renders_tables_paired_comparison_and_curves(trained, tmp_path):
+    from clbench.reports.compare import holm
+
+    folder, db, specs = trained
+    spec = specs["t-methods"]
+    written = render_report(spec, db, tmp_path / "out")
+    names = {p.name for p in written}
+    assert names == {"t-methods.md", "t-methods.csv", "t-methods.tex", "t-methods-compare.md", "t-methods-compare.csv",
+                     "t-methods-curve.data.csv", "t-methods-curve.png", "t-methods-curve.pdf"}
+    summary = pd.read_csv(tmp_path / "out" / "t-methods.csv", dtype={"mask": str})
+    assert set(zip(summary["method"], summary["mask"])) == {("er", "none"), ("er", "-inf"), ("er", "-2.0"),
+                                                           ("agem", "none"), ("agem", "-inf"), ("agem", "-2.0"),
+                                                           ("icarl", "none")}
+    cmp = pd.read_csv(tmp_path / "out" / "t-methods-compare.csv", dtype={"variant": str, "baseline": str})
+    assert set(cmp["method"]) == {"er", "agem"}  # iCaRL has no masked variant
+    runs = experiment_runs(spec, open_store(db, readonly=True))
+    for method in ("er", "agem"):
+        mine = cmp[(cmp["method"] == method) & (cmp["metric"] == "faa_class_il")]
+        assert len(mine) == 4  # 2 variants x 2 buffers
+        # Holm over this method's comparisons only
+        np.testing.assert_allclose(mine["p_holm"], holm(mine["p_value"].to_numpy()))
+        row = mine[(mine["variant"] == "-inf") & (mine["buffer_size"] == 20)].iloc[0]
+        cell = runs[(runs["method"] == method) & (runs["buffer_size"] == 20)]
+        base = cell[cell["mask"] == "none"].set_index("seed")["faa_class_il"]
+        var = cell[cell["mask"] == "-inf"].set_index("seed")["faa_class_il"]
+        assert row["difference"] == pytest.approx((var - base).mean())
+    md = (tmp_path / "out" / "t-methods-compare.md").read_text()
+    assert "| A-GEM | 20 | m = -inf | stream |" in md and "Holm-adjusted over one method's comparisons" in md
+
+
+def test_report_dry_run_prints_the_groups_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", "methods", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "methods: 880 runs against" in out and "880 to compute in 19 lockstep group(s)" in out
+    assert "group 19: gdumb seq-fmnist buffer 500 mask none,-inf,-2.0 (30 runs)" in out
+    assert "icarl seq-fmnist buffer 20 mask none (10 runs)" in out
+    assert os.listdir(tmp_path) == []

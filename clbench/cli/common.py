@@ -103,6 +103,17 @@ def ints(values: Sequence[str] | None, what: str, option: str | None = None) -> 
     return out
 
 
+def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    """``KEY=VALUE`` options (repeatable, or comma lists) as a dict; the method checks the keys."""
+    out = {}
+    for text in split(values):
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UsageProblem(f"invalid {what} {text!r}: give KEY=VALUE, e.g. {what} gamma=0.9")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def filter_options(method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None) -> dict:
     """The ``load_runs`` filters of a listing command's options (only those given)."""
     out = {}

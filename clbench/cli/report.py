@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..config import MAX_SWEEP_RUNS
 from ..masking import format_mask_value, parse_mask_value
-from ..memory import budget_bytes
+from ..memory import budget_bytes, human
 from ..results import CLASS_IL_CONVENTIONS
 from ..files import OutputError, check_output_folder
 from ..reports import list_experiments, load_experiment, missing_runs, render_report
@@ -25,7 +25,7 @@ from ..reports.render import excluded_runs, exclusion_lines
 from ..reports.html import INDEX, check_html_root, write_html
 from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from ..store import StoreError, describe_url, open_store
-from ..sweep import plan_sweep
+from ..sweep import describe_group, plan_sweep
 from .common import (
     class_il_option,
     FILTER_HELP,
@@ -75,6 +75,8 @@ def report_command(
                                    "to an experiment .toml file, or 'all' (every registered experiment). Without "
                                    "NAME: list the registered experiments."),
     no_run: bool = typer.Option(False, "--no-run", help="Render from the runs that exist; list the missing ones."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the lockstep groups still to compute and an estimate "
+                                                          "of the time; run and write nothing."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
                                        help="Output folder. [default: reports/NAME; with 'all': reports, one folder per "
                                             "report inside]"),
@@ -137,7 +139,7 @@ def report_command(
                             threads)
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.
-    budget = budget_bytes(device) if runner.name == "local" and not no_run else None
+    budget = budget_bytes(device) if runner.name == "local" and not no_run else None  # --dry-run too: it says so
     try:  # before the database is opened: a run that cannot fit in memory is bad input
         plan_sweep(configs, None, memory_budget=budget)
     except ValueError as exc:
@@ -177,6 +179,16 @@ def report_command(
         with store, store_errors_as_bad_input():
             _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
         return
+    if dry_run:
+        store = open_store(url, readonly=True) if state == "ready" else None
+        try:
+            for spec in specs:
+                _print_dry_run(stdout, spec, plan_sweep(spec.configs(), store, memory_budget=budget), describe_url(url),
+                               device)
+        finally:
+            if store is not None:
+                store.close()
+        return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     if threads is not None:
@@ -210,6 +222,20 @@ def report_command(
             report_held(err, outcome.held)
         _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
                 quiet_when_complete=True)
+
+
+def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
+    estimates = plan.group_estimates_s()
+    memory = plan.group_memory_bytes()
+    for g, members in enumerate(plan.groups):
+        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
+                  f"{human(memory[g])} of memory", highlight=False)
+    if plan.memory_note:
+        out.print(plan.memory_note, highlight=False)
+    where_to = "" if device == "cpu" else f" (the cost model is for CPU; on {device} expect less)"
+    out.print(f"{spec.name}: {len(plan.runs)} runs against {where}: {len(plan.to_run)} to compute in "
+              f"{len(plan.groups)} lockstep group(s), {len(plan.cached)} already done (cached). Estimated time: "
+              f"{duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.", highlight=False)
 
 
 def _name_for(spec, name: str) -> str:

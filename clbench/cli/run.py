@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..backbones import HEADS
 from ..config import DER_LOGITS, LOGIT_STORING_METHODS, MAX_SWEEP_RUNS, METHODS
 from ..data.benchmarks import BENCHMARKS, SyntheticOptions
 from ..masking import MASK_ON_CHOICES
@@ -39,6 +40,7 @@ from .common import (
     duration,
     inspect,
     ints,
+    key_values,
     pm,
     report_held,
     sigterm_as_interrupt,
@@ -58,7 +60,8 @@ from .progress import execute_with_progress
 
 
 def run(
-    method: list[str] = typer.Option(["er"], "--method", "-m", metavar="METHOD", help=f"Method: {', '.join(METHODS)}. Repeatable."),
+    method: list[str] = typer.Option(["er"], "--method", "-m", metavar="METHOD", help=f"Method: {', '.join(METHODS)}, "
+                                     "PATH.py:CLASS (a method of your own) or an installed clbench.methods entry point. Repeatable."),
     mask: list[str] = typer.Option(
         ["none"], "--mask", metavar="MASK", help="Mask value: none, -inf or a number. Repeatable, or a comma list."),
     mask_on: str = typer.Option("stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."),
@@ -75,6 +78,12 @@ def run(
     der_logits: Optional[str] = typer.Option(
         None, "--der-logits", metavar="WHEN", help="DER/DER++: the logits stored with a sample: pre (the training "
         "forward's, Mammoth) or post (a fresh forward after the step, the paper authors' code). [default: pre]"),
+    head: Optional[str] = typer.Option(
+        None, "--head", metavar="HEAD", help=f"Classifier head: {', '.join(HEADS)} (bias-free 10 x cosine, the original "
+        "ER-ACE's). [default: linear]"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", metavar="KEY=VALUE", help="A method option (e.g. gamma=0.9 for xder, fitting_epochs=64 for "
+        "gdumb; a method's options are listed when a wrong one is given). Repeatable."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
@@ -114,8 +123,12 @@ def run(
     if der_logits is not None and not set(split(method, "--method")) & set(LOGIT_STORING_METHODS):
         raise UsageProblem(f"--der-logits applies to der and derpp, and none of the methods asked for is one "
                            f"(valid: {', '.join(DER_LOGITS)} with -m der or -m derpp)")
+    if head is not None and head not in HEADS:
+        raise UsageProblem(f"invalid --head {head!r}: valid heads are {', '.join(HEADS)}")
+    options = key_values(option, "--option")
     overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
-                                        alpha=alpha, beta=beta, der_logits=der_logits).items() if v is not None}
+                                        alpha=alpha, beta=beta, der_logits=der_logits, head=head,
+                                        options=options or None).items() if v is not None}
     synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
                                         test_per_class=synthetic_test_per_class).items() if v is not None}
     if synthetic:

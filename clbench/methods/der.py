@@ -13,6 +13,7 @@ class DER(Method):
     uses_buffer = True
     mask_acts_on = ("stream",)  # DER has no cross-entropy on replayed rows (only the logit MSE, never masked)
     stores_logits = True
+    weights = ("alpha",)
     loss_terms_names = ("ce", "logit_mse")
 
     def loss_terms(self, step: Step) -> MethodOutput:

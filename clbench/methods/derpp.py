@@ -10,6 +10,7 @@ from .der import DER
 class DERpp(DER):
     name = "derpp"
     replay_draws = 2
+    weights = ("alpha", "beta")
     mask_acts_on = ("stream", "buffer")  # its second draw's cross-entropy sees replayed rows
     loss_terms_names = ("ce", "logit_mse", "replay_ce")
 

@@ -54,7 +54,7 @@ COMPARE_METRICS = {
 COLUMNS = ("method", "dataset", "buffer_size", "baseline", "variant", "mask_on", "metric", "n_seeds",
            "baseline_mean", "baseline_std", "variant_mean", "variant_std", "difference", "ci_low", "ci_high",
            "effect_size_dz", "p_value", "p_holm", "min_p", "test", "note", "wins", "losses", "ties")
-_NOT_PAIRING = ("seed", "mask", "notes", "preset_source")
+_NOT_PAIRING = ("seed", "mask", "notes", "preset_source", "method_source")
 
 
 def _pair_key(config: dict) -> str:

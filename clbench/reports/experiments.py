@@ -5,7 +5,7 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
@@ -13,12 +13,20 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
     seeds = 10                         # seeds 0..9, or a list [0, 3, 7]
     mask_on = "stream"                 # optional: stream | buffer | both
 
+    [per_method.gdumb]                 # optional: a method's own masks and/or mask_on
+    mask_on = "buffer"                 #   (GDumb's cross-entropy sees only its memory's rows)
+    [per_method.icarl]
+    masks = ["none"]                   #   (iCaRL has no softmax cross-entropy: no mask acts)
+
     [overrides]                        # optional RunConfig fields shared by all runs
     epochs = 1
     synthetic = { train_per_class = 40 }   # only with benchmark = "synthetic"
 
     [render]                           # optional, per kind (see RENDER_OPTIONS)
     baseline = "none"
+
+Every method's masks must be able to act where they are placed (``Method.mask_acts_on``): a file
+asking for a mask that cannot act is refused, naming the method and what to write instead.
 """
 
 from __future__ import annotations
@@ -35,12 +43,13 @@ from ..data.benchmarks import SyntheticOptions
 from ..masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from ..results import CLASS_IL_CONVENTIONS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods")
 TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buffers", "seeds", "mask_on",
-                  "overrides", "render", "description")
+                  "per_method", "overrides", "render", "description")
+PER_METHOD_KEYS = ("masks", "mask_on")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                 "class_order_seed", "synthetic", "der_logits")
+                 "class_order_seed", "synthetic", "der_logits", "head", "options")
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
 # seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
@@ -50,6 +59,7 @@ RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "fig4": {"baseline": "none", "std_band": True, **COMMON_RENDER_OPTIONS},
     "forgetting": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
+    "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -70,16 +80,33 @@ class ExperimentSpec:
     title: str = ""
     description: str = ""
     source: str = ""  # the file it was read from
+    # method -> its own "masks" (normalized labels) and/or "mask_on", instead of the top-level ones
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def masks_for(self, method: str) -> tuple[str, ...]:
+        return tuple(self.per_method.get(method, {}).get("masks", self.masks))
+
+    def mask_on_for(self, method: str) -> str:
+        return self.per_method.get(method, {}).get("mask_on", self.mask_on)
+
+    @property
+    def all_masks(self) -> tuple[str, ...]:
+        """Every mask some method of the experiment is run with, in file order."""
+        return tuple(dict.fromkeys(m for method in self.methods for m in self.masks_for(method)))
 
     def configs(self, seeds: int | None = None) -> list[RunConfig]:
-        """The runs this experiment needs (``seeds``: use seeds 0..N-1 instead of the file's)."""
+        """The runs this experiment needs (``seeds``: use seeds 0..N-1 instead of the file's):
+        per method, its buffers x masks x seeds."""
         from ..sweep import sweep_configs  # noqa: PLC0415 - keeps this module light
 
-        return sweep_configs(
-            methods=self.methods, masks=self.masks, buffers=self.buffers,
-            seeds=tuple(range(seeds)) if seeds is not None else self.seeds,
-            benchmark=self.benchmark, mask_on=self.mask_on, **self.overrides,
-        )
+        seed_list = tuple(range(seeds)) if seeds is not None else self.seeds
+        if not self.per_method:
+            return sweep_configs(methods=self.methods, masks=self.masks, buffers=self.buffers, seeds=seed_list,
+                                 benchmark=self.benchmark, mask_on=self.mask_on, **self.overrides)
+        return [cfg for method in self.methods
+                for cfg in sweep_configs(methods=(method,), masks=self.masks_for(method), buffers=self.buffers,
+                                         seeds=seed_list, benchmark=self.benchmark, mask_on=self.mask_on_for(method),
+                                         **self.overrides)]
 
     def with_render(self, **options: Any) -> "ExperimentSpec":
         """The same experiment rendered with ``options`` (e.g. ``class_il="seen"``) changed."""
@@ -197,7 +224,10 @@ def _overrides(data: dict, source: str) -> dict:
     if bad:
         raise ValueError(f"{source}: unknown override {bad[0]!r}: valid overrides are {', '.join(OVERRIDE_KEYS)}")
     for key, value in overrides.items():
-        if key != "synthetic":
+        if key == "options":  # the method's own options: resolution checks them against its defaults
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: overrides.options must be a table of the method's options, got {value!r}")
+        elif key != "synthetic":
             _checked(source, f"overrides.{key}", lambda v, key=key: check_field(key, v), value)
     if "synthetic" in overrides:
         syn = _table(overrides, "synthetic", source, "overrides.")
@@ -257,6 +287,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     mask_on = data.get("mask_on", "stream")
     if mask_on not in MASK_ON_CHOICES:
         raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    per_method = _per_method(data, methods, source)
+    _check_masks_can_act(methods, masks, mask_on, per_method, source)
     overrides = _overrides(data, source)
     render = _table(data, "render", source)
     options = RENDER_OPTIONS[kind]
@@ -304,8 +336,66 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         name=name, kind=kind, benchmark=data["benchmark"], methods=tuple(methods),
         masks=tuple(dict.fromkeys(masks)), buffers=tuple(int(b) for b in buffers), seeds=tuple(seeds),
         mask_on=mask_on, overrides=overrides, render=render, title=str(data.get("title", "")),
-        description=str(data.get("description", "")), source=source,
+        description=str(data.get("description", "")), source=source, per_method=per_method,
     )
+
+
+def _normalized_masks(values: list, source: str, where: str) -> list[str]:
+    out = []
+    for m in values:
+        try:
+            out.append(format_mask_value(parse_mask_value(m)))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {where}: {exc}") from None
+    return list(dict.fromkeys(out))
+
+
+def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[str, Any]]:
+    table = data.get("per_method", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{source}: per_method must be a table of methods, e.g. [per_method.gdumb]")
+    out: dict[str, dict[str, Any]] = {}
+    for method, entry in table.items():
+        if method not in methods:
+            raise ValueError(f"{source}: per_method.{method}: {method!r} is not among the methods {', '.join(methods)}")
+        if not isinstance(entry, dict) or not entry:
+            raise ValueError(f"{source}: per_method.{method} must be a table with masks and/or mask_on")
+        bad = sorted(set(entry) - set(PER_METHOD_KEYS))
+        if bad:
+            raise ValueError(f"{source}: unknown key {bad[0]!r} in per_method.{method}: valid keys are "
+                             f"{', '.join(PER_METHOD_KEYS)}")
+        own: dict[str, Any] = {}
+        if "masks" in entry:
+            own["masks"] = tuple(_normalized_masks(_list_of(entry, "masks", f"{source}: per_method.{method}", str),
+                                                   source, f"per_method.{method}.masks"))
+        if "mask_on" in entry:
+            if entry["mask_on"] not in MASK_ON_CHOICES:
+                raise ValueError(f"{source}: per_method.{method}: invalid mask_on {entry['mask_on']!r}: valid are "
+                                 f"{', '.join(MASK_ON_CHOICES)}")
+            own["mask_on"] = entry["mask_on"]
+        out[method] = own
+    return out
+
+
+def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per_method: dict, source: str) -> None:
+    """Refuse a mask placed where a method's cross-entropy cannot see it (the run would be its
+    baseline under another name), naming what to write instead."""
+    from ..methods import find_method  # noqa: PLC0415
+
+    for method in methods:
+        try:
+            acts_on = find_method(method).cls.mask_acts_on
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        own = per_method.get(method, {})
+        on = own.get("mask_on", mask_on)
+        masked = [m for m in own.get("masks", masks) if m != "none"]
+        where = {"stream", "buffer"} if on == "both" else {on}
+        if masked and not where & set(acts_on):
+            fix = ("masks = [\"none\"] (it has no softmax cross-entropy)" if not acts_on else
+                   f"mask_on = \"{'buffer' if 'buffer' in acts_on else 'stream'}\"")
+            raise ValueError(f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
+                             f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}")
 
 
 def mask_sort_key(label: str) -> tuple[int, float]:

@@ -26,7 +26,8 @@ from ..results import CLASS_IL_NAMES
 from .experiments import ExperimentSpec
 
 HIGHER, LOWER, EQUAL, BASE = "#d62728", "#1f77b4", "#7f7f7f", "#bdbdbd"
-METHOD_NAMES = {"er": "ER", "der": "DER", "derpp": "DER++", "er_ace": "ER-ACE", "sgd": "SGD", "joint": "Joint"}
+METHOD_NAMES = {"er": "ER", "der": "DER", "derpp": "DER++", "er_ace": "ER-ACE", "sgd": "SGD", "joint": "Joint",
+                "xder": "X-DER", "icarl": "iCaRL", "agem": "A-GEM", "gdumb": "GDumb"}
 
 
 def mask_title(label: str) -> str:

@@ -160,13 +160,20 @@ def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
 
 def _comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
     baseline = spec.render.get("baseline") or "none"
-    if baseline not in spec.masks or df.empty:
+    if baseline not in spec.all_masks or df.empty:
         return ""
-    result = compare_runs(df, baseline=baseline)
+    per_method = spec.kind == "methods"  # one Holm family per method: "does masking help this method?"
+    if per_method:
+        from .methods import comparison  # noqa: PLC0415
+
+        result = comparison(spec, df)
+    else:
+        result = compare_runs(df, baseline=baseline)
     if result.empty:
         return ""
     caption = (f"Mask {_e(baseline)} (baseline) against each masked variant, paired by seed: mean ± std (%); "
                f"diff = mean of variant - baseline; " + "; ".join(_e(p) for p in procedures("permutation"))
+               + (" (here: over one method's comparisons of each metric)" if per_method else "")
                + f"; * p &lt; {ALPHA:g}.")
     rows = []
     for r in result.itertuples():
@@ -242,8 +249,9 @@ def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: s
            + ",\n".join(f"    '{i}'" for i in ids) + "\n  );")
     return (f"<p>Command:</p><pre>{_e(command)}</pre>"
             f"<p>Database: <code>{_e(store.where)}</code>. Experiment: <code>{_e(spec.source or spec.name)}</code> "
-            f"({len(ids)} runs: {_e(len(spec.methods))} methods x {_e(len(spec.masks))} masks x "
-            f"{_e(len(spec.buffers))} buffers x {_e(len(spec.seeds))} seeds, matched by run id, the hash of each "
+            f"({len(ids)} runs: {_e(len(spec.methods))} methods x "
+            + (f"each method's masks ({_e(len(spec.all_masks))} in all)" if spec.per_method else f"{_e(len(spec.masks))} masks")
+            + f" x {_e(len(spec.buffers))} buffers x {_e(len(spec.seeds))} seeds, matched by run id, the hash of each "
             "resolved config and seed).</p>"
             f"<p>Registry query (Python):</p><pre>{_e(python)}</pre>"
             f"<details><summary>the same as SQL (every run id)</summary><pre>{_e(sql)}</pre></details>"
@@ -270,7 +278,7 @@ def report_page(spec: ExperimentSpec, store: Store, root: Path, written: Sequenc
     figures = _figures(written, root)
     if figures:
         body += ["<h2>Figures</h2>", figures]
-    if spec.kind in ("forgetting", "tiny-buffer") and not df.empty:
+    if spec.kind in ("forgetting", "tiny-buffer", "methods") and not df.empty:
         from . import tables  # noqa: PLC0415
 
         body += ["<h2>Tables</h2>", tables.to_html(tables.summary(spec, df), spec), _table_files(written, root)]

@@ -1,0 +1,176 @@
+"""Methods of your own: a class with the ``Method`` interface, from a file or an installed package.
+
+``--method path/to/my_method.py:MyMethod`` imports the file (any location) and takes the class;
+``--method NAME`` finds, after the shipped methods, the entry point ``NAME`` of the group
+``clbench.methods`` of an installed distribution (``[project.entry-points."clbench.methods"]``,
+``NAME = "package.module:MyMethod"``). Either way the run's config records where the class came
+from (``method_source``, not part of the run's identity) and the SHA-256 of the file that defines
+it (``method_sha256``, part of it): an edited file makes new runs, never cached ones. The hash
+covers that one file, not what it imports.
+
+The method's name in tables and filters is the class's own ``name`` attribute when it defines
+one, else its class name (at most 32 characters, not a shipped method's name).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .base import Method
+
+ENTRY_POINT_GROUP = "clbench.methods"
+MAX_NAME = 32  # the registry's method column
+_ENTRY_PREFIX = "entry-point:"
+
+
+@dataclass(frozen=True)
+class MethodRef:
+    """A method found by ``find_method``: its name, class and (for methods of your own) where it
+    came from and the hash of its file."""
+
+    name: str
+    cls: type[Method]
+    source: str | None = None  # "/abs/path.py:Class" or "entry-point:NAME"; None for a shipped method
+    sha256: str | None = None
+
+    def instance(self) -> Method:
+        return self.cls()
+
+
+def _shipped() -> dict[str, type[Method]]:
+    from . import METHOD_CLASSES  # noqa: PLC0415 - the package imports this module
+
+    return METHOD_CLASSES
+
+
+def shipped_base(cls: type) -> str | None:
+    """The name of the nearest shipped method ``cls`` derives from (None: none)."""
+    by_class = {c: name for name, c in _shipped().items()}
+    return next((by_class[c] for c in cls.__mro__ if c in by_class), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _import_file(path: str, sha256: str):
+    """Import the file once per content (the module is named after its hash)."""
+    name = f"clbench_user_method_{sha256[:16]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import the method file {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look classes up by their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - whatever the file raises is bad input
+        del sys.modules[name]
+        raise ValueError(f"cannot import the method file {path}: {_first_line(exc)}") from None
+    return module
+
+
+def _check_class(cls, where: str) -> type[Method]:
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise ValueError(f"{where} is not a method: a method is a class deriving from clbench.methods.Method")
+    if cls.loss_terms is Method.loss_terms and not cls.refits:
+        raise ValueError(f"{where} does not define loss_terms(self, step), the method's update rule")
+    return cls
+
+
+def _label(cls: type[Method], where: str) -> str:
+    name = cls.__dict__.get("name") or cls.__name__
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(c in name for c in ":/\\ "):
+        raise ValueError(f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
+                         "':', '/' or spaces (set the class attribute name = \"...\")")
+    if name in _shipped():
+        raise ValueError(f"{where} is named {name!r}, like the shipped method: give it its own name "
+                         "(the class attribute name = \"...\")")
+    return name
+
+
+def _from_file(spec: str) -> MethodRef:
+    path_text, _, class_name = spec.rpartition(":")
+    path = Path(path_text).expanduser()
+    if not class_name.isidentifier():
+        raise ValueError(f"invalid method {spec!r}: give PATH.py:CLASS, the class's name after the colon")
+    if not path.is_file():
+        raise ValueError(f"no method file {path_text} (from --method {spec}): give PATH.py:CLASS")
+    path = path.resolve()
+    sha256 = _file_sha256(path)
+    module = _import_file(str(path), sha256)
+    if not hasattr(module, class_name):
+        classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Method)
+                         and v.__module__ == module.__name__)
+        raise ValueError(f"no class {class_name} in the method file {path_text}: "
+                         f"its method classes are {', '.join(classes) or 'none'}")
+    where = f"{class_name} in {path_text}"
+    cls = _check_class(getattr(module, class_name), where)
+    return MethodRef(_label(cls, where), cls, f"{path}:{class_name}", sha256)
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _from_entry_point(name: str, ep) -> MethodRef:
+    where = f"the entry point {name} ({ep.value}) of group {ENTRY_POINT_GROUP}"
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"cannot load {where}: {_first_line(exc)}") from None
+    cls = _check_class(cls, where)
+    try:
+        source_file = Path(inspect.getsourcefile(cls) or "")
+    except TypeError:
+        source_file = Path("")
+    if not source_file.is_file():
+        raise ValueError(f"{where}: the file defining {cls.__name__} cannot be found to hash it")
+    return MethodRef(_label(cls, where), cls, _ENTRY_PREFIX + name, _file_sha256(source_file))
+
+
+def find_method(spec: str) -> MethodRef:
+    """A shipped method by name, an entry point of ``clbench.methods`` by name, or a class in a
+    file (``"PATH.py:CLASS"``). Bad specs raise a one-line ``ValueError`` naming the choices."""
+    spec = str(spec).strip()
+    shipped = _shipped()
+    if spec in shipped:
+        return MethodRef(spec, shipped[spec])
+    if ":" in spec and ("/" in spec or ".py:" in spec or "\\" in spec):
+        return _from_file(spec)
+    installed = _entry_points()
+    if spec in installed:
+        return _from_entry_point(spec, installed[spec])
+    extra = f"; installed ({ENTRY_POINT_GROUP}): {', '.join(sorted(installed))}" if installed else ""
+    raise ValueError(f"unknown method {spec!r}: valid methods are {', '.join(shipped)}{extra}, "
+                     "or a class of your own as PATH.py:CLASS")
+
+
+def load_method(name: str, source: str | None = None, sha256: str | None = None) -> Method:
+    """The method of a resolved config: a shipped one by name, else the class at ``source``, which
+    must still hash to ``sha256`` (a run is never computed by code other than its identity says)."""
+    if source is None:
+        shipped = _shipped()
+        if name not in shipped:
+            raise ValueError(f"unknown method {name!r}: valid methods are {', '.join(shipped)}")
+        return shipped[name]()
+    spec = source[len(_ENTRY_PREFIX):] if source.startswith(_ENTRY_PREFIX) else source
+    ref = find_method(spec)
+    if sha256 is not None and ref.sha256 != sha256:
+        raise ValueError(f"the method {name} ({source}) changed since the run was planned: its file's sha256 is "
+                         f"{(ref.sha256 or '')[:12]}..., the run's {sha256[:12]}...")
+    return ref.instance()

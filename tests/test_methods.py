@@ -1,0 +1,380 @@
+"""The defining behaviour of X-DER, iCaRL, A-GEM and GDumb, the cosine head, and where a mask may act
+(lockstep and resume of these methods: tests/test_lockstep.py and tests/test_checkpoint.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import clbench.trainer as trainer
+from clbench import SyntheticOptions, train_runs
+from clbench.backbones import BatchedMLP, cosine_logits
+from clbench.buffer import Memory
+from clbench.data.benchmarks import load_benchmark, prepare_inputs
+from clbench.methods import MethodContext, get_method
+from clbench.methods.agem import AGEM, project
+from clbench.methods.gdumb import GDumb, greedy_balanced_slots
+from clbench.methods.icarl import ICaRL
+from clbench.methods.xder import XDER, damp, first_occurrence
+
+from conftest import synthetic_config
+
+SYN = SyntheticOptions(train_per_class=40, test_per_class=10)
+
+
+def context(method, data, net, params, state, memory, task, sizes, options=None, seed=0):
+    return MethodContext(task=task, data=data, net=net, params=params, bn={}, state=state, memory=memory,
+                         rngs=tuple(np.random.default_rng(seed + r) for r in range(len(sizes))),
+                         buffer_sizes=tuple(sizes), batch_size=10, options=options or dict(method.options))
+
+
+def mlp_group(data, n_runs, seed=0):
+    net = BatchedMLP(64, data.n_classes)
+    params, _ = net.init([torch.Generator().manual_seed(seed + r) for r in range(n_runs)])
+    return net, {k: v.detach() for k, v in params.items()}
+
+
+# -- A-GEM -----------------------------------------------------------------------------------------
+
+
+def test_agem_projection_never_points_against_the_reference():
+    g = torch.Generator().manual_seed(0)
+    grads = (torch.randn(6, 5, 4, generator=g), torch.randn(6, 3, generator=g))
+    ref = (torch.randn(6, 5, 4, generator=g), torch.randn(6, 3, generator=g))
+    ref[0][5].zero_()
+    ref[1][5].zero_()  # a run whose memory is empty: zero reference
+    dot = lambda a, b: sum((x * y).flatten(1).sum(1) for x, y in zip(a, b))  # noqa: E731
+    before = dot(grads, ref)
+    assert (before < 0).any() and (before > 0).any()
+    applied = project(grads, ref)
+    after = dot(applied, ref)
+    scale = torch.sqrt(dot(applied, applied) * dot(ref, ref)).clamp(min=1e-12)
+    assert (after >= -1e-6 * scale).all()  # never against the reference (0 up to rounding where projected)
+    unchanged = before >= 0
+    for a, x in zip(applied, grads):
+        torch.testing.assert_close(a[unchanged], x[unchanged], rtol=0, atol=0)
+
+
+def test_agem_applied_gradient_agrees_with_the_reference_in_training(monkeypatch):
+    seen = []
+    original = AGEM.edit_gradients
+
+    def recording(self, step, grads, reference):
+        applied = original(self, step, grads, reference)
+        seen.append(tuple(sum((x * y).flatten(1).sum(1) for x, y in zip(a, reference)) for a in (grads, applied)))
+        return applied
+
+    monkeypatch.setattr(AGEM, "edit_gradients", recording)
+    train_runs([synthetic_config("agem", seed=s, buffer=40, synthetic=SYN, mask=m) for s, m in ((0, None), (1, -math.inf))])
+    assert seen, "A-GEM never had a reference gradient"
+    before = torch.stack([b for b, _ in seen])
+    after = torch.stack([a for _, a in seen])
+    assert (before < 0).any()  # the projection had work to do
+    assert (after >= -1e-5 * before.abs().clamp(min=1)).all()
+
+
+def test_agem_memory_holds_m_over_t_random_samples_per_task():
+    data = load_benchmark("synthetic", synthetic=SYN)
+    net, params = mlp_group(data, 2)
+    sizes = (10, 25)
+    x = torch.zeros((2, 26, 1, 8, 8), dtype=torch.uint8)
+    memory = Memory(x, torch.zeros((2, 26), dtype=torch.int64), torch.zeros((2, 26), dtype=torch.int64), None,
+                    np.zeros(2, dtype=np.int64))
+    for t in range(2):
+        end = AGEM().end_task(context(AGEM(), data, net, params, {}, memory, t, sizes))
+        memory = end.memory
+    assert memory.held.tolist() == [2 * 2, 5 * 2]  # floor(M / T) per task, T = 5
+    for r, q in enumerate((2, 5)):
+        assert sorted(set(data.class_task[memory.y[r, : 2 * q]].tolist())) == [0, 1]
+        assert (data.class_task[memory.y[r, :q]] == 0).all() and (data.class_task[memory.y[r, q : 2 * q]] == 1).all()
+
+
+# -- iCaRL -----------------------------------------------------------------------------------------
+
+
+def test_icarl_nearest_mean_of_exemplars_equals_the_one_computed_by_hand():
+    data = load_benchmark("synthetic", synthetic=SYN)
+    net, params = mlp_group(data, 3)
+    method = ICaRL()
+    ctx = context(method, data, net, params, {}, None, 0, (20, 20, 20))
+    state = method.init_state(ctx)
+    for t in range(2):
+        state = method.end_task(context(method, data, net, params, state, None, t, (20, 20, 20))).state
+    m = 20 // 4  # exemplars per class once 4 classes are seen
+    ex = state["exemplars"]
+    assert (ex[:, :4, :m] >= 0).all() and (ex[:, :4, m:] == -1).all() and (ex[:, 4:] == -1).all()
+    assert (data.train_y[ex[:, :4, :m]] == torch.arange(4).view(1, 4, 1)).all()  # each class's own images
+    scores = method.classifier(context(method, data, net, params, state, None, 1, (20, 20, 20)))
+    x = prepare_inputs(data.test_x, data.spec)
+    predicted = scores(x.unsqueeze(0).expand(3, *x.shape)).argmax(-1)
+    for r in range(3):
+        run = {k: v[r : r + 1] for k, v in params.items()}
+
+        def feature(images):
+            f, _ = net.features(run, {}, prepare_inputs(images, data.spec).unsqueeze(0), train=False)
+            return f[0] / f[0].norm(dim=-1, keepdim=True)
+
+        means = []
+        for c in range(4):
+            imgs = data.train_x[ex[r, c, :m]]
+            mean = (feature(imgs).mean(0) + feature(imgs.flip(-1)).mean(0)) / 2
+            means.append(mean / mean.norm())
+        means = torch.stack(means)
+        test = feature(data.test_x)
+        by_hand = torch.stack([((test - mu) ** 2).sum(-1) for mu in means], 1).argmin(1)
+        assert torch.equal(predicted[r], by_hand)
+
+
+def test_icarl_herding_picks_the_points_that_keep_the_running_mean_closest():
+    from clbench.methods.icarl import herding
+
+    f = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 3.0], [0.1, 0.0]]])  # mean (0, 0.6)
+    chosen = herding(f, 3)[0].tolist()
+    assert chosen[0] == 0  # (0, 0) is nearest to the mean
+    # By hand: after (0,0), the pair whose mean is nearest (0, 0.6) adds (0.1, 0) (|(0.05,0)-(0,0.6)|),
+    # then the third point makes the triple's mean nearest: (0, 3) brings it to (0.033, 1.0).
+    assert chosen == [0, 4, 3]
+
+
+def test_icarl_takes_no_mask():
+    with pytest.raises(ValueError, match="icarl has no softmax cross-entropy"):
+        synthetic_config("icarl", mask=-math.inf).resolve()
+
+
+# -- GDumb -----------------------------------------------------------------------------------------
+
+
+def test_gdumb_greedy_sampler_keeps_the_memory_class_balanced():
+    rng = np.random.default_rng(0)
+    size = 50
+    held, n_seen, slot_class = 0, 0, np.full(50, -1)
+    for task in range(5):
+        labels = rng.permutation(np.repeat(np.arange(2 * task, 2 * task + 2), 300))
+        slots = greedy_balanced_slots(np.random.default_rng(task), labels, slot_class, held, size, batch_size=10)
+        for i, s in enumerate(slots):
+            if s >= 0:
+                slot_class[s] = labels[i]
+        n_seen += len(labels)
+        held = min(n_seen, size)
+        counts = np.bincount(slot_class[:held], minlength=10)[: 2 * task + 2]
+        assert counts.sum() == size and counts.max() - counts.min() <= 1, counts
+
+
+def test_gdumb_memory_is_class_balanced_when_it_is_refit(monkeypatch):
+    counts = []
+    original = trainer._refit
+
+    def recording(method, st, *args, **kw):
+        held = st.buffer.available()
+        counts.append([np.bincount(st.buffer.y[r, :h].numpy(), minlength=10) for r, h in enumerate(held)])
+        return original(method, st, *args, **kw)
+
+    monkeypatch.setattr(trainer, "_refit", recording)
+    cfgs = [synthetic_config("gdumb", seed=s, buffer=30, synthetic=SYN, options={"fitting_epochs": 2}) for s in range(2)]
+    train_runs(cfgs)
+    assert len(counts) == 5
+    for task, runs in enumerate(counts):
+        for c in runs:
+            seen = c[: 2 * (task + 1)]
+            assert c.sum() == 30 and seen.max() - seen.min() <= 1 and c[2 * (task + 1):].sum() == 0, (task, c)
+
+
+def test_gdumb_lr_schedule_warm_start_then_cosine_restarts():
+    lr = torch.tensor([0.05])
+    got = [float(GDumb().refit_lr(e, lr, {"minlr": 5e-4})) for e in range(8)]
+    assert got[0] == pytest.approx(0.005) and got[1] == pytest.approx(0.05)
+    # Scheduler steps k = epoch - 1, cycles of 1, 2, 4 epochs restarting at the maximum:
+    mid = 5e-4 + (0.05 - 5e-4) / 2
+    assert got[2:5] == pytest.approx([0.05, mid, 0.05])
+    assert got[5] == pytest.approx(5e-4 + (0.05 - 5e-4) * (1 + math.cos(math.pi / 4)) / 2)
+
+
+def test_gdumb_stream_mask_cannot_act():
+    with pytest.raises(ValueError, match="valid placements for gdumb are buffer, both"):
+        synthetic_config("gdumb", mask=-math.inf, on="stream").resolve()
+    assert synthetic_config("gdumb", mask=-math.inf, on="buffer").resolve().mask.on == "buffer"
+
+
+# -- X-DER -----------------------------------------------------------------------------------------
+
+
+def test_xder_damping_on_a_hand_made_example():
+    block = torch.tensor([[2.0, 4.0], [1.0, 0.5], [3.0, -1.0]])
+    gt = torch.tensor([2.0, 3.0, 6.0])
+    out = damp(block, gt, 0.85)
+    # Row 0: max 4 > 2: times 0.85 * 2 / 4; rows 1 and 2: max below the class's logit: unchanged.
+    torch.testing.assert_close(out, torch.tensor([[0.85, 1.7], [1.0, 0.5], [3.0, -1.0]]))
+
+
+def test_xder_first_occurrence_of_slots():
+    slots = torch.tensor([[3, 1, 3, -1, 1, 2]])
+    assert first_occurrence(slots).tolist() == [[True, True, False, False, False, True]]
+
+
+def _xder_step(t, stored, counts, u, slots, y, outputs):
+    """A Step carrying what _update_logits reads."""
+    from clbench.masking import MaskSpec
+    from clbench.step import LossLayer, Step
+
+    class_task = torch.arange(6) // 2
+    loss = LossLayer([MaskSpec()], class_task)
+    state = {"logits": stored, "logit_task": torch.zeros(stored.shape[:2], dtype=torch.int64), "counts": counts}
+    return Step(t, None, (), torch.ones(1), torch.ones(1), None, None, loss, state, (), {"u": u},
+                dict(XDER.options)), slots, y, outputs
+
+
+def test_xder_online_update_rewrites_future_columns_with_probability_one_over_count():
+    # 6 classes, 3 tasks, task 1: columns [2, 6) of past-task rows are rewritten.
+    stored = torch.arange(5 * 6, dtype=torch.float32).view(1, 5, 6) / 10  # slot s, class c: (6s + c) / 10
+    counts = torch.tensor([[0.0, 1.0, 3.0, 0.0, 0.0]])
+    slots = torch.tensor([[0, 1, 2, 0, 3]])  # slot 0 twice: counted once
+    y = torch.tensor([[0, 1, 0, 0, 2]])  # the row of slot 3 is of the current task: never rewritten
+    u = torch.tensor([[0.9, 0.6, 0.3, 0.0, 0.0]])
+    outputs = torch.full((1, 5, 6), 10.0)
+    old = stored[0, slots[0]].unsqueeze(0)
+    step, *_ = _xder_step(1, stored, counts, u, slots, y, outputs)
+    once = first_occurrence(slots)
+    new = XDER()._update_logits(step, slots, y, once, outputs, old)
+    # Counters: slots 0, 1, 2 go to 1, 2, 4; written where u * count < 1: slot 0 (0.9), slot 1 (1.2: no),
+    # slot 2 (1.2: no).
+    assert new["counts"][0, :4].tolist() == [1.0, 2.0, 4.0, 0.0]
+    gamma = XDER.options["gamma"]
+    expected0 = stored[0, 0].clone()
+    expected0[2:] = 10.0 * gamma * stored[0, 0, 0] / 10.0  # damped against the stored logit of class 0
+    torch.testing.assert_close(new["logits"][0, 0], expected0)
+    torch.testing.assert_close(new["logits"][0, 1:4], stored[0, 1:4])
+    assert new["logit_task"][0, :4].tolist() == [1, 0, 0, 0]
+
+
+def test_xder_end_of_task_rebuilds_a_class_balanced_memory():
+    data = load_benchmark("synthetic", synthetic=SYN)
+    net, params = mlp_group(data, 2)
+    method = XDER()
+    size = 20
+    empty = Memory(torch.zeros((2, size + 1, 1, 8, 8), dtype=torch.uint8), torch.zeros((2, size + 1), dtype=torch.int64),
+                   torch.zeros((2, size + 1), dtype=torch.int64), None, np.zeros(2, dtype=np.int64))
+    state = method.init_state(context(method, data, net, params, {}, empty, 0, (size, size)))
+    memory = empty
+    for t in range(3):
+        end = method.end_task(context(method, data, net, params, state, memory, t, (size, size), seed=10 * t))
+        previous, memory, state = memory, end.memory, end.state
+        seen = 2 * (t + 1)
+        assert memory.held.tolist() == [size, size]
+        for r in range(2):
+            counts = np.bincount(memory.y[r, :size].numpy(), minlength=10)
+            assert counts[:seen].min() >= size // seen and counts[:seen].max() <= size // seen + 1 and counts[seen:].sum() == 0
+            if t > 0:  # kept rows: the first floor(M / seen) of each old class, in storage order, class by class
+                keep = size // seen
+                for c in range(2 * t):
+                    old_rows = previous.x[r, : size][previous.y[r, :size] == c][:keep]
+                    torch.testing.assert_close(memory.x[r][memory.y[r] == c][:keep][:keep], old_rows)
+        # Every older row's columns [tC, K) are the damped outputs of the current network.
+        if t > 0:
+            x = prepare_inputs(memory.x[:, :size], data.spec)
+            out, _ = net.forward(params, {}, x, train=False)
+            y = memory.y[:, :size]
+            older = data.class_task[y] < t
+            gt = state["logits"][:, :size].gather(-1, y.unsqueeze(-1)).squeeze(-1)
+            expected = damp(out[..., 2 * t :], gt, method.options["gamma"])
+            torch.testing.assert_close(state["logits"][:, :size, 2 * t :][older], expected[older], rtol=1e-5, atol=1e-5)
+            assert (state["logit_task"][:, :size][older] == t).all()
+        assert (state["counts"] == 0).all()
+
+
+def test_xder_published_is_the_minus_inf_mask():
+    cfg = synthetic_config("xder", buffer=20).resolve()
+    assert any("X-DER as published is --mask -inf" in n for n in cfg.notes)
+    assert any("without the SupCon consistency term" in n for n in cfg.notes)
+    with pytest.raises(ValueError, match="valid placements for xder are stream, both"):
+        synthetic_config("xder", mask=-2.0, on="buffer").resolve()
+
+
+# -- configs, presets, groups ----------------------------------------------------------------------
+
+
+def test_methods_that_group_by_buffer_size_never_share_a_group_across_sizes():
+    from clbench.trainer import plan_groups
+
+    cfgs = [synthetic_config(m, seed=s, buffer=b).resolve() for m in ("xder", "agem") for s in range(2) for b in (10, 20)]
+    groups = plan_groups(cfgs)
+    assert sorted(len(g) for g in groups) == [2, 2, 4]  # xder: one group per buffer size; agem: one group
+
+
+def test_new_method_presets_and_fallbacks_are_named_in_the_notes():
+    from clbench import RunConfig
+
+    xder = RunConfig(method="xder", buffer_size=200).resolve()
+    assert (xder.lr, xder.minibatch_size, xder.alpha, xder.beta) == (0.03, 128, 0.2, 1.0)
+    assert "no xder preset for seq-mnist: using the derpp row" in xder.notes
+    icarl = RunConfig(method="icarl", buffer_size=20).resolve()
+    assert icarl.lr == 0.1 and icarl.minibatch_size == 0 and dict(icarl.options) == {"wd": 0.0}
+    assert "buffer 20 (< 200) has no preset: using the buffer-200 row" in icarl.notes
+    assert dict(RunConfig(method="icarl", benchmark="seq-cifar10", buffer_size=500).resolve().options) == {"wd": 1e-5}
+    agem = RunConfig(method="agem", benchmark="seq-tinyimg", buffer_size=500).resolve()
+    assert (agem.lr, agem.minibatch_size) == (0.01, 32)
+    gdumb = RunConfig(method="gdumb", buffer_size=500, mask=synthetic_config("gdumb", mask=-1.0, on="buffer").mask).resolve()
+    assert gdumb.lr == 0.05 and dict(gdumb.options)["fitting_epochs"] == 256
+    assert any(n.startswith("no gdumb preset for seq-mnist: using Mammoth's gdumb defaults") for n in gdumb.notes)
+    big = RunConfig(method="xder", benchmark="seq-cifar100", buffer_size=2000).resolve()
+    assert (big.alpha, big.beta) == (0.6, 0.9) and dict(big.options)["margin"] == 0.2
+
+
+def test_options_are_checked_and_part_of_the_identity_and_group():
+    a = synthetic_config("xder").resolve()
+    b = synthetic_config("xder", options={"gamma": "0.5"}).resolve()
+    assert dict(b.options)["gamma"] == 0.5 and "overridden: option gamma" in b.notes[-1]
+    assert a.identity() != b.identity() and a.group_key() != b.group_key()
+    with pytest.raises(ValueError, match="unknown option 'gama' for xder: its options are gamma"):
+        synthetic_config("xder", options={"gama": 1}).resolve()
+    with pytest.raises(ValueError, match="its options are none"):
+        synthetic_config("er", options={"x": 1}).resolve()
+
+
+# -- the cosine head -------------------------------------------------------------------------------
+
+
+def test_cosine_head_is_ten_times_the_cosine_and_bias_free():
+    g = torch.Generator().manual_seed(0)
+    f, w = torch.randn(2, 5, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    by_hand = torch.stack([torch.stack([torch.stack([10 * (f[r, n] @ w[r, k]) / ((f[r, n].norm() + 1e-5) * (w[r, k].norm() + 1e-5))
+                                                     for k in range(3)]) for n in range(5)]) for r in range(2)])
+    torch.testing.assert_close(cosine_logits(f, w), by_hand)
+    net = BatchedMLP(64, 10, head="cosine")
+    params, _ = net.init([torch.Generator().manual_seed(0)])
+    assert "b2" not in params and "w2" in params
+    logits, _ = net.forward(params, {}, torch.randn(1, 4, 64), train=False)
+    assert logits.abs().max() <= 10.0 + 1e-4
+
+
+def test_head_is_recorded_and_the_linear_default_keeps_identities():
+    linear = synthetic_config("er_ace").resolve()
+    cosine = synthetic_config("er_ace", head="cosine").resolve()
+    assert "head" not in linear.to_dict() and cosine.to_dict()["head"] == "cosine"
+    assert linear.head == "linear" and linear.identity() != cosine.identity()
+    assert linear.group_key() != cosine.group_key()
+    assert any("cosine classifier head" in n for n in cosine.notes)
+    with pytest.raises(ValueError, match="valid heads are linear, cosine"):
+        synthetic_config("er_ace", head="round").resolve()
+
+
+def test_every_new_method_learns_on_synthetic_data():
+    cfgs = [synthetic_config(m, seed=0, buffer=30, synthetic=SYN, options={"fitting_epochs": 8} if m == "gdumb" else None)
+            for m in ("xder", "icarl", "agem", "gdumb")]
+    for cfg, res in zip(cfgs, train_runs(cfgs)):
+        assert res.metrics["faa_task_il"] > 60, (cfg.method, res.metrics)
+        assert set(res.train_loss) == set(get_method(cfg.method).loss_terms_names) | {"total"}
+
+
+@pytest.mark.parametrize("method,kw", [("xder", {"options": {"gamma": 0.5}}), ("icarl", {}), ("gdumb", {"mask": -1.0, "on": "buffer"}),
+                                       ("er_ace", {"head": "cosine"})])
+def test_new_configs_round_trip_through_json(method, kw):
+    import json
+
+    from clbench import ResolvedConfig
+
+    cfg = synthetic_config(method, **kw).resolve()
+    back = ResolvedConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.identity() == cfg.identity() and back.group_key() == cfg.group_key()
