@@ -238,9 +238,9 @@ def check_real(name: str, value: Any, *, low: float | None = None, above: float 
     return v
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str, ...], valid: str = "valid are") -> str:
     if not isinstance(value, str) or value not in choices:
-        raise InvalidValue(name, value, f"valid are {', '.join(choices)}")
+        raise InvalidValue(name, value, f"{valid} {', '.join(choices)}")
     return value
 
 
@@ -256,9 +256,9 @@ FIELD_CHECKS = {
     "alpha": lambda v: check_real("alpha", v, low=0.0),
     "beta": lambda v: check_real("beta", v, low=0.0),
     "class_order_seed": lambda v: check_whole("class_order_seed", v, 0),
-    "backbone": lambda v: check_choice("backbone", v, BACKBONES),
+    "backbone": lambda v: check_choice("backbone", v, BACKBONES, "valid backbones are"),
     "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
-    "head": lambda v: check_choice("head", v, HEADS),
+    "head": lambda v: check_choice("head", v, HEADS, "valid heads are"),
 }
 OPTIONAL_FIELDS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
                    "class_order_seed", "der_logits", "head")
