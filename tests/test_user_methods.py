@@ -161,7 +161,7 @@ def test_an_exception_inside_the_method_during_training_is_a_failed_run(tmp_path
     '''))
     out = cli(["run", "-m", f"{file}:Boom", *SYN], tmp_path)
     assert out.returncode == 1
-    assert "failed: RuntimeError: boom at task 2" in out.stderr
+    assert "failed: RuntimeError: boom at task 2; its runs are marked failed" in out.stderr
     with open_store(tmp_path / "results.db", readonly=True) as store:
         from clbench.registry import load_runs
 
