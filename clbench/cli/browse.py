@@ -170,9 +170,9 @@ def show(
     metrics.add_column("class-IL", justify="right")
     metrics.add_column("task-IL", justify="right")
     m = result.metrics
-    for label, key in (("final average accuracy", "faa"), ("forgetting (Chaudhry)", "forgetting"),
-                       ("forgetting (Mammoth)", "forgetting_mammoth"), ("backward transfer", "bwt")):
-        metrics.add_row(label, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
+    for name, key in (("final average accuracy", "faa"), ("forgetting (Chaudhry)", "forgetting"),
+                      ("forgetting (Mammoth)", "forgetting_mammoth"), ("backward transfer", "bwt")):
+        metrics.add_row(name, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
     out.print(metrics)
 
 
