@@ -291,6 +291,7 @@ class SweepProgress:
     running: tuple[RunningGroup, ...] = ()
     where: str = ""  # the process that trains (group_start) or trained (group_done) ``group``; "" for this one
     attempt: int = 1
+    note: str = ""  # group_start: what the executor chose for the group that the user should hear of (threads)
 
     @property
     def groups_queued(self) -> int:
@@ -380,7 +381,7 @@ def execute(
                 if isinstance(event, GroupStarted):
                     store.mark_running(ids, owner)
                     tracker.start(event)
-                    report("group_start", event.group, where=event.where, attempt=event.attempt)
+                    report("group_start", event.group, where=event.where, attempt=event.attempt, note=event.note)
                     continue
                 if not event.ok:
                     where = f"on {event.where}: " if event.where else ""

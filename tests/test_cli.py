@@ -368,16 +368,3 @@ def test_er_on_fashion_mnist_as_in_the_readme(tmp_path):
     assert set(runs["buffer_size"]) == {200} and set(runs["mask_on"]) == {"stream"}
     assert (runs["faa_class_il"] > 50).all() and (runs["faa_task_il"] > 90).all()
     assert "seq-fmnist" in done.stdout and "2 runs: 2 computed" in done.stdout
-
-
-def test_clbench_run_notes_busy_cores_only_when_the_load_fills_them(monkeypatch):
-    from rich.console import Console
-
-    from clbench.cli import run as cli_run
-
-    cores = len(os.sched_getaffinity(0))
-    for load, expect_note in ((cores + 0.5, True), (cores - 0.9, False)):
-        monkeypatch.setattr(cli_run.os, "getloadavg", lambda load=load: (load, load, load))
-        out = io.StringIO()
-        cli_run._warn_if_cores_busy(Console(file=out, width=200), env={})  # no thread setting of the user's
-        assert ("--threads 1" in out.getvalue()) is expect_note, out.getvalue()

@@ -114,8 +114,11 @@ def test_make_executor_names_the_valid_executors():
     assert isinstance(make_executor("local"), LocalExecutor)
     with pytest.raises(ValueError, match="unknown executor 'slurm': valid executors are local, ray"):
         make_executor("slurm")
-    with pytest.raises(ValueError, match="takes no options"):
+    with pytest.raises(ValueError, match="takes only the option threads"):
         make_executor("local", retries=2)
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1, 'auto' or None"):
+        make_executor("local", threads=0)
+    assert make_executor("local", threads="auto").threads == "auto"
     assert issubclass(LocalExecutor, Executor)
 
 

@@ -556,21 +556,6 @@ def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch,
     assert all(line.startswith(first_word) or first_word not in line for line in lines), err
 
 
-@pytest.mark.parametrize("setting", [{}, {"OMP_NUM_THREADS": "1"}, {"MKL_NUM_THREADS": "2"},
-                                     {"OMP_WAIT_POLICY": "PASSIVE"}])
-def test_the_busy_cores_note_respects_an_explicit_thread_setting(monkeypatch, tmp_path, invoke, setting):
-    from clbench.cli import run as cli_run
-
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in setting.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(cli_run.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
-    rc, out, err = invoke("run", *TINY, "--method", "sgd")
-    assert rc == 0, err
-    assert ("note: the CPU is busy" in err) is (not setting), err
-
-
 # ---------------------------------------------------------------------------------------------
 # 10. Planning is bounded; groups fit the memory they run in
 

@@ -63,7 +63,7 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
         given = [name for name, value in ray_only.items() if value is not None]
         if given:
             raise UsageProblem(f"{given[0]} applies to --executor ray only (this sweep runs with --executor local)")
-        executor = make_executor("local")
+        executor = make_executor("local", threads=threads if threads is not None else "auto")
     else:
         if threads is not None:
             raise UsageProblem("--threads applies to --executor local; with --executor ray a group gets "

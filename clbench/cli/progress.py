@@ -60,6 +60,8 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
                       "(the previous worker died)", highlight=False)
         elif p.event == "group_start" and p.where:  # on another process: say which (to find its logs, or it)
             err.print(f"started: group {p.group + 1}/{p.n_groups}, {p.label} on {p.where}", highlight=False)
+        elif p.event == "group_start" and p.note:  # what the executor chose for it (this process's CPU threads)
+            err.print(f"group {p.group + 1}/{p.n_groups}: {p.note}", highlight=False)
         elif p.event == "group_done":
             where = f" on {p.where}" if p.where else ""
             err.print(f"done: group {p.group + 1}/{p.n_groups}, {p.label}{where}, saved", highlight=False)

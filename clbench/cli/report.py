@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -86,7 +85,7 @@ def report_command(
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
-    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch."),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch. [default: before each group, the cores that other processes leave free]"),
     db: Optional[str] = db_option(),
     executor: str = executor_option(),
     ray_address: Optional[str] = ray_address_option(),
@@ -191,8 +190,6 @@ def report_command(
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
-    if threads is not None:
-        torch.set_num_threads(threads)
     start_executor(runner)
     try:
         store = open_store(url)

@@ -3,12 +3,9 @@ display, and print the summary of every run asked for."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -22,7 +19,6 @@ from ..memory import budget_bytes, human
 from ..registry import exclusion_note, load_runs, summarize_runs
 from ..store import StoreError, describe_url, open_store
 from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
-from ..trainer import usable_cpu_cores
 from .common import (
     MAX_THREADS,
     UsageProblem,
@@ -95,8 +91,8 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
     threads: Optional[int] = typer.Option(
-        None, "--threads", metavar="N", help="CPU threads for torch. [default: torch's choice] Use 1 when other busy processes "
-                                "share the cores: torch's spinning threads then slow every process down."),
+        None, "--threads", metavar="N", help="CPU threads for torch. [default: before each group, the cores that other processes leave "
+                                "free (said when it is not all of them)] A fixed N gives bit-for-bit repeats on a busy machine."),
     executor: str = executor_option(),
     ray_address: Optional[str] = ray_address_option(),
     gpus_per_group: Optional[float] = gpus_per_group_option(),
@@ -163,8 +159,6 @@ def run(
         _print_plan(console(), plan, url, device)
         return
     # 3. Run: connect the executor (a cluster is checked here), then open the database.
-    if threads is not None:
-        torch.set_num_threads(threads)
     start_executor(runner)
     try:
         store = open_store(url)
@@ -186,8 +180,6 @@ def run(
         )
         if n_run and runner.name != "local":
             err.print(runner.describe(), highlight=False)
-        if n_run and threads is None and device == "cpu" and runner.name == "local":
-            _warn_if_cores_busy(err)
         with sigterm_as_interrupt():
             outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
                                             download=download, experiment=experiment, checkpoint=policy)
@@ -206,27 +198,6 @@ def run(
         f"Stored in {store.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
         highlight=False,
     )
-
-
-# Environment variables by which a user has already chosen torch's threads (or how they wait).
-THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
-
-
-def _warn_if_cores_busy(err: Console, env: Mapping[str, str] | None = None) -> None:
-    # torch's waiting threads spin; with other busy processes on the same few cores both slow down
-    # 3-30x (benchmarks/README.md, "Threads"). The 1-minute load average is a cheap, lagging sign.
-    # Whoever set the threads already made the choice the note is about: say nothing then.
-    env = os.environ if env is None else env
-    if any(env.get(name) for name in THREAD_SETTINGS):
-        return
-    cores = usable_cpu_cores()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load >= cores:
-        err.print(
-            f"note: the CPU is busy (load {load:.1f} on {cores} cores); if this is slow, "
-            "use --threads 1 or OMP_WAIT_POLICY=PASSIVE",
-            highlight=False,
-        )
 
 
 def _summary_table(summary) -> Table:

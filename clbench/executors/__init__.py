@@ -30,12 +30,13 @@ EXECUTORS = ("local", "ray")
 
 
 def make_executor(name: str = "local", **options) -> Executor:
-    """An executor by name: ``local`` (no options) or ``ray`` (``RayExecutor``'s options).
-    Raises ``ValueError`` with one line for an unknown name or option value."""
+    """An executor by name: ``local`` (``LocalExecutor``'s option ``threads``) or ``ray``
+    (``RayExecutor``'s options). Raises ``ValueError`` with one line for an unknown name or option value."""
     if name == "local":
-        if options:
-            raise ValueError(f"the local executor takes no options (got {', '.join(sorted(options))})")
-        return LocalExecutor()
+        unknown = sorted(set(options) - {"threads"})
+        if unknown:
+            raise ValueError(f"the local executor takes only the option threads (got {', '.join(unknown)})")
+        return LocalExecutor(**options)
     if name == "ray":
         from .ray import RayExecutor
 

@@ -94,6 +94,7 @@ class GroupStarted:
     group: int
     where: str  # the process that trains it: "" for this process, else host, node and pid
     attempt: int = 1
+    note: str = ""  # what the executor chose for it that the user should hear of (its CPU threads)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import torch
+
+from ..threads import ThreadChooser, user_chose_threads
 from ..trainer import Progress, resolve_device
 from .base import (
     DataSource,
@@ -21,10 +24,22 @@ from .base import (
 
 
 class LocalExecutor(Executor):
-    """Trains the groups in this process, in plan order, with the process's torch threads. One
-    benchmark is in memory at a time: groups on the same data (consecutive in a plan) share it."""
+    """Trains the groups in this process, in plan order. One benchmark is in memory at a time:
+    groups on the same data (consecutive in a plan) share it.
+
+    ``threads``: ``None`` leaves torch's threads as the process has them; a number sets them;
+    ``"auto"`` (``clbench run``'s default) chooses them on the CPU before each group from what
+    the other processes on the cores did lately (``clbench.threads``), unless the environment
+    already chose (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_WAIT_POLICY``). The choice
+    is announced in the group's start event (``GroupStarted.note``) and recorded with its runs.
+    """
 
     name = "local"
+
+    def __init__(self, threads: int | str | None = None):
+        if not (threads is None or threads == "auto" or (isinstance(threads, int) and threads >= 1)):
+            raise ValueError(f"threads must be a whole number >= 1, 'auto' or None, not {threads!r}")
+        self.threads = threads
 
     def describe(self) -> str:
         return "local: groups train in this process, one after another"
@@ -38,22 +53,42 @@ class LocalExecutor(Executor):
         progress: ProgressSink | None = None,
     ) -> Iterator[GroupEvent]:
         dev = resolve_device(device)
-        data, data_key = None, None
-        for group in groups:
-            yield GroupStarted(group.index, "")
-            try:
-                if data_key != group.data_key:
-                    data = None  # let the previous dataset go before loading the next
-                    data = source.load(group, dev)
-                    data_key = group.data_key
+        threads_before = torch.get_num_threads()
+        if isinstance(self.threads, int):
+            torch.set_num_threads(self.threads)
+        chooser = ThreadChooser() if self.threads == "auto" and dev.type == "cpu" and not user_chose_threads() else None
+        data, data_key, said = None, None, None
+        try:
+            for group in groups:
+                note = ""
+                try:
+                    if data_key != group.data_key:
+                        data = None  # let the previous dataset go before loading the next
+                        data = source.load(group, dev)
+                        data_key = group.data_key
+                except Exception as exc:  # noqa: BLE001 - reported as the group's outcome
+                    yield GroupStarted(group.index, "")
+                    yield failed(group.index, exc)
+                    continue
+                if chooser is not None:  # after loading: the look spans it (two processes load at once)
+                    choice = chooser.look()
+                    torch.set_num_threads(choice.threads)
+                    note = "" if choice.threads == said else choice.describe()
+                    said = choice.threads
+                yield GroupStarted(group.index, "", note=note)
+                try:
 
-                def report(p: Progress, g: int = group.index) -> None:
-                    if progress is not None:
-                        progress(GroupProgress(g, p))
+                    def report(p: Progress, g: int = group.index) -> None:
+                        if chooser is not None:
+                            chooser.note_progress()
+                        if progress is not None:
+                            progress(GroupProgress(g, p))
 
-                results = compute_group(group.configs, data, options, progress=report)
-            except Exception as exc:  # noqa: BLE001 - reported as the group's outcome
-                outcome = failed(group.index, exc)
-            else:
-                outcome = GroupOutcome(group.index, tuple(results))
-            yield outcome
+                    results = compute_group(group.configs, data, options, progress=report)
+                except Exception as exc:  # noqa: BLE001 - reported as the group's outcome
+                    outcome = failed(group.index, exc)
+                else:
+                    outcome = GroupOutcome(group.index, tuple(results))
+                yield outcome
+        finally:  # the process's threads as they were (the choice is this executor's, per group)
+            torch.set_num_threads(threads_before)
