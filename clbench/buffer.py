@@ -149,7 +149,9 @@ class ReservoirBuffer:
         return np.minimum(seen, np.array(self.sizes, dtype=np.int64))
 
     def holds_any(self) -> bool:
-        return bool(self.available().max() > 0)
+        if self.held is None:  # filled by insertion (asked every step: no arrays)
+            return self.n_seen > 0 and max(self.sizes) > 0
+        return bool(self.held.max() > 0)
 
     def contents(self) -> Memory:
         """The buffer's tensors as they are (not copies: a hook must not write into them)."""

@@ -88,3 +88,34 @@ def test_the_cli_names_diverged_runs_and_excludes_them(tmp_path, capsys):
     assert "its numbers are not results" in capsys.readouterr().out
     summary = summarize_runs(load_runs(db))
     assert summary[["n_seeds", "n_diverged"]].values.tolist() == [[0, 2]]
+
+
+@pytest.mark.parametrize("device_look", ["cpu", "as on a GPU"])
+def test_the_watch_flags_exactly_the_runs_whose_loss_or_gradient_is_not_finite(device_look):
+    from clbench.trainer import _Divergence
+
+    watch = _Divergence(3, torch.device("cpu"))
+    if device_look != "cpu":
+        watch.check_on_host = False  # the GPU's way: the exact look and the masks every step
+    grads = [torch.ones(3, 4, 5), torch.ones(3, 4)]
+    ok = watch.watch(torch.tensor([1.0, 2.0, 3.0]), grads, task=0, step=0)
+    assert ok is None or bool(ok.all())
+    # A gradient whose float32 sum overflows is still finite: nobody diverges.
+    huge = [torch.full((3, 4, 5), 3e38), torch.ones(3, 4)]
+    ok = watch.watch(torch.tensor([1.5, 2.5, 3.5]), huge, task=0, step=1)
+    assert ok is None or bool(ok.all())
+    # Run 1's gradient has one NaN while every loss is finite: run 1 alone stops, at this step.
+    bad = [torch.ones(3, 4, 5), torch.ones(3, 4)]
+    bad[0][1, 2, 3] = math.nan
+    ok = watch.watch(torch.tensor([1.2, 2.2, 3.2]), bad, task=1, step=7)
+    assert ok.tolist() == [True, False, True]
+    ok = watch.watch(torch.tensor([1.1, math.inf, 3.1]), grads, task=1, step=8)  # frozen from here on
+    assert ok.tolist() == [True, False, True]
+    saved = {k: v.clone() for k, v in watch.state().items()}
+    restored = _Divergence(3, torch.device("cpu"))
+    restored.load(saved)
+    for w in (watch, restored):
+        runs_ = w.per_run()
+        assert runs_[0] is None and runs_[2] is None
+        assert (runs_[1].task, runs_[1].step) == (1, 7) and runs_[1].last_finite_loss == pytest.approx(2.5)
+    assert watch.state()["last_finite"].tolist() == pytest.approx([1.1, 2.5, 3.1])
