@@ -6,7 +6,7 @@ down about 5x (benchmarks/README.md, "Threads"). How threads wait is fixed when 
 how many there are is not: so before each group the local executor looks at how much CPU the
 *other* processes used on this process's cores lately and leaves those cores to them
 (``choose_threads``). On a quiet machine that is every core; beside one busy process on two cores,
-one thread.
+one thread; beside a niced one (``nice`` > 0), which gives way, every core.
 
 The thread count changes a run's numbers at rounding level (reductions split differently), so
 the count a group used is recorded with its runs (``clbench.environment``); ``--threads N`` (or
@@ -48,8 +48,16 @@ class CpuUse:
     own_s: float  # CPU-seconds this process used (all its threads)
 
 
-def cpu_use(stat_path: str = "/proc/stat") -> CpuUse | None:
-    """Read the CPU time now; ``None`` where the OS does not say (no ``/proc/stat``)."""
+def cpu_use(stat_path: str = "/proc/stat", count_niced: bool | None = None) -> CpuUse | None:
+    """Read the CPU time now; ``None`` where the OS does not say (no ``/proc/stat``).
+
+    Time of niced processes (``nice`` > 0) is left out when this process is not niced itself
+    (``count_niced`` left ``None``): they give way to it, so they take no core from it (benchmark 6:
+    the 10-seed ER group beside a busy process at nice 19 is as fast as alone). Time stolen by the
+    hypervisor is left out too: no process on these cores took it.
+    """
+    if count_niced is None:
+        count_niced = hasattr(os, "nice") and os.nice(0) > 0
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     busy = 0
     try:
@@ -60,9 +68,9 @@ def cpu_use(stat_path: str = "/proc/stat") -> CpuUse | None:
                     continue
                 if cores is not None and int(name[3:]) not in cores:
                     continue
-                # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait
-                ticks = [int(v) for v in fields[:8]]
-                busy += sum(ticks) - ticks[3] - ticks[4]
+                # user nice system idle iowait irq softirq steal ...
+                user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+                busy += user + system + irq + softirq + (nice if count_niced else 0)
     except (OSError, ValueError, IndexError):
         return None
     t = os.times()

@@ -57,9 +57,11 @@ def test_cpu_use_reads_only_this_process_cores(tmp_path):
     lines += [f"cpu{max(cores) + 1} 7777 0 0 1 0 0 0 0 0 0", "intr 1 2 3"]  # a core this process may not use
     stat = tmp_path / "stat"
     stat.write_text("\n".join(lines) + "\n")
-    reading = cpu_use(str(stat))
     ticks = os.sysconf("SC_CLK_TCK")
-    assert reading is not None and reading.busy_s == pytest.approx(len(cores) * (100 + 10 + 20 + 1 + 2 + 3) / ticks)
+    reading = cpu_use(str(stat), count_niced=False)  # user, system, irq, softirq: not nice, idle, iowait, steal
+    assert reading is not None and reading.busy_s == pytest.approx(len(cores) * (100 + 20 + 1 + 2) / ticks)
+    reading = cpu_use(str(stat), count_niced=True)  # a niced process also counts niced processes' time
+    assert reading is not None and reading.busy_s == pytest.approx(len(cores) * (100 + 10 + 20 + 1 + 2) / ticks)
     assert cpu_use(str(tmp_path / "missing")) is None
 
 
@@ -75,6 +77,20 @@ def test_a_busy_process_beside_is_seen_and_left_its_core(busy_process):
     choice = chooser.look()
     assert choice.others is not None and choice.others > 0.5, choice
     assert choice.threads == max(1, chooser.cores - 1)
+
+
+def test_a_busy_process_at_nice_19_gives_way_and_takes_no_core():
+    proc = subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", BUSY, "60"])
+    try:
+        time.sleep(0.3)
+        chooser = ThreadChooser()
+        time.sleep(0.5)
+        choice = chooser.look()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert choice.others is not None and choice.others < 0.25, choice
+    assert choice.threads == chooser.cores
 
 
 def _versions(db) -> list[dict]:
