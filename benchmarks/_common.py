@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
-from clbench.trainer import usable_cpu_cores  # noqa: E402  (after the path above)
+from clbench.threads import usable_cpu_cores  # noqa: E402  (after the path above)
 
 
 def cpu_model() -> str:
@@ -74,6 +74,15 @@ def base_parser(description: str, repeats: int) -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     return ap
+
+
+def chosen(text: str, valid, what: str) -> list[str]:
+    """The comma-separated names of ``text``, each one of ``valid``; else exit naming the valid ones."""
+    names = text.split(",")
+    bad = [n for n in names if n not in valid]
+    if bad:
+        sys.exit(f"unknown {what} {bad[0]!r}: valid are {', '.join(valid)}")
+    return names
 
 
 def setup(args: argparse.Namespace) -> None:

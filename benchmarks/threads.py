@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from _common import REPO, base_parser, load_line, machine_line, table
+from _common import chosen, REPO, base_parser, load_line, machine_line, table
 
 # name -> (environment, what it means)
 SETTINGS = {
@@ -85,10 +85,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=600, help="seconds before a measurement is killed")
     args = ap.parse_args()
-    names = args.settings.split(",")
-    bad = [n for n in names if n not in SETTINGS]
-    if bad:
-        sys.exit(f"unknown setting {bad[0]!r}: valid are {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "setting")
     print(machine_line("cpu"), flush=True)
     rows = []
     for name in names:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from _common import REPO, base_parser, load_line, machine_line, median, table
+from _common import chosen, REPO, base_parser, load_line, machine_line, median, table
 
 WORKLOADS = {
     "er10": "ER, 10 seeds as one group",
@@ -78,10 +78,7 @@ def main() -> None:
     ap.add_argument("--base", default="8190bbb")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     args = ap.parse_args()
-    names = args.workloads.split(",")
-    bad = [n for n in names if n not in WORKLOADS]
-    if bad:
-        sys.exit(f"unknown workload {bad[0]!r}: valid are {', '.join(WORKLOADS)}")
+    names = chosen(args.workloads, WORKLOADS, "workload")
     print(machine_line("cpu"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         base = checkout(args.base, tmp)

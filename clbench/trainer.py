@@ -37,7 +37,6 @@ from .evaluation import Evaluation, evaluate
 from .methods import Method, MethodContext, MethodOutput
 from .results import Divergence, RunResult
 from .step import Batch, LossLayer, Step
-from .threads import usable_cpu_cores  # noqa: F401  (re-exported: benchmarks and the CLI import it from here)
 
 PLAN_CHUNK_STEPS = 256  # replay plans are drawn this many steps at a time (bounded memory)
 
