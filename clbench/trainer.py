@@ -394,6 +394,8 @@ class _GroupState:
                                                     "aug": cpu(self.plan.aug)},
             "step_draws": None if self.step_draws is None else tensors(self.step_draws),
             "method_state": tensors(self.method_state),
+            # The numbers depend on the threads that split reductions: a resumed group uses these.
+            "threads": torch.get_num_threads(),
         }
 
     def restore(self, saved: dict, device: torch.device) -> None:
@@ -499,8 +501,13 @@ def train_group(
         rows = method.task_rows(st.context(task, data, cfgs), pool)
         return pool if rows is None else rows
 
+    threads_before = torch.get_num_threads()
     if checkpoint is not None and (saved := load_checkpoint(checkpoint, ckpt_key)) is not None:
         st.restore(saved, device)
+        if device.type == "cpu" and saved.get("threads"):
+            # Train on with the thread count the checkpoint was computed with (whatever this process
+            # or its executor chose), so the resumed results are those of an uninterrupted group.
+            torch.set_num_threads(int(saved["threads"]))
         task_now = min(st.task, n_tasks - 1)
         report("resume", st.task, st.epoch, st.step, math.ceil(task_pool(task_now).shape[-1] / batch_size))
 
@@ -510,88 +517,91 @@ def train_group(
         last_saved = time.monotonic()
         report("checkpoint", st.task, st.epoch, st.step, n_steps)
 
-    while st.task < n_tasks:
-        task = st.task
-        pool = task_pool(task)
-        n = pool.shape[-1]
-        n_steps = math.ceil(n / batch_size)
-        n_draws = method.replay_draws if task >= method.replay_from_task else 0
-        if not st.task_begun:
-            if method.trains_on_seen_tasks:
-                st.net = _NetState(net, _fresh(st.init_params, True), dict(st.init_buffers))
-            st.sums, st.task_begun = None, True
-        t0 = time.perf_counter()
-        while st.epoch < c0.epochs:
-            epoch = st.epoch
-            lr_runs = base_lr * 0.1 ** sum(epoch >= m for m in c0.lr_milestones)
-            lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in st.net.params.items()}
-            if st.draws is None:
-                with phase("random plans (order, augmentation, buffer)"):
-                    st.seen_at_epoch_start = st.buffer.n_seen if st.buffer is not None else 0
-                    st.draws = _draw_epoch(st.rand, pool, n, spec.augment, st.buffer, sizes, batch_size, device, method,
-                                           data.train_y)
-            draws = st.draws
-            report_every = max(1, n_steps // 50)
-            for s in range(st.step, n_steps):
-                if s % PLAN_CHUNK_STEPS == 0:
+    try:
+        while st.task < n_tasks:
+            task = st.task
+            pool = task_pool(task)
+            n = pool.shape[-1]
+            n_steps = math.ceil(n / batch_size)
+            n_draws = method.replay_draws if task >= method.replay_from_task else 0
+            if not st.task_begun:
+                if method.trains_on_seen_tasks:
+                    st.net = _NetState(net, _fresh(st.init_params, True), dict(st.init_buffers))
+                st.sums, st.task_begun = None, True
+            t0 = time.perf_counter()
+            while st.epoch < c0.epochs:
+                epoch = st.epoch
+                lr_runs = base_lr * 0.1 ** sum(epoch >= m for m in c0.lr_milestones)
+                lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in st.net.params.items()}
+                if st.draws is None:
                     with phase("random plans (order, augmentation, buffer)"):
-                        chunk = min(PLAN_CHUNK_STEPS, n_steps - s)
-                        if n_draws:
-                            avail = _replay_avail(st.buffer, sizes, st.seen_at_epoch_start, s, chunk, batch_size, n, method)
-                            st.plan = _replay_plan(st.rand, avail, minibatch, n_draws, spec.augment, device)
-                        st.step_draws = _stacked_draws([method.train_draws(r.method, chunk, n_draws * minibatch, options)
-                                                        for r in st.rand], device)
-                with phase("buffer sampling"):
-                    planned = st.plan.draw(st.buffer, s % PLAN_CHUNK_STEPS) if n_draws and st.buffer.holds_any() else None
-                with phase("batch assembly and augmentation"):
-                    cols = slice(s * batch_size, min((s + 1) * batch_size, n))
-                    rows = draws.samples[:, cols]
-                    x_raw, y = data.train_x[rows], data.train_y[rows]
-                    x, stream, replay = _step_batches(data, x_raw, y, draws.aug[:, cols] if draws.aug is not None else None, planned, n_draws)
-                    if method.tracks_seen_classes:
-                        st.seen_classes = st.seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
-                forward = _StepForward(st.net, x, (stream, *replay))
-                step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer, st.method_state,
-                            _replay_slots(planned, n_draws), _step_slice(st.step_draws, s % PLAN_CHUNK_STEPS), options,
-                            net, st.net.params)
-                names, terms, new_state = _train_step(
-                    method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
-                    x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
-                if new_state:
-                    st.method_state = {**st.method_state, **new_state}
-                st.names, st.sums = names, terms if st.sums is None else st.sums + terms
-                st.step = s + 1
-                if (s + 1) % report_every == 0 or s + 1 == n_steps:
-                    report("train", task, epoch, s + 1, n_steps)
-                if checkpoint is not None and s + 1 < n_steps and time.monotonic() - last_saved >= checkpoint.every_s:
-                    st.train_s[task] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    save(n_steps)
-            st.epoch, st.step, st.draws, st.plan, st.step_draws = epoch + 1, 0, None, None, None
-        st.loss_means.append(dict(zip(st.names, (st.sums / (n_steps * c0.epochs)).cpu().numpy())))
-        with phase("end of task"):
-            ended = method.end_task(st.context(task, data, cfgs))
-            if ended is not None:
-                st.method_state = dict(ended.state)
-                if ended.memory is not None:
-                    st.buffer.replace(ended.memory)
-        if method.refits:
-            with phase("refit"):
-                st.loss_means[-1] = _refit(method, st, data, cfgs, loss_layer, base_lr, alpha, beta, task,
-                                           c0.epochs * n_steps, phase)
-        st.train_s[task] += time.perf_counter() - t0
-        report("evaluate", task, c0.epochs - 1, n_steps, n_steps)
-        t1 = time.perf_counter()
-        with phase("evaluation"):
-            classifier = method.classifier(st.context(task, data, cfgs))
-            st.evaluations.append(evaluate(net, st.net.params, st.net.buffers, data, n_runs, after_task=task,
-                                           classifier=classifier))
-        st.eval_s[task] = time.perf_counter() - t1
-        st.task, st.epoch, st.step, st.task_begun = task + 1, 0, 0, False
-        if checkpoint is not None:
-            save(n_steps)
-        report("task_done", task, c0.epochs - 1, n_steps, n_steps)
-    return _results(cfgs, data, st, str(device))
+                        st.seen_at_epoch_start = st.buffer.n_seen if st.buffer is not None else 0
+                        st.draws = _draw_epoch(st.rand, pool, n, spec.augment, st.buffer, sizes, batch_size, device, method,
+                                               data.train_y)
+                draws = st.draws
+                report_every = max(1, n_steps // 50)
+                for s in range(st.step, n_steps):
+                    if s % PLAN_CHUNK_STEPS == 0:
+                        with phase("random plans (order, augmentation, buffer)"):
+                            chunk = min(PLAN_CHUNK_STEPS, n_steps - s)
+                            if n_draws:
+                                avail = _replay_avail(st.buffer, sizes, st.seen_at_epoch_start, s, chunk, batch_size, n, method)
+                                st.plan = _replay_plan(st.rand, avail, minibatch, n_draws, spec.augment, device)
+                            st.step_draws = _stacked_draws([method.train_draws(r.method, chunk, n_draws * minibatch, options)
+                                                            for r in st.rand], device)
+                    with phase("buffer sampling"):
+                        planned = st.plan.draw(st.buffer, s % PLAN_CHUNK_STEPS) if n_draws and st.buffer.holds_any() else None
+                    with phase("batch assembly and augmentation"):
+                        cols = slice(s * batch_size, min((s + 1) * batch_size, n))
+                        rows = draws.samples[:, cols]
+                        x_raw, y = data.train_x[rows], data.train_y[rows]
+                        x, stream, replay = _step_batches(data, x_raw, y, draws.aug[:, cols] if draws.aug is not None else None, planned, n_draws)
+                        if method.tracks_seen_classes:
+                            st.seen_classes = st.seen_classes | F.one_hot(y, n_classes).amax(dim=1).bool()
+                    forward = _StepForward(st.net, x, (stream, *replay))
+                    step = Step(task, stream, replay, alpha, beta, st.seen_classes, forward, loss_layer, st.method_state,
+                                _replay_slots(planned, n_draws), _step_slice(st.step_draws, s % PLAN_CHUNK_STEPS), options,
+                                net, st.net.params)
+                    names, terms, new_state = _train_step(
+                        method, st.net, step, lr, st.buffer, draws.slots[:, cols] if draws.slots is not None else None,
+                        x_raw, st.divergence, epoch * n_steps + s, phase, c0.der_logits == "post")
+                    if new_state:
+                        st.method_state = {**st.method_state, **new_state}
+                    st.names, st.sums = names, terms if st.sums is None else st.sums + terms
+                    st.step = s + 1
+                    if (s + 1) % report_every == 0 or s + 1 == n_steps:
+                        report("train", task, epoch, s + 1, n_steps)
+                    if checkpoint is not None and s + 1 < n_steps and time.monotonic() - last_saved >= checkpoint.every_s:
+                        st.train_s[task] += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        save(n_steps)
+                st.epoch, st.step, st.draws, st.plan, st.step_draws = epoch + 1, 0, None, None, None
+            st.loss_means.append(dict(zip(st.names, (st.sums / (n_steps * c0.epochs)).cpu().numpy())))
+            with phase("end of task"):
+                ended = method.end_task(st.context(task, data, cfgs))
+                if ended is not None:
+                    st.method_state = dict(ended.state)
+                    if ended.memory is not None:
+                        st.buffer.replace(ended.memory)
+            if method.refits:
+                with phase("refit"):
+                    st.loss_means[-1] = _refit(method, st, data, cfgs, loss_layer, base_lr, alpha, beta, task,
+                                               c0.epochs * n_steps, phase)
+            st.train_s[task] += time.perf_counter() - t0
+            report("evaluate", task, c0.epochs - 1, n_steps, n_steps)
+            t1 = time.perf_counter()
+            with phase("evaluation"):
+                classifier = method.classifier(st.context(task, data, cfgs))
+                st.evaluations.append(evaluate(net, st.net.params, st.net.buffers, data, n_runs, after_task=task,
+                                               classifier=classifier))
+            st.eval_s[task] = time.perf_counter() - t1
+            st.task, st.epoch, st.step, st.task_begun = task + 1, 0, 0, False
+            if checkpoint is not None:
+                save(n_steps)
+            report("task_done", task, c0.epochs - 1, n_steps, n_steps)
+        return _results(cfgs, data, st, str(device))
+    finally:  # a resumed group's thread count was its own
+        torch.set_num_threads(threads_before)
 
 
 def _stacked_draws(per_run: list[dict[str, np.ndarray]], device) -> dict[str, torch.Tensor] | None:

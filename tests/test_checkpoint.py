@@ -258,3 +258,25 @@ def test_the_same_command_again_resumes_a_killed_sweep_from_its_checkpoint(tmp_p
     with open_store(tmp_path / "a" / "results.db", readonly=True) as a, open_store(tmp_path / "b" / "results.db", readonly=True) as b:
         ids = sorted(summary.run_ids)
         assert_identical([a.load_result(i) for i in ids], [b.load_result(i) for i in ids])
+
+
+def test_a_group_resumed_in_a_process_with_other_threads_trains_on_with_the_checkpoint_threads(tmp_path):
+    # clbench run chooses threads from the load before each group: a resume must not change the numbers.
+    cfgs, data = group("derpp")
+    torch.set_num_threads(2)
+    try:
+        reference = train_group(cfgs, data)
+        policy = CheckpointPolicy(tmp_path / "ckpt", every_s=1e-9)
+
+        def interrupt(p):
+            if (p.phase, p.task) == ("train", 1):
+                raise Stop
+
+        with pytest.raises(Stop):
+            train_group(cfgs, data, progress=interrupt, checkpoint=policy)
+    finally:
+        torch.set_num_threads(1)
+    resumed = train_group(cfgs, data, checkpoint=policy)
+    assert torch.get_num_threads() == 1  # the process's own count again
+    assert_identical(resumed, reference)
+    assert {r.versions["threads"] for r in resumed} == {"2"}
