@@ -92,7 +92,7 @@ def run(
     group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N", help="CPU threads for torch. [default: before each group, the cores that other processes leave "
-                                "free (said when it is not all of them)] A fixed N gives bit-for-bit repeats on a busy machine."),
+                                "free (said at the first group and when it changes)] A fixed N gives bit-for-bit repeats on a busy machine."),
     executor: str = executor_option(),
     ray_address: Optional[str] = ray_address_option(),
     gpus_per_group: Optional[float] = gpus_per_group_option(),
