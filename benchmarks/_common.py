@@ -20,18 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
-from clbench.threads import usable_cpu_cores  # noqa: E402  (after the path above)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from clbench.environment import cpu_model  # noqa: E402  (after the path above)
+from clbench.threads import usable_cpu_cores  # noqa: E402
 
 
 def cpu_flags() -> str:

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import load_line, machine_line  # noqa: E402
+from _common import load_line, machine_line, table  # noqa: E402
 
 from clbench import RunConfig, load_benchmark  # noqa: E402
 from clbench.trainer import train_group  # noqa: E402
@@ -76,10 +76,7 @@ def main() -> None:
           f"{ {k: v for k, v in ref.versions.items() if k not in ('platform', 'python', 'numpy', 'clbench')} }")
     head = ["variant of the same run", "bit-identical", "FAA class-IL diff", "FAA task-IL diff",
             "max matrix diff (points)", "final class-IL row: correct counts, sum of |diff|"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join("---" for _ in head) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(table(head, rows))
     print(load_line())
 
 

@@ -14,36 +14,8 @@ Usage: python benchmarks/memory.py [--quick]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 
-from _common import load_line, machine_line
-
-CHILD = """
-import gc, json, sys
-import torch
-torch.set_num_threads(1)
-from clbench import RunConfig, SyntheticOptions, memory
-from clbench.data.benchmarks import load_benchmark
-from clbench.trainer import train_group
-kw, syn, r = json.loads(sys.argv[1])
-syn["input_shape"] = tuple(syn["input_shape"])
-syn = SyntheticOptions(**syn)
-cfgs = [RunConfig(benchmark="synthetic", seed=s, synthetic=syn, **kw).resolve() for s in range(r)]
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-data = load_benchmark("synthetic", synthetic=syn)
-gc.collect()
-base = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-train_group(cfgs, data)
-print(json.dumps({"growth": status("VmHWM:") - base, "run": memory.run_bytes(cfgs), "group": memory.group_bytes(cfgs)}))
-"""
+from _common import load_line, machine_line, table
 
 FMNIST = dict(train_per_class=6000, test_per_class=1000, input_shape=[1, 28, 28])
 CASES = [
@@ -59,34 +31,24 @@ CASES = [
 ]
 
 
-def measure(kw, syn, r) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps([kw, syn, r])], env=env, capture_output=True,
-                          text=True, check=True)
-    return json.loads(done.stdout.splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the MLP ER case only")
     args = ap.parse_args()
-    from clbench.memory import SAFETY
+    from clbench.memory import SAFETY, measure_group
 
     print(machine_line("cpu"), flush=True)
     head = ["configuration", "R1, R2", "per run: measured (MiB)", "estimated (MiB)", "estimate / measured",
             "group R2: growth (MiB)", "estimate (MiB)", "within budget"]
     rows = []
     for name, kw, syn, (r1, r2) in CASES[:1] if args.quick else CASES:
-        small, large = measure(kw, syn, r1), measure(kw, syn, r2)
+        small, large = measure_group(kw, syn, r1), measure_group(kw, syn, r2)
         per_run = (large["growth"] - small["growth"]) / (r2 - r1)
         rows.append([name, f"{r1}, {r2}", f"{per_run / 2**20:.2f}", f"{large['run'] / 2**20:.2f}",
                      f"{large['run'] / per_run:.2f}", f"{large['growth'] / 2**20:.0f}", f"{large['group'] / 2**20:.0f}",
                      "yes" if large["growth"] <= SAFETY * large["group"] else "NO"])
         print(f"measured: {name}", flush=True)
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join("---" for _ in head) + "|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(table(head, rows))
     print(load_line())
 
 

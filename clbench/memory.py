@@ -6,14 +6,17 @@ leading run axis: the parameters three times over (initial, current, gradients),
 buffer (allocated for the group's largest buffer, plus one scratch slot), the activations a
 training step keeps for its backward pass, the epoch's random plans and an evaluation chunk; and,
 once per group, the dataset in memory. It is checked against the peak resident memory of real
-groups in ``tests/test_hardening.py`` (MLP and ResNet-18); ``SAFETY`` covers what it leaves out
-(allocator rounding, autograd's transient buffers).
+groups (``measure_group``, used by ``tests/test_hardening.py`` and ``benchmarks/memory.py``, MLP and
+ResNet-18); ``SAFETY`` covers what it leaves out (allocator rounding, autograd's transient buffers).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -179,3 +182,41 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# What ``measure_group`` runs in a fresh process: its peak resident memory (VmHWM, reset after the
+# data is loaded) while one group trains, minus its memory before, beside the estimates.
+_MEASURE = """
+import gc, json, sys
+import torch
+torch.set_num_threads(1)
+from clbench import RunConfig, SyntheticOptions, memory
+from clbench.data.benchmarks import load_benchmark
+from clbench.trainer import train_group
+kw, syn, r = json.loads(sys.argv[1])
+syn["input_shape"] = tuple(syn["input_shape"])
+syn = SyntheticOptions(**syn)
+cfgs = [RunConfig(benchmark="synthetic", seed=s, synthetic=syn, **kw).resolve() for s in range(r)]
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+data = load_benchmark("synthetic", synthetic=syn)
+gc.collect()
+base = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from here
+train_group(cfgs, data)
+print(json.dumps({"growth": status("VmHWM:") - base, "run": memory.run_bytes(cfgs), "group": memory.group_bytes(cfgs)}))
+"""
+
+
+def measure_group(config: dict, synthetic: dict, runs: int, timeout_s: float = 600) -> dict[str, int]:
+    """Train a group of ``runs`` runs (``RunConfig`` fields ``config``, seeds 0..runs-1) on synthetic
+    data (``SyntheticOptions`` fields ``synthetic``) in a fresh single-threaded process, Linux only:
+    ``{"growth": its peak resident memory above what it held after loading the data, "run":
+    run_bytes, "group": group_bytes}`` in bytes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps([config, synthetic, runs])], env=env,
+                          capture_output=True, text=True, check=True, timeout=timeout_s)
+    return json.loads(done.stdout.splitlines()[-1])

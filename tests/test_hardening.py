@@ -623,31 +623,6 @@ def test_a_run_that_cannot_fit_alone_is_one_line(tmp_path, invoke):
     assert list(tmp_path.iterdir()) == []
 
 
-_MEASURE = """
-import gc, json, sys
-import torch
-torch.set_num_threads(1)
-from clbench import RunConfig, SyntheticOptions, memory
-from clbench.data.benchmarks import load_benchmark
-from clbench.trainer import train_group
-kw, syn, r = json.loads(sys.argv[1])
-syn["input_shape"] = tuple(syn["input_shape"])
-syn = SyntheticOptions(**syn)
-cfgs = [RunConfig(benchmark="synthetic", seed=s, synthetic=syn, **kw).resolve() for s in range(r)]
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-data = load_benchmark("synthetic", synthetic=syn)
-gc.collect()
-base = status("VmRSS:")
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # the peak (VmHWM) starts again from here
-train_group(cfgs, data)
-print(json.dumps({"growth": status("VmHWM:") - base, "run": memory.run_bytes(cfgs), "group": memory.group_bytes(cfgs)}))
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
 @pytest.mark.parametrize("kw, syn, sizes", [
     # a buffer of the whole stream: memory per run well above what the allocator keeps from loading
@@ -660,12 +635,12 @@ def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
     """Peak resident memory of real groups (fresh processes, from after the data is loaded): what
     each run adds is within a factor 1.5 of the estimate, and a whole group stays within its budget
     (the estimate times SAFETY)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from clbench import memory
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", _MEASURE, json.dumps([kw, syn, r])], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in sizes]
-    small, large = (json.loads(p.communicate(timeout=300)[0]) for p in procs)
+    with ThreadPoolExecutor(len(sizes)) as pool:  # the two processes at once
+        small, large = pool.map(lambda r: memory.measure_group(kw, syn, r, timeout_s=300), sizes)
     measured = (large["growth"] - small["growth"]) / (sizes[1] - sizes[0])
     assert 1 / 1.5 <= large["run"] / measured <= 1.5, (large["run"], measured)
     assert large["growth"] <= memory.SAFETY * large["group"], (large["growth"], large["group"])
