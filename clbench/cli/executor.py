@@ -18,6 +18,13 @@ def executor_option():
                         help="Where groups train: local (this process, one after another) or ray (a Ray cluster).")
 
 
+def threads_option():
+    return typer.Option(
+        None, "--threads", metavar="N",
+        help="CPU threads for torch. [default: before each group, the cores that other processes leave free (said at "
+             "the first group and when it changes)] A fixed N gives bit-for-bit repeats on a busy machine.")
+
+
 def ray_address_option():
     return typer.Option(None, "--ray-address", metavar="ADDRESS",
                         help="With --executor ray: auto (the cluster this machine is in) or HOST:PORT of the head. "

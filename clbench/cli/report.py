@@ -59,6 +59,7 @@ from .executor import (
     ray_address_option,
     retries_option,
     start_executor,
+    threads_option,
 )
 from .progress import execute_with_progress
 
@@ -85,7 +86,7 @@ def report_command(
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
-    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help="CPU threads for torch. [default: before each group, the cores that other processes leave free]"),
+    threads: Optional[int] = threads_option(),
     db: Optional[str] = db_option(),
     executor: str = executor_option(),
     ray_address: Optional[str] = ray_address_option(),

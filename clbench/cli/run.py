@@ -51,6 +51,7 @@ from .executor import (
     ray_address_option,
     retries_option,
     start_executor,
+    threads_option,
 )
 from .progress import execute_with_progress
 
@@ -90,9 +91,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
-    threads: Optional[int] = typer.Option(
-        None, "--threads", metavar="N", help="CPU threads for torch. [default: before each group, the cores that other processes leave "
-                                "free (said at the first group and when it changes)] A fixed N gives bit-for-bit repeats on a busy machine."),
+    threads: Optional[int] = threads_option(),
     executor: str = executor_option(),
     ray_address: Optional[str] = ray_address_option(),
     gpus_per_group: Optional[float] = gpus_per_group_option(),
