@@ -20,8 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
-from clbench.environment import cpu_model  # noqa: E402  (after the path above)
-from clbench.threads import usable_cpu_cores  # noqa: E402
+from clbench.engine.environment import cpu_model  # noqa: E402  (after the path above)
+from clbench.sweep.executors.threads import usable_cpu_cores  # noqa: E402
 
 
 def cpu_flags() -> str:
@@ -98,7 +98,7 @@ def median(xs: Sequence[float]) -> float:
 
 
 def onednn_matmul_available() -> bool:
-    from clbench.backbones import _ONEDNN
+    from clbench.lockstep.backbones import _ONEDNN
 
     return _ONEDNN
 
@@ -119,7 +119,7 @@ def matmul_peak(device: str = "cpu", n: int = 2048, repeats: int = 7) -> dict[st
     else:
         kernels["torch.mm (MKL)"] = lambda: torch.mm(a, b)
         if onednn_matmul_available():
-            from clbench.backbones import _onednn_mm
+            from clbench.lockstep.backbones import _onednn_mm
 
             bt = b.t().contiguous()
             kernels["oneDNN"] = lambda: _onednn_mm(a, bt)

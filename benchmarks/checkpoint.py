@@ -24,8 +24,8 @@ import torch
 from _common import base_parser, load_line, machine_line, median, setup, table, timed, verdict
 
 from clbench import RunConfig, load_benchmark
-from clbench.checkpoint import CheckpointPolicy, discard_checkpoint, group_key, save_checkpoint
-from clbench.trainer import train_group
+from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key, save_checkpoint
+from clbench.engine.trainer import train_group
 
 
 def main() -> None:

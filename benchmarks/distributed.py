@@ -38,10 +38,11 @@ args = json.loads(sys.argv[1])
 import torch
 if args["threads"]:
     torch.set_num_threads(args["threads"])
-from clbench.data import SyntheticOptions
-from clbench.executors import make_executor
+from clbench.data.specs import SyntheticOptions
+from clbench.sweep.executors import make_executor
 from clbench.store import open_store
-from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
 
 t0 = time.perf_counter()
 executor = make_executor(args["executor"], **args["options"])
@@ -80,7 +81,7 @@ with tempfile.TemporaryDirectory() as tmp:
         # What a group of this sweep adds to a probe's overhead: its data. The executor puts the
         # benchmark in the object store once; every group task receives it as an argument.
         import ray
-        from clbench.executors import DataSource, GroupTask
+        from clbench.sweep.executors import DataSource, GroupTask
         data_ref = ray.put(DataSource().load(GroupTask(0, (configs[0].resolve(),))))
 
         @ray.remote(num_cpus=1)

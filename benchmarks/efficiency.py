@@ -27,7 +27,7 @@ from _common import base_parser, load_line, machine_line, matmul_peak, median, s
 
 from clbench import RunConfig, load_benchmark
 from clbench.methods import get_method
-from clbench.trainer import PhaseTimes, train_group
+from clbench.engine.trainer import PhaseTimes, train_group
 
 MLP = (784, 100, 100, 10)
 
@@ -56,7 +56,7 @@ def layer_throughput(runs: int, rows: int, device: str, repeats: int = 7) -> lis
     """Forward + backward of each MLP layer through clbench's ``batched_linear`` at one step's
     shapes (``runs`` runs, ``rows`` rows per run): microseconds and GFLOP/s per layer, median
     of ``repeats`` timings of 20 calls. The input layer needs no input gradient."""
-    from clbench.backbones import batched_linear
+    from clbench.lockstep.backbones import batched_linear
 
     g = torch.Generator().manual_seed(0)
     out = []

@@ -35,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the MLP ER case only")
     args = ap.parse_args()
-    from clbench.memory import SAFETY, measure_group
+    from clbench.sweep.ram import SAFETY, measure_group
 
     print(machine_line("cpu"), flush=True)
     head = ["configuration", "R1, R2", "per run: measured (MiB)", "estimated (MiB)", "estimate / measured",

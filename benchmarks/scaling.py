@@ -22,8 +22,8 @@ import torch
 from _common import base_parser, load_line, machine_line, median, setup, table, timed, verdict
 
 from clbench import RunConfig, load_benchmark
-from clbench.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
-from clbench.trainer import train_group
+from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
+from clbench.engine.trainer import train_group
 
 BUFFERS = "10,20,40,80,160,320,640,1280,2560,5120"
 

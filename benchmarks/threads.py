@@ -35,9 +35,10 @@ import os, sys, tempfile, time
 from clbench import RunConfig, train_runs
 cfgs = [RunConfig(method="er", benchmark="seq-fmnist", seed=s, buffer_size=200) for s in range(int(sys.argv[1]))]
 if os.environ.get("CLBENCH_BENCH_AUTO"):
-    from clbench.executors import LocalExecutor
+    from clbench.sweep.executors import LocalExecutor
     from clbench.store import open_store
-    from clbench.sweep import execute, plan_sweep
+    from clbench.sweep.driver import execute
+    from clbench.sweep.plan import plan_sweep
     with tempfile.TemporaryDirectory() as tmp, open_store(os.path.join(tmp, "results.db")) as store:
         t0 = time.perf_counter()
         execute(plan_sweep([c.resolve() for c in cfgs], store), store, executor=LocalExecutor(threads="auto"))

@@ -31,7 +31,7 @@ import sys, time, json
 sys.path.insert(0, sys.argv[1])
 import torch
 from clbench import RunConfig, load_benchmark
-from clbench.trainer import train_group
+from clbench.engine.trainer import train_group
 workload = sys.argv[2]
 if workload.startswith("derpp"):
     masks = ["none", "-inf", "-10", "-5", "-2", "-1", "0", "1", "2", "none"]
@@ -41,7 +41,7 @@ else:
 try:
     resolved = [c.resolve() for c in cfgs]
 except Exception:  # an older tree takes the mask as a MaskSpec
-    from clbench.masking import MaskSpec, parse_mask_value
+    from clbench.runs.mask import MaskSpec, parse_mask_value
     resolved = [RunConfig(**{**c.__dict__, "mask": MaskSpec(parse_mask_value(c.mask))}).resolve()
                 if isinstance(c.mask, str) else c.resolve() for c in cfgs]
 data = load_benchmark("seq-fmnist")

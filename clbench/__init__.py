@@ -1,30 +1,63 @@
 """clbench: the general masked softmax (arXiv 2309.14808) benchmarked on replay-based continual learning.
 
-The library API the CLI and the reports stand on:
+The library API the CLI and the reports stand on, importable from here:
 
 - ``masked_cross_entropy``: the general masked softmax as a pure function (``clbench.masking``).
-- ``RunConfig`` -> ``resolve`` -> ``ResolvedConfig``: what a run is (``clbench.config``).
-- ``train_runs`` / ``train_group`` / ``plan_groups``: lockstep training (``clbench.trainer``).
-- ``RunResult``: accuracy matrices and everything measured (``clbench.results``).
+- ``MaskSpec``, ``RunConfig`` -> ``resolve`` -> ``ResolvedConfig``: what a run is (``clbench.runs``).
+- ``train_runs``: resolve, plan and train runs in lockstep groups (``clbench.sweep.driver``), the same
+  planning and executor path as ``clbench run``; ``train_group`` trains one group
+  (``clbench.engine.trainer``).
+- ``RunResult``: accuracy matrices and everything measured (``clbench.runs.results``).
+- ``load_runs``, ``load_matrices``, ``load_histograms``: the registry as DataFrames (``clbench.store``).
 - ``clbench.metrics``: FAA, forgetting, BWT as functions of an accuracy matrix.
+
+Each name is imported when first used (PEP 562), so that ``import clbench.cli`` and the commands
+that train nothing do not pay for torch.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from clbench.version import __version__
 
 # No OpenMP settings are forced here: torch's default (waiting threads spin for a few ms) is the
 # fastest alone (10-seed ER group 6.9 s, against 14.1 s with OMP_WAIT_POLICY=PASSIVE), but two
 # busy processes on 2 cores then slow each other 5x (34 s each); one thread each (--threads 1)
 # takes 12 s there. Measured by benchmarks/threads.py (benchmarks/README.md, "Threads").
 
-from .config import METHODS, ResolvedConfig, RunConfig, resolve
-from .data import BENCHMARKS, DataNotFoundError, SyntheticOptions, load_benchmark
-from .masking import MaskSpec, masked_cross_entropy
-from .registry import load_histograms, load_runs
-from .results import RunResult
-from .trainer import Progress, plan_groups, train_group, train_runs
+# The public API: name -> the module that defines it.
+_API = {
+    "BENCHMARKS": "clbench.data.specs",
+    "DataNotFoundError": "clbench.data.sources",
+    "MaskSpec": "clbench.runs.mask",
+    "METHODS": "clbench.methods",
+    "Progress": "clbench.engine.trainer",
+    "ResolvedConfig": "clbench.runs.resolved",
+    "RunConfig": "clbench.runs.config",
+    "RunResult": "clbench.runs.results",
+    "SyntheticOptions": "clbench.data.specs",
+    "load_benchmark": "clbench.data.loading",
+    "load_histograms": "clbench.store.queries",
+    "load_matrices": "clbench.store.queries",
+    "load_runs": "clbench.store.queries",
+    "masked_cross_entropy": "clbench.masking",
+    "plan_groups": "clbench.engine.trainer",
+    "resolve": "clbench.runs.config",
+    "train_group": "clbench.engine.trainer",
+    "train_runs": "clbench.engine.trainer",
+}
 
-__all__ = [
-    "BENCHMARKS", "METHODS", "DataNotFoundError", "MaskSpec", "Progress", "ResolvedConfig", "RunConfig",
-    "RunResult", "SyntheticOptions", "load_benchmark", "masked_cross_entropy", "plan_groups", "resolve",
-    "train_group", "train_runs", "load_histograms", "load_runs",
-]
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clbench' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

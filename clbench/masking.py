@@ -7,12 +7,10 @@ without the rest of clbench), the mask specification of a run, and the active-cl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-MASK_ON_CHOICES = ("stream", "buffer", "both")
 
 
 def masked_cross_entropy(
@@ -77,74 +75,7 @@ def task_active_mask(task_ids: torch.Tensor, class_task: torch.Tensor) -> torch.
     return class_task == task_ids.unsqueeze(-1)
 
 
-@dataclass(frozen=True)
-class MaskSpec:
-    """How a run masks: the value m (``None`` = unmasked baseline) and where it applies.
-
-    ``on`` is ``"stream"`` (incoming samples, the default and the paper's setting), ``"buffer"``
-    (replayed samples) or ``"both"``. It is meaningless without a value and normalised away.
-    """
-
-    value: float | None = None
-    on: str = "stream"
-
-    def __post_init__(self) -> None:
-        if self.on not in MASK_ON_CHOICES:
-            raise ValueError(f"mask 'on' must be one of {', '.join(MASK_ON_CHOICES)}, got {self.on!r}")
-        if self.value is not None:
-            v = float(self.value)
-            if math.isnan(v) or v == math.inf:
-                raise ValueError(f"mask value must be none, -inf or a finite number, got {self.value!r}")
-            object.__setattr__(self, "value", v)
-
-    @property
-    def enabled(self) -> bool:
-        return self.value is not None
-
-    @property
-    def on_stream(self) -> bool:
-        return self.enabled and self.on in ("stream", "both")
-
-    @property
-    def on_buffer(self) -> bool:
-        return self.enabled and self.on in ("buffer", "both")
-
-    @property
-    def label(self) -> str:
-        """``none``, ``-inf`` or the number as written by ``repr`` (e.g. ``-5.0``)."""
-        return format_mask_value(self.value)
-
-    @classmethod
-    def parse(cls, text: str, on: str = "stream") -> "MaskSpec":
-        return cls(parse_mask_value(text), on)
-
-    def to_dict(self) -> dict:
-        return {"value": self.label, "on": self.on}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MaskSpec":
-        return cls(parse_mask_value(str(d["value"])), d.get("on", "stream"))
 
 
-def parse_mask_value(text: str) -> float | None:
-    """``'none'`` -> None, ``'-inf'`` -> -inf, a finite number -> float; anything else raises."""
-    t = str(text).strip().lower()
-    if t in ("none", "baseline"):
-        return None
-    if t in ("-inf", "-infinity"):
-        return -math.inf
-    try:
-        v = float(t)
-    except ValueError:
-        raise ValueError(f"invalid mask {text!r}: valid masks are none, -inf or a finite number") from None
-    if math.isnan(v) or math.isinf(v):
-        raise ValueError(f"invalid mask {text!r}: valid masks are none, -inf or a finite number")
-    return v
 
 
-def format_mask_value(value: float | None) -> str:
-    if value is None:
-        return "none"
-    if value == -math.inf:
-        return "-inf"
-    return repr(float(value))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clbench import DataNotFoundError, RunConfig, SyntheticOptions, load_benchmark, train_runs
-from clbench.data.benchmarks import BENCHMARKS, prepare_inputs
+from clbench.data.specs import BENCHMARKS
+from clbench.data.loading import prepare_inputs
 
 from conftest import FMNIST_DIR
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from clbench import RunConfig
-from clbench.augment import crop_flip, draw_crop_flip
-from clbench.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
+from clbench.data.augment import crop_flip, draw_crop_flip
+from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
 
 
 def sequential_reservoir(n_seen, items, size, j):
@@ -107,8 +107,9 @@ def test_replay_never_draws_a_slot_before_it_is_written(monkeypatch):
     """A task of 300 steps crosses the replay plan's chunk of 256 steps while a buffer of 5120 is
     still filling: every replayed slot must hold a sample written at an earlier step (the plan
     once counted the samples seen twice from the second chunk on and drew blank slots)."""
-    from clbench import trainer
-    from clbench.data.benchmarks import SyntheticOptions, load_benchmark
+    from clbench.engine import trainer
+    from clbench.data.specs import SyntheticOptions
+    from clbench.data.loading import load_benchmark
 
     assert trainer.PLAN_CHUNK_STEPS < 300
     written: list[set[int]] = []

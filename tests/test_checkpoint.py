@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from clbench import SyntheticOptions
-from clbench.checkpoint import CheckpointPolicy, group_key, list_checkpoints, parse_duration
-from clbench.data.benchmarks import load_benchmark
-from clbench.trainer import train_group
+from clbench.engine.checkpoint import CheckpointPolicy, group_key, list_checkpoints, parse_duration
+from clbench.data.loading import load_benchmark
+from clbench.engine.trainer import train_group
 
 from clbench.methods import get_method
 from conftest import TEST_OPTIONS, synthetic_config
@@ -171,8 +171,8 @@ import pickle, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_checkpoint import group
-from clbench.checkpoint import CheckpointPolicy
-from clbench.trainer import train_group
+from clbench.engine.checkpoint import CheckpointPolicy
+from clbench.engine.trainer import train_group
 cfgs, data = group({method!r}, {backbone!r}, long=True)
 results = train_group(cfgs, data, checkpoint=CheckpointPolicy({ckpt!r}, every_s=0.02))
 with open({out!r}, "wb") as fh:

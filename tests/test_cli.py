@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from clbench.data.sources import DataNotFoundError, locate
-from clbench.registry import EXPORT_COLUMNS, MATRIX_COLUMNS, load_runs
+from clbench.store.queries import EXPORT_COLUMNS, MATRIX_COLUMNS, load_runs
 from clbench.store import StoreError
 
 SCRIPT = Path(sys.executable).with_name("clbench")

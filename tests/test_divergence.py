@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clbench import SyntheticOptions, train_runs
-from clbench.registry import load_runs, summarize_runs
+from clbench.store.queries import load_runs, summarize_runs
 from clbench.store import Owner, open_store
 
 from conftest import synthetic_config
@@ -92,7 +92,7 @@ def test_the_cli_names_diverged_runs_and_excludes_them(tmp_path, capsys):
 
 @pytest.mark.parametrize("device_look", ["cpu", "as on a GPU"])
 def test_the_watch_flags_exactly_the_runs_whose_loss_or_gradient_is_not_finite(device_look):
-    from clbench.trainer import _Divergence
+    from clbench.engine.trainer import _Divergence
 
     watch = _Divergence(3, torch.device("cpu"))
     if device_look != "cpu":

@@ -11,20 +11,11 @@ import pytest
 import torch
 
 import clbench
-from clbench.executors import (
-    DataSource,
-    Executor,
-    GroupOutcome,
-    GroupStarted,
-    GroupTask,
-    LocalExecutor,
-    TrainOptions,
-    compute_group,
-    make_executor,
-)
+from clbench.sweep.executors import DataSource, Executor, GroupOutcome, GroupStarted, GroupTask, LocalExecutor, TrainOptions, compute_group, make_executor
 from clbench.store import open_store
-from clbench.sweep import execute, plan_sweep, sweep_configs
-from clbench.trainer import PhaseTimes
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
+from clbench.engine.trainer import PhaseTimes
 
 
 @pytest.fixture(autouse=True)
@@ -41,8 +32,8 @@ def small_sweep(**kw):
 
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_asked_for():
-    code = ("import sys, clbench, clbench.sweep, clbench.executors, clbench.cli, clbench.registry, clbench.reports;"
-            "from clbench.executors import make_executor; make_executor('local');"
+    code = ("import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli, clbench.store.queries, clbench.reports;"
+            "from clbench.sweep.executors import make_executor; make_executor('local');"
             "print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

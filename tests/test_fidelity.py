@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from clbench import MaskSpec, RunConfig, SyntheticOptions, train_runs
-from clbench import trainer as trainer_module
-from clbench.buffer import ReservoirBuffer
-from clbench.data.benchmarks import prepare_inputs
+from clbench.engine import trainer as trainer_module
+from clbench.lockstep.buffer import ReservoirBuffer
+from clbench.data.loading import prepare_inputs
 
 from conftest import synthetic_config
 
@@ -87,7 +87,7 @@ def test_the_cli_refuses_a_mask_that_cannot_act_and_writes_nothing(tmp_path, cap
 
 def test_compare_and_reports_name_the_class_il_convention_they_use(tmp_path, capsys):
     from clbench.cli import main
-    from clbench.registry import load_runs
+    from clbench.store.queries import load_runs
     from clbench.reports import compare_runs
     from clbench.store import Owner, open_store
 

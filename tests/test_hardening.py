@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from clbench import cli
-from clbench import store as st
-from clbench.registry import load_runs
-from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.store import store as st
+from clbench.store.queries import load_runs
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
 from test_store import PG_ENV, _fresh_pg_database
 
 SYN = dict(benchmark="synthetic")
@@ -60,7 +61,7 @@ def invoke(monkeypatch, capsys, tmp_path):
 
 
 def tiny(**kw):
-    from clbench.data.benchmarks import SyntheticOptions
+    from clbench.data.specs import SyntheticOptions
 
     return sweep_configs(**{**SYN, "synthetic": SyntheticOptions(train_per_class=20, test_per_class=10), **kw})
 
@@ -194,7 +195,7 @@ def test_an_experiment_file_runs_what_the_command_line_runs(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text(EXPERIMENT + "[overrides]\nepochs = 2\nlr = 0.05\nclass_order_seed = 3\n")
     spec = load_experiment(path)
-    from clbench.sweep import resolve_unique
+    from clbench.runs.config import resolve_unique
 
     from_file = {c.identity() for c in resolve_unique(spec.configs())}
     from_cli = {c.identity() for c in resolve_unique(sweep_configs(
@@ -221,7 +222,7 @@ def test_every_list_option_refuses_an_empty_item(tmp_path, invoke, option):
 
 
 def test_the_library_refuses_an_empty_mask_too():
-    from clbench.masking import parse_mask_value
+    from clbench.runs.mask import parse_mask_value
 
     for text in ("", "  "):
         with pytest.raises(ValueError, match="invalid mask"):
@@ -539,7 +540,7 @@ def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch,
     from clbench.cli import progress
 
     def stopping(plan, store, progress=None, **kwargs):
-        from clbench.sweep import SweepProgress
+        from clbench.sweep.driver import SweepProgress
 
         progress(SweepProgress("group_start", 0, 1, 0, 1, "a group", 0.0, 0.0))
         raise stop("stopped")
@@ -586,7 +587,7 @@ def test_a_buffer_larger_than_the_stream_is_refused(tmp_path, invoke):
 
 
 def test_groups_are_split_to_fit_the_memory_budget():
-    from clbench import memory
+    from clbench.sweep import ram as memory
 
     cfgs = [c.resolve() for c in tiny(methods=["er"], buffers=[10, 100], seeds=range(10))]
     per_run, shared = memory.run_bytes(cfgs), memory.shared_bytes(cfgs)
@@ -601,7 +602,7 @@ def test_groups_are_split_to_fit_the_memory_budget():
 
 
 def test_the_plan_and_the_run_say_how_groups_were_sized(tmp_path, invoke, monkeypatch):
-    from clbench import memory
+    from clbench.sweep import ram as memory
     from clbench.cli import run as cli_run
 
     cfgs = [c.resolve() for c in tiny(methods=["sgd"], seeds=range(5))]
@@ -637,7 +638,7 @@ def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
     (the estimate times SAFETY)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from clbench import memory
+    from clbench.sweep import ram as memory
 
     with ThreadPoolExecutor(len(sizes)) as pool:  # the two processes at once
         small, large = pool.map(lambda r: memory.measure_group(kw, syn, r, timeout_s=300), sizes)
@@ -709,8 +710,8 @@ def test_a_run_records_the_numeric_environment_it_was_computed_in(db_url, invoke
 
 
 def test_the_same_environment_gives_the_same_bits_and_says_so():
-    from clbench.trainer import train_group
-    from clbench.data.benchmarks import load_benchmark
+    from clbench.engine.trainer import train_group
+    from clbench.data.loading import load_benchmark
 
     cfgs = [c.resolve() for c in tiny(methods=["er"], seeds=[0, 1])]
     data = load_benchmark("synthetic", synthetic=cfgs[0].synthetic)

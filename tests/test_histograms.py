@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from clbench import SyntheticOptions, load_benchmark, train_runs
-from clbench.evaluation import HISTOGRAM_BINS, HISTOGRAM_EDGES, evaluate
-from clbench.trainer import make_backbone
+from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_EDGES
+from clbench.engine.evaluation import evaluate
+from clbench.engine.trainer import make_backbone
 
 from conftest import synthetic_config
 
@@ -36,7 +37,7 @@ def test_evaluate_histograms_match_a_per_run_computation():
     assert set(ev.histograms) == {"true_class", "max"}
     assert HISTOGRAM_BINS == 20 and len(HISTOGRAM_EDGES) == 21
     x_all, y_all = data.test_x, data.test_y
-    from clbench.data.benchmarks import prepare_inputs
+    from clbench.data.loading import prepare_inputs
 
     for r in range(3):
         one = {k: v[r : r + 1] for k, v in params.items()}

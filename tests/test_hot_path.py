@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from clbench.backbones import ONEDNN_MIN_MACS, BatchedMLP, _ONEDNN, batched_linear
-from clbench.data.benchmarks import get_benchmark, prepare_inputs
-from clbench.trainer import PhaseTimes, train_group, train_runs
+from clbench.lockstep.backbones import ONEDNN_MIN_MACS, BatchedMLP, _ONEDNN, batched_linear
+from clbench.data.specs import get_benchmark
+from clbench.data.loading import prepare_inputs
+from clbench.engine.trainer import PhaseTimes, train_group, train_runs
 
 from conftest import synthetic_config
 

@@ -19,13 +19,15 @@ import pytest
 from sqlalchemy import update
 
 from clbench import cli
-from clbench.registry import load_runs
+from clbench.store.queries import load_runs
 from clbench.reports import load_experiment
 from clbench.reports.browser import dump_dom, find_chromium, screenshot
 from clbench.reports.html import write_html
 from clbench.reports.render import experiment_configs, run_coverage
-from clbench.store import Owner, Run, open_store
-from clbench.sweep import execute, plan_sweep
+from clbench.store import Owner, open_store
+from clbench.store.store import Run
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep
 
 SYN = """
 benchmark = "synthetic"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import clbench.trainer as trainer
+import clbench.engine.trainer as trainer
 from clbench import SyntheticOptions, train_runs
-from clbench.backbones import BatchedMLP, cosine_logits
-from clbench.buffer import Memory
-from clbench.data.benchmarks import load_benchmark, prepare_inputs
+from clbench.lockstep.backbones import BatchedMLP, cosine_logits
+from clbench.lockstep.buffer import Memory
+from clbench.data.loading import load_benchmark, prepare_inputs
 from clbench.methods import MethodContext, get_method
 from clbench.methods.agem import AGEM, project
 from clbench.methods.gdumb import GDumb, greedy_balanced_slots
@@ -216,8 +216,8 @@ def test_xder_first_occurrence_of_slots():
 
 def _xder_step(t, stored, counts, u, slots, y, outputs):
     """A Step carrying what _update_logits reads."""
-    from clbench.masking import MaskSpec
-    from clbench.step import LossLayer, Step
+    from clbench.runs.mask import MaskSpec
+    from clbench.lockstep.step import LossLayer, Step
 
     class_task = torch.arange(6) // 2
     loss = LossLayer([MaskSpec()], class_task)
@@ -296,7 +296,7 @@ def test_xder_published_is_the_minus_inf_mask():
 
 
 def test_methods_that_group_by_buffer_size_never_share_a_group_across_sizes():
-    from clbench.trainer import plan_groups
+    from clbench.engine.trainer import plan_groups
 
     cfgs = [synthetic_config(m, seed=s, buffer=b).resolve() for m in ("xder", "agem") for s in range(2) for b in (10, 20)]
     groups = plan_groups(cfgs)

@@ -16,10 +16,12 @@ from sqlalchemy import delete, func, select
 
 from clbench import SyntheticOptions, cli
 from clbench.metrics import average_accuracy_curve
-from clbench.mlflow_export import export_mlflow, flat_params
-from clbench.registry import load_runs
-from clbench.store import MlflowRun, open_store
-from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.store.mlflow import export_mlflow, flat_params
+from clbench.store.queries import load_runs
+from clbench.store import open_store
+from clbench.store.store import MlflowRun
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
 
 
 def needs_mlflow():
@@ -155,7 +157,7 @@ def test_export_command_and_its_bad_input(exported, tmp_path, monkeypatch, capsy
     assert sorted(os.listdir(tmp_path)) == before  # nothing written: no store, no database, no artifacts
     assert not Path("nowhere").exists()
     # no TRACKING_URI: MLflow's own default, which follows MLFLOW_TRACKING_URI
-    from clbench.mlflow_export import resolve_tracking_uri
+    from clbench.store.mlflow import resolve_tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
     assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'env.db'}"

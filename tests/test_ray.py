@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clbench.registry import load_runs
+from clbench.store.queries import load_runs
 from clbench.store import open_store
 
 BIN = Path(sys.executable).parent
@@ -234,9 +234,9 @@ def test_a_sweep_runs_on_both_nodes_and_equals_the_local_executor_bit_for_bit(cl
 
 def _checkpoint_keys() -> list[str]:
     """The checkpoint key of each group of SWEEP, in plan order (as ``clbench run`` plans it)."""
-    from clbench.checkpoint import group_key
-    from clbench.data import SyntheticOptions
-    from clbench.sweep import plan_sweep, sweep_configs
+    from clbench.engine.checkpoint import group_key
+    from clbench.data.specs import SyntheticOptions
+    from clbench.sweep.plan import plan_sweep, sweep_configs
 
     configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=range(6), benchmark="synthetic",
                             synthetic=SyntheticOptions(train_per_class=2500))
@@ -306,10 +306,11 @@ def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_compute
 
 PROGRESS = """
 import json, sys
-from clbench.executors.ray import RayExecutor
+from clbench.sweep.executors.ray import RayExecutor
 from clbench.store import open_store
-from clbench.sweep import execute, plan_sweep, sweep_configs
-from clbench.data import SyntheticOptions
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
+from clbench.data.specs import SyntheticOptions
 
 configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=[0, 1], benchmark="synthetic",
                         synthetic=SyntheticOptions(train_per_class=1500))
@@ -324,8 +325,8 @@ print(json.dumps([dict(event=p.event, group=p.group, where=p.where, running=[r.w
 
 CHECK_VERSIONS = """
 import sys, torch, ray
-from clbench.executors import ExecutorUnavailable
-from clbench.executors.ray import check_node_versions
+from clbench.sweep.executors import ExecutorUnavailable
+from clbench.sweep.executors.ray import check_node_versions
 ray.init(address=sys.argv[1], logging_level="ERROR")
 print(len(check_node_versions()), "nodes agree")
 try:
@@ -390,10 +391,11 @@ def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluste
 FAILING_GROUP = """
 import sys
 from dataclasses import dataclass
-from clbench.executors import GroupFailed, TrainOptions
-from clbench.executors.ray import RayExecutor
+from clbench.sweep.executors import GroupFailed, TrainOptions
+from clbench.sweep.executors.ray import RayExecutor
 from clbench.store import open_store
-from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
 
 @dataclass(frozen=True)
 class WithAnOption(TrainOptions):

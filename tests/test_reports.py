@@ -15,14 +15,15 @@ import pandas as pd
 import pytest
 
 from clbench import cli
-from clbench.evaluation import HISTOGRAM_EDGES
-from clbench.registry import load_histograms, load_runs
+from clbench.runs.results import HISTOGRAM_EDGES
+from clbench.store.queries import load_histograms, load_runs
 from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
 from clbench.reports.fig2 import fig2_data, plot_fig2
 from clbench.reports.fig4 import fig4_data, plot_fig4
 from clbench.reports.render import experiment_runs
 from clbench.store import open_store
-from clbench.sweep import execute, plan_sweep
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep
 
 
 SYN = """

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from clbench.resnet import BatchedResNet18
+from clbench.lockstep.resnet import BatchedResNet18
 
 NF = 4
 K = 5

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clbench import RunResult, train_runs
-from clbench.config import ResolvedConfig
+from clbench.runs.resolved import ResolvedConfig
 
 from conftest import synthetic_config
 

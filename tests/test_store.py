@@ -27,10 +27,12 @@ from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 import clbench
-from clbench import store as st
-from clbench.registry import load_runs
-from clbench.executors import GroupFailed
-from clbench.sweep import execute, plan_sweep, sweep_configs
+from clbench.runs.resolved import config_hash
+from clbench.store import store as st
+from clbench.store.queries import load_runs
+from clbench.sweep.executors import GroupFailed
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
 
 PG_ENV = "CLBENCH_TEST_PG_URL"
 
@@ -134,7 +136,7 @@ def test_results_round_trip_exactly(db_url, trained):
                 assert np.array_equal(histograms[res.run_id][kind], counts) and counts.shape == (5, 5, 20)
         row = store.run_row(trained[0].run_id)
     assert row["status"] == "finished" and row["experiments"] == ["rt"]
-    assert row["config_hash"] == st.config_hash(trained[0].config) == st.config_hash(trained[1].config)
+    assert row["config_hash"] == config_hash(trained[0].config) == config_hash(trained[1].config)
     assert row["run_id"] == trained[0].config.identity() != trained[1].config.identity()
     assert row["device"] == "cpu" and row["versions"]["torch"] and row["group_size"] == 2
     assert row["wall_s"] == pytest.approx(trained[0].wall_s)
@@ -320,7 +322,7 @@ def test_finished_runs_are_cached_and_force_recomputes(db_url):
 
 
 def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monkeypatch):
-    import clbench.executors.base as unit_of_work
+    import clbench.sweep.executors.base as unit_of_work
 
     real_train_group = unit_of_work.train_group
     calls = []
@@ -346,7 +348,7 @@ def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monke
 
 
 def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
-    import clbench.executors.base as unit_of_work
+    import clbench.sweep.executors.base as unit_of_work
 
     real_train_group = unit_of_work.train_group
 

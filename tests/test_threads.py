@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from clbench import cli
-from clbench.registry import load_runs
+from clbench.store.queries import load_runs
 from clbench.store import open_store
-from clbench.threads import CpuUse, ThreadChooser, choose_threads, cpu_use, others_busy
+from clbench.sweep.executors.threads import CpuUse, ThreadChooser, choose_threads, cpu_use, others_busy
 
 TINY = ["--dataset", "synthetic", "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10", "-m", "sgd"]
 BUSY = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end:\n    pass\n"

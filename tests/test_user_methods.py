@@ -15,7 +15,7 @@ import pytest
 from clbench import RunConfig, SyntheticOptions, train_runs
 from clbench.methods import find_method
 from clbench.store import open_store
-from clbench.sweep import plan_sweep
+from clbench.sweep.plan import plan_sweep
 
 from conftest import synthetic_config
 
@@ -26,7 +26,7 @@ README_EXAMPLE = textwrap.dedent('''\
     import torch.nn.functional as F
 
     from clbench.methods import ER, MethodOutput
-    from clbench.step import per_run_mean
+    from clbench.lockstep.step import per_run_mean
 
 
     class ERLabelSmoothing(ER):
@@ -163,7 +163,7 @@ def test_an_exception_inside_the_method_during_training_is_a_failed_run(tmp_path
     assert out.returncode == 1
     assert "failed: RuntimeError: boom at task 2; its runs are marked failed" in out.stderr
     with open_store(tmp_path / "results.db", readonly=True) as store:
-        from clbench.registry import load_runs
+        from clbench.store.queries import load_runs
 
         runs = load_runs(store, method="boom")
         assert runs["status"].tolist() == ["failed"] and "boom at task 2" in runs["error"].iloc[0]

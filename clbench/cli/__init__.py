@@ -24,9 +24,9 @@ try:  # recent typers vendor click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException as _ClickException
 
-from ..store import StoreError
-from . import browse, report, run
-from .common import UsageProblem
+from clbench.store.store import StoreError
+from clbench.cli import browse, report, run
+from clbench.cli.common import UsageProblem
 
 
 def build_app() -> typer.Typer:

@@ -12,27 +12,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..checkpoint import CheckpointSummary, checkpoints_by_run
-from ..registry import EXPORT_FORMATS, export_runs
-from ..config import RESULTS_VERSION
-from ..store import DONE_STATUSES, STATUSES, StoreError, describe_url, open_store
-from ..sweep import checkpoint_directory
-from .common import (
-    FILTER_HELP,
-    STATUS_STYLE,
-    UsageProblem,
-    checkpoint_dir_option,
-    console,
-    db_option,
-    db_url,
-    filter_options,
-    inspect,
-    label,
-    load,
-    local_time,
-    num,
-    store_errors_as_bad_input,
-)
+from clbench.engine.checkpoint import CheckpointSummary, checkpoints_by_run
+from clbench.store.queries import EXPORT_FORMATS, export_runs
+from clbench.version import RESULTS_VERSION
+from clbench.store.store import DONE_STATUSES, STATUSES, StoreError, describe_url, open_store
+from clbench.engine.checkpoint import checkpoint_directory
+from clbench.cli.common import FILTER_HELP, STATUS_STYLE, UsageProblem, checkpoint_dir_option, console, db_option, db_url, filter_options, inspect, label, load, local_time, num, store_errors_as_bad_input
+from clbench.store.store import sqlite_path
 
 
 def runs_command(
@@ -53,7 +39,7 @@ def runs_command(
     if df.empty:
         out.print("no runs match")
         return
-    saved = checkpoints_by_run(checkpoint_directory(db_url(db), checkpoint_dir))
+    saved = checkpoints_by_run(checkpoint_directory(sqlite_path(db_url(db)), checkpoint_dir))
     table = Table(title=f"{len(df)} runs", title_justify="left")
     for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
                  "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
@@ -223,7 +209,7 @@ def export(
 
 
 def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, filters: dict) -> None:
-    from ..mlflow_export import MlflowExportError, export_mlflow, import_mlflow, resolve_tracking_uri  # noqa: PLC0415
+    from clbench.store.mlflow import MlflowExportError, export_mlflow, import_mlflow, resolve_tracking_uri  # noqa: PLC0415
 
     if filters.get("status", ["finished"]) != ["finished"]:
         raise UsageProblem("--mlflow exports finished runs only: leave out --status")

@@ -14,13 +14,14 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import URL
 
-from ..checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, parse_duration
-from ..config import INT_MAX, InvalidValue, check_label, check_whole
-from ..data.benchmarks import get_benchmark
-from ..data.sources import DataNotFoundError, locate
-from ..registry import load_runs
-from ..store import StoreError, inspect_db, is_in_memory, resolve_db_url
-from ..sweep import checkpoint_directory
+from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, parse_duration
+from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
+from clbench.data.specs import get_benchmark
+from clbench.data.sources import DataNotFoundError, locate
+from clbench.store.queries import load_runs
+from clbench.store.store import StoreError, inspect_db, is_in_memory, resolve_db_url
+from clbench.engine.checkpoint import checkpoint_directory
+from clbench.store.store import sqlite_path
 
 
 class UsageProblem(Exception):
@@ -55,7 +56,7 @@ def checkpoint_policy(db_url, every: str, directory: Path | None) -> CheckpointP
         raise UsageProblem(f"invalid --checkpoint-every: {exc}") from None
     if seconds == 0:
         return None
-    folder = checkpoint_directory(db_url, directory)
+    folder = checkpoint_directory(sqlite_path(db_url), directory)
     if folder.exists() and not folder.is_dir():
         raise UsageProblem(f"invalid --checkpoint-dir {folder}: it is a file, not a folder")
     return CheckpointPolicy(folder, seconds)

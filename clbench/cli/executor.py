@@ -9,8 +9,8 @@ from typing import Optional
 import torch
 import typer
 
-from ..executors import EXECUTORS, Executor, ExecutorUnavailable, make_executor
-from .common import UsageProblem
+from clbench.sweep.executors import EXECUTORS, Executor, ExecutorUnavailable, make_executor
+from clbench.cli.common import UsageProblem
 
 
 def executor_option():
@@ -94,7 +94,7 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
     except RuntimeError:  # torch's own error for a string that names no device type at all
         raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
     if choice.executor == "ray":  # every value is valid: now, is Ray there at all?
-        from ..executors.ray import require_ray
+        from clbench.sweep.executors.ray import require_ray
 
         try:
             require_ray()

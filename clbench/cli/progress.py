@@ -11,10 +11,11 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store import Store
-from ..executors import GroupFailed
-from ..sweep import Plan, RunningGroup, SweepProgress, execute
-from .common import first_line
+from clbench.store.store import Store
+from clbench.sweep.executors import GroupFailed
+from clbench.sweep.plan import Plan
+from clbench.sweep.driver import RunningGroup, SweepProgress, execute
+from clbench.cli.common import first_line
 
 
 MAX_RUNNING_LINES = 8

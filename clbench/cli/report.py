@@ -14,54 +14,20 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from ..config import MAX_SWEEP_RUNS
-from ..masking import format_mask_value, parse_mask_value
-from ..memory import budget_bytes, human
-from ..results import CLASS_IL_CONVENTIONS
-from ..files import OutputError, check_output_folder
-from ..reports import list_experiments, load_experiment, missing_runs, render_report
-from ..reports.render import excluded_runs, exclusion_lines
-from ..reports.html import INDEX, check_html_root, write_html
-from ..reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
-from ..store import StoreError, describe_url, open_store
-from ..sweep import describe_group, plan_sweep
-from .common import (
-    class_il_option,
-    FILTER_HELP,
-    MAX_THREADS,
-    UsageProblem,
-    check_data,
-    check_whole_option,
-    checkpoint_dir_option,
-    checkpoint_every_option,
-    checkpoint_policy,
-    console,
-    db_option,
-    db_url,
-    describe_checkpoints,
-    duration,
-    filter_options,
-    inspect,
-    load,
-    p_value,
-    pm,
-    report_held,
-    sigterm_as_interrupt,
-    split,
-    store_errors_as_bad_input,
-)
-from .executor import (
-    ExecutorChoice,
-    build_executor,
-    cpus_per_group_option,
-    executor_option,
-    gpus_per_group_option,
-    ray_address_option,
-    retries_option,
-    start_executor,
-    threads_option,
-)
-from .progress import execute_with_progress
+from clbench.sweep.plan import MAX_SWEEP_RUNS
+from clbench.runs.mask import format_mask_value, parse_mask_value
+from clbench.sweep.ram import budget_bytes, human
+from clbench.runs.results import CLASS_IL_CONVENTIONS
+from clbench.files import OutputError, check_output_folder
+from clbench.reports import list_experiments, load_experiment, missing_runs, render_report
+from clbench.reports.render import excluded_runs, exclusion_lines
+from clbench.reports.html import INDEX, check_html_root, write_html
+from clbench.reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
+from clbench.store.store import StoreError, describe_url, open_store
+from clbench.sweep.plan import describe_group, plan_sweep
+from clbench.cli.common import class_il_option, FILTER_HELP, MAX_THREADS, UsageProblem, check_data, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, console, db_option, db_url, describe_checkpoints, duration, filter_options, inspect, load, p_value, pm, report_held, sigterm_as_interrupt, split, store_errors_as_bad_input
+from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option
+from clbench.cli.progress import execute_with_progress
 
 COMPARE_FORMATS = ("table", "md", "csv", "json")
 

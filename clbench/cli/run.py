@@ -11,49 +11,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..backbones import HEADS
-from ..config import DER_LOGITS, LOGIT_STORING_METHODS, MAX_SWEEP_RUNS, METHODS
-from ..data.benchmarks import BENCHMARKS, SyntheticOptions
-from ..masking import MASK_ON_CHOICES
-from ..memory import budget_bytes, human
-from ..registry import exclusion_note, load_runs, summarize_runs
-from ..store import StoreError, describe_url, open_store
-from ..sweep import Plan, describe_group, plan_sweep, sweep_configs
-from .common import (
-    MAX_THREADS,
-    UsageProblem,
-    check_data,
-    check_experiment,
-    check_whole_option,
-    checkpoint_dir_option,
-    checkpoint_every_option,
-    checkpoint_policy,
-    config_problem,
-    console,
-    db_option,
-    db_url,
-    describe_checkpoints,
-    duration,
-    inspect,
-    ints,
-    key_values,
-    pm,
-    report_held,
-    sigterm_as_interrupt,
-    split,
-)
-from .executor import (
-    ExecutorChoice,
-    build_executor,
-    cpus_per_group_option,
-    executor_option,
-    gpus_per_group_option,
-    ray_address_option,
-    retries_option,
-    start_executor,
-    threads_option,
-)
-from .progress import execute_with_progress
+from clbench.lockstep.backbones import HEADS
+from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
+from clbench.sweep.plan import MAX_SWEEP_RUNS
+from clbench.methods import METHODS
+from clbench.data.specs import BENCHMARKS, SyntheticOptions
+from clbench.runs.mask import MASK_ON_CHOICES
+from clbench.sweep.ram import budget_bytes, human
+from clbench.store.queries import exclusion_note, load_runs, summarize_runs
+from clbench.store.store import StoreError, describe_url, open_store
+from clbench.sweep.plan import Plan, describe_group, plan_sweep, sweep_configs
+from clbench.cli.common import MAX_THREADS, UsageProblem, check_data, check_experiment, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, config_problem, console, db_option, db_url, describe_checkpoints, duration, inspect, ints, key_values, pm, report_held, sigterm_as_interrupt, split
+from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option
+from clbench.cli.progress import execute_with_progress
 
 
 def run(

@@ -1,17 +1,3 @@
-"""Continual benchmarks and their data sources."""
-
-from .benchmarks import (
-    BENCHMARKS,
-    BenchmarkSpec,
-    ContinualData,
-    SyntheticOptions,
-    get_benchmark,
-    load_benchmark,
-    prepare_inputs,
-)
-from .sources import DataNotFoundError
-
-__all__ = [
-    "BENCHMARKS", "BenchmarkSpec", "ContinualData", "DataNotFoundError", "SyntheticOptions",
-    "get_benchmark", "load_benchmark", "prepare_inputs",
-]
+"""Continual benchmarks: their specs (``specs``), where each dataset's files come from (``sources``),
+readers of the real on-disk formats (``readers``), loading into memory split by task (``loading``)
+and augmentation (``augment``)."""

@@ -21,9 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..buffer import Memory
-from ..step import Step
-from .base import Method, MethodContext, MethodOutput, TaskEnd
+from clbench.lockstep.buffer import Memory
+from clbench.lockstep.step import Step
+from clbench.methods.base import Method, MethodContext, MethodOutput, TaskEnd
 
 
 def project(grads, reference) -> tuple[torch.Tensor, ...]:

@@ -33,10 +33,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..backbones import BatchedBackbone, Params
-from ..buffer import Memory, reservoir_slots
-from ..data.benchmarks import ContinualData
-from ..step import Step
+from clbench.lockstep.backbones import BatchedBackbone, Params
+from clbench.lockstep.buffer import Memory, reservoir_slots
+from clbench.data.loading import ContinualData
+from clbench.lockstep.step import Step
 
 Options = Mapping[str, Any]
 

@@ -3,8 +3,8 @@ logits). The stored targets are the raw logits of the stream forward pass, never
 
 import torch
 
-from ..step import Step
-from .base import Method, MethodOutput
+from clbench.lockstep.step import Step
+from clbench.methods.base import Method, MethodOutput
 
 
 class DER(Method):

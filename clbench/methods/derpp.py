@@ -2,9 +2,9 @@
 
 import torch
 
-from ..step import Step
-from .base import MethodOutput
-from .der import DER
+from clbench.lockstep.step import Step
+from clbench.methods.base import MethodOutput
+from clbench.methods.der import DER
 
 
 class DERpp(DER):

@@ -1,8 +1,8 @@
 """Experience Replay (Mammoth's ER): one cross-entropy over the stream batch concatenated with a
 buffer minibatch. With masking on the stream, only the stream rows are masked (loss layer)."""
 
-from ..step import Step, concat
-from .base import Method, MethodOutput
+from clbench.lockstep.step import Step, concat
+from clbench.methods.base import Method, MethodOutput
 
 
 class ER(Method):

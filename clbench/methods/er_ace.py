@@ -9,8 +9,8 @@ masked softmax, when switched on, is applied by the loss layer on top of this ru
 import torch
 import torch.nn.functional as F
 
-from ..step import Step
-from .base import Method, MethodOutput
+from clbench.lockstep.step import Step
+from clbench.methods.base import Method, MethodOutput
 
 
 class ERACE(Method):

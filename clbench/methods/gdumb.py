@@ -28,9 +28,9 @@ import math
 import numpy as np
 import torch
 
-from ..buffer import last_write_per_step
-from ..step import Batch, Step
-from .base import Method, MethodOutput
+from clbench.lockstep.buffer import last_write_per_step
+from clbench.lockstep.step import Batch, Step
+from clbench.methods.base import Method, MethodOutput
 
 
 def greedy_balanced_slots(rng: np.random.Generator, labels: np.ndarray, memory_labels: np.ndarray, held: int,

@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.benchmarks import prepare_inputs
-from ..step import Step, per_run_mean
-from .base import Method, MethodContext, MethodOutput, TaskEnd
+from clbench.data.loading import prepare_inputs
+from clbench.lockstep.step import Step, per_run_mean
+from clbench.methods.base import Method, MethodContext, MethodOutput, TaskEnd
 
 TEACHER, TEACHER_BN = "teacher.", "teacher_bn."
 

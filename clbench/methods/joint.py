@@ -2,7 +2,7 @@
 the shuffled union of tasks 0..t, so every row of its accuracy matrix is the joint bound for the
 tasks seen so far. The loss is plain fine-tuning's; the trainer builds the union."""
 
-from .sgd import SGD
+from clbench.methods.sgd import SGD
 
 
 class Joint(SGD):

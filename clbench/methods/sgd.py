@@ -1,7 +1,7 @@
 """Fine-tuning: cross-entropy on the incoming batch only (the lower bound)."""
 
-from ..step import Step
-from .base import Method, MethodOutput
+from clbench.lockstep.step import Step
+from clbench.methods.base import Method, MethodOutput
 
 
 class SGD(Method):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .base import Method
+from clbench.methods.base import Method
 
 ENTRY_POINT_GROUP = "clbench.methods"
 MAX_NAME = 32  # the registry's method column
@@ -45,7 +45,7 @@ class MethodRef:
 
 
 def _shipped() -> dict[str, type[Method]]:
-    from . import METHOD_CLASSES  # noqa: PLC0415 - the package imports this module
+    from clbench.methods import METHOD_CLASSES  # noqa: PLC0415 - the package imports this module
 
     return METHOD_CLASSES
 

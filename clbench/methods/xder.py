@@ -39,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..augment import draw_crop_flip
-from ..buffer import Memory
-from ..data.benchmarks import prepare_inputs
-from ..step import Step, per_run_mean
-from .base import Method, MethodContext, MethodOutput, TaskEnd
+from clbench.data.augment import draw_crop_flip
+from clbench.lockstep.buffer import Memory
+from clbench.data.loading import prepare_inputs
+from clbench.lockstep.step import Step, per_run_mean
+from clbench.methods.base import Method, MethodContext, MethodOutput, TaskEnd
 
 
 def damp(block: torch.Tensor, gt: torch.Tensor, gamma: float) -> torch.Tensor:

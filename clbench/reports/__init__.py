@@ -13,10 +13,10 @@ Matplotlib is imported lazily by the functions that draw, which build ``matplotl
 objects directly (no pyplot, no global backend switch).
 """
 
-from .compare import compare_runs
-from .experiments import ExperimentSpec, list_experiments, load_experiment
-from .html import write_html
-from .render import missing_runs, render_report, run_coverage
+from clbench.reports.compare import compare_runs
+from clbench.reports.experiments import ExperimentSpec, list_experiments, load_experiment
+from clbench.reports.html import write_html
+from clbench.reports.render import missing_runs, render_report, run_coverage
 
 __all__ = ["ExperimentSpec", "compare_runs", "list_experiments", "load_experiment", "missing_runs", "render_report",
            "run_coverage", "write_html"]

@@ -27,10 +27,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..masking import format_mask_value, parse_mask_value
-from ..registry import exclusion_note
-from ..results import CLASS_IL_NAMES
-from .experiments import mask_sort_key
+from clbench.runs.mask import format_mask_value, parse_mask_value
+from clbench.store.queries import exclusion_note
+from clbench.runs.results import CLASS_IL_NAMES
+from clbench.reports.experiments import mask_sort_key
 
 TESTS = {
     "permutation": "exact sign-flip permutation test of the mean difference, two-sided",

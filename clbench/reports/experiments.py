@@ -38,10 +38,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import MAX_SWEEP_RUNS, InvalidValue, RunConfig, check_field, check_label, check_synthetic, check_whole
-from ..data.benchmarks import SyntheticOptions
-from ..masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
-from ..results import CLASS_IL_CONVENTIONS
+from clbench.sweep.plan import MAX_SWEEP_RUNS
+from clbench.runs.checks import InvalidValue, check_label, check_whole
+from clbench.runs.config import RunConfig, check_field, check_synthetic
+from clbench.data.specs import SyntheticOptions
+from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from clbench.runs.results import CLASS_IL_CONVENTIONS
 
 KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods")
 TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buffers", "seeds", "mask_on",
@@ -97,7 +99,7 @@ class ExperimentSpec:
     def configs(self, seeds: int | None = None) -> list[RunConfig]:
         """The runs this experiment needs (``seeds``: use seeds 0..N-1 instead of the file's):
         per method, its buffers x masks x seeds."""
-        from ..sweep import sweep_configs  # noqa: PLC0415 - keeps this module light
+        from clbench.sweep.plan import sweep_configs  # noqa: PLC0415 - keeps this module light
 
         seed_list = tuple(range(seeds)) if seeds is not None else self.seeds
         if not self.per_method:
@@ -307,7 +309,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     if not isinstance(render["include_stale"], bool):
         raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
-        from ..metrics import FORGETTING_DEFINITIONS  # noqa: PLC0415
+        from clbench.metrics import FORGETTING_DEFINITIONS  # noqa: PLC0415
 
         if render["forgetting"] not in FORGETTING_DEFINITIONS:
             raise ValueError(f"{source}: render.forgetting {render['forgetting']!r}: valid are "
@@ -380,7 +382,7 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
 def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per_method: dict, source: str) -> None:
     """Refuse a mask placed where a method's cross-entropy cannot see it (the run would be its
     baseline under another name), naming what to write instead."""
-    from ..methods import find_method  # noqa: PLC0415
+    from clbench.methods import find_method  # noqa: PLC0415
 
     for method in methods:
         try:

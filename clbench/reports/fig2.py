@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..evaluation import HISTOGRAM_EDGES
-from ..metrics import final_average_accuracy
-from ..store import Store
-from ..results import CLASS_IL_NAMES
-from .experiments import ExperimentSpec
+from clbench.runs.results import HISTOGRAM_EDGES
+from clbench.metrics import final_average_accuracy
+from clbench.store.store import Store
+from clbench.runs.results import CLASS_IL_NAMES
+from clbench.reports.experiments import ExperimentSpec
 
 HIGHER, LOWER, EQUAL, BASE = "#d62728", "#1f77b4", "#7f7f7f", "#bdbdbd"
 METHOD_NAMES = {"er": "ER", "der": "DER", "derpp": "DER++", "er_ace": "ER-ACE", "sgd": "SGD", "joint": "Joint",

@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..masking import parse_mask_value
-from ..results import CLASS_IL_NAMES
-from .experiments import ExperimentSpec, mask_sort_key
-from .fig2 import METHOD_NAMES
+from clbench.runs.mask import parse_mask_value
+from clbench.runs.results import CLASS_IL_NAMES
+from clbench.reports.experiments import ExperimentSpec, mask_sort_key
+from clbench.reports.fig2 import METHOD_NAMES
 
 DATA_COLUMNS = ("dataset", "method", "buffer_size", "mask", "is_baseline", "x", "mean", "std", "n_seeds", "n_stale")
 

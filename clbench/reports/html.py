@@ -26,12 +26,12 @@ from urllib.parse import quote
 import pandas as pd
 from sqlalchemy import select
 
-from ..registry import Db, _with_store
-from ..store import Run, Store, in_chunks
-from .compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
-from .experiments import ExperimentSpec, mask_sort_key
-from .fig2 import METHOD_NAMES, mask_title
-from .render import experiment_runs, render_report, run_coverage
+from clbench.store.queries import Db, _with_store
+from clbench.store.store import Run, Store, in_chunks
+from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
+from clbench.reports.experiments import ExperimentSpec, mask_sort_key
+from clbench.reports.fig2 import METHOD_NAMES, mask_title
+from clbench.reports.render import experiment_runs, render_report, run_coverage
 
 INDEX = "index.html"
 MANIFEST = "index.json"
@@ -135,7 +135,7 @@ def _table_files(written: Sequence[Path], root: Path) -> str:
 def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
     """The numbers behind a figure, as a table (fig4: per mask; fig2: the two sides)."""
     if spec.kind == "fig4":
-        from .fig4 import fig4_data  # noqa: PLC0415
+        from clbench.reports.fig4 import fig4_data  # noqa: PLC0415
 
         data = fig4_data(spec, df)
         rows = [[_e(METHOD_NAMES.get(r.method, r.method)), _e(r.buffer_size), _e(mask_title(r.mask)),
@@ -164,7 +164,7 @@ def _comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
         return ""
     per_method = spec.kind == "methods"  # one Holm family per method: "does masking help this method?"
     if per_method:
-        from .methods import comparison  # noqa: PLC0415
+        from clbench.reports.methods import comparison  # noqa: PLC0415
 
         result = comparison(spec, df)
     else:
@@ -279,7 +279,7 @@ def report_page(spec: ExperimentSpec, store: Store, root: Path, written: Sequenc
     if figures:
         body += ["<h2>Figures</h2>", figures]
     if spec.kind in ("forgetting", "tiny-buffer", "methods") and not df.empty:
-        from . import tables  # noqa: PLC0415
+        from clbench.reports import tables  # noqa: PLC0415
 
         body += ["<h2>Tables</h2>", tables.to_html(tables.summary(spec, df), spec), _table_files(written, root)]
     plotted = _plotted_numbers(spec, df) if not df.empty else ""

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
-from . import tables
-from .experiments import ExperimentSpec, mask_sort_key
-from .fig2 import METHOD_NAMES, mask_title
+from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
+from clbench.reports import tables
+from clbench.reports.experiments import ExperimentSpec, mask_sort_key
+from clbench.reports.fig2 import METHOD_NAMES, mask_title
 
 # What the compact comparison table shows per row, in this order.
 SHOWN = ("faa_class_il", "faa_task_il", "forgetting_class_il")

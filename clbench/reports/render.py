@@ -20,12 +20,13 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import select
 
-from ..config import ResolvedConfig
-from ..files import staged_folder
-from ..registry import Db, _with_store, load_runs
-from ..store import DONE_STATUSES, Store, TaskLoss, config_hash, in_chunks
-from ..sweep import resolve_unique
-from .experiments import ExperimentSpec
+from clbench.runs.resolved import ResolvedConfig
+from clbench.files import staged_folder
+from clbench.store.queries import Db, _with_store, load_runs
+from clbench.store.store import DONE_STATUSES, Store, TaskLoss, in_chunks
+from clbench.runs.resolved import config_hash
+from clbench.runs.config import resolve_unique
+from clbench.reports.experiments import ExperimentSpec
 
 
 def experiment_configs(spec: ExperimentSpec) -> list[ResolvedConfig]:
@@ -213,7 +214,7 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
     stem = spec.name
     written: list[Path] = []
     if spec.kind == "fig2":
-        from . import fig2  # noqa: PLC0415
+        from clbench.reports import fig2  # noqa: PLC0415
 
         data = fig2.fig2_data(spec, df, store)
         if data is None:
@@ -223,18 +224,18 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         written.append(fig2.write_data(data, out / f"{stem}.data.json"))
         written += _save_figure(fig2.plot_fig2(data), out, stem, note)
     elif spec.kind == "fig4":
-        from . import fig4  # noqa: PLC0415
+        from clbench.reports import fig4  # noqa: PLC0415
 
         data = fig4.fig4_data(spec, df)
         data.to_csv(out / f"{stem}.data.csv", index=False)
         written.append(out / f"{stem}.data.csv")
         written += _save_figure(fig4.plot_fig4(data, spec), out, stem, note)
     elif spec.kind == "methods":
-        from . import methods  # noqa: PLC0415
+        from clbench.reports import methods  # noqa: PLC0415
 
         written += methods.write_report(spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note))
     else:  # forgetting, tiny-buffer
-        from . import tables  # noqa: PLC0415
+        from clbench.reports import tables  # noqa: PLC0415
 
         summary = tables.summary(spec, df)
         summary.attrs["excluded"] = note

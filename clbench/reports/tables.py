@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..metrics import FORGETTING_DEFINITIONS
-from ..results import CLASS_IL_NAMES
-from .experiments import ExperimentSpec, mask_sort_key
-from .fig2 import METHOD_NAMES, mask_title
+from clbench.metrics import FORGETTING_DEFINITIONS
+from clbench.runs.results import CLASS_IL_NAMES
+from clbench.reports.experiments import ExperimentSpec, mask_sort_key
+from clbench.reports.fig2 import METHOD_NAMES, mask_title
 
 SETTINGS = {"class_il": "Class-IL", "task_il": "Task-IL"}
 SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "n_stale", "best")

@@ -1,50 +1,25 @@
-"""Run configuration: what a user asks for (``RunConfig``) and what a run is (``ResolvedConfig``).
+"""What a user asks for (``RunConfig``) and its resolution into what a run is (``ResolvedConfig``).
 
 Resolution fills every unset hyperparameter from the benchmark protocol and the presets, and
-records where each came from (``notes``). The resolved config is the run's identity: its hash
-(with the seed) names the run, and two runs with the same identity give the same results.
+records where each came from (``notes``). One validator (``validate_request``, ``check_field``)
+serves every way a run is asked for: the CLI's options, a registered experiment's TOML file and
+Python accept exactly the same runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .backbones import HEADS
-from .data.benchmarks import SyntheticOptions, dataset_sizes, get_benchmark
-from .masking import MaskSpec
-from .methods import METHOD_CLASSES, Method, MethodRef, find_method, load_method, shipped_base
-from .presets import Preset, lookup_preset
-
-# The version of what the engine computes. Bump it with every change that alters any number a run
-# produces, even at rounding level: a run's identity includes it, so runs computed before the change
-# are never served from the cache again (the store shows them as ``stale``).
-#   1: clbench 0.1.0.
-#   2: the replay plan from step 256 of an epoch on no longer counts the samples seen twice (a buffer
-#      that was not yet full was sampled in slots never written: blank inputs with label 0).
-RESULTS_VERSION = 2
-
-# The largest whole number every supported database stores in an INTEGER column (PostgreSQL's
-# integer is 32-bit signed; SQLite's would take more, so the two would disagree on what is valid).
-INT_MAX = 2**31 - 1
-MAX_LABEL_LENGTH = 200  # characters of an experiment label (the store's column width)
-# A sweep's size is bounded before it is built: each run is a row to plan, store and list. 100,000
-# runs plan in seconds; more belong in several sweeps (at ~1 s per run, this is a day of CPU).
-MAX_SWEEP_RUNS = 100_000
-
-METHODS = tuple(METHOD_CLASSES)  # the shipped ones; a method of your own is PATH.py:CLASS or an entry point
-BUFFERLESS_METHODS = tuple(n for n, c in METHOD_CLASSES.items() if not (c.uses_buffer or c.exemplar_memory))
-# Which logits DER and DER++ store with a sample: "pre", those of the training forward, before the
-# step (Mammoth's DER/DER++); "post", a fresh forward of the incoming batch after the step (the
-# paper's authors' earlier public code, for its masked DER++).
-DER_LOGITS = ("pre", "post")
-LOGIT_STORING_METHODS = ("der", "derpp")
-BACKBONES = ("mlp", "resnet18")
+from clbench.data.specs import SyntheticOptions, dataset_sizes, get_benchmark
+from clbench.lockstep import BACKBONES, HEADS
+from clbench.methods import METHODS, MethodRef, find_method, shipped_base
+from clbench.runs.checks import InvalidValue, check_choice, check_real, check_whole
+from clbench.runs.mask import MaskSpec
+from clbench.runs.presets import Preset, lookup_preset
+from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS, ResolvedConfig
 
 
 @dataclass(frozen=True)
@@ -79,117 +54,10 @@ class RunConfig:
         return cached
 
 
-@dataclass(frozen=True)
-class ResolvedConfig:
-    """Every value a run depends on. Immutable; ``identity`` hashes all of it but the notes."""
-
-    method: str
-    benchmark: str
-    seed: int
-    buffer_size: int
-    mask: MaskSpec
-    backbone: str
-    width: int | None
-    epochs: int
-    batch_size: int
-    minibatch_size: int
-    lr: float
-    alpha: float
-    beta: float
-    lr_milestones: tuple[int, ...]
-    class_order_seed: int | None
-    synthetic: SyntheticOptions | None
-    preset_source: str
-    notes: tuple[str, ...] = ()
-    der_logits: str | None = None  # "pre" or "post" for der/derpp; None for other methods
-    head: str = "linear"  # the classifier head (clbench.backbones.HEADS)
-    options: tuple[tuple[str, Any], ...] = ()  # the method's options, every one (sorted by name)
-    method_source: str | None = None  # a method of your own: "/path/file.py:Class" or "entry-point:NAME"
-    method_sha256: str | None = None  # ... and the SHA-256 of the file defining it (part of the identity)
-
-    def to_dict(self) -> dict:
-        """The config as JSON-able values. Fields added after results version 2 appear only when not
-        at their default (a linear head, no options, a shipped method), so the configs, and the
-        identities, of the runs of the earlier methods stay what they were."""
-        # Every field is a plain value but those converted below (asdict's deep copy costs 10x more,
-        # and a sweep's planning calls this once per run).
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["mask"] = self.mask.to_dict()
-        d["lr_milestones"] = list(self.lr_milestones)
-        d["notes"] = list(self.notes)
-        d["synthetic"] = self.synthetic.to_dict() if self.synthetic else None
-        d["options"] = dict(self.options)
-        for name, default in _LATER_FIELDS.items():
-            if d[name] == default:
-                del d[name]
-        return d
-
-    @property
-    def option_values(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    def method_instance(self) -> Method:
-        """The method object this run trains with (a file of your own must still hash to
-        ``method_sha256``)."""
-        return load_method(self.method, self.method_source, self.method_sha256)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ResolvedConfig":
-        d = dict(d)
-        d["mask"] = MaskSpec.from_dict(d["mask"])
-        d["lr_milestones"] = tuple(d["lr_milestones"])
-        d["notes"] = tuple(d.get("notes", ()))
-        d.setdefault("der_logits", "pre" if d["method"] in LOGIT_STORING_METHODS else None)
-        d["options"] = tuple(sorted(dict(d.get("options") or {}).items()))
-        if d.get("synthetic"):
-            s = dict(d["synthetic"])
-            s["input_shape"] = tuple(s["input_shape"])
-            d["synthetic"] = SyntheticOptions(**s)
-        return cls(**d)
-
-    def identity(self) -> str:
-        """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
-        (notes excluded: they are derived). The same config computed by an engine whose results
-        differ has another identity."""
-        cached = self.__dict__.get("_identity")  # computed once: a sweep asks for it many times
-        if cached is None:
-            d = self.to_dict()
-            d.pop("notes")
-            d.pop("preset_source")
-            d.pop("method_source", None)  # where the file is does not change what it computes; its hash does
-            blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
-            cached = hashlib.sha256(blob.encode()).hexdigest()[:16]
-            object.__setattr__(self, "_identity", cached)  # not a field: eq, hash, asdict, replace ignore it
-        return cached
-
-    def group_key(self) -> tuple:
-        """Runs with equal keys can train in lockstep as one batched computation.
-
-        Everything that shapes the computation (data, network, step schedule) must agree; the seed,
-        buffer size, mask, lr, alpha and beta may differ per run.
-        """
-        key = (
-            self.benchmark, self.synthetic, self.class_order_seed, self.backbone, self.width,
-            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones, self.der_logits,
-            self.head, self.options, self.method_sha256,
-        )
-        # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
-        # added to the training set) group only runs of one buffer size.
-        return key + ((self.buffer_size,) if _method_class(self).group_by_buffer_size else ())
-
-    @property
-    def uses_buffer(self) -> bool:
-        return self.buffer_size > 0
 
 
-# Added after results version 2: left out of to_dict (and the identity) at these values.
-_LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None}
 
 
-def _method_class(cfg: ResolvedConfig) -> type[Method]:
-    if cfg.method_source is None:
-        return METHOD_CLASSES[cfg.method]
-    return type(cfg.method_instance())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,51 +65,14 @@ def _method_class(cfg: ResolvedConfig) -> type[Method]:
 # experiment's TOML file, Python), applied before anything is trained or stored.
 
 
-class InvalidValue(ValueError):
-    """A value no run can have. ``field`` names it as a :class:`RunConfig` field (``synthetic.noise``
-    for a synthetic option); ``requirement`` says what is valid. Callers that know where the value
-    came from (an option, a key of a file) reword it with :meth:`message_for`."""
-
-    def __init__(self, field: str, value: Any, requirement: str):
-        self.field, self.value, self.requirement = field, value, requirement
-        super().__init__(self.message_for(field))
-
-    def message_for(self, name: str) -> str:
-        return f"invalid {name} {_shown(self.value)}: {self.requirement}"
 
 
-def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_whole(name: str, value: Any, low: int, high: int = INT_MAX) -> int:
-    """``value`` as an int in ``[low, high]`` (bools and fractional numbers are not whole numbers)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, float) and value.is_integer() and low <= value <= high:
-            raise InvalidValue(name, value, f"give a whole number such as {int(value)}, not a decimal")
-        raise InvalidValue(name, value, f"give a whole number from {low} to {high}")
-    if not low <= value <= high:
-        raise InvalidValue(name, value, f"give a whole number from {low} to {high}")
-    return int(value)
 
 
-def check_real(name: str, value: Any, *, low: float | None = None, above: float | None = None) -> float:
-    """``value`` as a finite float, ``>= low`` or ``> above`` when given."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        bound = f" >= {low:g}" if low is not None else (f" > {above:g}" if above is not None else "")
-        raise InvalidValue(name, value, f"give a finite number{bound}")
-    v = float(value)
-    if low is not None and v < low:
-        raise InvalidValue(name, value, f"give a finite number >= {low:g}")
-    if above is not None and not v > above:
-        raise InvalidValue(name, value, f"give a finite number > {above:g}")
-    return v
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...], valid: str = "valid are") -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise InvalidValue(name, value, f"{valid} {', '.join(choices)}")
-    return value
 
 
 # RunConfig field -> the check of a value given for it (None, where allowed, means "the default").
@@ -313,16 +144,6 @@ def validate_request(cfg: "RunConfig") -> None:
         check_synthetic(cfg.synthetic)
 
 
-def check_label(label: Any, what: str = "experiment label") -> str:
-    """An experiment label every supported database stores as given: non-empty text of at most
-    ``MAX_LABEL_LENGTH`` characters, without control characters."""
-    if not isinstance(label, str) or not label.strip():
-        raise InvalidValue(what, label, "give a non-empty name")
-    if len(label) > MAX_LABEL_LENGTH:
-        raise InvalidValue(what, f"{label[:20]}...", f"it has {len(label)} characters; give at most {MAX_LABEL_LENGTH}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
-        raise InvalidValue(what, label, "give a name without control characters (newlines, tabs, ...)")
-    return label
 
 
 def _placements(acts_on: tuple[str, ...]) -> list[str]:
@@ -473,3 +294,13 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     if overridden:
         resolved = replace(resolved, notes=resolved.notes + (f"overridden: {', '.join(overridden)}",))
     return resolved
+
+
+def resolve_unique(configs: Sequence[RunConfig | ResolvedConfig]) -> list[ResolvedConfig]:
+    """Resolve every config (raising its ``ValueError``) and drop duplicate runs, keeping the first:
+    e.g. ``sgd`` with two buffer sizes is one run, since it has no buffer."""
+    unique: dict[str, ResolvedConfig] = {}
+    for cfg in configs:
+        resolved = cfg.resolve() if isinstance(cfg, RunConfig) else cfg
+        unique.setdefault(resolved.identity(), resolved)
+    return list(unique.values())

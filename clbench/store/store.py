@@ -28,8 +28,6 @@ transactions (so two writers queue instead of dead-locking); every transaction i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import socket
@@ -65,8 +63,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .config import MAX_LABEL_LENGTH, RESULTS_VERSION, ResolvedConfig, check_label
-from .results import Divergence, RunResult
+from clbench.runs.checks import MAX_LABEL_LENGTH, check_label
+from clbench.version import RESULTS_VERSION
+from clbench.runs.resolved import ResolvedConfig
+from clbench.runs.results import Divergence, RunResult
+from clbench.runs.resolved import config_hash
 
 SCHEMA_VERSION = 2
 APPLICATION = "clbench"
@@ -547,16 +548,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def config_hash(cfg: ResolvedConfig) -> str:
-    """What the seeds of one experimental cell share: the hash of the resolved config without the
-    seed (and, like ``identity``, without the derived notes and preset source, and without where a
-    method of your own was loaded from: its file's hash stays in)."""
-    d = cfg.to_dict()
-    for derived in ("seed", "notes", "preset_source"):
-        d.pop(derived)
-    d.pop("method_source", None)
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(b"config:" + blob.encode()).hexdigest()[:16]
 
 
 def _finite_or_none(values: Iterable[float]) -> list[float | None]:

@@ -6,21 +6,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..threads import ThreadChooser, user_chose_threads
-from ..trainer import Progress, resolve_device
-from .base import (
-    DataSource,
-    Executor,
-    GroupEvent,
-    GroupOutcome,
-    GroupProgress,
-    GroupStarted,
-    GroupTask,
-    ProgressSink,
-    TrainOptions,
-    compute_group,
-    failed,
-)
+from clbench.sweep.executors.threads import ThreadChooser, user_chose_threads
+from clbench.engine.trainer import Progress, resolve_device
+from clbench.sweep.executors.base import DataSource, Executor, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed
 
 
 class LocalExecutor(Executor):

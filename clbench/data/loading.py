@@ -1,7 +1,7 @@
-"""Continual benchmarks: specs (the DER/Mammoth protocol) and in-memory task splits.
+"""A continual benchmark loaded into memory: its tensors relabelled and split by task.
 
 Data lives in memory as uint8 tensors on the training device; a batch is an index tensor into
-them. Normalisation (and augmentation, see ``clbench.augment``) happens per batch, after
+them. Normalisation (and augmentation, see ``clbench.data.augment``) happens per batch, after
 indexing, so the replay buffer can store the raw, non-augmented uint8 inputs.
 """
 
@@ -13,99 +13,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..augment import crop_flip
-from . import readers, sources
-
-
-@dataclass(frozen=True)
-class BenchmarkSpec:
-    name: str
-    dataset: str  # the source dataset ("fmnist", "cifar10", ..., "synthetic")
-    n_tasks: int
-    classes_per_task: int
-    input_shape: tuple[int, int, int]  # (C, H, W)
-    backbone: str  # "mlp" or "resnet18"
-    epochs: int
-    batch_size: int
-    minibatch_size: int
-    augment: bool  # random crop (padding 4) + horizontal flip
-    mean: tuple[float, ...] | None = None  # per-channel normalisation after scaling to [0, 1]
-    std: tuple[float, ...] | None = None
-    lr_milestones: tuple[int, ...] = ()  # epochs (within each task) at which lr is multiplied by 0.1
-
-    @property
-    def n_classes(self) -> int:
-        return self.n_tasks * self.classes_per_task
-
-
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec
-    for spec in (
-        BenchmarkSpec("seq-fmnist", "fmnist", 5, 2, (1, 28, 28), "mlp", 1, 10, 10, False),
-        BenchmarkSpec("seq-mnist", "mnist", 5, 2, (1, 28, 28), "mlp", 1, 10, 10, False),
-        BenchmarkSpec(
-            "seq-cifar10", "cifar10", 5, 2, (3, 32, 32), "resnet18", 50, 32, 32, True,
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615),
-        ),
-        BenchmarkSpec(
-            "seq-cifar100", "cifar100", 10, 10, (3, 32, 32), "resnet18", 50, 32, 32, True,
-            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (35, 45),
-        ),
-        BenchmarkSpec(
-            "seq-tinyimg", "tinyimg", 10, 20, (3, 64, 64), "resnet18", 100, 32, 32, True,
-            (0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821),
-        ),
-        # Generated data for tests and smoke runs; sizes come from SyntheticOptions.
-        BenchmarkSpec("synthetic", "synthetic", 5, 2, (1, 8, 8), "mlp", 1, 10, 10, False),
-    )
-}
-
-
-# Training and test set sizes of each dataset (the whole dataset; the tasks split it).
-DATASET_SIZES = {"fmnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000),
-                 "cifar100": (50000, 10000), "tinyimg": (100000, 10000)}
-
-
-def dataset_sizes(benchmark: str, synthetic: "SyntheticOptions | None" = None) -> tuple[int, int]:
-    """(training samples, test samples) of a benchmark: its whole stream and its test sets, known
-    without loading the data."""
-    if benchmark == "synthetic":
-        opts = synthetic or SyntheticOptions()
-        k = opts.n_tasks * opts.classes_per_task
-        return opts.train_per_class * k, opts.test_per_class * k
-    return DATASET_SIZES[get_benchmark(benchmark).dataset]
-
-
-def get_benchmark(name: str) -> BenchmarkSpec:
-    try:
-        return BENCHMARKS[name]
-    except KeyError:
-        raise ValueError(f"unknown benchmark {name!r}: valid benchmarks are {', '.join(BENCHMARKS)}") from None
-
-
-@dataclass(frozen=True)
-class SyntheticOptions:
-    """Sizes of the generated benchmark: separable class prototypes plus noise, as uint8 images."""
-
-    n_tasks: int = 5
-    classes_per_task: int = 2
-    train_per_class: int = 100
-    test_per_class: int = 50
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    noise: float = 60.0  # std of the per-pixel noise, in uint8 units
-    data_seed: int = 0
-    augment: bool = False
-    backbone: str = "mlp"
-
-    def spec(self) -> BenchmarkSpec:
-        base = BENCHMARKS["synthetic"]
-        return BenchmarkSpec(
-            base.name, base.dataset, self.n_tasks, self.classes_per_task, tuple(self.input_shape),
-            self.backbone, base.epochs, base.batch_size, base.minibatch_size, self.augment,
-        )
-
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+from clbench.data import readers, sources
+from clbench.data.augment import crop_flip
+from clbench.data.specs import BenchmarkSpec, SyntheticOptions, get_benchmark
 
 
 @dataclass(frozen=True)

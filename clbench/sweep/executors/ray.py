@@ -30,23 +30,9 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..trainer import Progress, resolve_device
-from .base import (
-    DataSource,
-    Executor,
-    ExecutorUnavailable,
-    GroupEvent,
-    GroupOutcome,
-    GroupProgress,
-    GroupStarted,
-    GroupTask,
-    ProgressSink,
-    TrainOptions,
-    compute_group,
-    failed,
-    one_line,
-)
+from clbench.version import __version__
+from clbench.engine.trainer import Progress, resolve_device
+from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed, one_line
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 CHECKED_PACKAGES = ("clbench", "torch")

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .config import ResolvedConfig
-from .metrics import summarize
+from clbench.runs.resolved import ResolvedConfig
+from clbench.metrics import summarize
 
 CLASS_IL_CONVENTIONS = ("all", "seen")
 # How captions name each convention.
@@ -125,3 +125,15 @@ class RunResult:
             divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
             histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
         )
+
+
+# Confidence histograms: HISTOGRAM_BINS equal bins over [0, 1] (bin b holds [b/B, (b+1)/B), the
+# last one also 1.0), of the softmax probability of each test sample's true class and of its
+# largest probability, per run and evaluated task.
+HISTOGRAM_BINS = 20
+
+
+HISTOGRAM_EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+
+
+HISTOGRAM_KINDS = ("true_class", "max")

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ResolvedConfig
-from .data.benchmarks import dataset_sizes, get_benchmark
+from clbench.runs.resolved import ResolvedConfig
+from clbench.data.specs import dataset_sizes, get_benchmark
 
 FLOAT = 4  # float32 bytes
 INDEX = 8  # int64 bytes
@@ -52,7 +52,7 @@ def _mlp_sizes(cfg: ResolvedConfig, spec) -> tuple[int, int, int]:
 
 
 def _resnet_sizes(cfg: ResolvedConfig, spec) -> tuple[int, int, int]:
-    from .resnet import BatchedResNet18  # noqa: PLC0415 - builds specs only, no tensors
+    from clbench.lockstep.resnet import BatchedResNet18  # noqa: PLC0415 - builds specs only, no tensors
 
     c, h, w = spec.input_shape
     net = BatchedResNet18(spec.n_classes, in_channels=c, width=cfg.width or 64)
@@ -190,9 +190,10 @@ _MEASURE = """
 import gc, json, sys
 import torch
 torch.set_num_threads(1)
-from clbench import RunConfig, SyntheticOptions, memory
-from clbench.data.benchmarks import load_benchmark
-from clbench.trainer import train_group
+from clbench import RunConfig, SyntheticOptions
+from clbench.sweep import ram as memory
+from clbench.data.loading import load_benchmark
+from clbench.engine.trainer import train_group
 kw, syn, r = json.loads(sys.argv[1])
 syn["input_shape"] = tuple(syn["input_shape"])
 syn = SyntheticOptions(**syn)

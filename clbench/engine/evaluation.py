@@ -8,15 +8,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .backbones import BatchedBackbone, Params
-from .data.benchmarks import ContinualData, prepare_inputs
+from clbench.lockstep.backbones import BatchedBackbone, Params
+from clbench.data.loading import ContinualData, prepare_inputs
+from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_KINDS
 
-# Confidence histograms: HISTOGRAM_BINS equal bins over [0, 1] (bin b holds [b/B, (b+1)/B), the
-# last one also 1.0), of the softmax probability of each test sample's true class and of its
-# largest probability, per run and evaluated task.
-HISTOGRAM_BINS = 20
-HISTOGRAM_EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
-HISTOGRAM_KINDS = ("true_class", "max")
 
 
 @dataclass(frozen=True)

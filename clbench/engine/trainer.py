@@ -25,18 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .augment import draw_crop_flip
-from .backbones import BatchedBackbone, BatchedMLP, Params
-from .buffer import BufferDraw, ReservoirBuffer, sample_without_replacement
-from .checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
-from .config import ResolvedConfig, RunConfig
-from .data.benchmarks import ContinualData, SyntheticOptions, load_benchmark, prepare_inputs
-from .environment import numeric_environment
-from .evaluation import Evaluation, evaluate
-from .methods import Method, MethodContext, MethodOutput
-from .results import Divergence, RunResult
-from .step import Batch, LossLayer, Step
+from clbench.version import __version__
+from clbench.data.augment import draw_crop_flip
+from clbench.lockstep.backbones import BatchedBackbone, BatchedMLP, Params
+from clbench.lockstep.buffer import BufferDraw, ReservoirBuffer, sample_without_replacement
+from clbench.engine.checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
+from clbench.runs.resolved import ResolvedConfig
+from clbench.runs.config import RunConfig
+from clbench.data.loading import ContinualData, load_benchmark, prepare_inputs
+from clbench.data.specs import SyntheticOptions
+from clbench.engine.environment import numeric_environment
+from clbench.engine.evaluation import Evaluation, evaluate
+from clbench.methods import Method, MethodContext, MethodOutput
+from clbench.runs.results import Divergence, RunResult
+from clbench.lockstep.step import Batch, LossLayer, Step
 
 PLAN_CHUNK_STEPS = 256  # replay plans are drawn this many steps at a time (bounded memory)
 
@@ -129,7 +131,7 @@ def make_backbone(cfg: ResolvedConfig, data: ContinualData) -> BatchedBackbone:
     c, h, w = data.spec.input_shape
     if cfg.backbone == "mlp":
         return BatchedMLP(c * h * w, data.n_classes, head=cfg.head)
-    from .resnet import BatchedResNet18
+    from clbench.lockstep.resnet import BatchedResNet18
 
     return BatchedResNet18(data.n_classes, in_channels=c, width=cfg.width or 64, head=cfg.head)
 

@@ -11,20 +11,8 @@ starts, and ``make_executor`` imports that module only when asked for ``"ray"``.
 
 from __future__ import annotations
 
-from .base import (
-    DataSource,
-    Executor,
-    ExecutorUnavailable,
-    GroupEvent,
-    GroupFailed,
-    GroupOutcome,
-    GroupProgress,
-    GroupStarted,
-    GroupTask,
-    TrainOptions,
-    compute_group,
-)
-from .local import LocalExecutor
+from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupFailed, GroupOutcome, GroupProgress, GroupStarted, GroupTask, TrainOptions, compute_group
+from clbench.sweep.executors.local import LocalExecutor
 
 EXECUTORS = ("local", "ray")
 
@@ -38,7 +26,7 @@ def make_executor(name: str = "local", **options) -> Executor:
             raise ValueError(f"the local executor takes only the option threads (got {', '.join(unknown)})")
         return LocalExecutor(**options)
     if name == "ray":
-        from .ray import RayExecutor
+        from clbench.sweep.executors.ray import RayExecutor
 
         return RayExecutor(**options)
     raise ValueError(f"unknown executor {name!r}: valid executors are {', '.join(EXECUTORS)}")

@@ -20,14 +20,14 @@ import pandas as pd
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import URL
 
-from .config import METHODS, RESULTS_VERSION
-from .files import atomic_file, check_output_file
-from .masking import MASK_ON_CHOICES, format_mask_value, parse_mask_value
-from .metrics import summarize
-from .results import CLASS_IL_CONVENTIONS
-from .store import (ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store,
-                    histogram_arrays, in_chunks, open_store, shown_status)
-from .sweep import benchmark_name
+from clbench.methods import METHODS
+from clbench.version import RESULTS_VERSION
+from clbench.files import atomic_file, check_output_file
+from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from clbench.metrics import summarize
+from clbench.runs.results import CLASS_IL_CONVENTIONS
+from clbench.store.store import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays, in_chunks, open_store, shown_status
+from clbench.data.specs import benchmark_name
 
 # The columns of ``clbench export`` (one row per run), in this order.
 EXPORT_COLUMNS = (

@@ -30,10 +30,10 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
-from .metrics import average_accuracy_curve, forgetting
-from .registry import SUMMARY_METRICS, Db, load_runs
-from .results import RunResult
-from .store import Store, StoreError, open_store
+from clbench.metrics import average_accuracy_curve, forgetting
+from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
+from clbench.runs.results import RunResult
+from clbench.store.store import Store, StoreError, open_store
 
 EXTRA = "mlflow"
 DEFAULT_EXPERIMENT = "clbench"

@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointPolicy
-from ..config import ResolvedConfig
-from ..data.benchmarks import ContinualData, load_benchmark
-from ..results import RunResult
-from ..trainer import Progress, resolve_device, train_group
+from clbench.engine.checkpoint import CheckpointPolicy
+from clbench.runs.resolved import ResolvedConfig
+from clbench.data.loading import ContinualData, load_benchmark
+from clbench.runs.results import RunResult
+from clbench.engine.trainer import Progress, resolve_device, train_group
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .backbones import Params, check_head, cosine_logits
+from clbench.lockstep.backbones import Params, check_head, cosine_logits
 
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5

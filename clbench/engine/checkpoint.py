@@ -20,15 +20,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
-from .config import RESULTS_VERSION
+from clbench.version import __version__
+from clbench.version import RESULTS_VERSION
 
 # Bump when the layout of the saved state changes: older files are then ignored (with a warning).
 CHECKPOINT_FORMAT = 1
@@ -181,3 +181,20 @@ def _first_line(exc: BaseException, limit: int = 120) -> str:
     line = lines[0] if lines else ""
     line = line if len(line) <= limit else line[: limit - 3] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def checkpoint_directory(registry_file: Path | None, checkpoint_dir: str | os.PathLike | None = None,
+                         env: Mapping[str, str] | None = None) -> Path:
+    """Where a sweep keeps its groups' checkpoints: ``checkpoint_dir`` if given, else
+    ``$CLBENCH_CHECKPOINTS``, else beside the SQLite file ``registry_file`` of its registry
+    (``results.db`` -> ``results.checkpoints/``), else (``None``: a database server)
+    ``clbench.checkpoints/`` in the working directory. Every node of a cluster that may resume a
+    group must see the same folder."""
+    env = os.environ if env is None else env
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir).expanduser().absolute()
+    if env.get(ENV_CHECKPOINTS):
+        return Path(env[ENV_CHECKPOINTS]).expanduser().absolute()
+    if registry_file is not None:
+        return registry_file.with_name(registry_file.stem + ".checkpoints")
+    return Path("clbench.checkpoints").absolute()

@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .masking import MaskSpec, masked_cross_entropy, task_active_mask
+from clbench.runs.mask import MaskSpec
+from clbench.masking import masked_cross_entropy, task_active_mask
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from clbench.lockstep import HEADS
+
 Params = dict[str, torch.Tensor]
 
 
@@ -133,7 +135,6 @@ def batched_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.T
     return _BatchedLinear.apply(x, w, b, onednn)
 
 
-HEADS = ("linear", "cosine")
 COSINE_SCALE = 10.0  # ER-ACE's original head (Caccia et al. 2022, "distLinear"): 10 * cosine similarity
 COSINE_EPS = 1e-5
 

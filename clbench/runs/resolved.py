@@ -1,0 +1,146 @@
+"""What a run is: ``ResolvedConfig``, every value a run depends on, and its identity (a hash of all
+of them with the seed and the engine's ``RESULTS_VERSION``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from clbench.data.specs import SyntheticOptions
+from clbench.methods import METHOD_CLASSES, Method, load_method
+from clbench.runs.mask import MaskSpec
+from clbench.version import RESULTS_VERSION
+
+
+# Which logits DER and DER++ store with a sample: "pre", those of the training forward, before the
+# step (Mammoth's DER/DER++); "post", a fresh forward of the incoming batch after the step (the
+# paper's authors' earlier public code, for its masked DER++).
+DER_LOGITS = ("pre", "post")
+LOGIT_STORING_METHODS = ("der", "derpp")
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """Every value a run depends on. Immutable; ``identity`` hashes all of it but the notes."""
+
+    method: str
+    benchmark: str
+    seed: int
+    buffer_size: int
+    mask: MaskSpec
+    backbone: str
+    width: int | None
+    epochs: int
+    batch_size: int
+    minibatch_size: int
+    lr: float
+    alpha: float
+    beta: float
+    lr_milestones: tuple[int, ...]
+    class_order_seed: int | None
+    synthetic: SyntheticOptions | None
+    preset_source: str
+    notes: tuple[str, ...] = ()
+    der_logits: str | None = None  # "pre" or "post" for der/derpp; None for other methods
+    head: str = "linear"  # the classifier head (clbench.backbones.HEADS)
+    options: tuple[tuple[str, Any], ...] = ()  # the method's options, every one (sorted by name)
+    method_source: str | None = None  # a method of your own: "/path/file.py:Class" or "entry-point:NAME"
+    method_sha256: str | None = None  # ... and the SHA-256 of the file defining it (part of the identity)
+
+    def to_dict(self) -> dict:
+        """The config as JSON-able values. Fields added after results version 2 appear only when not
+        at their default (a linear head, no options, a shipped method), so the configs, and the
+        identities, of the runs of the earlier methods stay what they were."""
+        # Every field is a plain value but those converted below (asdict's deep copy costs 10x more,
+        # and a sweep's planning calls this once per run).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["mask"] = self.mask.to_dict()
+        d["lr_milestones"] = list(self.lr_milestones)
+        d["notes"] = list(self.notes)
+        d["synthetic"] = self.synthetic.to_dict() if self.synthetic else None
+        d["options"] = dict(self.options)
+        for name, default in _LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
+
+    @property
+    def option_values(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def method_instance(self) -> Method:
+        """The method object this run trains with (a file of your own must still hash to
+        ``method_sha256``)."""
+        return load_method(self.method, self.method_source, self.method_sha256)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResolvedConfig":
+        d = dict(d)
+        d["mask"] = MaskSpec.from_dict(d["mask"])
+        d["lr_milestones"] = tuple(d["lr_milestones"])
+        d["notes"] = tuple(d.get("notes", ()))
+        d.setdefault("der_logits", "pre" if d["method"] in LOGIT_STORING_METHODS else None)
+        d["options"] = tuple(sorted(dict(d.get("options") or {}).items()))
+        if d.get("synthetic"):
+            s = dict(d["synthetic"])
+            s["input_shape"] = tuple(s["input_shape"])
+            d["synthetic"] = SyntheticOptions(**s)
+        return cls(**d)
+
+    def identity(self) -> str:
+        """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
+        (notes excluded: they are derived). The same config computed by an engine whose results
+        differ has another identity."""
+        cached = self.__dict__.get("_identity")  # computed once: a sweep asks for it many times
+        if cached is None:
+            d = self.to_dict()
+            d.pop("notes")
+            d.pop("preset_source")
+            d.pop("method_source", None)  # where the file is does not change what it computes; its hash does
+            blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
+            cached = hashlib.sha256(blob.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_identity", cached)  # not a field: eq, hash, asdict, replace ignore it
+        return cached
+
+    def group_key(self) -> tuple:
+        """Runs with equal keys can train in lockstep as one batched computation.
+
+        Everything that shapes the computation (data, network, step schedule) must agree; the seed,
+        buffer size, mask, lr, alpha and beta may differ per run.
+        """
+        key = (
+            self.benchmark, self.synthetic, self.class_order_seed, self.backbone, self.width,
+            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones, self.der_logits,
+            self.head, self.options, self.method_sha256,
+        )
+        # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
+        # added to the training set) group only runs of one buffer size.
+        return key + ((self.buffer_size,) if _method_class(self).group_by_buffer_size else ())
+
+    @property
+    def uses_buffer(self) -> bool:
+        return self.buffer_size > 0
+
+
+# Added after results version 2: left out of to_dict (and the identity) at these values.
+_LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None}
+
+
+def _method_class(cfg: ResolvedConfig) -> type[Method]:
+    if cfg.method_source is None:
+        return METHOD_CLASSES[cfg.method]
+    return type(cfg.method_instance())
+
+
+def config_hash(cfg: ResolvedConfig) -> str:
+    """What the seeds of one experimental cell share: the hash of the resolved config without the
+    seed (and, like ``identity``, without the derived notes and preset source, and without where a
+    method of your own was loaded from: its file's hash stays in)."""
+    d = cfg.to_dict()
+    for derived in ("seed", "notes", "preset_source"):
+        d.pop(derived)
+    d.pop("method_source", None)
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(b"config:" + blob.encode()).hexdigest()[:16]

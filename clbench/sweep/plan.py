@@ -1,0 +1,173 @@
+"""Planning a sweep: the cartesian product methods x buffers x masks x seeds (``sweep_configs``),
+looked up in the store (``plan_sweep``: what is cached, what to compute) and packed into lockstep
+groups that fit the memory available."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clbench.data.specs import benchmark_name
+from clbench.engine.trainer import plan_groups
+from clbench.runs.config import check_field
+from clbench.runs.config import RunConfig, resolve_unique
+from clbench.runs.mask import MaskSpec, parse_mask_value
+from clbench.runs.resolved import ResolvedConfig
+from clbench.store.store import DONE_STATUSES, Store
+from clbench.sweep import ram as memory
+from clbench.sweep.cost import estimate_group_seconds
+
+
+# A sweep's size is bounded before it is built: each run is a row to plan, store and list. 100,000
+# runs plan in seconds; more belong in several sweeps (at ~1 s per run, this is a day of CPU).
+MAX_SWEEP_RUNS = 100_000
+
+
+def sweep_configs(
+    *,
+    methods: Sequence[str] = ("er",),
+    masks: Sequence[str | float | None] = (None,),
+    buffers: Sequence[int] = (200,),
+    seeds: Sequence[int] = (0,),
+    benchmark: str = "seq-fmnist",
+    mask_on: str = "stream",
+    **overrides: Any,
+) -> list[RunConfig]:
+    """The cartesian product methods x buffers x masks x seeds (seeds vary fastest).
+
+    ``masks`` are mask values or their text (``"none"``, ``"-inf"``, ``"-5"``); ``overrides`` are
+    further :class:`RunConfig` fields shared by all runs (``epochs``, ``lr``, ``synthetic``, ...).
+    Raises ``ValueError`` with one line for invalid values.
+    """
+    if not methods:
+        raise ValueError("no method given: valid methods are sgd, joint, er, der, derpp, er_ace, xder, icarl, agem, "
+                         "gdumb, or PATH.py:CLASS")
+    if not seeds:
+        raise ValueError("no seeds given: pass --seeds N (seeds 0..N-1, N >= 1) or --seed S")
+    if not buffers:
+        raise ValueError("no buffer size given")
+    n_runs = len(methods) * len(buffers) * max(len(masks), 1) * len(seeds)
+    if n_runs > MAX_SWEEP_RUNS:  # checked before anything is built: planning stays cheap and bounded
+        raise ValueError(f"the sweep asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS} runs "
+                         "(split it into several)")
+    for b in buffers:
+        check_field("buffer_size", b)
+    for s in (seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1])):
+        check_field("seed", s)
+    mask_specs = [MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on) for m in (masks or (None,))]
+    bench = benchmark_name(benchmark)
+    return [
+        RunConfig(method=method, benchmark=bench, seed=int(seed), buffer_size=int(buffer), mask=mask, **overrides)
+        for method, buffer, mask, seed in itertools.product(methods, buffers, mask_specs, seeds)
+    ]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    config: ResolvedConfig
+    stored_status: str  # its status in the store before this sweep: "new" if it has no row
+    action: str  # "cached" (finished, reused) or "run"
+
+    @property
+    def run_id(self) -> str:
+        return self.config.identity()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sweep against a store: every run with what will happen to it, and the lockstep groups
+    (indices into ``runs``) in which the runs to compute will train."""
+
+    runs: tuple[PlannedRun, ...]
+    groups: tuple[tuple[int, ...], ...]
+    force: bool = False
+    memory_note: str = ""  # how the groups were sized to fit the memory budget, if one was given
+
+    @property
+    def to_run(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.action == "run"]
+
+    @property
+    def cached(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.action == "cached"]
+
+    def group_configs(self, group: int) -> list[ResolvedConfig]:
+        return [self.runs[i].config for i in self.groups[group]]
+
+    def group_estimates_s(self) -> list[float]:
+        return [estimate_group_seconds(self.group_configs(g)) for g in range(len(self.groups))]
+
+    @property
+    def estimate_s(self) -> float:
+        """Estimated seconds to compute what is not cached (see ``estimate_group_seconds``)."""
+        return float(sum(self.group_estimates_s()))
+
+    def group_memory_bytes(self) -> list[int]:
+        """Estimated peak memory of each group (``clbench.memory.group_bytes``)."""
+        return [memory.group_bytes(self.group_configs(g)) for g in range(len(self.groups))]
+
+
+def plan_sweep(
+    configs: Sequence[RunConfig | ResolvedConfig],
+    store: Store | None = None,
+    *,
+    force: bool = False,
+    max_group_size: int | None = None,
+    memory_budget: int | None = None,
+) -> Plan:
+    """Resolve ``configs`` (duplicates dropped), look each run up in ``store`` (``None``: an empty
+    store) and group the runs to compute. Done runs (finished, or diverged: computing one again
+    diverges again) are ``cached`` unless ``force``.
+
+    ``memory_budget`` (bytes, e.g. ``clbench.memory.budget_bytes(device)``) splits every group that
+    would not fit it (``clbench.memory``'s estimate) into groups that do, and says so in
+    ``Plan.memory_note``; a run that does not fit alone is a ``ValueError``."""
+    if max_group_size is not None and max_group_size < 1:
+        raise ValueError(f"the group size must be >= 1, got {max_group_size}")
+    resolved = resolve_unique(configs)
+    stored = store.statuses([c.identity() for c in resolved]) if store is not None else {}
+    runs = []
+    for cfg in resolved:
+        status = stored.get(cfg.identity(), "new")
+        runs.append(PlannedRun(cfg, status, "cached" if status in DONE_STATUSES and not force else "run"))
+    todo = [i for i, r in enumerate(runs) if r.action == "run"]
+    todo_configs = [runs[i].config for i in todo]
+    groups = plan_groups(todo_configs, max_group_size)
+    note = ""
+    if memory_budget is not None:
+        groups, note = _fit_memory(todo_configs, groups, memory_budget)
+    return Plan(tuple(runs), tuple(tuple(todo[j] for j in g) for g in groups), force, note)
+
+
+def _fit_memory(configs: list[ResolvedConfig], groups: list[list[int]], budget: int) -> tuple[list[list[int]], str]:
+    """``groups`` split so that each fits ``budget`` bytes, and a note saying what was done."""
+    out, split = [], []
+    for members in groups:
+        cfgs = [configs[i] for i in members]
+        cap = memory.max_group_size(cfgs, budget)
+        if cap < 1:
+            need = memory.SAFETY * (memory.run_bytes(cfgs) + memory.shared_bytes(cfgs))
+            raise ValueError(f"one run of {describe_group(cfgs)} needs about {memory.human(need)} of memory (estimate) "
+                             f"and this sweep may use {memory.human(budget)}: it cannot run here (a smaller buffer, "
+                             "batch or width needs less)")
+        if cap < len(members):
+            split.append(f"{describe_group(cfgs)} into groups of at most {cap} "
+                         f"(about {memory.human(memory.SAFETY * memory.run_bytes(cfgs))} per run)")
+        out.extend(members[i : i + cap] for i in range(0, len(members), cap))
+    if not split:
+        return out, ""
+    return out, f"groups sized to fit {memory.human(budget)} of memory: " + "; ".join(split)
+
+
+def describe_group(configs: Sequence[ResolvedConfig]) -> str:
+    """A short label of a lockstep group, e.g. ``er seq-fmnist buffer 200 mask -inf, 10 runs``."""
+    c0 = configs[0]
+    parts = [c0.method, c0.benchmark]
+    buffers = sorted({c.buffer_size for c in configs})
+    if c0.buffer_size > 0:
+        parts.append("buffer " + ",".join(map(str, buffers)))
+    masks = list(dict.fromkeys(c.mask.label for c in configs))
+    parts.append("mask " + ",".join(masks))
+    return f"{' '.join(parts)} ({len(configs)} run{'s' if len(configs) != 1 else ''})"
