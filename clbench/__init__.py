@@ -43,10 +43,10 @@ _API = {
     "load_matrices": "clbench.store.queries",
     "load_runs": "clbench.store.queries",
     "masked_cross_entropy": "clbench.masking",
-    "plan_groups": "clbench.engine.trainer",
+    "plan_groups": "clbench.sweep.plan",
     "resolve": "clbench.runs.config",
     "train_group": "clbench.engine.trainer",
-    "train_runs": "clbench.engine.trainer",
+    "train_runs": "clbench.sweep.driver",
 }
 
 __all__ = ["__version__", *sorted(_API)]

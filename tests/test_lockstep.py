@@ -5,7 +5,7 @@ import pytest
 
 from clbench import SyntheticOptions, train_runs
 from clbench.methods import get_method
-from clbench.engine.trainer import plan_groups
+from clbench.sweep.plan import plan_groups
 
 from conftest import synthetic_config
 

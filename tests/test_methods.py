@@ -296,7 +296,7 @@ def test_xder_published_is_the_minus_inf_mask():
 
 
 def test_methods_that_group_by_buffer_size_never_share_a_group_across_sizes():
-    from clbench.engine.trainer import plan_groups
+    from clbench.sweep.plan import plan_groups
 
     cfgs = [synthetic_config(m, seed=s, buffer=b).resolve() for m in ("xder", "agem") for s in range(2) for b in (10, 20)]
     groups = plan_groups(cfgs)

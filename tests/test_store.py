@@ -27,7 +27,6 @@ from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 import clbench
-from clbench.runs.resolved import config_hash
 from clbench.store import store as st
 from clbench.store.queries import load_runs
 from clbench.sweep.executors import GroupFailed
@@ -136,7 +135,7 @@ def test_results_round_trip_exactly(db_url, trained):
                 assert np.array_equal(histograms[res.run_id][kind], counts) and counts.shape == (5, 5, 20)
         row = store.run_row(trained[0].run_id)
     assert row["status"] == "finished" and row["experiments"] == ["rt"]
-    assert row["config_hash"] == config_hash(trained[0].config) == config_hash(trained[1].config)
+    assert row["config_hash"] == trained[0].config.config_hash() == trained[1].config.config_hash()
     assert row["run_id"] == trained[0].config.identity() != trained[1].config.identity()
     assert row["device"] == "cpu" and row["versions"]["torch"] and row["group_size"] == 2
     assert row["wall_s"] == pytest.approx(trained[0].wall_s)

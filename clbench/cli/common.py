@@ -262,11 +262,6 @@ def report_held(err: Console, held: dict[str, str]) -> None:
 # Formatting
 
 
-def first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds:.1f} s"

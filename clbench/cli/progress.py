@@ -15,7 +15,7 @@ from clbench.store.store import Store
 from clbench.sweep.executors import GroupFailed
 from clbench.sweep.plan import Plan
 from clbench.sweep.driver import RunningGroup, SweepProgress, execute
-from clbench.cli.common import first_line
+from clbench.errors import first_line
 
 
 MAX_RUNNING_LINES = 8

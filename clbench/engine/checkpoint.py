@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from clbench.errors import first_line
 from clbench.version import __version__
 from clbench.version import RESULTS_VERSION
 
@@ -132,7 +133,7 @@ def load_checkpoint(policy: CheckpointPolicy, key: str) -> dict[str, Any] | None
         blob = torch.load(pt, map_location="cpu", weights_only=True)
         stamp, saved_key, state = blob["engine"], blob["key"], blob["state"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same case
-        log.warning("ignoring the unreadable checkpoint %s (%s); the group starts over", pt, _first_line(exc))
+        log.warning("ignoring the unreadable checkpoint %s (%s); the group starts over", pt, first_line(exc, with_type=True, limit=120))
         return None
     if stamp != engine_stamp() or saved_key != key:
         differs = ", ".join(f"{k} {stamp.get(k)} (here {v})" for k, v in engine_stamp().items() if stamp.get(k) != v)
@@ -174,13 +175,6 @@ def checkpoints_by_run(directory: Path | str) -> dict[str, CheckpointSummary]:
             if here is None or (summary.task, summary.epoch, summary.step) > (here.task, here.epoch, here.step):
                 out[rid] = summary
     return out
-
-
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else ""
-    line = line if len(line) <= limit else line[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def checkpoint_directory(registry_file: Path | None, checkpoint_dir: str | os.PathLike | None = None,

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,7 @@ from clbench.lockstep.backbones import BatchedBackbone, BatchedMLP, Params
 from clbench.lockstep.buffer import BufferDraw, ReservoirBuffer, sample_without_replacement
 from clbench.engine.checkpoint import CheckpointPolicy, group_key, load_checkpoint, save_checkpoint
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.config import RunConfig
-from clbench.data.loading import ContinualData, load_benchmark, prepare_inputs
-from clbench.data.specs import SyntheticOptions
+from clbench.data.loading import ContinualData, prepare_inputs
 from clbench.engine.environment import numeric_environment
 from clbench.engine.evaluation import Evaluation, evaluate
 from clbench.methods import Method, MethodContext, MethodOutput
@@ -804,54 +802,8 @@ def _results(cfgs, data, st: _GroupState, device) -> list[RunResult]:
     return out
 
 
-def plan_groups(configs: Iterable[ResolvedConfig], max_group_size: int | None = None) -> list[list[int]]:
-    """Indices of ``configs`` packed into lockstep groups (first-seen order), each at most
-    ``max_group_size`` runs."""
-    groups: dict[tuple, list[int]] = {}
-    for i, cfg in enumerate(configs):
-        groups.setdefault(cfg.group_key(), []).append(i)
-    out = []
-    for members in groups.values():
-        size = max_group_size or len(members)
-        out.extend(members[i : i + size] for i in range(0, len(members), size))
-    return out
 
 
-def train_runs(
-    configs: Sequence[RunConfig | ResolvedConfig],
-    *,
-    device: str | torch.device = "cpu",
-    data_dir: str | None = None,
-    download: bool = False,
-    max_group_size: int | None = None,
-    progress: ProgressCallback | None = None,
-    on_group_done: Callable[[list[RunResult]], None] | None = None,
-    checkpoint: CheckpointPolicy | None = None,
-) -> list[RunResult]:
-    """Resolve, group and train runs; results in the order of ``configs``.
-
-    ``on_group_done`` receives each group's results as soon as the group finishes, so a caller can
-    persist them before the next group starts (an interruption then loses only the running group).
-    """
-    resolved = [c.resolve() if isinstance(c, RunConfig) else c for c in configs]
-    dev = resolve_device(device)
-    results: list[RunResult | None] = [None] * len(resolved)
-    loaded: dict[tuple, ContinualData] = {}
-    for members in plan_groups(resolved, max_group_size):
-        c0 = resolved[members[0]]
-        data_key = (c0.benchmark, c0.synthetic, c0.class_order_seed)
-        if data_key not in loaded:
-            loaded[data_key] = load_benchmark(
-                c0.benchmark, data_dir=data_dir, download=download, class_order_seed=c0.class_order_seed,
-                synthetic=c0.synthetic, device=dev,
-            )
-        group_results = train_group([resolved[i] for i in members], loaded[data_key], progress=progress,
-                                    checkpoint=checkpoint)
-        for i, res in zip(members, group_results):
-            results[i] = res
-        if on_group_done is not None:
-            on_group_done(group_results)
-    return [r for r in results if r is not None]
 
 
-__all__ = ["PhaseTimes", "Progress", "plan_groups", "train_group", "train_runs", "SyntheticOptions"]
+__all__ = ["PhaseTimes", "Progress", "train_group"]

@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import importlib.util
 import inspect
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clbench.methods.base import Method
+from clbench.errors import first_line
+from clbench.methods.catalogue import CARDS, SHIPPED, MethodCard, card_of
+
+if TYPE_CHECKING:
+    from clbench.methods.base import Method
 
 ENTRY_POINT_GROUP = "clbench.methods"
 MAX_NAME = 32  # the registry's method column
@@ -32,33 +38,32 @@ _ENTRY_PREFIX = "entry-point:"
 
 @dataclass(frozen=True)
 class MethodRef:
-    """A method found by ``find_method``: its name, class and (for methods of your own) where it
-    came from and the hash of its file."""
+    """A method found by ``find_method``: its name and card and (for methods of your own) where it
+    came from, the hash of its file and its class, imported to read its card."""
 
     name: str
-    cls: type[Method]
+    card: MethodCard
     source: str | None = None  # "/abs/path.py:Class" or "entry-point:NAME"; None for a shipped method
     sha256: str | None = None
+    cls: type[Method] | None = None  # None for a shipped method: imported only to train
 
     def instance(self) -> Method:
-        return self.cls()
+        return (self.cls or method_class(self.name))()
 
 
-def _shipped() -> dict[str, type[Method]]:
-    from clbench.methods import METHOD_CLASSES  # noqa: PLC0415 - the package imports this module
-
-    return METHOD_CLASSES
+def method_class(name: str) -> type[Method]:
+    """A shipped method's class, imported now (with torch); a one-line ``ValueError`` for an unknown name."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown method {name!r}: valid methods are {', '.join(SHIPPED)}")
+    module, _, cls = SHIPPED[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def shipped_base(cls: type) -> str | None:
     """The name of the nearest shipped method ``cls`` derives from (None: none)."""
-    by_class = {c: name for name, c in _shipped().items()}
-    return next((by_class[c] for c in cls.__mro__ if c in by_class), None)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    by_place = {where: name for name, where in SHIPPED.items()}
+    return next((by_place[f"{c.__module__}:{c.__qualname__}"] for c in cls.__mro__
+                 if f"{c.__module__}:{c.__qualname__}" in by_place), None)
 
 
 def _file_sha256(path: Path) -> str:
@@ -80,11 +85,13 @@ def _import_file(path: str, sha256: str):
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - whatever the file raises is bad input
         del sys.modules[name]
-        raise ValueError(f"cannot import the method file {path}: {_first_line(exc)}") from None
+        raise ValueError(f"cannot import the method file {path}: {first_line(exc, with_type=True)}") from None
     return module
 
 
 def _check_class(cls, where: str) -> type[Method]:
+    from clbench.methods.base import Method  # noqa: PLC0415 - a file of your own brings torch anyway
+
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise ValueError(f"{where} is not a method: a method is a class deriving from clbench.methods.Method")
     if cls.loss_terms is Method.loss_terms and not cls.refits:
@@ -97,7 +104,7 @@ def _label(cls: type[Method], where: str) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(c in name for c in ":/\\ "):
         raise ValueError(f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
                          "':', '/' or spaces (set the class attribute name = \"...\")")
-    if name in _shipped():
+    if name in SHIPPED:
         raise ValueError(f"{where} is named {name!r}, like the shipped method: give it its own name "
                          "(the class attribute name = \"...\")")
     return name
@@ -114,13 +121,16 @@ def _from_file(spec: str) -> MethodRef:
     sha256 = _file_sha256(path)
     module = _import_file(str(path), sha256)
     if not hasattr(module, class_name):
+        from clbench.methods.base import Method  # noqa: PLC0415 - a file of your own brings torch anyway
+
         classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Method)
                          and v.__module__ == module.__name__)
         raise ValueError(f"no class {class_name} in the method file {path_text}: "
                          f"its method classes are {', '.join(classes) or 'none'}")
     where = f"{class_name} in {path_text}"
     cls = _check_class(getattr(module, class_name), where)
-    return MethodRef(_label(cls, where), cls, f"{path}:{class_name}", sha256)
+    name = _label(cls, where)
+    return MethodRef(name, card_of(cls, name), f"{path}:{class_name}", sha256, cls)
 
 
 def _entry_points() -> dict:
@@ -132,7 +142,7 @@ def _from_entry_point(name: str, ep) -> MethodRef:
     try:
         cls = ep.load()
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot load {where}: {_first_line(exc)}") from None
+        raise ValueError(f"cannot load {where}: {first_line(exc, with_type=True)}") from None
     cls = _check_class(cls, where)
     try:
         source_file = Path(inspect.getsourcefile(cls) or "")
@@ -140,23 +150,23 @@ def _from_entry_point(name: str, ep) -> MethodRef:
         source_file = Path("")
     if not source_file.is_file():
         raise ValueError(f"{where}: the file defining {cls.__name__} cannot be found to hash it")
-    return MethodRef(_label(cls, where), cls, _ENTRY_PREFIX + name, _file_sha256(source_file))
+    label = _label(cls, where)
+    return MethodRef(label, card_of(cls, label), _ENTRY_PREFIX + name, _file_sha256(source_file), cls)
 
 
 def find_method(spec: str) -> MethodRef:
     """A shipped method by name, an entry point of ``clbench.methods`` by name, or a class in a
     file (``"PATH.py:CLASS"``). Bad specs raise a one-line ``ValueError`` naming the choices."""
     spec = str(spec).strip()
-    shipped = _shipped()
-    if spec in shipped:
-        return MethodRef(spec, shipped[spec])
+    if spec in SHIPPED:
+        return MethodRef(spec, CARDS[spec])
     if ":" in spec and ("/" in spec or ".py:" in spec or "\\" in spec):
         return _from_file(spec)
     installed = _entry_points()
     if spec in installed:
         return _from_entry_point(spec, installed[spec])
     extra = f"; installed ({ENTRY_POINT_GROUP}): {', '.join(sorted(installed))}" if installed else ""
-    raise ValueError(f"unknown method {spec!r}: valid methods are {', '.join(shipped)}{extra}, "
+    raise ValueError(f"unknown method {spec!r}: valid methods are {', '.join(SHIPPED)}{extra}, "
                      "or a class of your own as PATH.py:CLASS")
 
 
@@ -164,10 +174,7 @@ def load_method(name: str, source: str | None = None, sha256: str | None = None)
     """The method of a resolved config: a shipped one by name, else the class at ``source``, which
     must still hash to ``sha256`` (a run is never computed by code other than its identity says)."""
     if source is None:
-        shipped = _shipped()
-        if name not in shipped:
-            raise ValueError(f"unknown method {name!r}: valid methods are {', '.join(shipped)}")
-        return shipped[name]()
+        return method_class(name)()
     spec = source[len(_ENTRY_PREFIX):] if source.startswith(_ENTRY_PREFIX) else source
     ref = find_method(spec)
     if sha256 is not None and ref.sha256 != sha256:

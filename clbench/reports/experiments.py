@@ -386,7 +386,7 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
 
     for method in methods:
         try:
-            acts_on = find_method(method).cls.mask_acts_on
+            acts_on = find_method(method).card.mask_acts_on
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
         own = per_method.get(method, {})

@@ -24,7 +24,6 @@ from clbench.runs.resolved import ResolvedConfig
 from clbench.files import staged_folder
 from clbench.store.queries import Db, _with_store, load_runs
 from clbench.store.store import DONE_STATUSES, Store, TaskLoss, in_chunks
-from clbench.runs.resolved import config_hash
 from clbench.runs.config import resolve_unique
 from clbench.reports.experiments import ExperimentSpec
 
@@ -58,7 +57,7 @@ def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
 
     def work(store: Store):
         statuses = store.statuses([c.identity() for c in configs])
-        return [(c.identity(), c.method, c.benchmark, c.buffer_size, c.mask.label, c.mask.on, c.seed, config_hash(c),
+        return [(c.identity(), c.method, c.benchmark, c.buffer_size, c.mask.label, c.mask.on, c.seed, c.config_hash(),
                  statuses.get(c.identity(), "missing")) for c in configs]
 
     return pd.DataFrame.from_records(_with_store(db, work), columns=list(COVERAGE_COLUMNS))

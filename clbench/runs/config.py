@@ -15,7 +15,8 @@ from typing import Any
 
 from clbench.data.specs import SyntheticOptions, dataset_sizes, get_benchmark
 from clbench.lockstep import BACKBONES, HEADS
-from clbench.methods import METHODS, MethodRef, find_method, shipped_base
+from clbench.methods import METHODS, MethodRef, find_method
+from clbench.methods.user import shipped_base
 from clbench.runs.checks import InvalidValue, check_choice, check_real, check_whole
 from clbench.runs.mask import MaskSpec
 from clbench.runs.presets import Preset, lookup_preset
@@ -186,7 +187,7 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
 
 
 def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
-    defaults = dict(ref.cls.options)
+    defaults = dict(ref.card.options)
     unknown = sorted(set(given or {}) - set(defaults))
     if unknown:
         valid = ", ".join(f"{k} (default {v!r})" for k, v in defaults.items()) or "none"
@@ -200,17 +201,15 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
     validate_request(cfg)
     ref = find_method(cfg.method)
-    cls, name = ref.cls, ref.name
+    card, name = ref.card, ref.name
     spec = get_benchmark(cfg.benchmark)
     if cfg.benchmark == "synthetic":
         spec = (cfg.synthetic or SyntheticOptions()).spec()
     elif cfg.synthetic is not None:
         raise ValueError("synthetic options are only valid with the synthetic benchmark")
-    if cfg.seed < 0:
-        raise ValueError(f"seed must be >= 0, got {cfg.seed}")
     notes: list[str] = []
     buffer_size = int(cfg.buffer_size)
-    has_memory = cls.uses_buffer or cls.exemplar_memory
+    has_memory = card.has_memory
     if not has_memory:
         buffer_size = 0
     elif buffer_size < 1:
@@ -222,13 +221,9 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
             raise InvalidValue("buffer_size", buffer_size, f"{cfg.benchmark}'s stream has {stream} training "
                                f"samples; a buffer holds at most that many")
     backbone = cfg.backbone or spec.backbone
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}: valid backbones are {', '.join(BACKBONES)}")
     width = (cfg.width or 64) if backbone == "resnet18" else None
     head = cfg.head or "linear"
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}: valid heads are {', '.join(HEADS)}")
-    base = shipped_base(cls) if ref.source is not None else None
+    base = shipped_base(ref.cls) if ref.cls is not None else None
     try:
         preset = lookup_preset(cfg.benchmark, base or name, buffer_size)
         if base is not None:
@@ -239,22 +234,20 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
             raise
         preset = Preset(None, None, None, None, "none", (f"no preset for {name} on {cfg.benchmark}: lr as given",))
     notes.extend(preset.notes)
-    notes.extend(cls.run_notes)
+    notes.extend(card.run_notes)
     if head == "cosine":
         notes.append("cosine classifier head: bias-free, 10 x cosine similarity (the original ER-ACE's)")
     mask = cfg.mask
     if mask.on == "buffer" and not mask.enabled:
         mask = MaskSpec(None, "stream")
-    _check_mask(mask, name, cls.mask_acts_on)
-    if cfg.der_logits is not None and cfg.der_logits not in DER_LOGITS:
-        raise ValueError(f"invalid der_logits {cfg.der_logits!r}: valid are {', '.join(DER_LOGITS)}")
+    _check_mask(mask, name, card.mask_acts_on)
     der_logits = (cfg.der_logits or "pre") if name in LOGIT_STORING_METHODS else None
     options = _resolve_options(ref, preset, cfg.options)
 
     def pick(override, preset_value, default):
         return override if override is not None else (preset_value if preset_value is not None else default)
 
-    needs_replay = cls.replay_draws > 0
+    needs_replay = card.replay_draws > 0
     resolved = ResolvedConfig(
         method=name,
         benchmark=cfg.benchmark,
@@ -267,8 +260,8 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         batch_size=int(pick(cfg.batch_size, None, spec.batch_size)),
         minibatch_size=int(pick(cfg.minibatch_size, preset.minibatch_size, spec.minibatch_size)) if needs_replay else 0,
         lr=float(pick(cfg.lr, preset.lr, None)),
-        alpha=float(pick(cfg.alpha, preset.alpha, 0.0)) if "alpha" in cls.weights else 0.0,
-        beta=float(pick(cfg.beta, preset.beta, 0.0)) if "beta" in cls.weights else 0.0,
+        alpha=float(pick(cfg.alpha, preset.alpha, 0.0)) if "alpha" in card.weights else 0.0,
+        beta=float(pick(cfg.beta, preset.beta, 0.0)) if "beta" in card.weights else 0.0,
         lr_milestones=spec.lr_milestones,
         class_order_seed=cfg.class_order_seed,
         synthetic=(cfg.synthetic or SyntheticOptions()) if cfg.benchmark == "synthetic" else None,
@@ -280,15 +273,6 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         method_source=ref.source,
         method_sha256=ref.sha256,
     )
-    for field_name in ("epochs", "batch_size"):
-        if getattr(resolved, field_name) < 1:
-            raise ValueError(f"{field_name} must be >= 1, got {getattr(resolved, field_name)}")
-    if needs_replay and resolved.minibatch_size < 1:
-        raise ValueError(f"minibatch_size must be >= 1, got {resolved.minibatch_size}")
-    if not resolved.lr > 0:
-        raise ValueError(f"lr must be > 0, got {resolved.lr}")
-    if resolved.alpha < 0 or resolved.beta < 0:
-        raise ValueError("alpha and beta must be >= 0")
     overridden = [n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None]
     overridden += [f"option {k}" for k in (cfg.options or {})]
     if overridden:

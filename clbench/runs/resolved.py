@@ -6,12 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clbench.data.specs import SyntheticOptions
-from clbench.methods import METHOD_CLASSES, Method, load_method
+from clbench.methods import CARDS, MethodCard, load_method
+from clbench.methods.catalogue import card_of
 from clbench.runs.mask import MaskSpec
 from clbench.version import RESULTS_VERSION
+
+if TYPE_CHECKING:
+    from clbench.methods.base import Method
 
 
 # Which logits DER and DER++ store with a sample: "pre", those of the training forward, before the
@@ -89,20 +93,31 @@ class ResolvedConfig:
             d["synthetic"] = SyntheticOptions(**s)
         return cls(**d)
 
+    def _identity_fields(self) -> dict:
+        """What the run computes from: the config without what is derived (notes, preset source)
+        and without where a method of your own was loaded from (its file's hash stays in)."""
+        d = self.to_dict()
+        for derived in ("notes", "preset_source"):
+            d.pop(derived)
+        d.pop("method_source", None)
+        return d
+
     def identity(self) -> str:
-        """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``
-        (notes excluded: they are derived). The same config computed by an engine whose results
-        differ has another identity."""
+        """A stable hash of the resolved config, the seed and the engine's ``RESULTS_VERSION``. The
+        same config computed by an engine whose results differ has another identity."""
         cached = self.__dict__.get("_identity")  # computed once: a sweep asks for it many times
         if cached is None:
-            d = self.to_dict()
-            d.pop("notes")
-            d.pop("preset_source")
-            d.pop("method_source", None)  # where the file is does not change what it computes; its hash does
-            blob = json.dumps(d, sort_keys=True, separators=(",", ":")) + f"|results_version={RESULTS_VERSION}"
+            blob = _canonical(self._identity_fields()) + f"|results_version={RESULTS_VERSION}"
             cached = hashlib.sha256(blob.encode()).hexdigest()[:16]
             object.__setattr__(self, "_identity", cached)  # not a field: eq, hash, asdict, replace ignore it
         return cached
+
+    def config_hash(self) -> str:
+        """What the seeds of one experimental cell share: the identity's hash without the seed (and
+        without the results version: a cell is the same cell whichever engine computed it)."""
+        d = self._identity_fields()
+        d.pop("seed")
+        return hashlib.sha256(b"config:" + _canonical(d).encode()).hexdigest()[:16]
 
     def group_key(self) -> tuple:
         """Runs with equal keys can train in lockstep as one batched computation.
@@ -117,7 +132,7 @@ class ResolvedConfig:
         )
         # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
         # added to the training set) group only runs of one buffer size.
-        return key + ((self.buffer_size,) if _method_class(self).group_by_buffer_size else ())
+        return key + ((self.buffer_size,) if _card(self).group_by_buffer_size else ())
 
     @property
     def uses_buffer(self) -> bool:
@@ -128,19 +143,11 @@ class ResolvedConfig:
 _LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None}
 
 
-def _method_class(cfg: ResolvedConfig) -> type[Method]:
+def _card(cfg: ResolvedConfig) -> MethodCard:
     if cfg.method_source is None:
-        return METHOD_CLASSES[cfg.method]
-    return type(cfg.method_instance())
+        return CARDS[cfg.method]
+    return card_of(type(cfg.method_instance()), cfg.method)
 
 
-def config_hash(cfg: ResolvedConfig) -> str:
-    """What the seeds of one experimental cell share: the hash of the resolved config without the
-    seed (and, like ``identity``, without the derived notes and preset source, and without where a
-    method of your own was loaded from: its file's hash stays in)."""
-    d = cfg.to_dict()
-    for derived in ("seed", "notes", "preset_source"):
-        d.pop(derived)
-    d.pop("method_source", None)
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(b"config:" + blob.encode()).hexdigest()[:16]
+def _canonical(d: dict) -> str:
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from clbench.errors import first_line
 from clbench.metrics import average_accuracy_curve, forgetting
 from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
 from clbench.runs.results import RunResult
@@ -100,13 +101,13 @@ def _client(client_cls, uri: str):
         client = client_cls(tracking_uri=uri)
         client.search_experiments(max_results=1)  # reaches the store (an SQLite file is created here)
     except Exception as exc:  # MLflow raises many kinds; all mean the same here
-        raise MlflowExportError(f"cannot use the MLflow tracking URI {uri!r}: {_first_line(exc)}") from None
+        raise MlflowExportError(f"cannot use the MLflow tracking URI {uri!r}: {_mlflow_error(exc)}") from None
     return client
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].split(". See http")[0][:300] if lines else type(exc).__name__
+def _mlflow_error(exc: BaseException) -> str:
+    """MLflow's message without the link to its documentation that ends it."""
+    return first_line(exc).split(". See http")[0][:300]
 
 
 def _experiment_id(client, name: str, artifact_location: str | None) -> str:

@@ -63,11 +63,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from clbench.errors import first_line
 from clbench.runs.checks import MAX_LABEL_LENGTH, check_label
 from clbench.version import RESULTS_VERSION
 from clbench.runs.resolved import ResolvedConfig
 from clbench.runs.results import Divergence, RunResult
-from clbench.runs.resolved import config_hash
 
 SCHEMA_VERSION = 2
 APPLICATION = "clbench"
@@ -396,9 +396,7 @@ def _migrate(conn, where: str) -> None:
 
 
 def _connection_error(url: URL, exc: Exception) -> StoreError:
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    reason = detail[0] if detail else type(exc).__name__
-    return StoreError(f"cannot open the database {describe_url(url)}: {reason}")
+    return StoreError(f"cannot open the database {describe_url(url)}: {first_line(exc)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,7 +624,7 @@ class Store:
                     return work(conn)
             except DBAPIError as exc:
                 if _damaged(exc):
-                    raise StoreError(f"the database {self.where} is damaged ({_first_line(exc)}): restore it from a "
+                    raise StoreError(f"the database {self.where} is damaged ({first_line(exc)}): restore it from a "
                                      "backup, or recover what is readable with: sqlite3 FILE .recover") from None
                 if attempt == _RETRIES - 1 or not _transient(exc):
                     raise
@@ -836,7 +834,7 @@ class Store:
     @staticmethod
     def _run_row(cfg: ResolvedConfig, status: str, owner: Owner, now: datetime) -> dict:
         return {
-            "run_id": cfg.identity(), "config_hash": config_hash(cfg), "method": cfg.method,
+            "run_id": cfg.identity(), "config_hash": cfg.config_hash(), "method": cfg.method,
             "benchmark": cfg.benchmark, "backbone": cfg.backbone, "buffer_size": cfg.buffer_size,
             "mask": cfg.mask.label, "mask_on": cfg.mask.on, "seed": cfg.seed, "config": cfg.to_dict(),
             "status": status, "created_at": now, "host": owner.host, "pid": owner.pid,
@@ -1057,14 +1055,9 @@ def _upgrade(url: URL) -> None:
             _migrate(conn, describe_url(url))
     except DBAPIError as exc:
         raise StoreError(f"{describe_url(url)} has an older clbench schema and could not be upgraded to version "
-                         f"{SCHEMA_VERSION} ({_first_line(exc)}): open it once with write access") from None
+                         f"{SCHEMA_VERSION} ({first_line(exc)}): open it once with write access") from None
     finally:
         engine.dispose()
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 _SCHEMA_LOCK = 4721930183  # PostgreSQL advisory lock key: one process creates or migrates at a time

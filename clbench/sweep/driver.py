@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key
@@ -23,6 +23,12 @@ from clbench.runs.results import RunResult
 from clbench.store.store import HEARTBEAT_INTERVAL_S, Owner, Store
 from clbench.engine.trainer import Progress
 from clbench.sweep.plan import Plan, describe_group
+from clbench.data.loading import ContinualData, load_benchmark
+from clbench.engine.trainer import ProgressCallback, resolve_device, train_group
+from clbench.runs.config import RunConfig
+from clbench.runs.resolved import ResolvedConfig
+from clbench.sweep.plan import plan_groups
+import torch
 
 # ---------------------------------------------------------------------------------------------
 # What a sweep is
@@ -298,3 +304,40 @@ def _record_stop(store: Store, owner: Owner, unfinished: list[str]) -> None:
         store.mark_interrupted(unfinished, owner)
     except Exception:  # the store itself may be what failed; the next run marks these rows stale
         pass
+
+
+def train_runs(
+    configs: Sequence[RunConfig | ResolvedConfig],
+    *,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    download: bool = False,
+    max_group_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    on_group_done: Callable[[list[RunResult]], None] | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+) -> list[RunResult]:
+    """Resolve, group and train runs; results in the order of ``configs``.
+
+    ``on_group_done`` receives each group's results as soon as the group finishes, so a caller can
+    persist them before the next group starts (an interruption then loses only the running group).
+    """
+    resolved = [c.resolve() if isinstance(c, RunConfig) else c for c in configs]
+    dev = resolve_device(device)
+    results: list[RunResult | None] = [None] * len(resolved)
+    loaded: dict[tuple, ContinualData] = {}
+    for members in plan_groups(resolved, max_group_size):
+        c0 = resolved[members[0]]
+        data_key = (c0.benchmark, c0.synthetic, c0.class_order_seed)
+        if data_key not in loaded:
+            loaded[data_key] = load_benchmark(
+                c0.benchmark, data_dir=data_dir, download=download, class_order_seed=c0.class_order_seed,
+                synthetic=c0.synthetic, device=dev,
+            )
+        group_results = train_group([resolved[i] for i in members], loaded[data_key], progress=progress,
+                                    checkpoint=checkpoint)
+        for i, res in zip(members, group_results):
+            results[i] = res
+        if on_group_done is not None:
+            on_group_done(group_results)
+    return [r for r in results if r is not None]

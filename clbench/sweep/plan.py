@@ -5,12 +5,11 @@ groups that fit the memory available."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from clbench.data.specs import benchmark_name
-from clbench.engine.trainer import plan_groups
 from clbench.runs.config import check_field
 from clbench.runs.config import RunConfig, resolve_unique
 from clbench.runs.mask import MaskSpec, parse_mask_value
@@ -171,3 +170,16 @@ def describe_group(configs: Sequence[ResolvedConfig]) -> str:
     masks = list(dict.fromkeys(c.mask.label for c in configs))
     parts.append("mask " + ",".join(masks))
     return f"{' '.join(parts)} ({len(configs)} run{'s' if len(configs) != 1 else ''})"
+
+
+def plan_groups(configs: Iterable[ResolvedConfig], max_group_size: int | None = None) -> list[list[int]]:
+    """Indices of ``configs`` packed into lockstep groups (first-seen order), each at most
+    ``max_group_size`` runs."""
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(cfg.group_key(), []).append(i)
+    out = []
+    for members in groups.values():
+        size = max_group_size or len(members)
+        out.extend(members[i : i + size] for i in range(0, len(members), size))
+    return out

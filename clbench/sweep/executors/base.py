@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import os
-import socket
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from clbench.errors import first_line
 from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.runs.resolved import ResolvedConfig
 from clbench.data.loading import ContinualData, load_benchmark
@@ -126,16 +126,7 @@ ProgressSink = Callable[[GroupProgress], None]
 
 def failed(group: int, exc: BaseException, where: str = "") -> GroupOutcome:
     """The outcome of a group whose training raised ``exc`` (call it in the ``except`` block)."""
-    return GroupOutcome(group, None, where, error=one_line(exc), detail="".join(traceback.format_exception(exc)))
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def this_host() -> str:
-    return socket.gethostname()
+    return GroupOutcome(group, None, where, error=first_line(exc, with_type=True), detail="".join(traceback.format_exception(exc)))
 
 
 class GroupFailed(RuntimeError):

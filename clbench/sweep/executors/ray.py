@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from clbench.errors import first_line
 from clbench.version import __version__
 from clbench.engine.trainer import Progress, resolve_device
-from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed, one_line
+from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 CHECKED_PACKAGES = ("clbench", "torch")
@@ -48,7 +49,7 @@ def require_ray():
         import ray
     except ImportError as exc:
         raise ExecutorUnavailable(
-            f"--executor ray needs Ray, which is not installed here ({one_line(exc)}): {INSTALL_HINT}"
+            f"--executor ray needs Ray, which is not installed here ({first_line(exc, with_type=True)}): {INSTALL_HINT}"
         ) from None
     return ray
 
@@ -115,7 +116,7 @@ def check_node_versions(expected: Mapping[str, str] | None = None,
                                       f"{timeout_s:.0f} s") from None
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None) or exc
-            raise ExecutorUnavailable(f"node {_node_name(node)} cannot run clbench ({one_line(cause)}): install "
+            raise ExecutorUnavailable(f"node {_node_name(node)} cannot run clbench ({first_line(cause, with_type=True)}): install "
                                       f"clbench {expected['clbench']} with torch {expected['torch']} there") from None
         differs = [name for name in CHECKED_PACKAGES if report.get(name) != expected.get(name)]
         if differs:
@@ -257,7 +258,7 @@ class RayExecutor(Executor):
                 ray.init(**kwargs)
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
                 where = "start a local Ray cluster" if self.address is None else f"connect to the Ray cluster at {self.address}"
-                raise ExecutorUnavailable(f"cannot {where}: {one_line(exc)}") from None
+                raise ExecutorUnavailable(f"cannot {where}: {first_line(exc, with_type=True)}") from None
             self._owns_connection = True
         try:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -271,7 +272,7 @@ class RayExecutor(Executor):
             try:
                 ray.get(self._board.drain.remote(), timeout=_VERSION_CHECK_TIMEOUT_S)
             except ray.exceptions.RayError as exc:
-                raise ExecutorUnavailable(f"the progress actor did not start on this node ({one_line(exc)})") from None
+                raise ExecutorUnavailable(f"the progress actor did not start on this node ({first_line(exc, with_type=True)})") from None
         except BaseException:
             self._disconnect(ray)
             raise

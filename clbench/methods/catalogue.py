@@ -1,0 +1,220 @@
+"""The shipped methods as planning sees them, without importing torch: where each method's class
+lives (``SHIPPED``) and its card (``CARDS``): the class attributes that resolving a run, checking
+where a mask can act and packing lockstep groups read.
+
+The cards are derived from the classes (``card_of``), and written into this file by
+``python -m clbench.methods.catalogue``; ``tests/test_layers.py`` fails when they are not current.
+The classes stay the single source of truth: a new or changed method file needs that command run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+# name -> "module:Class", in the order the command line lists them.
+SHIPPED = {
+    "sgd": "clbench.methods.sgd:SGD",
+    "joint": "clbench.methods.joint:Joint",
+    "er": "clbench.methods.er:ER",
+    "der": "clbench.methods.der:DER",
+    "derpp": "clbench.methods.derpp:DERpp",
+    "er_ace": "clbench.methods.er_ace:ERACE",
+    "xder": "clbench.methods.xder:XDER",
+    "icarl": "clbench.methods.icarl:ICaRL",
+    "agem": "clbench.methods.agem:AGEM",
+    "gdumb": "clbench.methods.gdumb:GDumb",
+}
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What resolution and planning read of a method (``clbench.methods.base.Method`` documents each)."""
+
+    name: str
+    uses_buffer: bool
+    exemplar_memory: bool
+    replay_draws: int
+    group_by_buffer_size: bool
+    mask_acts_on: tuple[str, ...]
+    weights: tuple[str, ...]
+    options: tuple[tuple[str, Any], ...]  # the method's own hyperparameters and their defaults
+    run_notes: tuple[str, ...]
+
+    @property
+    def has_memory(self) -> bool:
+        """The buffer size matters: a replay buffer or an exemplar memory of its own."""
+        return self.uses_buffer or self.exemplar_memory
+
+
+def card_of(cls: type, name: str | None = None) -> MethodCard:
+    """The card of a method class (a shipped one, or one of your own)."""
+    return MethodCard(
+        name=name or cls.name,
+        uses_buffer=bool(cls.uses_buffer),
+        exemplar_memory=bool(cls.exemplar_memory),
+        replay_draws=int(cls.replay_draws),
+        group_by_buffer_size=bool(cls.group_by_buffer_size),
+        mask_acts_on=tuple(cls.mask_acts_on),
+        weights=tuple(cls.weights),
+        options=tuple(dict(cls.options).items()),
+        run_notes=tuple(cls.run_notes),
+    )
+
+
+# Written by `python -m clbench.methods.catalogue` from the classes; do not edit by hand.
+# BEGIN CARDS
+CARDS: dict[str, MethodCard] = {
+    "sgd": MethodCard(
+        name="sgd",
+        uses_buffer=False,
+        exemplar_memory=False,
+        replay_draws=0,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream",),
+        weights=(),
+        options=(),
+        run_notes=(),
+    ),
+    "joint": MethodCard(
+        name="joint",
+        uses_buffer=False,
+        exemplar_memory=False,
+        replay_draws=0,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream",),
+        weights=(),
+        options=(),
+        run_notes=(),
+    ),
+    "er": MethodCard(
+        name="er",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(),
+        run_notes=(),
+    ),
+    "der": MethodCard(
+        name="der",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream",),
+        weights=("alpha",),
+        options=(),
+        run_notes=(),
+    ),
+    "derpp": MethodCard(
+        name="derpp",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=2,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=("alpha", "beta"),
+        options=(),
+        run_notes=(),
+    ),
+    "er_ace": MethodCard(
+        name="er_ace",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(),
+        run_notes=(),
+    ),
+    "xder": MethodCard(
+        name="xder",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=2,
+        group_by_buffer_size=True,
+        mask_acts_on=("stream",),
+        weights=("alpha", "beta"),
+        options=(("gamma", 0.85), ("eta", 0.1), ("margin", 0.3)),
+        run_notes=("xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term (needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",),
+    ),
+    "icarl": MethodCard(
+        name="icarl",
+        uses_buffer=False,
+        exemplar_memory=True,
+        replay_draws=0,
+        group_by_buffer_size=True,
+        mask_acts_on=(),
+        weights=(),
+        options=(("wd", 0.0),),
+        run_notes=("icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; accuracies from the nearest-mean-of-exemplars classifier",),
+    ),
+    "agem": MethodCard(
+        name="agem",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream",),
+        weights=(),
+        options=(),
+        run_notes=(),
+    ),
+    "gdumb": MethodCard(
+        name="gdumb",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=0,
+        group_by_buffer_size=True,
+        mask_acts_on=("buffer",),
+        weights=(),
+        options=(("minlr", 0.0005), ("fitting_epochs", 256), ("cutmix_alpha", 1.0), ("cutmix_prob", 0.5)),
+        run_notes=("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); lr is the refit's maximum lr",),
+    ),
+}
+# END CARDS
+
+
+def _literal(value: Any) -> str:
+    """``value`` as Python source, in the project's format (double quotes, one-item tuples)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, tuple):
+        items = [_literal(v) for v in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return repr(value)
+
+
+def _written_cards() -> str:
+    """The CARDS block as the classes say it should read (imports every shipped method: torch)."""
+    import importlib  # noqa: PLC0415 - only when (re)writing the catalogue
+
+    lines = ["CARDS: dict[str, MethodCard] = {"]
+    for name, where in SHIPPED.items():
+        module, _, cls_name = where.partition(":")
+        card = card_of(getattr(importlib.import_module(module), cls_name))
+        lines.append(f"    {json.dumps(name)}: MethodCard(")
+        lines += [f"        {f.name}={_literal(getattr(card, f.name))}," for f in fields(card)]
+        lines.append("    ),")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def catalogue_source() -> str:
+    """This file's text with the CARDS block as the classes say it should read."""
+    path = Path(__file__)
+    pattern = re.compile(r"(# BEGIN CARDS\n).*?(\n# END CARDS)", re.S)
+    return pattern.sub(lambda m: m.group(1) + _written_cards() + m.group(2), path.read_text())
+
+
+if __name__ == "__main__":
+    Path(__file__).write_text(catalogue_source())
+    print(f"wrote the cards of {len(SHIPPED)} methods into {__file__}", file=sys.stderr)
