@@ -7,9 +7,11 @@ and compares variants side by side in the same invocation (ratios of medians ove
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import shlex
 import sys
 import time
 from typing import Callable, Sequence
@@ -17,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")  # what the README's performance numbers are read from
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
@@ -139,3 +142,33 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def target(what: str, measured: float, unit: str, met: bool, *, shown: str | None = None, why: str = "") -> dict:
+    """One target of a benchmark, judged from the number it measured (``shown``: the number as the
+    tables print it, e.g. ``"3.83x (31.49 s / 8.23 s)"``; ``why``: what bounds a miss)."""
+    return {"target": what, "measured": measured, "unit": unit, "shown": shown or f"{measured:g} {unit}".strip(),
+            "met": bool(met), "why": why}
+
+
+def write_result(name: str, targets: Sequence[dict], data: dict, device: str = "cpu") -> str:
+    """Write ``benchmarks/results/NAME.json``: the command that ran, when, on what machine, each target
+    with its measured number and verdict, and the raw numbers (``data``). The README's performance
+    table is generated from these files, never typed. Returns the file's path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "command": shlex.join([".venv/bin/python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine_line(device),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "targets": list(targets),
+        "data": data,
+    }
+    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
