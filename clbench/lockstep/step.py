@@ -8,13 +8,15 @@ rows are masked (stream rows, buffer rows or both) and with which value. Methods
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from clbench.runs.mask import MaskSpec
 from clbench.masking import masked_cross_entropy, task_active_mask
+
+if TYPE_CHECKING:  # a run's mask spec, read for its value and placement (clbench.runs is a layer above)
+    from clbench.runs.mask import MaskSpec
 
 
 @dataclass(frozen=True)
