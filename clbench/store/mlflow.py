@@ -32,9 +32,11 @@ import pandas as pd
 
 from clbench.errors import first_line
 from clbench.metrics import average_accuracy_curve, forgetting
-from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
 from clbench.runs.results import RunResult
-from clbench.store.store import Store, StoreError, open_store
+from clbench.store.connection import StoreError
+from clbench.store.opening import open_store
+from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
+from clbench.store.store import Store
 
 EXTRA = "mlflow"
 DEFAULT_EXPERIMENT = "clbench"

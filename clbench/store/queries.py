@@ -26,7 +26,12 @@ from clbench.files import atomic_file, check_output_file
 from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.metrics import summarize
 from clbench.runs.results import CLASS_IL_CONVENTIONS
-from clbench.store.store import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays, in_chunks, open_store, shown_status
+from clbench.store.connection import in_chunks
+from clbench.store.opening import open_store
+from clbench.store.ownership import shown_status
+from clbench.store.rows import histogram_arrays
+from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment
+from clbench.store.store import Store
 from clbench.data.specs import benchmark_name
 
 # The columns of ``clbench export`` (one row per run), in this order.
