@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from clbench.engine.checkpoint import CheckpointSummary, checkpoints_by_run
-from clbench.store.queries import EXPORT_FORMATS, export_runs
+from clbench.store.exports import EXPORT_FORMATS, export_runs
 from clbench.version import RESULTS_VERSION
 from clbench.store.connection import StoreError, describe_url
 from clbench.store.opening import open_store

@@ -9,7 +9,7 @@ What a user of the registry needs is named here. The modules inside, each holdin
 - ``rows``: a run's results as table rows, and back;
 - ``store``: :class:`Store`, a run's lifecycle (claim, run, save, mark) and reading one run;
 - ``opening``: :func:`inspect_db` and :func:`open_store` (creating or migrating the schema first);
-- ``queries``: runs as DataFrames, summaries over seeds, and exports into files;
+- ``queries``: runs as DataFrames, and summaries over seeds; ``exports``: runs into files;
   ``mlflow``: runs into an MLflow tracking store.
 
 Modules inside clbench import from those modules, not from here.
