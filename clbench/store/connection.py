@@ -51,8 +51,8 @@ class StoreError(Exception):
 def resolve_db_url(db: str | os.PathLike | URL | None = None, env: Mapping[str, str] | None = None) -> URL:
     """``db`` (a SQLAlchemy URL or a file path), else ``$CLBENCH_DB``, else ``results.db``.
 
-    A path becomes an SQLite URL of its absolute path, so the store does not depend on a later
-    change of the working directory.
+    A path becomes an SQLite URL of its absolute path, so the registry's address does not depend on a
+    later change of the working directory.
     """
     if isinstance(db, URL):
         return db

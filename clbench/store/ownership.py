@@ -59,7 +59,7 @@ class Owner:
 
     def is_alive(self) -> bool:
         """Whether the process still runs (only decidable on its own host; elsewhere: assumed;
-        the store decides for other hosts by the heartbeat)."""
+        for other hosts, :func:`holder_alive` decides by the heartbeat in the registry)."""
         if self.host != socket.gethostname():
             return True
         if not _pid_alive(self.pid):

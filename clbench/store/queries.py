@@ -73,7 +73,7 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
                  experiment=None, run_id=None) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
-    if (methods := _as_list(method)) is not None:  # names checked against the store: _check_methods
+    if (methods := _as_list(method)) is not None:  # names checked against the registry: _check_methods
         conds.append(Run.method.in_([str(m) for m in methods]))
     if (datasets := _as_list(dataset)) is not None:
         conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))
@@ -92,7 +92,7 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
         bad = [s for s in statuses if s not in STATUSES]
         if bad:
             raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
-        # An abandoned pending/running row is shown as interrupted (store.shown_status): the query
+        # An abandoned pending/running row is shown as interrupted (ownership.shown_status): the query
         # takes the active rows too when interrupted ones are asked for; load_runs filters after.
         stored = set(statuses) | (set(ACTIVE_STATUSES) if "interrupted" in statuses else set())
         conds.append(effective_status().in_(sorted(stored)))
@@ -260,7 +260,7 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
 
     ``counts[i, j, b]``: after training task i, how many test samples of task j had that softmax
     probability (kind ``true_class``: of their true class; ``max``: the largest) in bin b, the
-    bins being ``clbench.evaluation.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
+    bins being ``clbench.runs.results.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
     histograms (unfinished, or computed before clbench recorded them) are absent.
     """
 

@@ -47,7 +47,8 @@ T = TypeVar("T")
 
 
 class Store:
-    """A clbench database. Open it with :func:`open_store`; close it (or use ``with``) when done."""
+    """An open registry (one clbench database). Open it with :func:`clbench.store.opening.open_store`; close
+    it (or use ``with``) when done."""
 
     def __init__(self, engine: Engine, url: URL, *, readonly: bool):
         self.engine = engine
