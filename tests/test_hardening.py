@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from clbench import cli
-from clbench.store import store as st
+from clbench.store.opening import inspect_db, open_store
+from clbench.store.ownership import Owner, process_start
+from clbench.store.schema import Run
 from clbench.store.queries import load_runs
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
@@ -67,7 +69,7 @@ def tiny(**kw):
 
 
 def train(db, configs, experiment=None):
-    with st.open_store(db) as store:
+    with open_store(db) as store:
         return execute(plan_sweep(configs, store), store, experiment=experiment)
 
 
@@ -107,7 +109,7 @@ EXPERIMENT = ('kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks =
 def nothing_written(db_url: str, cwd: Path) -> None:
     """No database file, no schema on the server, no report folder."""
     if "://" in db_url:
-        assert st.inspect_db(db_url) == "empty"
+        assert inspect_db(db_url) == "empty"
     else:
         assert not Path(db_url).exists()
     assert not (cwd / "reports").exists()
@@ -438,7 +440,7 @@ def _corrupt_data_pages(path: Path) -> None:
         for page in roots:
             fh.seek((page - 1) * page_size)
             fh.write(b"\xff" * page_size)
-    assert st.inspect_db(path) == "ready"  # the checks before any query pass: the damage is deeper
+    assert inspect_db(path) == "ready"  # the checks before any query pass: the damage is deeper
 
 
 def test_a_database_with_corrupt_data_pages_is_one_line(tmp_path, invoke):
@@ -497,11 +499,11 @@ def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
     dead.wait()
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        host = st.Owner.current().host
-        ghost = st.Owner(host, dead.pid, 1)
-        live = st.Owner(host, alive.pid, st._process_start(alive.pid))
+        host = Owner.current().host
+        ghost = Owner(host, dead.pid, 1)
+        live = Owner(host, alive.pid, process_start(alive.pid))
         a, b, c = (cfg.resolve() for cfg in tiny(methods=["sgd"], seeds=[0, 1, 2]))
-        with st.open_store(db_url) as store:
+        with open_store(db_url) as store:
             store.claim([a, b], ghost)
             store.mark_running([a.identity()], ghost)  # one running, one pending when it was killed
             store.claim([c], live)
@@ -517,9 +519,9 @@ def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
         dry = invoke("run", *TINY, "--method", "sgd", "--seeds", "3", "--dry-run", "--db", db_url)[1]
         assert dry.count("interrupted") == 2
         assert sorted(load_runs(db_url)["status"]) == ["interrupted", "interrupted", "pending"]
-        with st.open_store(db_url, readonly=True) as store:  # derived when read: nothing was written
+        with open_store(db_url, readonly=True) as store:  # derived when read: nothing was written
             stored = store.transaction(lambda conn: sorted(r[0] for r in conn.execute(
-                __import__("sqlalchemy").select(st.Run.status))))
+                __import__("sqlalchemy").select(Run.status))))
         assert stored == ["pending", "pending", "running"]
     finally:
         alive.kill()
@@ -546,7 +548,7 @@ def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch,
         raise stop("stopped")
 
     monkeypatch.setattr(progress, "execute", stopping)
-    with st.open_store(tmp_path / "r.db") as store:
+    with open_store(tmp_path / "r.db") as store:
         plan = plan_sweep(tiny(methods=["sgd"]), store)
         with pytest.raises(typer.Exit) as info:
             progress.execute_with_progress(plan, store, Console(stderr=True, width=120))
@@ -696,7 +698,7 @@ def _seeds(args: list[str]) -> list[int]:
 def test_a_run_records_the_numeric_environment_it_was_computed_in(db_url, invoke):
     rc, out, err = invoke("run", *TINY, "--method", "er", "--seeds", "3", "--threads", "1", "--db", db_url)
     assert rc == 0, err
-    with st.open_store(db_url, readonly=True) as store:
+    with open_store(db_url, readonly=True) as store:
         rows = [store.run_row(rid) for rid in load_runs(store)["run_id"]]
         result = store.load_result(rows[0]["run_id"])
     for row in rows:

@@ -25,7 +25,7 @@ from clbench.reports.browser import dump_dom, find_chromium, screenshot
 from clbench.reports.html import write_html
 from clbench.reports.render import experiment_configs, run_coverage
 from clbench.store import Owner, open_store
-from clbench.store.store import Run
+from clbench.store.schema import Run
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep
 

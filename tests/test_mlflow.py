@@ -19,7 +19,7 @@ from clbench.metrics import average_accuracy_curve
 from clbench.store.mlflow import export_mlflow, flat_params
 from clbench.store.queries import load_runs
 from clbench.store import open_store
-from clbench.store.store import MlflowRun
+from clbench.store.schema import MlflowRun
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
 

@@ -27,7 +27,10 @@ from sqlalchemy import create_engine, text, update
 from sqlalchemy.engine import make_url
 
 import clbench
-from clbench.store import store as st
+from clbench.store.connection import StoreError
+from clbench.store.opening import inspect_db, open_store
+from clbench.store.ownership import HEARTBEAT_TIMEOUT_S, Owner, process_start
+from clbench.store.schema import SCHEMA_VERSION, Run
 from clbench.store.queries import load_runs
 from clbench.sweep.executors import GroupFailed
 from clbench.sweep.driver import execute
@@ -108,19 +111,19 @@ def processes():
 
 
 def test_schema_is_created_once_and_versioned(db_url):
-    assert st.inspect_db(db_url) in ("missing", "empty")
-    with st.open_store(db_url) as store:
+    assert inspect_db(db_url) in ("missing", "empty")
+    with open_store(db_url) as store:
         version = store.transaction(lambda c: c.execute(text("SELECT application, version FROM clbench_schema")).all())
-    assert version == [("clbench", st.SCHEMA_VERSION)]
-    assert st.inspect_db(db_url) == "ready"
-    st.open_store(db_url).close()  # opening again neither fails nor adds a row
-    with st.open_store(db_url, readonly=True) as store:
+    assert version == [("clbench", SCHEMA_VERSION)]
+    assert inspect_db(db_url) == "ready"
+    open_store(db_url).close()  # opening again neither fails nor adds a row
+    with open_store(db_url, readonly=True) as store:
         assert store.transaction(lambda c: c.execute(text("SELECT count(*) FROM clbench_schema")).scalar()) == 1
 
 
 def test_results_round_trip_exactly(db_url, trained):
-    owner = st.Owner.current()
-    with st.open_store(db_url) as store:
+    owner = Owner.current()
+    with open_store(db_url) as store:
         store.claim([r.config for r in trained], owner, experiment="rt")
         store.save_results(trained, owner)
         for res in trained:
@@ -142,9 +145,9 @@ def test_results_round_trip_exactly(db_url, trained):
 
 
 def test_lifecycle_only_touches_the_owners_unfinished_runs(db_url, trained):
-    me, other = st.Owner.current(), st.Owner("elsewhere", 1, None)
+    me, other = Owner.current(), Owner("elsewhere", 1, None)
     a, b = trained
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         store.claim([a.config, b.config], me)
         assert set(store.statuses([a.run_id, b.run_id]).values()) == {"pending"}
         store.mark_running([a.run_id, b.run_id], me)
@@ -166,12 +169,12 @@ def test_lifecycle_only_touches_the_owners_unfinished_runs(db_url, trained):
 def test_stale_rows_of_dead_processes_become_interrupted(db_url, trained):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    ghost = st.Owner(st.Owner.current().host, dead.pid, 1)
+    ghost = Owner(Owner.current().host, dead.pid, 1)
     a, b = trained
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         store.claim([a.config], ghost)
         store.mark_running([a.run_id], ghost)
-        store.claim([b.config], st.Owner.current())  # alive: left alone
+        store.claim([b.config], Owner.current())  # alive: left alone
         assert store.mark_stale_runs() == [a.run_id]
         assert store.statuses([a.run_id, b.run_id]) == {a.run_id: "interrupted", b.run_id: "pending"}
         assert "ended before the run finished" in store.run_row(a.run_id)["error"]
@@ -183,10 +186,10 @@ def test_a_run_held_by_a_live_process_is_left_to_it(db_url, trained):
     a, b = trained
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        here = st.Owner(st.Owner.current().host, sleeper.pid, st._process_start(sleeper.pid))
-        away = st.Owner("another-host", 4242, None)
-        me = st.Owner.current()
-        with st.open_store(db_url) as store:
+        here = Owner(Owner.current().host, sleeper.pid, process_start(sleeper.pid))
+        away = Owner("another-host", 4242, None)
+        me = Owner.current()
+        with open_store(db_url) as store:
             assert store.claim([a.config], here).claimed == (a.run_id,)
             assert store.claim([b.config], away).claimed == (b.run_id,)
             got = store.claim([a.config, b.config], me)
@@ -194,8 +197,8 @@ def test_a_run_held_by_a_live_process_is_left_to_it(db_url, trained):
                                                       b.run_id: "another-host pid 4242"}
             assert store.mark_stale_runs() == []
             # The remote owner's heartbeat goes quiet for longer than the timeout: abandoned.
-            old = datetime.now(timezone.utc) - timedelta(seconds=st.HEARTBEAT_TIMEOUT_S + 5)
-            store.transaction(lambda c: c.execute(update(st.Run).where(st.Run.run_id == b.run_id).values(heartbeat_at=old)))
+            old = datetime.now(timezone.utc) - timedelta(seconds=HEARTBEAT_TIMEOUT_S + 5)
+            store.transaction(lambda c: c.execute(update(Run).where(Run.run_id == b.run_id).values(heartbeat_at=old)))
             assert store.claim([a.config, b.config], me).claimed == (b.run_id,)
             assert store.run_row(b.run_id)["pid"] == me.pid
             sleeper.kill()
@@ -242,11 +245,11 @@ def _v1_database(db_url: str) -> None:
 
 def test_an_older_database_is_migrated_and_its_runs_are_stale(db_url):
     _v1_database(db_url)
-    assert st.inspect_db(db_url) == "outdated"
-    with st.open_store(db_url, readonly=True) as store:  # even a reader upgrades it (the file is writable)
+    assert inspect_db(db_url) == "outdated"
+    with open_store(db_url, readonly=True) as store:  # even a reader upgrades it (the file is writable)
         version = store.transaction(lambda c: c.execute(text("SELECT version FROM clbench_schema")).scalar())
         runs = load_runs(store)
-        assert version == st.SCHEMA_VERSION and st.inspect_db(db_url) == "ready"
+        assert version == SCHEMA_VERSION and inspect_db(db_url) == "ready"
         assert len(runs) == 5 and set(runs["status"]) == {"stale"} and set(runs["results_version"]) == {1}
         assert runs["faa_class_il"].notna().all()  # their results are kept, and readable
         assert load_runs(store, status="stale")["run_id"].tolist() == runs["run_id"].tolist()
@@ -256,14 +259,14 @@ def test_an_older_database_is_migrated_and_its_runs_are_stale(db_url):
         plan = plan_sweep([old.config], store)
         assert [r.action for r in plan.runs] == ["run"] and plan.runs[0].run_id == old.config.identity()
         assert plan.runs[0].run_id != runs["run_id"].iloc[0]
-    st.open_store(db_url).close()  # migrating is done once
+    open_store(db_url).close()  # migrating is done once
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_owner():
-    me = st.Owner.current()
+    me = Owner.current()
     assert me.is_alive()
-    assert not st.Owner(me.host, me.pid, (me.process_start or 0) + 12345).is_alive()
-    assert st.Owner("another-host", 1, None).is_alive()  # cannot be checked from here: assumed alive
+    assert not Owner(me.host, me.pid, (me.process_start or 0) + 12345).is_alive()
+    assert Owner("another-host", 1, None).is_alive()  # cannot be checked from here: assumed alive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ def test_estimate_matches_the_measured_reference_points():
 
 def test_finished_runs_are_cached_and_force_recomputes(db_url):
     cfgs = synthetic_sweep()
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         first = execute(plan_sweep(cfgs, store), store, experiment="a")
         assert len(first.computed) == 8 and not first.cached
         again = plan_sweep(cfgs + synthetic_sweep(seeds=[2]), store)
@@ -334,7 +337,7 @@ def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monke
 
     monkeypatch.setattr(unit_of_work, "train_group", flaky)
     cfgs = synthetic_sweep(methods=["er", "derpp", "sgd"], masks=["-inf"])
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         plan = plan_sweep(cfgs, store)
         with pytest.raises(GroupFailed, match=r"group 2/3 \(derpp .*\) failed: RuntimeError: boom in group 2"):
             execute(plan, store)
@@ -357,7 +360,7 @@ def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
         return real_train_group(cfgs, data, **kwargs)
 
     monkeypatch.setattr(unit_of_work, "train_group", interrupted_second_time)
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         plan = plan_sweep(synthetic_sweep(), store)
         with pytest.raises(KeyboardInterrupt):
             execute(plan, store)
@@ -368,7 +371,7 @@ def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
 
 def test_progress_reports_cover_the_sweep(db_url):
     reports = []
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         execute(plan_sweep(synthetic_sweep(), store), store, progress=reports.append)
     assert [p.event for p in reports if p.event != "train"] == ["group_start", "group_done"] * 2
     fractions = [p.fraction for p in reports]
@@ -381,7 +384,7 @@ def test_progress_reports_cover_the_sweep(db_url):
 
 
 def test_load_runs_filters_and_metrics(db_url):
-    with st.open_store(db_url) as store:
+    with open_store(db_url) as store:
         execute(plan_sweep(synthetic_sweep(buffers=[200, 500]), store), store, experiment="grid")
     df = load_runs(db_url)
     assert len(df) == 16
@@ -395,7 +398,7 @@ def test_load_runs_filters_and_metrics(db_url):
     assert len(load_runs(db_url, mask=["none"], dataset="synthetic", seed=1)) == 4
     assert len(load_runs(db_url, status="failed")) == 0 and len(load_runs(db_url, experiment="other")) == 0
     assert df.groupby("config_hash").size().tolist() == [2] * 8  # two seeds per config
-    with st.open_store(db_url, readonly=True) as store:
+    with open_store(db_url, readonly=True) as store:
         one = store.load_result(df["run_id"][0])
     row = df.iloc[0]
     for name, value in one.metrics.items():
@@ -415,15 +418,15 @@ def test_foreign_and_incompatible_databases_are_refused(db_url):
     engine = create_engine(db_url if "://" in db_url else f"sqlite:///{db_url}")
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE users (id INTEGER)"))
-    with pytest.raises(st.StoreError, match="not a clbench database.*users"):
-        st.open_store(db_url)
+    with pytest.raises(StoreError, match="not a clbench database.*users"):
+        open_store(db_url)
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE users"))
-    st.open_store(db_url).close()
+    open_store(db_url).close()
     with engine.begin() as conn:
         conn.execute(text("UPDATE clbench_schema SET version = version + 1"))
-    with pytest.raises(st.StoreError, match="newer clbench"):
-        st.open_store(db_url)
+    with pytest.raises(StoreError, match="newer clbench"):
+        open_store(db_url)
     with engine.begin() as conn:
         tables = conn.execute(text("SELECT count(*) FROM runs")).scalar()
     engine.dispose()
@@ -432,35 +435,35 @@ def test_foreign_and_incompatible_databases_are_refused(db_url):
 
 def test_sqlite_checks_write_nothing(tmp_path):
     missing = tmp_path / "new.db"
-    assert st.inspect_db(missing) == "missing" and not missing.exists()
-    with pytest.raises(st.StoreError, match="no clbench database"):
-        st.open_store(missing, readonly=True)
-    with pytest.raises(st.StoreError, match="no clbench database"):
+    assert inspect_db(missing) == "missing" and not missing.exists()
+    with pytest.raises(StoreError, match="no clbench database"):
+        open_store(missing, readonly=True)
+    with pytest.raises(StoreError, match="no clbench database"):
         load_runs(missing)
     assert not missing.exists()
     text_file = tmp_path / "notes.txt"
     text_file.write_text("not a database\n")
-    with pytest.raises(st.StoreError, match="not an SQLite file"):
-        st.open_store(text_file)
+    with pytest.raises(StoreError, match="not an SQLite file"):
+        open_store(text_file)
     assert text_file.read_text() == "not a database\n"
-    with pytest.raises(st.StoreError, match="does not exist"):
-        st.inspect_db(tmp_path / "no" / "such" / "dir.db")
-    with pytest.raises(st.StoreError, match="is a folder"):
-        st.inspect_db(tmp_path)
+    with pytest.raises(StoreError, match="does not exist"):
+        inspect_db(tmp_path / "no" / "such" / "dir.db")
+    with pytest.raises(StoreError, match="is a folder"):
+        inspect_db(tmp_path)
     foreign = tmp_path / "foreign.db"
     with sqlite3.connect(foreign) as conn:
         conn.execute("CREATE TABLE t (x)")
     before = foreign.read_bytes()
-    with pytest.raises(st.StoreError, match="not a clbench database"):
-        st.open_store(foreign)
+    with pytest.raises(StoreError, match="not a clbench database"):
+        open_store(foreign)
     assert foreign.read_bytes() == before
 
 
 def test_unreachable_server_is_one_clear_error():
-    with pytest.raises(st.StoreError, match="cannot open the database postgresql.*127.0.0.1:1"):
-        st.inspect_db("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
-    with pytest.raises(st.StoreError) as info:
-        st.inspect_db("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open the database postgresql.*127.0.0.1:1"):
+        inspect_db("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
+    with pytest.raises(StoreError) as info:
+        inspect_db("postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
     assert "secret" not in str(info.value)  # passwords are never shown
 
 
@@ -485,7 +488,7 @@ def test_two_processes_write_one_database_at_once(db_url, tmp_path, processes):
     assert len(df) == 12 and df["run_id"].is_unique and set(df["status"]) == {"finished"}
     assert df.groupby("seed").size().tolist() == [2] * 6
     assert len(load_runs(db_url, experiment="A")) == 8 and len(load_runs(db_url, experiment="B")) == 8
-    with st.open_store(db_url, readonly=True) as store:
+    with open_store(db_url, readonly=True) as store:
         for rid in df["run_id"]:
             assert store.load_result(rid).class_il.shape == (5, 5)
 
@@ -498,7 +501,7 @@ def _wait_for(predicate, proc, timeout=120.0):
         try:
             if predicate():
                 return True
-        except st.StoreError:  # not created yet
+        except StoreError:  # not created yet
             pass
         time.sleep(0.02)
     return False

@@ -13,12 +13,14 @@ from rich.table import Table
 from rich.text import Text
 
 from clbench.engine.checkpoint import CheckpointSummary, checkpoints_by_run
-from clbench.store.queries import EXPORT_FORMATS, export_runs
+from clbench.store.exports import EXPORT_FORMATS, export_runs
 from clbench.version import RESULTS_VERSION
-from clbench.store.store import DONE_STATUSES, STATUSES, StoreError, describe_url, open_store
+from clbench.store.connection import StoreError, describe_url
+from clbench.store.opening import open_store
+from clbench.store.schema import DONE_STATUSES, STATUSES
 from clbench.engine.checkpoint import checkpoint_directory
 from clbench.cli.common import FILTER_HELP, STATUS_STYLE, UsageProblem, checkpoint_dir_option, console, db_option, db_url, filter_options, inspect, label, load, local_time, num, store_errors_as_bad_input
-from clbench.store.store import sqlite_path
+from clbench.store.connection import sqlite_path
 
 
 def runs_command(

@@ -19,9 +19,10 @@ from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
 from clbench.data.specs import get_benchmark
 from clbench.data.sources import DataNotFoundError, locate
 from clbench.store.queries import load_runs
-from clbench.store.store import StoreError, inspect_db, is_in_memory, resolve_db_url
+from clbench.store.connection import StoreError, is_in_memory, resolve_db_url
+from clbench.store.opening import inspect_db
 from clbench.engine.checkpoint import checkpoint_directory
-from clbench.store.store import sqlite_path
+from clbench.store.connection import sqlite_path
 
 
 class UsageProblem(Exception):

@@ -23,7 +23,8 @@ from clbench.reports import list_experiments, load_experiment, missing_runs, ren
 from clbench.reports.render import excluded_runs, exclusion_lines
 from clbench.reports.html import INDEX, check_html_root, write_html
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
-from clbench.store.store import StoreError, describe_url, open_store
+from clbench.store.connection import StoreError, describe_url
+from clbench.store.opening import open_store
 from clbench.sweep.plan import describe_group, plan_sweep
 from clbench.cli.common import class_il_option, FILTER_HELP, MAX_THREADS, UsageProblem, check_data, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, console, db_option, db_url, describe_checkpoints, duration, filter_options, inspect, load, p_value, pm, report_held, sigterm_as_interrupt, split, store_errors_as_bad_input
 from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option

@@ -19,7 +19,8 @@ from clbench.data.specs import BENCHMARKS, SyntheticOptions
 from clbench.runs.mask import MASK_ON_CHOICES
 from clbench.sweep.ram import budget_bytes, human
 from clbench.store.queries import exclusion_note, load_runs, summarize_runs
-from clbench.store.store import StoreError, describe_url, open_store
+from clbench.store.connection import StoreError, describe_url
+from clbench.store.opening import open_store
 from clbench.sweep.plan import Plan, describe_group, plan_sweep, sweep_configs
 from clbench.cli.common import MAX_THREADS, UsageProblem, check_data, check_experiment, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, config_problem, console, db_option, db_url, describe_checkpoints, duration, inspect, ints, key_values, pm, report_held, sigterm_as_interrupt, split
 from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option

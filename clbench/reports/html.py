@@ -27,7 +27,9 @@ import pandas as pd
 from sqlalchemy import select
 
 from clbench.store.queries import Db, _with_store
-from clbench.store.store import Run, Store, in_chunks
+from clbench.store.connection import in_chunks
+from clbench.store.schema import Run
+from clbench.store.store import Store
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title

@@ -23,7 +23,9 @@ from sqlalchemy import select
 from clbench.runs.resolved import ResolvedConfig
 from clbench.files import staged_folder
 from clbench.store.queries import Db, _with_store, load_runs
-from clbench.store.store import DONE_STATUSES, Store, TaskLoss, in_chunks
+from clbench.store.connection import in_chunks
+from clbench.store.schema import DONE_STATUSES, TaskLoss
+from clbench.store.store import Store
 from clbench.runs.config import resolve_unique
 from clbench.reports.experiments import ExperimentSpec
 

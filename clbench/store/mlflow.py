@@ -32,9 +32,11 @@ import pandas as pd
 
 from clbench.errors import first_line
 from clbench.metrics import average_accuracy_curve, forgetting
-from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
 from clbench.runs.results import RunResult
-from clbench.store.store import Store, StoreError, open_store
+from clbench.store.connection import StoreError
+from clbench.store.opening import open_store
+from clbench.store.queries import SUMMARY_METRICS, Db, load_runs
+from clbench.store.store import Store
 
 EXTRA = "mlflow"
 DEFAULT_EXPERIMENT = "clbench"
@@ -99,7 +101,7 @@ def _check_folder(raw: str, folder: Path) -> None:
 def _client(client_cls, uri: str):
     try:
         client = client_cls(tracking_uri=uri)
-        client.search_experiments(max_results=1)  # reaches the store (an SQLite file is created here)
+        client.search_experiments(max_results=1)  # reaches the tracking store (an SQLite file is created here)
     except Exception as exc:  # MLflow raises many kinds; all mean the same here
         raise MlflowExportError(f"cannot use the MLflow tracking URI {uri!r}: {_mlflow_error(exc)}") from None
     return client

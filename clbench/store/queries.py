@@ -1,33 +1,34 @@
-"""Querying the store: runs as pandas DataFrames, summaries over seeds, and exports.
+"""Querying the registry: runs as pandas DataFrames, and summaries over seeds.
 
-``load_runs`` is what ``clbench runs``, ``clbench export`` and the reports stand on: one row per
-run, with the metrics computed from the stored accuracy matrices (the matrices are the record;
-``clbench.metrics`` defines what is computed from them).
+``load_runs`` is what ``clbench runs``, ``clbench export`` (``clbench.store.exports``) and the reports
+stand on: one row per run, with the metrics computed from the stored accuracy matrices (the matrices
+are the record; ``clbench.metrics`` defines what is computed from them).
 """
 
 from __future__ import annotations
 
-import io
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
-import sys
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import URL
 
-from clbench.methods import METHODS
-from clbench.version import RESULTS_VERSION
-from clbench.files import atomic_file, check_output_file
-from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
-from clbench.metrics import summarize
-from clbench.runs.results import CLASS_IL_CONVENTIONS
-from clbench.store.store import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, ConfidenceHistogram, Run, RunExperiment, Store, histogram_arrays, in_chunks, open_store, shown_status
 from clbench.data.specs import benchmark_name
+from clbench.methods import METHODS
+from clbench.metrics import summarize
+from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from clbench.runs.results import CLASS_IL_CONVENTIONS
+from clbench.store.connection import in_chunks
+from clbench.store.opening import open_store
+from clbench.store.ownership import shown_status
+from clbench.store.rows import histogram_arrays, histogram_rows
+from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, Run, RunExperiment
+from clbench.store.store import Store
+from clbench.version import RESULTS_VERSION
 
 # The columns of ``clbench export`` (one row per run), in this order.
 EXPORT_COLUMNS = (
@@ -41,7 +42,6 @@ HYPERPARAMETERS = ("epochs", "batch_size", "minibatch_size", "lr", "alpha", "bet
 RECORD_COLUMNS = ("group_size", "device", "host", "created_at", "started_at", "finished_at", "error",
                   "results_version", "diverged_task", "diverged_step", "last_finite_loss", "config")
 MATRIX_COLUMNS = ("run_id", "setting", "after_task", "on_task", "accuracy")
-EXPORT_FORMATS = ("csv", "json", "parquet")
 SUMMARY_METRICS = ("faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il")
 
 Db = Store | str | os.PathLike | URL | None
@@ -73,7 +73,7 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
                  experiment=None, run_id=None) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
-    if (methods := _as_list(method)) is not None:  # names checked against the store: _check_methods
+    if (methods := _as_list(method)) is not None:  # names checked against the registry: _check_methods
         conds.append(Run.method.in_([str(m) for m in methods]))
     if (datasets := _as_list(dataset)) is not None:
         conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))
@@ -92,7 +92,7 @@ def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None
         bad = [s for s in statuses if s not in STATUSES]
         if bad:
             raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
-        # An abandoned pending/running row is shown as interrupted (store.shown_status): the query
+        # An abandoned pending/running row is shown as interrupted (ownership.shown_status): the query
         # takes the active rows too when interrupted ones are asked for; load_runs filters after.
         stored = set(statuses) | (set(ACTIVE_STATUSES) if "interrupted" in statuses else set())
         conds.append(effective_status().in_(sorted(stored)))
@@ -177,37 +177,44 @@ def load_runs(
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
-
-    def work(store: Store):
-        def query(conn):
-            _check_methods(conn, method)
-            # Sweeps in the order they were planned, groups in the order they trained, then seeds.
-            stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(
-                Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
-                Run.mask_on, Run.mask, Run.seed)
-            rows = conn.execute(stmt).mappings().all()
-            ids = [r["run_id"] for r in rows]
-            labels: dict[str, list[str]] = {}
-            for chunk in in_chunks(ids):
-                stmt = select(RunExperiment.run_id, RunExperiment.experiment).where(RunExperiment.run_id.in_(chunk))
-                for rid, label in conn.execute(stmt.order_by(RunExperiment.experiment)):
-                    labels.setdefault(rid, []).append(label)
-            # Metrics for runs with trusted results, and for stale ones (they had them once).
-            finished = [r["run_id"] for r in rows if r["status"] == "finished"]
-            return rows, labels, _accuracy_matrices(conn, finished)
-
-        return store.transaction(query)
-
-    rows, labels, matrices = _with_store(db, work)
+    rows, labels, matrices = _with_store(
+        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method)))
     now = datetime.now(timezone.utc)
     shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
     if (wanted := _as_list(status)) is not None:
         rows = [r for r in rows if shown[r["run_id"]] in wanted]
+    return _runs_frame(rows, labels, matrices, shown, class_il)
+
+
+def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
+    """The ``runs`` rows matching ``conds`` (with their ``effective_status``), their experiment labels
+    and the accuracy matrices of the finished ones."""
+    _check_methods(conn, method)
+    # Sweeps in the order they were planned, groups in the order they trained, then seeds.
+    stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(
+        Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
+        Run.mask_on, Run.mask, Run.seed)
+    rows = conn.execute(stmt).mappings().all()
+    ids = [r["run_id"] for r in rows]
+    labels: dict[str, list[str]] = {}
+    for chunk in in_chunks(ids):
+        stmt = select(RunExperiment.run_id, RunExperiment.experiment).where(RunExperiment.run_id.in_(chunk))
+        for rid, label in conn.execute(stmt.order_by(RunExperiment.experiment)):
+            labels.setdefault(rid, []).append(label)
+    # Metrics for runs with trusted results, and for stale ones (they had them once).
+    finished = [r["run_id"] for r in rows if r["status"] == "finished"]
+    return rows, labels, _accuracy_matrices(conn, finished)
+
+
+def _runs_frame(rows: Sequence[Mapping], labels: Mapping[str, list[str]], matrices: Mapping[str, dict],
+                shown: Mapping[str, str], class_il: str) -> pd.DataFrame:
+    """The :func:`load_runs` frame of ``rows``, with the status each is ``shown`` with."""
     nan_metrics = dict.fromkeys(SUMMARY_METRICS + ("bwt_class_il",) + EXTRA_METRICS, np.nan)
     records = []
     for r in rows:
         mats = matrices.get(r["run_id"])
-        metrics = summarize(mats["class_il" if class_il == "all" else "class_il_seen"], mats["task_il"]) if mats else nan_metrics
+        class_il_matrix = "class_il" if class_il == "all" else "class_il_seen"
+        metrics = summarize(mats[class_il_matrix], mats["task_il"]) if mats else nan_metrics
         cfg = r["config"]
         records.append({
             "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
@@ -253,21 +260,12 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
 
     ``counts[i, j, b]``: after training task i, how many test samples of task j had that softmax
     probability (kind ``true_class``: of their true class; ``max``: the largest) in bin b, the
-    bins being ``clbench.evaluation.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
+    bins being ``clbench.runs.results.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
     histograms (unfinished, or computed before clbench recorded them) are absent.
     """
 
-    def work(store: Store):
-        def query(conn):
-            rows = []
-            for chunk in in_chunks(list(run_ids)):
-                stmt = select(ConfidenceHistogram.__table__).where(ConfidenceHistogram.run_id.in_(chunk))
-                rows += conn.execute(stmt).all()
-            return rows
-
-        return store.transaction(query)
-
-    return histogram_arrays(_with_store(db, work))
+    rows = _with_store(db, lambda store: store.transaction(lambda conn: histogram_rows(conn, run_ids)))
+    return histogram_arrays(rows)
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -301,54 +299,3 @@ def exclusion_note(n_diverged: int, n_seeds: int) -> str:
     total = n_diverged + n_seeds
     verb = "is" if n_diverged == 1 else "are"
     return f"{n_diverged} of {total} seed{'s' if total != 1 else ''} diverged and {verb} excluded"
-
-
-def export_runs(
-    db: Db = None,
-    out: str | os.PathLike | IO | None = None,
-    *,
-    format: str = "csv",
-    matrices: bool = False,
-    **filters: Any,
-) -> int:
-    """Write the runs matching ``filters`` (one row each, ``EXPORT_COLUMNS``) or, with ``matrices``,
-    their accuracy matrices in long format (``MATRIX_COLUMNS``) to ``out`` (a path or a stream;
-    ``None``: standard output, not for parquet). Returns the number of rows written."""
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"invalid export format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
-    if format == "parquet":
-        if out is None:
-            raise ValueError("parquet is binary: give an output file (--output runs.parquet)")
-        try:
-            import pyarrow  # noqa: F401, PLC0415 - optional, only for parquet
-        except ImportError:
-            raise ValueError("parquet export needs pyarrow: pip install pyarrow") from None
-    if isinstance(out, (str, os.PathLike)):
-        check_output_file(out)  # before the database is read: a bad path is one line, at once
-    if matrices:
-        df = load_matrices(db, **filters)[list(MATRIX_COLUMNS)]
-    else:
-        df = load_runs(db, **filters)[list(EXPORT_COLUMNS)]
-    if isinstance(out, (str, os.PathLike)):
-        with atomic_file(out) as tmp:  # all or nothing: a failed write leaves no half file
-            _write_frame(df, tmp, format)
-    else:
-        _write_frame(df, out if out is not None else sys.stdout, format)
-    return len(df)
-
-
-def _write_frame(df: pd.DataFrame, target: Any, format: str) -> None:
-    if format == "csv":
-        df.to_csv(target, index=False)
-    elif format == "json":
-        text = df.to_json(orient="records", indent=1)
-        if isinstance(target, Path):
-            target.write_text(text + "\n")
-        else:
-            target.write(text + "\n")
-    else:
-        df.to_parquet(target if isinstance(target, Path) else _binary(target), index=False)
-
-
-def _binary(stream: IO) -> IO:
-    return stream.buffer if isinstance(stream, io.TextIOBase) and hasattr(stream, "buffer") else stream

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key
 from clbench.sweep.executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from clbench.runs.results import RunResult
-from clbench.store.store import HEARTBEAT_INTERVAL_S, Owner, Store
+from clbench.store.ownership import HEARTBEAT_INTERVAL_S, Owner
+from clbench.store.store import Store
 from clbench.engine.trainer import Progress
 from clbench.sweep.plan import Plan, describe_group
 from clbench.data.loading import ContinualData, load_benchmark

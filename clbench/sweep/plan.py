@@ -14,7 +14,8 @@ from clbench.runs.config import check_field
 from clbench.runs.config import RunConfig, resolve_unique
 from clbench.runs.mask import MaskSpec, parse_mask_value
 from clbench.runs.resolved import ResolvedConfig
-from clbench.store.store import DONE_STATUSES, Store
+from clbench.store.schema import DONE_STATUSES
+from clbench.store.store import Store
 from clbench.sweep import ram as memory
 from clbench.sweep.cost import estimate_group_seconds
 

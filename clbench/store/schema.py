@@ -1,0 +1,178 @@
+"""The registry's schema: the tables (SQLAlchemy 2 ORM classes), their version and the vocabularies their
+columns hold.
+
+The schema is explicit (the classes below) and versioned by one row in ``clbench_schema``:
+``SCHEMA_VERSION`` is the version these classes describe. A column or table added since schema version 1
+says so; ``clbench.store.migrations`` brings an older database to this version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from clbench.runs.checks import MAX_LABEL_LENGTH
+
+SCHEMA_VERSION = 2  # raise it together with a step in clbench.store.migrations.STEPS
+APPLICATION = "clbench"
+# What a row's ``status`` column holds.
+STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
+# What listings show: the stored status, or ``stale`` for a row of an older RESULTS_VERSION.
+STATUSES = (*STORED_STATUSES, "stale")
+ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or abandoned
+DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unless forced
+# The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
+# classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
+SETTINGS = ("class_il", "task_il", "class_il_seen")
+
+
+def utc_now() -> datetime:
+    """The time every ``DateTime(timezone=True)`` column records: now, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON, list: JSON}
+
+
+class SchemaInfo(Base):
+    """One row: which application and schema version wrote this database."""
+
+    __tablename__ = "clbench_schema"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    application: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Run(Base):
+    """A run: its resolved config (the JSON is the record; the columns beside it are copies for
+    filtering), its lifecycle and who ran it."""
+
+    __tablename__ = "runs"
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ResolvedConfig.identity()
+    config_hash: Mapped[str] = mapped_column(String(64), index=True)  # identity without the seed
+    method: Mapped[str] = mapped_column(String(32), index=True)
+    benchmark: Mapped[str] = mapped_column(String(64), index=True)
+    backbone: Mapped[str] = mapped_column(String(32))
+    buffer_size: Mapped[int] = mapped_column(Integer)
+    mask: Mapped[str] = mapped_column(String(32))  # "none", "-inf" or the number
+    mask_on: Mapped[str] = mapped_column(String(16))
+    seed: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process_start: Mapped[int | None] = mapped_column(BigInteger)  # guards against pid reuse
+    device: Mapped[str | None] = mapped_column(String(64))
+    versions: Mapped[dict | None] = mapped_column(JSON)
+    class_names: Mapped[list | None] = mapped_column(JSON)
+    group_size: Mapped[int | None] = mapped_column(Integer)
+    wall_s: Mapped[float | None] = mapped_column(Float)  # this run's share of its group's time
+    error: Mapped[str | None] = mapped_column(Text)
+    # Added in schema version 2.
+    results_version: Mapped[int | None] = mapped_column(Integer)  # the engine's RESULTS_VERSION
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # owner last seen alive
+    diverged_task: Mapped[int | None] = mapped_column(Integer)  # where the loss became non-finite
+    diverged_step: Mapped[int | None] = mapped_column(Integer)  # step within that task (all epochs)
+    last_finite_loss: Mapped[float | None] = mapped_column(Float)
+
+
+class RunExperiment(Base):
+    """Experiment labels: a run belongs to every experiment whose sweep asked for it, cached or not."""
+
+    __tablename__ = "run_experiments"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    experiment: Mapped[str] = mapped_column(String(MAX_LABEL_LENGTH), primary_key=True, index=True)
+
+
+class Accuracy(Base):
+    """A[after_task][on_task] for one setting: the record every metric is computed from."""
+
+    __tablename__ = "accuracy"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SETTINGS
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accuracy: Mapped[float] = mapped_column(Float)  # %
+    n_correct: Mapped[int] = mapped_column(Integer)
+    n_total: Mapped[int] = mapped_column(Integer)
+
+
+class ClassAccuracy(Base):
+    """Class-IL accuracy (%) of each class after each task."""
+
+    __tablename__ = "class_accuracy"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+
+
+class Confidence(Base):
+    """After each task, the mean softmax vector (over all K classes, a JSON list) of a true class's
+    test samples. One row per vector rather than per cell: K x K cells per task grows too fast."""
+
+    __tablename__ = "confidence"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    true_class: Mapped[int] = mapped_column(Integer, primary_key=True)
+    probabilities: Mapped[list] = mapped_column(JSON)
+
+
+class TaskLoss(Base):
+    """Mean training loss per step of each term (``total`` = their sum) during each task."""
+
+    __tablename__ = "task_losses"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    term: Mapped[str] = mapped_column(String(64), primary_key=True)
+    loss: Mapped[float | None] = mapped_column(Float)  # NULL where the loss was NaN (SQLite has no NaN)
+
+
+class TaskTiming(Base):
+    """Wall seconds the run's whole lockstep group spent training and evaluating each task."""
+
+    __tablename__ = "task_timings"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_s: Mapped[float] = mapped_column(Float)
+    eval_s: Mapped[float] = mapped_column(Float)
+
+
+class ConfidenceHistogram(Base):
+    """After each task, the histogram (``clbench.runs.results.HISTOGRAM_BINS`` equal bins over [0, 1],
+    a JSON list of counts) of one softmax probability (``kind``: of the true class, or the largest)
+    over the test samples of one task."""
+
+    __tablename__ = "confidence_histograms"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # true_class | max
+    counts: Mapped[list] = mapped_column(JSON)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+
+
+class MlflowRun(Base):
+    """Which MLflow run holds what was exported to a tracking store (``clbench export --mlflow``):
+    a clbench run (``entity`` run, ``key`` its run id) or a config's parent run (``entity``
+    config, ``key`` the config hash). Exporting again to the same store adds nothing."""
+
+    __tablename__ = "mlflow_runs"
+    tracking_uri: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    entity: Mapped[str] = mapped_column(String(16), primary_key=True)  # run | config
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    experiment_id: Mapped[str] = mapped_column(String(64))
+    exported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+TABLE_NAMES = frozenset(Base.metadata.tables)
