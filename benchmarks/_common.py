@@ -71,12 +71,17 @@ def load_line(cores: int | None = None) -> str:
 
 
 def base_parser(description: str, repeats: int = 1) -> argparse.ArgumentParser:
-    """The options every benchmark takes: ``--repeats``, ``--device``, ``--threads``, ``--quick``
-    and ``--results-dir``; parse them with ``begin``."""
+    """The options most benchmarks take: ``--repeats``, ``--device``, ``--threads``, and
+    ``output_options``'s; parse them with ``begin``."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--repeats", type=int, default=repeats, help="repeats of each measurement (medians are reported)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return output_options(ap)
+
+
+def output_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--quick`` and ``--results-dir``, which every benchmark takes."""
     ap.add_argument("--quick", action="store_true",
                     help="a toy size, to check that the script runs and writes its results file (not a measurement; "
                          "the file goes to benchmarks/results/quick/)")
@@ -124,7 +129,7 @@ def chosen(text: str, valid, what: str) -> list[str]:
 
 
 def setup(args: argparse.Namespace) -> None:
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
 

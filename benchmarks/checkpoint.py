@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import base_parser, begin, load_line, measurement, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, SyntheticOptions, load_benchmark, train_group

@@ -24,12 +24,22 @@ import tempfile
 import time
 
 import torch
-
-from _common import base_parser, begin, load_line, matmul_peak, measurement, median, say_targets, table, timed, write_result
+from _common import (
+    base_parser,
+    begin,
+    load_line,
+    matmul_peak,
+    measurement,
+    median,
+    say_targets,
+    table,
+    timed,
+    write_result,
+)
 
 from clbench import RunConfig, load_benchmark
-from clbench.methods import get_method
 from clbench.engine.trainer import PhaseTimes, train_group
+from clbench.methods import get_method
 
 MLP = (784, 100, 100, 10)
 

@@ -14,7 +14,6 @@ synthetic data, to check that the script runs (writes benchmarks/results/quick/l
 from __future__ import annotations
 
 import numpy as np
-
 from _common import base_parser, begin, load_line, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, SyntheticOptions, load_benchmark, train_runs
@@ -44,7 +43,7 @@ def main() -> None:
         got = {}
         for way in order:
             size = None if way == "group" else 1
-            got[way] = timed(lambda: train_runs(cfgs, device=args.device, max_group_size=size), args.device)
+            got[way] = timed(lambda size=size: train_runs(cfgs, device=args.device, max_group_size=size), args.device)
         (grouped, g), (alone, a) = got["group"], got["one after another"]
         # Same runs, same results (tests/test_lockstep.py pins this on short runs).
         max_diff = max(abs(x.metrics["faa_class_il"] - y.metrics["faa_class_il"]) for x, y in zip(grouped, alone))
@@ -60,7 +59,7 @@ def main() -> None:
     print()
     print(f"{args.seeds} seeds of {args.method} on {bench} (MLP protocol, buffer {args.buffer}), "
           f"wall seconds of train_runs (data loading + training + evaluation after every task):")
-    print(table(["repeat", "group of {} (s)".format(args.seeds), f"{args.seeds} x group of 1 (s)", "ratio"], rows))
+    print(table(["repeat", f"group of {args.seeds} (s)", f"{args.seeds} x group of 1 (s)", "ratio"], rows))
     print()
     ratio = am / gm
     print(table(["", "median"], [
