@@ -9,8 +9,9 @@ Parts (``--parts``; all by default, in this order):
   target, a group of 10 at least 5x the images/s of single runs (``benchmarks/resnet.py``'s code).
 - ``methods``: each replay method's ResNet-18 group against ER's (``benchmarks/methods_resnet.py``).
 - ``resume``: a ResNet-18 group training with checkpoints in a fresh process is killed with -9
-  inside its second task, then resumed by the same code in another fresh process: its results
-  must equal those of an uninterrupted run, bit for bit. Every process runs with torch's
+  inside a task after its first (as soon as a checkpoint there is seen), then resumed by the same
+  code in another fresh process: its results must equal those of an uninterrupted run, bit for
+  bit. Every process runs with torch's
   deterministic algorithms (``warn_only``: an operation without a deterministic kernel is named
   in the summary instead of failing).
 - ``determinism``: the uninterrupted run computed again in a fresh process, deterministic
@@ -83,7 +84,7 @@ GPU = Sizes(width=64, side=32, batch=32, group_steps=20, groups=(1, 4, 10, 20), 
             cifar_per_file=500, cifar_batch=32, cifar_seeds=2, ray_train_per_class=1000, timeout_s=240)
 TOY = Sizes(width=4, side=8, batch=8, group_steps=1, groups=(1, 2), method_runs=2, method_steps=1, gdumb_epochs=1,
             resume_width=4, resume_runs=2, resume_side=8, resume_steps=12, resume_every_s=0.01,
-            cifar_per_file=20, cifar_batch=8, cifar_seeds=1, ray_train_per_class=20, timeout_s=240)
+            cifar_per_file=10, cifar_batch=8, cifar_seeds=1, ray_train_per_class=20, timeout_s=240)
 
 
 def main() -> None:
@@ -121,20 +122,11 @@ def main() -> None:
     targets, data, spent = [], {"sizes": asdict(sizes), "toy": toy}, {}
     with tempfile.TemporaryDirectory(prefix="clbench-gpu-check-") as tmp:
         runs_dir = Path(tmp)
-        children: dict[str, dict] = {}
-        for part in parts:
-            if time.perf_counter() - started > args.budget_s:
-                targets.append(target(f"{part}: not run", None, "", None,
-                                      why=f"skipped: the {args.budget_s:g} s budget was spent"))
-                print(f"\n== {part}: skipped (budget spent)", flush=True)
-                continue
-            print(f"\n== {part}", flush=True)
-            t0 = time.perf_counter()
-            got_targets, got_data = PART_FUNCTIONS[part](args, sizes, runs_dir, children)
-            spent[part] = time.perf_counter() - t0
-            targets += got_targets
-            data[part] = got_data
-            print(f"({part}: {spent[part]:.0f} s)", flush=True)
+        children = Children(args, sizes, runs_dir, parts)
+        try:
+            run_parts(args, sizes, parts, runs_dir, children, started, targets, data, spent)
+        finally:
+            children.close()
     total = time.perf_counter() - started
     data["seconds"] = {**spent, "total": total}
     print("\n== summary")
@@ -147,10 +139,29 @@ def main() -> None:
     write_result("gpu", targets, data, args)
 
 
+def run_parts(args, sizes: Sizes, parts: list[str], tmp: Path, children: Children, started: float,
+              targets: list[dict], data: dict, spent: dict) -> None:
+    """Each part in turn, appending to ``targets``, ``data`` and ``spent``; a part that would start
+    after the budget is recorded unchecked."""
+    for part in parts:
+        if time.perf_counter() - started > args.budget_s:
+            targets.append(target(f"{part}: not run", None, "", None,
+                                  why=f"skipped: the {args.budget_s:g} s budget was spent"))
+            print(f"\n== {part}: skipped (budget spent)", flush=True)
+            continue
+        print(f"\n== {part}", flush=True)
+        t0 = time.perf_counter()
+        got_targets, got_data = PART_FUNCTIONS[part](args, sizes, tmp, children)
+        spent[part] = time.perf_counter() - t0
+        targets += got_targets
+        data[part] = got_data
+        print(f"({part}: {spent[part]:.0f} s)", flush=True)
+
+
 # -- groups and methods: in this process ----------------------------------------------------------
 
 
-def part_groups(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_groups(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     from clbench import train_group
 
     syn, bench_data = resnet_data(sizes.group_steps, sizes.batch, args.device, sizes.side)
@@ -167,7 +178,7 @@ def part_groups(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dic
     return targets, {str(k): v for k, v in measured.items()}
 
 
-def part_methods(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_methods(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     syn, bench_data = resnet_data(sizes.method_steps, sizes.batch, args.device, sizes.side)
     throughput = method_throughput(METHODS.split(","), bench_data, syn, runs=sizes.method_runs, width=sizes.width,
                                    batch=sizes.batch, buffer=200, steps_per_task=sizes.method_steps,
@@ -225,22 +236,58 @@ def time_left(args, sizes: Sizes) -> float:
     return max(10.0, min(sizes.timeout_s, args.deadline - time.perf_counter()))
 
 
-def run_child(spec: dict, timeout_s: float) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout_s)
-    if done.returncode != 0:
-        raise RuntimeError(f"child failed (exit status {done.returncode}): {done.stderr.strip()[-1500:]}")
-    with open(spec["out"], "rb") as fh:
-        return pickle.load(fh)
+class Children:
+    """The fresh processes of the resume and determinism parts. The two uninterrupted runs (the
+    reference, and the same run again) are independent of the run that is killed: they start in
+    the background as soon as either part begins and run beside it."""
 
+    def __init__(self, args, sizes: Sizes, tmp: Path, parts: list[str]) -> None:
+        self.args, self.sizes, self.tmp = args, sizes, tmp
+        self.uninterrupted = ["reference"] + (["again"] if "determinism" in parts else [])
+        self.running: dict[str, tuple[subprocess.Popen, dict, float]] = {}
+        self.finished: dict[str, dict] = {}
 
-def reference(args, sizes: Sizes, tmp: Path, children: dict) -> dict:
-    """The uninterrupted run (fresh process, deterministic algorithms), computed once for both parts."""
-    if "reference" not in children:
-        t0 = time.perf_counter()
-        children["reference"] = run_child(child_spec(args, sizes, tmp / "reference.pkl", None), time_left(args, sizes))
-        print(f"uninterrupted run: {time.perf_counter() - t0:.1f} s (fresh process)", flush=True)
-    return children["reference"]
+    def start(self, name: str, checkpoints: Path | None = None) -> subprocess.Popen:
+        spec = child_spec(self.args, self.sizes, self.tmp / f"{name}.pkl", checkpoints)
+        with open(self.tmp / f"{name}.err", "w") as err:  # a file, not a pipe: a chatty child never blocks
+            proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=child_env(),
+                                    stdout=subprocess.DEVNULL, stderr=err)
+        self.running[name] = (proc, spec, time.perf_counter())
+        return proc
+
+    def start_uninterrupted(self) -> None:
+        for name in self.uninterrupted:
+            if name not in self.running and name not in self.finished:
+                self.start(name)
+
+    def result(self, name: str) -> dict:
+        """The finished child's results (starting it if it is not running); raises ``RuntimeError``
+        naming the failure, or ``subprocess.TimeoutExpired``."""
+        if name in self.finished:
+            return self.finished[name]
+        if name not in self.running:
+            self.start(name)
+        proc, spec, t0 = self.running.pop(name)
+        try:
+            proc.wait(timeout=time_left(self.args, self.sizes))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        if proc.returncode != 0:
+            err = (self.tmp / f"{name}.err").read_text().strip()
+            raise RuntimeError(f"the {name} run failed (exit status {proc.returncode}): {err[-1500:]}")
+        with open(spec["out"], "rb") as fh:
+            self.finished[name] = pickle.load(fh)
+        print(f"{name} run done in {time.perf_counter() - t0:.1f} s (fresh process)", flush=True)
+        return self.finished[name]
+
+    def close(self) -> None:
+        for proc, _, _ in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.running.clear()
 
 
 def differences(a, b) -> list[str]:
@@ -260,38 +307,38 @@ def differences(a, b) -> list[str]:
     return out
 
 
-def part_resume(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_resume(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     from clbench.engine.checkpoint import list_checkpoints
 
-    what = f"kill -9 inside task 2 and resume ({args.device}, ResNet-18 width {sizes.resume_width}, DER++ group of " \
-           f"{sizes.resume_runs})"
+    what = (f"kill -9 inside a task after the first, and resume ({args.device}, ResNet-18 width "
+            f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})")
     try:
-        ref = reference(args, sizes, tmp, children)
-        ckpt, out = tmp / "checkpoints", tmp / "resumed.pkl"
-        spec = child_spec(args, sizes, out, ckpt)
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=child_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        killed_at = None
+        children.start_uninterrupted()
+        ckpt = tmp / "checkpoints"
+        proc = children.start("killed", ckpt)
         try:
             deadline = time.monotonic() + time_left(args, sizes)
             while time.monotonic() < deadline and proc.poll() is None:
                 summaries = list_checkpoints(ckpt)
-                if summaries and summaries[0].task >= 1 and summaries[0].step > 0:  # a checkpoint inside task 2
+                if summaries and summaries[0].task >= 1 and summaries[0].step > 0:  # inside a task after the first
                     break
                 time.sleep(0.005)
             if proc.poll() is not None:
-                raise RuntimeError("the group finished (or failed) before it could be killed inside task 2: "
-                                   f"{proc.stderr.read().strip()[-500:]}")
+                raise RuntimeError("the group finished (or failed) before it could be killed inside a later task: "
+                                   + (tmp / "killed.err").read_text().strip()[-500:])
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            children.running.pop("killed", None)
         (summary,) = list_checkpoints(ckpt)
         killed_at = [summary.task, summary.step]
         print(f"killed with -9 after its checkpoint at task {summary.task + 1}, step {summary.step}", flush=True)
-        resumed = run_child(spec, time_left(args, sizes))
+        children.start("resumed", ckpt)  # the same code and checkpoint folder: it resumes
+        resumed = children.result("resumed")
+        ref = children.result("reference")
         diff = differences(ref["results"], resumed["results"])
         ok = resumed["resumed"] is not None and not diff
         why = "" if ok else ("it did not resume from the checkpoint" if resumed["resumed"] is None
@@ -310,12 +357,12 @@ def part_resume(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dic
                        why=str(exc).splitlines()[0][:300])], {"error": str(exc)}
 
 
-def part_determinism(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_determinism(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     what = f"a re-run in a fresh process with deterministic algorithms ({args.device}, ResNet-18 width " \
            f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})"
     try:
-        ref = reference(args, sizes, tmp, children)
-        again = run_child(child_spec(args, sizes, tmp / "again.pkl", None), time_left(args, sizes))
+        children.start_uninterrupted()
+        ref, again = children.result("reference"), children.result("again")
         diff = differences(ref["results"], again["results"])
         ops = sorted(set(ref["nondeterministic"]) | set(again["nondeterministic"]))
         print(f"equal bit for bit: {not diff}; operations without a deterministic kernel: {len(ops)}", flush=True)
@@ -374,7 +421,7 @@ def write_cifar10(root: Path, per_file: int) -> Path:
     return root
 
 
-def part_cifar(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_cifar(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     root = write_cifar10(tmp / "cifar-data", sizes.cifar_per_file)
     work = tmp / "cifar-run"
     work.mkdir()
@@ -404,7 +451,7 @@ def part_cifar(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict
             {"exit_status": done.returncode, "wall_s": wall, "runs": runs})
 
 
-def part_ray(args, sizes: Sizes, tmp: Path, children: dict) -> tuple[list[dict], dict]:
+def part_ray(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     try:
         import ray  # noqa: F401
     except ImportError:
