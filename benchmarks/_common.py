@@ -13,7 +13,6 @@ runs a script at a toy size, to check that it runs and writes a correct file; it
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -91,11 +90,15 @@ def output_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
-class _Transcript(io.TextIOBase):
-    """Standard output, also kept: what the script printed goes into its results file."""
+class _Transcript:
+    """Standard output, also kept: what the script printed goes into its results file. Anything
+    else asked of it (``encoding``, ``isatty``, ``fileno``, ``buffer``) is the real stream's."""
 
     def __init__(self, stream) -> None:
         self.stream, self.parts = stream, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
     def write(self, text: str) -> int:
         self.parts.append(text)
