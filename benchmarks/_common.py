@@ -1,7 +1,13 @@
-"""Shared helpers of the benchmarks: the machine line, timing, the matmul peak, tables.
+"""Shared helpers of the benchmarks: the machine line, timing, the matmul peak, tables, results files.
 
 The machines these run on are shared: every benchmark prints the load average before and after,
 and compares variants side by side in the same invocation (ratios of medians over repeats).
+
+Every benchmark writes what it measured to ``benchmarks/results/NAME.json`` (``write_result``): its
+targets, each judged from the number it printed, its raw numbers and its whole printed output. The
+READMEs' performance tables are generated from those files (``benchmarks/tables.py``). ``--quick``
+runs a script at a toy size, to check that it runs and writes a correct file; its file goes to
+``benchmarks/results/quick/`` (not committed), never over a real measurement.
 """
 
 from __future__ import annotations
@@ -10,21 +16,23 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import shlex
+import statistics
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")  # what the README's performance numbers are read from
 if REPO not in sys.path:  # run as `python benchmarks/NAME.py` from anywhere, installed or not
     sys.path.insert(0, REPO)
 
-from clbench.engine.environment import cpu_model  # noqa: E402  (after the path above)
+from benchmarks.tables import RESULTS_DIR, check_record  # noqa: E402  (after the path above)
+from clbench.engine.environment import cpu_model  # noqa: E402
 from clbench.sweep.executors.threads import usable_cpu_cores  # noqa: E402
+
+QUICK_DIR = os.path.join(RESULTS_DIR, "quick")  # where --quick runs write (ignored by git and the tables)
 
 
 def cpu_flags() -> str:
@@ -61,12 +69,57 @@ def load_line(cores: int | None = None) -> str:
     return line
 
 
-def base_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+def base_parser(description: str, repeats: int = 1) -> argparse.ArgumentParser:
+    """The options most benchmarks take: ``--repeats``, ``--device``, ``--threads``, and
+    ``output_options``'s; parse them with ``begin``."""
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--repeats", type=int, default=repeats, help="repeats of each measurement (medians are reported)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    return output_options(ap)
+
+
+def output_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--quick`` and ``--results-dir``, which every benchmark takes."""
+    ap.add_argument("--quick", action="store_true",
+                    help="a toy size, to check that the script runs and writes its results file (not a measurement; "
+                         "the file goes to benchmarks/results/quick/)")
+    ap.add_argument("--results-dir", default=None,
+                    help="where NAME.json is written (default: benchmarks/results, or benchmarks/results/quick with "
+                         "--quick)")
     return ap
+
+
+class _Transcript:
+    """Standard output, also kept: what the script printed goes into its results file. Anything
+    else asked of it (``encoding``, ``isatty``, ``fileno``, ``buffer``) is the real stream's."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.parts = stream, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+def begin(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the options, keep what the script prints from here on (for its results file), set
+    torch's threads (``--threads``) and print the machine line."""
+    args = ap.parse_args(argv)
+    if not isinstance(sys.stdout, _Transcript):
+        sys.stdout = _Transcript(sys.stdout)
+    setup(args)
+    print(machine_line(getattr(args, "device", "cpu")), flush=True)
+    return args
 
 
 def chosen(text: str, valid, what: str) -> list[str]:
@@ -79,7 +132,7 @@ def chosen(text: str, valid, what: str) -> list[str]:
 
 
 def setup(args: argparse.Namespace) -> None:
-    if args.threads:
+    if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
 
 
@@ -144,31 +197,74 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def target(what: str, measured: float, unit: str, met: bool, *, shown: str | None = None, why: str = "") -> dict:
-    """One target of a benchmark, judged from the number it measured (``shown``: the number as the
-    tables print it, e.g. ``"3.83x (31.49 s / 8.23 s)"``; ``why``: what bounds a miss)."""
-    return {"target": what, "measured": measured, "unit": unit, "shown": shown or f"{measured:g} {unit}".strip(),
-            "met": bool(met), "why": why}
+def target(what: str, measured: float | None, unit: str, met: bool | None, *, shown: str | None = None,
+           why: str = "") -> dict:
+    """One target of a benchmark, judged from the number it measured and printed.
+
+    ``what``: the target as the tables print it ("10-seed ER group >= 5x its runs one after
+    another"); ``shown``: the measured number as printed ("3.83x (31.49 s / 8.23 s)"); ``met``:
+    None when this run cannot judge it (a GPU target measured on the CPU), ``why`` then says why;
+    otherwise ``why`` may say what bounds a miss."""
+    return {"target": what, "measured": measured, "unit": unit,
+            "shown": shown or (f"{measured:g} {unit}".strip() if measured is not None else "-"),
+            "met": None if met is None else bool(met), "why": why}
 
 
-def write_result(name: str, targets: Sequence[dict], data: dict, device: str = "cpu") -> str:
-    """Write ``benchmarks/results/NAME.json``: the command that ran, when, on what machine, each target
-    with its measured number and verdict, and the raw numbers (``data``). The README's performance
-    table is generated from these files, never typed. Returns the file's path."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+def measurement(what: str, measured: float | None, unit: str, *, shown: str | None = None) -> dict:
+    """A number a benchmark measured that has no target (the tables print it with no verdict)."""
+    return target(what, measured, unit, None, shown=shown)
+
+
+def say_targets(targets: Sequence[dict]) -> None:
+    """Print each target and its verdict: the lines the results file records."""
+    from benchmarks.tables import verdict_text
+
+    for entry in targets:
+        if entry["met"] is None and not entry["why"]:
+            print(f"measured (no target): {entry['target']}: {entry['shown']}")
+        else:
+            print(f"target: {entry['target']}: {entry['shown']}, {verdict_text(entry)}")
+
+
+def results_path(name: str, args: argparse.Namespace | None = None) -> str:
+    quick = bool(getattr(args, "quick", False))
+    folder = getattr(args, "results_dir", None) or (QUICK_DIR if quick else RESULTS_DIR)
+    return os.path.join(folder, f"{name}.json")
+
+
+def write_result(name: str, targets: Sequence[dict], data: dict, args: argparse.Namespace | None = None) -> str:
+    """Write ``NAME.json`` (``benchmarks/results/``; see ``results_path``): the command that ran,
+    when, on what machine, whether it was a toy-size ``--quick`` run, each target with its measured
+    number and verdict, the raw numbers (``data``) and everything the script printed since
+    ``begin``. The README's performance table is generated from these files, never typed. Prints
+    and returns the file's path."""
+    device = str(getattr(args, "device", "cpu"))
+    out = sys.stdout
     record = {
         "benchmark": name,
         "command": shlex.join([".venv/bin/python", os.path.relpath(os.path.abspath(sys.argv[0]), REPO), *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": machine_line(device),
+        "quick": bool(getattr(args, "quick", False)),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "targets": list(targets),
         "data": data,
+        "output": out.text() if isinstance(out, _Transcript) else "",
     }
-    path = os.path.join(RESULTS_DIR, f"{name}.json")
+    path = results_path(name, args)
+    check_record(record, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as fh:
-        json.dump(record, fh, indent=2, sort_keys=False)
+        json.dump(record, fh, indent=2, allow_nan=False, default=_plain)
         fh.write("\n")
     os.replace(tmp, path)
+    print(f"wrote {os.path.relpath(path, REPO) if path.startswith(REPO) else path}", flush=True)
     return path
+
+
+def _plain(value):
+    """numpy scalars and arrays as JSON numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")

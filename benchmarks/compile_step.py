@@ -7,7 +7,8 @@ take it whole: eager against ``torch.compile`` of forward + loss (AOTAutograd co
 with it; ``autograd.grad`` and the update stay eager: a graph break), for groups of 1 and 10 runs.
 Prints the first call (compile time), the steady per-step time and their ratio, side by side.
 
-Usage: python benchmarks/compile_step.py [--steps 1000] [--rows 20]
+Usage: python benchmarks/compile_step.py [--steps 1000] [--rows 20] [--quick]
+No target: the speed-ups are recorded as measurements. ``--quick``: 20 steps.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from _common import base_parser, load_line, machine_line, setup, table
+from _common import base_parser, begin, load_line, measurement, say_targets, table, write_result
 
 SIZES = (784, 100, 100, 10)
 
@@ -55,10 +55,10 @@ def main() -> None:
     ap = base_parser(__doc__.split("\n\n")[0], repeats=1)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--rows", type=int, default=20)
-    args = ap.parse_args()
-    setup(args)
-    print(machine_line("cpu"), flush=True)
-    rows = []
+    args = begin(ap)
+    if args.quick:
+        args.steps = 20
+    rows, targets, record = [], [], {}
     for runs in (1, 10):
         timings = {}
         for name in ("eager", "compiled"):
@@ -78,13 +78,22 @@ def main() -> None:
             print(f"group of {runs}, {name}: first call {first:.2f} s, {per_step:.3f} ms/step", flush=True)
         (_, eager), (compile_s, compiled) = timings["eager"], timings["compiled"]
         steps_to_pay = compile_s / (eager - compiled) if eager > compiled else float("inf")
+        pays = f"{steps_to_pay:,.0f}" if steps_to_pay != float("inf") else "never"
         rows.append([runs, f"{eager * 1e3:.3f}", f"{compiled * 1e3:.3f}", f"{eager / compiled:.2f}x",
-                     f"{compile_s:.1f}", f"{steps_to_pay:,.0f}" if steps_to_pay != float("inf") else "never"])
+                     f"{compile_s:.1f}", pays])
+        targets.append(measurement(
+            f"`torch.compile` of the MLP step, group of {runs}, against eager", eager / compiled, "x",
+            shown=f"{eager / compiled:.2f}x ({compiled * 1e3:.3f} against {eager * 1e3:.3f} ms per step); compiling "
+                  f"{compile_s:.1f} s; " + (f"pays after {pays} steps" if pays != "never" else "never pays")))
+        record[str(runs)] = {"eager_s_per_step": eager, "compiled_s_per_step": compiled, "compile_s": compile_s}
     print()
     print(f"MLP step ({args.rows} rows per run), eager against torch.compile of forward + loss, {args.steps} steps:")
     print(table(["runs", "eager (ms/step)", "compiled (ms/step)", "speed-up", "compile, first call (s)",
                  "steps to pay the compile"], rows))
+    print()
+    say_targets(targets)
     print(load_line())
+    write_result("compile_step", targets, {"steps": args.steps, "rows": args.rows, "groups": record}, args)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ group), side by side in one invocation; then Ray's overhead per group.
   the seq-fmnist data from the object store (as every group task does) and returns at once.
 
 Usage: python benchmarks/distributed.py [--seeds 10] [--masks none,-inf,-2,0] [--group-size 10] [--probes 10]
-       [--local-threads N]
+       [--local-threads N] [--quick]
 Targets (2-core CPU): Ray >= 1.3x the local executor's speed; Ray's overhead per group < 1 s.
+``--quick``: 4 runs in 2 groups on small synthetic data, 2 probes, the local executor with torch's
+default threads only.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ import subprocess
 import sys
 import time
 
-from _common import REPO, load_line, machine_line, median, table, verdict
+from _common import REPO, begin, load_line, median, output_options, say_targets, table, target, write_result
 
 MASKS = "none,-inf,-2,0"
+TARGET_SPEEDUP = 1.3
+TARGET_OVERHEAD_S = 1.0
+QUICK_SYNTHETIC = {"train_per_class": 100, "test_per_class": 10}
 
 CHILD = r"""
 import json, os, sys, tempfile, time
@@ -40,6 +45,8 @@ if args["threads"]:
     torch.set_num_threads(args["threads"])
 from clbench.data.specs import SyntheticOptions
 from clbench.sweep.executors import make_executor
+bench_syn = SyntheticOptions(**args["synthetic"]) if args["synthetic"] else None
+bench = "synthetic" if bench_syn else "seq-fmnist"
 from clbench.store import open_store
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
@@ -55,7 +62,7 @@ if args["executor"] == "ray":
 with tempfile.TemporaryDirectory() as tmp:
     # The sweep.
     configs = sweep_configs(methods=["er"], masks=args["masks"], seeds=range(args["seeds"]), buffers=[200],
-                            benchmark="seq-fmnist")
+                            benchmark=bench, **({"synthetic": bench_syn} if bench_syn else {}))
     group_s = []
     with open_store(os.path.join(tmp, "sweep.db")) as store:
         plan = plan_sweep(configs, store, max_group_size=args["group_size"])
@@ -100,7 +107,8 @@ print("RESULT " + json.dumps(out))
 
 def run_variant(name: str, executor: str, options: dict, threads: int | None, args) -> dict:
     spec = {"executor": executor, "options": options, "threads": threads, "seeds": args.seeds,
-            "masks": args.masks.split(","), "group_size": args.group_size, "probes": args.probes}
+            "masks": args.masks.split(","), "group_size": args.group_size, "probes": args.probes,
+            "synthetic": QUICK_SYNTHETIC if args.quick else None}
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_ADDRESS")}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=env,
@@ -125,9 +133,11 @@ def main() -> None:
     ap.add_argument("--local-threads", default="default,1",
                     help="torch threads of the local executor, one variant each (default: torch's choice)")
     ap.add_argument("--probes", type=int, default=10, help="tiny one-group sweeps for the overhead")
-    args = ap.parse_args()
+    output_options(ap)
+    args = begin(ap)
+    if args.quick:
+        args.seeds, args.masks, args.group_size, args.local_threads, args.probes = 2, "none,0", 2, "default", 2
     local_threads = [None if t == "default" else int(t) for t in args.local_threads.split(",")]
-    print(machine_line("cpu"), flush=True)
     print(f"command: python benchmarks/distributed.py --seeds {args.seeds} --masks {args.masks} "
           f"--group-size {args.group_size} --local-threads {args.local_threads} --probes {args.probes}", flush=True)
     variants = [(f"local, {'default' if t is None else t} thread{'s' if t != 1 else ''}",
@@ -146,11 +156,12 @@ def main() -> None:
         ])
     n_runs, n_groups = ray["n_runs"], ray["n_groups"]
     print()
-    print(f"sweep: er on seq-fmnist, buffer 200, masks {args.masks}, {args.seeds} seeds = {n_runs} runs in "
+    where = "small synthetic data" if args.quick else "seq-fmnist"
+    print(f"sweep: er on {where}, buffer 200, masks {args.masks}, {args.seeds} seeds = {n_runs} runs in "
           f"{n_groups} groups of {args.group_size}")
     print(table(["executor", "torch threads", "start (s)", "sweep wall (s)", "sum of group compute (s)",
                  "each group's compute (s)", "tiny group's overhead, median / max (s)",
-                 "seq-fmnist data to a task, median (s)"], rows))
+                 "the sweep's data to a task, median (s)"], rows))
     print()
     for name, r in variants[:-1]:
         print(f"Ray executor vs {name} (sweep wall, start excluded): {r['sweep_s'] / ray['sweep_s']:.2f}x "
@@ -162,11 +173,19 @@ def main() -> None:
     print(f"Ray ran {ray['slots']} groups at once (a local cluster of this machine's {ray['slots']} CPUs, one per group); "
           f"their use: {sum(ray['group_compute_s']) / (ray['slots'] * ray['sweep_s']):.0%} "
           f"(sum of group compute / ({ray['slots']} x sweep wall))")
-    print(f"target: Ray >= 1.3x the local executor (its fastest variant here, {best_name}): {speedup:.2f}x, "
-          f"{verdict(speedup >= 1.3)}")
-    print(f"target: Ray overhead per group < 1 s: {ray_over:.3f} s (a tiny group's overhead + the seq-fmnist data "
-          f"to its task, medians of {args.probes}), {verdict(ray_over < 1.0)}")
+    targets = [
+        target(f"Ray executor >= {TARGET_SPEEDUP:g}x the local one ({n_runs}-run sweep in {n_groups} groups, "
+               f"{ray['slots']} groups at once)", speedup, "x", speedup >= TARGET_SPEEDUP,
+               shown=f"{speedup:.2f}x against the local executor's fastest variant ({best_name}: "
+                     f"{best['sweep_s']:.1f} s / {ray['sweep_s']:.1f} s)"),
+        target(f"Ray overhead per group < {TARGET_OVERHEAD_S:g} s", ray_over, "s", ray_over < TARGET_OVERHEAD_S,
+               shown=f"{ray_over:.3f} s (a tiny group's overhead + the sweep's data to its task, medians of "
+                     f"{args.probes})"),
+    ]
+    say_targets(targets)
     print(load_line())
+    write_result("distributed", targets, {"seeds": args.seeds, "masks": args.masks, "group_size": args.group_size,
+                                         "variants": dict(variants)}, args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ not counted. The profile splits the group's wall time by phase (``clbench.traine
 and adds the registry write of the group's results to a fresh SQLite database. Last, each layer's
 matrix products alone at one full step's shapes, for the group and for a single run.
 
-Usage: python benchmarks/efficiency.py [--methods derpp,er] [--seeds 10] [--fraction 1.0] [--repeats 1]
+Usage: python benchmarks/efficiency.py [--methods derpp,er] [--seeds 10] [--fraction 1.0] [--repeats 1] [--quick]
+No target: its numbers (time per step, the matrix products' share, achieved GFLOP/s against the
+peak) are what the README's "what bounds the misses" reads. ``--quick``: ER, 2 runs, 1 % of the data.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ import tempfile
 import time
 
 import torch
-
-from _common import base_parser, load_line, machine_line, matmul_peak, median, setup, table, timed
+from _common import (
+    base_parser,
+    begin,
+    load_line,
+    matmul_peak,
+    measurement,
+    median,
+    say_targets,
+    table,
+    timed,
+    write_result,
+)
 
 from clbench import RunConfig, load_benchmark
-from clbench.methods import get_method
 from clbench.engine.trainer import PhaseTimes, train_group
+from clbench.methods import get_method
 
 MLP = (784, 100, 100, 10)
 
@@ -101,9 +113,9 @@ def main() -> None:
     ap.add_argument("--methods", default="derpp,er")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--fraction", type=float, default=1.0, help="fraction of each task's training set")
-    args = ap.parse_args()
-    setup(args)
-    print(machine_line(args.device), flush=True)
+    args = begin(ap)
+    if args.quick:
+        args.methods, args.seeds, args.fraction, args.repeats = "er", 2, 0.01, 1
     peaks = matmul_peak(args.device)
     peak = max(peaks.values())
     print("fp32 matmul peak, 2048^3, median of 7: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
@@ -111,6 +123,10 @@ def main() -> None:
     if args.fraction < 1:
         data = dataclasses.replace(data, train_task_idx=tuple(i[: max(1, int(len(i) * args.fraction))] for i in data.train_task_idx))
 
+    best = max(peaks, key=peaks.get)
+    targets = [measurement(f"fp32 matmul peak (2048^3, {args.device})", peak, "GFLOP/s",
+                           shown=", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))]
+    record = {"peaks_gflops": peaks, "seeds": args.seeds, "fraction": args.fraction, "methods": {}}
     for method in args.methods.split(","):
         cfgs = [RunConfig(method=method, benchmark="seq-fmnist", seed=s, buffer_size=200).resolve() for s in range(args.seeds)]
         train_flops, eval_flops, steps = mlp_flops(cfgs[0], data)
@@ -157,7 +173,26 @@ def main() -> None:
         layer_rows = layer_throughput(n, full_rows, args.device) + layer_throughput(1, full_rows, args.device)
         print(f"matrix products of one full step (forward + backward, {full_rows} rows per run) through batched_linear:")
         print(table(["layer", "runs x rows", "us per step", "GFLOP/s"], layer_rows))
+        step_us = 1e6 * total / steps
+        products_us = sum(float(r[2]) for r in layer_rows[: len(MLP) - 1])  # the group's layers (first half)
+        fb_gflops = n * train_flops / gemm_s / 1e9
+        group = f"{n}-run {method} group on seq-fmnist" + (f" ({args.fraction:g} of the data)" if args.fraction < 1 else "")
+        targets += [
+            measurement(f"{group}: one training step, and its matrix products alone at the step's shapes", step_us,
+                        "us", shown=f"{step_us:.0f} us per step; the three layers' products alone {products_us:.0f} us"),
+            measurement(f"{group}: achieved FLOP/s in forward + backward", fb_gflops, "GFLOP/s",
+                        shown=f"{fb_gflops:.0f} GFLOP/s, {100 * fb_gflops / peak:.0f} % of the {peak:.0f} GFLOP/s peak "
+                              f"({best}); {n * train_flops / 1e12:.2f} TFLOP, {n * train_flops / peak / 1e9:.1f} s at "
+                              "the peak"),
+        ]
+        record["methods"][method] = {
+            "steps": steps, "wall_s": wall, "train_s": train_s, "eval_s": eval_s, "train_tflop": n * train_flops / 1e12,
+            "eval_tflop": n * eval_flops / 1e12, "phases_s": dict(seconds), "database_s": db_s, "step_us": step_us,
+            "products_us": products_us, "forward_backward_gflops": fb_gflops,
+            "layers": [dict(zip(["layer", "runs x rows", "us per step", "GFLOP/s"], r)) for r in layer_rows]}
+    say_targets(targets)
     print(load_line())
+    write_result("efficiency", targets, record, args)
 
 
 if __name__ == "__main__":

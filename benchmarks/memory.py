@@ -9,13 +9,15 @@ loaded) minus its memory before training. What one run adds is (growth(R2) - gro
 working memory), and against its budget, ``SAFETY`` x ``group_bytes``. Linux only (/proc).
 
 Usage: python benchmarks/memory.py [--quick]
+Target: every group's growth within its budget (``SAFETY`` x the group estimate). ``--quick``: the
+MLP ER case only.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from _common import load_line, machine_line, table
+from _common import begin, load_line, measurement, output_options, say_targets, table, target, write_result
 
 FMNIST = dict(train_per_class=6000, test_per_class=1000, input_shape=[1, 28, 28])
 CASES = [
@@ -33,23 +35,34 @@ CASES = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the MLP ER case only")
-    args = ap.parse_args()
+    output_options(ap)
+    args = begin(ap)
     from clbench.sweep.ram import SAFETY, measure_group
 
-    print(machine_line("cpu"), flush=True)
     head = ["configuration", "R1, R2", "per run: measured (MiB)", "estimated (MiB)", "estimate / measured",
             "group R2: growth (MiB)", "estimate (MiB)", "within budget"]
-    rows = []
+    rows, record = [], []
     for name, kw, syn, (r1, r2) in CASES[:1] if args.quick else CASES:
         small, large = measure_group(kw, syn, r1), measure_group(kw, syn, r2)
         per_run = (large["growth"] - small["growth"]) / (r2 - r1)
         rows.append([name, f"{r1}, {r2}", f"{per_run / 2**20:.2f}", f"{large['run'] / 2**20:.2f}",
                      f"{large['run'] / per_run:.2f}", f"{large['growth'] / 2**20:.0f}", f"{large['group'] / 2**20:.0f}",
                      "yes" if large["growth"] <= SAFETY * large["group"] else "NO"])
+        record.append({"case": name, "runs": [r1, r2], "small": small, "large": large, "per_run_bytes": per_run})
         print(f"measured: {name}", flush=True)
     print(table(head, rows))
+    print()
+    within = [r for r in rows if r[-1] == "yes"]
+    ratios = [float(r[4]) for r in rows]
+    targets = [
+        target(f"every measured group's peak memory within clbench's budget ({SAFETY:g} x its estimate)", len(within),
+               "groups", len(within) == len(rows), shown=f"{len(within)} of {len(rows)} groups within budget"),
+        measurement("a run's memory: clbench's estimate / measured", min(ratios), "",
+                    shown=f"{min(ratios):.2f} .. {max(ratios):.2f} over {len(rows)} configurations"),
+    ]
+    say_targets(targets)
     print(load_line())
+    write_result("memory", targets, {"cases": record, "safety": SAFETY}, args)
 
 
 if __name__ == "__main__":

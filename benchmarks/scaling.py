@@ -7,8 +7,10 @@ inserting the incoming batch and gathering the replayed rows (10 runs, batch 10,
 128). Training + evaluation after every task, data loaded once beforehand.
 
 Usage: python benchmarks/scaling.py [--repeats 1] [--groups 1,2,5,10,20,40,80] [--buffers 10,...,5120]
-       [--fraction 1.0] [--part groups|buffers|both]
-Target (2-core CPU): per-run time flat (within 20 %) from buffer 10 to 5120.
+       [--fraction 1.0] [--part groups|buffers|both] [--quick]
+Target (2-core CPU): per-run time flat (within 20 %) from buffer 10 to 5120. The per-run speed-up of
+each group size against the group of 1 measured here (same script, same repeats) is recorded
+without a target. ``--quick``: 2 % of the data, groups of 1 and 2, buffers 10 and 20.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ import time
 
 import numpy as np
 import torch
-
-from _common import base_parser, load_line, machine_line, median, setup, table, timed, verdict
+from _common import base_parser, begin, load_line, measurement, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, load_benchmark
-from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
 from clbench.engine.trainer import train_group
+from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
 
 BUFFERS = "10,20,40,80,160,320,640,1280,2560,5120"
 
@@ -74,33 +75,42 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10, help="group size of the buffer part")
     ap.add_argument("--fraction", type=float, default=1.0, help="fraction of each task's training set")
     ap.add_argument("--part", choices=("groups", "buffers", "both"), default="both")
-    args = ap.parse_args()
-    setup(args)
-    print(machine_line(args.device), flush=True)
+    args = begin(ap)
+    if args.quick:
+        args.fraction, args.groups, args.buffers, args.seeds, args.repeats = 0.02, "1,2", "10,20", 2, 1
     data = subset(load_benchmark("seq-fmnist", device=args.device), args.fraction)
     steps = sum(-(-len(i) // 10) for i in data.train_task_idx)
     print(f"seq-fmnist, ER, MLP protocol, {steps} steps per run, evaluation after each of the 5 tasks; "
           f"median of {args.repeats} repeat(s)\n", flush=True)
 
+    targets, record = [], {"fraction": args.fraction, "repeats": args.repeats, "steps_per_run": steps}
     if args.part in ("groups", "both"):
-        rows, base = [], None
+        rows, base, speedups = [], None, {}
         for r in [int(v) for v in args.groups.split(",")]:
             cfgs = [RunConfig(method="er", seed=s, buffer_size=200) for s in range(r)]
             wall = time_group(cfgs, data, args.repeats, args.device)
             base = base or wall / r
             rows.append([r, f"{wall:.2f}", f"{wall / r:.3f}", f"{r / wall * 3600:.0f}", f"{base / (wall / r):.2f}x"])
+            speedups[r] = (wall, base / (wall / r))
             print(f"group of {r}: {wall:.2f} s", flush=True)
         print("\nPart 1: group size (buffer 200)")
         print(table(["runs in the group", "group wall (s)", "wall per run (s)", "runs per hour", "per-run speed-up vs group of 1"], rows))
         print()
+        first = min(speedups)
+        targets.append(measurement(
+            f"per-run speed-up of an ER group on seq-fmnist against a group of {first} (this script, buffer 200)",
+            max(v[1] for v in speedups.values()), "x",
+            shown=", ".join(f"{r}: {v[1]:.2f}x" for r, v in speedups.items()) + f" (median of {args.repeats})"))
+        record["group_wall_s"] = {str(r): v[0] for r, v in speedups.items()}
 
     if args.part in ("buffers", "both"):
-        rows, per_run = [], []
+        rows, per_run, micros = [], [], {}
         for size in [int(v) for v in args.buffers.split(",")]:
             cfgs = [RunConfig(method="er", seed=s, buffer_size=size) for s in range(args.seeds)]
             wall = time_group(cfgs, data, args.repeats, args.device)
             per_run.append(wall / args.seeds)
             micro = {mb: buffer_step_us(size, mb, n_runs=args.seeds) for mb in (10, 128)}
+            micros[str(size)] = {"group_wall_s": wall, **{f"minibatch {mb}": micro[mb] for mb in micro}}
             rows.append([size, f"{wall:.2f}", f"{wall / args.seeds:.3f}",
                          f"{micro[10]['plan']:.0f} / {micro[10]['insert']:.0f} / {micro[10]['draw']:.0f}",
                          f"{micro[128]['plan']:.0f} / {micro[128]['insert']:.0f} / {micro[128]['draw']:.0f}"])
@@ -110,8 +120,14 @@ def main() -> None:
         print(table(["buffer", "group wall (s)", "wall per run (s)",
                      "buffer us/step, minibatch 10: plan / insert / draw", "minibatch 128 (2 draws): plan / insert / draw"], rows))
         print(f"\nper-run time, slowest vs fastest buffer: +{100 * spread:.1f} %")
-        print(f"target: per-run time flat within 20 % from buffer 10 to 5120: {verdict(spread <= 0.20)}")
+        sizes = [int(v) for v in args.buffers.split(",")]
+        targets.append(target(f"per-run time flat within 20 % from buffer {min(sizes)} to {max(sizes)} "
+                              f"({args.seeds}-run ER group)", 100 * spread, "%", spread <= 0.20,
+                              shown=f"+{100 * spread:.1f} % slowest vs fastest wall"))
+        record["buffers"] = micros
+    say_targets(targets)
     print(load_line())
+    write_result("scaling", targets, record, args)
 
 
 if __name__ == "__main__":

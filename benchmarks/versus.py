@@ -6,7 +6,9 @@ timed inside, after loading the data, evaluation included); the trees alternate 
 repeat, so a slow spell of a shared machine does not favour one. Every workload's per-run results
 are compared between the trees (class-IL FAA, largest difference in points).
 
-Usage: python benchmarks/versus.py [--base 8190bbb] [--repeats 3] [--workloads er10,er1,derpp10]
+Usage: python benchmarks/versus.py [--base 8190bbb] [--repeats 3] [--workloads er10,er1,derpp10] [--quick]
+Target: results unchanged (every run's class-IL FAA equal in both trees); the speed-ups are recorded
+without a target. ``--quick``: one ER run, one repeat.
 ``--base``: a commit (checked out with ``git worktree`` into a temporary directory) or a directory
 holding another clbench tree. 8190bbb is the code the speed issue (round two) was measured on.
 """
@@ -18,7 +20,19 @@ import subprocess
 import sys
 import tempfile
 
-from _common import chosen, REPO, base_parser, load_line, machine_line, median, table
+from _common import (
+    REPO,
+    base_parser,
+    begin,
+    chosen,
+    load_line,
+    measurement,
+    median,
+    say_targets,
+    table,
+    target,
+    write_result,
+)
 
 WORKLOADS = {
     "er10": "ER, 10 seeds as one group",
@@ -30,8 +44,7 @@ CHILD = """
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
 import torch
-from clbench import RunConfig, load_benchmark
-from clbench.engine.trainer import train_group
+from clbench import RunConfig, load_benchmark, train_group  # the public API: both layouts have it
 workload = sys.argv[2]
 if workload.startswith("derpp"):
     masks = ["none", "-inf", "-10", "-5", "-2", "-1", "0", "1", "2", "none"]
@@ -41,8 +54,9 @@ else:
 try:
     resolved = [c.resolve() for c in cfgs]
 except Exception:  # an older tree takes the mask as a MaskSpec
-    from clbench.runs.mask import MaskSpec, parse_mask_value
-    resolved = [RunConfig(**{**c.__dict__, "mask": MaskSpec(parse_mask_value(c.mask))}).resolve()
+    from clbench import MaskSpec
+    value = lambda m: None if m == "none" else float(m)
+    resolved = [RunConfig(**{**c.__dict__, "mask": MaskSpec(value(c.mask))}).resolve()
                 if isinstance(c.mask, str) else c.resolve() for c in cfgs]
 data = load_benchmark("seq-fmnist")
 t0 = time.perf_counter()
@@ -77,9 +91,10 @@ def main() -> None:
     ap = base_parser(__doc__.split("\n\n")[0], repeats=3)
     ap.add_argument("--base", default="8190bbb")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    args = ap.parse_args()
+    args = begin(ap)
+    if args.quick:
+        args.workloads, args.repeats = "er1", 1
     names = chosen(args.workloads, WORKLOADS, "workload")
-    print(machine_line("cpu"), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         base = checkout(args.base, tmp)
         try:
@@ -100,13 +115,24 @@ def main() -> None:
     print()
     print(f"train_group wall seconds (evaluation after every task included, data loading not), median of "
           f"{args.repeats}; base = {args.base}, this = the working tree:")
-    rows = []
+    rows, diffs, targets = [], {}, []
     for w in names:
         b, t = median(walls[(w, "base")]), median(walls[(w, "this")])
-        diff = max(abs(x - y) for x, y in zip(faas[(w, "base")], faas[(w, "this")]))
-        rows.append([WORKLOADS[w], f"{b:.2f}", f"{t:.2f}", f"{b / t:.2f}x", f"{diff:.2f}"])
+        diffs[w] = max(abs(x - y) for x, y in zip(faas[(w, "base")], faas[(w, "this")]))
+        rows.append([WORKLOADS[w], f"{b:.2f}", f"{t:.2f}", f"{b / t:.2f}x", f"{diffs[w]:.2f}"])
+        targets.append(measurement(f"{WORKLOADS[w]}: this tree against {args.base}", b / t, "x",
+                                   shown=f"{b / t:.2f}x ({b:.2f} s / {t:.2f} s, medians of {args.repeats})"))
     print(table(["workload", "base (s)", "this (s)", "speed-up", "largest |FAA this - base| (points)"], rows))
+    print()
+    worst = max(diffs.values())
+    targets.insert(0, target(f"results unchanged against {args.base} ({', '.join(names)}): every run's class-IL FAA "
+                             "equal", worst, "points", worst == 0,
+                             shown=f"largest |FAA this - base| {worst:.4f} points"))
+    say_targets(targets)
     print(load_line())
+    write_result("versus", targets, {"base": args.base, "repeats": args.repeats,
+                                    "walls_s": {f"{w} {t}": v for (w, t), v in walls.items()},
+                                    "faa": {f"{w} {t}": v for (w, t), v in faas.items()}}, args)
 
 
 if __name__ == "__main__":
