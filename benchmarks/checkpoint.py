@@ -24,8 +24,9 @@ import torch
 from _common import base_parser, load_line, machine_line, median, setup, table, timed, verdict
 
 from clbench import RunConfig, load_benchmark
-from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key, save_checkpoint
-from clbench.engine.trainer import train_group
+from clbench.engine.checkpoint import CheckpointPolicy, CheckpointSummary, checkpoint_key, discard_checkpoint
+from clbench.engine.group_state import save_snapshot
+from clbench.engine.loop import train_group
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     cfgs = [RunConfig(method=args.method, benchmark="seq-fmnist", seed=s, buffer_size=args.buffer).resolve()
             for s in range(args.seeds)]
     data = load_benchmark("seq-fmnist", device=args.device)
-    key = group_key([c.identity() for c in cfgs])
+    key = checkpoint_key([c.identity() for c in cfgs])
     ways = {"no checkpoints": None, "every task": 1e12, f"every task and every {args.every:g} s": args.every}
     walls: dict[str, list[float]] = {w: [] for w in ways}
     saves: dict[str, list[int]] = {w: [] for w in ways}
@@ -85,12 +86,13 @@ def _one_write(cfgs, data, folder: Path) -> tuple[int, float]:
     policy = CheckpointPolicy(folder, 1e12)
     reports = []
     train_group(cfgs, data, checkpoint=policy, progress=lambda p: reports.append(time.perf_counter()))
-    state = torch.load(folder / f"{group_key([c.identity() for c in cfgs])}.pt", weights_only=True)["state"]
+    state = torch.load(folder / f"{checkpoint_key([c.identity() for c in cfgs])}.pt", weights_only=True)["state"]
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        save_checkpoint(policy, "write-timing", state, {"run_ids": [], "task": 0, "n_tasks": 0, "epoch": 0,
-                                                        "n_epochs": 0, "step": 0, "n_steps": 0, "saved_at": ""})
+        summary = CheckpointSummary(key="write-timing", run_ids=(), task=0, n_tasks=0, epoch=0, n_epochs=0, step=0,
+                                    n_steps=0, saved_at="")
+        save_snapshot(policy, summary, state)
         times.append(time.perf_counter() - t0)
     size = (folder / "write-timing.pt").stat().st_size
     discard_checkpoint(folder, "write-timing")

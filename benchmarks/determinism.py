@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from _common import load_line, machine_line, table  # noqa: E402
 
 from clbench import RunConfig, load_benchmark  # noqa: E402
-from clbench.engine.trainer import train_group  # noqa: E402
+from clbench.engine.loop import train_group  # noqa: E402
 
 
 def bitwise(a, b) -> bool:

@@ -6,7 +6,7 @@ with the preset replay minibatch 128 drawn twice per step (the fig4 sweep's runs
 run per step) and ER (minibatch 10, 20 rows per run per step, the lockstep benchmark's runs).
 FLOPs are counted exactly from the step schedule: matrix products only (2 per multiply-add),
 forward + weight gradients + input gradients (none for the input layer); elementwise work is
-not counted. The profile splits the group's wall time by phase (``clbench.trainer.PhaseTimes``)
+not counted. The profile splits the group's wall time by phase (``clbench.engine.progress.PhaseTimes``)
 and adds the registry write of the group's results to a fresh SQLite database. Last, each layer's
 matrix products alone at one full step's shapes, for the group and for a single run.
 
@@ -27,7 +27,8 @@ from _common import base_parser, load_line, machine_line, matmul_peak, median, s
 
 from clbench import RunConfig, load_benchmark
 from clbench.methods import get_method
-from clbench.engine.trainer import PhaseTimes, train_group
+from clbench.engine.loop import train_group
+from clbench.engine.progress import PhaseTimes
 
 MLP = (784, 100, 100, 10)
 

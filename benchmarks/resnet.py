@@ -24,7 +24,7 @@ from __future__ import annotations
 from _common import base_parser, load_line, machine_line, median, setup, table, timed, verdict
 
 from clbench import RunConfig, SyntheticOptions, load_benchmark
-from clbench.engine.trainer import train_group
+from clbench.engine.loop import train_group
 
 
 def main() -> None:

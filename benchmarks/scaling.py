@@ -23,7 +23,7 @@ from _common import base_parser, load_line, machine_line, median, setup, table, 
 
 from clbench import RunConfig, load_benchmark
 from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
-from clbench.engine.trainer import train_group
+from clbench.engine.loop import train_group
 
 BUFFERS = "10,20,40,80,160,320,640,1280,2560,5120"
 

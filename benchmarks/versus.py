@@ -31,7 +31,13 @@ import sys, time, json
 sys.path.insert(0, sys.argv[1])
 import torch
 from clbench import RunConfig, load_benchmark
-from clbench.engine.trainer import train_group
+try:
+    from clbench import train_group
+except ImportError:  # a tree from before the public API named it
+    try:
+        from clbench.engine.trainer import train_group
+    except ImportError:
+        from clbench.trainer import train_group
 workload = sys.argv[2]
 if workload.startswith("derpp"):
     masks = ["none", "-inf", "-10", "-5", "-2", "-1", "0", "1", "2", "none"]
