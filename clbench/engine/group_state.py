@@ -101,8 +101,8 @@ PLAIN_INT = Codec(int, lambda s, fresh, device: int(s))
 PLAIN_BOOL = Codec(bool, lambda s, fresh, device: bool(s))
 NAMES = Codec(list, lambda s, fresh, device: tuple(s))
 TENSOR = Codec(_cpu, lambda s, fresh, device: _dev(s, device))
-TENSORS = Codec(lambda d: {k: _cpu(v) for k, v in d.items()}, lambda s, fresh, device: {k: v.to(device)
-                                                                                         for k, v in s.items()})
+TENSORS = Codec(lambda d: {k: _cpu(v) for k, v in d.items()},
+                lambda s, fresh, device: {k: v.to(device) for k, v in s.items()})
 ARRAY = Codec(torch.from_numpy, lambda s, fresh, device: s.numpy().copy())
 NETWORK = Codec(
     lambda n: {"params": TENSORS.save(n.params), "bn": TENSORS.save(n.buffers)},
