@@ -31,7 +31,8 @@ import torch
 from _common import base_parser, begin, load_line, measurement, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, SyntheticOptions, load_benchmark, train_group
-from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key, save_checkpoint
+from clbench.engine.checkpoint import CheckpointPolicy, CheckpointSummary, checkpoint_key, discard_checkpoint
+from clbench.engine.group_state import save_snapshot
 
 TARGET_PCT = 3.0
 QUICK = SyntheticOptions(train_per_class=60, test_per_class=10)
@@ -51,7 +52,7 @@ def main() -> None:
     cfgs = [RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=args.buffer).resolve()
             for s in range(args.seeds)]
     data = load_benchmark(bench, synthetic=syn, device=args.device)
-    key = group_key([c.identity() for c in cfgs])
+    key = checkpoint_key([c.identity() for c in cfgs])
     walls: dict[str, list[float]] = {NONE: [], WITH: []}
     at_task_end, within_task, costs = [], [], []
     results, size, write_s = {}, None, None
@@ -123,8 +124,9 @@ def _one_write(folder: Path, key: str) -> tuple[int, float]:
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        save_checkpoint(policy, "write-timing", state, {"run_ids": [], "task": 0, "n_tasks": 0, "epoch": 0,
-                                                        "n_epochs": 0, "step": 0, "n_steps": 0, "saved_at": ""})
+        summary = CheckpointSummary.now(key="write-timing", run_ids=(), task=0, n_tasks=0, epoch=0, n_epochs=0,
+                                        step=0, n_steps=0)
+        save_snapshot(policy, summary, state)
         times.append(time.perf_counter() - t0)
     size = (folder / "write-timing.pt").stat().st_size
     discard_checkpoint(folder, "write-timing")

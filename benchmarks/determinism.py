@@ -30,7 +30,7 @@ from _common import begin, load_line, measurement, output_options, say_targets, 
 from clbench import RunConfig, SyntheticOptions, load_benchmark  # noqa: E402
 
 QUICK = SyntheticOptions(train_per_class=100, test_per_class=20)
-from clbench.engine.trainer import train_group  # noqa: E402
+from clbench.engine.loop import train_group  # noqa: E402
 
 
 def bitwise(a, b) -> bool:

@@ -38,7 +38,8 @@ from _common import (
 )
 
 from clbench import RunConfig, load_benchmark
-from clbench.engine.trainer import PhaseTimes, train_group
+from clbench.engine.loop import train_group
+from clbench.engine.progress import PhaseTimes
 from clbench.methods import get_method
 
 MLP = (784, 100, 100, 10)

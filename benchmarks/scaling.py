@@ -23,7 +23,7 @@ import torch
 from _common import base_parser, begin, load_line, measurement, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, load_benchmark
-from clbench.engine.trainer import train_group
+from clbench.engine.loop import train_group
 from clbench.lockstep.buffer import ReservoirBuffer, reservoir_slots, sample_without_replacement
 
 BUFFERS = "10,20,40,80,160,320,640,1280,2560,5120"

@@ -6,7 +6,7 @@ The library API the CLI and the reports stand on, importable from here:
 - ``MaskSpec``, ``RunConfig`` -> ``resolve`` -> ``ResolvedConfig``: what a run is (``clbench.runs``).
 - ``train_runs``: resolve, plan and train runs in lockstep groups (``clbench.sweep.driver``), the same
   planning and executor path as ``clbench run``; ``train_group`` trains one group
-  (``clbench.engine.trainer``).
+  (``clbench.engine.loop``).
 - ``RunResult``: accuracy matrices and everything measured (``clbench.runs.results``).
 - ``load_runs``, ``load_matrices``, ``load_histograms``: the registry as DataFrames (``clbench.store``).
 - ``clbench.metrics``: FAA, forgetting, BWT as functions of an accuracy matrix.
@@ -33,7 +33,7 @@ _API = {
     "DataNotFoundError": "clbench.data.sources",
     "MaskSpec": "clbench.runs.mask",
     "METHODS": "clbench.methods",
-    "Progress": "clbench.engine.trainer",
+    "Progress": "clbench.engine.progress",
     "ResolvedConfig": "clbench.runs.resolved",
     "RunConfig": "clbench.runs.config",
     "RunResult": "clbench.runs.results",
@@ -45,7 +45,7 @@ _API = {
     "masked_cross_entropy": "clbench.masking",
     "plan_groups": "clbench.sweep.plan",
     "resolve": "clbench.runs.config",
-    "train_group": "clbench.engine.trainer",
+    "train_group": "clbench.engine.loop",
     "train_runs": "clbench.sweep.driver",
 }
 

@@ -107,11 +107,12 @@ def test_replay_never_draws_a_slot_before_it_is_written(monkeypatch):
     """A task of 300 steps crosses the replay plan's chunk of 256 steps while a buffer of 5120 is
     still filling: every replayed slot must hold a sample written at an earlier step (the plan
     once counted the samples seen twice from the second chunk on and drew blank slots)."""
-    from clbench.engine import trainer
+    from clbench.engine import group_state, plans
+    from clbench.engine.loop import train_group
     from clbench.data.specs import SyntheticOptions
     from clbench.data.loading import load_benchmark
 
-    assert trainer.PLAN_CHUNK_STEPS < 300
+    assert plans.PLAN_CHUNK_STEPS < 300
     written: list[set[int]] = []
     bad: list[tuple[int, int]] = []
 
@@ -126,9 +127,9 @@ def test_replay_never_draws_a_slot_before_it_is_written(monkeypatch):
                 bad.extend((r, s) for s in row if s >= 0 and s not in written[r])
             return super().draw(idx)
 
-    monkeypatch.setattr(trainer, "ReservoirBuffer", RecordingBuffer)
+    monkeypatch.setattr(group_state, "ReservoirBuffer", RecordingBuffer)
     syn = SyntheticOptions(n_tasks=2, train_per_class=1500, test_per_class=5)
     cfgs = [RunConfig(method="er", benchmark="synthetic", seed=0, buffer_size=5120, synthetic=syn).resolve()]
     written.append(set())
-    trainer.train_group(cfgs, load_benchmark("synthetic", synthetic=syn))
+    train_group(cfgs, load_benchmark("synthetic", synthetic=syn))
     assert written[0] and not bad, f"{len(bad)} replayed rows came from never-written slots, e.g. {bad[:3]}"

@@ -3,6 +3,8 @@ the results of an uninterrupted one (bit for bit on the CPU), including after a 
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import logging
 import os
@@ -18,10 +20,13 @@ import numpy as np
 import pytest
 import torch
 
+import clbench.engine
 from clbench import SyntheticOptions
-from clbench.engine.checkpoint import CheckpointPolicy, group_key, list_checkpoints, parse_duration
+from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration
 from clbench.data.loading import load_benchmark
-from clbench.engine.trainer import train_group
+from clbench.engine.group import Group
+from clbench.engine.group_state import GroupState, load_snapshot, saved_fields
+from clbench.engine.loop import train_group
 
 from clbench.methods import get_method
 from conftest import TEST_OPTIONS, synthetic_config
@@ -116,7 +121,7 @@ def test_a_checkpoint_holds_the_position_and_is_found_by_the_group_in_any_order(
     with pytest.raises(Stop):
         train_group(cfgs, data, progress=stop_in_task_2, checkpoint=policy)
     (summary,) = list_checkpoints(tmp_path)
-    assert summary.key == group_key([c.identity() for c in reversed(cfgs)])
+    assert summary.key == checkpoint_key([c.identity() for c in reversed(cfgs)])
     assert sorted(summary.run_ids) == sorted(c.identity() for c in cfgs)
     assert (summary.task, summary.n_tasks, summary.epoch, summary.step) == (1, 5, 0, 5)  # the report came first
     assert summary.describe().startswith("task 2/5, epoch 1/1, step ")
@@ -137,7 +142,7 @@ def test_an_unusable_checkpoint_is_ignored_with_one_warning(damage, tmp_path, ca
 
     with pytest.raises(Stop):
         train_group(cfgs, data, progress=stop, checkpoint=policy)
-    pt = tmp_path / f"{group_key([c.identity() for c in cfgs])}.pt"
+    pt = tmp_path / f"{checkpoint_key([c.identity() for c in cfgs])}.pt"
     if damage == "garbage":
         pt.write_bytes(b"not a checkpoint")
     elif damage == "truncated":
@@ -163,6 +168,82 @@ def test_durations_parse():
 
 
 # ---------------------------------------------------------------------------------------------
+# The group state's one declaration: what a checkpoint saves is derived from it
+
+
+def undeclared_fields(cls) -> list[str]:
+    """Fields of a state class that say neither how a checkpoint saves them nor why it need not."""
+    return [f.name for f in dataclasses.fields(cls) if ("codec" in f.metadata) == ("transient" in f.metadata)]
+
+
+def test_every_field_of_the_group_state_is_saved_or_declared_transient():
+    assert undeclared_fields(GroupState) == []
+
+    @dataclasses.dataclass(eq=False, kw_only=True)
+    class Grown(GroupState):
+        forgotten: int = 0  # a new field with no word on checkpoints
+
+    assert undeclared_fields(Grown) == ["forgotten"]  # the check above can fail
+    cfgs, data = group("xder")
+    state = GroupState.start(Group.of(cfgs, data))
+    fields = {f.name for f in dataclasses.fields(GroupState)}
+    assert set(vars(state)) == fields  # nothing is kept beside the declaration
+    assert set(state.snapshot()) == {f.name for f in saved_fields()} | {"threads"}
+
+
+def test_the_engine_assigns_no_group_state_attribute_outside_the_declaration():
+    """The phases advance the state as ``st.<field> = ...``: each such name must be a declared field
+    (else it would live in the state and be left out of every checkpoint)."""
+    fields = {f.name for f in dataclasses.fields(GroupState)}
+    assigned = set()
+    for path in Path(clbench.engine.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            for t in targets:
+                for leaf in t.elts if isinstance(t, ast.Tuple) else [t]:
+                    if isinstance(leaf, ast.Attribute) and isinstance(leaf.value, ast.Name) and leaf.value.id == "st":
+                        assigned.add(leaf.attr)
+    assert assigned and assigned <= fields, assigned - fields
+
+
+def same_tree(a, b, where="state"):
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_tree(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("method", ["xder", "gdumb", "joint"])
+def test_a_restored_state_snapshots_to_what_was_saved(method, tmp_path):
+    """restore is the inverse of snapshot for every saved field, mid-task (epoch draws, a replay plan,
+    the method's draws and state all present) and at a task's end."""
+    cfgs, data = group(method)
+    policy = CheckpointPolicy(tmp_path, every_s=1e-9)
+
+    def stop(p):
+        if p.phase == "train" and p.task == 1 and p.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_group(cfgs, data, progress=stop, checkpoint=policy)
+    saved = load_snapshot(policy, checkpoint_key([c.identity() for c in cfgs]))
+    assert saved is not None and saved["task"] == 1 and saved["step"] == 2 and saved["draws"] is not None
+    assert (saved["plan"] is not None) == (method == "xder")  # the others replay nothing during a task
+    state = GroupState.start(Group.of(cfgs, data))
+    state.restore(saved, torch.device("cpu"))
+    same_tree(state.snapshot(), saved)
+
+
+# ---------------------------------------------------------------------------------------------
 # A real process killed with -9 at random points, then resumed
 
 
@@ -172,7 +253,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_checkpoint import group
 from clbench.engine.checkpoint import CheckpointPolicy
-from clbench.engine.trainer import train_group
+from clbench.engine.loop import train_group
 cfgs, data = group({method!r}, {backbone!r}, long=True)
 results = train_group(cfgs, data, checkpoint=CheckpointPolicy({ckpt!r}, every_s=0.02))
 with open({out!r}, "wb") as fh:

@@ -92,9 +92,9 @@ def test_the_cli_names_diverged_runs_and_excludes_them(tmp_path, capsys):
 
 @pytest.mark.parametrize("device_look", ["cpu", "as on a GPU"])
 def test_the_watch_flags_exactly_the_runs_whose_loss_or_gradient_is_not_finite(device_look):
-    from clbench.engine.trainer import _Divergence
+    from clbench.engine.divergence import DivergenceWatch
 
-    watch = _Divergence(3, torch.device("cpu"))
+    watch = DivergenceWatch(3, torch.device("cpu"))
     if device_look != "cpu":
         watch.check_on_host = False  # the GPU's way: the exact look and the masks every step
     grads = [torch.ones(3, 4, 5), torch.ones(3, 4)]
@@ -112,7 +112,7 @@ def test_the_watch_flags_exactly_the_runs_whose_loss_or_gradient_is_not_finite(d
     ok = watch.watch(torch.tensor([1.1, math.inf, 3.1]), grads, task=1, step=8)  # frozen from here on
     assert ok.tolist() == [True, False, True]
     saved = {k: v.clone() for k, v in watch.state().items()}
-    restored = _Divergence(3, torch.device("cpu"))
+    restored = DivergenceWatch(3, torch.device("cpu"))
     restored.load(saved)
     for w in (watch, restored):
         runs_ = w.per_run()

@@ -15,7 +15,7 @@ from clbench.sweep.executors import DataSource, Executor, GroupOutcome, GroupSta
 from clbench.store import open_store
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
-from clbench.engine.trainer import PhaseTimes
+from clbench.engine.progress import PhaseTimes
 
 
 @pytest.fixture(autouse=True)

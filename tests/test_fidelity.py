@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clbench import MaskSpec, RunConfig, SyntheticOptions, train_runs
-from clbench.engine import trainer as trainer_module
+from clbench.engine import group_state as group_state_module
 from clbench.lockstep.buffer import ReservoirBuffer
 from clbench.data.loading import prepare_inputs
 
@@ -34,7 +34,7 @@ def test_class_il_over_seen_classes_comes_from_the_same_forward_pass():
 def test_der_stores_the_logits_of_the_training_forward_or_of_a_forward_after_the_step(when, monkeypatch):
     states, checked = [], []
 
-    class RecordingNetState(trainer_module._NetState):
+    class RecordingNetState(group_state_module.NetState):
         def __init__(self, *args):
             super().__init__(*args)
             states.append(self)
@@ -48,8 +48,8 @@ def test_der_stores_the_logits_of_the_training_forward_or_of_a_forward_after_the
             super().insert(slots, x, y, task, logits)
 
     data_spec = [SYN.spec()]
-    monkeypatch.setattr(trainer_module, "_NetState", RecordingNetState)
-    monkeypatch.setattr(trainer_module, "ReservoirBuffer", CheckingBuffer)
+    monkeypatch.setattr(group_state_module, "NetState", RecordingNetState)
+    monkeypatch.setattr(group_state_module, "ReservoirBuffer", CheckingBuffer)
     cfg = RunConfig(method="derpp", benchmark="synthetic", seed=0, buffer_size=30, synthetic=SYN, der_logits=when)
     train_runs([cfg])
     assert len(checked) == 5 * 8  # 8 steps per task

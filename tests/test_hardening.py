@@ -712,7 +712,7 @@ def test_a_run_records_the_numeric_environment_it_was_computed_in(db_url, invoke
 
 
 def test_the_same_environment_gives_the_same_bits_and_says_so():
-    from clbench.engine.trainer import train_group
+    from clbench.engine.loop import train_group
     from clbench.data.loading import load_benchmark
 
     cfgs = [c.resolve() for c in tiny(methods=["er"], seeds=[0, 1])]

@@ -14,7 +14,7 @@ import torch
 from clbench import SyntheticOptions, load_benchmark, train_runs
 from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_EDGES
 from clbench.engine.evaluation import evaluate
-from clbench.engine.trainer import make_backbone
+from clbench.engine.group import make_backbone
 
 from conftest import synthetic_config
 

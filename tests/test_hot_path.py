@@ -7,7 +7,8 @@ import torch
 from clbench.lockstep.backbones import ONEDNN_MIN_MACS, BatchedMLP, _ONEDNN, batched_linear
 from clbench.data.specs import get_benchmark
 from clbench.data.loading import prepare_inputs
-from clbench.engine.trainer import PhaseTimes, train_group
+from clbench.engine.loop import train_group
+from clbench.engine.progress import PhaseTimes
 from clbench.sweep.driver import train_runs
 
 from conftest import synthetic_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import clbench.engine.trainer as trainer
+import clbench.engine.loop as loop
 from clbench import SyntheticOptions, train_runs
 from clbench.lockstep.backbones import BatchedMLP, cosine_logits
 from clbench.lockstep.buffer import Memory
@@ -165,14 +165,14 @@ def test_gdumb_greedy_sampler_keeps_the_memory_class_balanced():
 
 def test_gdumb_memory_is_class_balanced_when_it_is_refit(monkeypatch):
     counts = []
-    original = trainer._refit
+    original = loop.refit
 
-    def recording(method, st, *args, **kw):
+    def recording(group, st, *args, **kw):
         held = st.buffer.available()
         counts.append([np.bincount(st.buffer.y[r, :h].numpy(), minlength=10) for r, h in enumerate(held)])
-        return original(method, st, *args, **kw)
+        return original(group, st, *args, **kw)
 
-    monkeypatch.setattr(trainer, "_refit", recording)
+    monkeypatch.setattr(loop, "refit", recording)
     cfgs = [synthetic_config("gdumb", seed=s, buffer=30, synthetic=SYN, options={"fitting_epochs": 2}) for s in range(2)]
     train_runs(cfgs)
     assert len(counts) == 5
@@ -222,8 +222,9 @@ def _xder_step(t, stored, counts, u, slots, y, outputs):
     class_task = torch.arange(6) // 2
     loss = LossLayer([MaskSpec()], class_task)
     state = {"logits": stored, "logit_task": torch.zeros(stored.shape[:2], dtype=torch.int64), "counts": counts}
-    return Step(t, None, (), torch.ones(1), torch.ones(1), None, None, loss, state, (), {"u": u},
-                dict(XDER.options)), slots, y, outputs
+    return Step(task=t, stream=None, replay=(), alpha=torch.ones(1), beta=torch.ones(1), seen_classes=None,
+                forward=None, loss=loss, state=state, replay_slots=(), draws={"u": u},
+                options=dict(XDER.options)), slots, y, outputs
 
 
 def test_xder_online_update_rewrites_future_columns_with_probability_one_over_count():

@@ -234,14 +234,14 @@ def test_a_sweep_runs_on_both_nodes_and_equals_the_local_executor_bit_for_bit(cl
 
 def _checkpoint_keys() -> list[str]:
     """The checkpoint key of each group of SWEEP, in plan order (as ``clbench run`` plans it)."""
-    from clbench.engine.checkpoint import group_key
+    from clbench.engine.checkpoint import checkpoint_key
     from clbench.data.specs import SyntheticOptions
     from clbench.sweep.plan import plan_sweep, sweep_configs
 
     configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=range(6), benchmark="synthetic",
                             synthetic=SyntheticOptions(train_per_class=2500))
     plan = plan_sweep(configs, max_group_size=2)
-    return [group_key([plan.runs[i].run_id for i in g]) for g in plan.groups]
+    return [checkpoint_key([plan.runs[i].run_id for i in g]) for g in plan.groups]
 
 
 def test_a_worker_killed_while_it_trains_is_retried_from_its_checkpoint_and_every_run_finishes_once(

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BenchmarkSpec:
+    """A continual benchmark's protocol (keywords only: it is wide)."""
+
     name: str
     dataset: str  # the source dataset ("fmnist", "cifar10", ..., "synthetic")
     n_tasks: int
@@ -30,22 +32,23 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec("seq-fmnist", "fmnist", 5, 2, (1, 28, 28), "mlp", 1, 10, 10, False),
-        BenchmarkSpec("seq-mnist", "mnist", 5, 2, (1, 28, 28), "mlp", 1, 10, 10, False),
-        BenchmarkSpec(
-            "seq-cifar10", "cifar10", 5, 2, (3, 32, 32), "resnet18", 50, 32, 32, True,
-            (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615),
-        ),
-        BenchmarkSpec(
-            "seq-cifar100", "cifar100", 10, 10, (3, 32, 32), "resnet18", 50, 32, 32, True,
-            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), (35, 45),
-        ),
-        BenchmarkSpec(
-            "seq-tinyimg", "tinyimg", 10, 20, (3, 64, 64), "resnet18", 100, 32, 32, True,
-            (0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821),
-        ),
+        BenchmarkSpec(name="seq-fmnist", dataset="fmnist", n_tasks=5, classes_per_task=2, input_shape=(1, 28, 28),
+                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
+        BenchmarkSpec(name="seq-mnist", dataset="mnist", n_tasks=5, classes_per_task=2, input_shape=(1, 28, 28),
+                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
+        BenchmarkSpec(name="seq-cifar10", dataset="cifar10", n_tasks=5, classes_per_task=2, input_shape=(3, 32, 32),
+                      backbone="resnet18", epochs=50, batch_size=32, minibatch_size=32, augment=True,
+                      mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2615)),
+        BenchmarkSpec(name="seq-cifar100", dataset="cifar100", n_tasks=10, classes_per_task=10,
+                      input_shape=(3, 32, 32), backbone="resnet18", epochs=50, batch_size=32, minibatch_size=32,
+                      augment=True, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                      lr_milestones=(35, 45)),
+        BenchmarkSpec(name="seq-tinyimg", dataset="tinyimg", n_tasks=10, classes_per_task=20, input_shape=(3, 64, 64),
+                      backbone="resnet18", epochs=100, batch_size=32, minibatch_size=32, augment=True,
+                      mean=(0.4802, 0.4480, 0.3975), std=(0.2770, 0.2691, 0.2821)),
         # Generated data for tests and smoke runs; sizes come from SyntheticOptions.
-        BenchmarkSpec("synthetic", "synthetic", 5, 2, (1, 8, 8), "mlp", 1, 10, 10, False),
+        BenchmarkSpec(name="synthetic", dataset="synthetic", n_tasks=5, classes_per_task=2, input_shape=(1, 8, 8),
+                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
     )
 }
 
@@ -89,8 +92,9 @@ class SyntheticOptions:
     def spec(self) -> BenchmarkSpec:
         base = BENCHMARKS["synthetic"]
         return BenchmarkSpec(
-            base.name, base.dataset, self.n_tasks, self.classes_per_task, tuple(self.input_shape),
-            self.backbone, base.epochs, base.batch_size, base.minibatch_size, self.augment,
+            name=base.name, dataset=base.dataset, n_tasks=self.n_tasks, classes_per_task=self.classes_per_task,
+            input_shape=tuple(self.input_shape), backbone=self.backbone, epochs=base.epochs,
+            batch_size=base.batch_size, minibatch_size=base.minibatch_size, augment=self.augment,
         )
 
     def to_dict(self) -> dict:

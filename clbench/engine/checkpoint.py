@@ -1,42 +1,30 @@
-"""Checkpoints of a lockstep group, so hours of training survive an interruption.
+"""Checkpoint files of a lockstep group, so hours of training survive an interruption.
 
-A checkpoint is the group's whole training state at a step (see ``clbench.trainer``: parameters,
-BatchNorm statistics, the reservoir buffer, every run's random generators, seen classes, loss sums,
-evaluations so far, position and learning-rate schedule position), written atomically (temporary
-file, fsync, rename) as ``<key>.pt`` with a small ``<key>.json`` summary beside it (which runs, how
-far) that listings read without loading tensors. The key is a hash of the group's run ids, so the
-same group planned again finds it; runs carry the engine's results version in their ids, so a
-checkpoint never resumes a run of another version.
+A checkpoint is the group's whole training state at a step (``clbench.engine.group_state``:
+parameters, BatchNorm statistics, the reservoir buffer, every run's random generators, seen
+classes, loss sums, evaluations so far, position), written atomically (temporary file, fsync,
+rename) as ``<key>.pt`` with a small ``<key>.json`` summary beside it (which runs, how far) that
+listings read without loading tensors. The key is a hash of the group's run ids
+(``checkpoint_key``), so the same group planned again finds it; runs carry the engine's results
+version in their ids, so a checkpoint never resumes a run of another version.
 
-This module knows files, not training: the trainer builds and restores the state; ``sweep``
-deletes a group's checkpoint once the group's results are committed.
+This module knows files, not training, and does not import torch: ``group_state`` serialises the
+state and reads it back; ``sweep`` deletes a group's checkpoint once its results are committed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from clbench.errors import first_line
-from clbench.version import __version__
-from clbench.version import RESULTS_VERSION
-
-# Bump when the layout of the saved state changes: older files are then ignored (with a warning).
-CHECKPOINT_FORMAT = 1
 DEFAULT_EVERY_S = 600.0  # within a task; every task's end is checkpointed too
 ENV_CHECKPOINTS = "CLBENCH_CHECKPOINTS"
-
-log = logging.getLogger("clbench")
 
 
 @dataclass(frozen=True)
@@ -53,9 +41,9 @@ class CheckpointPolicy:
             raise ValueError(f"the checkpoint interval must be > 0 seconds, got {self.every_s}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSummary:
-    """What a checkpoint file says about itself (read from its ``.json`` summary)."""
+    """What a checkpoint file says about itself (its ``.json`` summary)."""
 
     key: str
     run_ids: tuple[str, ...]
@@ -66,6 +54,11 @@ class CheckpointSummary:
     step: int  # steps done in this epoch
     n_steps: int
     saved_at: str
+
+    @classmethod
+    def now(cls, **fields) -> CheckpointSummary:
+        """The summary of a checkpoint saved now (``saved_at`` filled in)."""
+        return cls(**fields, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     def describe(self) -> str:
         if self.task >= self.n_tasks:
@@ -82,18 +75,14 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def group_key(run_ids: Sequence[str]) -> str:
+def checkpoint_key(run_ids: Sequence[str]) -> str:
     """The checkpoint key of a group: independent of the order its runs were planned in."""
     return hashlib.sha256(",".join(sorted(run_ids)).encode()).hexdigest()[:24]
 
 
-def engine_stamp() -> dict[str, Any]:
-    """What must match for a checkpoint to resume bit for bit: format, engine and torch build."""
-    return {"format": CHECKPOINT_FORMAT, "results_version": RESULTS_VERSION, "clbench": __version__,
-            "torch": str(torch.__version__)}
-
-
-def _paths(directory: Path, key: str) -> tuple[Path, Path]:
+def checkpoint_paths(directory: Path | str, key: str) -> tuple[Path, Path]:
+    """The files of checkpoint ``key``: its state (``.pt``) and its summary (``.json``)."""
+    directory = Path(directory)
     return directory / f"{key}.pt", directory / f"{key}.json"
 
 
@@ -111,41 +100,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(policy: CheckpointPolicy, key: str, state: dict[str, Any], summary: dict[str, Any]) -> None:
-    """Write ``state`` (tensors and plain Python values only) and its summary atomically."""
+def write_checkpoint(policy: CheckpointPolicy, summary: CheckpointSummary, state: bytes) -> None:
+    """Write a serialised state and its summary atomically, the state first (a summary always
+    describes a state that is there)."""
     policy.directory.mkdir(parents=True, exist_ok=True)
-    pt, js = _paths(policy.directory, key)
-    buf = io.BytesIO()
-    torch.save({"engine": engine_stamp(), "key": key, "state": state}, buf)
-    _atomic_write(pt, buf.getvalue())
-    _atomic_write(js, json.dumps({"key": key, **summary}).encode())
-
-
-def load_checkpoint(policy: CheckpointPolicy, key: str) -> dict[str, Any] | None:
-    """The saved state of group ``key``, or ``None`` when there is none. A file that cannot be read,
-    or was written by another engine, format or torch build, is ignored with one warning line
-    (the group then starts over)."""
-    pt, _ = _paths(policy.directory, key)
-    if not pt.exists():
-        return None
-    try:
-        # weights_only: the file holds tensors and plain values; nothing in it can run code.
-        blob = torch.load(pt, map_location="cpu", weights_only=True)
-        stamp, saved_key, state = blob["engine"], blob["key"], blob["state"]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same case
-        log.warning("ignoring the unreadable checkpoint %s (%s); the group starts over", pt, first_line(exc, with_type=True, limit=120))
-        return None
-    if stamp != engine_stamp() or saved_key != key:
-        differs = ", ".join(f"{k} {stamp.get(k)} (here {v})" for k, v in engine_stamp().items() if stamp.get(k) != v)
-        log.warning("ignoring the checkpoint %s from another engine (%s); the group starts over", pt,
-                    differs or "another group")
-        return None
-    return state
+    pt, js = checkpoint_paths(policy.directory, summary.key)
+    _atomic_write(pt, state)
+    _atomic_write(js, json.dumps(asdict(summary)).encode())
 
 
 def discard_checkpoint(directory: Path | str, key: str) -> None:
     """Delete group ``key``'s checkpoint (its results are committed: it is not needed any more)."""
-    for path in _paths(Path(directory), key):
+    for path in checkpoint_paths(directory, key):
         path.unlink(missing_ok=True)
 
 
@@ -158,9 +124,10 @@ def list_checkpoints(directory: Path | str) -> list[CheckpointSummary]:
     for js in sorted(d.glob("*.json")):
         try:
             s = json.loads(js.read_text())
-            out.append(CheckpointSummary(s["key"], tuple(s["run_ids"]), int(s["task"]), int(s["n_tasks"]),
-                                         int(s["epoch"]), int(s["n_epochs"]), int(s["step"]), int(s["n_steps"]),
-                                         str(s["saved_at"])))
+            out.append(CheckpointSummary(
+                key=s["key"], run_ids=tuple(s["run_ids"]), task=int(s["task"]), n_tasks=int(s["n_tasks"]),
+                epoch=int(s["epoch"]), n_epochs=int(s["n_epochs"]), step=int(s["step"]), n_steps=int(s["n_steps"]),
+                saved_at=str(s["saved_at"])))
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out

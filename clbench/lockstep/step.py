@@ -97,9 +97,9 @@ class LossLayer:
         return per_run_mean((logits - batch.logits).pow(2).mean(dim=-1), batch.valid)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Step:
-    """One training step of a lockstep group, as handed to ``Method.loss_terms``."""
+    """One training step of a lockstep group, as handed to ``Method.loss_terms`` (keywords only: it is wide)."""
 
     task: int  # the task being trained (0-based)
     stream: Batch

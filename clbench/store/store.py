@@ -3,7 +3,7 @@
 
 A run's row moves ``pending -> running -> finished | diverged | failed | interrupted``. Results are
 written in one transaction together with ``status = finished`` (or ``diverged``: the run's loss or
-weights became non-finite, see ``clbench.engine.trainer``), so a finished row always has its matrices
+weights became non-finite, see ``clbench.engine.divergence``), so a finished row always has its matrices
 and nothing interrupted can leave half a result behind. The process that claims a run records its
 host, pid and process start time and keeps a heartbeat (``clbench.store.ownership``); a
 ``pending``/``running`` row whose process is gone is abandoned, and :meth:`Store.mark_stale_runs`

@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from clbench.engine.checkpoint import CheckpointPolicy, discard_checkpoint, group_key
+from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, discard_checkpoint
 from clbench.sweep.executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
 from clbench.runs.results import RunResult
 from clbench.store.ownership import HEARTBEAT_INTERVAL_S, Owner
 from clbench.store.store import Store
-from clbench.engine.trainer import Progress
+from clbench.engine.progress import Progress
 from clbench.sweep.plan import Plan, describe_group
 from clbench.data.loading import ContinualData, load_benchmark
-from clbench.engine.trainer import ProgressCallback, resolve_device, train_group
+from clbench.engine.progress import ProgressCallback
+from clbench.engine.environment import resolve_device
+from clbench.engine.loop import train_group
 from clbench.runs.config import RunConfig
 from clbench.runs.resolved import ResolvedConfig
 from clbench.sweep.plan import plan_groups
@@ -195,7 +197,7 @@ def execute(
                     raise GroupFailed(event, tracker.labels[event.group], len(groups))
                 store.save_results(event.results, owner)
                 if options.checkpoint is not None:
-                    discard_checkpoint(options.checkpoint.directory, group_key(ids))
+                    discard_checkpoint(options.checkpoint.directory, checkpoint_key(ids))
                 tracker.done(event.group)
                 done = set(ids)
                 unfinished = [rid for rid in unfinished if rid not in done]

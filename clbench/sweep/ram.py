@@ -1,7 +1,7 @@
 """How much memory a lockstep group needs, and how much there is: so that a sweep's groups are split
 to fit the machine before anything trains, and a run that cannot fit at all is refused at once.
 
-The estimate counts, per run of a group, what ``clbench.trainer.train_group`` allocates with a
+The estimate counts, per run of a group, what ``clbench.engine.loop.train_group`` allocates with a
 leading run axis: the parameters three times over (initial, current, gradients), the replay
 buffer (allocated for the group's largest buffer, plus one scratch slot), the activations a
 training step keeps for its backward pass, the epoch's random plans and an evaluation chunk; and,
@@ -26,7 +26,7 @@ from clbench.data.specs import dataset_sizes, get_benchmark
 FLOAT = 4  # float32 bytes
 INDEX = 8  # int64 bytes
 EVAL_CHUNK = 2048  # test rows evaluated at once (clbench.evaluation.evaluate's chunk_size)
-PLAN_CHUNK_STEPS = 256  # steps of replay plan drawn at once (clbench.trainer.PLAN_CHUNK_STEPS)
+PLAN_CHUNK_STEPS = 256  # steps of replay plan drawn at once (clbench.engine.plans.PLAN_CHUNK_STEPS)
 SAFETY = 1.25  # the estimate, times this, is what a group is budgeted
 RUNTIME = 64 << 20  # torch's first kernels, thread pools and allocator arenas (measured 40-60 MB)
 USABLE_FRACTION = 0.8  # of the memory available when a sweep starts: the rest is left to everyone else
@@ -78,7 +78,7 @@ def run_bytes(configs: Sequence[ResolvedConfig]) -> int:
     """Bytes each run of the lockstep group ``configs`` adds to it (its buffer sized for the group's
     largest, as the trainer allocates it): what it holds throughout (parameters, buffer, results)
     plus the larger of a training step's and an evaluation's working memory (freed memory is
-    reused from one phase to the next, never given back: ``trainer._keep_freed_memory``)."""
+    reused from one phase to the next, never given back: ``clbench.engine.environment.keep_freed_memory``)."""
     c0 = configs[0]
     spec = _spec(c0)
     method = c0.method_instance()
@@ -193,7 +193,7 @@ torch.set_num_threads(1)
 from clbench import RunConfig, SyntheticOptions
 from clbench.sweep import ram as memory
 from clbench.data.loading import load_benchmark
-from clbench.engine.trainer import train_group
+from clbench.engine.loop import train_group
 kw, syn, r = json.loads(sys.argv[1])
 syn["input_shape"] = tuple(syn["input_shape"])
 syn = SyntheticOptions(**syn)

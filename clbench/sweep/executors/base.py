@@ -27,7 +27,9 @@ from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.runs.resolved import ResolvedConfig
 from clbench.data.loading import ContinualData, load_benchmark
 from clbench.runs.results import RunResult
-from clbench.engine.trainer import Progress, resolve_device, train_group
+from clbench.engine.environment import resolve_device
+from clbench.engine.loop import train_group
+from clbench.engine.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ import torch
 
 from clbench.errors import first_line
 from clbench.version import __version__
-from clbench.engine.trainer import Progress, resolve_device
+from clbench.engine.environment import resolve_device
+from clbench.engine.progress import Progress
 from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed
 
 INSTALL_HINT = "pip install -e '.[ray]'"
