@@ -44,7 +44,7 @@ from torch import nn
 
 from clbench import SyntheticOptions
 from clbench.data.loading import load_benchmark
-from clbench.engine import trainer
+from clbench.engine import loop
 from clbench.lockstep import backbones
 from clbench.methods.agem import AGEM
 
@@ -130,9 +130,9 @@ def train_and_record(seeds=(0, 1), onednn_min_macs=None):
             for s in seeds]
     data = load_benchmark("synthetic", synthetic=SYN)
     steps, grads_seen, init = [], [], {}
-    original_step, original_edit = trainer._train_step, AGEM.edit_gradients
+    original_step, original_edit = loop.train_step, AGEM.edit_gradients
 
-    def recording_step(method, state, step, lr, buffer, slots, x_raw, *args, **kwargs):
+    def recording_step(method, state, step, *, lr, buffer=None, x_raw=None, **kwargs):
         if not init:
             init.update({k: v.detach().clone() for k, v in state.params.items()})
         before = {k: v.detach().clone() for k, v in state.params.items()}
@@ -143,7 +143,7 @@ def train_and_record(seeds=(0, 1), onednn_min_macs=None):
                       "y": [buffer.y[r, idx[r][idx[r] >= 0]].clone() for r in range(len(idx))],
                       "held": buffer.available().copy(), "all_x": buffer.x.clone(), "all_y": buffer.y.clone()}
         n_grads = len(grads_seen)
-        out = original_step(method, state, step, lr, buffer, slots, x_raw, *args, **kwargs)
+        out = original_step(method, state, step, lr=lr, buffer=buffer, x_raw=x_raw, **kwargs)
         steps.append({
             "task": step.task, "before": before, "after": {k: v.detach().clone() for k, v in state.params.items()},
             "x_raw": x_raw.clone(), "y": step.stream.y.clone(), "x_in": step.stream.x.detach().clone(),
@@ -160,11 +160,11 @@ def train_and_record(seeds=(0, 1), onednn_min_macs=None):
         return applied
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trainer, "_train_step", recording_step)
+        patch.setattr(loop, "train_step", recording_step)
         patch.setattr(AGEM, "edit_gradients", recording_edit)
         if onednn_min_macs is not None:
             patch.setattr(backbones, "ONEDNN_MIN_MACS", onednn_min_macs)
-        trainer.train_group(cfgs, data)
+        loop.train_group(cfgs, data)
     return cfgs, data, init, steps
 
 
