@@ -81,12 +81,17 @@ def base_parser(description: str, repeats: int = 1) -> argparse.ArgumentParser:
 
 def output_options(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--quick`` and ``--results-dir``, which every benchmark takes."""
-    ap.add_argument("--quick", action="store_true",
-                    help="a toy size, to check that the script runs and writes its results file (not a measurement; "
-                         "the file goes to benchmarks/results/quick/)")
-    ap.add_argument("--results-dir", default=None,
-                    help="where NAME.json is written (default: benchmarks/results, or benchmarks/results/quick with "
-                         "--quick)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a toy size, to check that the script runs and writes its results file (not a measurement; "
+        "the file goes to benchmarks/results/quick/)",
+    )
+    ap.add_argument(
+        "--results-dir",
+        default=None,
+        help="where NAME.json is written (default: benchmarks/results, or benchmarks/results/quick with --quick)",
+    )
     return ap
 
 
@@ -197,17 +202,23 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def target(what: str, measured: float | None, unit: str, met: bool | None, *, shown: str | None = None,
-           why: str = "") -> dict:
+def target(
+    what: str, measured: float | None, unit: str, met: bool | None, *, shown: str | None = None, why: str = ""
+) -> dict:
     """One target of a benchmark, judged from the number it measured and printed.
 
     ``what``: the target as the tables print it ("10-seed ER group >= 5x its runs one after
     another"); ``shown``: the measured number as printed ("3.83x (31.49 s / 8.23 s)"); ``met``:
     None when this run cannot judge it (a GPU target measured on the CPU), ``why`` then says why;
     otherwise ``why`` may say what bounds a miss."""
-    return {"target": what, "measured": measured, "unit": unit,
-            "shown": shown or (f"{measured:g} {unit}".strip() if measured is not None else "-"),
-            "met": None if met is None else bool(met), "why": why}
+    return {
+        "target": what,
+        "measured": measured,
+        "unit": unit,
+        "shown": shown or (f"{measured:g} {unit}".strip() if measured is not None else "-"),
+        "met": None if met is None else bool(met),
+        "why": why,
+    }
 
 
 def measurement(what: str, measured: float | None, unit: str, *, shown: str | None = None) -> dict:

@@ -49,8 +49,10 @@ def main() -> None:
     if args.quick:
         args.seeds, args.repeats, args.every = 2, 1, 0.2
     bench, syn = ("synthetic", QUICK) if args.quick else ("seq-fmnist", None)
-    cfgs = [RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=args.buffer).resolve()
-            for s in range(args.seeds)]
+    cfgs = [
+        RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=args.buffer).resolve()
+        for s in range(args.seeds)
+    ]
     data = load_benchmark(bench, synthetic=syn, device=args.device)
     key = checkpoint_key([c.identity() for c in cfgs])
     walls: dict[str, list[float]] = {NONE: [], WITH: []}
@@ -60,10 +62,17 @@ def main() -> None:
         folder = Path(tmp)
         policy = CheckpointPolicy(folder, args.every)
         for rep in range(args.repeats):
-            for way in ((NONE, WITH) if rep % 2 == 0 else (WITH, NONE)):
+            for way in (NONE, WITH) if rep % 2 == 0 else (WITH, NONE):
                 reports = []
-                out, wall = timed(lambda: train_group(cfgs, data, checkpoint=policy if way == WITH else None,  # noqa: B023
-                                                      progress=reports.append), args.device)  # noqa: B023
+                out, wall = timed(
+                    lambda: train_group(
+                        cfgs,
+                        data,
+                        checkpoint=policy if way == WITH else None,  # noqa: B023
+                        progress=reports.append,
+                    ),
+                    args.device,
+                )  # noqa: B023
                 walls[way].append(wall)
                 results[way] = out
                 saved = [p for p in reports if p.phase == "checkpoint"]
@@ -74,25 +83,60 @@ def main() -> None:
                     if size is None:  # the group's last checkpoint, buffer full: size and one write's time
                         size, write_s = _one_write(folder, key)
                     discard_checkpoint(folder, key)
-                print(f"repeat {rep + 1}: {way}: {wall:.2f} s"
-                      + (f", {at_task_end[-1]} checkpoints at task ends, {within_task[-1]} within tasks"
-                         if way == WITH else ""), flush=True)
+                print(
+                    f"repeat {rep + 1}: {way}: {wall:.2f} s"
+                    + (
+                        f", {at_task_end[-1]} checkpoints at task ends, {within_task[-1]} within tasks"
+                        if way == WITH
+                        else ""
+                    ),
+                    flush=True,
+                )
             costs.append(100 * (walls[WITH][-1] - walls[NONE][-1]) / walls[NONE][-1])
 
     base, with_m = median(walls[NONE]), median(walls[WITH])
     cost = median(costs)
     n_end, n_within = int(np.median(at_task_end)), int(np.median(within_task))
     print()
-    print(f"{args.seeds}-run {args.method} group on {bench} (buffer {args.buffer}), wall seconds of train_group, "
-          f"{args.repeats} repeat(s), the two ways alternating:")
-    rows = [[rep + 1, f"{walls[NONE][rep]:.2f}", f"{walls[WITH][rep]:.2f}", f"{costs[rep]:+.2f} %",
-             f"{at_task_end[rep]} + {within_task[rep]}"] for rep in range(args.repeats)]
-    rows.append(["median", f"{base:.2f}", f"{with_m:.2f}", f"{cost:+.2f} % (ratio of medians: "
-                 f"{100 * (with_m - base) / base:+.2f} %)", f"{n_end} + {n_within}"])
-    print(table(["repeat", f"{NONE} (s)", f"every task end and every {args.every:g} s (s)", "cost",
-                 "checkpoints: at task ends + within tasks"], rows))
-    print(f"one checkpoint of this group: {size / 1e6:.1f} MB, written (serialise, fsync, rename) in "
-          f"{write_s * 1000:.0f} ms")
+    print(
+        f"{args.seeds}-run {args.method} group on {bench} (buffer {args.buffer}), wall seconds of train_group, "
+        f"{args.repeats} repeat(s), the two ways alternating:"
+    )
+    rows = [
+        [
+            rep + 1,
+            f"{walls[NONE][rep]:.2f}",
+            f"{walls[WITH][rep]:.2f}",
+            f"{costs[rep]:+.2f} %",
+            f"{at_task_end[rep]} + {within_task[rep]}",
+        ]
+        for rep in range(args.repeats)
+    ]
+    rows.append(
+        [
+            "median",
+            f"{base:.2f}",
+            f"{with_m:.2f}",
+            f"{cost:+.2f} % (ratio of medians: {100 * (with_m - base) / base:+.2f} %)",
+            f"{n_end} + {n_within}",
+        ]
+    )
+    print(
+        table(
+            [
+                "repeat",
+                f"{NONE} (s)",
+                f"every task end and every {args.every:g} s (s)",
+                "cost",
+                "checkpoints: at task ends + within tasks",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"one checkpoint of this group: {size / 1e6:.1f} MB, written (serialise, fsync, rename) in "
+        f"{write_s * 1000:.0f} ms"
+    )
     same = _same(results[NONE], results[WITH])
     print(f"results identical with and without checkpoints: {same}")
     print()
@@ -101,20 +145,45 @@ def main() -> None:
     if not same:
         why = "the results differ with checkpoints"
     targets = [
-        target(f"checkpoints at every task end and every {args.every:g} s within a task cost < {TARGET_PCT:g} % "
-               f"({args.seeds}-run {args.method} group on {bench})", cost, "%", cost < TARGET_PCT and fired and same,
-               shown=f"{cost:+.2f} % (median of {args.repeats} paired repeats; {n_end} checkpoints at task ends + "
-                     f"{n_within} within tasks per group)", why=why),
-        measurement(f"one checkpoint of a {args.seeds}-run {args.method} group on {bench}", write_s * 1000, "ms",
-                    shown=f"{size / 1e6:.1f} MB written in {write_s * 1000:.0f} ms"),
+        target(
+            f"checkpoints at every task end and every {args.every:g} s within a task cost < {TARGET_PCT:g} % "
+            f"({args.seeds}-run {args.method} group on {bench})",
+            cost,
+            "%",
+            cost < TARGET_PCT and fired and same,
+            shown=f"{cost:+.2f} % (median of {args.repeats} paired repeats; {n_end} checkpoints at task ends + "
+            f"{n_within} within tasks per group)",
+            why=why,
+        ),
+        measurement(
+            f"one checkpoint of a {args.seeds}-run {args.method} group on {bench}",
+            write_s * 1000,
+            "ms",
+            shown=f"{size / 1e6:.1f} MB written in {write_s * 1000:.0f} ms",
+        ),
     ]
     say_targets(targets)
     print(load_line())
-    write_result("checkpoint", targets, {
-        "seeds": args.seeds, "method": args.method, "benchmark": bench, "buffer": args.buffer, "every_s": args.every,
-        "repeats": args.repeats, "walls_s": walls, "costs_pct": costs, "checkpoints_at_task_end": at_task_end,
-        "checkpoints_within_task": within_task, "checkpoint_bytes": size, "write_s": write_s,
-        "results_identical": same}, args)
+    write_result(
+        "checkpoint",
+        targets,
+        {
+            "seeds": args.seeds,
+            "method": args.method,
+            "benchmark": bench,
+            "buffer": args.buffer,
+            "every_s": args.every,
+            "repeats": args.repeats,
+            "walls_s": walls,
+            "costs_pct": costs,
+            "checkpoints_at_task_end": at_task_end,
+            "checkpoints_within_task": within_task,
+            "checkpoint_bytes": size,
+            "write_s": write_s,
+            "results_identical": same,
+        },
+        args,
+    )
 
 
 def _one_write(folder: Path, key: str) -> tuple[int, float]:
@@ -124,8 +193,9 @@ def _one_write(folder: Path, key: str) -> tuple[int, float]:
     times = []
     for _ in range(5):
         t0 = time.perf_counter()
-        summary = CheckpointSummary.now(key="write-timing", run_ids=(), task=0, n_tasks=0, epoch=0, n_epochs=0,
-                                        step=0, n_steps=0)
+        summary = CheckpointSummary.now(
+            key="write-timing", run_ids=(), task=0, n_tasks=0, epoch=0, n_epochs=0, step=0, n_steps=0
+        )
         save_snapshot(policy, summary, state)
         times.append(time.perf_counter() - t0)
     size = (folder / "write-timing.pt").stat().st_size
@@ -134,8 +204,10 @@ def _one_write(folder: Path, key: str) -> tuple[int, float]:
 
 
 def _same(a, b) -> bool:
-    return all(np.array_equal(x.class_il_correct, y.class_il_correct) and np.array_equal(x.confidence, y.confidence)
-               for x, y in zip(a, b))
+    return all(
+        np.array_equal(x.class_il_correct, y.class_il_correct) and np.array_equal(x.confidence, y.confidence)
+        for x, y in zip(a, b)
+    )
 
 
 if __name__ == "__main__":

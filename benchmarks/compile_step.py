@@ -79,17 +79,34 @@ def main() -> None:
         (_, eager), (compile_s, compiled) = timings["eager"], timings["compiled"]
         steps_to_pay = compile_s / (eager - compiled) if eager > compiled else float("inf")
         pays = f"{steps_to_pay:,.0f}" if steps_to_pay != float("inf") else "never"
-        rows.append([runs, f"{eager * 1e3:.3f}", f"{compiled * 1e3:.3f}", f"{eager / compiled:.2f}x",
-                     f"{compile_s:.1f}", pays])
-        targets.append(measurement(
-            f"`torch.compile` of the MLP step, group of {runs}, against eager", eager / compiled, "x",
-            shown=f"{eager / compiled:.2f}x ({compiled * 1e3:.3f} against {eager * 1e3:.3f} ms per step); compiling "
-                  f"{compile_s:.1f} s; " + (f"pays after {pays} steps" if pays != "never" else "never pays")))
+        rows.append(
+            [runs, f"{eager * 1e3:.3f}", f"{compiled * 1e3:.3f}", f"{eager / compiled:.2f}x", f"{compile_s:.1f}", pays]
+        )
+        targets.append(
+            measurement(
+                f"`torch.compile` of the MLP step, group of {runs}, against eager",
+                eager / compiled,
+                "x",
+                shown=f"{eager / compiled:.2f}x ({compiled * 1e3:.3f} against {eager * 1e3:.3f} ms per step); compiling "
+                f"{compile_s:.1f} s; " + (f"pays after {pays} steps" if pays != "never" else "never pays"),
+            )
+        )
         record[str(runs)] = {"eager_s_per_step": eager, "compiled_s_per_step": compiled, "compile_s": compile_s}
     print()
     print(f"MLP step ({args.rows} rows per run), eager against torch.compile of forward + loss, {args.steps} steps:")
-    print(table(["runs", "eager (ms/step)", "compiled (ms/step)", "speed-up", "compile, first call (s)",
-                 "steps to pay the compile"], rows))
+    print(
+        table(
+            [
+                "runs",
+                "eager (ms/step)",
+                "compiled (ms/step)",
+                "speed-up",
+                "compile, first call (s)",
+                "steps to pay the compile",
+            ],
+            rows,
+        )
+    )
     print()
     say_targets(targets)
     print(load_line())

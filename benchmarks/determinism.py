@@ -34,8 +34,11 @@ from clbench.engine.loop import train_group  # noqa: E402
 
 
 def bitwise(a, b) -> bool:
-    pairs = [(a.class_il_correct, b.class_il_correct), (a.task_il_correct, b.task_il_correct),
-             (a.confidence, b.confidence)] + [(a.train_loss[k], b.train_loss[k]) for k in a.train_loss]
+    pairs = [
+        (a.class_il_correct, b.class_il_correct),
+        (a.task_il_correct, b.task_il_correct),
+        (a.confidence, b.confidence),
+    ] + [(a.train_loss[k], b.train_loss[k]) for k in a.train_loss]
     return all(np.array_equal(x, y, equal_nan=True) for x, y in pairs)
 
 
@@ -44,8 +47,14 @@ def compare(name: str, ref, other) -> list[str]:
     faa_t = other.metrics["faa_task_il"] - ref.metrics["faa_task_il"]
     max_diff = max(np.abs(other.class_il - ref.class_il).max(), np.abs(other.task_il - ref.task_il).max())
     flips = int(np.abs(other.class_il_correct[-1] - ref.class_il_correct[-1]).sum())
-    return [name, "yes" if bitwise(ref, other) else "no", f"{faa_c:+.3f}", f"{faa_t:+.3f}", f"{max_diff:.3f}",
-            str(flips)]
+    return [
+        name,
+        "yes" if bitwise(ref, other) else "no",
+        f"{faa_c:+.3f}",
+        f"{faa_t:+.3f}",
+        f"{max_diff:.3f}",
+        str(flips),
+    ]
 
 
 def main() -> None:
@@ -61,8 +70,10 @@ def main() -> None:
     bench, syn = ("synthetic", QUICK) if args.quick else ("seq-fmnist", None)
     data = load_benchmark(bench, synthetic=syn)
     cfg = RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=args.seed, buffer_size=200).resolve()
-    others = [RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=200).resolve()
-              for s in range(args.seed + 1, args.seed + args.group)]
+    others = [
+        RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=200).resolve()
+        for s in range(args.seed + 1, args.seed + args.group)
+    ]
 
     def alone(threads: int):
         torch.set_num_threads(threads)
@@ -73,31 +84,66 @@ def main() -> None:
         return train_group([cfg, *others], data)[0]
 
     ref = alone(1)
-    rows = [compare("alone, 1 thread, again (vs alone, 1 thread)", ref, alone(1)),
-            compare(f"in a group of {args.group}, 1 thread (vs alone, 1 thread)", ref, grouped(1))]
+    rows = [
+        compare("alone, 1 thread, again (vs alone, 1 thread)", ref, alone(1)),
+        compare(f"in a group of {args.group}, 1 thread (vs alone, 1 thread)", ref, grouped(1)),
+    ]
     two = alone(2)
-    rows += [compare("alone, 2 threads (vs alone, 1 thread)", ref, two),
-             compare(f"in a group of {args.group}, 2 threads (vs alone, 2 threads)", two, grouped(2))]
-    print(f"reference: seed {args.seed} of {args.method} on {bench} alone, 1 thread: FAA class-IL "
-          f"{ref.metrics['faa_class_il']:.2f}, task-IL {ref.metrics['faa_task_il']:.2f}; recorded environment "
-          f"{ {k: v for k, v in ref.versions.items() if k not in ('platform', 'python', 'numpy', 'clbench')} }")
-    head = ["variant of the same run", "bit-identical", "FAA class-IL diff", "FAA task-IL diff",
-            "max matrix diff (points)", "final class-IL row: correct counts, sum of |diff|"]
+    rows += [
+        compare("alone, 2 threads (vs alone, 1 thread)", ref, two),
+        compare(f"in a group of {args.group}, 2 threads (vs alone, 2 threads)", two, grouped(2)),
+    ]
+    print(
+        f"reference: seed {args.seed} of {args.method} on {bench} alone, 1 thread: FAA class-IL "
+        f"{ref.metrics['faa_class_il']:.2f}, task-IL {ref.metrics['faa_task_il']:.2f}; recorded environment "
+        f"{ {k: v for k, v in ref.versions.items() if k not in ('platform', 'python', 'numpy', 'clbench')} }"
+    )
+    head = [
+        "variant of the same run",
+        "bit-identical",
+        "FAA class-IL diff",
+        "FAA task-IL diff",
+        "max matrix diff (points)",
+        "final class-IL row: correct counts, sum of |diff|",
+    ]
     print(table(head, rows))
     print()
     run = f"seed {args.seed} of {args.method} on {bench}"
-    targets = [target(f"{run} with 1 thread, {again}: bit-identical to the run alone", None, "", rows[i][1] == "yes",
-                      shown=f"bit-identical: {rows[i][1]}; FAA class-IL {rows[i][2]} points")
-               for i, again in ((0, "computed again"), (1, f"in a group of {args.group}"))]
-    targets += [measurement(f"{run}: {rows[i][0]}", float(rows[i][2]), "points",
-                            shown=f"bit-identical: {rows[i][1]}; FAA class-IL {rows[i][2]}, task-IL {rows[i][3]} "
-                                  f"points; largest matrix difference {rows[i][4]} points")
-                for i in (2, 3)]
+    targets = [
+        target(
+            f"{run} with 1 thread, {again}: bit-identical to the run alone",
+            None,
+            "",
+            rows[i][1] == "yes",
+            shown=f"bit-identical: {rows[i][1]}; FAA class-IL {rows[i][2]} points",
+        )
+        for i, again in ((0, "computed again"), (1, f"in a group of {args.group}"))
+    ]
+    targets += [
+        measurement(
+            f"{run}: {rows[i][0]}",
+            float(rows[i][2]),
+            "points",
+            shown=f"bit-identical: {rows[i][1]}; FAA class-IL {rows[i][2]}, task-IL {rows[i][3]} "
+            f"points; largest matrix difference {rows[i][4]} points",
+        )
+        for i in (2, 3)
+    ]
     say_targets(targets)
     print(load_line())
-    write_result("determinism", targets, {"group": args.group, "seed": args.seed, "method": args.method,
-                                         "benchmark": bench, "rows": [dict(zip(head, r)) for r in rows],
-                                         "environment": ref.versions}, args)
+    write_result(
+        "determinism",
+        targets,
+        {
+            "group": args.group,
+            "seed": args.seed,
+            "method": args.method,
+            "benchmark": bench,
+            "rows": [dict(zip(head, r)) for r in rows],
+            "environment": ref.versions,
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -106,42 +106,70 @@ print("RESULT " + json.dumps(out))
 
 
 def run_variant(name: str, executor: str, options: dict, threads: int | None, args) -> dict:
-    spec = {"executor": executor, "options": options, "threads": threads, "seeds": args.seeds,
-            "masks": args.masks.split(","), "group_size": args.group_size, "probes": args.probes,
-            "synthetic": QUICK_SYNTHETIC if args.quick else None}
+    spec = {
+        "executor": executor,
+        "options": options,
+        "threads": threads,
+        "seeds": args.seeds,
+        "masks": args.masks.split(","),
+        "group_size": args.group_size,
+        "probes": args.probes,
+        "synthetic": QUICK_SYNTHETIC if args.quick else None,
+    }
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_ADDRESS")}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"{name} failed (exit status {proc.returncode}):\n{proc.stderr[-3000:]}")
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["process_s"] = wall
-    print(f"{name} ({result['threads'] if executor == 'local' else 'one per group'} torch threads): sweep "
-          f"{result['sweep_s']:.1f} s ({result['describe']})", flush=True)
+    print(
+        f"{name} ({result['threads'] if executor == 'local' else 'one per group'} torch threads): sweep "
+        f"{result['sweep_s']:.1f} s ({result['describe']})",
+        flush=True,
+    )
     return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--masks", default=MASKS)
     ap.add_argument("--group-size", type=int, default=10, help="runs per lockstep group")
-    ap.add_argument("--local-threads", default="default,1",
-                    help="torch threads of the local executor, one variant each (default: torch's choice)")
+    ap.add_argument(
+        "--local-threads",
+        default="default,1",
+        help="torch threads of the local executor, one variant each (default: torch's choice)",
+    )
     ap.add_argument("--probes", type=int, default=10, help="tiny one-group sweeps for the overhead")
     output_options(ap)
     args = begin(ap)
     if args.quick:
         args.seeds, args.masks, args.group_size, args.local_threads, args.probes = 2, "none,0", 2, "default", 2
     local_threads = [None if t == "default" else int(t) for t in args.local_threads.split(",")]
-    print(f"command: python benchmarks/distributed.py --seeds {args.seeds} --masks {args.masks} "
-          f"--group-size {args.group_size} --local-threads {args.local_threads} --probes {args.probes}", flush=True)
-    variants = [(f"local, {'default' if t is None else t} thread{'s' if t != 1 else ''}",
-                 run_variant("local", "local", {}, t, args)) for t in local_threads]
+    print(
+        f"command: python benchmarks/distributed.py --seeds {args.seeds} --masks {args.masks} "
+        f"--group-size {args.group_size} --local-threads {args.local_threads} --probes {args.probes}",
+        flush=True,
+    )
+    variants = [
+        (
+            f"local, {'default' if t is None else t} thread{'s' if t != 1 else ''}",
+            run_variant("local", "local", {}, t, args),
+        )
+        for t in local_threads
+    ]
     ray = run_variant("ray", "ray", {"cpus_per_group": 1, "retries": 3}, None, args)
     variants.append(("ray", ray))
 
@@ -149,43 +177,82 @@ def main() -> None:
     for name, r in variants:
         probe_over = [p["wall_s"] - p["compute_s"] for p in r["probes"]]
         shipping = f"{median(r['shipping_s']):.3f}" if r["shipping_s"] else "- (none)"
-        rows.append([
-            name, r["threads"] if name != "ray" else "1 per group", f"{r['start_s']:.2f}", f"{r['sweep_s']:.1f}",
-            f"{sum(r['group_compute_s']):.1f}", " ".join(f"{s:.1f}" for s in r["group_compute_s"]),
-            f"{median(probe_over):.3f} / {max(probe_over):.3f}", shipping,
-        ])
+        rows.append(
+            [
+                name,
+                r["threads"] if name != "ray" else "1 per group",
+                f"{r['start_s']:.2f}",
+                f"{r['sweep_s']:.1f}",
+                f"{sum(r['group_compute_s']):.1f}",
+                " ".join(f"{s:.1f}" for s in r["group_compute_s"]),
+                f"{median(probe_over):.3f} / {max(probe_over):.3f}",
+                shipping,
+            ]
+        )
     n_runs, n_groups = ray["n_runs"], ray["n_groups"]
     print()
     where = "small synthetic data" if args.quick else "seq-fmnist"
-    print(f"sweep: er on {where}, buffer 200, masks {args.masks}, {args.seeds} seeds = {n_runs} runs in "
-          f"{n_groups} groups of {args.group_size}")
-    print(table(["executor", "torch threads", "start (s)", "sweep wall (s)", "sum of group compute (s)",
-                 "each group's compute (s)", "tiny group's overhead, median / max (s)",
-                 "the sweep's data to a task, median (s)"], rows))
+    print(
+        f"sweep: er on {where}, buffer 200, masks {args.masks}, {args.seeds} seeds = {n_runs} runs in "
+        f"{n_groups} groups of {args.group_size}"
+    )
+    print(
+        table(
+            [
+                "executor",
+                "torch threads",
+                "start (s)",
+                "sweep wall (s)",
+                "sum of group compute (s)",
+                "each group's compute (s)",
+                "tiny group's overhead, median / max (s)",
+                "the sweep's data to a task, median (s)",
+            ],
+            rows,
+        )
+    )
     print()
     for name, r in variants[:-1]:
-        print(f"Ray executor vs {name} (sweep wall, start excluded): {r['sweep_s'] / ray['sweep_s']:.2f}x "
-              f"({r['sweep_s']:.1f} s / {ray['sweep_s']:.1f} s); with Ray's start included: "
-              f"{r['sweep_s'] / (ray['sweep_s'] + ray['start_s']):.2f}x")
+        print(
+            f"Ray executor vs {name} (sweep wall, start excluded): {r['sweep_s'] / ray['sweep_s']:.2f}x "
+            f"({r['sweep_s']:.1f} s / {ray['sweep_s']:.1f} s); with Ray's start included: "
+            f"{r['sweep_s'] / (ray['sweep_s'] + ray['start_s']):.2f}x"
+        )
     best_name, best = min(variants[:-1], key=lambda v: v[1]["sweep_s"])
     speedup = best["sweep_s"] / ray["sweep_s"]
     ray_over = median([p["wall_s"] - p["compute_s"] for p in ray["probes"]]) + median(ray["shipping_s"])
-    print(f"Ray ran {ray['slots']} groups at once (a local cluster of this machine's {ray['slots']} CPUs, one per group); "
-          f"their use: {sum(ray['group_compute_s']) / (ray['slots'] * ray['sweep_s']):.0%} "
-          f"(sum of group compute / ({ray['slots']} x sweep wall))")
+    print(
+        f"Ray ran {ray['slots']} groups at once (a local cluster of this machine's {ray['slots']} CPUs, one per group); "
+        f"their use: {sum(ray['group_compute_s']) / (ray['slots'] * ray['sweep_s']):.0%} "
+        f"(sum of group compute / ({ray['slots']} x sweep wall))"
+    )
     targets = [
-        target(f"Ray executor >= {TARGET_SPEEDUP:g}x the local one ({n_runs}-run sweep in {n_groups} groups, "
-               f"{ray['slots']} groups at once)", speedup, "x", speedup >= TARGET_SPEEDUP,
-               shown=f"{speedup:.2f}x against the local executor's fastest variant ({best_name}: "
-                     f"{best['sweep_s']:.1f} s / {ray['sweep_s']:.1f} s)"),
-        target(f"Ray overhead per group < {TARGET_OVERHEAD_S:g} s", ray_over, "s", ray_over < TARGET_OVERHEAD_S,
-               shown=f"{ray_over:.3f} s (a tiny group's overhead + the sweep's data to its task, medians of "
-                     f"{args.probes})"),
+        target(
+            f"Ray executor >= {TARGET_SPEEDUP:g}x the local one ({n_runs}-run sweep in {n_groups} groups, "
+            f"{ray['slots']} groups at once)",
+            speedup,
+            "x",
+            speedup >= TARGET_SPEEDUP,
+            shown=f"{speedup:.2f}x against the local executor's fastest variant ({best_name}: "
+            f"{best['sweep_s']:.1f} s / {ray['sweep_s']:.1f} s)",
+        ),
+        target(
+            f"Ray overhead per group < {TARGET_OVERHEAD_S:g} s",
+            ray_over,
+            "s",
+            ray_over < TARGET_OVERHEAD_S,
+            shown=f"{ray_over:.3f} s (a tiny group's overhead + the sweep's data to its task, medians of "
+            f"{args.probes})",
+        ),
     ]
     say_targets(targets)
     print(load_line())
-    write_result("distributed", targets, {"seeds": args.seeds, "masks": args.masks, "group_size": args.group_size,
-                                         "variants": dict(variants)}, args)
+    write_result(
+        "distributed",
+        targets,
+        {"seeds": args.seeds, "masks": args.masks, "group_size": args.group_size, "variants": dict(variants)},
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -119,17 +119,31 @@ def main() -> None:
         args.methods, args.seeds, args.fraction, args.repeats = "er", 2, 0.01, 1
     peaks = matmul_peak(args.device)
     peak = max(peaks.values())
-    print("fp32 matmul peak, 2048^3, median of 7: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()), flush=True)
+    print(
+        "fp32 matmul peak, 2048^3, median of 7: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()),
+        flush=True,
+    )
     data = load_benchmark("seq-fmnist", device=args.device)
     if args.fraction < 1:
-        data = dataclasses.replace(data, train_task_idx=tuple(i[: max(1, int(len(i) * args.fraction))] for i in data.train_task_idx))
+        data = dataclasses.replace(
+            data, train_task_idx=tuple(i[: max(1, int(len(i) * args.fraction))] for i in data.train_task_idx)
+        )
 
     best = max(peaks, key=peaks.get)
-    targets = [measurement(f"fp32 matmul peak (2048^3, {args.device})", peak, "GFLOP/s",
-                           shown=", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))]
+    targets = [
+        measurement(
+            f"fp32 matmul peak (2048^3, {args.device})",
+            peak,
+            "GFLOP/s",
+            shown=", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()),
+        )
+    ]
     record = {"peaks_gflops": peaks, "seeds": args.seeds, "fraction": args.fraction, "methods": {}}
     for method in args.methods.split(","):
-        cfgs = [RunConfig(method=method, benchmark="seq-fmnist", seed=s, buffer_size=200).resolve() for s in range(args.seeds)]
+        cfgs = [
+            RunConfig(method=method, benchmark="seq-fmnist", seed=s, buffer_size=200).resolve()
+            for s in range(args.seeds)
+        ]
         train_flops, eval_flops, steps = mlp_flops(cfgs[0], data)
         runs = []
         for _ in range(args.repeats):
@@ -145,52 +159,106 @@ def main() -> None:
         gemm_s = seconds["forward and loss"] + seconds["backward"]
         n = args.seeds
         c0 = cfgs[0]
-        print(f"\n{method}: {n} seeds in one group, buffer 200, batch {c0.batch_size}, replay minibatch {c0.minibatch_size} x "
-              f"{get_method(method).replay_draws} draw(s); {steps} steps; wall {wall:.2f} s (median of {args.repeats})")
+        print(
+            f"\n{method}: {n} seeds in one group, buffer 200, batch {c0.batch_size}, replay minibatch {c0.minibatch_size} x "
+            f"{get_method(method).replay_draws} draw(s); {steps} steps; wall {wall:.2f} s (median of {args.repeats})"
+        )
         flop_rows = [
-            ["training (all phases)", f"{n * train_flops / 1e12:.3f}", f"{train_s:.2f}", f"{n * train_flops / train_s / 1e9:.0f}",
-             f"{100 * n * train_flops / train_s / 1e9 / peak:.0f} %"],
-            ["  forward + backward phases only", f"{n * train_flops / 1e12:.3f}", f"{gemm_s:.2f}", f"{n * train_flops / gemm_s / 1e9:.0f}",
-             f"{100 * n * train_flops / gemm_s / 1e9 / peak:.0f} %"],
-            ["evaluation (5 x 10000 test images)", f"{n * eval_flops / 1e12:.3f}", f"{eval_s:.2f}", f"{n * eval_flops / eval_s / 1e9:.0f}",
-             f"{100 * n * eval_flops / eval_s / 1e9 / peak:.0f} %"],
+            [
+                "training (all phases)",
+                f"{n * train_flops / 1e12:.3f}",
+                f"{train_s:.2f}",
+                f"{n * train_flops / train_s / 1e9:.0f}",
+                f"{100 * n * train_flops / train_s / 1e9 / peak:.0f} %",
+            ],
+            [
+                "  forward + backward phases only",
+                f"{n * train_flops / 1e12:.3f}",
+                f"{gemm_s:.2f}",
+                f"{n * train_flops / gemm_s / 1e9:.0f}",
+                f"{100 * n * train_flops / gemm_s / 1e9 / peak:.0f} %",
+            ],
+            [
+                "evaluation (5 x 10000 test images)",
+                f"{n * eval_flops / 1e12:.3f}",
+                f"{eval_s:.2f}",
+                f"{n * eval_flops / eval_s / 1e9:.0f}",
+                f"{100 * n * eval_flops / eval_s / 1e9 / peak:.0f} %",
+            ],
         ]
         print(table(["work", "TFLOP", "seconds", "GFLOP/s", f"of the {peak:.0f} GFLOP/s peak"], flop_rows))
         total = wall + (db_s or 0.0)
         prof = sorted(seconds.items(), key=lambda kv: -kv[1])
         rows = [[name, f"{s:.2f}", f"{100 * s / total:.1f} %", f"{1e6 * s / steps:.0f}"] for name, s in prof]
         other = wall - sum(seconds.values())
-        rows.append(["other (step bookkeeping, loss sums, progress)", f"{other:.2f}", f"{100 * other / total:.1f} %", f"{1e6 * other / steps:.0f}"])
+        rows.append(
+            [
+                "other (step bookkeeping, loss sums, progress)",
+                f"{other:.2f}",
+                f"{100 * other / total:.1f} %",
+                f"{1e6 * other / steps:.0f}",
+            ]
+        )
         if db_s is not None:
-            rows.append(["database (SQLite registry: claim, running, results)", f"{db_s:.2f}", f"{100 * db_s / total:.1f} %", ""])
+            rows.append(
+                [
+                    "database (SQLite registry: claim, running, results)",
+                    f"{db_s:.2f}",
+                    f"{100 * db_s / total:.1f} %",
+                    "",
+                ]
+            )
         rows.append(["total", f"{total:.2f}", "100 %", f"{1e6 * total / steps:.0f}"])
         print(table(["phase", "seconds", "share", "us per step"], rows))
-        print(f"lower bound at the measured peak: {n * train_flops / peak / 1e9:.2f} s of training "
-              f"({n * (train_flops + eval_flops) / peak / 1e9:.2f} s with evaluation)")
+        print(
+            f"lower bound at the measured peak: {n * train_flops / peak / 1e9:.2f} s of training "
+            f"({n * (train_flops + eval_flops) / peak / 1e9:.2f} s with evaluation)"
+        )
         # The matrix products alone, at this step's shapes, for the group and for one run: how
         # close the dominant kernels come to the peak (what bounds the forward/backward phases).
         spec = get_method(method)
         full_rows = c0.batch_size + (spec.replay_draws * c0.minibatch_size if spec.uses_buffer else 0)
         layer_rows = layer_throughput(n, full_rows, args.device) + layer_throughput(1, full_rows, args.device)
-        print(f"matrix products of one full step (forward + backward, {full_rows} rows per run) through batched_linear:")
+        print(
+            f"matrix products of one full step (forward + backward, {full_rows} rows per run) through batched_linear:"
+        )
         print(table(["layer", "runs x rows", "us per step", "GFLOP/s"], layer_rows))
         step_us = 1e6 * total / steps
         products_us = sum(float(r[2]) for r in layer_rows[: len(MLP) - 1])  # the group's layers (first half)
         fb_gflops = n * train_flops / gemm_s / 1e9
-        group = f"{n}-run {method} group on seq-fmnist" + (f" ({args.fraction:g} of the data)" if args.fraction < 1 else "")
+        group = f"{n}-run {method} group on seq-fmnist" + (
+            f" ({args.fraction:g} of the data)" if args.fraction < 1 else ""
+        )
         targets += [
-            measurement(f"{group}: one training step, and its matrix products alone at the step's shapes", step_us,
-                        "us", shown=f"{step_us:.0f} us per step; the three layers' products alone {products_us:.0f} us"),
-            measurement(f"{group}: achieved FLOP/s in forward + backward", fb_gflops, "GFLOP/s",
-                        shown=f"{fb_gflops:.0f} GFLOP/s, {100 * fb_gflops / peak:.0f} % of the {peak:.0f} GFLOP/s peak "
-                              f"({best}); {n * train_flops / 1e12:.2f} TFLOP, {n * train_flops / peak / 1e9:.1f} s at "
-                              "the peak"),
+            measurement(
+                f"{group}: one training step, and its matrix products alone at the step's shapes",
+                step_us,
+                "us",
+                shown=f"{step_us:.0f} us per step; the three layers' products alone {products_us:.0f} us",
+            ),
+            measurement(
+                f"{group}: achieved FLOP/s in forward + backward",
+                fb_gflops,
+                "GFLOP/s",
+                shown=f"{fb_gflops:.0f} GFLOP/s, {100 * fb_gflops / peak:.0f} % of the {peak:.0f} GFLOP/s peak "
+                f"({best}); {n * train_flops / 1e12:.2f} TFLOP, {n * train_flops / peak / 1e9:.1f} s at "
+                "the peak",
+            ),
         ]
         record["methods"][method] = {
-            "steps": steps, "wall_s": wall, "train_s": train_s, "eval_s": eval_s, "train_tflop": n * train_flops / 1e12,
-            "eval_tflop": n * eval_flops / 1e12, "phases_s": dict(seconds), "database_s": db_s, "step_us": step_us,
-            "products_us": products_us, "forward_backward_gflops": fb_gflops,
-            "layers": [dict(zip(["layer", "runs x rows", "us per step", "GFLOP/s"], r)) for r in layer_rows]}
+            "steps": steps,
+            "wall_s": wall,
+            "train_s": train_s,
+            "eval_s": eval_s,
+            "train_tflop": n * train_flops / 1e12,
+            "eval_tflop": n * eval_flops / 1e12,
+            "phases_s": dict(seconds),
+            "database_s": db_s,
+            "step_us": step_us,
+            "products_us": products_us,
+            "forward_backward_gflops": fb_gflops,
+            "layers": [dict(zip(["layer", "runs x rows", "us per step", "GFLOP/s"], r)) for r in layer_rows],
+        }
     say_targets(targets)
     print(load_line())
     write_result("efficiency", targets, record, args)

@@ -79,25 +79,63 @@ class Sizes:
 
 
 # On one H100 the whole check is planned to take about 4-5 minutes; --budget-s skips what would not fit.
-GPU = Sizes(width=64, side=32, batch=32, group_steps=20, groups=(1, 4, 10, 20), method_runs=4, method_steps=10,
-            gdumb_epochs=4,
-            resume_width=64, resume_runs=2, resume_side=32, resume_steps=60, resume_every_s=0.25,
-            cifar_per_file=500, cifar_batch=32, cifar_seeds=2, ray_train_per_class=1000, timeout_s=240)
-TOY = Sizes(width=4, side=8, batch=8, group_steps=1, groups=(1, 2), method_runs=2, method_steps=1, gdumb_epochs=1,
-            resume_width=4, resume_runs=2, resume_side=8, resume_steps=12, resume_every_s=0.01,
-            cifar_per_file=10, cifar_batch=8, cifar_seeds=1, ray_train_per_class=20, timeout_s=240)
+GPU = Sizes(
+    width=64,
+    side=32,
+    batch=32,
+    group_steps=20,
+    groups=(1, 4, 10, 20),
+    method_runs=4,
+    method_steps=10,
+    gdumb_epochs=4,
+    resume_width=64,
+    resume_runs=2,
+    resume_side=32,
+    resume_steps=60,
+    resume_every_s=0.25,
+    cifar_per_file=500,
+    cifar_batch=32,
+    cifar_seeds=2,
+    ray_train_per_class=1000,
+    timeout_s=240,
+)
+TOY = Sizes(
+    width=4,
+    side=8,
+    batch=8,
+    group_steps=1,
+    groups=(1, 2),
+    method_runs=2,
+    method_steps=1,
+    gdumb_epochs=1,
+    resume_width=4,
+    resume_runs=2,
+    resume_side=8,
+    resume_steps=12,
+    resume_every_s=0.01,
+    cifar_per_file=10,
+    cifar_batch=8,
+    cifar_seeds=1,
+    ray_train_per_class=20,
+    timeout_s=240,
+)
 
 
 def main() -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for every part at a toy size")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
-    ap.add_argument("--budget-s", type=float, default=390.0,
-                    help="seconds after which the parts not yet started are skipped (recorded unchecked); a part's "
-                         f"processes are stopped {GRACE_S:g} s after it")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=390.0,
+        help="seconds after which the parts not yet started are skipped (recorded unchecked); a part's "
+        f"processes are stopped {GRACE_S:g} s after it",
+    )
     ap.add_argument("--toy", action="store_true", help="the toy sizes on any device")
     output_options(ap)
     args = begin(ap)
@@ -106,8 +144,10 @@ def main() -> None:
         import torch
 
         if not torch.cuda.is_available():
-            sys.exit(f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__}); give "
-                     "--device cpu for the toy-size check")
+            sys.exit(
+                f"--device {args.device}: torch sees no CUDA device here (torch {torch.__version__}); give "
+                "--device cpu for the toy-size check"
+            )
     toy = args.toy or not cuda
     args.quick = args.quick or toy  # a toy-size file never lands among the real results
     sizes = TOY if toy else GPU
@@ -116,8 +156,10 @@ def main() -> None:
 
         torch.set_num_threads(1)  # a toy check on a CPU that others share: spinning threads would cost minutes
     parts = chosen(args.parts, PARTS, "part")
-    print(f"GPU check on {args.device}, {'toy' if toy else 'full'} sizes: {', '.join(parts)}; budget "
-          f"{args.budget_s:g} s", flush=True)
+    print(
+        f"GPU check on {args.device}, {'toy' if toy else 'full'} sizes: {', '.join(parts)}; budget {args.budget_s:g} s",
+        flush=True,
+    )
     started = time.perf_counter()
     args.deadline = started + args.budget_s + GRACE_S
     targets, data, spent = [], {"sizes": asdict(sizes), "toy": toy}, {}
@@ -140,14 +182,24 @@ def main() -> None:
     write_result("gpu", targets, data, args)
 
 
-def run_parts(args, sizes: Sizes, parts: list[str], tmp: Path, children: Children, started: float,
-              targets: list[dict], data: dict, spent: dict) -> None:
+def run_parts(
+    args,
+    sizes: Sizes,
+    parts: list[str],
+    tmp: Path,
+    children: Children,
+    started: float,
+    targets: list[dict],
+    data: dict,
+    spent: dict,
+) -> None:
     """Each part in turn, appending to ``targets``, ``data`` and ``spent``; a part that would start
     after the budget is recorded unchecked."""
     for part in parts:
         if time.perf_counter() - started > args.budget_s:
-            targets.append(target(f"{part}: not run", None, "", None,
-                                  why=f"skipped: the {args.budget_s:g} s budget was spent"))
+            targets.append(
+                target(f"{part}: not run", None, "", None, why=f"skipped: the {args.budget_s:g} s budget was spent")
+            )
             print(f"\n== {part}: skipped (budget spent)", flush=True)
             continue
         print(f"\n== {part}", flush=True)
@@ -178,25 +230,45 @@ def part_groups(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list
             print(f"group of {size}: skipped (it would take the part past {GROUPS_BUDGET_S:g} s)", flush=True)
             continue
         t1 = time.perf_counter()
-        measured.update(by_group_size(cfgs, bench_data, [size], 1, args.device,
-                                      images_per_run(sizes.group_steps, sizes.batch)))
+        measured.update(
+            by_group_size(cfgs, bench_data, [size], 1, args.device, images_per_run(sizes.group_steps, sizes.batch))
+        )
         last = (size, time.perf_counter() - t1)
     what = f"ResNet-18 width {sizes.width} ER groups of {', '.join(map(str, measured))} ({args.device})"
     text, targets = group_targets(measured, args.device, what)
     if 10 not in measured:
-        targets.insert(0, target(f"{what}: a group of 10 >= 5x the images/s of single runs", None, "", None,
-                                 why="skipped for time" if 10 in skipped else "no group of 10 at this size"))
+        targets.insert(
+            0,
+            target(
+                f"{what}: a group of 10 >= 5x the images/s of single runs",
+                None,
+                "",
+                None,
+                why="skipped for time" if 10 in skipped else "no group of 10 at this size",
+            ),
+        )
     print(text)
     return targets, {"groups": {str(k): v for k, v in measured.items()}, "skipped": skipped}
 
 
 def part_methods(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     syn, bench_data = resnet_data(sizes.method_steps, sizes.batch, args.device, sizes.side)
-    throughput = method_throughput(METHODS.split(","), bench_data, syn, runs=sizes.method_runs, width=sizes.width,
-                                   batch=sizes.batch, buffer=200, steps_per_task=sizes.method_steps,
-                                   gdumb_epochs=sizes.gdumb_epochs, repeats=1, device=args.device)
-    text, targets = against_er(throughput, f"ResNet-18 width {sizes.width}, groups of {sizes.method_runs} "
-                                           f"({args.device})")
+    throughput = method_throughput(
+        METHODS.split(","),
+        bench_data,
+        syn,
+        runs=sizes.method_runs,
+        width=sizes.width,
+        batch=sizes.batch,
+        buffer=200,
+        steps_per_task=sizes.method_steps,
+        gdumb_epochs=sizes.gdumb_epochs,
+        repeats=1,
+        device=args.device,
+    )
+    text, targets = against_er(
+        throughput, f"ResNet-18 width {sizes.width}, groups of {sizes.method_runs} ({args.device})"
+    )
     print(text)
     return targets, {"stream_images_per_s": throughput}
 
@@ -233,9 +305,18 @@ with open(spec["out"], "wb") as fh:
 
 
 def child_spec(args, sizes: Sizes, out: Path, checkpoints: Path | None) -> dict:
-    return {"device": args.device, "bench_dir": BENCH_DIR, "train_per_class": sizes.resume_steps * sizes.batch // 2,
-            "side": sizes.resume_side, "runs": sizes.resume_runs, "width": sizes.resume_width, "batch": sizes.batch,
-            "checkpoints": str(checkpoints) if checkpoints else None, "every_s": sizes.resume_every_s, "out": str(out)}
+    return {
+        "device": args.device,
+        "bench_dir": BENCH_DIR,
+        "train_per_class": sizes.resume_steps * sizes.batch // 2,
+        "side": sizes.resume_side,
+        "runs": sizes.resume_runs,
+        "width": sizes.resume_width,
+        "batch": sizes.batch,
+        "checkpoints": str(checkpoints) if checkpoints else None,
+        "every_s": sizes.resume_every_s,
+        "out": str(out),
+    }
 
 
 def child_env() -> dict[str, str]:
@@ -262,8 +343,13 @@ class Children:
     def start(self, name: str, checkpoints: Path | None = None) -> subprocess.Popen:
         spec = child_spec(self.args, self.sizes, self.tmp / f"{name}.pkl", checkpoints)
         with open(self.tmp / f"{name}.err", "w") as err:  # a file, not a pipe: a chatty child never blocks
-            proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(spec)], cwd=REPO, env=child_env(),
-                                    stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD, json.dumps(spec)],
+                cwd=REPO,
+                env=child_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         self.running[name] = (proc, spec, time.perf_counter())
         return proc
 
@@ -306,13 +392,19 @@ def differences(a, b) -> list[str]:
     """What differs between two groups' results (empty: equal bit for bit)."""
     out = []
     for i, (x, y) in enumerate(zip(a, b)):
-        for name in ("class_il_correct", "task_il_correct", "class_il_seen_correct", "confidence",
-                     "per_class_accuracy"):
+        for name in (
+            "class_il_correct",
+            "task_il_correct",
+            "class_il_seen_correct",
+            "confidence",
+            "per_class_accuracy",
+        ):
             u, v = getattr(x, name), getattr(y, name)
             if (u is None) != (v is None) or (u is not None and not np.array_equal(u, v, equal_nan=True)):
                 out.append(f"run {i}: {name}")
         if x.train_loss.keys() != y.train_loss.keys() or any(
-                not np.array_equal(x.train_loss[k], y.train_loss[k], equal_nan=True) for k in x.train_loss):
+            not np.array_equal(x.train_loss[k], y.train_loss[k], equal_nan=True) for k in x.train_loss
+        ):
             out.append(f"run {i}: train_loss")
         if x.divergence != y.divergence:
             out.append(f"run {i}: divergence")
@@ -322,8 +414,10 @@ def differences(a, b) -> list[str]:
 def part_resume(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     from clbench.engine.checkpoint import list_checkpoints
 
-    what = (f"kill -9 inside a task after the first, and resume ({args.device}, ResNet-18 width "
-            f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})")
+    what = (
+        f"kill -9 inside a task after the first, and resume ({args.device}, ResNet-18 width "
+        f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})"
+    )
     try:
         children.start_uninterrupted()
         ckpt = tmp / "checkpoints"
@@ -336,8 +430,10 @@ def part_resume(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list
                     break
                 time.sleep(0.005)
             if proc.poll() is not None:
-                raise RuntimeError("the group finished (or failed) before it could be killed inside a later task: "
-                                   + (tmp / "killed.err").read_text().strip()[-500:])
+                raise RuntimeError(
+                    "the group finished (or failed) before it could be killed inside a later task: "
+                    + (tmp / "killed.err").read_text().strip()[-500:]
+                )
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         finally:
@@ -353,25 +449,60 @@ def part_resume(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list
         ref = children.result("reference")
         diff = differences(ref["results"], resumed["results"])
         ok = resumed["resumed"] is not None and not diff
-        why = "" if ok else ("it did not resume from the checkpoint" if resumed["resumed"] is None
-                             else f"differs: {', '.join(diff[:4])}")
-        print(f"resumed from task {resumed['resumed'][0] + 1}, step {resumed['resumed'][1]}; equal to the "
-              f"uninterrupted run: {not diff}" if resumed["resumed"] else "did not resume", flush=True)
-        return ([target(f"{what}: results equal to an uninterrupted run's, bit for bit", None, "", ok,
-                        shown=f"killed at task {killed_at[0] + 1} step {killed_at[1]}; equal: "
-                              f"{'yes' if not diff else 'no'}",
-                        why=why)],
-                {"killed_at": killed_at, "resumed_at": resumed["resumed"], "differences": diff,
-                 "nondeterministic_ops": resumed["nondeterministic"]})
+        why = (
+            ""
+            if ok
+            else (
+                "it did not resume from the checkpoint"
+                if resumed["resumed"] is None
+                else f"differs: {', '.join(diff[:4])}"
+            )
+        )
+        print(
+            f"resumed from task {resumed['resumed'][0] + 1}, step {resumed['resumed'][1]}; equal to the "
+            f"uninterrupted run: {not diff}"
+            if resumed["resumed"]
+            else "did not resume",
+            flush=True,
+        )
+        return (
+            [
+                target(
+                    f"{what}: results equal to an uninterrupted run's, bit for bit",
+                    None,
+                    "",
+                    ok,
+                    shown=f"killed at task {killed_at[0] + 1} step {killed_at[1]}; equal: "
+                    f"{'yes' if not diff else 'no'}",
+                    why=why,
+                )
+            ],
+            {
+                "killed_at": killed_at,
+                "resumed_at": resumed["resumed"],
+                "differences": diff,
+                "nondeterministic_ops": resumed["nondeterministic"],
+            },
+        )
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
         print(f"failed: {exc}", flush=True)
-        return [target(f"{what}: results equal to an uninterrupted run's", None, "", False, shown="failed",
-                       why=str(exc).splitlines()[0][:300])], {"error": str(exc)}
+        return [
+            target(
+                f"{what}: results equal to an uninterrupted run's",
+                None,
+                "",
+                False,
+                shown="failed",
+                why=str(exc).splitlines()[0][:300],
+            )
+        ], {"error": str(exc)}
 
 
 def part_determinism(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
-    what = f"a re-run in a fresh process with deterministic algorithms ({args.device}, ResNet-18 width " \
-           f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})"
+    what = (
+        f"a re-run in a fresh process with deterministic algorithms ({args.device}, ResNet-18 width "
+        f"{sizes.resume_width}, DER++ group of {sizes.resume_runs})"
+    )
     try:
         children.start_uninterrupted()
         ref, again = children.result("reference"), children.result("again")
@@ -380,14 +511,24 @@ def part_determinism(args, sizes: Sizes, tmp: Path, children: Children) -> tuple
         print(f"equal bit for bit: {not diff}; operations without a deterministic kernel: {len(ops)}", flush=True)
         for op in ops:
             print(f"  {op}")
-        return ([target(f"{what}: equal bit for bit", None, "", not diff,
-                        shown=f"equal: {'yes' if not diff else 'no'}; {len(ops)} operation(s) warned as "
-                              "nondeterministic", why="" if not diff else f"differs: {', '.join(diff[:4])}")],
-                {"differences": diff, "nondeterministic_ops": ops, "versions": again["versions"]})
+        return (
+            [
+                target(
+                    f"{what}: equal bit for bit",
+                    None,
+                    "",
+                    not diff,
+                    shown=f"equal: {'yes' if not diff else 'no'}; {len(ops)} operation(s) warned as nondeterministic",
+                    why="" if not diff else f"differs: {', '.join(diff[:4])}",
+                )
+            ],
+            {"differences": diff, "nondeterministic_ops": ops, "versions": again["versions"]},
+        )
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         print(f"failed: {exc}", flush=True)
-        return [target(f"{what}: equal bit for bit", None, "", False, shown="failed",
-                       why=str(exc).splitlines()[0][:300])], {"error": str(exc)}
+        return [
+            target(f"{what}: equal bit for bit", None, "", False, shown="failed", why=str(exc).splitlines()[0][:300])
+        ], {"error": str(exc)}
 
 
 # -- cifar and ray: through the command line ------------------------------------------------------
@@ -402,9 +543,14 @@ def run_cli(arguments: list[str], cwd: Path, timeout_s: float) -> subprocess.Com
     env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_DB", "CLBENCH_CHECKPOINTS", "RAY_ADDRESS")}
     # This tree's clbench, installed or not (Ray's workers inherit the path from the driver).
     path = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
-    return subprocess.run(clbench_command() + arguments, cwd=cwd,
-                          env={**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}, capture_output=True, text=True,
-                          timeout=timeout_s)
+    return subprocess.run(
+        clbench_command() + arguments,
+        cwd=cwd,
+        env={**env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def stored_runs(db: Path) -> list[tuple[str, str, str]]:
@@ -423,9 +569,12 @@ def write_cifar10(root: Path, per_file: int) -> Path:
     rng = np.random.default_rng(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        record = {b"batch_label": name.encode(), b"labels": [i % 10 for i in range(per_file)],
-                  b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-                  b"filenames": [f"{name}_{i}.png".encode() for i in range(per_file)]}
+        record = {
+            b"batch_label": name.encode(),
+            b"labels": [i % 10 for i in range(per_file)],
+            b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+            b"filenames": [f"{name}_{i}.png".encode() for i in range(per_file)],
+        }
         with open(folder / name, "wb") as fh:
             pickle.dump(record, fh, protocol=2)
     with open(folder / "batches.meta", "wb") as fh:
@@ -437,11 +586,33 @@ def part_cifar(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[
     root = write_cifar10(tmp / "cifar-data", sizes.cifar_per_file)
     work = tmp / "cifar-run"
     work.mkdir()
-    what = (f"seq-cifar10 through `clbench run` on files in the real CIFAR-10 format ({5 * sizes.cifar_per_file} "
-            f"training images, 1 epoch, batch {sizes.cifar_batch}, {sizes.cifar_seeds} seed(s), {args.device})")
-    cli = ["run", "--dataset", "seq-cifar10", "--data-dir", str(root), "--epochs", "1", "--seeds",
-           str(sizes.cifar_seeds), "--method", "er", "--batch-size", str(sizes.cifar_batch), "--minibatch-size",
-           str(sizes.cifar_batch), "--device", args.device, "--db", str(work / "results.db"), "--checkpoint-every", "0"]
+    what = (
+        f"seq-cifar10 through `clbench run` on files in the real CIFAR-10 format ({5 * sizes.cifar_per_file} "
+        f"training images, 1 epoch, batch {sizes.cifar_batch}, {sizes.cifar_seeds} seed(s), {args.device})"
+    )
+    cli = [
+        "run",
+        "--dataset",
+        "seq-cifar10",
+        "--data-dir",
+        str(root),
+        "--epochs",
+        "1",
+        "--seeds",
+        str(sizes.cifar_seeds),
+        "--method",
+        "er",
+        "--batch-size",
+        str(sizes.cifar_batch),
+        "--minibatch-size",
+        str(sizes.cifar_batch),
+        "--device",
+        args.device,
+        "--db",
+        str(work / "results.db"),
+        "--checkpoint-every",
+        "0",
+    ]
     t0 = time.perf_counter()
     try:
         done = run_cli(cli, work, time_left(args, sizes))
@@ -452,33 +623,83 @@ def part_cifar(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[
     finished = [r for r in runs if r[0] == "finished"]
     on_device = all(r[1].startswith(args.device.split(":")[0]) for r in finished)
     ok = done.returncode == 0 and len(finished) == sizes.cifar_seeds and on_device
-    print(f"clbench run exit status {done.returncode} in {wall:.1f} s; runs finished: {len(finished)} of "
-          f"{sizes.cifar_seeds}; devices: {sorted({f'{r[1]} ({r[2]})' for r in runs})}", flush=True)
+    print(
+        f"clbench run exit status {done.returncode} in {wall:.1f} s; runs finished: {len(finished)} of "
+        f"{sizes.cifar_seeds}; devices: {sorted({f'{r[1]} ({r[2]})' for r in runs})}",
+        flush=True,
+    )
     if done.returncode != 0:
         print(done.stderr.strip()[-1500:])
-    why = "" if ok else (f"exit status {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"
-                         if done.returncode else "not every run finished on the device")
-    return ([target(what, wall, "s", ok, shown=f"{len(finished)} of {sizes.cifar_seeds} run(s) finished in "
-                                               f"{wall:.1f} s", why=why)],
-            {"exit_status": done.returncode, "wall_s": wall, "runs": runs})
+    why = (
+        ""
+        if ok
+        else (
+            f"exit status {done.returncode}: {(done.stderr.strip().splitlines() or [''])[-1][:200]}"
+            if done.returncode
+            else "not every run finished on the device"
+        )
+    )
+    return (
+        [
+            target(
+                what,
+                wall,
+                "s",
+                ok,
+                shown=f"{len(finished)} of {sizes.cifar_seeds} run(s) finished in {wall:.1f} s",
+                why=why,
+            )
+        ],
+        {"exit_status": done.returncode, "wall_s": wall, "runs": runs},
+    )
 
 
 def part_ray(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[dict], dict]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [target("a Ray group with a fractional GPU", None, "", False, shown="Ray is not installed",
-                       why="pip install -e '.[ray]'")], {}
+        return [
+            target(
+                "a Ray group with a fractional GPU",
+                None,
+                "",
+                False,
+                shown="Ray is not installed",
+                why="pip install -e '.[ray]'",
+            )
+        ], {}
     cuda = args.device.startswith("cuda")
     share = "0.5" if cuda else "0"
     work = tmp / "ray-run"
     work.mkdir()
-    cli = ["run", "--executor", "ray", "--cpus-per-group", "1", "--gpus-per-group", share, "--device", args.device,
-           "--dataset", "synthetic", "--synthetic-train-per-class", str(sizes.ray_train_per_class),
-           "--synthetic-test-per-class", "10", "--seeds", "2", "--group-size", "1", "--db", str(work / "results.db"),
-           "--checkpoint-every", "0"]
-    what = (f"a Ray sweep of 2 groups with --gpus-per-group {share} ({args.device}): every run finished"
-            + (" on the GPU" if cuda else ""))
+    cli = [
+        "run",
+        "--executor",
+        "ray",
+        "--cpus-per-group",
+        "1",
+        "--gpus-per-group",
+        share,
+        "--device",
+        args.device,
+        "--dataset",
+        "synthetic",
+        "--synthetic-train-per-class",
+        str(sizes.ray_train_per_class),
+        "--synthetic-test-per-class",
+        "10",
+        "--seeds",
+        "2",
+        "--group-size",
+        "1",
+        "--db",
+        str(work / "results.db"),
+        "--checkpoint-every",
+        "0",
+    ]
+    what = f"a Ray sweep of 2 groups with --gpus-per-group {share} ({args.device}): every run finished" + (
+        " on the GPU" if cuda else ""
+    )
     t0 = time.perf_counter()
     try:
         done = run_cli(cli, work, time_left(args, sizes))
@@ -491,18 +712,38 @@ def part_ray(args, sizes: Sizes, tmp: Path, children: Children) -> tuple[list[di
     log = done.stderr + done.stdout
     # Both groups started before either was done: they shared the GPU at once.
     first_done = _index(log, "done: group ")
-    at_once = sum(1 for line in log.splitlines() if line.startswith("started: group ")
-                  and log.find(line) < first_done) >= 2
+    at_once = (
+        sum(1 for line in log.splitlines() if line.startswith("started: group ") and log.find(line) < first_done) >= 2
+    )
     ok = done.returncode == 0 and len(finished) == 2 and on_device
-    print(f"clbench run --executor ray exit status {done.returncode} in {wall:.1f} s (Ray's start included); runs "
-          f"finished: {len(finished)} of 2; devices: {sorted({f'{r[1]} ({r[2]})' for r in runs})}; the two groups "
-          f"ran at the same time: {at_once}", flush=True)
+    print(
+        f"clbench run --executor ray exit status {done.returncode} in {wall:.1f} s (Ray's start included); runs "
+        f"finished: {len(finished)} of 2; devices: {sorted({f'{r[1]} ({r[2]})' for r in runs})}; the two groups "
+        f"ran at the same time: {at_once}",
+        flush=True,
+    )
     if done.returncode != 0:
         print(log.strip()[-1500:])
-    why = "" if ok else (f"exit status {done.returncode}: {(log.strip().splitlines() or [''])[-1][:200]}"
-                         if done.returncode else "not every run finished on the device")
-    targets = [target(what, wall, "s", ok, shown=f"{len(finished)} of 2 runs finished in {wall:.1f} s; the groups "
-                                                 f"ran at the same time: {'yes' if at_once else 'no'}", why=why)]
+    why = (
+        ""
+        if ok
+        else (
+            f"exit status {done.returncode}: {(log.strip().splitlines() or [''])[-1][:200]}"
+            if done.returncode
+            else "not every run finished on the device"
+        )
+    )
+    targets = [
+        target(
+            what,
+            wall,
+            "s",
+            ok,
+            shown=f"{len(finished)} of 2 runs finished in {wall:.1f} s; the groups "
+            f"ran at the same time: {'yes' if at_once else 'no'}",
+            why=why,
+        )
+    ]
     if not cuda:
         targets.append(target("a Ray group on a fractional GPU", None, "", None, why=f"ran on {args.device}: no GPU"))
     return targets, {"exit_status": done.returncode, "wall_s": wall, "runs": runs, "groups_at_once": at_once}
@@ -513,8 +754,14 @@ def _index(text: str, needle: str) -> int:
     return i if i >= 0 else len(text) + 1
 
 
-PART_FUNCTIONS = {"groups": part_groups, "methods": part_methods, "resume": part_resume,
-                  "determinism": part_determinism, "cifar": part_cifar, "ray": part_ray}
+PART_FUNCTIONS = {
+    "groups": part_groups,
+    "methods": part_methods,
+    "resume": part_resume,
+    "determinism": part_determinism,
+    "cifar": part_cifar,
+    "ray": part_ray,
+}
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def main() -> None:
     if args.quick:
         args.seeds, args.repeats = min(args.seeds, 2), 1
     bench, syn = ("synthetic", QUICK) if args.quick else ("seq-fmnist", None)
-    cfgs = [RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=args.buffer)
-            for s in range(args.seeds)]
+    cfgs = [
+        RunConfig(method=args.method, benchmark=bench, synthetic=syn, seed=s, buffer_size=args.buffer)
+        for s in range(args.seeds)
+    ]
     _, load_s = timed(lambda: load_benchmark(bench, synthetic=syn, device=args.device), args.device)
 
     rows, group_s, seq_s, breakdown = [], [], [], []
@@ -57,37 +59,69 @@ def main() -> None:
     gm, am = median(group_s), median(seq_s)
     train_m, eval_m = median([b[0] for b in breakdown]), median([b[1] for b in breakdown])
     print()
-    print(f"{args.seeds} seeds of {args.method} on {bench} (MLP protocol, buffer {args.buffer}), "
-          f"wall seconds of train_runs (data loading + training + evaluation after every task):")
+    print(
+        f"{args.seeds} seeds of {args.method} on {bench} (MLP protocol, buffer {args.buffer}), "
+        f"wall seconds of train_runs (data loading + training + evaluation after every task):"
+    )
     print(table(["repeat", f"group of {args.seeds} (s)", f"{args.seeds} x group of 1 (s)", "ratio"], rows))
     print()
     ratio = am / gm
-    print(table(["", "median"], [
-        [f"group of {args.seeds}, wall (s)", f"{gm:.2f}"],
-        ["  of which data loading (s, measured apart)", f"{load_s:.2f}"],
-        ["  of which training (s)", f"{train_m:.2f}"],
-        ["  of which evaluation, 5 times (s)", f"{eval_m:.2f}"],
-        [f"{args.seeds} runs one after another, wall (s)", f"{am:.2f}"],
-        ["  per run (s)", f"{am / args.seeds:.2f}"],
-        ["speed-up of the group (ratio of medians)", f"{ratio:.2f}x"],
-        ["median of the per-repeat ratios", f"{median([float(r[3][:-1]) for r in rows]):.2f}x"],
-        ["class-IL FAA, mean over seeds (%)", f"{faa.mean():.2f}"],
-        ["largest |FAA group - FAA alone| of a run (points)", f"{max_diff:.2f}"],
-    ]))
+    print(
+        table(
+            ["", "median"],
+            [
+                [f"group of {args.seeds}, wall (s)", f"{gm:.2f}"],
+                ["  of which data loading (s, measured apart)", f"{load_s:.2f}"],
+                ["  of which training (s)", f"{train_m:.2f}"],
+                ["  of which evaluation, 5 times (s)", f"{eval_m:.2f}"],
+                [f"{args.seeds} runs one after another, wall (s)", f"{am:.2f}"],
+                ["  per run (s)", f"{am / args.seeds:.2f}"],
+                ["speed-up of the group (ratio of medians)", f"{ratio:.2f}x"],
+                ["median of the per-repeat ratios", f"{median([float(r[3][:-1]) for r in rows]):.2f}x"],
+                ["class-IL FAA, mean over seeds (%)", f"{faa.mean():.2f}"],
+                ["largest |FAA group - FAA alone| of a run (points)", f"{max_diff:.2f}"],
+            ],
+        )
+    )
     print()
     group = f"{args.seeds}-seed {args.method} group on {bench}"
     targets = [
-        target(f"{group} <= {TARGET_WALL_S:g} s wall (loading + evaluation included)", gm, "s", gm <= TARGET_WALL_S,
-               shown=f"{gm:.2f} s (median of {args.repeats})"),
-        target(f"that group >= {TARGET_RATIO:g}x faster than its {args.seeds} runs one after another", ratio, "x",
-               ratio >= TARGET_RATIO, shown=f"{ratio:.2f}x ({am:.2f} s / {gm:.2f} s, medians of {args.repeats})"),
+        target(
+            f"{group} <= {TARGET_WALL_S:g} s wall (loading + evaluation included)",
+            gm,
+            "s",
+            gm <= TARGET_WALL_S,
+            shown=f"{gm:.2f} s (median of {args.repeats})",
+        ),
+        target(
+            f"that group >= {TARGET_RATIO:g}x faster than its {args.seeds} runs one after another",
+            ratio,
+            "x",
+            ratio >= TARGET_RATIO,
+            shown=f"{ratio:.2f}x ({am:.2f} s / {gm:.2f} s, medians of {args.repeats})",
+        ),
     ]
     say_targets(targets)
     print(load_line())
-    write_result("lockstep", targets, {
-        "seeds": args.seeds, "method": args.method, "benchmark": bench, "buffer": args.buffer, "repeats": args.repeats,
-        "group_s": group_s, "one_after_another_s": seq_s, "load_s": load_s, "train_s": train_m, "eval_s": eval_m,
-        "faa_class_il_mean": float(faa.mean()), "largest_faa_difference_points": float(max_diff)}, args)
+    write_result(
+        "lockstep",
+        targets,
+        {
+            "seeds": args.seeds,
+            "method": args.method,
+            "benchmark": bench,
+            "buffer": args.buffer,
+            "repeats": args.repeats,
+            "group_s": group_s,
+            "one_after_another_s": seq_s,
+            "load_s": load_s,
+            "train_s": train_m,
+            "eval_s": eval_m,
+            "faa_class_il_mean": float(faa.mean()),
+            "largest_faa_difference_points": float(max_diff),
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

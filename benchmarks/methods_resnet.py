@@ -26,14 +26,27 @@ from clbench import train_group
 METHODS = "er,derpp,xder,icarl,agem,gdumb"
 
 
-def method_throughput(methods: list[str], data, syn, *, runs: int, width: int, batch: int, buffer: int,
-                      steps_per_task: int, gdumb_epochs: int, repeats: int, device: str) -> dict[str, float]:
+def method_throughput(
+    methods: list[str],
+    data,
+    syn,
+    *,
+    runs: int,
+    width: int,
+    batch: int,
+    buffer: int,
+    steps_per_task: int,
+    gdumb_epochs: int,
+    repeats: int,
+    device: str,
+) -> dict[str, float]:
     """Each method's group of ``runs``: stream images per second of training (median of ``repeats``)."""
 
     def group(method: str):
         options = {"fitting_epochs": gdumb_epochs} if method == "gdumb" else None
-        return resnet_configs(syn, runs, width=width, batch=batch, method=method, buffer=buffer, lr=0.05,
-                              options=options)
+        return resnet_configs(
+            syn, runs, width=width, batch=batch, method=method, buffer=buffer, lr=0.05, options=options
+        )
 
     stream_images = 5 * steps_per_task * batch  # per run
     train_group(group("er")[:1], data)  # warm-up (allocator, cuDNN / oneDNN kernel selection)
@@ -43,8 +56,9 @@ def method_throughput(methods: list[str], data, syn, *, runs: int, width: int, b
             results, wall = timed(lambda: train_group(group(method), data), device)  # noqa: B023
             train_s = sum(results[0].train_s)
             per_method[method].append(runs * stream_images / train_s)
-            print(f"repeat {rep + 1}: {method} group of {runs}: {train_s:.1f} s training ({wall:.1f} s wall)",
-                  flush=True)
+            print(
+                f"repeat {rep + 1}: {method} group of {runs}: {train_s:.1f} s training ({wall:.1f} s wall)", flush=True
+            )
     return {m: median(v) for m, v in per_method.items()}
 
 
@@ -55,8 +69,14 @@ def against_er(throughput: dict[str, float], what: str) -> tuple[str, list[dict]
     rows = [[m, f"{ips:.1f}", f"{ips / base:.2f}x" if base else "-"] for m, ips in throughput.items()]
     text = table(["method", "stream images/s (all runs, median)", "vs ER"], rows)
     shown = ", ".join(f"{m} {ips / base:.2f}x" for m, ips in throughput.items() if m != "er") if base else "-"
-    return text, [measurement(f"{what}: each method's group against ER's (stream images/s)", None, "",
-                              shown=shown + (f" (ER: {base:.0f} images/s)" if base else ""))]
+    return text, [
+        measurement(
+            f"{what}: each method's group against ER's (stream images/s)",
+            None,
+            "",
+            shown=shown + (f" (ER: {base:.0f} images/s)" if base else ""),
+        )
+    ]
 
 
 def main() -> None:
@@ -75,21 +95,44 @@ def main() -> None:
     steps = args.steps_per_task or (40 if cuda else 2)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     syn, data = resnet_data(steps, args.batch, args.device)
-    throughput = method_throughput(methods, data, syn, runs=args.runs, width=args.width, batch=args.batch,
-                                   buffer=args.buffer, steps_per_task=steps, gdumb_epochs=args.gdumb_epochs,
-                                   repeats=args.repeats, device=args.device)
+    throughput = method_throughput(
+        methods,
+        data,
+        syn,
+        runs=args.runs,
+        width=args.width,
+        batch=args.batch,
+        buffer=args.buffer,
+        steps_per_task=steps,
+        gdumb_epochs=args.gdumb_epochs,
+        repeats=args.repeats,
+        device=args.device,
+    )
     what = f"ResNet-18 width {args.width}, groups of {args.runs} on seq-cifar10-shaped data ({args.device})"
     text, targets = against_er(throughput, what)
     print()
-    print(f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps of batch {args.batch}, "
-          f"replay minibatch {args.batch}, buffer {args.buffer}, crop + flip; groups of {args.runs} runs; device "
-          f"{args.device}; gdumb: {args.gdumb_epochs} refit epochs per task")
+    print(
+        f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps of batch {args.batch}, "
+        f"replay minibatch {args.batch}, buffer {args.buffer}, crop + flip; groups of {args.runs} runs; device "
+        f"{args.device}; gdumb: {args.gdumb_epochs} refit epochs per task"
+    )
     print(text)
     say_targets(targets)
     print(load_line())
-    write_result("methods_resnet", targets, {"width": args.width, "runs": args.runs, "steps_per_task": steps,
-                                            "batch": args.batch, "buffer": args.buffer,
-                                            "gdumb_epochs": args.gdumb_epochs, "stream_images_per_s": throughput}, args)
+    write_result(
+        "methods_resnet",
+        targets,
+        {
+            "width": args.width,
+            "runs": args.runs,
+            "steps_per_task": steps,
+            "batch": args.batch,
+            "buffer": args.buffer,
+            "gdumb_epochs": args.gdumb_epochs,
+            "stream_images_per_s": throughput,
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

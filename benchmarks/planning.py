@@ -91,29 +91,51 @@ def main() -> None:
             fresh_s.append(dry_run(args.runs, os.path.join(tmp, f"none-{rep}.db")))
             existing_s.append(dry_run(args.runs, registry))
             steps.append(in_process(args.runs, registry))
-            print(f"repeat {rep + 1}: --dry-run {fresh_s[-1]:.2f} s without a registry, {existing_s[-1]:.2f} s "
-                  f"against an empty one; in one process {as_a_sweep_does(steps[-1]):.2f} s", flush=True)
+            print(
+                f"repeat {rep + 1}: --dry-run {fresh_s[-1]:.2f} s without a registry, {existing_s[-1]:.2f} s "
+                f"against an empty one; in one process {as_a_sweep_does(steps[-1]):.2f} s",
+                flush=True,
+            )
     print()
     print(f"planning {args.runs} runs (ER on seq-fmnist, seeds 0..{args.runs - 1}), median of {args.repeats}:")
-    rows = [["`clbench run --dry-run`, no registry yet (process start included)", f"{median(fresh_s):.2f}"],
-            ["`clbench run --dry-run` against an empty registry", f"{median(existing_s):.2f}"]]
+    rows = [
+        ["`clbench run --dry-run`, no registry yet (process start included)", f"{median(fresh_s):.2f}"],
+        ["`clbench run --dry-run` against an empty registry", f"{median(existing_s):.2f}"],
+    ]
     rows += [[f"  in one process: {name}", f"{median([s[name] for s in steps]):.2f}"] for name in steps[0]]
     print(table(["step", "seconds"], rows))
     print()
     wall = max(median(fresh_s), median(existing_s))
     targets = [
-        target(f"a {args.runs:,}-run sweep plans in < {TARGET_S:g} s (`clbench run --dry-run`, process start "
-               "included)", wall, "s", wall < TARGET_S,
-               shown=f"{median(fresh_s):.2f} s without a registry, {median(existing_s):.2f} s against one "
-                     f"(median of {args.repeats})"),
-        measurement(f"planning {args.runs:,} runs in one process (sweep_configs + plan_sweep against a registry)",
-                    median([as_a_sweep_does(s) for s in steps]), "s",
-                    shown=f"{median([as_a_sweep_does(s) for s in steps]):.2f} s (median of {args.repeats})"),
+        target(
+            f"a {args.runs:,}-run sweep plans in < {TARGET_S:g} s (`clbench run --dry-run`, process start included)",
+            wall,
+            "s",
+            wall < TARGET_S,
+            shown=f"{median(fresh_s):.2f} s without a registry, {median(existing_s):.2f} s against one "
+            f"(median of {args.repeats})",
+        ),
+        measurement(
+            f"planning {args.runs:,} runs in one process (sweep_configs + plan_sweep against a registry)",
+            median([as_a_sweep_does(s) for s in steps]),
+            "s",
+            shown=f"{median([as_a_sweep_does(s) for s in steps]):.2f} s (median of {args.repeats})",
+        ),
     ]
     say_targets(targets)
     print(load_line())
-    write_result("planning", targets, {"runs": args.runs, "repeats": args.repeats, "dry_run_fresh_s": fresh_s,
-                                       "dry_run_registry_s": existing_s, "in_process_s": steps}, args)
+    write_result(
+        "planning",
+        targets,
+        {
+            "runs": args.runs,
+            "repeats": args.repeats,
+            "dry_run_fresh_s": fresh_s,
+            "dry_run_registry_s": existing_s,
+            "in_process_s": steps,
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

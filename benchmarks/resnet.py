@@ -35,18 +35,47 @@ TARGET_GROUP_OF_10 = 5.0
 def resnet_data(steps_per_task: int, batch: int, device: str, side: int = 32):
     """seq-cifar10-shaped synthetic data: 5 tasks of 2 classes, 32x32x3 (``side``: smaller for toy
     sizes), crop + flip, enough training images for ``steps_per_task`` steps of ``batch`` per task."""
-    syn = SyntheticOptions(n_tasks=5, classes_per_task=2, train_per_class=steps_per_task * batch // 2,
-                           test_per_class=16, input_shape=(3, side, side), augment=True, backbone="resnet18")
+    syn = SyntheticOptions(
+        n_tasks=5,
+        classes_per_task=2,
+        train_per_class=steps_per_task * batch // 2,
+        test_per_class=16,
+        input_shape=(3, side, side),
+        augment=True,
+        backbone="resnet18",
+    )
     return syn, load_benchmark("synthetic", synthetic=syn, device=device)
 
 
-def resnet_configs(syn, n_runs: int, *, width: int, batch: int, method: str = "er", buffer: int = 200,
-                   lr: float = 0.1, options: dict | None = None):
+def resnet_configs(
+    syn,
+    n_runs: int,
+    *,
+    width: int,
+    batch: int,
+    method: str = "er",
+    buffer: int = 200,
+    lr: float = 0.1,
+    options: dict | None = None,
+):
     # A toy-size stream (--quick, gpu.py on the CPU) is shorter than the buffer: clbench refuses a
     # buffer larger than the stream, so the buffer is then the whole stream.
     buffer = min(buffer, syn.train_per_class * syn.classes_per_task * syn.n_tasks)
-    return [RunConfig(method=method, benchmark="synthetic", synthetic=syn, seed=s, buffer_size=buffer, width=width,
-                      batch_size=batch, minibatch_size=batch, lr=lr, options=options).resolve() for s in range(n_runs)]
+    return [
+        RunConfig(
+            method=method,
+            benchmark="synthetic",
+            synthetic=syn,
+            seed=s,
+            buffer_size=buffer,
+            width=width,
+            batch_size=batch,
+            minibatch_size=batch,
+            lr=lr,
+            options=options,
+        ).resolve()
+        for s in range(n_runs)
+    ]
 
 
 def images_per_run(steps_per_task: int, batch: int) -> int:
@@ -80,10 +109,17 @@ def by_group_size(cfgs, data, sizes: list[int], repeats: int, device: str, per_r
             ips.append(size * per_run_images / sum(results[0].train_s))
             peaks.append(torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
         estimate = group_bytes(cfgs[:size]) / 2**20
-        out[size] = {"images_per_s": median(ips), "peak_mib": max(peaks) if cuda else None,
-                     "estimate_mib": estimate, "budget_mib": SAFETY * estimate}
-        print(f"group of {size}: {out[size]['images_per_s']:.1f} images/s"
-              + (f", peak {out[size]['peak_mib']:.0f} MiB (estimate {estimate:.0f} MiB)" if cuda else ""), flush=True)
+        out[size] = {
+            "images_per_s": median(ips),
+            "peak_mib": max(peaks) if cuda else None,
+            "estimate_mib": estimate,
+            "budget_mib": SAFETY * estimate,
+        }
+        print(
+            f"group of {size}: {out[size]['images_per_s']:.1f} images/s"
+            + (f", peak {out[size]['peak_mib']:.0f} MiB (estimate {estimate:.0f} MiB)" if cuda else ""),
+            flush=True,
+        )
     return out
 
 
@@ -95,28 +131,62 @@ def group_targets(measured: dict[int, dict], device: str, what: str) -> tuple[st
     rows = []
     for size, m in measured.items():
         peak = f"{m['peak_mib']:.0f}" if m["peak_mib"] is not None else "-"
-        rows.append([size, f"{m['images_per_s']:.1f}", peak, f"{m['estimate_mib']:.0f}",
-                     f"{m['images_per_s'] / single:.2f}x" if single else "-"])
-    text = table(["runs in the group", "images/s (all runs)", "peak device memory (MiB)",
-                  "clbench's estimate (MiB)", "vs a single run"], rows)
+        rows.append(
+            [
+                size,
+                f"{m['images_per_s']:.1f}",
+                peak,
+                f"{m['estimate_mib']:.0f}",
+                f"{m['images_per_s'] / single:.2f}x" if single else "-",
+            ]
+        )
+    text = table(
+        [
+            "runs in the group",
+            "images/s (all runs)",
+            "peak device memory (MiB)",
+            "clbench's estimate (MiB)",
+            "vs a single run",
+        ],
+        rows,
+    )
     targets = []
     on_cpu = "" if cuda else f"ran on {device}: the target is for a GPU"
     if single and 10 in measured:
         ratio = measured[10]["images_per_s"] / single
-        targets.append(target(f"{what}: a group of 10 >= {TARGET_GROUP_OF_10:g}x the images/s of single runs", ratio,
-                              "x", ratio >= TARGET_GROUP_OF_10 if cuda else None, why=on_cpu,
-                              shown=f"{ratio:.2f}x ({measured[10]['images_per_s']:.0f} / {single:.0f} images/s)"))
+        targets.append(
+            target(
+                f"{what}: a group of 10 >= {TARGET_GROUP_OF_10:g}x the images/s of single runs",
+                ratio,
+                "x",
+                ratio >= TARGET_GROUP_OF_10 if cuda else None,
+                why=on_cpu,
+                shown=f"{ratio:.2f}x ({measured[10]['images_per_s']:.0f} / {single:.0f} images/s)",
+            )
+        )
     if cuda:
         over = [s for s, m in measured.items() if m["peak_mib"] > m["budget_mib"]]
         worst = max(m["peak_mib"] / m["estimate_mib"] for m in measured.values())
-        targets.append(target(f"{what}: every group's peak device memory within clbench's budget for it (1.25 x its "
-                              "estimate)", worst, "x estimate", not over,
-                              shown=f"peak / estimate up to {worst:.2f}"
-                              + (f"; over for groups of {over}" if over else ""),
-                              why=""))
+        targets.append(
+            target(
+                f"{what}: every group's peak device memory within clbench's budget for it (1.25 x its estimate)",
+                worst,
+                "x estimate",
+                not over,
+                shown=f"peak / estimate up to {worst:.2f}" + (f"; over for groups of {over}" if over else ""),
+                why="",
+            )
+        )
     else:
-        targets.append(target(f"{what}: every group's peak device memory within clbench's budget for it", None, "",
-                              None, why="device memory is measured on CUDA only"))
+        targets.append(
+            target(
+                f"{what}: every group's peak device memory within clbench's budget for it",
+                None,
+                "",
+                None,
+                why="device memory is measured on CUDA only",
+            )
+        )
     return text, targets
 
 
@@ -143,13 +213,24 @@ def main() -> None:
         measured = by_group_size(cfgs, data, group_sizes(args.groups), args.repeats, args.device, per_run)
         text, targets = group_targets(measured, args.device, what)
         print()
-        print(f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps, ER batch "
-              f"{args.batch} + replay {args.batch}, crop + flip; device {args.device}; median of {args.repeats}")
+        print(
+            f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps, ER batch "
+            f"{args.batch} + replay {args.batch}, crop + flip; device {args.device}; median of {args.repeats}"
+        )
         print(text)
         say_targets(targets)
         print(load_line())
-        write_result("resnet", targets, {"width": args.width, "steps_per_task": steps, "batch": args.batch,
-                                        "groups": {str(k): v for k, v in measured.items()}}, args)
+        write_result(
+            "resnet",
+            targets,
+            {
+                "width": args.width,
+                "steps_per_task": steps,
+                "batch": args.batch,
+                "groups": {str(k): v for k, v in measured.items()},
+            },
+            args,
+        )
         return
     cfgs = cfgs[: args.runs]
 
@@ -165,26 +246,58 @@ def main() -> None:
         s_ips = args.runs * per_run / train_1
         group_ips.append(g_ips)
         single_ips.append(s_ips)
-        rows.append([rep + 1, f"{train_g:.1f}", f"{g_ips:.1f}", f"{train_1:.1f}", f"{s_ips:.1f}",
-                     f"{g_ips / s_ips:.2f}x"])
+        rows.append(
+            [rep + 1, f"{train_g:.1f}", f"{g_ips:.1f}", f"{train_1:.1f}", f"{s_ips:.1f}", f"{g_ips / s_ips:.2f}x"]
+        )
         print(f"repeat {rep + 1}: group {train_g:.1f} s, one after another {train_1:.1f} s (training)", flush=True)
     ratio = median(group_ips) / median(single_ips)
     print()
-    print(f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps, ER batch {args.batch} + "
-          f"replay {args.batch}, crop + flip; {args.runs} runs; device {args.device}")
-    print(table(["repeat", f"group of {args.runs}: training (s)", "images/s", f"{args.runs} x group of 1: training (s)",
-                 "images/s", "ratio"], rows))
-    print(f"\nmedian: group {median(group_ips):.1f} images/s, single runs {median(single_ips):.1f} images/s, "
-          f"ratio {ratio:.2f}x")
-    targets = [target(f"{what}: a group of {args.runs} >= {TARGET_GROUP_OF_4:g}x the images/s of single runs", ratio,
-                      "x", ratio >= TARGET_GROUP_OF_4 if cuda else None,
-                      shown=f"{ratio:.2f}x ({median(group_ips):.0f} / {median(single_ips):.0f} images/s)",
-                      why="" if cuda else f"ran on {args.device}: the target is for a GPU")]
+    print(
+        f"reduced ResNet-18 width {args.width}, synthetic 32x32x3, 5 tasks x {steps} steps, ER batch {args.batch} + "
+        f"replay {args.batch}, crop + flip; {args.runs} runs; device {args.device}"
+    )
+    print(
+        table(
+            [
+                "repeat",
+                f"group of {args.runs}: training (s)",
+                "images/s",
+                f"{args.runs} x group of 1: training (s)",
+                "images/s",
+                "ratio",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"\nmedian: group {median(group_ips):.1f} images/s, single runs {median(single_ips):.1f} images/s, "
+        f"ratio {ratio:.2f}x"
+    )
+    targets = [
+        target(
+            f"{what}: a group of {args.runs} >= {TARGET_GROUP_OF_4:g}x the images/s of single runs",
+            ratio,
+            "x",
+            ratio >= TARGET_GROUP_OF_4 if cuda else None,
+            shown=f"{ratio:.2f}x ({median(group_ips):.0f} / {median(single_ips):.0f} images/s)",
+            why="" if cuda else f"ran on {args.device}: the target is for a GPU",
+        )
+    ]
     say_targets(targets)
     print(load_line())
-    write_result("resnet", targets, {"width": args.width, "steps_per_task": steps, "batch": args.batch,
-                                    "runs": args.runs, "group_images_per_s": group_ips,
-                                    "single_images_per_s": single_ips}, args)
+    write_result(
+        "resnet",
+        targets,
+        {
+            "width": args.width,
+            "steps_per_task": steps,
+            "batch": args.batch,
+            "runs": args.runs,
+            "group_images_per_s": group_ips,
+            "single_images_per_s": single_ips,
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ def subset(data, fraction: float):
     """The first ``fraction`` of every task's training samples (``--fraction``, for quick looks)."""
     if fraction >= 1:
         return data
-    return dataclasses.replace(data, train_task_idx=tuple(i[: max(1, int(len(i) * fraction))] for i in data.train_task_idx))
+    return dataclasses.replace(
+        data, train_task_idx=tuple(i[: max(1, int(len(i) * fraction))] for i in data.train_task_idx)
+    )
 
 
 def time_group(cfgs, data, repeats: int, device: str) -> float:
@@ -41,7 +43,9 @@ def time_group(cfgs, data, repeats: int, device: str) -> float:
     return median([timed(lambda: train_group(resolved, data), device)[1] for _ in range(repeats)])
 
 
-def buffer_step_us(size: int, minibatch: int, n_runs: int = 10, batch: int = 10, steps: int = 256, seen: int = 10**5) -> dict[str, float]:
+def buffer_step_us(
+    size: int, minibatch: int, n_runs: int = 10, batch: int = 10, steps: int = 256, seen: int = 10**5
+) -> dict[str, float]:
     """Microseconds per step of the buffer's work with a full buffer of ``size`` (after ``seen``
     samples): random plans (slots + two replay draws, amortised per step), insertion, gathering."""
     rngs = [np.random.default_rng(r) for r in range(n_runs)]
@@ -50,7 +54,9 @@ def buffer_step_us(size: int, minibatch: int, n_runs: int = 10, batch: int = 10,
     t0 = time.perf_counter()
     slots = np.stack([reservoir_slots(g, seen, steps * batch, size, batch) for g in rngs])
     avail = np.full(steps, min(seen, size))
-    idx = np.stack([np.stack([sample_without_replacement(g, avail, minibatch) for _ in range(2)]) for g in rngs], axis=1)
+    idx = np.stack(
+        [np.stack([sample_without_replacement(g, avail, minibatch) for _ in range(2)]) for g in rngs], axis=1
+    )
     plan_us = (time.perf_counter() - t0) / steps * 1e6
     slots_t = torch.from_numpy(slots)
     idx_t = torch.from_numpy(idx.transpose(2, 1, 0, 3).reshape(steps, n_runs, 2 * minibatch).copy())
@@ -80,8 +86,11 @@ def main() -> None:
         args.fraction, args.groups, args.buffers, args.seeds, args.repeats = 0.02, "1,2", "10,20", 2, 1
     data = subset(load_benchmark("seq-fmnist", device=args.device), args.fraction)
     steps = sum(-(-len(i) // 10) for i in data.train_task_idx)
-    print(f"seq-fmnist, ER, MLP protocol, {steps} steps per run, evaluation after each of the 5 tasks; "
-          f"median of {args.repeats} repeat(s)\n", flush=True)
+    print(
+        f"seq-fmnist, ER, MLP protocol, {steps} steps per run, evaluation after each of the 5 tasks; "
+        f"median of {args.repeats} repeat(s)\n",
+        flush=True,
+    )
 
     targets, record = [], {"fraction": args.fraction, "repeats": args.repeats, "steps_per_run": steps}
     if args.part in ("groups", "both"):
@@ -94,13 +103,28 @@ def main() -> None:
             speedups[r] = (wall, base / (wall / r))
             print(f"group of {r}: {wall:.2f} s", flush=True)
         print("\nPart 1: group size (buffer 200)")
-        print(table(["runs in the group", "group wall (s)", "wall per run (s)", "runs per hour", "per-run speed-up vs group of 1"], rows))
+        print(
+            table(
+                [
+                    "runs in the group",
+                    "group wall (s)",
+                    "wall per run (s)",
+                    "runs per hour",
+                    "per-run speed-up vs group of 1",
+                ],
+                rows,
+            )
+        )
         print()
         first = min(speedups)
-        targets.append(measurement(
-            f"per-run speed-up of an ER group on seq-fmnist against a group of {first} (this script, buffer 200)",
-            max(v[1] for v in speedups.values()), "x",
-            shown=", ".join(f"{r}: {v[1]:.2f}x" for r, v in speedups.items()) + f" (median of {args.repeats})"))
+        targets.append(
+            measurement(
+                f"per-run speed-up of an ER group on seq-fmnist against a group of {first} (this script, buffer 200)",
+                max(v[1] for v in speedups.values()),
+                "x",
+                shown=", ".join(f"{r}: {v[1]:.2f}x" for r, v in speedups.items()) + f" (median of {args.repeats})",
+            )
+        )
         record["group_wall_s"] = {str(r): v[0] for r, v in speedups.items()}
 
     if args.part in ("buffers", "both"):
@@ -111,19 +135,41 @@ def main() -> None:
             per_run.append(wall / args.seeds)
             micro = {mb: buffer_step_us(size, mb, n_runs=args.seeds) for mb in (10, 128)}
             micros[str(size)] = {"group_wall_s": wall, **{f"minibatch {mb}": micro[mb] for mb in micro}}
-            rows.append([size, f"{wall:.2f}", f"{wall / args.seeds:.3f}",
-                         f"{micro[10]['plan']:.0f} / {micro[10]['insert']:.0f} / {micro[10]['draw']:.0f}",
-                         f"{micro[128]['plan']:.0f} / {micro[128]['insert']:.0f} / {micro[128]['draw']:.0f}"])
+            rows.append(
+                [
+                    size,
+                    f"{wall:.2f}",
+                    f"{wall / args.seeds:.3f}",
+                    f"{micro[10]['plan']:.0f} / {micro[10]['insert']:.0f} / {micro[10]['draw']:.0f}",
+                    f"{micro[128]['plan']:.0f} / {micro[128]['insert']:.0f} / {micro[128]['draw']:.0f}",
+                ]
+            )
             print(f"buffer {size}: {wall:.2f} s", flush=True)
         spread = max(per_run) / min(per_run) - 1
         print(f"\nPart 2: buffer size (group of {args.seeds})")
-        print(table(["buffer", "group wall (s)", "wall per run (s)",
-                     "buffer us/step, minibatch 10: plan / insert / draw", "minibatch 128 (2 draws): plan / insert / draw"], rows))
+        print(
+            table(
+                [
+                    "buffer",
+                    "group wall (s)",
+                    "wall per run (s)",
+                    "buffer us/step, minibatch 10: plan / insert / draw",
+                    "minibatch 128 (2 draws): plan / insert / draw",
+                ],
+                rows,
+            )
+        )
         print(f"\nper-run time, slowest vs fastest buffer: +{100 * spread:.1f} %")
         sizes = [int(v) for v in args.buffers.split(",")]
-        targets.append(target(f"per-run time flat within 20 % from buffer {min(sizes)} to {max(sizes)} "
-                              f"({args.seeds}-run ER group)", 100 * spread, "%", spread <= 0.20,
-                              shown=f"+{100 * spread:.1f} % slowest vs fastest wall"))
+        targets.append(
+            target(
+                f"per-run time flat within 20 % from buffer {min(sizes)} to {max(sizes)} ({args.seeds}-run ER group)",
+                100 * spread,
+                "%",
+                spread <= 0.20,
+                shown=f"+{100 * spread:.1f} % slowest vs fastest wall",
+            )
+        )
         record["buffers"] = micros
     say_targets(targets)
     print(load_line())

@@ -19,7 +19,13 @@ import torch
 from clbench import MaskSpec, RunConfig, train_runs
 
 ROWS = [
-    ("sgd", None), ("er", None), ("er", -math.inf), ("derpp", None), ("derpp", -math.inf), ("er_ace", None), ("joint", None),
+    ("sgd", None),
+    ("er", None),
+    ("er", -math.inf),
+    ("derpp", None),
+    ("derpp", -math.inf),
+    ("er_ace", None),
+    ("joint", None),
 ]
 
 
@@ -43,12 +49,16 @@ def main() -> None:
         cil = np.array([r.metrics["faa_class_il"] for r in results])
         til = np.array([r.metrics["faa_task_il"] for r in results])
         label = cfgs[0].resolve().mask.label
-        lines.append(f"| {method} | {label} | {cil.mean():.2f} ± {cil.std():.2f} | {til.mean():.2f} ± {til.std():.2f} | {wall:.1f} |")
+        lines.append(
+            f"| {method} | {label} | {cil.mean():.2f} ± {cil.std():.2f} | {til.mean():.2f} ± {til.std():.2f} | {wall:.1f} |"
+        )
         print(lines[-1], flush=True)
     print()
     print("\n".join(lines))
-    print(f"\n{args.seeds} seeds; std is the population std over seeds; machine: {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}")
+    print(
+        f"\n{args.seeds} seeds; std is the population std over seeds; machine: {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}"
+    )
 
 
 if __name__ == "__main__":

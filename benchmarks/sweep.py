@@ -37,7 +37,9 @@ def main() -> None:
     ap.add_argument("--masks", default=MASKS)
     ap.add_argument("--buffer", type=int, default=200)
     ap.add_argument("--method", default="derpp")
-    ap.add_argument("--group-size", type=int, default=None, help="passed to clbench run (default: one group of all runs)")
+    ap.add_argument(
+        "--group-size", type=int, default=None, help="passed to clbench run (default: one group of all runs)"
+    )
     args = begin(ap)
     if args.quick:
         args.seeds, args.masks, args.repeats = 1, "none,0", 1
@@ -48,16 +50,29 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="clbench-sweep-")
         try:
             cmd = clbench_command() + [
-                "run", "--method", args.method, *data_options, "--buffer", str(args.buffer),
-                "--mask", args.masks, "--seeds", str(args.seeds), "--device", args.device,
-                "--db", os.path.join(tmp, "results.db"), "--experiment", "benchmark-fig4",
+                "run",
+                "--method",
+                args.method,
+                *data_options,
+                "--buffer",
+                str(args.buffer),
+                "--mask",
+                args.masks,
+                "--seeds",
+                str(args.seeds),
+                "--device",
+                args.device,
+                "--db",
+                os.path.join(tmp, "results.db"),
+                "--experiment",
+                "benchmark-fig4",
             ]
             if args.group_size:
                 cmd += ["--group-size", str(args.group_size)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             if rep == 0:
-                print("command: clbench " + " ".join(cmd[len(clbench_command()):]).replace(tmp, "$TMP"), flush=True)
+                print("command: clbench " + " ".join(cmd[len(clbench_command()) :]).replace(tmp, "$TMP"), flush=True)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             wall = time.perf_counter() - t0
@@ -74,18 +89,38 @@ def main() -> None:
     wall = median(walls)
     print()
     bench = data_options[1]
-    print(f"fig4 sweep: {args.method} on {bench}, buffer {args.buffer}, masks {args.masks}, {args.seeds} seeds = {n_runs} runs")
+    print(
+        f"fig4 sweep: {args.method} on {bench}, buffer {args.buffer}, masks {args.masks}, {args.seeds} seeds = {n_runs} runs"
+    )
     print(table(["repeat", "wall (s)", "per run (s)", "runs per hour", "runs finished in the registry"], rows))
     print()
     all_finished = all(row[-1] == n_runs for row in rows)
-    targets = [target(f"fig4 sweep ({n_runs} {args.method} runs on {bench}) <= {TARGET_S:g} s through `clbench run`",
-                      wall, "s", wall <= TARGET_S and all_finished,
-                      shown=f"{wall:.1f} s (median of {args.repeats})",
-                      why="" if all_finished else "not every run finished")]
+    targets = [
+        target(
+            f"fig4 sweep ({n_runs} {args.method} runs on {bench}) <= {TARGET_S:g} s through `clbench run`",
+            wall,
+            "s",
+            wall <= TARGET_S and all_finished,
+            shown=f"{wall:.1f} s (median of {args.repeats})",
+            why="" if all_finished else "not every run finished",
+        )
+    ]
     say_targets(targets)
     print(load_line())
-    write_result("sweep", targets, {"runs": n_runs, "method": args.method, "benchmark": bench, "masks": args.masks,
-                                    "seeds": args.seeds, "walls_s": walls, "finished": [row[-1] for row in rows]}, args)
+    write_result(
+        "sweep",
+        targets,
+        {
+            "runs": n_runs,
+            "method": args.method,
+            "benchmark": bench,
+            "masks": args.masks,
+            "seeds": args.seeds,
+            "walls_s": walls,
+            "finished": [row[-1] for row in rows],
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

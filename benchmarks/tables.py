@@ -37,38 +37,94 @@ class Benchmark:
 # In the tables' order. Every script under benchmarks/ that measures performance is listed here
 # (tests/test_benchmark_tables.py checks that none is missing).
 BENCHMARKS = (
-    Benchmark("lockstep", "benchmarks/lockstep.py", "10 seeds of ER on seq-fmnist as one group against the same "
-              "10 runs one after another (groups of one), alternating repeats"),
-    Benchmark("scaling", "benchmarks/scaling.py", "wall per run for groups of 1 .. 80 runs; the 10-run group "
-              "with buffers 10 .. 5120, and the buffer's own per-step work"),
-    Benchmark("sweep", "benchmarks/sweep.py", "the fig4 sweep (DER++, baseline + 8 masks, 10 seeds, buffer 200: "
-              "90 runs) through `clbench run` into a fresh SQLite registry"),
-    Benchmark("planning", "benchmarks/planning.py", "planning a 100,000-run sweep: `clbench run --dry-run` end to "
-              "end, and `sweep_configs` + `plan_sweep` in one process"),
-    Benchmark("efficiency", "benchmarks/efficiency.py", "achieved FLOP/s against the matmul peak measured in the "
-              "same run; where a step's time goes, by phase; the layers' matrix products alone"),
-    Benchmark("threads", "benchmarks/threads.py", "the 10-seed ER group under torch's OpenMP settings and under "
-              "`clbench run`'s own thread choice: alone, two processes at once, beside a busy process at nice 19"),
-    Benchmark("checkpoint", "benchmarks/checkpoint.py", "a 10-run DER++ group on seq-fmnist without checkpoints "
-              "and with one at every task end and every N seconds within a task (a timer that fires), alternating "
-              "repeats; size and write time of one checkpoint"),
-    Benchmark("distributed", "benchmarks/distributed.py", "a 40-run seq-fmnist sweep through the local executor "
-              "and the Ray executor on a local Ray cluster; Ray's overhead per group"),
-    Benchmark("determinism", "benchmarks/determinism.py", "one ER run on seq-fmnist alone twice, in a group of "
-              "10, with 2 threads: bit-identical or not, and by how much it moves"),
-    Benchmark("memory", "benchmarks/memory.py", "clbench's memory estimate of a group against the peak resident "
-              "memory of real groups (MLP and ResNet-18), fresh processes"),
-    Benchmark("versus", "benchmarks/versus.py", "this tree's trainer against an earlier commit's (8190bbb), "
-              "alternating fresh processes; results compared"),
-    Benchmark("compile_step", "benchmarks/compile_step.py", "`torch.compile` of the MLP step's forward + loss "
-              "against eager, groups of 1 and 10"),
-    Benchmark("resnet", "benchmarks/resnet.py", "reduced ResNet-18 on seq-cifar10-shaped synthetic data: images/s "
-              "of a group of 4 against 4 single runs"),
-    Benchmark("methods_resnet", "benchmarks/methods_resnet.py", "each replay method's ResNet-18 lockstep group "
-              "against ER's (stream images/s)"),
-    Benchmark("gpu", "benchmarks/gpu.py", "every GPU check in one call: ResNet-18 groups of 1, 4, 10, 20 (images/s, "
-              "peak memory against clbench's estimate), each method against ER, kill -9 and resume on CUDA, a "
-              "deterministic re-run, seq-cifar10 through the real loaders, a Ray group on a fractional GPU"),
+    Benchmark(
+        "lockstep",
+        "benchmarks/lockstep.py",
+        "10 seeds of ER on seq-fmnist as one group against the same "
+        "10 runs one after another (groups of one), alternating repeats",
+    ),
+    Benchmark(
+        "scaling",
+        "benchmarks/scaling.py",
+        "wall per run for groups of 1 .. 80 runs; the 10-run group "
+        "with buffers 10 .. 5120, and the buffer's own per-step work",
+    ),
+    Benchmark(
+        "sweep",
+        "benchmarks/sweep.py",
+        "the fig4 sweep (DER++, baseline + 8 masks, 10 seeds, buffer 200: "
+        "90 runs) through `clbench run` into a fresh SQLite registry",
+    ),
+    Benchmark(
+        "planning",
+        "benchmarks/planning.py",
+        "planning a 100,000-run sweep: `clbench run --dry-run` end to "
+        "end, and `sweep_configs` + `plan_sweep` in one process",
+    ),
+    Benchmark(
+        "efficiency",
+        "benchmarks/efficiency.py",
+        "achieved FLOP/s against the matmul peak measured in the "
+        "same run; where a step's time goes, by phase; the layers' matrix products alone",
+    ),
+    Benchmark(
+        "threads",
+        "benchmarks/threads.py",
+        "the 10-seed ER group under torch's OpenMP settings and under "
+        "`clbench run`'s own thread choice: alone, two processes at once, beside a busy process at nice 19",
+    ),
+    Benchmark(
+        "checkpoint",
+        "benchmarks/checkpoint.py",
+        "a 10-run DER++ group on seq-fmnist without checkpoints "
+        "and with one at every task end and every N seconds within a task (a timer that fires), alternating "
+        "repeats; size and write time of one checkpoint",
+    ),
+    Benchmark(
+        "distributed",
+        "benchmarks/distributed.py",
+        "a 40-run seq-fmnist sweep through the local executor "
+        "and the Ray executor on a local Ray cluster; Ray's overhead per group",
+    ),
+    Benchmark(
+        "determinism",
+        "benchmarks/determinism.py",
+        "one ER run on seq-fmnist alone twice, in a group of "
+        "10, with 2 threads: bit-identical or not, and by how much it moves",
+    ),
+    Benchmark(
+        "memory",
+        "benchmarks/memory.py",
+        "clbench's memory estimate of a group against the peak resident "
+        "memory of real groups (MLP and ResNet-18), fresh processes",
+    ),
+    Benchmark(
+        "versus",
+        "benchmarks/versus.py",
+        "this tree's trainer against an earlier commit's (8190bbb), alternating fresh processes; results compared",
+    ),
+    Benchmark(
+        "compile_step",
+        "benchmarks/compile_step.py",
+        "`torch.compile` of the MLP step's forward + loss against eager, groups of 1 and 10",
+    ),
+    Benchmark(
+        "resnet",
+        "benchmarks/resnet.py",
+        "reduced ResNet-18 on seq-cifar10-shaped synthetic data: images/s of a group of 4 against 4 single runs",
+    ),
+    Benchmark(
+        "methods_resnet",
+        "benchmarks/methods_resnet.py",
+        "each replay method's ResNet-18 lockstep group against ER's (stream images/s)",
+    ),
+    Benchmark(
+        "gpu",
+        "benchmarks/gpu.py",
+        "every GPU check in one call: ResNet-18 groups of 1, 4, 10, 20 (images/s, "
+        "peak memory against clbench's estimate), each method against ER, kill -9 and resume on CUDA, a "
+        "deterministic re-run, seq-cifar10 through the real loaders, a Ray group on a fractional GPU",
+    ),
 )
 
 # The generated sections: (README, section) -> (begin marker, end marker).
@@ -113,8 +169,9 @@ def check_record(record: Mapping, where: str) -> None:
         if missing:
             raise ResultsProblem(f"{where}: a target without {', '.join(missing)}: {entry}")
         if entry["met"] not in (True, False, None):
-            raise ResultsProblem(f"{where}: target {entry['target']!r} has met={entry['met']!r}: give true, false "
-                                 "or null (not judged)")
+            raise ResultsProblem(
+                f"{where}: target {entry['target']!r} has met={entry['met']!r}: give true, false or null (not judged)"
+            )
 
 
 def verdict_text(entry: Mapping) -> str:
@@ -144,8 +201,14 @@ def performance_table(results: Mapping[str, dict]) -> str:
         record = results.get(bench.name)
         command = f"`{bench.command}`"
         if record is None:
-            rows.append([bench.measures, f"no results file yet (`benchmarks/results/{bench.name}.json`)", command,
-                         "not measured"])
+            rows.append(
+                [
+                    bench.measures,
+                    f"no results file yet (`benchmarks/results/{bench.name}.json`)",
+                    command,
+                    "not measured",
+                ]
+            )
             continue
         toy = " (toy size, `--quick`: not a measurement)" if record["quick"] else ""
         for entry in record["targets"]:
@@ -154,8 +217,10 @@ def performance_table(results: Mapping[str, dict]) -> str:
         if not record["targets"]:
             rows.append([bench.measures, "see its output (`benchmarks/README.md`)" + toy, command, "no target"])
         load = record.get("load_average_end")
-        notes.append(f"- `{bench.name}`: `{record['command']}`, {record['date']}; {record['machine']}"
-                     + (f"; load average at the end {load[0]:.2f} (1 min)" if load else ""))
+        notes.append(
+            f"- `{bench.name}`: `{record['command']}`, {record['date']}; {record['machine']}"
+            + (f"; load average at the end {load[0]:.2f} (1 min)" if load else "")
+        )
     text = _table(["target", "measured", "command", "verdict"], rows)
     if notes:
         text += "\n\nWhere and when each results file was written:\n\n" + "\n".join(notes)
@@ -169,17 +234,22 @@ def latest_outputs(results: Mapping[str, dict]) -> str:
         record = results.get(bench.name)
         parts.append(f"### {bench.name}\n")
         if record is None:
-            parts.append(f"No results file yet: run `.venv/bin/python {bench.command}` (it writes "
-                         f"`benchmarks/results/{bench.name}.json`), then `.venv/bin/python benchmarks/tables.py "
-                         "--write`.\n")
+            parts.append(
+                f"No results file yet: run `.venv/bin/python {bench.command}` (it writes "
+                f"`benchmarks/results/{bench.name}.json`), then `.venv/bin/python benchmarks/tables.py "
+                "--write`.\n"
+            )
             continue
         body = "\n".join("    " + line if line else "" for line in record["output"].rstrip("\n").split("\n"))
         parts.append(f"    $ {record['command']}\n{body}\n")
     return "\n".join(parts).rstrip("\n")
 
 
-GENERATORS = {"performance table": performance_table, "summary table": performance_table,
-              "latest outputs": latest_outputs}
+GENERATORS = {
+    "performance table": performance_table,
+    "summary table": performance_table,
+    "latest outputs": latest_outputs,
+}
 
 
 def render(text: str, readme: str, results: Mapping[str, dict]) -> str:

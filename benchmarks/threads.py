@@ -63,12 +63,21 @@ BUSY = "import time\nwhile True:\n    pass\n"
 
 
 def start(env_extra: dict[str, str], args) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "CLBENCH_BENCH_AUTO")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT", "CLBENCH_BENCH_AUTO")
+    }
     env.update(env_extra)
     bench = "synthetic" if args.quick else "seq-fmnist"
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(args.seeds), bench, str(QUICK_SYNTHETIC)], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(args.seeds), bench, str(QUICK_SYNTHETIC)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[float | None, str]]:
@@ -122,13 +131,21 @@ def main() -> None:
             busy.wait()
         print(f"{name}: beside a busy process at nice 19 {shown(beside, args.timeout)} s", flush=True)
         got[name] = {"alone": alone, "pair": pair, "beside": beside}
-        rows.append([meaning, shown(alone, args.timeout), " / ".join(shown(p, args.timeout) for p in pair),
-                     shown(beside, args.timeout)])
+        rows.append(
+            [
+                meaning,
+                shown(alone, args.timeout),
+                " / ".join(shown(p, args.timeout) for p in pair),
+                shown(beside, args.timeout),
+            ]
+        )
     print()
     where = "small synthetic data" if args.quick else "seq-fmnist"
-    print(f"{args.seeds} seeds of er on {where} as one group (wall seconds, data loading included; thr.: the threads "
-          "auto chose), one process alone, two processes started together, one beside a busy single-threaded "
-          "process at nice 19:")
+    print(
+        f"{args.seeds} seeds of er on {where} as one group (wall seconds, data loading included; thr.: the threads "
+        "auto chose), one process alone, two processes started together, one beside a busy single-threaded "
+        "process at nice 19:"
+    )
     print(table(["setting", "alone (s)", "two at once, each (s)", "beside nice-19 busy process (s)"], rows))
     print()
     targets = []
@@ -138,32 +155,60 @@ def main() -> None:
         walls = [p[0] for p in g["pair"]]
         ok = g["alone"][0] is not None and None not in walls
         worst = max(walls) / g["alone"][0] if ok else None
-        targets.append(target(
-            f"two `clbench run` at once on {usable_cores()} cores ({what}, its own thread choice): each within "
-            f"{TARGET_PAIR:g}x of one alone", worst, "x", ok and worst <= TARGET_PAIR,
-            shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against {shown(g['alone'], args.timeout)} "
-                  f"s alone" + (f" ({worst:.1f}x)" if ok else ""), why="" if ok else "a process was killed"))
+        targets.append(
+            target(
+                f"two `clbench run` at once on {usable_cores()} cores ({what}, its own thread choice): each within "
+                f"{TARGET_PAIR:g}x of one alone",
+                worst,
+                "x",
+                ok and worst <= TARGET_PAIR,
+                shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against {shown(g['alone'], args.timeout)} "
+                f"s alone" + (f" ({worst:.1f}x)" if ok else ""),
+                why="" if ok else "a process was killed",
+            )
+        )
     if "auto" in got and "threads1" in got:
         auto, one = got["auto"]["beside"][0], got["threads1"]["beside"][0]
         ok = auto is not None and one is not None
-        targets.append(target(
-            f"beside a busy process at nice 19 ({what}): `clbench run`'s own thread choice no slower than one thread",
-            auto, "s", ok and auto <= one,
-            shown=f"{shown(got['auto']['beside'], args.timeout)} s against {shown(got['threads1']['beside'], args.timeout)} "
-                  "s with one thread", why="" if ok else "a process was killed"))
+        targets.append(
+            target(
+                f"beside a busy process at nice 19 ({what}): `clbench run`'s own thread choice no slower than one thread",
+                auto,
+                "s",
+                ok and auto <= one,
+                shown=f"{shown(got['auto']['beside'], args.timeout)} s against {shown(got['threads1']['beside'], args.timeout)} "
+                "s with one thread",
+                why="" if ok else "a process was killed",
+            )
+        )
     if "default" in got:
         g = got["default"]
         walls = [p[0] for p in g["pair"]]
         if g["alone"][0] is not None and None not in walls:
-            targets.append(measurement(f"torch's default threads, two processes at once ({what})",
-                                       max(walls) / g["alone"][0], "x",
-                                       shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against "
-                                             f"{shown(g['alone'], args.timeout)} s alone"))
+            targets.append(
+                measurement(
+                    f"torch's default threads, two processes at once ({what})",
+                    max(walls) / g["alone"][0],
+                    "x",
+                    shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against "
+                    f"{shown(g['alone'], args.timeout)} s alone",
+                )
+            )
     say_targets(targets)
     print(load_line())
-    write_result("threads", targets, {"seeds": args.seeds, "settings": names, "walls": {
-        name: {"alone": g["alone"], "two_at_once": g["pair"], "beside_nice19": g["beside"]} for name, g in got.items()}},
-        args)
+    write_result(
+        "threads",
+        targets,
+        {
+            "seeds": args.seeds,
+            "settings": names,
+            "walls": {
+                name: {"alone": g["alone"], "two_at_once": g["pair"], "beside_nice19": g["beside"]}
+                for name, g in got.items()
+            },
+        },
+        args,
+    )
 
 
 def usable_cores() -> int:

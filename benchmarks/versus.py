@@ -71,8 +71,9 @@ def measure(tree: str, workload: str) -> dict:
     import json
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    out = subprocess.run([sys.executable, "-c", CHILD, tree, workload], cwd=tree, env=env, capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, tree, workload], cwd=tree, env=env, capture_output=True, text=True
+    )
     if out.returncode != 0:
         sys.exit(f"{workload} in {tree} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -82,8 +83,9 @@ def checkout(base: str, tmp: str) -> str:
     if os.path.isdir(base):
         return os.path.abspath(base)
     path = os.path.join(tmp, "base")
-    subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", "-f", path, base], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", REPO, "worktree", "add", "--detach", "-f", path, base], check=True, capture_output=True
+    )
     return path
 
 
@@ -113,26 +115,49 @@ def main() -> None:
             if base != os.path.abspath(args.base):
                 subprocess.run(["git", "-C", REPO, "worktree", "remove", "--force", base], capture_output=True)
     print()
-    print(f"train_group wall seconds (evaluation after every task included, data loading not), median of "
-          f"{args.repeats}; base = {args.base}, this = the working tree:")
+    print(
+        f"train_group wall seconds (evaluation after every task included, data loading not), median of "
+        f"{args.repeats}; base = {args.base}, this = the working tree:"
+    )
     rows, diffs, targets = [], {}, []
     for w in names:
         b, t = median(walls[(w, "base")]), median(walls[(w, "this")])
         diffs[w] = max(abs(x - y) for x, y in zip(faas[(w, "base")], faas[(w, "this")]))
         rows.append([WORKLOADS[w], f"{b:.2f}", f"{t:.2f}", f"{b / t:.2f}x", f"{diffs[w]:.2f}"])
-        targets.append(measurement(f"{WORKLOADS[w]}: this tree against {args.base}", b / t, "x",
-                                   shown=f"{b / t:.2f}x ({b:.2f} s / {t:.2f} s, medians of {args.repeats})"))
+        targets.append(
+            measurement(
+                f"{WORKLOADS[w]}: this tree against {args.base}",
+                b / t,
+                "x",
+                shown=f"{b / t:.2f}x ({b:.2f} s / {t:.2f} s, medians of {args.repeats})",
+            )
+        )
     print(table(["workload", "base (s)", "this (s)", "speed-up", "largest |FAA this - base| (points)"], rows))
     print()
     worst = max(diffs.values())
-    targets.insert(0, target(f"results unchanged against {args.base} ({', '.join(names)}): every run's class-IL FAA "
-                             "equal", worst, "points", worst == 0,
-                             shown=f"largest |FAA this - base| {worst:.4f} points"))
+    targets.insert(
+        0,
+        target(
+            f"results unchanged against {args.base} ({', '.join(names)}): every run's class-IL FAA equal",
+            worst,
+            "points",
+            worst == 0,
+            shown=f"largest |FAA this - base| {worst:.4f} points",
+        ),
+    )
     say_targets(targets)
     print(load_line())
-    write_result("versus", targets, {"base": args.base, "repeats": args.repeats,
-                                    "walls_s": {f"{w} {t}": v for (w, t), v in walls.items()},
-                                    "faa": {f"{w} {t}": v for (w, t), v in faas.items()}}, args)
+    write_result(
+        "versus",
+        targets,
+        {
+            "base": args.base,
+            "repeats": args.repeats,
+            "walls_s": {f"{w} {t}": v for (w, t), v in walls.items()},
+            "faa": {f"{w} {t}": v for (w, t), v in faas.items()},
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def masked_cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -73,9 +72,3 @@ def task_active_mask(task_ids: torch.Tensor, class_task: torch.Tensor) -> torch.
     ``class_task[j]`` is the task of class j. Both earlier and later tasks' classes are inactive.
     """
     return class_task == task_ids.unsqueeze(-1)
-
-
-
-
-
-

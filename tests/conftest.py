@@ -10,7 +10,15 @@ FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 def synthetic_config(method="er", seed=0, buffer=50, mask=None, on="stream", **kw):
     syn = kw.pop("synthetic", SyntheticOptions(train_per_class=40, test_per_class=20))
-    return RunConfig(method=method, benchmark="synthetic", seed=seed, buffer_size=buffer, mask=MaskSpec(mask, on), synthetic=syn, **kw)
+    return RunConfig(
+        method=method,
+        benchmark="synthetic",
+        seed=seed,
+        buffer_size=buffer,
+        mask=MaskSpec(mask, on),
+        synthetic=syn,
+        **kw,
+    )
 
 
 # Few refit epochs for GDumb in tests (its default is 256 per task end).
@@ -39,7 +47,9 @@ def mixed_group():
             synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **kw),
             synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on=plain, **kw),
             synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on="both", lr=0.05, **kw),
-            synthetic_config(method, seed=3, buffer=buffers[3], mask=masks[3], on=buffer_only, alpha=0.5, beta=0.3, **kw),
+            synthetic_config(
+                method, seed=3, buffer=buffers[3], mask=masks[3], on=buffer_only, alpha=0.5, beta=0.3, **kw
+            ),
         ]
 
     return make

@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_config
 from torch import nn
 
 from clbench import SyntheticOptions
@@ -48,10 +49,12 @@ from clbench.engine import loop
 from clbench.lockstep import backbones
 from clbench.methods.agem import AGEM
 
-from conftest import synthetic_config
-
 SYN = SyntheticOptions(train_per_class=40, test_per_class=10)
-BUFFER, MINIBATCH, LR = 50, 16, 0.1  # 10 rows per task: task 1 replays all 10 (fewer than the minibatch), later tasks 16
+BUFFER, MINIBATCH, LR = (
+    50,
+    16,
+    0.1,
+)  # 10 rows per task: task 1 replays all 10 (fewer than the minibatch), later tasks 16
 
 
 # -- the reference rule ---------------------------------------------------------------------------
@@ -126,8 +129,10 @@ def train_and_record(seeds=(0, 1), onednn_min_macs=None):
     """Train clbench's A-GEM on the synthetic benchmark; returns the configs, the data, the initial
     weights and every step: weights before and after, raw stream rows, memory rows drawn, and the
     gradients. ``onednn_min_macs`` 0 sends every linear layer to oneDNN (seq-fmnist's large GEMMs)."""
-    cfgs = [synthetic_config("agem", seed=s, buffer=BUFFER, synthetic=SYN, lr=LR, minibatch_size=MINIBATCH).resolve()
-            for s in seeds]
+    cfgs = [
+        synthetic_config("agem", seed=s, buffer=BUFFER, synthetic=SYN, lr=LR, minibatch_size=MINIBATCH).resolve()
+        for s in seeds
+    ]
     data = load_benchmark("synthetic", synthetic=SYN)
     steps, grads_seen, init = [], [], {}
     original_step, original_edit = loop.train_step, AGEM.edit_gradients
@@ -139,24 +144,41 @@ def train_and_record(seeds=(0, 1), onednn_min_macs=None):
         memory = None
         if step.replay:
             idx = step.replay_slots[0]
-            memory = {"idx": idx.clone(), "x": [buffer.x[r, idx[r][idx[r] >= 0]].clone() for r in range(len(idx))],
-                      "y": [buffer.y[r, idx[r][idx[r] >= 0]].clone() for r in range(len(idx))],
-                      "held": buffer.available().copy(), "all_x": buffer.x.clone(), "all_y": buffer.y.clone()}
+            memory = {
+                "idx": idx.clone(),
+                "x": [buffer.x[r, idx[r][idx[r] >= 0]].clone() for r in range(len(idx))],
+                "y": [buffer.y[r, idx[r][idx[r] >= 0]].clone() for r in range(len(idx))],
+                "held": buffer.available().copy(),
+                "all_x": buffer.x.clone(),
+                "all_y": buffer.y.clone(),
+            }
         n_grads = len(grads_seen)
         out = original_step(method, state, step, lr=lr, buffer=buffer, x_raw=x_raw, **kwargs)
-        steps.append({
-            "task": step.task, "before": before, "after": {k: v.detach().clone() for k, v in state.params.items()},
-            "x_raw": x_raw.clone(), "y": step.stream.y.clone(), "x_in": step.stream.x.detach().clone(),
-            "replay_in": step.replay[0].x.detach().clone() if step.replay else None, "memory": memory,
-            "grads": grads_seen[n_grads] if len(grads_seen) > n_grads else None,
-            "lr": {k: v.clone() for k, v in lr.items()},
-        })
+        steps.append(
+            {
+                "task": step.task,
+                "before": before,
+                "after": {k: v.detach().clone() for k, v in state.params.items()},
+                "x_raw": x_raw.clone(),
+                "y": step.stream.y.clone(),
+                "x_in": step.stream.x.detach().clone(),
+                "replay_in": step.replay[0].x.detach().clone() if step.replay else None,
+                "memory": memory,
+                "grads": grads_seen[n_grads] if len(grads_seen) > n_grads else None,
+                "lr": {k: v.clone() for k, v in lr.items()},
+            }
+        )
         return out
 
     def recording_edit(self, step, grads, reference):
         applied = original_edit(self, step, grads, reference)
-        grads_seen.append({"g": [g.detach().clone() for g in grads], "g_ref": [r.detach().clone() for r in reference],
-                           "applied": [a.detach().clone() for a in applied]})
+        grads_seen.append(
+            {
+                "g": [g.detach().clone() for g in grads],
+                "g_ref": [r.detach().clone() for r in reference],
+                "applied": [a.detach().clone() for a in applied],
+            }
+        )
         return applied
 
     with pytest.MonkeyPatch.context() as patch:
@@ -247,8 +269,14 @@ def test_agem_step_by_step_equals_the_reference_rule(onednn, recorded):
                 # Replayed as stored: raw rows as ToTensor floats, no augmentation or normalisation.
                 torch.testing.assert_close(s["replay_in"][r][: len(rows)], mem["x"][r].float() / 255.0, rtol=0, atol=0)
             net = reference_net(s["before"], r)
-            ref = reference_step(net, lr, s["x_raw"][r], s["y"][r],
-                                 None if mem is None else mem["x"][r], None if mem is None else mem["y"][r])
+            ref = reference_step(
+                net,
+                lr,
+                s["x_raw"][r],
+                s["y"][r],
+                None if mem is None else mem["x"][r],
+                None if mem is None else mem["y"][r],
+            )
             where = f"run {r}, task {s['task']}"
             if s["grads"] is not None:
                 close(flat_run(s["grads"]["g"], r), ref["g"], f"{where}: stream gradient g")
@@ -297,7 +325,13 @@ def test_agem_whole_run_equals_the_reference_from_the_same_start(recorded):
         net = reference_net(init, r)
         for s in steps:
             mem = s["memory"]
-            reference_step(net, LR, s["x_raw"][r], s["y"][r], None if mem is None else mem["x"][r],
-                           None if mem is None else mem["y"][r])
+            reference_step(
+                net,
+                LR,
+                s["x_raw"][r],
+                s["y"][r],
+                None if mem is None else mem["x"][r],
+                None if mem is None else mem["y"][r],
+            )
         final = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
         torch.testing.assert_close(flat_run(list(steps[-1]["after"].values()), r), final, rtol=1e-3, atol=1e-5)

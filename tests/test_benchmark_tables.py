@@ -27,11 +27,26 @@ NOT_BENCHMARKS = {"_common", "tables", "seq_fmnist_table"}
 
 def record(name: str, shown: str = "3.83x (31.49 s / 8.23 s)", met: bool | None = False, quick: bool = False) -> dict:
     """A results record as ``_common.write_result`` writes it."""
-    return {"benchmark": name, "command": f".venv/bin/python benchmarks/{name}.py", "date": "2026-12-06 10:00:00 +0000",
-            "machine": "machine: 2 CPU cores (test)", "quick": quick, "load_average_end": [0.5, 0.4, 0.3],
-            "targets": [{"target": "group >= 5x its runs one after another", "measured": 3.83, "unit": "x",
-                         "shown": shown, "met": met, "why": ""}],
-            "data": {"group_s": [8.23]}, "output": f"machine: test\ntarget: ... {shown}\n"}
+    return {
+        "benchmark": name,
+        "command": f".venv/bin/python benchmarks/{name}.py",
+        "date": "2026-12-06 10:00:00 +0000",
+        "machine": "machine: 2 CPU cores (test)",
+        "quick": quick,
+        "load_average_end": [0.5, 0.4, 0.3],
+        "targets": [
+            {
+                "target": "group >= 5x its runs one after another",
+                "measured": 3.83,
+                "unit": "x",
+                "shown": shown,
+                "met": met,
+                "why": "",
+            }
+        ],
+        "data": {"group_s": [8.23]},
+        "output": f"machine: test\ntarget: ... {shown}\n",
+    }
 
 
 def a_copy_of_the_readmes(tmp_path: Path) -> tuple[Path, Path]:
@@ -75,9 +90,14 @@ def test_a_changed_results_file_or_a_hand_edit_makes_the_readmes_stale(tmp_path)
 def test_the_generated_text_names_the_verdict_from_the_file(tmp_path):
     met = tables.performance_table({"lockstep": record("lockstep", met=True)})
     missed = tables.performance_table({"lockstep": record("lockstep", met=False)})
-    unchecked = tables.performance_table({"gpu": {**record("gpu", met=None),
-                                                  "targets": [{**record("gpu")["targets"][0], "met": None,
-                                                               "why": "ran on cpu"}]}})
+    unchecked = tables.performance_table(
+        {
+            "gpu": {
+                **record("gpu", met=None),
+                "targets": [{**record("gpu")["targets"][0], "met": None, "why": "ran on cpu"}],
+            }
+        }
+    )
     assert "| met |" in met and "| NOT met |" in missed and "| unchecked: ran on cpu |" in unchecked
     toy = tables.performance_table({"lockstep": record("lockstep", met=True, quick=True)})
     assert "not a measurement" in toy and "| met |" not in toy
@@ -116,8 +136,14 @@ def test_a_quick_benchmark_writes_a_correct_file_of_what_it_printed(tmp_path):
     """benchmarks/planning.py --quick (1,000 runs): the file holds its targets, verdicts and output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("CLBENCH_DB", None)
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "planning.py"), "--quick", "--results-dir",
-                           str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "planning.py"), "--quick", "--results-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     (rec,) = tables.load_results(str(tmp_path)).values()  # the format is checked as it loads
     assert rec["benchmark"] == "planning" and rec["quick"]

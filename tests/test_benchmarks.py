@@ -6,12 +6,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import FMNIST_DIR
 
 from clbench import DataNotFoundError, RunConfig, SyntheticOptions, load_benchmark, train_runs
-from clbench.data.specs import BENCHMARKS
 from clbench.data.loading import prepare_inputs
-
-from conftest import FMNIST_DIR
+from clbench.data.specs import BENCHMARKS
 
 needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST_DIR), reason="dataset-fashion-mnist not installed")
 
@@ -84,7 +83,10 @@ def test_seq_fmnist_from_the_debian_package():
 @needs_fmnist
 def test_seq_fmnist_end_to_end_er_learns_and_masking_changes_the_result():
     # Real data, the MLP protocol; a few thousand steps for two runs in one group (~2 s).
-    cfgs = [RunConfig(method="er", seed=0), RunConfig(method="er", seed=0, mask=__import__("clbench").MaskSpec(float("-inf")))]
+    cfgs = [
+        RunConfig(method="er", seed=0),
+        RunConfig(method="er", seed=0, mask=__import__("clbench").MaskSpec(float("-inf"))),
+    ]
     base, masked = train_runs(cfgs)
     for r in (base, masked):
         assert r.class_il.shape == (5, 5)

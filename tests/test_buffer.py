@@ -107,10 +107,10 @@ def test_replay_never_draws_a_slot_before_it_is_written(monkeypatch):
     """A task of 300 steps crosses the replay plan's chunk of 256 steps while a buffer of 5120 is
     still filling: every replayed slot must hold a sample written at an earlier step (the plan
     once counted the samples seen twice from the second chunk on and drew blank slots)."""
+    from clbench.data.loading import load_benchmark
+    from clbench.data.specs import SyntheticOptions
     from clbench.engine import group_state, plans
     from clbench.engine.loop import train_group
-    from clbench.data.specs import SyntheticOptions
-    from clbench.data.loading import load_benchmark
 
     assert plans.PLAN_CHUNK_STEPS < 300
     written: list[set[int]] = []

@@ -19,25 +19,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_OPTIONS, synthetic_config
 
 import clbench.engine
 from clbench import SyntheticOptions
-from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration
 from clbench.data.loading import load_benchmark
+from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, saved_fields
 from clbench.engine.loop import train_group
-
 from clbench.methods import get_method
-from conftest import TEST_OPTIONS, synthetic_config
 
 MLP = SyntheticOptions(train_per_class=60, test_per_class=10)
-RESNET = SyntheticOptions(n_tasks=3, train_per_class=24, test_per_class=6, input_shape=(3, 8, 8), augment=True,
-                          backbone="resnet18")
+RESNET = SyntheticOptions(
+    n_tasks=3, train_per_class=24, test_per_class=6, input_shape=(3, 8, 8), augment=True, backbone="resnet18"
+)
 # Long enough (a few seconds) for a process to be killed several times inside its tasks.
-LONG = {"mlp": SyntheticOptions(train_per_class=1500, test_per_class=10),
-        "resnet18": SyntheticOptions(n_tasks=3, train_per_class=200, test_per_class=6, input_shape=(3, 8, 8),
-                                     augment=True, backbone="resnet18")}
+LONG = {
+    "mlp": SyntheticOptions(train_per_class=1500, test_per_class=10),
+    "resnet18": SyntheticOptions(
+        n_tasks=3, train_per_class=200, test_per_class=6, input_shape=(3, 8, 8), augment=True, backbone="resnet18"
+    ),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,9 +62,11 @@ def group(method: str, backbone: str = "mlp", long: bool = False):
     on = "stream" if "stream" in cls.mask_acts_on else "buffer"
     if method in TEST_OPTIONS:
         common["options"] = TEST_OPTIONS[method]
-    cfgs = [synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
-            synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on="both", **common),
-            synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on=on, lr=0.05, **common)]
+    cfgs = [
+        synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
+        synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on="both", **common),
+        synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on=on, lr=0.05, **common),
+    ]
     cfgs = [c.resolve() for c in cfgs]
     return cfgs, load_benchmark("synthetic", synthetic=cfgs[0].synthetic)
 
@@ -70,7 +75,13 @@ def assert_identical(a, b):
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert x.config == y.config
-        for name in ("class_il_correct", "task_il_correct", "class_il_seen_correct", "confidence", "per_class_accuracy"):
+        for name in (
+            "class_il_correct",
+            "task_il_correct",
+            "class_il_seen_correct",
+            "confidence",
+            "per_class_accuracy",
+        ):
             np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
         assert x.train_loss.keys() == y.train_loss.keys()
         for k in x.train_loss:
@@ -82,9 +93,22 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.parametrize("method,backbone", [("derpp", "mlp"), ("er_ace", "mlp"), ("der", "mlp"), ("joint", "mlp"),
-                                             ("er", "resnet18"), ("derpp", "resnet18"), ("xder", "mlp"), ("icarl", "mlp"),
-                                             ("agem", "mlp"), ("gdumb", "mlp"), ("xder", "resnet18")])
+@pytest.mark.parametrize(
+    "method,backbone",
+    [
+        ("derpp", "mlp"),
+        ("er_ace", "mlp"),
+        ("der", "mlp"),
+        ("joint", "mlp"),
+        ("er", "resnet18"),
+        ("derpp", "resnet18"),
+        ("xder", "mlp"),
+        ("icarl", "mlp"),
+        ("agem", "mlp"),
+        ("gdumb", "mlp"),
+        ("xder", "resnet18"),
+    ],
+)
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):
     cfgs, data = group(method, backbone)
     reference = train_group(cfgs, data)
@@ -266,8 +290,9 @@ def test_a_group_killed_with_sigkill_resumes_to_the_same_bits(method, backbone, 
     cfgs, data = group(method, backbone, long=True)
     reference = train_group(cfgs, data)
     ckpt, out = tmp_path / "ckpt", tmp_path / "results.pkl"
-    script = WORKER.format(tests=str(Path(__file__).parent), method=method, backbone=backbone, ckpt=str(ckpt),
-                           out=str(out))
+    script = WORKER.format(
+        tests=str(Path(__file__).parent), method=method, backbone=backbone, ckpt=str(ckpt), out=str(out)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rng = random.Random()
     positions = []
@@ -305,15 +330,30 @@ def test_the_same_command_again_resumes_a_killed_sweep_from_its_checkpoint(tmp_p
     checkpoint is gone once the results are stored, and they equal an uninterrupted sweep's."""
     from clbench.store import open_store
 
-    args = ["run", "--dataset", "synthetic", "-m", "derpp", "--seeds", "2", "--buffer", "50",
-            "--synthetic-train-per-class", "1500", "--checkpoint-every", "0.05s"]
+    args = [
+        "run",
+        "--dataset",
+        "synthetic",
+        "-m",
+        "derpp",
+        "--seeds",
+        "2",
+        "--buffer",
+        "50",
+        "--synthetic-train-per-class",
+        "1500",
+        "--checkpoint-every",
+        "0.05s",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CLBENCH_DB", None)
     env.pop("CLBENCH_CHECKPOINTS", None)
     cli = [sys.executable, "-m", "clbench"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    proc = subprocess.Popen(cli + args, cwd=tmp_path / "a", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli + args, cwd=tmp_path / "a", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = tmp_path / "a" / "results.checkpoints"
     try:
         deadline = time.monotonic() + 120
@@ -336,7 +376,10 @@ def test_the_same_command_again_resumes_a_killed_sweep_from_its_checkpoint(tmp_p
     assert list_checkpoints(ckpt) == []  # deleted once the group's results were committed
     fresh = subprocess.run(cli + args, cwd=tmp_path / "b", env=env, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
-    with open_store(tmp_path / "a" / "results.db", readonly=True) as a, open_store(tmp_path / "b" / "results.db", readonly=True) as b:
+    with (
+        open_store(tmp_path / "a" / "results.db", readonly=True) as a,
+        open_store(tmp_path / "b" / "results.db", readonly=True) as b,
+    ):
         ids = sorted(summary.run_ids)
         assert_identical([a.load_result(i) for i in ids], [b.load_result(i) for i in ids])
 

@@ -22,8 +22,8 @@ import pandas as pd
 import pytest
 
 from clbench.data.sources import DataNotFoundError, locate
-from clbench.store.queries import EXPORT_COLUMNS, MATRIX_COLUMNS, load_runs
 from clbench.store import StoreError
+from clbench.store.queries import EXPORT_COLUMNS, MATRIX_COLUMNS, load_runs
 
 SCRIPT = Path(sys.executable).with_name("clbench")
 SYNTHETIC = ["--dataset", "synthetic"]
@@ -37,8 +37,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def clbench(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """Run the installed console script."""
-    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(SCRIPT), *args], cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_the_console_script_is_installed(tmp_path):
@@ -78,8 +79,11 @@ BAD_INPUT = {
     "mask nan": (["run", "--mask", "nan"], None, ["invalid mask 'nan'", "none, -inf or a finite number"]),
     "negative buffer": (["run", "--buffer", "-5"], None, ["invalid --buffer -5", "from 0 to 2147483647"]),
     "seeds 0": (["run", "--seeds", "0"], None, ["invalid --seeds 0", "N >= 1"]),
-    "unreachable db": (["run", "--db", "postgresql+psycopg://nobody:pw@127.0.0.1:1/none"], None,
-                       ["cannot open the database postgresql+psycopg://nobody:***@127.0.0.1:1/none"]),
+    "unreachable db": (
+        ["run", "--db", "postgresql+psycopg://nobody:pw@127.0.0.1:1/none"],
+        None,
+        ["cannot open the database postgresql+psycopg://nobody:***@127.0.0.1:1/none"],
+    ),
     "dataset missing": (["run", "--epochs", "1"], _empty_data_dir, ["Fashion-MNIST", "not found"]),
     "not a database": (["run", *SYNTHETIC], _text_file, ["not a clbench database", "not an SQLite file"]),
 }
@@ -88,7 +92,11 @@ BAD_INPUT_IN_PROCESS = {
     "unknown option": (["run", "--bogus"], None, ["No such option: --bogus"]),
     "foreign database": (["run", *SYNTHETIC], _foreign_db, ["not a clbench database", "customers"]),
     "mask in a comma list": (["run", "--mask", "-inf,x"], None, ["invalid mask 'x'"]),
-    "mask-on": (["run", "--mask", "-inf", "--mask-on", "sideways"], None, ["invalid --mask-on", "stream, buffer, both"]),
+    "mask-on": (
+        ["run", "--mask", "-inf", "--mask-on", "sideways"],
+        None,
+        ["invalid --mask-on", "stream, buffer, both"],
+    ),
     "device": (["run", "--device", "tpu"], None, ["unsupported device 'tpu'", "cpu, cuda"]),
     "seed": (["run", "--seed", "-1"], None, ["invalid --seed -1"]),
     "seeds not a number": (["run", "--seeds", "x"], None, ["'--seeds'"]),
@@ -110,29 +118,59 @@ BAD_INPUT_IN_PROCESS = {
     # Executors: every value is checked before a database is created or a cluster contacted.
     "executor": (["run", "--executor", "slurm"], None, ["invalid --executor 'slurm'", "local, ray"]),
     "report executor": (["report", "fig2", "--executor", "dask"], None, ["invalid --executor 'dask'", "local, ray"]),
-    "ray address": (["run", "--executor", "ray", "--ray-address", "head-node"], None,
-                    ["invalid --ray-address 'head-node'", "auto, HOST:PORT"]),
-    "ray address, bad port": (["run", "--executor", "ray", "--ray-address", "10.0.0.5:99999"], None,
-                              ["invalid --ray-address '10.0.0.5:99999'"]),
-    "ray option, local executor": (["run", "--ray-address", "auto"], None,
-                                   ["--ray-address applies to --executor ray only"]),
-    "resources, local executor": (["report", "fig2", "--cpus-per-group", "2"], None,
-                                  ["--cpus-per-group applies to --executor ray only"]),
-    "negative gpus": (["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "-1"], None,
-                      ["invalid --gpus-per-group -1", ">= 0"]),
-    "fractional gpus above 1": (["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "1.5"], None,
-                                ["invalid --gpus-per-group 1.5", "whole number"]),
+    "ray address": (
+        ["run", "--executor", "ray", "--ray-address", "head-node"],
+        None,
+        ["invalid --ray-address 'head-node'", "auto, HOST:PORT"],
+    ),
+    "ray address, bad port": (
+        ["run", "--executor", "ray", "--ray-address", "10.0.0.5:99999"],
+        None,
+        ["invalid --ray-address '10.0.0.5:99999'"],
+    ),
+    "ray option, local executor": (
+        ["run", "--ray-address", "auto"],
+        None,
+        ["--ray-address applies to --executor ray only"],
+    ),
+    "resources, local executor": (
+        ["report", "fig2", "--cpus-per-group", "2"],
+        None,
+        ["--cpus-per-group applies to --executor ray only"],
+    ),
+    "negative gpus": (
+        ["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "-1"],
+        None,
+        ["invalid --gpus-per-group -1", ">= 0"],
+    ),
+    "fractional gpus above 1": (
+        ["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "1.5"],
+        None,
+        ["invalid --gpus-per-group 1.5", "whole number"],
+    ),
     "gpus not a number": (["run", "--executor", "ray", "--gpus-per-group", "many"], None, ["'--gpus-per-group'"]),
-    "gpus on cpu": (["run", "--executor", "ray", "--gpus-per-group", "0.5"], None,
-                    ["--gpus-per-group 0.5 with --device cpu"]),
-    "cuda without gpus": (["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "0"], None,
-                          ["--device cuda with --gpus-per-group 0"]),
-    "ray device": (["run", "--executor", "ray", "--device", "cuda:1"], None,
-                   ["unsupported device 'cuda:1' for the Ray executor", "cpu, cuda"]),
+    "gpus on cpu": (
+        ["run", "--executor", "ray", "--gpus-per-group", "0.5"],
+        None,
+        ["--gpus-per-group 0.5 with --device cpu"],
+    ),
+    "cuda without gpus": (
+        ["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "0"],
+        None,
+        ["--device cuda with --gpus-per-group 0"],
+    ),
+    "ray device": (
+        ["run", "--executor", "ray", "--device", "cuda:1"],
+        None,
+        ["unsupported device 'cuda:1' for the Ray executor", "cpu, cuda"],
+    ),
     "cpus per group": (["run", "--executor", "ray", "--cpus-per-group", "0"], None, ["invalid --cpus-per-group 0"]),
     "retries": (["run", "--executor", "ray", "--retries", "-1"], None, ["invalid --retries -1"]),
-    "threads with ray": (["run", "--executor", "ray", "--threads", "2"], None,
-                         ["--threads applies to --executor local", "--cpus-per-group"]),
+    "threads with ray": (
+        ["run", "--executor", "ray", "--threads", "2"],
+        None,
+        ["--threads applies to --executor local", "--cpus-per-group"],
+    ),
 }
 
 
@@ -196,8 +234,21 @@ def test_more_bad_input_in_process(case, tmp_path, monkeypatch, capsys):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweep")
-    done = clbench("run", *SYNTHETIC, "--method", "er", "--method", "derpp", "--mask", "none,-inf", "--seeds", "2",
-                   "--experiment", "e1", cwd=cwd)
+    done = clbench(
+        "run",
+        *SYNTHETIC,
+        "--method",
+        "er",
+        "--method",
+        "derpp",
+        "--mask",
+        "none,-inf",
+        "--seeds",
+        "2",
+        "--experiment",
+        "e1",
+        cwd=cwd,
+    )
     return cwd, done
 
 
@@ -217,8 +268,20 @@ def test_run_trains_the_product_and_prints_the_summary(swept):
 
 def test_rerun_is_cached_and_dry_run_says_so(swept):
     cwd, _ = swept
-    dry = clbench("run", *SYNTHETIC, "--method", "er,derpp", "--mask", "none", "--mask", "-inf", "--seeds", "3",
-                  "--dry-run", cwd=cwd)
+    dry = clbench(
+        "run",
+        *SYNTHETIC,
+        "--method",
+        "er,derpp",
+        "--mask",
+        "none",
+        "--mask",
+        "-inf",
+        "--seeds",
+        "3",
+        "--dry-run",
+        cwd=cwd,
+    )
     assert dry.returncode == 0, dry.stderr
     assert "4 to compute in 2 lockstep group(s), 8 already done (cached)" in dry.stdout
     assert dry.stdout.count("cached") >= 8 and "Estimated time" in dry.stdout and "estimate" in dry.stdout
@@ -269,8 +332,18 @@ def test_show_prints_config_matrices_and_metrics(swept, in_process):
     run_id = load_runs(cwd / "results.db", method="derpp", mask="-inf", seed=1)["run_id"].iloc[0]
     done = clbench("show", run_id[:6], cwd=cwd)
     assert done.returncode == 0, done.stderr
-    for needle in (run_id, "finished", "Resolved config", "minibatch_size", "Class-IL accuracy", "Task-IL accuracy",
-                   "final average accuracy", "forgetting (Chaudhry)", "-inf on stream", "e1"):
+    for needle in (
+        run_id,
+        "finished",
+        "Resolved config",
+        "minibatch_size",
+        "Class-IL accuracy",
+        "Task-IL accuracy",
+        "final average accuracy",
+        "forgetting (Chaudhry)",
+        "-inf on stream",
+        "e1",
+    ):
         assert needle in done.stdout
     rc, colored, _ = in_process("show", run_id, cwd=cwd, FORCE_COLOR="1")
     foreground = re.findall(r"\x1b\[(?:\d+;)*(3[0-7]|9[0-7]|38;[25];[\d;]+)m", colored)
@@ -292,8 +365,9 @@ def test_export_round_trips_into_pandas(swept, in_process, tmp_path):
     rc, js, _ = in_process("export", "--format", "json", "--method", "er", cwd=cwd)
     records = json.loads(js)
     assert rc == 0 and len(records) == 4 and set(records[0]) == set(EXPORT_COLUMNS)
-    pd.testing.assert_frame_equal(pd.DataFrame(records), expected[expected["method"] == "er"].reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(records), expected[expected["method"] == "er"].reset_index(drop=True), check_dtype=False
+    )
 
     rc, _, err = in_process("export", "--format", "parquet", "-o", str(tmp_path / "runs.parquet"), cwd=cwd)
     assert rc == 0 and "wrote 8 runs" in err
@@ -322,8 +396,21 @@ def test_db_option_and_environment_variable(tmp_path, in_process):
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stopped_sweep_keeps_finished_runs_and_marks_the_rest(stop, tmp_path):
-    args = [str(SCRIPT), "run", *SYNTHETIC, "--synthetic-train-per-class", "2500", "--synthetic-test-per-class", "20",
-            "--mask", "none,-inf,-2", "--seeds", "2", "--group-size", "2"]
+    args = [
+        str(SCRIPT),
+        "run",
+        *SYNTHETIC,
+        "--synthetic-train-per-class",
+        "2500",
+        "--synthetic-test-per-class",
+        "20",
+        "--mask",
+        "none,-inf,-2",
+        "--seeds",
+        "2",
+        "--group-size",
+        "2",
+    ]
     proc = subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -359,7 +446,9 @@ def _have_fashion_mnist() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not _have_fashion_mnist(), reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+)
 def test_er_on_fashion_mnist_as_in_the_readme(tmp_path):
     done = clbench("run", "--method", "er", "--mask", "-inf", "--seeds", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

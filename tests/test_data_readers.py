@@ -349,9 +349,7 @@ def test_tinyimagenet_unknown_val_wnid(tmp_path: Path) -> None:
         load_tinyimagenet(tmp_path)
 
 
-def test_tinyimagenet_cache_reused_and_invalidated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_tinyimagenet_cache_reused_and_invalidated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "tiny-imagenet-200"
     cache = tmp_path / "cache"
     make_tiny(root)
@@ -479,9 +477,7 @@ def test_download_without_torchvision(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_default_cache_dir() -> None:
     assert default_cache_dir({"CLBENCH_CACHE": "/x/c", "XDG_CACHE_HOME": "/y"}) == Path("/x/c")
     assert default_cache_dir({"XDG_CACHE_HOME": "/y"}) == Path("/y/clbench")
-    assert default_cache_dir({"HOME": "/home/u", "XDG_CACHE_HOME": ""}) == Path(
-        "/home/u/.cache/clbench"
-    )
+    assert default_cache_dir({"HOME": "/home/u", "XDG_CACHE_HOME": ""}) == Path("/home/u/.cache/clbench")
 
 
 def test_load_raw_dispatch(tmp_path: Path) -> None:

@@ -8,16 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-
-from clbench import SyntheticOptions, train_runs
-from clbench.store.queries import load_runs, summarize_runs
-from clbench.store import Owner, open_store
-
 from conftest import synthetic_config
 
+from clbench import SyntheticOptions, train_runs
+from clbench.store import Owner, open_store
+from clbench.store.queries import load_runs, summarize_runs
+
 SYN = SyntheticOptions(train_per_class=60, test_per_class=10)
-RESNET = SyntheticOptions(n_tasks=3, train_per_class=24, test_per_class=6, input_shape=(3, 8, 8), augment=True,
-                          backbone="resnet18")
+RESNET = SyntheticOptions(
+    n_tasks=3, train_per_class=24, test_per_class=6, input_shape=(3, 8, 8), augment=True, backbone="resnet18"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,8 +39,14 @@ def same_bits(a, b):
         np.testing.assert_array_equal(a.train_loss[k], b.train_loss[k], err_msg=k)
 
 
-@pytest.mark.parametrize("method,kw", [("derpp", dict(synthetic=SYN)), ("er_ace", dict(synthetic=SYN)),
-                                       ("er", dict(synthetic=RESNET, width=4, batch_size=8, minibatch_size=8))])
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("derpp", dict(synthetic=SYN)),
+        ("er_ace", dict(synthetic=SYN)),
+        ("er", dict(synthetic=RESNET, width=4, batch_size=8, minibatch_size=8)),
+    ],
+)
 def test_a_diverging_run_is_frozen_and_leaves_the_others_bit_for_bit(method, kw):
     without = train_runs(runs(method, [0.03, 0.05], **kw))
     with_nan = train_runs(runs(method, [0.03, 0.05, 1e30], **kw))  # the same group plus seed 2 at an absurd lr

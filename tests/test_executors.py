@@ -11,11 +11,21 @@ import pytest
 import torch
 
 import clbench
-from clbench.sweep.executors import DataSource, Executor, GroupOutcome, GroupStarted, GroupTask, LocalExecutor, TrainOptions, compute_group, make_executor
+from clbench.engine.progress import PhaseTimes
 from clbench.store import open_store
 from clbench.sweep.driver import execute
+from clbench.sweep.executors import (
+    DataSource,
+    Executor,
+    GroupOutcome,
+    GroupStarted,
+    GroupTask,
+    LocalExecutor,
+    TrainOptions,
+    compute_group,
+    make_executor,
+)
 from clbench.sweep.plan import plan_sweep, sweep_configs
-from clbench.engine.progress import PhaseTimes
 
 
 @pytest.fixture(autouse=True)
@@ -27,14 +37,17 @@ def one_torch_thread():
 
 
 def small_sweep(**kw):
-    return sweep_configs(**{**dict(methods=["er", "sgd"], masks=["none", "-inf"], seeds=[0, 1],
-                                   benchmark="synthetic"), **kw})
+    return sweep_configs(
+        **{**dict(methods=["er", "sgd"], masks=["none", "-inf"], seeds=[0, 1], benchmark="synthetic"), **kw}
+    )
 
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_asked_for():
-    code = ("import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli, clbench.store.queries, clbench.reports;"
-            "from clbench.sweep.executors import make_executor; make_executor('local');"
-            "print('ray' in sys.modules)")
+    code = (
+        "import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli, clbench.store.queries, clbench.reports;"
+        "from clbench.sweep.executors import make_executor; make_executor('local');"
+        "print('ray' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_config
 
 from clbench import MaskSpec, RunConfig, SyntheticOptions, train_runs
+from clbench.data.loading import prepare_inputs
 from clbench.engine import group_state as group_state_module
 from clbench.lockstep.buffer import ReservoirBuffer
-from clbench.data.loading import prepare_inputs
-
-from conftest import synthetic_config
 
 SYN = SyntheticOptions(train_per_class=40, test_per_class=20)
 
@@ -87,9 +86,9 @@ def test_the_cli_refuses_a_mask_that_cannot_act_and_writes_nothing(tmp_path, cap
 
 def test_compare_and_reports_name_the_class_il_convention_they_use(tmp_path, capsys):
     from clbench.cli import main
-    from clbench.store.queries import load_runs
     from clbench.reports import compare_runs
     from clbench.store import Owner, open_store
+    from clbench.store.queries import load_runs
 
     cfgs = [synthetic_config("er", seed=s, buffer=20, mask=m, synthetic=SYN) for s in range(3) for m in (None, -1e9)]
     results = train_runs(cfgs)
@@ -102,8 +101,10 @@ def test_compare_and_reports_name_the_class_il_convention_they_use(tmp_path, cap
     for col in ("baseline_mean", "variant_mean"):  # the final row is the same under both conventions
         assert by["all"].loc["faa_class_il", col] == pytest.approx(by["seen"].loc["faa_class_il", col])
     # earlier rows, and so forgetting, differ (most for masked runs)
-    assert any(by["all"].loc["forgetting_class_il", c] != by["seen"].loc["forgetting_class_il", c]
-               for c in ("baseline_mean", "variant_mean"))
+    assert any(
+        by["all"].loc["forgetting_class_il", c] != by["seen"].loc["forgetting_class_il", c]
+        for c in ("baseline_mean", "variant_mean")
+    )
     assert main(["compare", "--db", str(db), "--format", "md", "--class-il", "seen"]) == 0
     assert "class-IL: argmax over the classes seen so far" in capsys.readouterr().out
     assert main(["compare", "--db", str(db), "--class-il", "past"]) == 2
@@ -119,8 +120,10 @@ def test_stale_runs_stand_in_only_when_asked_and_are_named(tmp_path):
     db = tmp_path / "r.db"
     shutil.copy(Path(__file__).parent / "data" / "schema_v1.sqlite", db)  # 4 er runs of clbench 0.1.0
     toml = tmp_path / "old.toml"
-    toml.write_text('kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\n'
-                    'buffers = [20]\nseeds = 2\n')
+    toml.write_text(
+        'kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\n'
+        "buffers = [20]\nseeds = 2\n"
+    )
     spec = load_experiment(toml)
     assert render_report(spec, db, tmp_path / "without") == []  # stale runs are not results of this engine
     written = render_report(spec.with_render(include_stale=True), db, tmp_path / "with")

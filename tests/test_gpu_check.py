@@ -20,9 +20,23 @@ def test_the_gpu_check_runs_every_part_at_toy_size_on_the_cpu(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("CLBENCH_DB", "CLBENCH_CHECKPOINTS", "RAY_ADDRESS"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--device", "cpu", "--parts", parts,
-                           "--results-dir", str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu.py"),
+            "--device",
+            "cpu",
+            "--parts",
+            parts,
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rec = json.loads((tmp_path / "gpu.json").read_text())
     assert rec["quick"] and rec["data"]["toy"]  # a toy-size file: never a measurement

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_store import PG_ENV, _fresh_pg_database
 
 from clbench import cli
 from clbench.store.opening import inspect_db, open_store
 from clbench.store.ownership import Owner, process_start
-from clbench.store.schema import Run
 from clbench.store.queries import load_runs
+from clbench.store.schema import Run
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
-from test_store import PG_ENV, _fresh_pg_database
 
 SYN = dict(benchmark="synthetic")
 TINY = ["--dataset", "synthetic", "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10"]
@@ -35,7 +35,7 @@ def db_url(request, tmp_path):
     base = os.environ.get(PG_ENV)
     if not base:
         if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: start PostgreSQL with `eval \"$(bash .ci/postgres.sh)\"`")
+            pytest.fail(f'CI is set but {PG_ENV} is not: start PostgreSQL with `eval "$(bash .ci/postgres.sh)"`')
         pytest.skip(f"{PG_ENV} is not set (start a server with .ci/postgres.sh)")
     yield from _fresh_pg_database(base)
 
@@ -102,8 +102,9 @@ def test_runs_lists_labelled_and_unlabelled_runs_together(db_url, invoke):
 
 from clbench.reports import load_experiment  # noqa: E402
 
-EXPERIMENT = ('kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [10]\n'
-              'seeds = 2\n')
+EXPERIMENT = (
+    'kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [10]\nseeds = 2\n'
+)
 
 
 def nothing_written(db_url: str, cwd: Path) -> None:
@@ -115,14 +116,20 @@ def nothing_written(db_url: str, cwd: Path) -> None:
     assert not (cwd / "reports").exists()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("overrides = 5\n", "overrides must be a table"),
-    ("[overrides]\nsynthetic = 5\n", "overrides.synthetic must be a table"),
-    ("render = [1]\n", "render must be a table"),
-    ("title = 3\n", "title must be a string"),
-    ("[overrides]\nsynthetic = { train_per_class = \"many\" }\n", "invalid overrides.synthetic.train_per_class 'many'"),
-    ("[overrides]\nsynthetic = { input_shape = 5 }\n", "invalid overrides.synthetic.input_shape 5"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("overrides = 5\n", "overrides must be a table"),
+        ("[overrides]\nsynthetic = 5\n", "overrides.synthetic must be a table"),
+        ("render = [1]\n", "render must be a table"),
+        ("title = 3\n", "title must be a string"),
+        (
+            '[overrides]\nsynthetic = { train_per_class = "many" }\n',
+            "invalid overrides.synthetic.train_per_class 'many'",
+        ),
+        ("[overrides]\nsynthetic = { input_shape = 5 }\n", "invalid overrides.synthetic.input_shape 5"),
+    ],
+)
 def test_experiment_files_with_wrong_types_are_one_line_errors(tmp_path, invoke, text, needle):
     path = tmp_path / "exp.toml"
     path.write_text(EXPERIMENT + text)
@@ -133,16 +140,22 @@ def test_experiment_files_with_wrong_types_are_one_line_errors(tmp_path, invoke,
     assert not (tmp_path / "reports").exists() and not (tmp_path / "results.db").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--seed", "99999999999999999999"], "invalid --seed 99999999999999999999: give a whole number from 0 to 2147483647"),
-    (["--buffer", "99999999999999999999"], "invalid --buffer 99999999999999999999"),
-    (["--seed", "2147483648"], "invalid --seed 2147483648"),
-    (["--epochs", "99999999999999999999"], "invalid --epochs"),
-    (["--batch-size", "2147483648"], "invalid --batch-size"),
-    (["--seeds", "2147483648"], "invalid --seeds"),
-    (["--group-size", "99999999999999999999"], "invalid --group-size"),
-    (["-e", "x" * 300], "invalid --experiment 'xxxxxxxxxxxxxxxxxxxx...': it has 300 characters; give at most 200"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["--seed", "99999999999999999999"],
+            "invalid --seed 99999999999999999999: give a whole number from 0 to 2147483647",
+        ),
+        (["--buffer", "99999999999999999999"], "invalid --buffer 99999999999999999999"),
+        (["--seed", "2147483648"], "invalid --seed 2147483648"),
+        (["--epochs", "99999999999999999999"], "invalid --epochs"),
+        (["--batch-size", "2147483648"], "invalid --batch-size"),
+        (["--seeds", "2147483648"], "invalid --seeds"),
+        (["--group-size", "99999999999999999999"], "invalid --group-size"),
+        (["-e", "x" * 300], "invalid --experiment 'xxxxxxxxxxxxxxxxxxxx...': it has 300 characters; give at most 200"),
+    ],
+)
 @pytest.mark.parametrize("dry", [False, True], ids=["run", "dry-run"])
 def test_values_no_backend_stores_are_refused_before_the_database_opens(db_url, tmp_path, invoke, args, needle, dry):
     one_error_line(*invoke("run", *TINY, *args, *(["--dry-run"] if dry else []), "--db", db_url), needle)
@@ -160,18 +173,21 @@ def test_the_largest_accepted_values_are_stored_by_every_backend(db_url, invoke)
     assert len(load_runs(db_url)) == 1
 
 
-@pytest.mark.parametrize("key, value, option, text", [
-    ("lr", "inf", "--lr", "inf"),
-    ("lr", "nan", "--lr", "nan"),
-    ("lr", "0", "--lr", "0"),
-    ("alpha", "-1.0", "--alpha", "-1"),
-    ("epochs", "1.7", "--epochs", None),  # typer refuses a decimal for an integer option itself
-    ("epochs", "0", "--epochs", "0"),
-    ("batch_size", "3000000000", "--batch-size", "3000000000"),
-    ("minibatch_size", "-2", "--minibatch-size", "-2"),
-    ("class_order_seed", "-1", None, None),
-    ("width", "0", None, None),
-])
+@pytest.mark.parametrize(
+    "key, value, option, text",
+    [
+        ("lr", "inf", "--lr", "inf"),
+        ("lr", "nan", "--lr", "nan"),
+        ("lr", "0", "--lr", "0"),
+        ("alpha", "-1.0", "--alpha", "-1"),
+        ("epochs", "1.7", "--epochs", None),  # typer refuses a decimal for an integer option itself
+        ("epochs", "0", "--epochs", "0"),
+        ("batch_size", "3000000000", "--batch-size", "3000000000"),
+        ("minibatch_size", "-2", "--minibatch-size", "-2"),
+        ("class_order_seed", "-1", None, None),
+        ("width", "0", None, None),
+    ],
+)
 def test_the_command_line_and_experiment_files_refuse_the_same_values(tmp_path, invoke, key, value, option, text):
     path = tmp_path / "exp.toml"
     path.write_text(EXPERIMENT + f"[overrides]\nepochs = 1\n{key} = {value}\n".replace("epochs = 1\nepochs", "epochs"))
@@ -200,9 +216,21 @@ def test_an_experiment_file_runs_what_the_command_line_runs(tmp_path):
     from clbench.runs.config import resolve_unique
 
     from_file = {c.identity() for c in resolve_unique(spec.configs())}
-    from_cli = {c.identity() for c in resolve_unique(sweep_configs(
-        methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=range(2), benchmark="synthetic", epochs=2,
-        lr=0.05, class_order_seed=3))}
+    from_cli = {
+        c.identity()
+        for c in resolve_unique(
+            sweep_configs(
+                methods=["er"],
+                masks=["none", "-inf"],
+                buffers=[10],
+                seeds=range(2),
+                benchmark="synthetic",
+                epochs=2,
+                lr=0.05,
+                class_order_seed=3,
+            )
+        )
+    }
     assert from_file == from_cli and len(from_file) == 4
 
 
@@ -233,9 +261,19 @@ def test_the_library_refuses_an_empty_mask_too():
 
 
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file::memory:?cache=shared"])
-@pytest.mark.parametrize("command", [["run", *TINY, "--method", "sgd"], ["run", *TINY, "--dry-run"], ["runs"],
-                                     ["show", "abcd"], ["export"], ["compare"], ["report", "fig2", "--no-run"]],
-                         ids=lambda c: " ".join(c[:2]) if c[0] == "run" and "--dry-run" in c else c[0])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", *TINY, "--method", "sgd"],
+        ["run", *TINY, "--dry-run"],
+        ["runs"],
+        ["show", "abcd"],
+        ["export"],
+        ["compare"],
+        ["report", "fig2", "--no-run"],
+    ],
+    ids=lambda c: " ".join(c[:2]) if c[0] == "run" and "--dry-run" in c else c[0],
+)
 def test_an_in_memory_database_is_refused(tmp_path, invoke, command, url):
     one_error_line(*invoke(*command, "--db", url), "in-memory database", "keeps nothing")
     assert list(tmp_path.iterdir()) == []
@@ -289,8 +327,10 @@ def cli_on_readonly(readonly: list[Path], commands: list[list[str]], cwd: Path) 
     if os.geteuid() == 0:
         if shutil.which("unshare") is None:
             pytest.skip("running as root without unshare: cannot make read-only storage here")
-        mount = ('n=$1; shift; i=0; while [ $i -lt $n ]; do mount --bind "$1" "$1" && '
-                 'mount -o remount,bind,ro "$1" "$1" || exit 97; shift; i=$((i+1)); done; exec "$@"')
+        mount = (
+            'n=$1; shift; i=0; while [ $i -lt $n ]; do mount --bind "$1" "$1" && '
+            'mount -o remount,bind,ro "$1" "$1" || exit 97; shift; i=$((i+1)); done; exec "$@"'
+        )
         cmd = ["unshare", "-m", "sh", "-c", mount, "sh", str(len(readonly)), *map(str, readonly), *python]
     else:
         for d in readonly:
@@ -330,13 +370,17 @@ def test_export_and_report_into_read_only_storage_are_one_line(tmp_path):
     ro = tmp_path / "ro"
     (ro / "old").mkdir(parents=True)
     (ro / "old" / "keep.txt").write_text("kept")
-    results = cli_on_readonly([ro], [
-        ["export", "-o", ro / "x.csv", "--db", db],
-        ["export", "--format", "parquet", "-o", ro / "old" / "x.parquet", "--db", db],
-        ["report", tmp_path / "exp.toml", "--no-run", "-o", ro / "rep", "--db", db],
-        ["report", tmp_path / "exp.toml", "-o", ro / "old", "--db", db],
-        ["export", "-o", tmp_path / "ok.csv", "--db", db],  # the same process can write elsewhere
-    ], cwd=tmp_path)
+    results = cli_on_readonly(
+        [ro],
+        [
+            ["export", "-o", ro / "x.csv", "--db", db],
+            ["export", "--format", "parquet", "-o", ro / "old" / "x.parquet", "--db", db],
+            ["report", tmp_path / "exp.toml", "--no-run", "-o", ro / "rep", "--db", db],
+            ["report", tmp_path / "exp.toml", "-o", ro / "old", "--db", db],
+            ["export", "-o", tmp_path / "ok.csv", "--db", db],  # the same process can write elsewhere
+        ],
+        cwd=tmp_path,
+    )
     for rc, out, err in results[:4]:
         one_error_line(rc, out, err, "not writable")
     assert results[4][0] == 0 and (tmp_path / "ok.csv").read_text().count("\n") == 5
@@ -346,8 +390,10 @@ def test_export_and_report_into_read_only_storage_are_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 2. Reports with diverged runs: rendered without them, naming them; never half a report
 
-DIVERGING = EXPERIMENT.replace('masks = ["none", "-inf"]', 'masks = ["none", "-inf", "-2", "3e38"]') + \
-    '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n'
+DIVERGING = (
+    EXPERIMENT.replace('masks = ["none", "-inf"]', 'masks = ["none", "-inf", "-2", "3e38"]')
+    + "[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+)
 
 
 @pytest.mark.parametrize("kind", ["fig4", "forgetting", "tiny-buffer"])
@@ -355,8 +401,9 @@ def test_a_report_renders_without_diverged_runs_and_names_them(tmp_path, invoke,
     """m = 3e38 is a finite mask (valid input) whose masked logits overflow the loss at once: every
     run with it diverges, deterministically. The report must render the rest and say so."""
     path = tmp_path / "exp.toml"
-    path.write_text(DIVERGING.replace('kind = "fig4"', f'kind = "{kind}"').replace("buffers = [10]",
-                                                                                  "buffers = [5, 10]"))
+    path.write_text(
+        DIVERGING.replace('kind = "fig4"', f'kind = "{kind}"').replace("buffers = [10]", "buffers = [5, 10]")
+    )
     rc, out, err = invoke("report", path, "--checkpoint-every", "0")
     assert rc == 0, err
     runs = load_runs(tmp_path / "results.db")
@@ -382,7 +429,7 @@ def test_a_failing_render_leaves_the_previous_report_and_no_half_folder(tmp_path
     from clbench.reports import fig4, render_report
 
     path = tmp_path / "exp.toml"
-    path.write_text(EXPERIMENT + '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    path.write_text(EXPERIMENT + "[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n")
     spec = load_experiment(path)
     db = tmp_path / "r.db"
     train(db, spec.configs(), experiment="exp")
@@ -410,8 +457,10 @@ def test_a_failing_render_leaves_the_previous_report_and_no_half_folder(tmp_path
 
 def test_report_with_nothing_to_render_creates_no_folder(tmp_path, invoke):
     path = tmp_path / "f2.toml"
-    path.write_text(EXPERIMENT.replace('kind = "fig4"', 'kind = "fig2"') +
-                    '[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    path.write_text(
+        EXPERIMENT.replace('kind = "fig4"', 'kind = "fig2"')
+        + "[overrides]\nepochs = 1\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+    )
     spec = load_experiment(path)
     train(tmp_path / "results.db", [c for c in spec.configs() if c.mask.value is None], experiment="f2")
     rc, out, err = invoke("report", path, "--no-run")  # the baseline alone: fig2 has no pair to draw
@@ -431,8 +480,12 @@ def _corrupt_data_pages(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        roots = [r for (r,) in conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE rootpage > 1 AND tbl_name != 'clbench_schema'")]
+        roots = [
+            r
+            for (r,) in conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE rootpage > 1 AND tbl_name != 'clbench_schema'"
+            )
+        ]
     conn.close()
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
@@ -447,13 +500,25 @@ def test_a_database_with_corrupt_data_pages_is_one_line(tmp_path, invoke):
     db = tmp_path / "results.db"
     train(db, tiny(methods=["er"], masks=["none", "-inf"], buffers=[10], seeds=[0, 1]), experiment="exp")
     rid = load_runs(db)["run_id"].iloc[0]
-    (tmp_path / "exp.toml").write_text(EXPERIMENT + '[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    (tmp_path / "exp.toml").write_text(
+        EXPERIMENT + "[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+    )
     _corrupt_data_pages(db)
     before = db.read_bytes()
-    for command in (["runs"], ["show", rid], ["export"], ["export", "-o", "x.csv"], ["compare"],
-                    ["report", "exp.toml", "--no-run"]):
-        one_error_line(*invoke(*command, "--db", db), f"the database {db} is damaged",
-                       "database disk image is malformed", "restore it from a backup")
+    for command in (
+        ["runs"],
+        ["show", rid],
+        ["export"],
+        ["export", "-o", "x.csv"],
+        ["compare"],
+        ["report", "exp.toml", "--no-run"],
+    ):
+        one_error_line(
+            *invoke(*command, "--db", db),
+            f"the database {db} is damaged",
+            "database disk image is malformed",
+            "restore it from a backup",
+        )
     assert db.read_bytes() == before and not (tmp_path / "x.csv").exists() and not (tmp_path / "reports").exists()
 
 
@@ -469,17 +534,23 @@ def test_read_only_commands_work_on_a_registry_on_read_only_storage(tmp_path):
     ro.mkdir()
     shutil.copy(made, ro / "results.db")  # a copy, as published: no -wal, no -shm beside it
     (ro / "results.db").chmod(0o444)
-    (tmp_path / "exp.toml").write_text(EXPERIMENT + '[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    (tmp_path / "exp.toml").write_text(
+        EXPERIMENT + "[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+    )
     db = ro / "results.db"
-    results = cli_on_readonly([ro], [
-        ["runs", "--db", db],
-        ["show", rid[:8], "--db", db],
-        ["export", "--format", "json", "--db", db],
-        ["export", "-o", tmp_path / "out.csv", "--db", db],
-        ["compare", "--format", "csv", "--db", db],
-        ["report", tmp_path / "exp.toml", "--no-run", "-o", tmp_path / "rep", "--db", db],
-        ["run", *TINY, "--method", "sgd", "--db", db],  # writing is what cannot work: one line
-    ], cwd=tmp_path)
+    results = cli_on_readonly(
+        [ro],
+        [
+            ["runs", "--db", db],
+            ["show", rid[:8], "--db", db],
+            ["export", "--format", "json", "--db", db],
+            ["export", "-o", tmp_path / "out.csv", "--db", db],
+            ["compare", "--format", "csv", "--db", db],
+            ["report", tmp_path / "exp.toml", "--no-run", "-o", tmp_path / "rep", "--db", db],
+            ["run", *TINY, "--method", "sgd", "--db", db],  # writing is what cannot work: one line
+        ],
+        cwd=tmp_path,
+    )
     for rc, out, err in results[:6]:
         assert rc == 0 and "error" not in err, err
     assert "4 runs" in results[0][1] and rid in results[1][1]
@@ -520,8 +591,9 @@ def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
         assert dry.count("interrupted") == 2
         assert sorted(load_runs(db_url)["status"]) == ["interrupted", "interrupted", "pending"]
         with open_store(db_url, readonly=True) as store:  # derived when read: nothing was written
-            stored = store.transaction(lambda conn: sorted(r[0] for r in conn.execute(
-                __import__("sqlalchemy").select(Run.status))))
+            stored = store.transaction(
+                lambda conn: sorted(r[0] for r in conn.execute(__import__("sqlalchemy").select(Run.status)))
+            )
         assert stored == ["pending", "pending", "running"]
     finally:
         alive.kill()
@@ -532,8 +604,9 @@ def test_listings_show_a_dead_owners_runs_as_interrupted(db_url, invoke):
 # 15 (a, c). Output off a terminal; the busy-cores note
 
 
-@pytest.mark.parametrize("stop, first_word, status", [(KeyboardInterrupt, "interrupted:", 130),
-                                                      (RuntimeError, "error:", 1)])
+@pytest.mark.parametrize(
+    "stop, first_word, status", [(KeyboardInterrupt, "interrupted:", 130), (RuntimeError, "error:", 1)]
+)
 def test_off_a_terminal_the_last_line_starts_its_own_line(tmp_path, monkeypatch, capsys, stop, first_word, status):
     """Live's last frame ends without a newline off a terminal; what follows must not be glued to it."""
     import typer
@@ -568,8 +641,11 @@ def test_an_absurd_sweep_is_refused_at_once_in_bounded_memory(tmp_path, invoke):
 
     tracemalloc.start()
     try:
-        for args in (["--seeds", "1000000000"], ["--seed", "5", "--seeds", "100001"],
-                     ["--method", "er,der", "--mask", "none,-inf", "--seeds", "30000"]):
+        for args in (
+            ["--seeds", "1000000000"],
+            ["--seed", "5", "--seeds", "100001"],
+            ["--method", "er,der", "--mask", "none,-inf", "--seeds", "30000"],
+        ):
             line = one_error_line(*invoke("run", *TINY, *args, "--dry-run"), "100000")
             assert "--seeds" in line or "split it into several" in line
         peak = tracemalloc.get_traced_memory()[1]
@@ -580,8 +656,10 @@ def test_an_absurd_sweep_is_refused_at_once_in_bounded_memory(tmp_path, invoke):
 
 
 def test_a_buffer_larger_than_the_stream_is_refused(tmp_path, invoke):
-    one_error_line(*invoke("run", "--buffer", "10000000", "--dry-run"),
-                   "invalid --buffer 10000000: seq-fmnist's stream has 60000 training samples")
+    one_error_line(
+        *invoke("run", "--buffer", "10000000", "--dry-run"),
+        "invalid --buffer 10000000: seq-fmnist's stream has 60000 training samples",
+    )
     one_error_line(*invoke("run", *TINY, "--buffer", "201"), "synthetic's stream has 200 training samples")
     rc, out, err = invoke("run", *TINY, "--buffer", "200", "--dry-run")  # the whole stream: fine
     assert rc == 0, err
@@ -604,8 +682,8 @@ def test_groups_are_split_to_fit_the_memory_budget():
 
 
 def test_the_plan_and_the_run_say_how_groups_were_sized(tmp_path, invoke, monkeypatch):
-    from clbench.sweep import ram as memory
     from clbench.cli import run as cli_run
+    from clbench.sweep import ram as memory
 
     cfgs = [c.resolve() for c in tiny(methods=["sgd"], seeds=range(5))]
     budget = int(memory.SAFETY * (memory.shared_bytes(cfgs) + 2.5 * memory.run_bytes(cfgs)))
@@ -621,19 +699,32 @@ def test_the_plan_and_the_run_say_how_groups_were_sized(tmp_path, invoke, monkey
 
 def test_a_run_that_cannot_fit_alone_is_one_line(tmp_path, invoke):
     # 2e9 samples per class: the dataset alone is over a terabyte
-    one_error_line(*invoke("run", "--dataset", "synthetic", "--synthetic-train-per-class", "2000000000", "--dry-run"),
-                   "of memory (estimate)", "cannot run here")
+    one_error_line(
+        *invoke("run", "--dataset", "synthetic", "--synthetic-train-per-class", "2000000000", "--dry-run"),
+        "of memory (estimate)",
+        "cannot run here",
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
-@pytest.mark.parametrize("kw, syn, sizes", [
-    # a buffer of the whole stream: memory per run well above what the allocator keeps from loading
-    (dict(method="er", buffer_size=3000), dict(train_per_class=300, test_per_class=100, input_shape=[1, 28, 28]),
-     (2, 34)),
-    (dict(method="er", buffer_size=50, width=8, batch_size=16, minibatch_size=16),
-     dict(train_per_class=40, test_per_class=20, input_shape=[3, 16, 16], backbone="resnet18", augment=True), (1, 5)),
-], ids=["mlp", "resnet18"])
+@pytest.mark.parametrize(
+    "kw, syn, sizes",
+    [
+        # a buffer of the whole stream: memory per run well above what the allocator keeps from loading
+        (
+            dict(method="er", buffer_size=3000),
+            dict(train_per_class=300, test_per_class=100, input_shape=[1, 28, 28]),
+            (2, 34),
+        ),
+        (
+            dict(method="er", buffer_size=50, width=8, batch_size=16, minibatch_size=16),
+            dict(train_per_class=40, test_per_class=20, input_shape=[3, 16, 16], backbone="resnet18", augment=True),
+            (1, 5),
+        ),
+    ],
+    ids=["mlp", "resnet18"],
+)
 def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
     """Peak resident memory of real groups (fresh processes, from after the data is loaded): what
     each run adds is within a factor 1.5 of the estimate, and a whole group stays within its budget
@@ -653,16 +744,40 @@ def test_the_memory_estimate_matches_the_measured_peak(kw, syn, sizes):
 # 11. Concurrent processes compute each run once
 
 
-@pytest.mark.parametrize("seed_sets", [[["--seeds", "4"]] * 3,
-                                       [["--seed", "0,1,2,3"], ["--seed", "2,3,4,5"], ["--seed", "4,5,6,7"]]],
-                         ids=["identical", "overlapping"])
+@pytest.mark.parametrize(
+    "seed_sets",
+    [[["--seeds", "4"]] * 3, [["--seed", "0,1,2,3"], ["--seed", "2,3,4,5"], ["--seed", "4,5,6,7"]]],
+    ids=["identical", "overlapping"],
+)
 def test_concurrent_sweeps_compute_each_run_once(db_url, tmp_path, seed_sets):
-    common = ["run", "--dataset", "synthetic", "--synthetic-train-per-class", "200", "--method", "er",
-              "--group-size", "2", "--checkpoint-every", "0", "--db", db_url]
+    common = [
+        "run",
+        "--dataset",
+        "synthetic",
+        "--synthetic-train-per-class",
+        "200",
+        "--method",
+        "er",
+        "--group-size",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--db",
+        db_url,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "CLBENCH_DB"}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "clbench", *common, *seeds], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seeds in seed_sets]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "clbench", *common, *seeds],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seeds in seed_sets
+    ]
     try:
         outputs = [p.communicate(timeout=240) for p in procs]
     finally:
@@ -712,8 +827,8 @@ def test_a_run_records_the_numeric_environment_it_was_computed_in(db_url, invoke
 
 
 def test_the_same_environment_gives_the_same_bits_and_says_so():
-    from clbench.engine.loop import train_group
     from clbench.data.loading import load_benchmark
+    from clbench.engine.loop import train_group
 
     cfgs = [c.resolve() for c in tiny(methods=["er"], seeds=[0, 1])]
     data = load_benchmark("synthetic", synthetic=cfgs[0].synthetic)
@@ -731,8 +846,9 @@ def test_the_same_environment_gives_the_same_bits_and_says_so():
 
 def test_a_report_whose_runs_all_diverged_renders_nothing_and_names_them(tmp_path, invoke):
     path = tmp_path / "exp.toml"
-    path.write_text(EXPERIMENT + '[overrides]\nepochs = 1\nlr = 1e30\n'
-                                 'synthetic = { train_per_class = 20, test_per_class = 10 }\n')
+    path.write_text(
+        EXPERIMENT + "[overrides]\nepochs = 1\nlr = 1e30\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+    )
     rc, out, err = invoke("report", path, "--checkpoint-every", "0")
     assert rc == 0, err
     assert set(load_runs(tmp_path / "results.db")["status"]) == {"diverged"}

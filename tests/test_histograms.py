@@ -10,13 +10,12 @@ import math
 
 import numpy as np
 import torch
+from conftest import synthetic_config
 
 from clbench import SyntheticOptions, load_benchmark, train_runs
-from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_EDGES
 from clbench.engine.evaluation import evaluate
 from clbench.engine.group import make_backbone
-
-from conftest import synthetic_config
+from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_EDGES
 
 
 def _softmax64(logits: np.ndarray) -> np.ndarray:
@@ -33,7 +32,9 @@ def test_evaluate_histograms_match_a_per_run_computation():
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
     params, buffers = net.init(gens)
     params = {k: (v.detach() * 4.0) for k, v in params.items()}  # sharper softmaxes: every bin gets used
-    ev = evaluate(net, params, buffers, data, n_runs=3, after_task=data.n_tasks - 1, chunk_size=37)  # chunks cut across tasks' samples
+    ev = evaluate(
+        net, params, buffers, data, n_runs=3, after_task=data.n_tasks - 1, chunk_size=37
+    )  # chunks cut across tasks' samples
     assert set(ev.histograms) == {"true_class", "max"}
     assert HISTOGRAM_BINS == 20 and len(HISTOGRAM_EDGES) == 21
     x_all, y_all = data.test_x, data.test_y

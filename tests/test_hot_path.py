@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_config
 
-from clbench.lockstep.backbones import ONEDNN_MIN_MACS, BatchedMLP, _ONEDNN, batched_linear
-from clbench.data.specs import get_benchmark
 from clbench.data.loading import prepare_inputs
+from clbench.data.specs import get_benchmark
 from clbench.engine.loop import train_group
 from clbench.engine.progress import PhaseTimes
+from clbench.lockstep.backbones import _ONEDNN, ONEDNN_MIN_MACS, BatchedMLP, batched_linear
 from clbench.sweep.driver import train_runs
-
-from conftest import synthetic_config
 
 
 def reference_linear(x, w, b):

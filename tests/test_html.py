@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import update
 
 from clbench import cli
-from clbench.store.queries import load_runs
 from clbench.reports import load_experiment
 from clbench.reports.browser import dump_dom, find_chromium, screenshot
 from clbench.reports.html import write_html
 from clbench.reports.render import experiment_configs, run_coverage
 from clbench.store import Owner, open_store
+from clbench.store.queries import load_runs
 from clbench.store.schema import Run
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep
@@ -72,7 +72,9 @@ def site(tmp_path_factory):
         store.claim(failed, owner, experiment="h-tiny")
         store.mark_failed([c.identity() for c in failed], owner, "boom")
         diverged = next(c.identity() for c in failed if c.mask.label == "-inf")
-        store.transaction(lambda conn: conn.execute(update(Run).where(Run.run_id == diverged).values(status="diverged")))
+        store.transaction(
+            lambda conn: conn.execute(update(Run).where(Run.run_id == diverged).values(status="diverged"))
+        )
     return folder, db, specs
 
 
@@ -81,12 +83,24 @@ def test_pages_name_every_cell_and_its_unfinished_runs(site, tmp_path):
     root = tmp_path / "site"
     written = write_html(list(specs.values()), db, root)
     names = {p.relative_to(root).as_posix() for p in written}
-    assert {"index.html", "index.json", "h-fig2.html", "h-tiny.html", "h-fig2/h-fig2.png", "h-fig2/h-fig2.data.json",
-            "h-tiny/h-tiny.md", "h-tiny/h-tiny-curve.png"} <= names
+    assert {
+        "index.html",
+        "index.json",
+        "h-fig2.html",
+        "h-tiny.html",
+        "h-fig2/h-fig2.png",
+        "h-fig2/h-fig2.data.json",
+        "h-tiny/h-tiny.md",
+        "h-tiny/h-tiny-curve.png",
+    } <= names
     page = (root / "h-tiny.html").read_text()
     coverage = run_coverage(specs["h-tiny"], db)
-    assert sorted(coverage["status"].value_counts().items()) == [("diverged", 1), ("failed", 1), ("finished", 9),
-                                                                 ("missing", 1)]
+    assert sorted(coverage["status"].value_counts().items()) == [
+        ("diverged", 1),
+        ("failed", 1),
+        ("finished", 9),
+        ("missing", 1),
+    ]
     for r in coverage[coverage["status"] != "finished"].itertuples():
         assert f"seed {r.seed}: {r.status}</span> <code>{r.run_id[:12]}</code>" in page
     assert "9 of 12 expected runs are finished" in page and "2 of 3" in page and "3 of 3" in page
@@ -179,12 +193,15 @@ def test_report_all_writes_a_page_per_registered_experiment(site, tmp_path, monk
     assert "Nothing rendered" in (tmp_path / "site" / "fig4.html").read_text()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["report", "fig2", "--html", "--no-run", "--out", "afile/fig2"], "afile is a file, not a folder"),
-    (["report", "all", "--html", "--no-run", "--out", "afile"], "--out afile is a file, not a folder"),
-    (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are fig2"),
-    (["report", "fig2", "--html", "--no-run", "--db", "afile"], "not a clbench database"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["report", "fig2", "--html", "--no-run", "--out", "afile/fig2"], "afile is a file, not a folder"),
+        (["report", "all", "--html", "--no-run", "--out", "afile"], "--out afile is a file, not a folder"),
+        (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig2", "--html", "--no-run", "--db", "afile"], "not a clbench database"),
+    ],
+)
 def test_bad_html_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("hello")

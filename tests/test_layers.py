@@ -58,8 +58,9 @@ def imports(path: Path, top_level_only: bool = False) -> list[tuple[str, int]]:
             assert node.level == 0, f"{path}:{node.lineno}: a relative import (write from clbench... import)"
             for alias in node.names:
                 sub = f"{node.module}.{alias.name}"
-                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or \
-                    (PACKAGE.parent / Path(*sub.split("."))).is_dir()
+                is_module = (PACKAGE.parent / Path(*sub.split("."))).with_suffix(".py").exists() or (
+                    PACKAGE.parent / Path(*sub.split("."))
+                ).is_dir()
                 found.append((sub if is_module else node.module, node.lineno))
     return found
 
@@ -82,8 +83,11 @@ def upward_imports(path: Path, me: str) -> list[str]:
     """The imports of ``path`` (the module ``me``) from a layer above its own."""
     mine = layer_of(me)
     skip = _type_checking_only(path)
-    return [f"line {line}: {other} (layer {layer_of(other)})" for other, line in imports(path)
-            if line not in skip and layer_of(other) > mine]
+    return [
+        f"line {line}: {other} (layer {layer_of(other)})"
+        for other, line in imports(path)
+        if line not in skip and layer_of(other) > mine
+    ]
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
@@ -97,8 +101,10 @@ def test_the_layer_check_sees_an_upward_import_even_inside_a_function(tmp_path):
     """The check itself can fail: a resolution module importing the trainer, lazily, is reported;
     an import for annotations only (under TYPE_CHECKING) is not."""
     fake = tmp_path / "fake.py"
-    fake.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from clbench.cli import main\n"
-                    "def f():\n    from clbench.engine.trainer import train_group\n    return train_group\n")
+    fake.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from clbench.cli import main\n"
+        "def f():\n    from clbench.engine.trainer import train_group\n    return train_group\n"
+    )
     found = upward_imports(fake, "clbench.runs.fake")
     assert len(found) == 1 and "clbench.engine.trainer" in found[0]
 
@@ -114,7 +120,7 @@ def test_no_import_circle():
 
     def visit(node):
         if node in on_stack:
-            circles.append(on_stack[on_stack.index(node):] + [node])
+            circles.append(on_stack[on_stack.index(node) :] + [node])
             return
         if node in seen or node not in graph:
             return
@@ -137,7 +143,8 @@ def test_the_method_catalogue_is_current():
     import clbench.methods.catalogue as catalogue
 
     assert Path(catalogue.__file__).read_text() == catalogue_source(), (
-        "the method catalogue is out of date: run `python -m clbench.methods.catalogue`")
+        "the method catalogue is out of date: run `python -m clbench.methods.catalogue`"
+    )
 
 
 def test_the_engine_reads_in_screens():
@@ -163,7 +170,9 @@ def test_checkpoint_files_and_progress_reports_need_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, clbench.engine.checkpoint, clbench.engine.progress; "
-            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, clbench.engine.checkpoint, clbench.engine.progress; "
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

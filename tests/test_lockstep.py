@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import synthetic_config
 
 from clbench import SyntheticOptions, train_runs
 from clbench.methods import get_method
 from clbench.sweep.plan import plan_groups
-
-from conftest import synthetic_config
 
 
 def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
@@ -27,9 +26,22 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         np.testing.assert_array_equal(a.histograms[k].sum(-1), b.histograms[k].sum(-1))
 
 
-@pytest.mark.parametrize("method,head", [("er", None), ("derpp", None), ("der", None), ("er_ace", None), ("sgd", None),
-                                         ("joint", None), ("er_ace", "cosine"), ("xder", None), ("icarl", None),
-                                         ("agem", None), ("gdumb", None)])
+@pytest.mark.parametrize(
+    "method,head",
+    [
+        ("er", None),
+        ("derpp", None),
+        ("der", None),
+        ("er_ace", None),
+        ("sgd", None),
+        ("joint", None),
+        ("er_ace", "cosine"),
+        ("xder", None),
+        ("icarl", None),
+        ("agem", None),
+        ("gdumb", None),
+    ],
+)
 def test_group_equals_each_run_alone(method, head, mixed_group):
     cfgs = mixed_group(method, **({"head": head} if head else {}))
     grouped = train_runs(cfgs)
@@ -46,8 +58,15 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # (buffer 3 < minibatch 10 for one run). One step per task (batch = the task's 12 samples):
     # over many steps BatchNorm on tiny batches amplifies float32 rounding chaotically (in
     # float64 a whole run agrees to 1e-12), so the step is the unit this test pins to 1e-5.
-    syn = SyntheticOptions(n_tasks=2, classes_per_task=2, train_per_class=6, test_per_class=6,
-                           input_shape=(3, 8, 8), augment=True, backbone="resnet18")
+    syn = SyntheticOptions(
+        n_tasks=2,
+        classes_per_task=2,
+        train_per_class=6,
+        test_per_class=6,
+        input_shape=(3, 8, 8),
+        augment=True,
+        backbone="resnet18",
+    )
     common = dict(synthetic=syn, width=4, minibatch_size=10, batch_size=12)
     cls = get_method(method)
     if cls.group_by_buffer_size:  # one buffer size per group (their runs still differ in seed, mask, lr)
@@ -86,7 +105,9 @@ def test_different_seeds_differ():
 
 
 def test_plan_groups_packs_compatible_runs_and_splits_large_groups():
-    cfgs = [synthetic_config(m, seed=s, buffer=b).resolve() for m in ("er", "derpp") for s in range(3) for b in (10, 20)]
+    cfgs = [
+        synthetic_config(m, seed=s, buffer=b).resolve() for m in ("er", "derpp") for s in range(3) for b in (10, 20)
+    ]
     groups = plan_groups(cfgs)
     assert [len(g) for g in groups] == [6, 6]
     assert all(len({cfgs[i].method for i in g}) == 1 for g in groups)

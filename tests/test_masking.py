@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clbench import MaskSpec, masked_cross_entropy
-from clbench.runs.mask import parse_mask_value
 from clbench.masking import task_active_mask
+from clbench.runs.mask import parse_mask_value
 
 
 def grad_of(logits, targets, active, m, reduction="sum"):

@@ -8,27 +8,36 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import synthetic_config
 
 import clbench.engine.loop as loop
 from clbench import SyntheticOptions, train_runs
+from clbench.data.loading import load_benchmark, prepare_inputs
 from clbench.lockstep.backbones import BatchedMLP, cosine_logits
 from clbench.lockstep.buffer import Memory
-from clbench.data.loading import load_benchmark, prepare_inputs
 from clbench.methods import MethodContext, get_method
 from clbench.methods.agem import AGEM, project
 from clbench.methods.gdumb import GDumb, greedy_balanced_slots
 from clbench.methods.icarl import ICaRL
 from clbench.methods.xder import XDER, damp, first_occurrence
 
-from conftest import synthetic_config
-
 SYN = SyntheticOptions(train_per_class=40, test_per_class=10)
 
 
 def context(method, data, net, params, state, memory, task, sizes, options=None, seed=0):
-    return MethodContext(task=task, data=data, net=net, params=params, bn={}, state=state, memory=memory,
-                         rngs=tuple(np.random.default_rng(seed + r) for r in range(len(sizes))),
-                         buffer_sizes=tuple(sizes), batch_size=10, options=options or dict(method.options))
+    return MethodContext(
+        task=task,
+        data=data,
+        net=net,
+        params=params,
+        bn={},
+        state=state,
+        memory=memory,
+        rngs=tuple(np.random.default_rng(seed + r) for r in range(len(sizes))),
+        buffer_sizes=tuple(sizes),
+        batch_size=10,
+        options=options or dict(method.options),
+    )
 
 
 def mlp_group(data, n_runs, seed=0):
@@ -68,7 +77,9 @@ def test_agem_applied_gradient_agrees_with_the_reference_in_training(monkeypatch
         return applied
 
     monkeypatch.setattr(AGEM, "edit_gradients", recording)
-    train_runs([synthetic_config("agem", seed=s, buffer=40, synthetic=SYN, mask=m) for s, m in ((0, None), (1, -math.inf))])
+    train_runs(
+        [synthetic_config("agem", seed=s, buffer=40, synthetic=SYN, mask=m) for s, m in ((0, None), (1, -math.inf))]
+    )
     assert seen, "A-GEM never had a reference gradient"
     before = torch.stack([b for b, _ in seen])
     after = torch.stack([a for _, a in seen])
@@ -81,8 +92,13 @@ def test_agem_memory_holds_m_over_t_random_samples_per_task():
     net, params = mlp_group(data, 2)
     sizes = (10, 25)
     x = torch.zeros((2, 26, 1, 8, 8), dtype=torch.uint8)
-    memory = Memory(x, torch.zeros((2, 26), dtype=torch.int64), torch.zeros((2, 26), dtype=torch.int64), None,
-                    np.zeros(2, dtype=np.int64))
+    memory = Memory(
+        x,
+        torch.zeros((2, 26), dtype=torch.int64),
+        torch.zeros((2, 26), dtype=torch.int64),
+        None,
+        np.zeros(2, dtype=np.int64),
+    )
     for t in range(2):
         end = AGEM().end_task(context(AGEM(), data, net, params, {}, memory, t, sizes))
         memory = end.memory
@@ -173,13 +189,15 @@ def test_gdumb_memory_is_class_balanced_when_it_is_refit(monkeypatch):
         return original(group, st, *args, **kw)
 
     monkeypatch.setattr(loop, "refit", recording)
-    cfgs = [synthetic_config("gdumb", seed=s, buffer=30, synthetic=SYN, options={"fitting_epochs": 2}) for s in range(2)]
+    cfgs = [
+        synthetic_config("gdumb", seed=s, buffer=30, synthetic=SYN, options={"fitting_epochs": 2}) for s in range(2)
+    ]
     train_runs(cfgs)
     assert len(counts) == 5
     for task, runs in enumerate(counts):
         for c in runs:
             seen = c[: 2 * (task + 1)]
-            assert c.sum() == 30 and seen.max() - seen.min() <= 1 and c[2 * (task + 1):].sum() == 0, (task, c)
+            assert c.sum() == 30 and seen.max() - seen.min() <= 1 and c[2 * (task + 1) :].sum() == 0, (task, c)
 
 
 def test_gdumb_lr_schedule_warm_start_then_cosine_restarts():
@@ -216,15 +234,31 @@ def test_xder_first_occurrence_of_slots():
 
 def _xder_step(t, stored, counts, u, slots, y, outputs):
     """A Step carrying what _update_logits reads."""
-    from clbench.runs.mask import MaskSpec
     from clbench.lockstep.step import LossLayer, Step
+    from clbench.runs.mask import MaskSpec
 
     class_task = torch.arange(6) // 2
     loss = LossLayer([MaskSpec()], class_task)
     state = {"logits": stored, "logit_task": torch.zeros(stored.shape[:2], dtype=torch.int64), "counts": counts}
-    return Step(task=t, stream=None, replay=(), alpha=torch.ones(1), beta=torch.ones(1), seen_classes=None,
-                forward=None, loss=loss, state=state, replay_slots=(), draws={"u": u},
-                options=dict(XDER.options)), slots, y, outputs
+    return (
+        Step(
+            task=t,
+            stream=None,
+            replay=(),
+            alpha=torch.ones(1),
+            beta=torch.ones(1),
+            seen_classes=None,
+            forward=None,
+            loss=loss,
+            state=state,
+            replay_slots=(),
+            draws={"u": u},
+            options=dict(XDER.options),
+        ),
+        slots,
+        y,
+        outputs,
+    )
 
 
 def test_xder_online_update_rewrites_future_columns_with_probability_one_over_count():
@@ -255,8 +289,13 @@ def test_xder_end_of_task_rebuilds_a_class_balanced_memory():
     net, params = mlp_group(data, 2)
     method = XDER()
     size = 20
-    empty = Memory(torch.zeros((2, size + 1, 1, 8, 8), dtype=torch.uint8), torch.zeros((2, size + 1), dtype=torch.int64),
-                   torch.zeros((2, size + 1), dtype=torch.int64), None, np.zeros(2, dtype=np.int64))
+    empty = Memory(
+        torch.zeros((2, size + 1, 1, 8, 8), dtype=torch.uint8),
+        torch.zeros((2, size + 1), dtype=torch.int64),
+        torch.zeros((2, size + 1), dtype=torch.int64),
+        None,
+        np.zeros(2, dtype=np.int64),
+    )
     state = method.init_state(context(method, data, net, params, {}, empty, 0, (size, size)))
     memory = empty
     for t in range(3):
@@ -266,11 +305,15 @@ def test_xder_end_of_task_rebuilds_a_class_balanced_memory():
         assert memory.held.tolist() == [size, size]
         for r in range(2):
             counts = np.bincount(memory.y[r, :size].numpy(), minlength=10)
-            assert counts[:seen].min() >= size // seen and counts[:seen].max() <= size // seen + 1 and counts[seen:].sum() == 0
+            assert (
+                counts[:seen].min() >= size // seen
+                and counts[:seen].max() <= size // seen + 1
+                and counts[seen:].sum() == 0
+            )
             if t > 0:  # kept rows: the first floor(M / seen) of each old class, in storage order, class by class
                 keep = size // seen
                 for c in range(2 * t):
-                    old_rows = previous.x[r, : size][previous.y[r, :size] == c][:keep]
+                    old_rows = previous.x[r, :size][previous.y[r, :size] == c][:keep]
                     torch.testing.assert_close(memory.x[r][memory.y[r] == c][:keep][:keep], old_rows)
         # Every older row's columns [tC, K) are the damped outputs of the current network.
         if t > 0:
@@ -299,7 +342,9 @@ def test_xder_published_is_the_minus_inf_mask():
 def test_methods_that_group_by_buffer_size_never_share_a_group_across_sizes():
     from clbench.sweep.plan import plan_groups
 
-    cfgs = [synthetic_config(m, seed=s, buffer=b).resolve() for m in ("xder", "agem") for s in range(2) for b in (10, 20)]
+    cfgs = [
+        synthetic_config(m, seed=s, buffer=b).resolve() for m in ("xder", "agem") for s in range(2) for b in (10, 20)
+    ]
     groups = plan_groups(cfgs)
     assert sorted(len(g) for g in groups) == [2, 2, 4]  # xder: one group per buffer size; agem: one group
 
@@ -316,7 +361,9 @@ def test_new_method_presets_and_fallbacks_are_named_in_the_notes():
     assert dict(RunConfig(method="icarl", benchmark="seq-cifar10", buffer_size=500).resolve().options) == {"wd": 1e-5}
     agem = RunConfig(method="agem", benchmark="seq-tinyimg", buffer_size=500).resolve()
     assert (agem.lr, agem.minibatch_size) == (0.01, 32)
-    gdumb = RunConfig(method="gdumb", buffer_size=500, mask=synthetic_config("gdumb", mask=-1.0, on="buffer").mask).resolve()
+    gdumb = RunConfig(
+        method="gdumb", buffer_size=500, mask=synthetic_config("gdumb", mask=-1.0, on="buffer").mask
+    ).resolve()
     assert gdumb.lr == 0.05 and dict(gdumb.options)["fitting_epochs"] == 256
     assert any(n.startswith("no gdumb preset for seq-mnist: using Mammoth's gdumb defaults") for n in gdumb.notes)
     big = RunConfig(method="xder", benchmark="seq-cifar100", buffer_size=2000).resolve()
@@ -340,8 +387,22 @@ def test_options_are_checked_and_part_of_the_identity_and_group():
 def test_cosine_head_is_ten_times_the_cosine_and_bias_free():
     g = torch.Generator().manual_seed(0)
     f, w = torch.randn(2, 5, 7, generator=g), torch.randn(2, 3, 7, generator=g)
-    by_hand = torch.stack([torch.stack([torch.stack([10 * (f[r, n] @ w[r, k]) / ((f[r, n].norm() + 1e-5) * (w[r, k].norm() + 1e-5))
-                                                     for k in range(3)]) for n in range(5)]) for r in range(2)])
+    by_hand = torch.stack(
+        [
+            torch.stack(
+                [
+                    torch.stack(
+                        [
+                            10 * (f[r, n] @ w[r, k]) / ((f[r, n].norm() + 1e-5) * (w[r, k].norm() + 1e-5))
+                            for k in range(3)
+                        ]
+                    )
+                    for n in range(5)
+                ]
+            )
+            for r in range(2)
+        ]
+    )
     torch.testing.assert_close(cosine_logits(f, w), by_hand)
     net = BatchedMLP(64, 10, head="cosine")
     params, _ = net.init([torch.Generator().manual_seed(0)])
@@ -362,15 +423,24 @@ def test_head_is_recorded_and_the_linear_default_keeps_identities():
 
 
 def test_every_new_method_learns_on_synthetic_data():
-    cfgs = [synthetic_config(m, seed=0, buffer=30, synthetic=SYN, options={"fitting_epochs": 8} if m == "gdumb" else None)
-            for m in ("xder", "icarl", "agem", "gdumb")]
+    cfgs = [
+        synthetic_config(m, seed=0, buffer=30, synthetic=SYN, options={"fitting_epochs": 8} if m == "gdumb" else None)
+        for m in ("xder", "icarl", "agem", "gdumb")
+    ]
     for cfg, res in zip(cfgs, train_runs(cfgs)):
         assert res.metrics["faa_task_il"] > 60, (cfg.method, res.metrics)
         assert set(res.train_loss) == set(get_method(cfg.method).loss_terms_names) | {"total"}
 
 
-@pytest.mark.parametrize("method,kw", [("xder", {"options": {"gamma": 0.5}}), ("icarl", {}), ("gdumb", {"mask": -1.0, "on": "buffer"}),
-                                       ("er_ace", {"head": "cosine"})])
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("xder", {"options": {"gamma": 0.5}}),
+        ("icarl", {}),
+        ("gdumb", {"mask": -1.0, "on": "buffer"}),
+        ("er_ace", {"head": "cosine"}),
+    ],
+)
 def test_new_configs_round_trip_through_json(method, kw):
     import json
 

@@ -7,11 +7,13 @@ import pytest
 
 from clbench import metrics
 
-A = np.array([
-    [90.0, 10.0, 5.0],
-    [60.0, 80.0, 7.0],
-    [70.0, 50.0, 95.0],
-])
+A = np.array(
+    [
+        [90.0, 10.0, 5.0],
+        [60.0, 80.0, 7.0],
+        [70.0, 50.0, 95.0],
+    ]
+)
 
 
 def test_final_average_accuracy():

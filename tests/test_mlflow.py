@@ -16,9 +16,9 @@ from sqlalchemy import delete, func, select
 
 from clbench import SyntheticOptions, cli
 from clbench.metrics import average_accuracy_curve
+from clbench.store import open_store
 from clbench.store.mlflow import export_mlflow, flat_params
 from clbench.store.queries import load_runs
-from clbench.store import open_store
 from clbench.store.schema import MlflowRun
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep, sweep_configs
@@ -34,8 +34,15 @@ def needs_mlflow():
 
 
 def train(db, seeds):
-    configs = sweep_configs(methods=["er"], masks=["none", "-inf"], buffers=[20], seeds=seeds, benchmark="synthetic",
-                            epochs=1, synthetic=SyntheticOptions(train_per_class=20, test_per_class=10))
+    configs = sweep_configs(
+        methods=["er"],
+        masks=["none", "-inf"],
+        buffers=[20],
+        seeds=seeds,
+        benchmark="synthetic",
+        epochs=1,
+        synthetic=SyntheticOptions(train_per_class=20, test_per_class=10),
+    )
     with open_store(db) as store:
         execute(plan_sweep(configs, store), store, experiment="ml")
 
@@ -85,7 +92,9 @@ def test_parents_children_params_metrics_and_artifacts_read_back(exported, tmp_p
             np.testing.assert_allclose([m.value for m in task0], res.task_il[:, 0])
             loss = client.get_metric_history(child.info.run_id, "loss/total")
             np.testing.assert_allclose([m.value for m in loss], res.train_loss["total"], rtol=1e-6)
-            assert [m.step for m in client.get_metric_history(child.info.run_id, "class_il/forgetting")] == list(range(1, t))
+            assert [m.step for m in client.get_metric_history(child.info.run_id, "class_il/forgetting")] == list(
+                range(1, t)
+            )
             assert child.data.metrics["faa_class_il"] == pytest.approx(row.faa_class_il)
             local = client.download_artifacts(child.info.run_id, "accuracy", str(tmp_path / row.run_id))
             matrices = json.loads((Path(local) / "accuracy_matrices.json").read_text())
@@ -104,12 +113,16 @@ def test_parents_children_params_metrics_and_artifacts_read_back(exported, tmp_p
 def test_exporting_again_adds_nothing_and_new_seeds_join_their_parent(exported):
     folder, db, uri, first = exported
     client = _client(uri)
-    before = {r.info.run_id: sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics)
-              for r in _runs(uri, first.experiment_id)}
+    before = {
+        r.info.run_id: sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics)
+        for r in _runs(uri, first.experiment_id)
+    }
     again = export_mlflow(db, uri)
     assert (again.new_runs, again.already_there, again.new_parents) == (0, 4, 0)
-    after = {r.info.run_id: sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics)
-             for r in _runs(uri, first.experiment_id)}
+    after = {
+        r.info.run_id: sum(len(client.get_metric_history(r.info.run_id, k)) for k in r.data.metrics)
+        for r in _runs(uri, first.experiment_id)
+    }
     assert after == before  # no run, no metric value added
     # an export that stopped after MLflow but before the registry: the run is adopted, not doubled
     with open_store(db) as store:
@@ -148,8 +161,10 @@ def test_export_command_and_its_bad_input(exported, tmp_path, monkeypatch, capsy
         (["export", "--mlflow", "sqlite:///:memory:"], "give an SQLite file"),
         (["export", "sqlite:///x.db"], "a tracking URI goes with --mlflow"),
         (["export", "--mlflow", target, "--output", "x.csv"], "--matrices and --output do not apply"),
-        (["export", "--mlflow", f"sqlite:///{tmp_path / 'new.db'}", "--db", str(tmp_path / "missing.db")],
-         "no clbench database"),
+        (
+            ["export", "--mlflow", f"sqlite:///{tmp_path / 'new.db'}", "--db", str(tmp_path / "missing.db")],
+            "no clbench database",
+        ),
     ):
         assert cli.main([*args, "--db", str(db)] if "--db" not in args else args) == 2, args
         err = capsys.readouterr().err

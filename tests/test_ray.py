@@ -28,15 +28,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clbench.store.queries import load_runs
 from clbench.store import open_store
+from clbench.store.queries import load_runs
 
 BIN = Path(sys.executable).parent
 CLBENCH = BIN / "clbench"
 RAY = BIN / "ray"
 # 12 synthetic ER runs in 6 lockstep groups of 2, each group ~1-2 s on one thread.
-SWEEP = ["--dataset", "synthetic", "--synthetic-train-per-class", "2500", "--method", "er", "--mask", "none,-inf",
-         "--seeds", "6", "--group-size", "2"]
+SWEEP = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-train-per-class",
+    "2500",
+    "--method",
+    "er",
+    "--mask",
+    "none,-inf",
+    "--seeds",
+    "6",
+    "--group-size",
+    "2",
+]
 N_RUNS, N_GROUPS = 12, 6
 DONE = re.compile(r"^done: group (\d+)/\d+, .* on (\S+) \(node (\w+)\) pid (\d+), saved$", re.M)
 STARTED = re.compile(r"^started: group (\d+)/\d+, .* on \S+ \(node \w+\) pid (\d+)$", re.M)
@@ -45,8 +57,14 @@ STARTED = re.compile(r"^started: group (\d+)/\d+, .* on \S+ \(node \w+\) pid (\d
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_DB", "RAY_ADDRESS")}
     # No token authentication: the cluster is reachable from its own network namespace only.
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled", **extra}
+    return {
+        **env,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        **extra,
+    }
 
 
 def _require(ok: bool, why: str) -> None:
@@ -62,7 +80,9 @@ class NetNamespace:
     def __init__(self):
         self.holder = subprocess.Popen(
             ["unshare", "--net", "sh", "-c", "ip link set lo up && echo up && exec sleep 100000"],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.holder.stdout.readline().strip()
         if line != "up":
             self.holder.kill()
@@ -77,8 +97,9 @@ class NetNamespace:
 
     def popen(self, args, **kw) -> subprocess.Popen:
         """A process whose stderr is to be read (``Lines``); its stdout is dropped."""
-        return subprocess.Popen(self.command(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, **kw)
+        return subprocess.Popen(
+            self.command(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw
+        )
 
     def pids(self) -> list[int]:
         """Every process in the namespace (the holder included)."""
@@ -135,21 +156,52 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     _require(importlib.util.find_spec("ray") is not None, "Ray is not installed (pip install -e '.[ray]')")
-    _require(all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip")),
-             "unshare, nsenter and ip are needed (apt-get install util-linux iproute2)")
+    _require(
+        all(shutil.which(tool) for tool in ("unshare", "nsenter", "ip")),
+        "unshare, nsenter and ip are needed (apt-get install util-linux iproute2)",
+    )
     _require(os.geteuid() == 0, "a network namespace needs root (unshare --net)")
     temp = tmp_path_factory.mktemp("ray")
     assert len(str(temp)) < 50, f"{temp}: Ray's socket paths under it would exceed the 107-byte limit"
     ns = NetNamespace()
     try:
-        port = ns.run([sys.executable, "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                                             "print(s.getsockname()[1])"]).stdout.strip()
-        head = ns.run([RAY, "start", "--head", "--port", port, "--num-cpus", "1", "--temp-dir", temp,
-                       "--include-dashboard=false", "--disable-usage-stats"])
+        port = ns.run(
+            [
+                sys.executable,
+                "-c",
+                "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])",
+            ]
+        ).stdout.strip()
+        head = ns.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--port",
+                port,
+                "--num-cpus",
+                "1",
+                "--temp-dir",
+                temp,
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ]
+        )
         assert head.returncode == 0, head.stdout + head.stderr
         # The second node shares the head's temp dir: on one machine, Ray finds the session there.
-        second = ns.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", temp,
-                         "--disable-usage-stats"])
+        second = ns.run(
+            [
+                RAY,
+                "start",
+                "--address",
+                f"127.0.0.1:{port}",
+                "--num-cpus",
+                "1",
+                "--temp-dir",
+                temp,
+                "--disable-usage-stats",
+            ]
+        )
         assert second.returncode == 0, second.stdout + second.stderr
         yield Cluster(ns, f"127.0.0.1:{port}")
     finally:
@@ -160,8 +212,13 @@ def cluster(tmp_path_factory):
 def reference(tmp_path_factory):
     """The sweep computed by the local executor, one thread, in a registry of its own."""
     d = tmp_path_factory.mktemp("local")
-    done = subprocess.run([str(CLBENCH), "run", *SWEEP, "--threads", "1", "--db", str(d / "local.db")],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(CLBENCH), "run", *SWEEP, "--threads", "1", "--db", str(d / "local.db")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return d / "local.db"
 
@@ -207,7 +264,9 @@ class Lines:
                     if m := pattern.match(line):
                         return m
                 left = deadline - time.monotonic()
-                assert left > 0 and self.thread.is_alive(), f"no line matching {pattern.pattern}:\n" + "\n".join(self.lines)
+                assert left > 0 and self.thread.is_alive(), f"no line matching {pattern.pattern}:\n" + "\n".join(
+                    self.lines
+                )
                 self.changed.wait(min(left, 0.5))
 
     @property
@@ -234,18 +293,24 @@ def test_a_sweep_runs_on_both_nodes_and_equals_the_local_executor_bit_for_bit(cl
 
 def _checkpoint_keys() -> list[str]:
     """The checkpoint key of each group of SWEEP, in plan order (as ``clbench run`` plans it)."""
-    from clbench.engine.checkpoint import checkpoint_key
     from clbench.data.specs import SyntheticOptions
+    from clbench.engine.checkpoint import checkpoint_key
     from clbench.sweep.plan import plan_sweep, sweep_configs
 
-    configs = sweep_configs(methods=["er"], masks=["none", "-inf"], seeds=range(6), benchmark="synthetic",
-                            synthetic=SyntheticOptions(train_per_class=2500))
+    configs = sweep_configs(
+        methods=["er"],
+        masks=["none", "-inf"],
+        seeds=range(6),
+        benchmark="synthetic",
+        synthetic=SyntheticOptions(train_per_class=2500),
+    )
     plan = plan_sweep(configs, max_group_size=2)
     return [checkpoint_key([plan.runs[i].run_id for i in g]) for g in plan.groups]
 
 
 def test_a_worker_killed_while_it_trains_is_retried_from_its_checkpoint_and_every_run_finishes_once(
-        cluster, reference, tmp_path):
+    cluster, reference, tmp_path
+):
     db, shared = tmp_path / "ray.db", tmp_path / "shared-checkpoints"  # one machine: every node sees it
     proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db), "--retries", "2", "--checkpoint-dir", str(shared))
     lines = Lines(proc)
@@ -269,15 +334,18 @@ def test_a_worker_killed_while_it_trains_is_retried_from_its_checkpoint_and_ever
     assert proc.returncode == 0, err
     # The group started over on another worker process, from its checkpoint.
     assert re.search(rf"^retrying: group {group}/{N_GROUPS}, .* attempt 2 on ", err, re.M), err
-    assert re.search(rf"^resumed: group {group}/{N_GROUPS}, .* on .*, from its checkpoint at task [2-5]/5", err, re.M), err
+    assert re.search(
+        rf"^resumed: group {group}/{N_GROUPS}, .* on .*, from its checkpoint at task [2-5]/5", err, re.M
+    ), err
     groups = sorted(int(g) for g, *_ in DONE.findall(err))
     assert groups == list(range(1, N_GROUPS + 1)), err  # every group saved exactly once
     assert not list(shared.glob("*.pt"))  # each deleted once its group was saved
     assert_same_results(db, reference)  # resumed on another worker: bit for bit
 
 
-def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_computes_the_rest(cluster, reference,
-                                                                                          tmp_path):
+def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_computes_the_rest(
+    cluster, reference, tmp_path
+):
     db = tmp_path / "ray.db"
     proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db))
     lines = Lines(proc)
@@ -355,8 +423,16 @@ def test_progress_comes_from_the_workers_while_they_train(cluster, tmp_path):
     assert fractions[-1] == pytest.approx(1.0) and events[-1]["done"] == 2
 
 
-TWO_DRIVERS = ["--dataset", "synthetic", "--synthetic-train-per-class", "300", "--mask", "none,-inf",
-               "--group-size", "2"]
+TWO_DRIVERS = [
+    "--dataset",
+    "synthetic",
+    "--synthetic-train-per-class",
+    "300",
+    "--mask",
+    "none,-inf",
+    "--group-size",
+    "2",
+]
 
 
 def test_two_drivers_sharing_one_registry_compute_each_run_once(cluster, tmp_path):
@@ -374,8 +450,9 @@ def test_two_drivers_sharing_one_registry_compute_each_run_once(cluster, tmp_pat
 
 
 def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluster):
-    import clbench
     import torch
+
+    import clbench
 
     done = cluster.python(CHECK_VERSIONS)
     assert done.returncode == 0, done.stderr
@@ -383,8 +460,13 @@ def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluste
     refused = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
     assert len(refused) == 1, done.stdout
     line = refused[0]
-    assert re.search(r"node \S+ \(127\.0\.0\.1, node \w{8}\) runs clbench " + re.escape(clbench.__version__)
-                     + " with torch " + re.escape(torch.__version__), line), line
+    assert re.search(
+        r"node \S+ \(127\.0\.0\.1, node \w{8}\) runs clbench "
+        + re.escape(clbench.__version__)
+        + " with torch "
+        + re.escape(torch.__version__),
+        line,
+    ), line
     assert "this driver runs clbench 0.0.1 with torch " + torch.__version__ in line, line
 
 
@@ -416,8 +498,11 @@ def test_a_group_that_raises_on_a_worker_marks_its_runs_failed_with_the_workers_
     assert done.returncode == 0, done.stderr
     message = [line for line in done.stdout.splitlines() if line.startswith("failed:")]
     assert len(message) == 1, done.stdout + done.stderr
-    assert re.search(r"failed on \S+ \(node \w{8}\) pid \d+: TypeError: .*unexpected keyword argument "
-                     r"'an_option_train_group_lacks'", message[0]), message[0]
+    assert re.search(
+        r"failed on \S+ \(node \w{8}\) pid \d+: TypeError: .*unexpected keyword argument "
+        r"'an_option_train_group_lacks'",
+        message[0],
+    ), message[0]
     runs = load_runs(db)
     assert sorted(runs["status"]) == ["failed", "interrupted"]  # the first failure stops the sweep
     failed = runs[runs["status"] == "failed"].iloc[0]
@@ -429,22 +514,36 @@ def test_without_ray_installed_the_ray_executor_is_refused_in_one_line(tmp_path)
     # A `ray` that cannot be imported, ahead of the installed one on the path.
     (tmp_path / "fake").mkdir()
     (tmp_path / "fake" / "ray.py").write_text("raise ImportError('No module named ray (hidden by the test)')\n")
-    done = subprocess.run([str(CLBENCH), "run", "--dataset", "synthetic", "--executor", "ray"], cwd=tmp_path,
-                          env=_env(PYTHONPATH=str(tmp_path / "fake")), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(CLBENCH), "run", "--dataset", "synthetic", "--executor", "ray"],
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=str(tmp_path / "fake")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ")
     assert "pip install -e '.[ray]'" in done.stderr
     assert not (tmp_path / "results.db").exists()
     # The local executor does not need Ray at all.
-    local = subprocess.run([str(CLBENCH), "run", "--dataset", "synthetic", "--method", "sgd"], cwd=tmp_path,
-                           env=_env(PYTHONPATH=str(tmp_path / "fake")), capture_output=True, text=True, timeout=120)
+    local = subprocess.run(
+        [str(CLBENCH), "run", "--dataset", "synthetic", "--method", "sgd"],
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=str(tmp_path / "fake")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert local.returncode == 0, local.stderr
 
 
 def test_an_unreachable_cluster_is_one_line_and_writes_nothing(cluster, tmp_path):
     db = tmp_path / "ray.db"
-    done = cluster.ns.run([CLBENCH, "run", "--dataset", "synthetic", "--executor", "ray", "--ray-address",
-                           "127.0.0.1:9", "--db", db], timeout=180)
+    done = cluster.ns.run(
+        [CLBENCH, "run", "--dataset", "synthetic", "--executor", "ray", "--ray-address", "127.0.0.1:9", "--db", db],
+        timeout=180,
+    )
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot connect to the Ray cluster at 127.0.0.1:9" in errors[0], done.stderr

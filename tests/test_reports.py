@@ -15,16 +15,15 @@ import pandas as pd
 import pytest
 
 from clbench import cli
-from clbench.runs.results import HISTOGRAM_EDGES
-from clbench.store.queries import load_histograms, load_runs
 from clbench.reports import compare_runs, list_experiments, load_experiment, missing_runs, render_report
 from clbench.reports.fig2 import fig2_data, plot_fig2
 from clbench.reports.fig4 import fig4_data, plot_fig4
 from clbench.reports.render import experiment_runs
+from clbench.runs.results import HISTOGRAM_EDGES
 from clbench.store import open_store
+from clbench.store.queries import load_histograms, load_runs
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep
-
 
 SYN = """
 benchmark = "synthetic"
@@ -39,7 +38,7 @@ SPECS = {
     "t-forgetting": 'kind = "forgetting"\nmethods = ["er", "der"]\nmasks = ["none", "-inf"]\nbuffers = [10, 20]\n',
     "t-tiny": 'kind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 10, 20]\n',
     "t-methods": 'kind = "methods"\nmethods = ["er", "icarl", "agem"]\nmasks = ["none", "-inf", "-2"]\nbuffers = [10, 20]\n'
-                 'per_method = { icarl = { masks = ["none"] } }\n',
+    'per_method = { icarl = { masks = ["none"] } }\n',
 }
 
 
@@ -70,8 +69,17 @@ def trained(tmp_path_factory):
 
 def test_shipped_experiments_load_and_resolve():
     names = list_experiments()
-    for name in ("fig2", "fig4", "forgetting", "tiny-buffer", "fig4-cifar10", "fig2-cifar10", "forgetting-cifar100",
-                 "fig4-tinyimg", "methods"):
+    for name in (
+        "fig2",
+        "fig4",
+        "forgetting",
+        "tiny-buffer",
+        "fig4-cifar10",
+        "fig2-cifar10",
+        "forgetting-cifar100",
+        "fig4-tinyimg",
+        "methods",
+    ):
         assert name in names
     for name in names:
         spec = load_experiment(name)
@@ -90,25 +98,46 @@ def test_shipped_experiments_load_from_another_directory(tmp_path, monkeypatch):
     assert load_experiment("fig2").kind == "fig2"
 
 
-@pytest.mark.parametrize("text, message", [
-    ('kind = "fig9"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none"]\nbuffers = [200]\nseeds = 2\n',
-     "unknown kind 'fig9': valid kinds are fig2, fig4, forgetting, tiny-buffer"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [200]\n',
-     "missing key 'seeds'"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "abc"]\nbuffers = [200]\nseeds = 2\n',
-     "masks:"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\nbogus = 1\n',
-     "unknown key 'bogus'"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 0\n',
-     "seeds must be a count >= 1"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
-     '[overrides]\nepoch = 3\n', "unknown override 'epoch'"),
-    ('kind = "fig2"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-5"]\nbuffers = [200]\nseeds = 2\n',
-     "render.masked '-inf' is not among the masks"),
-    ('kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
-     '[render]\ncolour = "red"\n', "unknown render option 'colour'"),
-    ("kind = ", "is not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'kind = "fig9"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none"]\nbuffers = [200]\nseeds = 2\n',
+            "unknown kind 'fig9': valid kinds are fig2, fig4, forgetting, tiny-buffer",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [200]\n',
+            "missing key 'seeds'",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "abc"]\nbuffers = [200]\nseeds = 2\n',
+            "masks:",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\nbogus = 1\n',
+            "unknown key 'bogus'",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 0\n',
+            "seeds must be a count >= 1",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
+            "[overrides]\nepoch = 3\n",
+            "unknown override 'epoch'",
+        ),
+        (
+            'kind = "fig2"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-5"]\nbuffers = [200]\nseeds = 2\n',
+            "render.masked '-inf' is not among the masks",
+        ),
+        (
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\n'
+            '[render]\ncolour = "red"\n',
+            "unknown render option 'colour'",
+        ),
+        ("kind = ", "is not valid TOML"),
+    ],
+)
 def test_invalid_experiment_files_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
@@ -237,7 +266,9 @@ def test_tables_hold_mean_and_std_with_the_best_in_bold(trained, tmp_path, name)
     runs = load_runs(db, experiment=name, status="finished")
     for row in summary.itertuples():
         column = f"{row.metric}_{row.setting}"
-        cell = runs[(runs["method"] == row.method) & (runs["mask"] == row.mask) & (runs["buffer_size"] == row.buffer_size)]
+        cell = runs[
+            (runs["method"] == row.method) & (runs["mask"] == row.mask) & (runs["buffer_size"] == row.buffer_size)
+        ]
         assert row.mean == pytest.approx(cell[column].mean())
         assert row.std == pytest.approx(cell[column].std(ddof=1))
     # best per column: highest FAA, lowest forgetting
@@ -273,7 +304,11 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
     assert cli.main(["report", str(path)]) == 0
     out = capsys.readouterr().out
     assert "rendered t-fig2" in out
-    assert {p.name for p in (tmp_path / "reports" / "t-fig2").iterdir()} == {"t-fig2.png", "t-fig2.pdf", "t-fig2.data.json"}
+    assert {p.name for p in (tmp_path / "reports" / "t-fig2").iterdir()} == {
+        "t-fig2.png",
+        "t-fig2.pdf",
+        "t-fig2.data.json",
+    }
     assert set(load_runs(tmp_path / "results.db")["experiment"]) == {"t-fig2"}
     # a third seed: --no-run renders what exists and lists the missing runs
     assert cli.main(["report", str(path), "--no-run", "--seeds", "3", "--out", "elsewhere"]) == 0
@@ -281,13 +316,16 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
     assert "2 runs of t-fig2 missing" in out and (tmp_path / "elsewhere" / "t-fig2.png").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
-    (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
-    (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
-    (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),
-    (["compare", "--db", "notadb.txt"], "not a clbench database"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
+        (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
+        (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),
+        (["compare", "--db", "notadb.txt"], "not a clbench database"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notadb.txt").write_text("hello")
@@ -300,8 +338,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, monkeypatch, 
 
 def test_compare_command_formats(trained, capsys):
     folder, db, specs = trained
-    assert cli.main(["compare", "--db", str(db), "--format", "json", "--method", "er", "--buffer", "20",
-                     "--mask", "-inf", "--experiment", "t-fig2"]) == 0
+    assert (
+        cli.main(
+            [
+                "compare",
+                "--db",
+                str(db),
+                "--format",
+                "json",
+                "--method",
+                "er",
+                "--buffer",
+                "20",
+                "--mask",
+                "-inf",
+                "--experiment",
+                "t-fig2",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 4 and {r["variant"] for r in rows} == {"-inf"}
     faa = next(r for r in rows if r["metric"] == "faa_class_il")
@@ -324,10 +380,22 @@ def _frame(base, variant, seeds=None, variant_seeds=None):
     rows = []
     for mask, values, ss in (("none", base, seeds), ("-inf", variant, variant_seeds or seeds)):
         for seed, v in zip(ss or range(len(values)), values):
-            rows.append({"method": "er", "dataset": "seq-fmnist", "buffer_size": 200, "mask": mask, "mask_on": "stream",
-                         "seed": seed, "status": "finished", "config": {**cfg, "seed": seed, "mask": mask},
-                         "faa_class_il": v, "faa_task_il": v + 10, "forgetting_class_il": 50 - v,
-                         "forgetting_task_il": math.nan})
+            rows.append(
+                {
+                    "method": "er",
+                    "dataset": "seq-fmnist",
+                    "buffer_size": 200,
+                    "mask": mask,
+                    "mask_on": "stream",
+                    "seed": seed,
+                    "status": "finished",
+                    "config": {**cfg, "seed": seed, "mask": mask},
+                    "faa_class_il": v,
+                    "faa_task_il": v + 10,
+                    "forgetting_class_il": 50 - v,
+                    "forgetting_task_il": math.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -355,7 +423,9 @@ def test_compare_runs_by_hand():
     from scipy import stats
 
     p = 2 * stats.t.sf(abs(t), df=len(d) - 1)
-    assert compare_runs(_frame(base, var), test="t").set_index("metric").loc["faa_class_il", "p_value"] == pytest.approx(p)
+    assert compare_runs(_frame(base, var), test="t").set_index("metric").loc[
+        "faa_class_il", "p_value"
+    ] == pytest.approx(p)
 
 
 def test_compare_runs_pairs_only_common_seeds_and_matching_configs():
@@ -376,7 +446,7 @@ def _variants_frame(base, variants: dict):
     """One baseline and several masked variants of one config, seeds 0..n-1."""
     frames = [_frame(base, v) for v in variants.values()]
     out = []
-    for (mask, f) in zip(variants, frames):
+    for mask, f in zip(variants, frames):
         f = f.copy()
         f.loc[f["mask"] == "-inf", "mask"] = mask
         out.append(f if not out else f[f["mask"] != "none"])
@@ -388,8 +458,11 @@ def test_compare_statistics_against_scipy():
 
     rng = np.random.default_rng(7)
     base = list(rng.normal(70, 2, 8))
-    variants = {"-inf": [b + rng.normal(1.0, 1.0) for b in base], "-2.0": [b + rng.normal(0.3, 1.5) for b in base],
-                "1.0": [b + rng.normal(-0.2, 1.0) for b in base]}
+    variants = {
+        "-inf": [b + rng.normal(1.0, 1.0) for b in base],
+        "-2.0": [b + rng.normal(0.3, 1.5) for b in base],
+        "1.0": [b + rng.normal(-0.2, 1.0) for b in base],
+    }
     out = compare_runs(_variants_frame(base, variants))
     faa = out[out["metric"] == "faa_class_il"].set_index("variant")
     assert list(faa.index) == ["-inf", "-2.0", "1.0"]
@@ -398,8 +471,13 @@ def test_compare_statistics_against_scipy():
         row = faa.loc[mask]
         d = np.subtract(var, base)
         # exact sign-flip permutation test: scipy enumerates all 2^8 sign patterns too
-        ref = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
-                                     n_resamples=np.inf, alternative="two-sided")
+        ref = stats.permutation_test(
+            (d,),
+            lambda x, axis: np.mean(x, axis=axis),
+            permutation_type="samples",
+            n_resamples=np.inf,
+            alternative="two-sided",
+        )
         assert row["p_value"] == pytest.approx(ref.pvalue, rel=1e-12)
         expected_p[mask] = ref.pvalue
         ci = stats.ttest_rel(var, base).confidence_interval(0.95)
@@ -416,8 +494,10 @@ def test_compare_statistics_against_scipy():
         assert faa.loc[mask, "p_holm"] == pytest.approx(holm[mask])
     assert "sign-flip" in faa["test"].iloc[0]
     # Wilcoxon and t stay available, against scipy directly
-    for test, fn in (("wilcoxon", lambda v, b: stats.wilcoxon(np.subtract(v, b)).pvalue),
-                     ("t", lambda v, b: stats.ttest_rel(v, b).pvalue)):
+    for test, fn in (
+        ("wilcoxon", lambda v, b: stats.wilcoxon(np.subtract(v, b)).pvalue),
+        ("t", lambda v, b: stats.ttest_rel(v, b).pvalue),
+    ):
         rows = compare_runs(_variants_frame(base, variants), test=test)
         rows = rows[rows["metric"] == "faa_class_il"].set_index("variant")
         for mask, var in variants.items():
@@ -447,8 +527,14 @@ def test_sign_flip_beyond_exact_is_seeded_monte_carlo():
     assert (p * (1 + MONTE_CARLO_PATTERNS)) == pytest.approx(round(p * (1 + MONTE_CARLO_PATTERNS)))
     from scipy import stats
 
-    ref = stats.permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
-                                 n_resamples=200_000, alternative="two-sided", rng=np.random.default_rng(1))
+    ref = stats.permutation_test(
+        (d,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        n_resamples=200_000,
+        alternative="two-sided",
+        rng=np.random.default_rng(1),
+    )
     assert p == pytest.approx(ref.pvalue, abs=0.01)
 
 
@@ -459,18 +545,31 @@ def test_sign_flip_beyond_exact_is_seeded_monte_carlo():
 METHODS_HEAD = 'kind = "methods"\nbenchmark = "seq-fmnist"\nbuffers = [200]\nseeds = 2\n'
 
 
-@pytest.mark.parametrize("text, message", [
-    ('methods = ["icarl"]\nmasks = ["none", "-inf"]\n',
-     'the masks -inf on the stream cannot act in icarl, whose cross-entropy sees no rows: give [per_method.icarl] '
-     'masks = ["none"]'),
-    ('methods = ["er", "gdumb"]\nmasks = ["none", "-2"]\n',
-     'cannot act in gdumb, whose cross-entropy sees buffer rows: give [per_method.gdumb] mask_on = "buffer"'),
-    ('methods = ["er"]\nmasks = ["none"]\n[per_method.der]\nmasks = ["none"]\n', "per_method.der: 'der' is not among"),
-    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nbuffers = [5]\n', "unknown key 'buffers' in per_method.er"),
-    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmask_on = "side"\n', "invalid mask_on 'side'"),
-    ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmasks = ["abc"]\n', "per_method.er.masks"),
-    ('methods = ["nope"]\nmasks = ["none"]\n', "unknown method 'nope'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            'methods = ["icarl"]\nmasks = ["none", "-inf"]\n',
+            "the masks -inf on the stream cannot act in icarl, whose cross-entropy sees no rows: give [per_method.icarl] "
+            'masks = ["none"]',
+        ),
+        (
+            'methods = ["er", "gdumb"]\nmasks = ["none", "-2"]\n',
+            'cannot act in gdumb, whose cross-entropy sees buffer rows: give [per_method.gdumb] mask_on = "buffer"',
+        ),
+        (
+            'methods = ["er"]\nmasks = ["none"]\n[per_method.der]\nmasks = ["none"]\n',
+            "per_method.der: 'der' is not among",
+        ),
+        (
+            'methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nbuffers = [5]\n',
+            "unknown key 'buffers' in per_method.er",
+        ),
+        ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmask_on = "side"\n', "invalid mask_on 'side'"),
+        ('methods = ["er"]\nmasks = ["none"]\n[per_method.er]\nmasks = ["abc"]\n', "per_method.er.masks"),
+        ('methods = ["nope"]\nmasks = ["none"]\n', "unknown method 'nope'"),
+    ],
+)
 def test_per_method_masks_are_validated_strictly(tmp_path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(METHODS_HEAD + text)
@@ -481,12 +580,19 @@ def test_per_method_masks_are_validated_strictly(tmp_path, text, message):
 
 def test_per_method_masks_and_placement_make_the_runs(tmp_path):
     path = tmp_path / "m.toml"
-    path.write_text(METHODS_HEAD + 'methods = ["er", "gdumb", "icarl"]\nmasks = ["none", "-inf"]\n'
-                    '[per_method.gdumb]\nmask_on = "buffer"\n[per_method.icarl]\nmasks = ["none"]\n')
+    path.write_text(
+        METHODS_HEAD + 'methods = ["er", "gdumb", "icarl"]\nmasks = ["none", "-inf"]\n'
+        '[per_method.gdumb]\nmask_on = "buffer"\n[per_method.icarl]\nmasks = ["none"]\n'
+    )
     spec = load_experiment(path)
     cells = [(c.method, c.mask.label, c.mask.on) for c in spec.configs() if c.seed == 0]
-    assert cells == [("er", "none", "stream"), ("er", "-inf", "stream"), ("gdumb", "none", "buffer"),
-                     ("gdumb", "-inf", "buffer"), ("icarl", "none", "stream")]
+    assert cells == [
+        ("er", "none", "stream"),
+        ("er", "-inf", "stream"),
+        ("gdumb", "none", "buffer"),
+        ("gdumb", "-inf", "buffer"),
+        ("icarl", "none", "stream"),
+    ]
     assert spec.all_masks == ("none", "-inf")
 
 
@@ -497,12 +603,26 @@ def test_methods_report_renders_tables_paired_comparison_and_curves(trained, tmp
     spec = specs["t-methods"]
     written = render_report(spec, db, tmp_path / "out")
     names = {p.name for p in written}
-    assert names == {"t-methods.md", "t-methods.csv", "t-methods.tex", "t-methods-compare.md", "t-methods-compare.csv",
-                     "t-methods-curve.data.csv", "t-methods-curve.png", "t-methods-curve.pdf"}
+    assert names == {
+        "t-methods.md",
+        "t-methods.csv",
+        "t-methods.tex",
+        "t-methods-compare.md",
+        "t-methods-compare.csv",
+        "t-methods-curve.data.csv",
+        "t-methods-curve.png",
+        "t-methods-curve.pdf",
+    }
     summary = pd.read_csv(tmp_path / "out" / "t-methods.csv", dtype={"mask": str})
-    assert set(zip(summary["method"], summary["mask"])) == {("er", "none"), ("er", "-inf"), ("er", "-2.0"),
-                                                           ("agem", "none"), ("agem", "-inf"), ("agem", "-2.0"),
-                                                           ("icarl", "none")}
+    assert set(zip(summary["method"], summary["mask"])) == {
+        ("er", "none"),
+        ("er", "-inf"),
+        ("er", "-2.0"),
+        ("agem", "none"),
+        ("agem", "-inf"),
+        ("agem", "-2.0"),
+        ("icarl", "none"),
+    }
     cmp = pd.read_csv(tmp_path / "out" / "t-methods-compare.csv", dtype={"variant": str, "baseline": str})
     assert set(cmp["method"]) == {"er", "agem"}  # iCaRL has no masked variant
     runs = experiment_runs(spec, open_store(db, readonly=True))

@@ -116,7 +116,11 @@ def test_forward_matches_reference(train: bool) -> None:
     model, params, buffers = make(R)
     params, buffers = perturb(params, buffers)
     x = rand_x(R)
-    snapshot = ({k: v.detach().clone() for k, v in params.items()}, {k: v.clone() for k, v in buffers.items()}, x.clone())
+    snapshot = (
+        {k: v.detach().clone() for k, v in params.items()},
+        {k: v.clone() for k, v in buffers.items()},
+        x.clone(),
+    )
 
     logits, new_buffers = model.forward(params, buffers, x, train=train)
     assert logits.shape == (R, N, K)
@@ -288,9 +292,7 @@ def test_init_matches_pytorch_defaults() -> None:
     assert torch.allclose(params["stem.conv.weight"][0], conv.weight, rtol=0, atol=1e-7)
     # Mammoth-sized default network: about 11.2M parameters per run.
     full = BatchedResNet18(10)
-    n_params = sum(
-        math.prod(v.shape[1:]) for v in full.init([torch.Generator().manual_seed(0)])[0].values()
-    )
+    n_params = sum(math.prod(v.shape[1:]) for v in full.init([torch.Generator().manual_seed(0)])[0].values())
     assert 11_100_000 < n_params < 11_200_000
 
 

@@ -5,11 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import synthetic_config
 
 from clbench import RunResult, train_runs
 from clbench.runs.resolved import ResolvedConfig
-
-from conftest import synthetic_config
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,9 @@ def test_matrices_shapes_and_consistency(result):
 def test_losses_timings_versions(result):
     assert set(result.train_loss) == {"ce", "logit_mse", "replay_ce", "total"}
     np.testing.assert_allclose(
-        result.train_loss["total"], result.train_loss["ce"] + result.train_loss["logit_mse"] + result.train_loss["replay_ce"], rtol=1e-5
+        result.train_loss["total"],
+        result.train_loss["ce"] + result.train_loss["logit_mse"] + result.train_loss["replay_ce"],
+        rtol=1e-5,
     )
     assert (result.train_s > 0).all() and (result.eval_s > 0).all()
     assert result.versions["torch"] and result.versions["clbench"]
@@ -64,12 +65,15 @@ def test_identity_depends_on_seed_and_config_only():
     assert ResolvedConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(method="foo"), "valid methods are"),
-    (dict(method="er", buffer=0), "buffer of at least 1"),
-    (dict(method="er", lr=-1.0), "invalid lr -1.0: give a finite number > 0"),
-    (dict(method="er", backbone="vit"), "valid backbones"),
-])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(method="foo"), "valid methods are"),
+        (dict(method="er", buffer=0), "buffer of at least 1"),
+        (dict(method="er", lr=-1.0), "invalid lr -1.0: give a finite number > 0"),
+        (dict(method="er", backbone="vit"), "valid backbones"),
+    ],
+)
 def test_bad_configs_are_rejected(kw, match):
     with pytest.raises(ValueError, match=match):
         synthetic_config(**kw).resolve()
@@ -78,7 +82,12 @@ def test_bad_configs_are_rejected(kw, match):
 def test_presets_fallbacks():
     from clbench import RunConfig
 
-    assert RunConfig(method="er", benchmark="seq-cifar10", buffer_size=20).resolve().notes[0].startswith("buffer 20 (< 200)")
+    assert (
+        RunConfig(method="er", benchmark="seq-cifar10", buffer_size=20)
+        .resolve()
+        .notes[0]
+        .startswith("buffer 20 (< 200)")
+    )
     ace = RunConfig(method="er_ace", benchmark="seq-cifar100", buffer_size=500).resolve()
     assert ace.lr == 0.03 and not ace.notes
     sgd = RunConfig(method="sgd", buffer_size=500).resolve()

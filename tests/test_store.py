@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,10 @@ import clbench
 from clbench.store.connection import StoreError
 from clbench.store.opening import inspect_db, open_store
 from clbench.store.ownership import HEARTBEAT_TIMEOUT_S, Owner, process_start
-from clbench.store.schema import SCHEMA_VERSION, Run
 from clbench.store.queries import load_runs
-from clbench.sweep.executors import GroupFailed
+from clbench.store.schema import SCHEMA_VERSION, Run
 from clbench.sweep.driver import execute
+from clbench.sweep.executors import GroupFailed
 from clbench.sweep.plan import plan_sweep, sweep_configs
 
 PG_ENV = "CLBENCH_TEST_PG_URL"
@@ -61,7 +61,7 @@ def db_url(request, tmp_path):
     base = os.environ.get(PG_ENV)
     if not base:
         if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {PG_ENV} is not: start PostgreSQL with `eval \"$(bash .ci/postgres.sh)\"`")
+            pytest.fail(f'CI is set but {PG_ENV} is not: start PostgreSQL with `eval "$(bash .ci/postgres.sh)"`')
         pytest.skip(f"{PG_ENV} is not set (start a server with .ci/postgres.sh)")
     yield from _fresh_pg_database(base)
 
@@ -91,8 +91,14 @@ def clbench_cli(*args: str, cwd: Path) -> subprocess.Popen:
     # One thread per process: torch's threads spin, and competing processes slow each other ~50x.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     env.pop("CLBENCH_DB", None)
-    return subprocess.Popen([sys.executable, "-m", "clbench", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "clbench", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -193,11 +199,13 @@ def test_a_run_held_by_a_live_process_is_left_to_it(db_url, trained):
             assert store.claim([a.config], here).claimed == (a.run_id,)
             assert store.claim([b.config], away).claimed == (b.run_id,)
             got = store.claim([a.config, b.config], me)
-            assert got.claimed == () and got.held == {a.run_id: f"{here.host} pid {here.pid}",
-                                                      b.run_id: "another-host pid 4242"}
+            assert got.claimed == () and got.held == {
+                a.run_id: f"{here.host} pid {here.pid}",
+                b.run_id: "another-host pid 4242",
+            }
             assert store.mark_stale_runs() == []
             # The remote owner's heartbeat goes quiet for longer than the timeout: abandoned.
-            old = datetime.now(timezone.utc) - timedelta(seconds=HEARTBEAT_TIMEOUT_S + 5)
+            old = datetime.now(UTC) - timedelta(seconds=HEARTBEAT_TIMEOUT_S + 5)
             store.transaction(lambda c: c.execute(update(Run).where(Run.run_id == b.run_id).values(heartbeat_at=old)))
             assert store.claim([a.config, b.config], me).claimed == (b.run_id,)
             assert store.run_row(b.run_id)["pid"] == me.pid
@@ -232,8 +240,16 @@ def _v1_database(db_url: str) -> None:
             if statement.strip().replace("-", "").strip():
                 conn.execute(text(statement))
         src.row_factory = sqlite3.Row
-        for table in ("clbench_schema", "runs", "run_experiments", "accuracy", "class_accuracy", "confidence",
-                      "task_losses", "task_timings"):
+        for table in (
+            "clbench_schema",
+            "runs",
+            "run_experiments",
+            "accuracy",
+            "class_accuracy",
+            "confidence",
+            "task_losses",
+            "task_timings",
+        ):
             rows = [dict(r) for r in src.execute(f"SELECT * FROM {table}")]
             if not rows:
                 continue
@@ -274,8 +290,13 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner():
 
 
 def test_plan_packs_the_cartesian_product_into_lockstep_groups():
-    cfgs = sweep_configs(methods=["er", "derpp"], masks=["none", "-inf", "-5"], buffers=[200, 500], seeds=[0, 1, 2],
-                         benchmark="synthetic")
+    cfgs = sweep_configs(
+        methods=["er", "derpp"],
+        masks=["none", "-inf", "-5"],
+        buffers=[200, 500],
+        seeds=[0, 1, 2],
+        benchmark="synthetic",
+    )
     assert len(cfgs) == 2 * 3 * 2 * 3
     plan = plan_sweep(cfgs)
     assert len(plan.runs) == 36 and all(r.action == "run" and r.stored_status == "new" for r in plan.runs)
@@ -388,10 +409,25 @@ def test_load_runs_filters_and_metrics(db_url):
         execute(plan_sweep(synthetic_sweep(buffers=[200, 500]), store), store, experiment="grid")
     df = load_runs(db_url)
     assert len(df) == 16
-    assert list(df.columns[:17]) == ["run_id", "experiment", "method", "dataset", "backbone", "buffer_size", "mask",
-                                     "mask_on", "seed", "status", "faa_class_il", "faa_task_il",
-                                     "forgetting_class_il", "forgetting_task_il", "bwt_class_il", "wall_s",
-                                     "config_hash"]
+    assert list(df.columns[:17]) == [
+        "run_id",
+        "experiment",
+        "method",
+        "dataset",
+        "backbone",
+        "buffer_size",
+        "mask",
+        "mask_on",
+        "seed",
+        "status",
+        "faa_class_il",
+        "faa_task_il",
+        "forgetting_class_il",
+        "forgetting_task_il",
+        "bwt_class_il",
+        "wall_s",
+        "config_hash",
+    ]
     assert len(load_runs(db_url, method="er")) == 8
     assert len(load_runs(db_url, method=["er", "derpp"], buffer=500)) == 8
     assert len(load_runs(db_url, mask="-inf")) == 8 and len(load_runs(db_url, mask=-math.inf)) == 8
@@ -475,8 +511,18 @@ SLOW = ["--dataset", "synthetic", "--synthetic-train-per-class", "2500", "--synt
 
 
 def test_two_processes_write_one_database_at_once(db_url, tmp_path, processes):
-    common = ["--dataset", "synthetic", "--synthetic-train-per-class", "800", "--mask", "none,-inf",
-              "--group-size", "2", "--db", db_url]
+    common = [
+        "--dataset",
+        "synthetic",
+        "--synthetic-train-per-class",
+        "800",
+        "--mask",
+        "none,-inf",
+        "--group-size",
+        "2",
+        "--db",
+        db_url,
+    ]
     a = clbench_cli("run", *common, "--seed", "0,1,2,3", "--experiment", "A", cwd=tmp_path)
     b = clbench_cli("run", *common, "--seed", "2,3,4,5", "--experiment", "B", cwd=tmp_path)
     processes.extend([a, b])

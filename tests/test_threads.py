@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from clbench import cli
-from clbench.store.queries import load_runs
 from clbench.store import open_store
+from clbench.store.queries import load_runs
 from clbench.sweep.executors.threads import CpuUse, ThreadChooser, choose_threads, cpu_use, others_busy
 
 TINY = ["--dataset", "synthetic", "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10", "-m", "sgd"]
-BUSY = "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+BUSY = (
+    "import time\nend = time.monotonic() + float(__import__('sys').argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+)
 
 
 @pytest.fixture
@@ -39,9 +41,19 @@ def threads_restored():
     torch.set_num_threads(previous)
 
 
-@pytest.mark.parametrize("cores, others, threads", [
-    (2, 0.02, 2), (2, 0.2, 2), (2, 0.3, 1), (2, 0.95, 1), (2, 1.9, 1), (2, 4.0, 1), (4, 1.0, 3), (8, 2.1, 6),
-])
+@pytest.mark.parametrize(
+    "cores, others, threads",
+    [
+        (2, 0.02, 2),
+        (2, 0.2, 2),
+        (2, 0.3, 1),
+        (2, 0.95, 1),
+        (2, 1.9, 1),
+        (2, 4.0, 1),
+        (4, 1.0, 3),
+        (8, 2.1, 6),
+    ],
+)
 def test_choose_threads_leaves_the_cores_others_use(cores, others, threads):
     assert choose_threads(cores, others).threads == threads
 
@@ -110,7 +122,8 @@ def _versions(db) -> list[dict]:
 
 
 def test_clbench_run_says_and_records_the_threads_it_chose_beside_a_busy_process(
-        tmp_path, monkeypatch, capsys, busy_process, threads_restored):
+    tmp_path, monkeypatch, capsys, busy_process, threads_restored
+):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(name, raising=False)
     db = tmp_path / "results.db"
@@ -126,7 +139,8 @@ def test_clbench_run_says_and_records_the_threads_it_chose_beside_a_busy_process
 
 @pytest.mark.parametrize("how", ["--threads", "OMP_NUM_THREADS"])
 def test_a_thread_count_the_user_chose_is_kept_and_nothing_is_said(
-        tmp_path, monkeypatch, capsys, busy_process, threads_restored, how):
+    tmp_path, monkeypatch, capsys, busy_process, threads_restored, how
+):
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
         monkeypatch.delenv(name, raising=False)
     db = tmp_path / "results.db"

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_config
 
 from clbench import RunConfig, SyntheticOptions, train_runs
 from clbench.methods import find_method
 from clbench.store import open_store
 from clbench.sweep.plan import plan_sweep
-
-from conftest import synthetic_config
 
 # The README's example, verbatim (README.md, "Methods of your own").
 README_EXAMPLE = textwrap.dedent('''\
@@ -53,15 +52,16 @@ SYN = ["--dataset", "synthetic", "--synthetic-train-per-class", "30"]
 
 def readme_example() -> str:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = text.index("```python\n\"\"\"ER whose replayed rows")
-    return text[start + len("```python\n"): text.index("```", start + 10)]
+    start = text.index('```python\n"""ER whose replayed rows')
+    return text[start + len("```python\n") : text.index("```", start + 10)]
 
 
 def cli(args, cwd, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("CLBENCH_DB", None)
-    return subprocess.run([sys.executable, "-m", "clbench", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "clbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kw
+    )
 
 
 @pytest.fixture
@@ -79,8 +79,18 @@ def test_the_readme_example_is_the_one_tested():
 def test_a_method_file_runs_under_the_mask_and_records_its_source_and_hash(method_file):
     spec = f"{method_file}:ERLabelSmoothing"
     syn = SyntheticOptions(train_per_class=30, test_per_class=10)
-    cfgs = [RunConfig(method=spec, benchmark="synthetic", seed=s, buffer_size=20, synthetic=syn,
-                      mask=synthetic_config(mask=m).mask) for s in range(2) for m in (None, float("-inf"))]
+    cfgs = [
+        RunConfig(
+            method=spec,
+            benchmark="synthetic",
+            seed=s,
+            buffer_size=20,
+            synthetic=syn,
+            mask=synthetic_config(mask=m).mask,
+        )
+        for s in range(2)
+        for m in (None, float("-inf"))
+    ]
     resolved = cfgs[1].resolve()
     assert resolved.method == "er_ls" and resolved.method_source == f"{method_file.resolve()}:ERLabelSmoothing"
     assert len(resolved.method_sha256) == 64 and dict(resolved.options) == {"smoothing": 0.1}
@@ -115,26 +125,50 @@ def test_cli_runs_a_method_file_from_outside_the_repository_and_caches_it(method
     again = cli(args, tmp_path)
     assert again.returncode == 0 and "0 computed" in again.stdout and "4 cached" in again.stdout
     with open_store(tmp_path / "results.db", readonly=True) as store:
-        plan = plan_sweep([synthetic_config(f"{method_file}:ERLabelSmoothing", seed=s, buffer=20,
-                                            synthetic=SyntheticOptions(train_per_class=30)) for s in range(2)], store)
+        plan = plan_sweep(
+            [
+                synthetic_config(
+                    f"{method_file}:ERLabelSmoothing", seed=s, buffer=20, synthetic=SyntheticOptions(train_per_class=30)
+                )
+                for s in range(2)
+            ],
+            store,
+        )
         assert [r.action for r in plan.runs] == ["cached", "cached"]
         method_file.write_text(method_file.read_text() + "\n# edited\n")
-        plan = plan_sweep([synthetic_config(f"{method_file}:ERLabelSmoothing", seed=s, buffer=20,
-                                            synthetic=SyntheticOptions(train_per_class=30)) for s in range(2)], store)
+        plan = plan_sweep(
+            [
+                synthetic_config(
+                    f"{method_file}:ERLabelSmoothing", seed=s, buffer=20, synthetic=SyntheticOptions(train_per_class=30)
+                )
+                for s in range(2)
+            ],
+            store,
+        )
         assert [r.action for r in plan.runs] == ["run", "run"]
     listed = cli(["runs", "--method", "er_ls"], tmp_path)
     assert listed.returncode == 0 and listed.stdout.count("er_ls") >= 4
 
 
-@pytest.mark.parametrize("body,spec,message", [
-    (None, "{dir}/missing.py:X", "no method file"),
-    ("class Other:\n    pass\n", "{file}:Nope", "no class Nope in the method file"),
-    ("class NotAMethod:\n    pass\n", "{file}:NotAMethod", "is not a method"),
-    ("import no_such_package_anywhere\n", "{file}:X", "cannot import the method file"),
-    ("from clbench.methods import Method\nclass Empty(Method):\n    name = 'empty'\n", "{file}:Empty",
-     "does not define loss_terms"),
-    ("from clbench.methods import ER\nclass Mine(ER):\n    name = 'er'\n", "{file}:Mine", "like the shipped method"),
-])
+@pytest.mark.parametrize(
+    "body,spec,message",
+    [
+        (None, "{dir}/missing.py:X", "no method file"),
+        ("class Other:\n    pass\n", "{file}:Nope", "no class Nope in the method file"),
+        ("class NotAMethod:\n    pass\n", "{file}:NotAMethod", "is not a method"),
+        ("import no_such_package_anywhere\n", "{file}:X", "cannot import the method file"),
+        (
+            "from clbench.methods import Method\nclass Empty(Method):\n    name = 'empty'\n",
+            "{file}:Empty",
+            "does not define loss_terms",
+        ),
+        (
+            "from clbench.methods import ER\nclass Mine(ER):\n    name = 'er'\n",
+            "{file}:Mine",
+            "like the shipped method",
+        ),
+    ],
+)
 def test_bad_method_files_are_one_line_and_exit_2_before_any_database(body, spec, message, tmp_path):
     file = tmp_path / "m.py"
     if body is not None:
@@ -148,7 +182,8 @@ def test_bad_method_files_are_one_line_and_exit_2_before_any_database(body, spec
 
 def test_an_exception_inside_the_method_during_training_is_a_failed_run(tmp_path):
     file = tmp_path / "boom.py"
-    file.write_text(textwrap.dedent('''\
+    file.write_text(
+        textwrap.dedent("""\
         from clbench.methods import ER
 
         class Boom(ER):
@@ -158,7 +193,8 @@ def test_an_exception_inside_the_method_during_training_is_a_failed_run(tmp_path
                 if step.task == 1:
                     raise RuntimeError("boom at task 2")
                 return super().loss_terms(step)
-    '''))
+    """)
+    )
     out = cli(["run", "-m", f"{file}:Boom", *SYN], tmp_path)
     assert out.returncode == 1
     assert "failed: RuntimeError: boom at task 2; its runs are marked failed" in out.stderr

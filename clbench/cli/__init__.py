@@ -24,9 +24,9 @@ try:  # recent typers vendor click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException as _ClickException
 
-from clbench.store.connection import StoreError
 from clbench.cli import browse, report, run
 from clbench.cli.common import UsageProblem
+from clbench.store.connection import StoreError
 
 
 def build_app() -> typer.Typer:

@@ -6,21 +6,33 @@ import logging
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from clbench.engine.checkpoint import CheckpointSummary, checkpoints_by_run
+from clbench.cli.common import (
+    FILTER_HELP,
+    STATUS_STYLE,
+    UsageProblem,
+    checkpoint_dir_option,
+    console,
+    db_option,
+    db_url,
+    filter_options,
+    inspect,
+    label,
+    load,
+    local_time,
+    num,
+    store_errors_as_bad_input,
+)
+from clbench.engine.checkpoint import CheckpointSummary, checkpoint_directory, checkpoints_by_run
+from clbench.store.connection import StoreError, describe_url, sqlite_path
 from clbench.store.exports import EXPORT_FORMATS, export_runs
-from clbench.version import RESULTS_VERSION
-from clbench.store.connection import StoreError, describe_url
 from clbench.store.opening import open_store
 from clbench.store.schema import DONE_STATUSES, STATUSES
-from clbench.engine.checkpoint import checkpoint_directory
-from clbench.cli.common import FILTER_HELP, STATUS_STYLE, UsageProblem, checkpoint_dir_option, console, db_option, db_url, filter_options, inspect, label, load, local_time, num, store_errors_as_bad_input
-from clbench.store.connection import sqlite_path
+from clbench.version import RESULTS_VERSION
 
 
 def runs_command(
@@ -32,8 +44,8 @@ def runs_command(
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     status: list[str] = typer.Option([], "--status", metavar="STATUS", help=f"{', '.join(STATUSES)}. {FILTER_HELP}"),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
-    db: Optional[str] = db_option(),
-    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
+    db: str | None = db_option(),
+    checkpoint_dir: Path | None = checkpoint_dir_option(),
 ) -> None:
     """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
     df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on))
@@ -43,16 +55,42 @@ def runs_command(
         return
     saved = checkpoints_by_run(checkpoint_directory(sqlite_path(db_url(db)), checkpoint_dir))
     table = Table(title=f"{len(df)} runs", title_justify="left")
-    for name in ("run id", "experiment", "method", "dataset", "buffer", "mask", "on", "seed", "status",
-                 "FAA class-IL", "FAA task-IL", "wall s", "finished at"):
-        table.add_column(name, justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s")
-                         else "left", no_wrap=name == "run id")
+    for name in (
+        "run id",
+        "experiment",
+        "method",
+        "dataset",
+        "buffer",
+        "mask",
+        "on",
+        "seed",
+        "status",
+        "FAA class-IL",
+        "FAA task-IL",
+        "wall s",
+        "finished at",
+    ):
+        table.add_column(
+            name,
+            justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s") else "left",
+            no_wrap=name == "run id",
+        )
     notes = []
     for row in df.itertuples():
         table.add_row(
-            row.run_id, label(row.experiment), row.method, row.dataset, str(row.buffer_size), row.mask, row.mask_on,
-            str(row.seed), Text(row.status, style=STATUS_STYLE.get(row.status, "")),
-            num(row.faa_class_il), num(row.faa_task_il), num(row.wall_s, "{:.1f}"), local_time(row.finished_at),
+            row.run_id,
+            label(row.experiment),
+            row.method,
+            row.dataset,
+            str(row.buffer_size),
+            row.mask,
+            row.mask_on,
+            str(row.seed),
+            Text(row.status, style=STATUS_STYLE.get(row.status, "")),
+            num(row.faa_class_il),
+            num(row.faa_task_il),
+            num(row.wall_s, "{:.1f}"),
+            local_time(row.finished_at),
         )
         if note := run_note(row, saved.get(row.run_id)):
             notes.append(f"{row.run_id}: {note}")
@@ -65,8 +103,10 @@ def runs_command(
 def run_note(row, checkpoint: CheckpointSummary | None) -> str:
     """What a listing says beside a run's status: where it diverged, or how far its checkpoint got."""
     if row.status == "diverged":
-        return (f"diverged at task {int(row.diverged_task) + 1}, step {int(row.diverged_step) + 1} "
-                f"(last finite loss {num(row.last_finite_loss, '{:.4g}')})")
+        return (
+            f"diverged at task {int(row.diverged_task) + 1}, step {int(row.diverged_step) + 1} "
+            f"(last finite loss {num(row.last_finite_loss, '{:.4g}')})"
+        )
     if checkpoint is not None and row.status not in ("finished", "stale"):
         return f"checkpoint: {checkpoint.describe()}"
     return ""
@@ -98,7 +138,7 @@ def _matrix_table(title: str, matrix) -> Table:
 
 def show(
     run_id: str = typer.Argument(..., help="A run id, or a unique prefix of 4+ characters (see clbench runs)."),
-    db: Optional[str] = db_option(),
+    db: str | None = db_option(),
 ) -> None:
     """Print a run: its resolved config, both accuracy matrices and its metrics."""
     try:
@@ -119,16 +159,28 @@ def show(
     head.add_row("run", rid)
     head.add_row("status", Text(row["status"], style=STATUS_STYLE.get(row["status"], "")))
     if (row["results_version"] or 1) < RESULTS_VERSION:
-        head.add_row("stale", Text(f"computed by an engine of results version {row['results_version'] or 1} (this clbench: "
-                                   f"{RESULTS_VERSION}); never reused, left out of reports", style="dim"))
+        head.add_row(
+            "stale",
+            Text(
+                f"computed by an engine of results version {row['results_version'] or 1} (this clbench: "
+                f"{RESULTS_VERSION}); never reused, left out of reports",
+                style="dim",
+            ),
+        )
     head.add_row("experiment", ", ".join(row["experiments"]) or "-")
     head.add_row("config hash", row["config_hash"])
     head.add_row("created / finished", f"{local_time(row['created_at'])} / {local_time(row['finished_at'])}")
     head.add_row("host, pid", f"{row['host']}, {row['pid']}")
     if row["status"] == "diverged":
-        head.add_row("diverged", Text(f"at task {row['diverged_task'] + 1}, step {row['diverged_step'] + 1} of that task "
-                                      f"(last finite loss {num(row['last_finite_loss'], '{:.4g}')}); frozen from "
-                                      "there on, its numbers are not results", style="magenta"))
+        head.add_row(
+            "diverged",
+            Text(
+                f"at task {row['diverged_task'] + 1}, step {row['diverged_step'] + 1} of that task "
+                f"(last finite loss {num(row['last_finite_loss'], '{:.4g}')}); frozen from "
+                "there on, its numbers are not results",
+                style="magenta",
+            ),
+        )
     if result is not None:
         head.add_row("device", result.device)
         head.add_row("time", f"{result.wall_s:.2f} s (its share of a lockstep group of {result.group_size})")
@@ -150,51 +202,73 @@ def show(
         out.print(Text(row["error"].rstrip(), style="red"))
     if result is None:
         return
-    out.print(_matrix_table("Class-IL accuracy (%): row = after training task i, column = test set of task j",
-                            result.class_il))
+    out.print(
+        _matrix_table(
+            "Class-IL accuracy (%): row = after training task i, column = test set of task j", result.class_il
+        )
+    )
     out.print(_matrix_table("Task-IL accuracy (%)", result.task_il))
     metrics = Table(title="Metrics (%)", title_justify="left")
     metrics.add_column("metric")
     metrics.add_column("class-IL", justify="right")
     metrics.add_column("task-IL", justify="right")
     m = result.metrics
-    for name, key in (("final average accuracy", "faa"), ("forgetting (Chaudhry)", "forgetting"),
-                      ("forgetting (Mammoth)", "forgetting_mammoth"), ("backward transfer", "bwt")):
+    for name, key in (
+        ("final average accuracy", "faa"),
+        ("forgetting (Chaudhry)", "forgetting"),
+        ("forgetting (Mammoth)", "forgetting_mammoth"),
+        ("backward transfer", "bwt"),
+    ):
         metrics.add_row(name, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
     out.print(metrics)
 
 
 def export(
-    tracking_uri: Optional[str] = typer.Argument(
-        None, metavar="[TRACKING_URI]", help="With --mlflow: the MLflow tracking store. [default: MLflow's own: "
-                                             "MLFLOW_TRACKING_URI, else its default]"),
-    mlflow: bool = typer.Option(False, "--mlflow", help="Export the finished runs to MLflow instead (one parent run "
-                                                       "per config, its seeds as child runs; needs the extra: pip "
-                                                       "install 'clbench[mlflow]'). Exporting again adds nothing."),
-    mlflow_experiment: str = typer.Option("clbench", "--mlflow-experiment", metavar="NAME",
-                                          help="The MLflow experiment to export into."),
+    tracking_uri: str | None = typer.Argument(
+        None,
+        metavar="[TRACKING_URI]",
+        help="With --mlflow: the MLflow tracking store. [default: MLflow's own: MLFLOW_TRACKING_URI, else its default]",
+    ),
+    mlflow: bool = typer.Option(
+        False,
+        "--mlflow",
+        help="Export the finished runs to MLflow instead (one parent run "
+        "per config, its seeds as child runs; needs the extra: pip "
+        "install 'clbench[mlflow]'). Exporting again adds nothing.",
+    ),
+    mlflow_experiment: str = typer.Option(
+        "clbench", "--mlflow-experiment", metavar="NAME", help="The MLflow experiment to export into."
+    ),
     format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
     matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Output file. [default: stdout; "
-                                          "runs.parquet / matrices.parquet for parquet]"),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="Output file. [default: stdout; runs.parquet / matrices.parquet for parquet]",
+    ),
     method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
     dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
     mask: list[str] = typer.Option([], "--mask", metavar="MASK", help=FILTER_HELP),
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     status: list[str] = typer.Option([], "--status", metavar="STATUS", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
-    db: Optional[str] = db_option(),
+    db: str | None = db_option(),
 ) -> None:
     """Write one row per run (or the accuracy matrices, long format) as csv, json or parquet; or, with
     --mlflow, put the finished runs into an MLflow tracking store."""
     if tracking_uri is not None and not mlflow:
-        raise UsageProblem(f"unexpected argument {tracking_uri!r}: a tracking URI goes with --mlflow "
-                           "(clbench export --mlflow [TRACKING_URI])")
+        raise UsageProblem(
+            f"unexpected argument {tracking_uri!r}: a tracking URI goes with --mlflow "
+            "(clbench export --mlflow [TRACKING_URI])"
+        )
     if mlflow:
         if matrices or output is not None:
             raise UsageProblem("--mlflow exports to MLflow: --matrices and --output do not apply")
-        _export_mlflow(tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status,
-                                                                          experiment))
+        _export_mlflow(
+            tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status, experiment)
+        )
         return
     if format not in EXPORT_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
@@ -207,7 +281,6 @@ def export(
         raise UsageProblem(str(exc)) from None
     if output is not None:
         print(f"wrote {n} {'rows' if matrices else 'runs'} to {output}", file=sys.stderr)
-
 
 
 def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, filters: dict) -> None:
@@ -227,11 +300,13 @@ def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, fi
             done = export_mlflow(db, uri, experiment=experiment, **filters)
         except (MlflowExportError, ValueError) as exc:
             raise UsageProblem(str(exc)) from None
-    print(f"MLflow at {done.tracking_uri}, experiment {done.experiment!r} (id {done.experiment_id}): "
-          f"{done.new_runs} run{'s' if done.new_runs != 1 else ''} exported now ({done.new_parents} new parent "
-          f"run{'s' if done.new_parents != 1 else ''}), {done.already_there} already there, of {done.runs} finished "
-          f"run{'s' if done.runs != 1 else ''} matching. See them: mlflow ui --backend-store-uri {done.tracking_uri}",
-          file=sys.stderr)
+    print(
+        f"MLflow at {done.tracking_uri}, experiment {done.experiment!r} (id {done.experiment_id}): "
+        f"{done.new_runs} run{'s' if done.new_runs != 1 else ''} exported now ({done.new_parents} new parent "
+        f"run{'s' if done.new_parents != 1 else ''}), {done.already_there} already there, of {done.runs} finished "
+        f"run{'s' if done.runs != 1 else ''} matching. See them: mlflow ui --backend-store-uri {done.tracking_uri}",
+        file=sys.stderr,
+    )
 
 
 def inspect_db_ready(db: str | None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Sequence
 from contextlib import contextmanager
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pandas as pd
@@ -14,15 +14,13 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import URL
 
-from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, parse_duration
-from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
-from clbench.data.specs import get_benchmark
 from clbench.data.sources import DataNotFoundError, locate
-from clbench.store.queries import load_runs
-from clbench.store.connection import StoreError, is_in_memory, resolve_db_url
+from clbench.data.specs import get_benchmark
+from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, checkpoint_directory, parse_duration
+from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
+from clbench.store.connection import StoreError, is_in_memory, resolve_db_url, sqlite_path
 from clbench.store.opening import inspect_db
-from clbench.engine.checkpoint import checkpoint_directory
-from clbench.store.connection import sqlite_path
+from clbench.store.queries import load_runs
 
 
 class UsageProblem(Exception):
@@ -32,20 +30,36 @@ class UsageProblem(Exception):
 DB_HELP = "Database: a file path or a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db)."
 FILTER_HELP = "Repeatable, or a comma list."
 MAX_THREADS = 1024  # torch would try to start any number of threads; more than this is a typo
-STATUS_STYLE = {"finished": "green", "running": "cyan", "pending": "blue", "failed": "red", "interrupted": "yellow",
-                "diverged": "magenta", "stale": "dim"}
+STATUS_STYLE = {
+    "finished": "green",
+    "running": "cyan",
+    "pending": "blue",
+    "failed": "red",
+    "interrupted": "yellow",
+    "diverged": "magenta",
+    "stale": "dim",
+}
 
 
 def checkpoint_every_option():
-    return typer.Option("10m", "--checkpoint-every", metavar="DURATION",
-                        help="Checkpoint each group at the end of every task and this often within one "
-                             "(e.g. 90s, 10m, 1h; 0 turns checkpoints off).")
+    return typer.Option(
+        "10m",
+        "--checkpoint-every",
+        metavar="DURATION",
+        help="Checkpoint each group at the end of every task and this often within one "
+        "(e.g. 90s, 10m, 1h; 0 turns checkpoints off).",
+    )
 
 
 def checkpoint_dir_option():
-    return typer.Option(None, "--checkpoint-dir", envvar=ENV_CHECKPOINTS, metavar="DIR", show_envvar=True,
-                        help="Folder of the groups' checkpoints. [default: beside an SQLite registry, "
-                             "e.g. results.checkpoints/]")
+    return typer.Option(
+        None,
+        "--checkpoint-dir",
+        envvar=ENV_CHECKPOINTS,
+        metavar="DIR",
+        show_envvar=True,
+        help="Folder of the groups' checkpoints. [default: beside an SQLite registry, e.g. results.checkpoints/]",
+    )
 
 
 def checkpoint_policy(db_url, every: str, directory: Path | None) -> CheckpointPolicy | None:
@@ -70,13 +84,19 @@ def describe_checkpoints(policy: CheckpointPolicy | None) -> str:
 
 
 def class_il_option():
-    return typer.Option("all", "--class-il", metavar="CONVENTION",
-                        help="Class-IL accuracy with the argmax over all classes (all) or over the classes seen so "
-                             "far (seen, Mammoth since 2023-12); the final row is the same, forgetting differs.")
+    return typer.Option(
+        "all",
+        "--class-il",
+        metavar="CONVENTION",
+        help="Class-IL accuracy with the argmax over all classes (all) or over the classes seen so "
+        "far (seen, Mammoth since 2023-12); the final row is the same, forgetting differs.",
+    )
 
 
 def db_option():
-    return typer.Option(None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]")
+    return typer.Option(
+        None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,9 +160,16 @@ def filter_options(method, dataset, mask, buffer, status, experiment, seed=None,
 
 # Where a RunConfig field comes from on the command line, for the messages of bad values.
 OPTION_OF_FIELD = {
-    "seed": "--seed", "buffer_size": "--buffer", "epochs": "--epochs", "batch_size": "--batch-size",
-    "minibatch_size": "--minibatch-size", "lr": "--lr", "alpha": "--alpha", "beta": "--beta",
-    "synthetic.train_per_class": "--synthetic-train-per-class", "synthetic.test_per_class": "--synthetic-test-per-class",
+    "seed": "--seed",
+    "buffer_size": "--buffer",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "minibatch_size": "--minibatch-size",
+    "lr": "--lr",
+    "alpha": "--alpha",
+    "beta": "--beta",
+    "synthetic.train_per_class": "--synthetic-train-per-class",
+    "synthetic.test_per_class": "--synthetic-test-per-class",
 }
 
 
@@ -181,8 +208,10 @@ def db_url(db: str | None) -> URL:
     except StoreError as exc:
         raise UsageProblem(str(exc)) from None
     if is_in_memory(url):
-        raise UsageProblem(f"--db {url.render_as_string(hide_password=True)} is an in-memory database: it keeps "
-                           "nothing after the command ends; give a file path or a database server's URL")
+        raise UsageProblem(
+            f"--db {url.render_as_string(hide_password=True)} is an in-memory database: it keeps "
+            "nothing after the command ends; give a file path or a database server's URL"
+        )
     return url
 
 
@@ -254,9 +283,12 @@ def report_held(err: Console, held: dict[str, str]) -> None:
         return
     holders = sorted(set(held.values()))
     shown = ", ".join(holders[:3]) + (f" and {len(holders) - 3} more" if len(holders) > 3 else "")
-    err.print(f"held: {len(held)} run{'s' if len(held) != 1 else ''} left to {shown}, which "
-              f"{'is' if len(holders) == 1 else 'are'} computing them now; run the same command again later to "
-              "see their results", highlight=False)
+    err.print(
+        f"held: {len(held)} run{'s' if len(held) != 1 else ''} left to {shown}, which "
+        f"{'is' if len(holders) == 1 else 'are'} computing them now; run the same command again later to "
+        "see their results",
+        highlight=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +333,5 @@ def local_time(value) -> str:
     if isinstance(value, pd.Timestamp):
         value = value.to_pydatetime()
     if value.tzinfo is None:  # stored in UTC (SQLite keeps no zone)
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-

@@ -4,48 +4,69 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import typer
 
-from clbench.sweep.executors import EXECUTORS, Executor, ExecutorUnavailable, make_executor
 from clbench.cli.common import UsageProblem
+from clbench.sweep.executors import EXECUTORS, Executor, ExecutorUnavailable, make_executor
 
 
 def executor_option():
-    return typer.Option("local", "--executor", metavar="EXECUTOR",
-                        help="Where groups train: local (this process, one after another) or ray (a Ray cluster).")
+    return typer.Option(
+        "local",
+        "--executor",
+        metavar="EXECUTOR",
+        help="Where groups train: local (this process, one after another) or ray (a Ray cluster).",
+    )
 
 
 def threads_option():
     return typer.Option(
-        None, "--threads", metavar="N",
+        None,
+        "--threads",
+        metavar="N",
         help="CPU threads for torch. [default: before each group, the cores that other processes leave free (said at "
-             "the first group and when it changes)] A fixed N gives bit-for-bit repeats on a busy machine.")
+        "the first group and when it changes)] A fixed N gives bit-for-bit repeats on a busy machine.",
+    )
 
 
 def ray_address_option():
-    return typer.Option(None, "--ray-address", metavar="ADDRESS",
-                        help="With --executor ray: auto (the cluster this machine is in) or HOST:PORT of the head. "
-                             "[default: start a local Ray cluster]")
+    return typer.Option(
+        None,
+        "--ray-address",
+        metavar="ADDRESS",
+        help="With --executor ray: auto (the cluster this machine is in) or HOST:PORT of the head. "
+        "[default: start a local Ray cluster]",
+    )
 
 
 def gpus_per_group_option():
-    return typer.Option(None, "--gpus-per-group", metavar="F",
-                        help="With --executor ray: GPUs a group takes (0.25: four groups share one). "
-                             "[default: 1 with --device cuda, else 0]")
+    return typer.Option(
+        None,
+        "--gpus-per-group",
+        metavar="F",
+        help="With --executor ray: GPUs a group takes (0.25: four groups share one). "
+        "[default: 1 with --device cuda, else 0]",
+    )
 
 
 def cpus_per_group_option():
-    return typer.Option(None, "--cpus-per-group", metavar="N",
-                        help="With --executor ray: CPUs a group takes, and its torch threads. [default: 1]")
+    return typer.Option(
+        None,
+        "--cpus-per-group",
+        metavar="N",
+        help="With --executor ray: CPUs a group takes, and its torch threads. [default: 1]",
+    )
 
 
 def retries_option():
-    return typer.Option(None, "--retries", metavar="N",
-                        help="With --executor ray: how often a group whose worker or node died is started again. "
-                             "[default: 3]")
+    return typer.Option(
+        None,
+        "--retries",
+        metavar="N",
+        help="With --executor ray: how often a group whose worker or node died is started again. [default: 3]",
+    )
 
 
 @dataclass(frozen=True)
@@ -53,10 +74,10 @@ class ExecutorChoice:
     """The executor options as given on the command line."""
 
     executor: str = "local"
-    ray_address: Optional[str] = None
-    gpus_per_group: Optional[float] = None
-    cpus_per_group: Optional[int] = None
-    retries: Optional[int] = None
+    ray_address: str | None = None
+    gpus_per_group: float | None = None
+    cpus_per_group: int | None = None
+    retries: int | None = None
 
 
 def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> Executor:
@@ -64,8 +85,12 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
     :class:`UsageProblem`. Nothing is connected yet (see :func:`start_executor`)."""
     if choice.executor not in EXECUTORS:
         raise UsageProblem(f"invalid --executor {choice.executor!r}: valid executors are {', '.join(EXECUTORS)}")
-    ray_only = {"--ray-address": choice.ray_address, "--gpus-per-group": choice.gpus_per_group,
-                "--cpus-per-group": choice.cpus_per_group, "--retries": choice.retries}
+    ray_only = {
+        "--ray-address": choice.ray_address,
+        "--gpus-per-group": choice.gpus_per_group,
+        "--cpus-per-group": choice.cpus_per_group,
+        "--retries": choice.retries,
+    }
     if choice.executor == "local":
         given = [name for name, value in ray_only.items() if value is not None]
         if given:
@@ -73,8 +98,9 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
         executor = make_executor("local", threads=threads if threads is not None else "auto")
     else:
         if threads is not None:
-            raise UsageProblem("--threads applies to --executor local; with --executor ray a group gets "
-                               "--cpus-per-group threads")
+            raise UsageProblem(
+                "--threads applies to --executor local; with --executor ray a group gets --cpus-per-group threads"
+            )
         try:
             is_cuda = torch.device(device).type == "cuda"
         except RuntimeError:
@@ -82,9 +108,12 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
         gpus = choice.gpus_per_group if choice.gpus_per_group is not None else (1.0 if is_cuda else 0.0)
         try:
             executor = make_executor(
-                "ray", address=choice.ray_address, gpus_per_group=gpus,
+                "ray",
+                address=choice.ray_address,
+                gpus_per_group=gpus,
                 cpus_per_group=choice.cpus_per_group if choice.cpus_per_group is not None else 1,
-                retries=choice.retries if choice.retries is not None else 3)
+                retries=choice.retries if choice.retries is not None else 3,
+            )
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     try:

@@ -11,12 +11,11 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from clbench.errors import first_line
 from clbench.store.store import Store
+from clbench.sweep.driver import RunningGroup, SweepProgress, execute
 from clbench.sweep.executors import GroupFailed
 from clbench.sweep.plan import Plan
-from clbench.sweep.driver import RunningGroup, SweepProgress, execute
-from clbench.errors import first_line
-
 
 MAX_RUNNING_LINES = 8
 
@@ -37,8 +36,13 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     if not plan.groups:
         return execute(plan, store, **kwargs)
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("elapsed"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=err,
     )
     sweep_task = bar.add_task("sweep", total=1000)
@@ -53,12 +57,18 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
         if p.event == "train" and p.train is not None and p.train.phase == "resume":
             t = p.train
             where = f" on {p.where}" if p.where else ""
-            err.print(f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}{where}, from its checkpoint at task "
-                      f"{min(t.task + 1, t.n_tasks)}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
-                      f"step {t.step}/{t.n_steps}", highlight=False)
+            err.print(
+                f"resumed: group {p.group + 1}/{p.n_groups}, {p.label}{where}, from its checkpoint at task "
+                f"{min(t.task + 1, t.n_tasks)}/{t.n_tasks}, epoch {t.epoch + 1}/{t.n_epochs}, "
+                f"step {t.step}/{t.n_steps}",
+                highlight=False,
+            )
         elif p.event == "group_start" and p.attempt > 1:
-            err.print(f"retrying: group {p.group + 1}/{p.n_groups}, {p.label}, attempt {p.attempt} on {p.where} "
-                      "(the previous worker died)", highlight=False)
+            err.print(
+                f"retrying: group {p.group + 1}/{p.n_groups}, {p.label}, attempt {p.attempt} on {p.where} "
+                "(the previous worker died)",
+                highlight=False,
+            )
         elif p.event == "group_start" and p.where:  # on another process: say which (to find its logs, or it)
             err.print(f"started: group {p.group + 1}/{p.n_groups}, {p.label} on {p.where}", highlight=False)
         elif p.event == "group_start" and p.note:  # what the executor chose for it (this process's CPU threads)
@@ -77,8 +87,10 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     except KeyboardInterrupt:
         statuses = store.statuses([r.run_id for r in plan.to_run])
         done = sum(status == "finished" for status in statuses.values())
-        err.print(f"interrupted: {done} of {len(plan.to_run)} runs finished and saved; the rest are marked "
-                  "interrupted. Run the same command again to compute only what is missing.")
+        err.print(
+            f"interrupted: {done} of {len(plan.to_run)} runs finished and saved; the rest are marked "
+            "interrupted. Run the same command again to compute only what is missing."
+        )
         raise typer.Exit(130) from None
     except SQLAlchemyError as exc:
         print(f"error: the database {store.where} failed: {first_line(exc)}", file=sys.stderr)
@@ -86,10 +98,16 @@ def execute_with_progress(plan: Plan, store: Store, err: Console, **kwargs):
     except GroupFailed as exc:
         failed = [rid for rid, status in store.statuses([r.run_id for r in plan.to_run]).items() if status == "failed"]
         where = f"clbench show {failed[0]}" if failed else "clbench runs --status failed"
-        print(f"error: {exc}; its runs are marked failed with the traceback (see {where}), the groups not done are "
-              "marked interrupted: run the same command again to compute them", file=sys.stderr)
+        print(
+            f"error: {exc}; its runs are marked failed with the traceback (see {where}), the groups not done are "
+            "marked interrupted: run the same command again to compute them",
+            file=sys.stderr,
+        )
         raise typer.Exit(1) from None
     except Exception as exc:  # not a group's training (that is GroupFailed): the executor or the driver itself
-        print(f"error: the sweep stopped ({type(exc).__name__}: {first_line(exc)}); its unfinished runs are marked "
-              "interrupted: run the same command again to compute them", file=sys.stderr)
+        print(
+            f"error: the sweep stopped ({type(exc).__name__}: {first_line(exc)}); its unfinished runs are marked "
+            "interrupted: run the same command again to compute them",
+            file=sys.stderr,
+        )
         raise typer.Exit(1) from None

@@ -8,27 +8,59 @@ import math
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from clbench.sweep.plan import MAX_SWEEP_RUNS
-from clbench.runs.mask import format_mask_value, parse_mask_value
-from clbench.sweep.ram import budget_bytes, human
-from clbench.runs.results import CLASS_IL_CONVENTIONS
+from clbench.cli.common import (
+    FILTER_HELP,
+    MAX_THREADS,
+    UsageProblem,
+    check_data,
+    check_whole_option,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
+    class_il_option,
+    console,
+    db_option,
+    db_url,
+    describe_checkpoints,
+    duration,
+    filter_options,
+    inspect,
+    load,
+    p_value,
+    pm,
+    report_held,
+    sigterm_as_interrupt,
+    split,
+    store_errors_as_bad_input,
+)
+from clbench.cli.executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
+    threads_option,
+)
+from clbench.cli.progress import execute_with_progress
 from clbench.files import OutputError, check_output_folder
 from clbench.reports import list_experiments, load_experiment, missing_runs, render_report
-from clbench.reports.render import excluded_runs, exclusion_lines
-from clbench.reports.html import INDEX, check_html_root, write_html
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
+from clbench.reports.html import INDEX, check_html_root, write_html
+from clbench.reports.render import excluded_runs, exclusion_lines
+from clbench.runs.mask import format_mask_value, parse_mask_value
+from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.store.connection import StoreError, describe_url
 from clbench.store.opening import open_store
-from clbench.sweep.plan import describe_group, plan_sweep
-from clbench.cli.common import class_il_option, FILTER_HELP, MAX_THREADS, UsageProblem, check_data, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, console, db_option, db_url, describe_checkpoints, duration, filter_options, inspect, load, p_value, pm, report_held, sigterm_as_interrupt, split, store_errors_as_bad_input
-from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option
-from clbench.cli.progress import execute_with_progress
+from clbench.sweep.plan import MAX_SWEEP_RUNS, describe_group, plan_sweep
+from clbench.sweep.ram import budget_bytes, human
 
 COMPARE_FORMATS = ("table", "md", "csv", "json")
 
@@ -37,36 +69,58 @@ ALL = "all"
 
 
 def report_command(
-    name: Optional[str] = typer.Argument(
-        None, metavar="NAME", help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...), a path "
-                                   "to an experiment .toml file, or 'all' (every registered experiment). Without "
-                                   "NAME: list the registered experiments."),
+    name: str | None = typer.Argument(
+        None,
+        metavar="NAME",
+        help="A registered experiment (fig2, fig4, forgetting, tiny-buffer, ...), a path "
+        "to an experiment .toml file, or 'all' (every registered experiment). Without "
+        "NAME: list the registered experiments.",
+    ),
     no_run: bool = typer.Option(False, "--no-run", help="Render from the runs that exist; list the missing ones."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the lockstep groups still to compute and an estimate "
-                                                          "of the time; run and write nothing."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="DIR",
-                                       help="Output folder. [default: reports/NAME; with 'all': reports, one folder per "
-                                            "report inside]"),
-    html: bool = typer.Option(False, "--html", help="Also write static HTML pages: NAME.html beside the report's "
-                                                    "folder and index.html (for 'all' and by default: reports/)."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Seeds 0..N-1 instead of the experiment's."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Print the lockstep groups still to compute and an estimate of the time; run and write nothing.",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        metavar="DIR",
+        help="Output folder. [default: reports/NAME; with 'all': reports, one folder per report inside]",
+    ),
+    html: bool = typer.Option(
+        False,
+        "--html",
+        help="Also write static HTML pages: NAME.html beside the report's "
+        "folder and index.html (for 'all' and by default: reports/).",
+    ),
+    seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Seeds 0..N-1 instead of the experiment's."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
-    threads: Optional[int] = threads_option(),
-    db: Optional[str] = db_option(),
+    threads: int | None = threads_option(),
+    db: str | None = db_option(),
     executor: str = executor_option(),
-    ray_address: Optional[str] = ray_address_option(),
-    gpus_per_group: Optional[float] = gpus_per_group_option(),
-    cpus_per_group: Optional[int] = cpus_per_group_option(),
-    retries: Optional[int] = retries_option(),
+    ray_address: str | None = ray_address_option(),
+    gpus_per_group: float | None = gpus_per_group_option(),
+    cpus_per_group: int | None = cpus_per_group_option(),
+    retries: int | None = retries_option(),
     checkpoint_every: str = checkpoint_every_option(),
-    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
-    class_il: Optional[str] = typer.Option(
-        None, "--class-il", metavar="CONVENTION", help="Class-IL accuracy with the argmax over all classes (all) or "
-        "over the classes seen so far (seen). [default: the experiment's, else all]"),
-    include_stale: bool = typer.Option(False, "--include-stale", help="Let runs of an older engine (stale) stand "
-                                       "in for runs this clbench has not computed; they are named as such."),
+    checkpoint_dir: Path | None = checkpoint_dir_option(),
+    class_il: str | None = typer.Option(
+        None,
+        "--class-il",
+        metavar="CONVENTION",
+        help="Class-IL accuracy with the argmax over all classes (all) or "
+        "over the classes seen so far (seen). [default: the experiment's, else all]",
+    ),
+    include_stale: bool = typer.Option(
+        False,
+        "--include-stale",
+        help="Let runs of an older engine (stale) stand "
+        "in for runs this clbench has not computed; they are named as such.",
+    ),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -102,8 +156,9 @@ def report_command(
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
-                            threads)
+    runner = build_executor(
+        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+    )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.
     budget = budget_bytes(device) if runner.name == "local" and not no_run else None  # --dry-run too: it says so
@@ -139,19 +194,34 @@ def report_command(
             what = "does not exist yet" if state == "missing" else "holds no runs"
             stdout.print(f"nothing to render: {describe_url(url)} {what}", highlight=False)
             for spec in specs:
-                _print_missing(stdout, spec, [r.config for r in plan_sweep(spec.configs()).runs], describe_url(url),
-                               _name_for(spec, name))
+                _print_missing(
+                    stdout,
+                    spec,
+                    [r.config for r in plan_sweep(spec.configs()).runs],
+                    describe_url(url),
+                    _name_for(spec, name),
+                )
             return
         store = open_store(url, readonly=True)
         with store, store_errors_as_bad_input():
-            _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name)
+            _render(
+                specs,
+                store,
+                out_dirs,
+                root,
+                html,
+                _command(name, no_run, out, html, seeds, db, class_il, include_stale),
+                stdout,
+                name,
+            )
         return
     if dry_run:
         store = open_store(url, readonly=True) if state == "ready" else None
         try:
             for spec in specs:
-                _print_dry_run(stdout, spec, plan_sweep(spec.configs(), store, memory_budget=budget), describe_url(url),
-                               device)
+                _print_dry_run(
+                    stdout, spec, plan_sweep(spec.configs(), store, memory_budget=budget), describe_url(url), device
+                )
         finally:
             if store is not None:
                 store.close()
@@ -176,31 +246,56 @@ def report_command(
             err.print(
                 f"{spec.name}: {len(plan.runs)} runs, {len(plan.to_run)} to compute in {len(plan.groups)} group(s) "
                 f"(estimated {duration(plan.estimate_s)}), {len(plan.cached)} cached; saving to {store.where}; "
-                f"{describe_checkpoints(policy)}" + (f"; {plan.memory_note}" if plan.memory_note and plan.to_run else ""),
+                f"{describe_checkpoints(policy)}"
+                + (f"; {plan.memory_note}" if plan.memory_note and plan.to_run else ""),
                 highlight=False,
             )
             if plan.to_run and runner.name != "local":
                 err.print(runner.describe(), highlight=False)
             with sigterm_as_interrupt():
-                outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
-                                                download=download, experiment=spec.name, checkpoint=policy)
+                outcome = execute_with_progress(
+                    plan,
+                    store,
+                    err,
+                    executor=runner,
+                    device=device,
+                    data_dir=data_dir,
+                    download=download,
+                    experiment=spec.name,
+                    checkpoint=policy,
+                )
             report_held(err, outcome.held)
-        _render(specs, store, out_dirs, root, html, _command(name, no_run, out, html, seeds, db, class_il, include_stale), stdout, name,
-                quiet_when_complete=True)
+        _render(
+            specs,
+            store,
+            out_dirs,
+            root,
+            html,
+            _command(name, no_run, out, html, seeds, db, class_il, include_stale),
+            stdout,
+            name,
+            quiet_when_complete=True,
+        )
 
 
 def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
     estimates = plan.group_estimates_s()
     memory = plan.group_memory_bytes()
     for g, members in enumerate(plan.groups):
-        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
-                  f"{human(memory[g])} of memory", highlight=False)
+        out.print(
+            f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
+            f"{human(memory[g])} of memory",
+            highlight=False,
+        )
     if plan.memory_note:
         out.print(plan.memory_note, highlight=False)
     where_to = "" if device == "cpu" else f" (the cost model is for CPU; on {device} expect less)"
-    out.print(f"{spec.name}: {len(plan.runs)} runs against {where}: {len(plan.to_run)} to compute in "
-              f"{len(plan.groups)} lockstep group(s), {len(plan.cached)} already done (cached). Estimated time: "
-              f"{duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.", highlight=False)
+    out.print(
+        f"{spec.name}: {len(plan.runs)} runs against {where}: {len(plan.to_run)} to compute in "
+        f"{len(plan.groups)} lockstep group(s), {len(plan.cached)} already done (cached). Estimated time: "
+        f"{duration(plan.estimate_s)}, a rough estimate from a CPU cost model{where_to}.",
+        highlight=False,
+    )
 
 
 def _name_for(spec, name: str) -> str:
@@ -242,19 +337,26 @@ def _render(specs, store, out_dirs, root, html, command, out, name, quiet_when_c
         if name == ALL:  # one line each: the full lists would run to hundreds of rows
             n, total = len(missing[spec.name]), len(spec.configs())
             if n:
-                out.print(f"  {n} of {total} runs missing from {store.where} (list them: clbench report {spec.name} "
-                          "--no-run)", highlight=False)
+                out.print(
+                    f"  {n} of {total} runs missing from {store.where} (list them: clbench report {spec.name} "
+                    "--no-run)",
+                    highlight=False,
+                )
         elif missing[spec.name] or not quiet_when_complete:
             _print_missing(out, spec, missing[spec.name], store.where, _name_for(spec, name))
     if html:
-        out.print(f"wrote {root / INDEX} and {len(specs)} report page{'s' if len(specs) != 1 else ''} "
-                  f"({', '.join(f'{s.name}.html' for s in specs)}): open {root / INDEX} in a browser", highlight=False)
+        out.print(
+            f"wrote {root / INDEX} and {len(specs)} report page{'s' if len(specs) != 1 else ''} "
+            f"({', '.join(f'{s.name}.html' for s in specs)}): open {root / INDEX} in a browser",
+            highlight=False,
+        )
 
 
 def compare_command(
     baseline: str = typer.Option("none", "--baseline", metavar="MASK", help="The baseline's mask value."),
-    test: str = typer.Option("permutation", "--test", metavar="TEST",
-                             help="Paired test: permutation (exact sign-flip), wilcoxon or t."),
+    test: str = typer.Option(
+        "permutation", "--test", metavar="TEST", help="Paired test: permutation (exact sign-flip), wilcoxon or t."
+    ),
     format: str = typer.Option("table", "--format", "-f", metavar="FORMAT", help=f"{', '.join(COMPARE_FORMATS)}."),
     method: list[str] = typer.Option([], "--method", "-m", metavar="METHOD", help=FILTER_HELP),
     dataset: list[str] = typer.Option([], "--dataset", "-d", metavar="BENCHMARK", help=FILTER_HELP),
@@ -264,7 +366,7 @@ def compare_command(
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     class_il: str = class_il_option(),
-    db: Optional[str] = db_option(),
+    db: str | None = db_option(),
 ) -> None:
     """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
     if format not in COMPARE_FORMATS:
@@ -301,8 +403,10 @@ def compare_command(
         sys.stdout.write(result.to_json(orient="records", indent=1) + "\n")
         return
     if result.empty:
-        print(f"nothing to compare: no finished runs with mask {base_label} and a masked variant over common seeds"
-              " (see clbench runs)")
+        print(
+            f"nothing to compare: no finished runs with mask {base_label} and a masked variant over common seeds"
+            " (see clbench runs)"
+        )
         return
     if format == "md":
         sys.stdout.write(compare_markdown(result))
@@ -346,10 +450,12 @@ def _test_key(result) -> str:
 def compare_caption(result) -> str:
     """Names every procedure behind the table's numbers."""
     base = result["baseline"].iloc[0]
-    return (f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
-            f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
-            + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
-            + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting).")
+    return (
+        f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
+        f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
+        + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
+        + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting)."
+    )
 
 
 def _ci(r) -> str:
@@ -383,16 +489,41 @@ def compare_table(result) -> Table:
     fixed = [f"{col} {result[key].iloc[0]}" for key, col in _WHICH if (key, col) not in which]
     head = f"{', '.join(fixed)}. " if fixed else ""
     table = Table(title=head + compare_caption(result) + f" * p < {ALPHA:g}.", title_justify="left")
-    for col in [c for _, c in which] + ["mask", "metric", "seeds", "baseline", "variant", "diff", "95% CI", "d_z",
-                                         "p", "p Holm", "W/L/T"]:
-        table.add_column(col, no_wrap=True, justify="left" if col in ("method", "dataset", "mask", "on", "metric")
-                         else "right")
+    for col in [c for _, c in which] + [
+        "mask",
+        "metric",
+        "seeds",
+        "baseline",
+        "variant",
+        "diff",
+        "95% CI",
+        "d_z",
+        "p",
+        "p Holm",
+        "W/L/T",
+    ]:
+        table.add_column(
+            col, no_wrap=True, justify="left" if col in ("method", "dataset", "mask", "on", "metric") else "right"
+        )
     for r, label, better in _rows(result):
-        diff = Text("-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
-                    style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"))
-        table.add_row(*[str(getattr(r, key)) for key, _ in which], r.variant, label, str(r.n_seeds),
-                      pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std), diff, _ci(r),
-                      _dz(r.effect_size_dz), _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}")
+        diff = Text(
+            "-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
+            style="" if r.difference == 0 or math.isnan(r.difference) else ("green" if better else "red"),
+        )
+        table.add_row(
+            *[str(getattr(r, key)) for key, _ in which],
+            r.variant,
+            label,
+            str(r.n_seeds),
+            pm(r.baseline_mean, r.baseline_std),
+            pm(r.variant_mean, r.variant_std),
+            diff,
+            _ci(r),
+            _dz(r.effect_size_dz),
+            _p(r.p_value),
+            _p(r.p_holm),
+            f"{r.wins}/{r.losses}/{r.ties}",
+        )
     notes = _notes(result)
     if notes:
         table.caption = "\n".join(notes)
@@ -403,15 +534,45 @@ def compare_table(result) -> Table:
 def compare_markdown(result) -> str:
     buf = io.StringIO()
     buf.write(compare_caption(result) + f" * p < {ALPHA:g}.\n\n")
-    head = ["method", "dataset", "buffer", "baseline", "variant", "on", "metric", "seeds", "baseline mean",
-            "variant mean", "difference", "95% CI", "d_z", "p", "p Holm", "wins/losses/ties"]
+    head = [
+        "method",
+        "dataset",
+        "buffer",
+        "baseline",
+        "variant",
+        "on",
+        "metric",
+        "seeds",
+        "baseline mean",
+        "variant mean",
+        "difference",
+        "95% CI",
+        "d_z",
+        "p",
+        "p Holm",
+        "wins/losses/ties",
+    ]
     buf.write("| " + " | ".join(head) + " |\n")
     buf.write("|" + "|".join(["---"] * 7 + ["---:"] * 9) + "|\n")
     for r, label, _ in _rows(result):
-        cells = [r.method, r.dataset, str(r.buffer_size), r.baseline, r.variant, r.mask_on, label, str(r.n_seeds),
-                 pm(r.baseline_mean, r.baseline_std), pm(r.variant_mean, r.variant_std),
-                 "-" if math.isnan(r.difference) else f"{r.difference:+.2f}", _ci(r), _dz(r.effect_size_dz),
-                 _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"]
+        cells = [
+            r.method,
+            r.dataset,
+            str(r.buffer_size),
+            r.baseline,
+            r.variant,
+            r.mask_on,
+            label,
+            str(r.n_seeds),
+            pm(r.baseline_mean, r.baseline_std),
+            pm(r.variant_mean, r.variant_std),
+            "-" if math.isnan(r.difference) else f"{r.difference:+.2f}",
+            _ci(r),
+            _dz(r.effect_size_dz),
+            _p(r.p_value),
+            _p(r.p_holm),
+            f"{r.wins}/{r.losses}/{r.ties}",
+        ]
         buf.write("| " + " | ".join(cells) + " |\n")
     notes = _notes(result)
     if notes:

@@ -4,72 +4,133 @@ display, and print the summary of every run asked for."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clbench.lockstep.backbones import HEADS
-from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
-from clbench.sweep.plan import MAX_SWEEP_RUNS
-from clbench.methods import METHODS
+from clbench.cli.common import (
+    MAX_THREADS,
+    UsageProblem,
+    check_data,
+    check_experiment,
+    check_whole_option,
+    checkpoint_dir_option,
+    checkpoint_every_option,
+    checkpoint_policy,
+    config_problem,
+    console,
+    db_option,
+    db_url,
+    describe_checkpoints,
+    duration,
+    inspect,
+    ints,
+    key_values,
+    pm,
+    report_held,
+    sigterm_as_interrupt,
+    split,
+)
+from clbench.cli.executor import (
+    ExecutorChoice,
+    build_executor,
+    cpus_per_group_option,
+    executor_option,
+    gpus_per_group_option,
+    ray_address_option,
+    retries_option,
+    start_executor,
+    threads_option,
+)
+from clbench.cli.progress import execute_with_progress
 from clbench.data.specs import BENCHMARKS, SyntheticOptions
+from clbench.lockstep.backbones import HEADS
+from clbench.methods import METHODS
 from clbench.runs.mask import MASK_ON_CHOICES
-from clbench.sweep.ram import budget_bytes, human
-from clbench.store.queries import exclusion_note, load_runs, summarize_runs
+from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
 from clbench.store.connection import StoreError, describe_url
 from clbench.store.opening import open_store
-from clbench.sweep.plan import Plan, describe_group, plan_sweep, sweep_configs
-from clbench.cli.common import MAX_THREADS, UsageProblem, check_data, check_experiment, check_whole_option, checkpoint_dir_option, checkpoint_every_option, checkpoint_policy, config_problem, console, db_option, db_url, describe_checkpoints, duration, inspect, ints, key_values, pm, report_held, sigterm_as_interrupt, split
-from clbench.cli.executor import ExecutorChoice, build_executor, cpus_per_group_option, executor_option, gpus_per_group_option, ray_address_option, retries_option, start_executor, threads_option
-from clbench.cli.progress import execute_with_progress
+from clbench.store.queries import exclusion_note, load_runs, summarize_runs
+from clbench.sweep.plan import MAX_SWEEP_RUNS, Plan, describe_group, plan_sweep, sweep_configs
+from clbench.sweep.ram import budget_bytes, human
 
 
 def run(
-    method: list[str] = typer.Option(["er"], "--method", "-m", metavar="METHOD", help=f"Method: {', '.join(METHODS)}, "
-                                     "PATH.py:CLASS (a method of your own) or an installed clbench.methods entry point. Repeatable."),
+    method: list[str] = typer.Option(
+        ["er"],
+        "--method",
+        "-m",
+        metavar="METHOD",
+        help=f"Method: {', '.join(METHODS)}, "
+        "PATH.py:CLASS (a method of your own) or an installed clbench.methods entry point. Repeatable.",
+    ),
     mask: list[str] = typer.Option(
-        ["none"], "--mask", metavar="MASK", help="Mask value: none, -inf or a number. Repeatable, or a comma list."),
-    mask_on: str = typer.Option("stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
-    seed: list[str] = typer.Option([], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."),
-    dataset: str = typer.Option("seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."),
+        ["none"], "--mask", metavar="MASK", help="Mask value: none, -inf or a number. Repeatable, or a comma list."
+    ),
+    mask_on: str = typer.Option(
+        "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
+    ),
+    seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
+    seed: list[str] = typer.Option(
+        [], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."
+    ),
+    dataset: str = typer.Option(
+        "seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."
+    ),
     buffer: list[str] = typer.Option(["200"], "--buffer", "-b", metavar="SIZE", help="Replay buffer size. Repeatable."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"),
-    lr: Optional[float] = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
-    minibatch_size: Optional[int] = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
-    beta: Optional[float] = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
-    der_logits: Optional[str] = typer.Option(
-        None, "--der-logits", metavar="WHEN", help="DER/DER++: the logits stored with a sample: pre (the training "
-        "forward's, Mammoth) or post (a fresh forward after the step, the paper authors' code). [default: pre]"),
-    head: Optional[str] = typer.Option(
-        None, "--head", metavar="HEAD", help=f"Classifier head: {', '.join(HEADS)} (bias-free 10 x cosine, the original "
-        "ER-ACE's). [default: linear]"),
+    epochs: int | None = typer.Option(
+        None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"
+    ),
+    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
+    minibatch_size: int | None = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
+    alpha: float | None = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
+    beta: float | None = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    der_logits: str | None = typer.Option(
+        None,
+        "--der-logits",
+        metavar="WHEN",
+        help="DER/DER++: the logits stored with a sample: pre (the training "
+        "forward's, Mammoth) or post (a fresh forward after the step, the paper authors' code). [default: pre]",
+    ),
+    head: str | None = typer.Option(
+        None,
+        "--head",
+        metavar="HEAD",
+        help=f"Classifier head: {', '.join(HEADS)} (bias-free 10 x cosine, the original ER-ACE's). [default: linear]",
+    ),
     option: list[str] = typer.Option(
-        [], "--option", "-o", metavar="KEY=VALUE", help="A method option (e.g. gamma=0.9 for xder, fitting_epochs=64 for "
-        "gdumb; a method's options are listed when a wrong one is given). Repeatable."),
+        [],
+        "--option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="A method option (e.g. gamma=0.9 for xder, fitting_epochs=64 for "
+        "gdumb; a method's options are listed when a wrong one is given). Repeatable.",
+    ),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu or cuda."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the dataset."),
     download: bool = typer.Option(False, "--download", help="Download a missing dataset (needs torchvision)."),
-    db: Optional[str] = db_option(),
+    db: str | None = db_option(),
     checkpoint_every: str = checkpoint_every_option(),
-    checkpoint_dir: Optional[Path] = checkpoint_dir_option(),
-    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", metavar="NAME", help="A label grouping these runs."),
+    checkpoint_dir: Path | None = checkpoint_dir_option(),
+    experiment: str | None = typer.Option(
+        None, "--experiment", "-e", metavar="NAME", help="A label grouping these runs."
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", metavar="N", help="At most this many runs per lockstep group."),
-    threads: Optional[int] = threads_option(),
+    group_size: int | None = typer.Option(
+        None, "--group-size", metavar="N", help="At most this many runs per lockstep group."
+    ),
+    threads: int | None = threads_option(),
     executor: str = executor_option(),
-    ray_address: Optional[str] = ray_address_option(),
-    gpus_per_group: Optional[float] = gpus_per_group_option(),
-    cpus_per_group: Optional[int] = cpus_per_group_option(),
-    retries: Optional[int] = retries_option(),
-    synthetic_train_per_class: Optional[int] = typer.Option(None, hidden=True),
-    synthetic_test_per_class: Optional[int] = typer.Option(None, hidden=True),
+    ray_address: str | None = ray_address_option(),
+    gpus_per_group: float | None = gpus_per_group_option(),
+    cpus_per_group: int | None = cpus_per_group_option(),
+    retries: int | None = retries_option(),
+    synthetic_train_per_class: int | None = typer.Option(None, hidden=True),
+    synthetic_test_per_class: int | None = typer.Option(None, hidden=True),
 ) -> None:
     """Train the sweep methods x buffers x masks x seeds; finished runs are reused (cached)."""
     # 1. Everything about the sweep itself (sizes first: nothing large is built before they are checked).
@@ -87,27 +148,49 @@ def run(
         check_whole_option("--seed", s, 0)
     seed_list = sorted(set(range(seeds or 0)).union(explicit)) if explicit else range(seeds or 1)
     if der_logits is not None and not set(split(method, "--method")) & set(LOGIT_STORING_METHODS):
-        raise UsageProblem(f"--der-logits applies to der and derpp, and none of the methods asked for is one "
-                           f"(valid: {', '.join(DER_LOGITS)} with -m der or -m derpp)")
+        raise UsageProblem(
+            f"--der-logits applies to der and derpp, and none of the methods asked for is one "
+            f"(valid: {', '.join(DER_LOGITS)} with -m der or -m derpp)"
+        )
     if head is not None and head not in HEADS:
         raise UsageProblem(f"invalid --head {head!r}: valid heads are {', '.join(HEADS)}")
     options = key_values(option, "--option")
-    overrides = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size,
-                                        alpha=alpha, beta=beta, der_logits=der_logits, head=head,
-                                        options=options or None).items() if v is not None}
-    synthetic = {k: v for k, v in dict(train_per_class=synthetic_train_per_class,
-                                        test_per_class=synthetic_test_per_class).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            minibatch_size=minibatch_size,
+            alpha=alpha,
+            beta=beta,
+            der_logits=der_logits,
+            head=head,
+            options=options or None,
+        ).items()
+        if v is not None
+    }
+    synthetic = {
+        k: v
+        for k, v in dict(train_per_class=synthetic_train_per_class, test_per_class=synthetic_test_per_class).items()
+        if v is not None
+    }
     if synthetic:
         overrides["synthetic"] = SyntheticOptions(**synthetic)
-    runner = build_executor(ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device,
-                            threads)
+    runner = build_executor(
+        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+    )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.
     budget = budget_bytes(device) if runner.name == "local" else None
     try:
         configs = sweep_configs(
-            methods=split(method, "--method"), masks=split(mask, "--mask"),
-            buffers=ints(buffer, "buffer size", "--buffer"), seeds=seed_list, benchmark=dataset, mask_on=mask_on,
+            methods=split(method, "--method"),
+            masks=split(mask, "--mask"),
+            buffers=ints(buffer, "buffer size", "--buffer"),
+            seeds=seed_list,
+            benchmark=dataset,
+            mask_on=mask_on,
             **overrides,
         )
         plan = plan_sweep(configs, None, force=force, max_group_size=group_size, memory_budget=budget)  # resolves all
@@ -151,8 +234,17 @@ def run(
         if n_run and runner.name != "local":
             err.print(runner.describe(), highlight=False)
         with sigterm_as_interrupt():
-            outcome = execute_with_progress(plan, store, err, executor=runner, device=device, data_dir=data_dir,
-                                            download=download, experiment=experiment, checkpoint=policy)
+            outcome = execute_with_progress(
+                plan,
+                store,
+                err,
+                executor=runner,
+                device=device,
+                data_dir=data_dir,
+                download=download,
+                experiment=experiment,
+                checkpoint=policy,
+            )
         report_held(err, outcome.held)
         ids = [r.run_id for r in plan.runs]
         runs = load_runs(store, run_id=ids)
@@ -171,10 +263,16 @@ def run(
 
 
 def _summary_table(summary) -> Table:
-    table = Table(title="Final average accuracy (FAA) and forgetting (Chaudhry et al. 2018: max over earlier "
-                        "rows minus the last), mean ± std over seeds (%)", title_justify="left")
-    varying = [k for k in ("epochs", "lr", "batch_size", "minibatch_size", "alpha", "beta")
-               if summary[k].nunique(dropna=False) > 1]
+    table = Table(
+        title="Final average accuracy (FAA) and forgetting (Chaudhry et al. 2018: max over earlier "
+        "rows minus the last), mean ± std over seeds (%)",
+        title_justify="left",
+    )
+    varying = [
+        k
+        for k in ("epochs", "lr", "batch_size", "minibatch_size", "alpha", "beta")
+        if summary[k].nunique(dropna=False) > 1
+    ]
     for name in ["method", "dataset", "buffer", "mask", "on", *varying, "seeds"]:
         table.add_column(name, justify="right" if name in ("buffer", "seeds", *varying) else "left")
     for name in ("FAA class-IL", "FAA task-IL", "forgetting class-IL", "forgetting task-IL"):
@@ -184,9 +282,15 @@ def _summary_table(summary) -> Table:
         if note := exclusion_note(row["n_diverged"], row["n_seeds"]):
             excluded.append(f"{row['method']} {row['dataset']} buffer {row['buffer_size']} mask {row['mask']}: {note}")
         table.add_row(
-            row["method"], row["dataset"], str(row["buffer_size"]), row["mask"], row["mask_on"],
-            *[str(row[k]) for k in varying], str(row["n_seeds"]),
-            pm(row["faa_class_il_mean"], row["faa_class_il_std"]), pm(row["faa_task_il_mean"], row["faa_task_il_std"]),
+            row["method"],
+            row["dataset"],
+            str(row["buffer_size"]),
+            row["mask"],
+            row["mask_on"],
+            *[str(row[k]) for k in varying],
+            str(row["n_seeds"]),
+            pm(row["faa_class_il_mean"], row["faa_class_il_std"]),
+            pm(row["faa_task_il_mean"], row["faa_task_il_std"]),
             pm(row["forgetting_class_il_mean"], row["forgetting_class_il_std"]),
             pm(row["forgetting_task_il_mean"], row["forgetting_task_il_std"]),
         )
@@ -209,19 +313,33 @@ def _print_plan(out: Console, plan: Plan, url, device: str) -> None:
     group_of = {i: g for g, members in enumerate(plan.groups) for i in members}
     for i, r in enumerate(plan.runs[:PLAN_ROWS_SHOWN]):
         c = r.config
-        action = Text("cached", style="green") if r.action == "cached" else Text(
-            "recompute" if r.stored_status == "finished" else "run", style="yellow")
+        action = (
+            Text("cached", style="green")
+            if r.action == "cached"
+            else Text("recompute" if r.stored_status == "finished" else "run", style="yellow")
+        )
         table.add_row(
-            str(group_of[i] + 1) if i in group_of else "-", r.run_id, c.method, c.benchmark, str(c.buffer_size),
-            c.mask.label, c.mask.on, str(c.seed), r.stored_status, action,
+            str(group_of[i] + 1) if i in group_of else "-",
+            r.run_id,
+            c.method,
+            c.benchmark,
+            str(c.buffer_size),
+            c.mask.label,
+            c.mask.on,
+            str(c.seed),
+            r.stored_status,
+            action,
         )
     if len(plan.runs) > PLAN_ROWS_SHOWN:
         table.caption = f"the first {PLAN_ROWS_SHOWN} of {len(plan.runs)} runs; the groups below hold the rest"
     out.print(table)
     memory = plan.group_memory_bytes()
     for g in range(min(len(plan.groups), PLAN_GROUPS_SHOWN)):
-        out.print(f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
-                  f"{human(memory[g])} of memory", highlight=False)
+        out.print(
+            f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
+            f"{human(memory[g])} of memory",
+            highlight=False,
+        )
     if len(plan.groups) > PLAN_GROUPS_SHOWN:
         out.print(f"... and {len(plan.groups) - PLAN_GROUPS_SHOWN} more groups like these", highlight=False)
     if plan.memory_note:

@@ -45,7 +45,7 @@ class ContinualData:
     def device(self) -> torch.device:
         return self.train_x.device
 
-    def to(self, device: torch.device | str) -> "ContinualData":
+    def to(self, device: torch.device | str) -> ContinualData:
         """The same data on ``device`` (itself when it is there already; this one is never changed).
         A remote worker gets the data on the CPU, from the driver, and trains on its own device."""
         device = torch.device(device)
@@ -53,13 +53,20 @@ class ContinualData:
             return self
         move = lambda t: t.to(device)  # noqa: E731
         return replace(
-            self, train_x=move(self.train_x), train_y=move(self.train_y), test_x=move(self.test_x),
-            test_y=move(self.test_y), train_task_idx=tuple(map(move, self.train_task_idx)),
-            test_task_idx=tuple(map(move, self.test_task_idx)), class_task=move(self.class_task),
+            self,
+            train_x=move(self.train_x),
+            train_y=move(self.train_y),
+            test_x=move(self.test_x),
+            test_y=move(self.test_y),
+            train_task_idx=tuple(map(move, self.train_task_idx)),
+            test_task_idx=tuple(map(move, self.test_task_idx)),
+            class_task=move(self.class_task),
         )
 
 
-def prepare_inputs(x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: torch.Tensor | None = None) -> torch.Tensor:
+def prepare_inputs(
+    x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: torch.Tensor | None = None
+) -> torch.Tensor:
     """uint8 images (..., C, H, W) -> float32 network inputs: scale to [0, 1], optionally crop
     and flip (``augment_params`` from ``augment.draw_crop_flip``), then standardise per channel."""
     x = x_raw / 255.0  # uint8 -> float32 in one pass, into a new tensor (the later steps work in place)
@@ -67,7 +74,9 @@ def prepare_inputs(x_raw: torch.Tensor, spec: BenchmarkSpec, augment_params: tor
         x = crop_flip(x, augment_params)
     if spec.mean is not None:
         shape = (-1, 1, 1)
-        x = x.sub_(torch.tensor(spec.mean, device=x.device).view(shape)).div_(torch.tensor(spec.std, device=x.device).view(shape))
+        x = x.sub_(torch.tensor(spec.mean, device=x.device).view(shape)).div_(
+            torch.tensor(spec.std, device=x.device).view(shape)
+        )
     return x
 
 

@@ -125,8 +125,7 @@ class RawSplits:
                 raise ValueError(f"{split}: labels outside [0, {len(self.class_names)})")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise ValueError(
-                f"train images {self.train_x.shape[1:]} and test images "
-                f"{self.test_x.shape[1:]} differ in shape"
+                f"train images {self.train_x.shape[1:]} and test images {self.test_x.shape[1:]} differ in shape"
             )
 
     @property
@@ -142,10 +141,7 @@ def _check_labels(labels: np.ndarray, num_classes: int, n_images: int, path: Pat
     if len(labels) != n_images:
         raise ValueError(f"{path}: {len(labels)} labels for {n_images} images")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"{path}: labels range over [{labels.min()}, {labels.max()}], "
-            f"expected [0, {num_classes})"
-        )
+        raise ValueError(f"{path}: labels range over [{labels.min()}, {labels.max()}], expected [0, {num_classes})")
     return labels
 
 
@@ -196,9 +192,7 @@ def read_idx(path: Path | str) -> np.ndarray:
         raise ValueError(f"{path}: IDX header declares zero dimensions")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
-        raise ValueError(
-            f"{path}: truncated IDX header (needs {header_len} bytes, has {len(data)})"
-        )
+        raise ValueError(f"{path}: truncated IDX header (needs {header_len} bytes, has {len(data)})")
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -254,9 +248,7 @@ def load_mnist_like(root: Path | str, class_names: Sequence[str] | None = None) 
         xp, yp = paths[f"{split}_x"], paths[f"{split}_y"]
         images = read_idx(xp)
         if images.dtype != np.uint8 or images.ndim != 3:
-            raise ValueError(
-                f"{xp}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
-            )
+            raise ValueError(f"{xp}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
         labels = read_idx(yp)
         if labels.ndim != 1:
             raise ValueError(f"{yp}: expected a 1-D label file, got shape {labels.shape}")

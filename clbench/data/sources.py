@@ -113,8 +113,7 @@ _SPECS: dict[str, _Spec] = {
         subdirs=("cifar-100-python", ""),
         present=has_cifar100,
         expected=(
-            "the folder cifar-100-python/ (train, test, meta) extracted from the official "
-            "cifar-100-python.tar.gz"
+            "the folder cifar-100-python/ (train, test, meta) extracted from the official cifar-100-python.tar.gz"
         ),
         torchvision_class="CIFAR100",
     ),
@@ -298,9 +297,7 @@ def load_raw(
 
     Tiny ImageNet's decoded-array cache goes to ``<cache dir>/decoded``.
     """
-    root = locate(
-        dataset, data_dir, download=download, cache_dir=cache_dir, env=env, system_dirs=system_dirs
-    )
+    root = locate(dataset, data_dir, download=download, cache_dir=cache_dir, env=env, system_dirs=system_dirs)
     if dataset == "fmnist":
         return load_fashion_mnist(root)
     if dataset == "mnist":

@@ -32,33 +32,101 @@ class BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
-        BenchmarkSpec(name="seq-fmnist", dataset="fmnist", n_tasks=5, classes_per_task=2, input_shape=(1, 28, 28),
-                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
-        BenchmarkSpec(name="seq-mnist", dataset="mnist", n_tasks=5, classes_per_task=2, input_shape=(1, 28, 28),
-                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
-        BenchmarkSpec(name="seq-cifar10", dataset="cifar10", n_tasks=5, classes_per_task=2, input_shape=(3, 32, 32),
-                      backbone="resnet18", epochs=50, batch_size=32, minibatch_size=32, augment=True,
-                      mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2615)),
-        BenchmarkSpec(name="seq-cifar100", dataset="cifar100", n_tasks=10, classes_per_task=10,
-                      input_shape=(3, 32, 32), backbone="resnet18", epochs=50, batch_size=32, minibatch_size=32,
-                      augment=True, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-                      lr_milestones=(35, 45)),
-        BenchmarkSpec(name="seq-tinyimg", dataset="tinyimg", n_tasks=10, classes_per_task=20, input_shape=(3, 64, 64),
-                      backbone="resnet18", epochs=100, batch_size=32, minibatch_size=32, augment=True,
-                      mean=(0.4802, 0.4480, 0.3975), std=(0.2770, 0.2691, 0.2821)),
+        BenchmarkSpec(
+            name="seq-fmnist",
+            dataset="fmnist",
+            n_tasks=5,
+            classes_per_task=2,
+            input_shape=(1, 28, 28),
+            backbone="mlp",
+            epochs=1,
+            batch_size=10,
+            minibatch_size=10,
+            augment=False,
+        ),
+        BenchmarkSpec(
+            name="seq-mnist",
+            dataset="mnist",
+            n_tasks=5,
+            classes_per_task=2,
+            input_shape=(1, 28, 28),
+            backbone="mlp",
+            epochs=1,
+            batch_size=10,
+            minibatch_size=10,
+            augment=False,
+        ),
+        BenchmarkSpec(
+            name="seq-cifar10",
+            dataset="cifar10",
+            n_tasks=5,
+            classes_per_task=2,
+            input_shape=(3, 32, 32),
+            backbone="resnet18",
+            epochs=50,
+            batch_size=32,
+            minibatch_size=32,
+            augment=True,
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2470, 0.2435, 0.2615),
+        ),
+        BenchmarkSpec(
+            name="seq-cifar100",
+            dataset="cifar100",
+            n_tasks=10,
+            classes_per_task=10,
+            input_shape=(3, 32, 32),
+            backbone="resnet18",
+            epochs=50,
+            batch_size=32,
+            minibatch_size=32,
+            augment=True,
+            mean=(0.5071, 0.4865, 0.4409),
+            std=(0.2673, 0.2564, 0.2762),
+            lr_milestones=(35, 45),
+        ),
+        BenchmarkSpec(
+            name="seq-tinyimg",
+            dataset="tinyimg",
+            n_tasks=10,
+            classes_per_task=20,
+            input_shape=(3, 64, 64),
+            backbone="resnet18",
+            epochs=100,
+            batch_size=32,
+            minibatch_size=32,
+            augment=True,
+            mean=(0.4802, 0.4480, 0.3975),
+            std=(0.2770, 0.2691, 0.2821),
+        ),
         # Generated data for tests and smoke runs; sizes come from SyntheticOptions.
-        BenchmarkSpec(name="synthetic", dataset="synthetic", n_tasks=5, classes_per_task=2, input_shape=(1, 8, 8),
-                      backbone="mlp", epochs=1, batch_size=10, minibatch_size=10, augment=False),
+        BenchmarkSpec(
+            name="synthetic",
+            dataset="synthetic",
+            n_tasks=5,
+            classes_per_task=2,
+            input_shape=(1, 8, 8),
+            backbone="mlp",
+            epochs=1,
+            batch_size=10,
+            minibatch_size=10,
+            augment=False,
+        ),
     )
 }
 
 
 # Training and test set sizes of each dataset (the whole dataset; the tasks split it).
-DATASET_SIZES = {"fmnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000),
-                 "cifar100": (50000, 10000), "tinyimg": (100000, 10000)}
+DATASET_SIZES = {
+    "fmnist": (60000, 10000),
+    "mnist": (60000, 10000),
+    "cifar10": (50000, 10000),
+    "cifar100": (50000, 10000),
+    "tinyimg": (100000, 10000),
+}
 
 
-def dataset_sizes(benchmark: str, synthetic: "SyntheticOptions | None" = None) -> tuple[int, int]:
+def dataset_sizes(benchmark: str, synthetic: SyntheticOptions | None = None) -> tuple[int, int]:
     """(training samples, test samples) of a benchmark: its whole stream and its test sets, known
     without loading the data."""
     if benchmark == "synthetic":
@@ -92,9 +160,16 @@ class SyntheticOptions:
     def spec(self) -> BenchmarkSpec:
         base = BENCHMARKS["synthetic"]
         return BenchmarkSpec(
-            name=base.name, dataset=base.dataset, n_tasks=self.n_tasks, classes_per_task=self.classes_per_task,
-            input_shape=tuple(self.input_shape), backbone=self.backbone, epochs=base.epochs,
-            batch_size=base.batch_size, minibatch_size=base.minibatch_size, augment=self.augment,
+            name=base.name,
+            dataset=base.dataset,
+            n_tasks=self.n_tasks,
+            classes_per_task=self.classes_per_task,
+            input_shape=tuple(self.input_shape),
+            backbone=self.backbone,
+            epochs=base.epochs,
+            batch_size=base.batch_size,
+            minibatch_size=base.minibatch_size,
+            augment=self.augment,
         )
 
     def to_dict(self) -> dict:

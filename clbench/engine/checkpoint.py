@@ -63,8 +63,10 @@ class CheckpointSummary:
     def describe(self) -> str:
         if self.task >= self.n_tasks:
             return f"all {self.n_tasks} tasks trained"
-        return (f"task {self.task + 1}/{self.n_tasks}, epoch {self.epoch + 1}/{self.n_epochs}, "
-                f"step {self.step}/{self.n_steps}")
+        return (
+            f"task {self.task + 1}/{self.n_tasks}, epoch {self.epoch + 1}/{self.n_epochs}, "
+            f"step {self.step}/{self.n_steps}"
+        )
 
 
 def parse_duration(text: str) -> float:
@@ -124,10 +126,19 @@ def list_checkpoints(directory: Path | str) -> list[CheckpointSummary]:
     for js in sorted(d.glob("*.json")):
         try:
             s = json.loads(js.read_text())
-            out.append(CheckpointSummary(
-                key=s["key"], run_ids=tuple(s["run_ids"]), task=int(s["task"]), n_tasks=int(s["n_tasks"]),
-                epoch=int(s["epoch"]), n_epochs=int(s["n_epochs"]), step=int(s["step"]), n_steps=int(s["n_steps"]),
-                saved_at=str(s["saved_at"])))
+            out.append(
+                CheckpointSummary(
+                    key=s["key"],
+                    run_ids=tuple(s["run_ids"]),
+                    task=int(s["task"]),
+                    n_tasks=int(s["n_tasks"]),
+                    epoch=int(s["epoch"]),
+                    n_epochs=int(s["n_epochs"]),
+                    step=int(s["step"]),
+                    n_steps=int(s["n_steps"]),
+                    saved_at=str(s["saved_at"]),
+                )
+            )
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return out
@@ -144,8 +155,9 @@ def checkpoints_by_run(directory: Path | str) -> dict[str, CheckpointSummary]:
     return out
 
 
-def checkpoint_directory(registry_file: Path | None, checkpoint_dir: str | os.PathLike | None = None,
-                         env: Mapping[str, str] | None = None) -> Path:
+def checkpoint_directory(
+    registry_file: Path | None, checkpoint_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None
+) -> Path:
     """Where a sweep keeps its groups' checkpoints: ``checkpoint_dir`` if given, else
     ``$CLBENCH_CHECKPOINTS``, else beside the SQLite file ``registry_file`` of its registry
     (``results.db`` -> ``results.checkpoints/``), else (``None``: a database server)

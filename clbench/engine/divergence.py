@@ -69,7 +69,8 @@ class DivergenceWatch:
     def load(self, state: dict[str, torch.Tensor]) -> None:
         device = self.diverged.device
         self.diverged, self.task, self.step, self.last_finite = (
-            state[k].to(device) for k in ("diverged", "task", "step", "last_finite"))
+            state[k].to(device) for k in ("diverged", "task", "step", "last_finite")
+        )
         self.latest = self.last_finite
         self.any_diverged = bool(self.diverged.any())
 

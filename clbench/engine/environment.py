@@ -55,8 +55,12 @@ def numeric_environment(device: str | torch.device = "cpu") -> dict[str, str]:
     ``versions`` record): torch build and kernels, threads, the device itself and, on a GPU, its
     libraries and whether TF32 may replace float32 products."""
     dev = torch.device(device)
-    out = {**_build(), "threads": str(torch.get_num_threads()), "interop_threads": str(torch.get_num_interop_threads()),
-           "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()).lower()}
+    out = {
+        **_build(),
+        "threads": str(torch.get_num_threads()),
+        "interop_threads": str(torch.get_num_interop_threads()),
+        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()).lower(),
+    }
     if dev.type == "cuda":
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         out["device_name"] = torch.cuda.get_device_name(index)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 
-from clbench.lockstep.backbones import BatchedBackbone, Params
 from clbench.data.loading import ContinualData, prepare_inputs
+from clbench.lockstep.backbones import BatchedBackbone, Params
 from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_KINDS
-
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,26 @@ class Evaluation:
 
 
 @torch.no_grad()
+def _count_histograms(hists: dict[str, torch.Tensor], t: int, probs: torch.Tensor, y: torch.Tensor) -> None:
+    """Add one chunk's softmax probabilities ``(R, B, K)`` of task ``t`` to the histograms, in place."""
+    per_kind = {
+        "true_class": probs.gather(-1, y.view(1, -1, 1).expand(probs.shape[0], -1, 1)).squeeze(-1),
+        "max": probs.amax(-1),
+    }
+    for kind, p in per_kind.items():  # (R, B) -> bin index, then counts per run
+        bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
+        hists[kind][:, t].scatter_add_(1, bins, p.isfinite().long())  # a diverged run's NaNs: not counted
+
+
 def evaluate(
-    net: BatchedBackbone, params: Params, buffers: Params, data: ContinualData, n_runs: int, after_task: int,
-    chunk_size: int = 2048, classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    net: BatchedBackbone,
+    params: Params,
+    buffers: Params,
+    data: ContinualData,
+    n_runs: int,
+    after_task: int,
+    chunk_size: int = 2048,
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Evaluation:
     """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
     inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
@@ -63,8 +79,10 @@ def evaluate(
     unseen = data.class_task > after_task
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
-    hists = {kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
-             for kind in HISTOGRAM_KINDS}
+    hists = {
+        kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
+        for kind in HISTOGRAM_KINDS
+    }
     for t, idx in enumerate(data.test_task_idx):
         outside_task = data.class_task != t
         for start in range(0, len(idx), chunk_size):
@@ -83,11 +101,7 @@ def evaluate(
             class_correct.index_add_(1, y, hit.to(torch.int64))
             probs = logits.softmax(-1)  # (R, B, K)
             prob_sums.index_add_(1, y, probs.to(torch.float64))
-            per_kind = {"true_class": probs.gather(-1, y.view(1, -1, 1).expand(n_runs, -1, 1)).squeeze(-1),
-                        "max": probs.amax(-1)}
-            for kind, p in per_kind.items():  # (R, B) -> bin index, then counts per run
-                bins = (p * HISTOGRAM_BINS).long().clamp_(0, HISTOGRAM_BINS - 1)
-                hists[kind][:, t].scatter_add_(1, bins, p.isfinite().long())  # a diverged run's NaNs: not counted
+            _count_histograms(hists, t, probs, y)
     counts = np.array([len(i) for i in data.test_task_idx], dtype=np.int64)
     class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
     return Evaluation(

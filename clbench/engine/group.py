@@ -64,10 +64,16 @@ class Group:
             return torch.tensor(values, dtype=torch.float32, device=device)
 
         return cls(
-            configs=cfgs, data=data, method=method, net=net,
-            base_lr=as_tensor([c.lr for c in cfgs]), alpha=as_tensor([c.alpha for c in cfgs]),
-            beta=as_tensor([c.beta for c in cfgs]), loss_layer=LossLayer([c.mask for c in cfgs], data.class_task),
-            buffer_sizes=np.array([c.buffer_size for c in cfgs], dtype=np.int64), options=c0.option_values,
+            configs=cfgs,
+            data=data,
+            method=method,
+            net=net,
+            base_lr=as_tensor([c.lr for c in cfgs]),
+            alpha=as_tensor([c.alpha for c in cfgs]),
+            beta=as_tensor([c.beta for c in cfgs]),
+            loss_layer=LossLayer([c.mask for c in cfgs], data.class_task),
+            buffer_sizes=np.array([c.buffer_size for c in cfgs], dtype=np.int64),
+            options=c0.option_values,
             run_ids=tuple(c.identity() for c in cfgs),
         )
 

@@ -60,8 +60,10 @@ def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 def _optional(codec: Codec) -> Codec:
     """``codec`` for a field that may be ``None`` (saved as ``None``)."""
-    return Codec(lambda v: None if v is None else codec.save(v),
-                 lambda s, fresh, device: None if s is None else codec.load(s, fresh, device))
+    return Codec(
+        lambda v: None if v is None else codec.save(v),
+        lambda s, fresh, device: None if s is None else codec.load(s, fresh, device),
+    )
 
 
 def _to_tensors(d: dict) -> dict:
@@ -74,8 +76,14 @@ def _to_arrays(d: dict) -> dict:
 
 
 def _save_buffer(b: ReservoirBuffer) -> dict:
-    return {"x": _cpu(b.x), "y": _cpu(b.y), "task": _cpu(b.task), "logits": _cpu(b.logits), "n_seen": b.n_seen,
-            "held": None if b.held is None else torch.from_numpy(b.held.copy())}
+    return {
+        "x": _cpu(b.x),
+        "y": _cpu(b.y),
+        "task": _cpu(b.task),
+        "logits": _cpu(b.logits),
+        "n_seen": b.n_seen,
+        "held": None if b.held is None else torch.from_numpy(b.held.copy()),
+    }
 
 
 def _load_buffer(s: dict, buffer: ReservoirBuffer, device: torch.device) -> ReservoirBuffer:
@@ -101,27 +109,43 @@ PLAIN_INT = Codec(int, lambda s, fresh, device: int(s))
 PLAIN_BOOL = Codec(bool, lambda s, fresh, device: bool(s))
 NAMES = Codec(list, lambda s, fresh, device: tuple(s))
 TENSOR = Codec(_cpu, lambda s, fresh, device: _dev(s, device))
-TENSORS = Codec(lambda d: {k: _cpu(v) for k, v in d.items()},
-                lambda s, fresh, device: {k: v.to(device) for k, v in s.items()})
+TENSORS = Codec(
+    lambda d: {k: _cpu(v) for k, v in d.items()}, lambda s, fresh, device: {k: v.to(device) for k, v in s.items()}
+)
 ARRAY = Codec(torch.from_numpy, lambda s, fresh, device: s.numpy().copy())
 NETWORK = Codec(
     lambda n: {"params": TENSORS.save(n.params), "bn": TENSORS.save(n.buffers)},
-    lambda s, fresh, device: NetState(fresh.net, {k: v.to(device).requires_grad_(True) for k, v in s["params"].items()},
-                                      TENSORS.load(s["bn"], None, device)))
+    lambda s, fresh, device: NetState(
+        fresh.net,
+        {k: v.to(device).requires_grad_(True) for k, v in s["params"].items()},
+        TENSORS.load(s["bn"], None, device),
+    ),
+)
 RANDOM_STREAMS = Codec(
     lambda rand: [{name: getattr(r, name).bit_generator.state for name in RunRandomness.NUMPY_STREAMS} for r in rand],
-    _load_streams)
+    _load_streams,
+)
 BUFFER = _optional(Codec(_save_buffer, _load_buffer))
 DIVERGENCE = Codec(lambda watch: TENSORS.save(watch.state()), _load_divergence)
-EVALUATIONS = Codec(lambda evals: [_to_tensors(asdict(e)) for e in evals],
-                    lambda s, fresh, device: [Evaluation(**_to_arrays(e)) for e in s])
+EVALUATIONS = Codec(
+    lambda evals: [_to_tensors(asdict(e)) for e in evals],
+    lambda s, fresh, device: [Evaluation(**_to_arrays(e)) for e in s],
+)
 LOSS_MEANS = Codec(lambda means: [_to_tensors(m) for m in means], lambda s, fresh, device: [_to_arrays(m) for m in s])
-EPOCH_DRAWS = _optional(Codec(
-    lambda d: {"samples": _cpu(d.samples), "aug": _cpu(d.aug), "slots": _cpu(d.slots)},
-    lambda s, fresh, device: EpochDraws(_dev(s["samples"], device), _dev(s["aug"], device), _dev(s["slots"], device))))
-REPLAY_PLAN = _optional(Codec(
-    lambda p: {"idx": _cpu(p.idx), "padded": torch.from_numpy(p.padded), "aug": _cpu(p.aug)},
-    lambda s, fresh, device: ReplayPlan(_dev(s["idx"], device), s["padded"].numpy(), _dev(s["aug"], device))))
+EPOCH_DRAWS = _optional(
+    Codec(
+        lambda d: {"samples": _cpu(d.samples), "aug": _cpu(d.aug), "slots": _cpu(d.slots)},
+        lambda s, fresh, device: EpochDraws(
+            _dev(s["samples"], device), _dev(s["aug"], device), _dev(s["slots"], device)
+        ),
+    )
+)
+REPLAY_PLAN = _optional(
+    Codec(
+        lambda p: {"idx": _cpu(p.idx), "padded": torch.from_numpy(p.padded), "aug": _cpu(p.aug)},
+        lambda s, fresh, device: ReplayPlan(_dev(s["idx"], device), s["padded"].numpy(), _dev(s["aug"], device)),
+    )
+)
 
 
 def saved(codec: Codec) -> dict[str, Any]:
@@ -180,16 +204,37 @@ class GroupState:
         net = NetState(group.net, fresh(init_params, True), dict(init_bn))
         buffer = None
         if method.uses_buffer:
-            buffer = ReservoirBuffer(group.buffer_sizes, data.spec.input_shape, data.n_classes,
-                                     store_logits=method.stores_logits, device=device)
+            buffer = ReservoirBuffer(
+                group.buffer_sizes,
+                data.spec.input_shape,
+                data.n_classes,
+                store_logits=method.stores_logits,
+                device=device,
+            )
         n_runs, n_tasks = group.n_runs, data.n_tasks
         state = cls(
-            rand=rand, init_params=init_params, init_bn=init_bn,
-            net=net, buffer=buffer,
+            rand=rand,
+            init_params=init_params,
+            init_bn=init_bn,
+            net=net,
+            buffer=buffer,
             seen_classes=torch.zeros((n_runs, data.n_classes), dtype=torch.bool, device=device),
-            divergence=DivergenceWatch(n_runs, device), task=0, epoch=0, step=0, task_begun=False, names=(),
-            sums=None, evaluations=[], loss_means=[], train_s=np.zeros(n_tasks), eval_s=np.zeros(n_tasks),
-            draws=None, seen_at_epoch_start=0, plan=None, step_draws=None, method_state={},
+            divergence=DivergenceWatch(n_runs, device),
+            task=0,
+            epoch=0,
+            step=0,
+            task_begun=False,
+            names=(),
+            sums=None,
+            evaluations=[],
+            loss_means=[],
+            train_s=np.zeros(n_tasks),
+            eval_s=np.zeros(n_tasks),
+            draws=None,
+            seen_at_epoch_start=0,
+            plan=None,
+            step_draws=None,
+            method_state={},
         )
         state.method_state = method.init_state(state.context(group, 0))
         return state
@@ -208,18 +253,31 @@ class GroupState:
 
     def summary(self, group: Group, n_steps: int) -> CheckpointSummary:
         """What a checkpoint taken now says about itself."""
-        return CheckpointSummary.now(key=group.checkpoint_key, run_ids=group.run_ids, task=self.task,
-                                     n_tasks=group.n_tasks, epoch=self.epoch, n_epochs=group.epochs, step=self.step,
-                                     n_steps=n_steps)
+        return CheckpointSummary.now(
+            key=group.checkpoint_key,
+            run_ids=group.run_ids,
+            task=self.task,
+            n_tasks=group.n_tasks,
+            epoch=self.epoch,
+            n_epochs=group.epochs,
+            step=self.step,
+            n_steps=n_steps,
+        )
 
     def context(self, group: Group, task: int) -> MethodContext:
         """What the method's task-level hooks see now."""
         return MethodContext(
-            task=task, data=group.data, net=self.net.net, params={k: v.detach() for k, v in self.net.params.items()},
-            bn=self.net.buffers, state=self.method_state,
+            task=task,
+            data=group.data,
+            net=self.net.net,
+            params={k: v.detach() for k, v in self.net.params.items()},
+            bn=self.net.buffers,
+            state=self.method_state,
             memory=self.buffer.contents() if self.buffer is not None else None,
-            rngs=tuple(r.method for r in self.rand), buffer_sizes=tuple(c.buffer_size for c in group.configs),
-            batch_size=group.batch_size, options=group.first.option_values,
+            rngs=tuple(r.method for r in self.rand),
+            buffer_sizes=tuple(c.buffer_size for c in group.configs),
+            batch_size=group.batch_size,
+            options=group.first.option_values,
         )
 
 
@@ -233,8 +291,12 @@ def saved_fields() -> tuple:
 
 def engine_stamp() -> dict[str, Any]:
     """What must match for a checkpoint to resume bit for bit: format, engine and torch build."""
-    return {"format": CHECKPOINT_FORMAT, "results_version": RESULTS_VERSION, "clbench": __version__,
-            "torch": str(torch.__version__)}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "results_version": RESULTS_VERSION,
+        "clbench": __version__,
+        "torch": str(torch.__version__),
+    }
 
 
 def save_snapshot(policy: CheckpointPolicy, summary: CheckpointSummary, snapshot: dict[str, Any]) -> None:
@@ -256,12 +318,16 @@ def load_snapshot(policy: CheckpointPolicy, key: str) -> dict[str, Any] | None:
         blob = torch.load(pt, map_location="cpu", weights_only=True)
         stamp, saved_key, state = blob["engine"], blob["key"], blob["state"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same case
-        log.warning("ignoring the unreadable checkpoint %s (%s); the group starts over", pt,
-                    first_line(exc, with_type=True, limit=120))
+        log.warning(
+            "ignoring the unreadable checkpoint %s (%s); the group starts over",
+            pt,
+            first_line(exc, with_type=True, limit=120),
+        )
         return None
     if stamp != engine_stamp() or saved_key != key:
         differs = ", ".join(f"{k} {stamp.get(k)} (here {v})" for k, v in engine_stamp().items() if stamp.get(k) != v)
-        log.warning("ignoring the checkpoint %s from another engine (%s); the group starts over", pt,
-                    differs or "another group")
+        log.warning(
+            "ignoring the checkpoint %s from another engine (%s); the group starts over", pt, differs or "another group"
+        )
         return None
     return state

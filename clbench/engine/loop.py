@@ -87,8 +87,14 @@ class _Task:
 class _Training:
     """One group's training in progress: its setup, its state ``st``, and its reports and saves."""
 
-    def __init__(self, group: Group, st: GroupState, progress: ProgressCallback | None, phase: PhaseTimer,
-                 checkpoint: CheckpointPolicy | None):
+    def __init__(
+        self,
+        group: Group,
+        st: GroupState,
+        progress: ProgressCallback | None,
+        phase: PhaseTimer,
+        checkpoint: CheckpointPolicy | None,
+    ):
         self.group, self.st, self.progress, self.phase, self.checkpoint = group, st, progress, phase, checkpoint
         self.started = time.perf_counter()
         self.last_saved = time.monotonic()
@@ -96,9 +102,19 @@ class _Training:
 
     def report(self, phase: str, task: int, epoch: int, step: int, n_steps: int) -> None:
         if self.progress is not None:
-            self.progress(Progress(phase=phase, group_size=self.group.n_runs, task=task, n_tasks=self.group.n_tasks,
-                                   epoch=epoch, n_epochs=self.group.epochs, step=step, n_steps=n_steps,
-                                   elapsed_s=time.perf_counter() - self.started))
+            self.progress(
+                Progress(
+                    phase=phase,
+                    group_size=self.group.n_runs,
+                    task=task,
+                    n_tasks=self.group.n_tasks,
+                    epoch=epoch,
+                    n_epochs=self.group.epochs,
+                    step=step,
+                    n_steps=n_steps,
+                    elapsed_s=time.perf_counter() - self.started,
+                )
+            )
 
     def save(self, n_steps: int) -> None:
         save_snapshot(self.checkpoint, self.st.summary(self.group, n_steps), self.st.snapshot())
@@ -146,9 +162,17 @@ class _Training:
         if st.draws is None:
             with self.phase("random plans (order, augmentation, buffer)"):
                 st.seen_at_epoch_start = st.buffer.n_seen if st.buffer is not None else 0
-                st.draws = draw_epoch(st.rand, task.pool, augment=g.data.spec.augment, buffer=st.buffer,
-                                      sizes=g.buffer_sizes, batch_size=g.batch_size, method=g.method,
-                                      train_y=g.data.train_y, device=g.device)
+                st.draws = draw_epoch(
+                    st.rand,
+                    task.pool,
+                    augment=g.data.spec.augment,
+                    buffer=st.buffer,
+                    sizes=g.buffer_sizes,
+                    batch_size=g.batch_size,
+                    method=g.method,
+                    train_y=g.data.train_y,
+                    device=g.device,
+                )
         report_every = max(1, task.n_steps // 50)
         for s in range(st.step, task.n_steps):
             if s % PLAN_CHUNK_STEPS == 0:
@@ -157,8 +181,11 @@ class _Training:
             st.step = s + 1
             if (s + 1) % report_every == 0 or s + 1 == task.n_steps:
                 self.report("train", task.index, st.epoch, s + 1, task.n_steps)
-            if (self.checkpoint is not None and s + 1 < task.n_steps
-                    and time.monotonic() - self.last_saved >= self.checkpoint.every_s):
+            if (
+                self.checkpoint is not None
+                and s + 1 < task.n_steps
+                and time.monotonic() - self.last_saved >= self.checkpoint.every_s
+            ):
                 st.train_s[task.index] += time.perf_counter() - self.task_clock
                 self.task_clock = time.perf_counter()
                 self.save(task.n_steps)
@@ -170,11 +197,14 @@ class _Training:
         with self.phase("random plans (order, augmentation, buffer)"):
             chunk = min(PLAN_CHUNK_STEPS, task.n_steps - s)
             if task.n_draws:
-                avail = replay_avail(st.buffer, g.buffer_sizes, st.seen_at_epoch_start, s, chunk, g.batch_size, task.n,
-                                     g.method)
+                avail = replay_avail(
+                    st.buffer, g.buffer_sizes, st.seen_at_epoch_start, s, chunk, g.batch_size, task.n, g.method
+                )
                 st.plan = replay_plan(st.rand, avail, g.minibatch_size, task.n_draws, g.data.spec.augment, g.device)
-            st.step_draws = stacked_draws([g.method.train_draws(r.method, chunk, task.n_draws * g.minibatch_size,
-                                                                g.options) for r in st.rand], g.device)
+            st.step_draws = stacked_draws(
+                [g.method.train_draws(r.method, chunk, task.n_draws * g.minibatch_size, g.options) for r in st.rand],
+                g.device,
+            )
 
     def take_step(self, task: _Task, s: int, lr: dict[str, torch.Tensor]) -> None:
         """Step ``s`` of the epoch: its batches (stream rows, then the planned replay rows), then the update."""
@@ -189,14 +219,35 @@ class _Training:
             x, stream, replay = step_batches(data, x_raw, y, aug, planned, task.n_draws)
             if g.method.tracks_seen_classes:
                 st.seen_classes = st.seen_classes | F.one_hot(y, data.n_classes).amax(dim=1).bool()
-        step = Step(task=task.index, stream=stream, replay=replay, alpha=g.alpha, beta=g.beta,
-                    seen_classes=st.seen_classes, forward=StepForward(st.net, x, (stream, *replay)), loss=g.loss_layer,
-                    state=st.method_state, replay_slots=planned.slots(task.n_draws) if planned is not None else (),
-                    draws=step_slice(st.step_draws, in_chunk), options=g.options, net=g.net, params=st.net.params)
+        step = Step(
+            task=task.index,
+            stream=stream,
+            replay=replay,
+            alpha=g.alpha,
+            beta=g.beta,
+            seen_classes=st.seen_classes,
+            forward=StepForward(st.net, x, (stream, *replay)),
+            loss=g.loss_layer,
+            state=st.method_state,
+            replay_slots=planned.slots(task.n_draws) if planned is not None else (),
+            draws=step_slice(st.step_draws, in_chunk),
+            options=g.options,
+            net=g.net,
+            params=st.net.params,
+        )
         names, terms, new_state = train_step(
-            g.method, st.net, step, lr=lr, divergence=st.divergence, step_in_task=st.epoch * task.n_steps + s,
-            phase=self.phase, buffer=st.buffer, slots=st.draws.slots[:, cols] if st.draws.slots is not None else None,
-            x_raw=x_raw, post_step_logits=g.first.der_logits == "post")
+            g.method,
+            st.net,
+            step,
+            lr=lr,
+            divergence=st.divergence,
+            step_in_task=st.epoch * task.n_steps + s,
+            phase=self.phase,
+            buffer=st.buffer,
+            slots=st.draws.slots[:, cols] if st.draws.slots is not None else None,
+            x_raw=x_raw,
+            post_step_logits=g.first.der_logits == "post",
+        )
         if new_state:
             st.method_state = {**st.method_state, **new_state}
         st.names, st.sums = names, terms if st.sums is None else st.sums + terms
@@ -221,8 +272,11 @@ class _Training:
         t1 = time.perf_counter()
         with self.phase("evaluation"):
             classifier = g.method.classifier(st.context(g, task.index))
-            st.evaluations.append(evaluate(g.net, st.net.params, st.net.buffers, g.data, g.n_runs,
-                                           after_task=task.index, classifier=classifier))
+            st.evaluations.append(
+                evaluate(
+                    g.net, st.net.params, st.net.buffers, g.data, g.n_runs, after_task=task.index, classifier=classifier
+                )
+            )
         st.eval_s[task.index] = time.perf_counter() - t1
         st.task, st.epoch, st.step, st.task_begun = task.index + 1, 0, 0, False
         if self.checkpoint is not None:

@@ -48,9 +48,18 @@ class EpochDraws:
     slots: torch.Tensor | None  # (R, n), -1 = not stored
 
 
-def draw_epoch(rand: list[RunRandomness], pool: torch.Tensor, *, augment: bool, buffer: ReservoirBuffer | None,
-               sizes: np.ndarray, batch_size: int, method: Method, train_y: torch.Tensor,
-               device: torch.device) -> EpochDraws:
+def draw_epoch(
+    rand: list[RunRandomness],
+    pool: torch.Tensor,
+    *,
+    augment: bool,
+    buffer: ReservoirBuffer | None,
+    sizes: np.ndarray,
+    batch_size: int,
+    method: Method,
+    train_y: torch.Tensor,
+    device: torch.device,
+) -> EpochDraws:
     """Each run's order of the samples of ``pool`` ((n,), or (R, n) per run), their augmentation
     and buffer slots (``method.plan_insertions``), for one epoch, from that run's own generators."""
     n = pool.shape[-1]
@@ -62,10 +71,14 @@ def draw_epoch(rand: list[RunRandomness], pool: torch.Tensor, *, augment: bool, 
     slots = None
     if buffer is not None and method.inserts_stream:
         labels, memory = train_y[samples].cpu().numpy(), buffer.y.cpu().numpy()
-        slots = torch.from_numpy(np.stack([
-            method.plan_insertions(r.reservoir, labels[i], memory[i, :s], buffer.n_seen, int(s), batch_size)
-            for i, (r, s) in enumerate(zip(rand, sizes))
-        ])).to(device)
+        slots = torch.from_numpy(
+            np.stack(
+                [
+                    method.plan_insertions(r.reservoir, labels[i], memory[i, :s], buffer.n_seen, int(s), batch_size)
+                    for i, (r, s) in enumerate(zip(rand, sizes))
+                ]
+            )
+        ).to(device)
     return EpochDraws(samples, aug, slots)
 
 
@@ -97,8 +110,16 @@ class ReplayPlan:
         return PlannedDraw(buffer.draw(self.idx[step]), aug, bool(self.padded[step]), self.idx[step])
 
 
-def replay_avail(buffer: ReservoirBuffer, sizes: np.ndarray, n_seen: int, first_step: int, n_plan_steps: int,
-                 batch_size: int, n: int, method: Method) -> np.ndarray:
+def replay_avail(
+    buffer: ReservoirBuffer,
+    sizes: np.ndarray,
+    n_seen: int,
+    first_step: int,
+    n_plan_steps: int,
+    batch_size: int,
+    n: int,
+    method: Method,
+) -> np.ndarray:
     """How many rows each run's buffer holds before each step of a chunk: (R, steps)."""
     if not method.inserts_stream:  # written by the method at task ends: constant during a task
         return np.repeat(buffer.available()[:, None], n_plan_steps, axis=1)
@@ -109,14 +130,18 @@ def replay_avail(buffer: ReservoirBuffer, sizes: np.ndarray, n_seen: int, first_
     return np.minimum(seen[None, :], sizes[:, None])
 
 
-def replay_plan(rand: list[RunRandomness], avail: np.ndarray, minibatch: int, n_draws: int, augment: bool,
-                device: torch.device) -> ReplayPlan:
+def replay_plan(
+    rand: list[RunRandomness], avail: np.ndarray, minibatch: int, n_draws: int, augment: bool, device: torch.device
+) -> ReplayPlan:
     """Each run's replay rows (``avail`` (R, steps): rows its buffer holds) and their augmentation."""
     n_plan_steps = avail.shape[1]
-    idx = np.stack([
-        np.stack([sample_without_replacement(r.replay, avail[i], minibatch) for _ in range(n_draws)])
-        for i, r in enumerate(rand)
-    ], axis=1)  # (draws, R, steps, M)
+    idx = np.stack(
+        [
+            np.stack([sample_without_replacement(r.replay, avail[i], minibatch) for _ in range(n_draws)])
+            for i, r in enumerate(rand)
+        ],
+        axis=1,
+    )  # (draws, R, steps, M)
     n_runs = len(rand)
     idx = idx.transpose(2, 1, 0, 3).reshape(n_plan_steps, n_runs, n_draws * minibatch)
     aug = None

@@ -18,8 +18,9 @@ from clbench.engine.update import NetState, train_step
 from clbench.lockstep.step import Batch, Step
 
 
-def refit(group: Group, st: GroupState, task: int, first_step: int,
-          phase: PhaseTimer) -> tuple[NetState, dict[str, np.ndarray]]:
+def refit(
+    group: Group, st: GroupState, task: int, first_step: int, phase: PhaseTimer
+) -> tuple[NetState, dict[str, np.ndarray]]:
     """Train a freshly initialised network on the buffer's rows; returns it and the mean of each
     loss term over the refit's steps (the task's ``train_loss``). Each epoch: every run's rows in a
     fresh order from its own generator, in batches of the batch size (a run holding fewer rows than
@@ -41,8 +42,16 @@ def refit(group: Group, st: GroupState, task: int, first_step: int,
         lr = {k: lr_runs.view(-1, *([1] * (p.dim() - 1))) for k, p in state.params.items()}
         for s in range(n_steps):
             step = _step(group, st, state, task, s, order, aug, draws)
-            names, terms, _ = train_step(method, state, step, lr=lr, divergence=st.divergence,
-                                         step_in_task=first_step + count, phase=phase, terms_of=method.refit_terms)
+            names, terms, _ = train_step(
+                method,
+                state,
+                step,
+                lr=lr,
+                divergence=st.divergence,
+                step_in_task=first_step + count,
+                phase=phase,
+                terms_of=method.refit_terms,
+            )
             sums = terms if sums is None else sums + terms
             count += 1
     if sums is None:
@@ -50,8 +59,9 @@ def refit(group: Group, st: GroupState, task: int, first_step: int,
     return state, dict(zip(names, (sums / count).cpu().numpy()))
 
 
-def _epoch_draws(group: Group, st: GroupState, held: np.ndarray, width: int,
-                 n_steps: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor] | None]:
+def _epoch_draws(
+    group: Group, st: GroupState, held: np.ndarray, width: int, n_steps: int
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor] | None]:
     """An epoch's order of each run's ``held`` rows ((R, width), -1 = padding), their augmentation
     and the method's draws, all from each run's method stream."""
     spec, device, batch_size = group.data.spec, group.device, group.batch_size
@@ -63,21 +73,48 @@ def _epoch_draws(group: Group, st: GroupState, held: np.ndarray, width: int,
     aug = None
     if spec.augment:
         aug = torch.from_numpy(np.stack([draw_crop_flip(r.method, (width,)) for r in st.rand])).to(device)
-    draws = stacked_draws([group.method.refit_draws(r.method, rows_per_step, spec.input_shape, group.options)
-                           for r in st.rand], device)
+    draws = stacked_draws(
+        [group.method.refit_draws(r.method, rows_per_step, spec.input_shape, group.options) for r in st.rand], device
+    )
     return order_t, aug, draws
 
 
-def _step(group: Group, st: GroupState, state: NetState, task: int, s: int, order: torch.Tensor,
-          aug: torch.Tensor | None, draws: dict[str, torch.Tensor] | None) -> Step:
+def _step(
+    group: Group,
+    st: GroupState,
+    state: NetState,
+    task: int,
+    s: int,
+    order: torch.Tensor,
+    aug: torch.Tensor | None,
+    draws: dict[str, torch.Tensor] | None,
+) -> Step:
     """The refit's step ``s`` of an epoch: the next batch of each run's ``order`` of buffer slots."""
     cols = slice(s * group.batch_size, (s + 1) * group.batch_size)
     idx = order[:, cols]  # (R, B), -1 = padding
     rows = st.buffer.draw(idx)
     x = prepare_inputs(rows.x, group.data.spec, aug[:, cols] if aug is not None else None)
     padded = bool((idx < 0).any())
-    batch = Batch(x, rows.y, rows.task, torch.ones(idx.shape[1], dtype=torch.bool, device=group.device),
-                  valid=rows.valid if padded else None)
-    return Step(task=task, stream=batch, replay=(), alpha=group.alpha, beta=group.beta, seen_classes=st.seen_classes,
-                forward=state.forward, loss=group.loss_layer, state=st.method_state, replay_slots=(),
-                draws=step_slice(draws, s), options=group.options, net=group.net, params=state.params)
+    batch = Batch(
+        x,
+        rows.y,
+        rows.task,
+        torch.ones(idx.shape[1], dtype=torch.bool, device=group.device),
+        valid=rows.valid if padded else None,
+    )
+    return Step(
+        task=task,
+        stream=batch,
+        replay=(),
+        alpha=group.alpha,
+        beta=group.beta,
+        seen_classes=st.seen_classes,
+        forward=state.forward,
+        loss=group.loss_layer,
+        state=st.method_state,
+        replay_slots=(),
+        draws=step_slice(draws, s),
+        options=group.options,
+        net=group.net,
+        params=state.params,
+    )

@@ -31,8 +31,9 @@ class NetState:
         logits, self.buffers = self.net.forward(self.params, self.buffers, batch.x, train=True, row_weight=batch.valid)
         return logits
 
-    def sgd(self, grads: Sequence[torch.Tensor], lr: dict[str, torch.Tensor], ok: torch.Tensor | None,
-            bn_before: Params) -> None:
+    def sgd(
+        self, grads: Sequence[torch.Tensor], lr: dict[str, torch.Tensor], ok: torch.Tensor | None, bn_before: Params
+    ) -> None:
         """Plain SGD in place, lr per run; runs not ``ok`` (diverged) keep their parameters and their
         BatchNorm statistics (``bn_before``: those before the step's forward)."""
         for (name, p), g in zip(self.params.items(), grads):
@@ -40,8 +41,9 @@ class NetState:
                 g = torch.where(ok.view(-1, *([1] * (g.dim() - 1))), g, 0.0)
             p.addcmul_(g, lr[name], value=-1.0)  # plain SGD, lr per run (broadcast view), in place
         if ok is not None and self.buffers:  # nor do its BatchNorm running statistics move
-            self.buffers = {k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k])
-                            for k, v in self.buffers.items()}
+            self.buffers = {
+                k: torch.where(ok.view(-1, *([1] * (v.dim() - 1))), v, bn_before[k]) for k, v in self.buffers.items()
+            }
 
 
 def fresh(params: Params, grad: bool) -> Params:
@@ -75,7 +77,11 @@ class StepForward:
 
 
 def step_batches(
-    data: ContinualData, x_raw: torch.Tensor, y: torch.Tensor, aug: torch.Tensor | None, planned: PlannedDraw | None,
+    data: ContinualData,
+    x_raw: torch.Tensor,
+    y: torch.Tensor,
+    aug: torch.Tensor | None,
+    planned: PlannedDraw | None,
     n_draws: int,
 ) -> tuple[torch.Tensor, Batch, tuple[Batch, ...]]:
     """A step's network inputs ``x`` (stream rows, then every replay draw's rows), prepared in one
@@ -104,9 +110,18 @@ def step_batches(
 
 
 def train_step(
-    method: Method, state: NetState, step: Step, *, lr: dict[str, torch.Tensor], divergence: DivergenceWatch,
-    step_in_task: int, phase: PhaseTimer, buffer: ReservoirBuffer | None = None, slots: torch.Tensor | None = None,
-    x_raw: torch.Tensor | None = None, post_step_logits: bool = False,
+    method: Method,
+    state: NetState,
+    step: Step,
+    *,
+    lr: dict[str, torch.Tensor],
+    divergence: DivergenceWatch,
+    step_in_task: int,
+    phase: PhaseTimer,
+    buffer: ReservoirBuffer | None = None,
+    slots: torch.Tensor | None = None,
+    x_raw: torch.Tensor | None = None,
+    post_step_logits: bool = False,
     terms_of: Callable[[Step], MethodOutput] | None = None,
 ) -> tuple[tuple[str, ...], torch.Tensor, dict[str, torch.Tensor] | None]:
     """One step for every run: loss terms -> one backward (a second one for the method's reference
@@ -137,14 +152,16 @@ def train_step(
             logits = out.stream_logits
             if post_step_logits and logits is not None:
                 with torch.no_grad():
-                    logits, _ = state.net.forward(state.params, state.buffers, step.stream.x, train=True,
-                                                  row_weight=step.stream.valid)
+                    logits, _ = state.net.forward(
+                        state.params, state.buffers, step.stream.x, train=True, row_weight=step.stream.valid
+                    )
             buffer.insert(slots, x_raw, step.stream.y, step.stream.task, logits)
     return (*out.terms, "total"), torch.cat([terms, total.unsqueeze(0)]).detach(), out.state
 
 
-def _gradients(method: Method, state: NetState, step: Step, total: torch.Tensor,
-               out: MethodOutput) -> Sequence[torch.Tensor]:
+def _gradients(
+    method: Method, state: NetState, step: Step, total: torch.Tensor, out: MethodOutput
+) -> Sequence[torch.Tensor]:
     """Each run's gradient of its loss, edited by the method where it has reference terms (A-GEM)."""
     # Summing the runs' losses gives each run's parameters exactly its own gradient.
     params = list(state.params.values())
@@ -153,4 +170,3 @@ def _gradients(method: Method, state: NetState, step: Step, total: torch.Tensor,
         reference = torch.autograd.grad(torch.stack(list(out.reference.values())).sum(), params)
         grads = method.edit_gradients(step, grads, reference)
     return grads
-

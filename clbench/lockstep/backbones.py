@@ -9,7 +9,8 @@ logits ``(R, N, K)`` and the updated buffers. The trainer owns the tensors.
 from __future__ import annotations
 
 import math
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

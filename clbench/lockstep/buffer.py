@@ -8,8 +8,8 @@ buffer size, and no random call happens in the hot loop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -161,8 +161,10 @@ class ReservoirBuffer:
         """Take ``memory`` (same shapes) as the buffer's contents; from now on it holds ``memory.held``."""
         for name in ("x", "y", "task"):
             if getattr(memory, name).shape != getattr(self, name).shape:
-                raise ValueError(f"memory.{name} has shape {tuple(getattr(memory, name).shape)}, "
-                                 f"the buffer {tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"memory.{name} has shape {tuple(getattr(memory, name).shape)}, "
+                    f"the buffer {tuple(getattr(self, name).shape)}"
+                )
         held = np.asarray(memory.held, dtype=np.int64)
         if held.shape != (self.n_runs,) or (held < 0).any() or (held > np.array(self.sizes)).any():
             raise ValueError(f"memory.held must give 0..size rows for each of the {self.n_runs} runs, got {held}")
@@ -171,7 +173,9 @@ class ReservoirBuffer:
             self.logits = memory.logits
         self.held = held
 
-    def insert(self, slots: torch.Tensor, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor, logits: torch.Tensor | None) -> None:
+    def insert(
+        self, slots: torch.Tensor, x: torch.Tensor, y: torch.Tensor, task: torch.Tensor, logits: torch.Tensor | None
+    ) -> None:
         """Write incoming rows to their planned slots (``slots`` (R, b), -1 = not stored)."""
         flat = (torch.where(slots >= 0, slots, self.scratch) + self._run_offset).reshape(-1)
         n = flat.numel()

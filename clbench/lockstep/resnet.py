@@ -22,8 +22,8 @@ pooled features back to ``(R, N, 8nf)``); activation memory is R times one run's
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +91,10 @@ class BatchedResNet18:
                     shortcut = _ConvSpec(f"{name}.shortcut", c_in, c_out, 1)
                 self.blocks.append(
                     _BlockSpec(
-                        name, c_in, c_out, stride,
+                        name,
+                        c_in,
+                        c_out,
+                        stride,
                         _ConvSpec(f"{name}.conv1", c_in, c_out, 3),
                         _ConvSpec(f"{name}.conv2", c_out, c_out, 3),
                         shortcut,
@@ -135,9 +138,7 @@ class BatchedResNet18:
             del params["fc.bias"]
         return params, buffers
 
-    def init(
-        self, generators: Sequence[torch.Generator], device: torch.device | str = "cpu"
-    ) -> tuple[Params, Params]:
+    def init(self, generators: Sequence[torch.Generator], device: torch.device | str = "cpu") -> tuple[Params, Params]:
         """Stacked ``(params, buffers)`` for ``len(generators)`` runs; params are leaf tensors."""
         runs = [self._init_run(g) for g in generators]
         params = {k: torch.stack([p[k] for p, _ in runs]).to(device).requires_grad_(True) for k in runs[0][0]}
@@ -184,8 +185,7 @@ class BatchedResNet18:
         R, N = x.shape[0], x.shape[1]
         if row_weight is not None and tuple(row_weight.shape) != (R, N):
             raise ValueError(f"row_weight must be (R, N) = {(R, N)}, got {tuple(row_weight.shape)}")
-        ctx = _Ctx(params, buffers, dict(buffers) if train else buffers, R, train,
-                   row_weight if train else None)
+        ctx = _Ctx(params, buffers, dict(buffers) if train else buffers, R, train, row_weight if train else None)
 
         # Stem. With one input set shared by all runs (a zero stride on the run axis) the stem
         # is a plain (groups=1) convolution of that set with all runs' filters concatenated along
@@ -218,7 +218,12 @@ class _Ctx:
     """Per-forward state shared by the layer helpers (run count, mode, buffers being rebuilt)."""
 
     def __init__(
-        self, params: Params, buffers: Params, new_buffers: Params, R: int, train: bool,
+        self,
+        params: Params,
+        buffers: Params,
+        new_buffers: Params,
+        R: int,
+        train: bool,
         row_weight: torch.Tensor | None,
     ):
         self.params = params

@@ -39,5 +39,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'clbench.methods' has no attribute {name!r}")
 
 
-__all__ = ["CARDS", "ENTRY_POINT_GROUP", "METHODS", "MethodCard", "MethodRef", "SHIPPED", "find_method", "get_method",
-           "load_method", "method_class", *_BASE]
+__all__ = [
+    "CARDS",
+    "ENTRY_POINT_GROUP",
+    "METHODS",
+    "MethodCard",
+    "MethodRef",
+    "SHIPPED",
+    "find_method",
+    "get_method",
+    "load_method",
+    "method_class",
+    *_BASE,
+]

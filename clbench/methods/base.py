@@ -27,15 +27,16 @@ each derived from the run's seed alone, so a run's results never depend on its g
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from clbench.data.loading import ContinualData
 from clbench.lockstep.backbones import BatchedBackbone, Params
 from clbench.lockstep.buffer import Memory, reservoir_slots
-from clbench.data.loading import ContinualData
 from clbench.lockstep.step import Step
 
 Options = Mapping[str, Any]
@@ -78,15 +79,19 @@ class MethodContext:
     def classes_per_task(self) -> int:
         return self.data.spec.classes_per_task
 
-    def forward(self, x: torch.Tensor, *, train: bool = False, features: bool = False, chunk: int = 512) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, *, train: bool = False, features: bool = False, chunk: int = 512
+    ) -> torch.Tensor:
         """Logits (or, with ``features``, the penultimate features) ``(R, N, .)`` of prepared inputs
         ``x`` ``(R, N, C, H, W)``, without gradient, in chunks of ``chunk`` rows: in evaluation mode,
         or with ``train`` in training mode (BatchNorm on each chunk's statistics, its running
         statistics untouched)."""
         fn = self.net.features if features else self.net.forward
         with torch.no_grad():
-            return torch.cat([fn(self.params, self.bn, x[:, i : i + chunk], train=train)[0]
-                              for i in range(0, x.shape[1], chunk)], dim=1)
+            return torch.cat(
+                [fn(self.params, self.bn, x[:, i : i + chunk], train=train)[0] for i in range(0, x.shape[1], chunk)],
+                dim=1,
+            )
 
 
 @dataclass(frozen=True)
@@ -133,12 +138,16 @@ class Method:
         """The method's state tensors before the first task (checkpointed with the group)."""
         return {}
 
-    def train_draws(self, rng: np.random.Generator, n_steps: int, replay_rows: int, options: Options) -> dict[str, np.ndarray]:
+    def train_draws(
+        self, rng: np.random.Generator, n_steps: int, replay_rows: int, options: Options
+    ) -> dict[str, np.ndarray]:
         """One run's random draws for the next ``n_steps`` training steps (arrays with a leading
         ``n_steps`` axis), from that run's own generator; each step gets its slice in ``step.draws``."""
         return {}
 
-    def edit_gradients(self, step: Step, grads: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def edit_gradients(
+        self, step: Step, grads: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, ...]:
         """The gradients the SGD step applies, from the loss's (``grads``) and the reference terms'
         (``reference``), per parameter with a leading run axis. Called only when the method
         returned ``MethodOutput.reference``."""
@@ -149,8 +158,15 @@ class Method:
         they differ per run; ``None`` keeps the task's rows ``rows`` for every run."""
         return None
 
-    def plan_insertions(self, rng: np.random.Generator, labels: np.ndarray, memory_labels: np.ndarray, n_seen: int,
-                        size: int, batch_size: int) -> np.ndarray:
+    def plan_insertions(
+        self,
+        rng: np.random.Generator,
+        labels: np.ndarray,
+        memory_labels: np.ndarray,
+        n_seen: int,
+        size: int,
+        batch_size: int,
+    ) -> np.ndarray:
         """The buffer slot (-1: not stored) of each of one run's incoming samples this epoch, in its
         order (``labels``: their classes; ``memory_labels``: the classes in the buffer's slots now)."""
         return reservoir_slots(rng, n_seen, len(labels), size, batch_size)
@@ -171,8 +187,9 @@ class Method:
         """The learning rate (R,) of refit epoch ``epoch``; ``lr`` is each run's configured one."""
         return lr
 
-    def refit_draws(self, rng: np.random.Generator, rows_per_step: Sequence[int], input_shape: tuple[int, ...],
-                    options: Options) -> dict[str, np.ndarray]:
+    def refit_draws(
+        self, rng: np.random.Generator, rows_per_step: Sequence[int], input_shape: tuple[int, ...], options: Options
+    ) -> dict[str, np.ndarray]:
         """One run's random draws for the steps of a refit epoch (``rows_per_step[s]`` rows at step s;
         arrays with a leading step axis, like ``train_draws``)."""
         return {}

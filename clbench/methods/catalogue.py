@@ -67,6 +67,8 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
 
 
 # Written by `python -m clbench.methods.catalogue` from the classes; do not edit by hand.
+# Generated, one field per line as the generator writes it (the formatter leaves it alone).
+# fmt: off
 # BEGIN CARDS
 CARDS: dict[str, MethodCard] = {
     "sgd": MethodCard(
@@ -181,6 +183,7 @@ CARDS: dict[str, MethodCard] = {
     ),
 }
 # END CARDS
+# fmt: on
 
 
 def _literal(value: Any) -> str:

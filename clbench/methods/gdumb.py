@@ -33,8 +33,9 @@ from clbench.lockstep.step import Batch, Step
 from clbench.methods.base import Method, MethodOutput
 
 
-def greedy_balanced_slots(rng: np.random.Generator, labels: np.ndarray, memory_labels: np.ndarray, held: int,
-                          size: int, batch_size: int) -> np.ndarray:
+def greedy_balanced_slots(
+    rng: np.random.Generator, labels: np.ndarray, memory_labels: np.ndarray, held: int, size: int, batch_size: int
+) -> np.ndarray:
     """GDumb's sampler for one run: the slot (-1: not stored) of each incoming sample, in order."""
     n_classes = int(max(labels.max(initial=0), memory_labels.max(initial=0))) + 1
     slot_class = np.full(size, -1, dtype=np.int64)
@@ -65,8 +66,15 @@ def cutmix_boxes(rng: np.random.Generator, lam: np.ndarray, height: int, width: 
     cut = np.sqrt(1.0 - lam)
     ch, cw = (height * cut).astype(np.int64), (width * cut).astype(np.int64)
     cy, cx = rng.integers(0, height, size=len(lam)), rng.integers(0, width, size=len(lam))
-    return np.stack([np.clip(cy - ch // 2, 0, height), np.clip(cx - cw // 2, 0, width),
-                     np.clip(cy + ch // 2, 0, height), np.clip(cx + cw // 2, 0, width)], axis=1)
+    return np.stack(
+        [
+            np.clip(cy - ch // 2, 0, height),
+            np.clip(cx - cw // 2, 0, width),
+            np.clip(cy + ch // 2, 0, height),
+            np.clip(cx + cw // 2, 0, width),
+        ],
+        axis=1,
+    )
 
 
 class GDumb(Method):
@@ -77,9 +85,11 @@ class GDumb(Method):
     refits = True
     loss_terms_names = ("ce",)
     options = {"minlr": 5e-4, "fitting_epochs": 256, "cutmix_alpha": 1.0, "cutmix_prob": 0.5}
-    run_notes = ("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained "
-                 "from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); "
-                 "lr is the refit's maximum lr",)
+    run_notes = (
+        "gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained "
+        "from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); "
+        "lr is the refit's maximum lr",
+    )
 
     def loss_terms(self, step: Step) -> MethodOutput:
         return MethodOutput({})  # nothing is trained on the stream
@@ -123,8 +133,13 @@ class GDumb(Method):
         area = ((bottom - top) * (right - left)).view(-1).to(x.dtype)
         lam = torch.where(d["apply"], 1.0 - area / (h * w), 1.0)
         mixed = Batch(x, a.y, a.task, a.from_buffer, a.valid)
-        b = Batch(x, a.y.gather(1, perm), a.task.gather(1, perm), a.from_buffer,
-                  a.valid.gather(1, perm) * a.valid if a.valid is not None else None)
+        b = Batch(
+            x,
+            a.y.gather(1, perm),
+            a.task.gather(1, perm),
+            a.from_buffer,
+            a.valid.gather(1, perm) * a.valid if a.valid is not None else None,
+        )
         z = step.forward(mixed)
         ce = lam * step.cross_entropy(z, mixed) + (1.0 - lam) * step.cross_entropy(z, b)
         return MethodOutput({"ce": ce})

@@ -71,8 +71,10 @@ class ICaRL(Method):
     mask_acts_on = ()  # no softmax cross-entropy
     options = {"wd": 0.0}
     loss_terms_names = ("bce", "l2")
-    run_notes = ("icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; "
-                 "accuracies from the nearest-mean-of-exemplars classifier",)
+    run_notes = (
+        "icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; "
+        "accuracies from the nearest-mean-of-exemplars classifier",
+    )
 
     @staticmethod
     def _cap(ctx: MethodContext) -> int:
@@ -85,8 +87,12 @@ class ICaRL(Method):
 
     def init_state(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
         device = ctx.data.device
-        return {"exemplars": torch.full((ctx.n_runs, ctx.data.n_classes, self._cap(ctx)), -1, dtype=torch.int64, device=device),
-                "class_means": torch.zeros((ctx.n_runs, ctx.data.n_classes, ctx.net.feature_dim), device=device)}
+        return {
+            "exemplars": torch.full(
+                (ctx.n_runs, ctx.data.n_classes, self._cap(ctx)), -1, dtype=torch.int64, device=device
+            ),
+            "class_means": torch.zeros((ctx.n_runs, ctx.data.n_classes, ctx.net.feature_dim), device=device),
+        }
 
     def task_rows(self, ctx: MethodContext, rows: torch.Tensor) -> torch.Tensor | None:
         if ctx.task == 0:
@@ -101,8 +107,8 @@ class ICaRL(Method):
         z = step.forward(batch)
         target = F.one_hot(batch.y, z.shape[-1]).to(z.dtype)
         if step.task > 0:
-            teacher = {k[len(TEACHER):]: v for k, v in step.state.items() if k.startswith(TEACHER)}
-            teacher_bn = {k[len(TEACHER_BN):]: v for k, v in step.state.items() if k.startswith(TEACHER_BN)}
+            teacher = {k[len(TEACHER) :]: v for k, v in step.state.items() if k.startswith(TEACHER)}
+            teacher_bn = {k[len(TEACHER_BN) :]: v for k, v in step.state.items() if k.startswith(TEACHER_BN)}
             with torch.no_grad():
                 old, _ = step.net.forward(teacher, teacher_bn, batch.x, train=False)
             target = torch.where(step.class_task < step.task, torch.sigmoid(old), target)

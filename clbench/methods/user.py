@@ -62,8 +62,14 @@ def method_class(name: str) -> type[Method]:
 def shipped_base(cls: type) -> str | None:
     """The name of the nearest shipped method ``cls`` derives from (None: none)."""
     by_place = {where: name for name, where in SHIPPED.items()}
-    return next((by_place[f"{c.__module__}:{c.__qualname__}"] for c in cls.__mro__
-                 if f"{c.__module__}:{c.__qualname__}" in by_place), None)
+    return next(
+        (
+            by_place[f"{c.__module__}:{c.__qualname__}"]
+            for c in cls.__mro__
+            if f"{c.__module__}:{c.__qualname__}" in by_place
+        ),
+        None,
+    )
 
 
 def _file_sha256(path: Path) -> str:
@@ -102,11 +108,15 @@ def _check_class(cls, where: str) -> type[Method]:
 def _label(cls: type[Method], where: str) -> str:
     name = cls.__dict__.get("name") or cls.__name__
     if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(c in name for c in ":/\\ "):
-        raise ValueError(f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
-                         "':', '/' or spaces (set the class attribute name = \"...\")")
+        raise ValueError(
+            f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
+            "':', '/' or spaces (set the class attribute name = \"...\")"
+        )
     if name in SHIPPED:
-        raise ValueError(f"{where} is named {name!r}, like the shipped method: give it its own name "
-                         "(the class attribute name = \"...\")")
+        raise ValueError(
+            f"{where} is named {name!r}, like the shipped method: give it its own name "
+            '(the class attribute name = "...")'
+        )
     return name
 
 
@@ -123,10 +133,15 @@ def _from_file(spec: str) -> MethodRef:
     if not hasattr(module, class_name):
         from clbench.methods.base import Method  # noqa: PLC0415 - a file of your own brings torch anyway
 
-        classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, Method)
-                         and v.__module__ == module.__name__)
-        raise ValueError(f"no class {class_name} in the method file {path_text}: "
-                         f"its method classes are {', '.join(classes) or 'none'}")
+        classes = sorted(
+            n
+            for n, v in vars(module).items()
+            if inspect.isclass(v) and issubclass(v, Method) and v.__module__ == module.__name__
+        )
+        raise ValueError(
+            f"no class {class_name} in the method file {path_text}: "
+            f"its method classes are {', '.join(classes) or 'none'}"
+        )
     where = f"{class_name} in {path_text}"
     cls = _check_class(getattr(module, class_name), where)
     name = _label(cls, where)
@@ -166,8 +181,10 @@ def find_method(spec: str) -> MethodRef:
     if spec in installed:
         return _from_entry_point(spec, installed[spec])
     extra = f"; installed ({ENTRY_POINT_GROUP}): {', '.join(sorted(installed))}" if installed else ""
-    raise ValueError(f"unknown method {spec!r}: valid methods are {', '.join(SHIPPED)}{extra}, "
-                     "or a class of your own as PATH.py:CLASS")
+    raise ValueError(
+        f"unknown method {spec!r}: valid methods are {', '.join(SHIPPED)}{extra}, "
+        "or a class of your own as PATH.py:CLASS"
+    )
 
 
 def load_method(name: str, source: str | None = None, sha256: str | None = None) -> Method:
@@ -175,9 +192,11 @@ def load_method(name: str, source: str | None = None, sha256: str | None = None)
     must still hash to ``sha256`` (a run is never computed by code other than its identity says)."""
     if source is None:
         return method_class(name)()
-    spec = source[len(_ENTRY_PREFIX):] if source.startswith(_ENTRY_PREFIX) else source
+    spec = source[len(_ENTRY_PREFIX) :] if source.startswith(_ENTRY_PREFIX) else source
     ref = find_method(spec)
     if sha256 is not None and ref.sha256 != sha256:
-        raise ValueError(f"the method {name} ({source}) changed since the run was planned: its file's sha256 is "
-                         f"{(ref.sha256 or '')[:12]}..., the run's {sha256[:12]}...")
+        raise ValueError(
+            f"the method {name} ({source}) changed since the run was planned: its file's sha256 is "
+            f"{(ref.sha256 or '')[:12]}..., the run's {sha256[:12]}..."
+        )
     return ref.instance()

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from clbench.data.augment import draw_crop_flip
-from clbench.lockstep.buffer import Memory
 from clbench.data.loading import prepare_inputs
+from clbench.lockstep.buffer import Memory
 from clbench.lockstep.step import Step, per_run_mean
 from clbench.methods.base import Method, MethodContext, MethodOutput, TaskEnd
 
@@ -82,16 +82,20 @@ class XDER(Method):
     weights = ("alpha", "beta")
     options = {"gamma": 0.85, "eta": 0.1, "margin": 0.3}
     loss_terms_names = ("ce", "logit_mse", "replay_ce", "future_constraint")
-    run_notes = ("xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current "
-                 "task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term "
-                 "(needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",)
+    run_notes = (
+        "xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current "
+        "task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term "
+        "(needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",
+    )
 
     def init_state(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
         r, s = ctx.memory.y.shape
         device = ctx.memory.y.device
-        return {"logits": torch.zeros((r, s, ctx.data.n_classes), device=device),
-                "logit_task": torch.zeros((r, s), dtype=torch.int64, device=device),
-                "counts": torch.zeros((r, s), device=device)}
+        return {
+            "logits": torch.zeros((r, s, ctx.data.n_classes), device=device),
+            "logit_task": torch.zeros((r, s), dtype=torch.int64, device=device),
+            "counts": torch.zeros((r, s), device=device),
+        }
 
     def train_draws(self, rng, n_steps, replay_rows, options):
         return {"u": rng.random((n_steps, replay_rows), dtype=np.float32)}
@@ -103,7 +107,9 @@ class XDER(Method):
         zero = torch.zeros_like(ce)
         terms = {"ce": ce, "logit_mse": zero, "replay_ce": zero, "future_constraint": zero}
         rows_z, rows_task = [z], [step.stream.task]
-        rows_ok = [torch.ones_like(step.stream.y, dtype=torch.bool) if step.stream.valid is None else step.stream.valid > 0]
+        rows_ok = [
+            torch.ones_like(step.stream.y, dtype=torch.bool) if step.stream.valid is None else step.stream.valid > 0
+        ]
         new_state = None
         if step.replay:
             (b1, b2), (s1, s2) = step.replay, step.replay_slots
@@ -114,7 +120,9 @@ class XDER(Method):
             terms["replay_ce"] = step.beta * step.cross_entropy(z2, b2, inactive=(ct >= t))
             slots, y = torch.cat([s1, s2], 1), torch.cat([b1.y, b2.y], 1)
             once = first_occurrence(slots)
-            new_state = self._update_logits(step, slots, y, once, torch.cat([z1, z2], 1).detach(), torch.cat([old1, old2], 1))
+            new_state = self._update_logits(
+                step, slots, y, once, torch.cat([z1, z2], 1).detach(), torch.cat([old1, old2], 1)
+            )
             rows_z += [z1, z2]
             rows_task += [b1.task, b2.task]
             rows_ok.append(once)
@@ -125,7 +133,8 @@ class XDER(Method):
             v = future + float(step.options["margin"]) - own
             positive = ok & (v > 0)
             terms["future_constraint"] = float(step.options["eta"]) * (
-                torch.where(positive, v, 0.0).sum(1) / positive.sum(1).clamp(min=1))
+                torch.where(positive, v, 0.0).sum(1) / positive.sum(1).clamp(min=1)
+            )
         return MethodOutput(terms, state=new_state)
 
     def _update_logits(self, step: Step, slots, y, once, outputs, old) -> dict[str, torch.Tensor]:
@@ -140,9 +149,11 @@ class XDER(Method):
         new = torch.cat([old[..., :first_col], damp(outputs[..., first_col:], gt, float(step.options["gamma"]))], -1)
         scratch = state["counts"].shape[1] - 1  # the buffer's scratch slot absorbs the rows not written
         target = torch.where(write, idx, scratch)
-        return {"logits": _scatter_rows(state["logits"], target, torch.where(write.unsqueeze(-1), new, old)),
-                "logit_task": state["logit_task"].scatter(1, target, torch.full_like(target, t)),
-                "counts": counts}
+        return {
+            "logits": _scatter_rows(state["logits"], target, torch.where(write.unsqueeze(-1), new, old)),
+            "logit_task": state["logit_task"].scatter(1, target, torch.full_like(target, t)),
+            "counts": counts,
+        }
 
     def end_task(self, ctx: MethodContext) -> TaskEnd:
         mem, data, t = ctx.memory, ctx.data, ctx.task
@@ -163,8 +174,9 @@ class XDER(Method):
         n_keep = keep.sum(1)
         # 2. The free slots shared among the task's classes, the remainder to random ones.
         free = (size - n_keep).cpu().numpy()
-        quota = np.stack([f // c + np.isin(np.arange(c), rng.permutation(c)[: f - (f // c) * c])
-                          for f, rng in zip(free, ctx.rngs)])
+        quota = np.stack(
+            [f // c + np.isin(np.arange(c), rng.permutation(c)[: f - (f // c) * c]) for f, rng in zip(free, ctx.rngs)]
+        )
         # 3. Each class's quota from a shuffled pass over the task's samples.
         task_rows = data.train_task_idx[t]
         cand = task_rows[torch.from_numpy(np.stack([rng.permutation(len(task_rows)) for rng in ctx.rngs])).to(device)]
@@ -172,7 +184,9 @@ class XDER(Method):
         local_hot = F.one_hot(local, c)
         taken = ((local_hot.cumsum(1) * local_hot).sum(-1) - 1) < torch.from_numpy(quota).to(device).gather(1, local)
         width = int(taken.sum(1).max())
-        pos = torch.where(taken, torch.arange(cand.shape[1], device=device), 2 * cand.shape[1]).sort(1).values[:, :width]
+        pos = (
+            torch.where(taken, torch.arange(cand.shape[1], device=device), 2 * cand.shape[1]).sort(1).values[:, :width]
+        )
         new_ok = pos < cand.shape[1]
         new_idx = cand.gather(1, pos.clamp(max=cand.shape[1] - 1))
         aug = None
@@ -195,8 +209,11 @@ class XDER(Method):
             if spec.augment:
                 aug = torch.from_numpy(np.stack([draw_crop_flip(rng, (s,)) for rng in ctx.rngs])).to(device)
             rows = int(held.max())
-            out = ctx.forward(prepare_inputs(x[:, :rows], spec, aug[:, :rows] if aug is not None else None),
-                              train=True, chunk=ctx.batch_size)
+            out = ctx.forward(
+                prepare_inputs(x[:, :rows], spec, aug[:, :rows] if aug is not None else None),
+                train=True,
+                chunk=ctx.batch_size,
+            )
             out = torch.cat([out, logits[:, rows:]], 1)  # slots past every run's rows: not rewritten
             older = (slot < held.unsqueeze(1)) & (data.class_task[y] < t)
             gt = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)

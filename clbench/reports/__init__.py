@@ -18,5 +18,13 @@ from clbench.reports.experiments import ExperimentSpec, list_experiments, load_e
 from clbench.reports.html import write_html
 from clbench.reports.render import missing_runs, render_report, run_coverage
 
-__all__ = ["ExperimentSpec", "compare_runs", "list_experiments", "load_experiment", "missing_runs", "render_report",
-           "run_coverage", "write_html"]
+__all__ = [
+    "ExperimentSpec",
+    "compare_runs",
+    "list_experiments",
+    "load_experiment",
+    "missing_runs",
+    "render_report",
+    "run_coverage",
+    "write_html",
+]

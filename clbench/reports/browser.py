@@ -13,9 +13,18 @@ import tempfile
 from pathlib import Path
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-          "--disable-dev-shm-usage")
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--disable-dev-shm-usage",
+)
 
 
 class BrowserError(Exception):
@@ -47,8 +56,9 @@ def _run(extra: list[str], page: Path, timeout_s: float) -> subprocess.Completed
     return done
 
 
-def screenshot(page: str | Path, png: str | Path, *, width: int = 1280, height: int = 1600,
-               timeout_s: float = 60.0) -> Path:
+def screenshot(
+    page: str | Path, png: str | Path, *, width: int = 1280, height: int = 1600, timeout_s: float = 60.0
+) -> Path:
     """Open ``page`` (an HTML file) in headless Chromium with a ``width`` x ``height`` window and
     save what it shows as ``png``."""
     out = Path(png).resolve()

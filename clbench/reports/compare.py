@@ -27,10 +27,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from clbench.runs.mask import format_mask_value, parse_mask_value
-from clbench.store.queries import exclusion_note
-from clbench.runs.results import CLASS_IL_NAMES
 from clbench.reports.experiments import mask_sort_key
+from clbench.runs.mask import format_mask_value, parse_mask_value
+from clbench.runs.results import CLASS_IL_NAMES
+from clbench.store.queries import exclusion_note
 
 TESTS = {
     "permutation": "exact sign-flip permutation test of the mean difference, two-sided",
@@ -51,9 +51,32 @@ COMPARE_METRICS = {
     "forgetting_class_il": ("forgetting class-IL", False),
     "forgetting_task_il": ("forgetting task-IL", False),
 }
-COLUMNS = ("method", "dataset", "buffer_size", "baseline", "variant", "mask_on", "metric", "n_seeds",
-           "baseline_mean", "baseline_std", "variant_mean", "variant_std", "difference", "ci_low", "ci_high",
-           "effect_size_dz", "p_value", "p_holm", "min_p", "test", "note", "wins", "losses", "ties")
+COLUMNS = (
+    "method",
+    "dataset",
+    "buffer_size",
+    "baseline",
+    "variant",
+    "mask_on",
+    "metric",
+    "n_seeds",
+    "baseline_mean",
+    "baseline_std",
+    "variant_mean",
+    "variant_std",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "effect_size_dz",
+    "p_value",
+    "p_holm",
+    "min_p",
+    "test",
+    "note",
+    "wins",
+    "losses",
+    "ties",
+)
 _NOT_PAIRING = ("seed", "mask", "notes", "preset_source", "method_source")
 
 
@@ -63,10 +86,19 @@ def _pair_key(config: dict) -> str:
 
 def procedures(test: str, class_il: str = "all") -> list[str]:
     """What a comparison reports, each procedure named (the caption of a compare table)."""
-    return [f"p: {TESTS[test]}" + (f" (all 2^n sign patterns for n <= {EXACT_MAX_PAIRS} seeds, "
-                                   f"{MONTE_CARLO_PATTERNS:,} random ones with seed {MONTE_CARLO_SEED} beyond)"
-                                   if test == "permutation" else ""),
-            f"p Holm: {CORRECTION}", CI_METHOD, f"d_z: {EFFECT_SIZE}", CLASS_IL_NAMES[class_il]]
+    return [
+        f"p: {TESTS[test]}"
+        + (
+            f" (all 2^n sign patterns for n <= {EXACT_MAX_PAIRS} seeds, "
+            f"{MONTE_CARLO_PATTERNS:,} random ones with seed {MONTE_CARLO_SEED} beyond)"
+            if test == "permutation"
+            else ""
+        ),
+        f"p Holm: {CORRECTION}",
+        CI_METHOD,
+        f"d_z: {EFFECT_SIZE}",
+        CLASS_IL_NAMES[class_il],
+    ]
 
 
 def sign_flip_p_value(d: np.ndarray) -> float:
@@ -195,7 +227,9 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
         if base.empty:
             continue
         variants = cell[cell["mask"] != base_label]
-        groups = sorted(variants.groupby(["mask", "mask_on"], sort=False), key=lambda g: (mask_sort_key(g[0][0]), g[0][1]))
+        groups = sorted(
+            variants.groupby(["mask", "mask_on"], sort=False), key=lambda g: (mask_sort_key(g[0][0]), g[0][1])
+        )
         key = cell["_key"].iloc[0]
         for (mask, on), var in groups:
             b = base if base_label == "none" else base[base["mask_on"] == on]
@@ -216,19 +250,34 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
                 better = d > 0 if higher else d < 0
                 worse = d < 0 if higher else d > 0
                 ci_low, ci_high = t_interval(d)
-                rows.append({
-                    "method": first["method"], "dataset": first["dataset"], "buffer_size": int(first["buffer_size"]),
-                    "baseline": base_label, "variant": mask, "mask_on": on, "metric": metric, "n_seeds": n,
-                    "baseline_mean": bv.mean() if n else math.nan,
-                    "baseline_std": bv.std(ddof=1) if n > 1 else math.nan,
-                    "variant_mean": vv.mean() if n else math.nan,
-                    "variant_std": vv.std(ddof=1) if n > 1 else math.nan,
-                    "difference": d.mean() if n else math.nan, "ci_low": ci_low, "ci_high": ci_high,
-                    "effect_size_dz": cohens_dz(d),
-                    "p_value": paired_p_value(vv, bv, test), "p_holm": math.nan,
-                    "min_p": smallest_p_value(n, test) if n > 1 else math.nan, "test": TESTS[test], "note": excluded,
-                    "wins": int(better.sum()), "losses": int(worse.sum()), "ties": int(n - better.sum() - worse.sum()),
-                })
+                rows.append(
+                    {
+                        "method": first["method"],
+                        "dataset": first["dataset"],
+                        "buffer_size": int(first["buffer_size"]),
+                        "baseline": base_label,
+                        "variant": mask,
+                        "mask_on": on,
+                        "metric": metric,
+                        "n_seeds": n,
+                        "baseline_mean": bv.mean() if n else math.nan,
+                        "baseline_std": bv.std(ddof=1) if n > 1 else math.nan,
+                        "variant_mean": vv.mean() if n else math.nan,
+                        "variant_std": vv.std(ddof=1) if n > 1 else math.nan,
+                        "difference": d.mean() if n else math.nan,
+                        "ci_low": ci_low,
+                        "ci_high": ci_high,
+                        "effect_size_dz": cohens_dz(d),
+                        "p_value": paired_p_value(vv, bv, test),
+                        "p_holm": math.nan,
+                        "min_p": smallest_p_value(n, test) if n > 1 else math.nan,
+                        "test": TESTS[test],
+                        "note": excluded,
+                        "wins": int(better.sum()),
+                        "losses": int(worse.sum()),
+                        "ties": int(n - better.sum() - worse.sum()),
+                    }
+                )
     out = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
     for _, family in out.groupby("metric", sort=False):
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy(float))
@@ -258,8 +307,10 @@ def _diverged_counts(df: pd.DataFrame) -> dict[tuple[str, str, str], int]:
 def _exclusion(diverged, key: str, base_label: str, mask: str, on: str, n_base: int, n_var: int) -> str:
     """``"baseline: 1 of 10 seeds diverged and is excluded"`` and the like, or empty."""
     notes = []
-    for who, m, o, n in (("baseline", base_label, on if base_label != "none" else "stream", n_base),
-                         ("variant", mask, on, n_var)):
+    for who, m, o, n in (
+        ("baseline", base_label, on if base_label != "none" else "stream", n_base),
+        ("variant", mask, on, n_var),
+    ):
         k = diverged.get((key, m, o), 0)
         if k:
             notes.append(f"{who}: {exclusion_note(k, n)}")
@@ -273,6 +324,8 @@ def _reach_note(n: int, min_p: float, m: int) -> str:
     if min_p >= ALPHA:
         return f"{n} seeds cannot reach p < {ALPHA:g} (smallest p = 2/2^{n} = {min_p:.3g})"
     if m > 1 and m * min_p >= ALPHA:
-        return (f"{n} seeds cannot reach Holm-adjusted p < {ALPHA:g} over {m} comparisons "
-                f"(smallest: {m} x 2/2^{n} = {m * min_p:.3g})")
+        return (
+            f"{n} seeds cannot reach Holm-adjusted p < {ALPHA:g} over {m} comparisons "
+            f"(smallest: {m} x 2/2^{n} = {m * min_p:.3g})"
+        )
     return ""

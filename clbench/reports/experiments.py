@@ -38,20 +38,46 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clbench.sweep.plan import MAX_SWEEP_RUNS
+from clbench.data.specs import SyntheticOptions
 from clbench.runs.checks import InvalidValue, check_label, check_whole
 from clbench.runs.config import RunConfig, check_field, check_synthetic
-from clbench.data.specs import SyntheticOptions
 from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
+from clbench.sweep.plan import MAX_SWEEP_RUNS
 
 KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods")
-TOP_LEVEL_KEYS = ("name", "title", "kind", "benchmark", "methods", "masks", "buffers", "seeds", "mask_on",
-                  "per_method", "overrides", "render", "description")
+TOP_LEVEL_KEYS = (
+    "name",
+    "title",
+    "kind",
+    "benchmark",
+    "methods",
+    "masks",
+    "buffers",
+    "seeds",
+    "mask_on",
+    "per_method",
+    "overrides",
+    "render",
+    "description",
+)
 PER_METHOD_KEYS = ("masks", "mask_on")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
-OVERRIDE_KEYS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                 "class_order_seed", "synthetic", "der_logits", "head", "options")
+OVERRIDE_KEYS = (
+    "backbone",
+    "width",
+    "epochs",
+    "batch_size",
+    "minibatch_size",
+    "lr",
+    "alpha",
+    "beta",
+    "class_order_seed",
+    "synthetic",
+    "der_logits",
+    "head",
+    "options",
+)
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
 # seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
@@ -103,21 +129,37 @@ class ExperimentSpec:
 
         seed_list = tuple(range(seeds)) if seeds is not None else self.seeds
         if not self.per_method:
-            return sweep_configs(methods=self.methods, masks=self.masks, buffers=self.buffers, seeds=seed_list,
-                                 benchmark=self.benchmark, mask_on=self.mask_on, **self.overrides)
-        return [cfg for method in self.methods
-                for cfg in sweep_configs(methods=(method,), masks=self.masks_for(method), buffers=self.buffers,
-                                         seeds=seed_list, benchmark=self.benchmark, mask_on=self.mask_on_for(method),
-                                         **self.overrides)]
+            return sweep_configs(
+                methods=self.methods,
+                masks=self.masks,
+                buffers=self.buffers,
+                seeds=seed_list,
+                benchmark=self.benchmark,
+                mask_on=self.mask_on,
+                **self.overrides,
+            )
+        return [
+            cfg
+            for method in self.methods
+            for cfg in sweep_configs(
+                methods=(method,),
+                masks=self.masks_for(method),
+                buffers=self.buffers,
+                seeds=seed_list,
+                benchmark=self.benchmark,
+                mask_on=self.mask_on_for(method),
+                **self.overrides,
+            )
+        ]
 
-    def with_render(self, **options: Any) -> "ExperimentSpec":
+    def with_render(self, **options: Any) -> ExperimentSpec:
         """The same experiment rendered with ``options`` (e.g. ``class_il="seen"``) changed."""
         bad = sorted(set(options) - set(RENDER_OPTIONS[self.kind]))
         if bad:
             raise ValueError(f"unknown render option {bad[0]!r} for kind {self.kind}")
         return _replace(self, render={**self.render, **options})
 
-    def with_seeds(self, n: int) -> "ExperimentSpec":
+    def with_seeds(self, n: int) -> ExperimentSpec:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SWEEP_RUNS:
             raise ValueError(f"invalid number of seeds {n}: give N from 1 to {MAX_SWEEP_RUNS}")
         return _replace(self, seeds=tuple(range(n)))
@@ -190,7 +232,7 @@ def _list_of(data: dict, key: str, source: str, kind: type) -> list:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{source}: {key} must hold whole numbers, got {v!r}")
         elif kind is str and not isinstance(v, str):
-            raise ValueError(f"{source}: {key} must hold strings (e.g. \"none\", \"-inf\", \"-5\"), got {v!r}")
+            raise ValueError(f'{source}: {key} must hold strings (e.g. "none", "-inf", "-5"), got {v!r}')
         out.append(v)
     return out
 
@@ -198,8 +240,10 @@ def _list_of(data: dict, key: str, source: str, kind: type) -> list:
 def _table(data: dict, key: str, source: str, where: str = "") -> dict:
     value = data.get(key, {})
     if not isinstance(value, dict):
-        raise ValueError(f"{source}: {where}{key} must be a table ([{where}{key}] followed by key = value lines, "
-                         f"or {key} = {{ ... }}), got {value!r}")
+        raise ValueError(
+            f"{source}: {where}{key} must be a table ([{where}{key}] followed by key = value lines, "
+            f"or {key} = {{ ... }}), got {value!r}"
+        )
     return dict(value)
 
 
@@ -261,7 +305,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     if kind not in KINDS:
         raise ValueError(f"{source}: unknown kind {kind!r}: valid kinds are {', '.join(KINDS)}")
     if not isinstance(data["benchmark"], str):
-        raise ValueError(f"{source}: benchmark must be a name, e.g. \"seq-fmnist\"")
+        raise ValueError(f'{source}: benchmark must be a name, e.g. "seq-fmnist"')
     for key in ("title", "description"):
         if not isinstance(data.get(key, ""), str):
             raise ValueError(f"{source}: {key} must be a string")
@@ -272,8 +316,10 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             masks.append(format_mask_value(parse_mask_value(m)))
         except ValueError as exc:
             raise ValueError(f"{source}: masks: {exc}") from None
-    buffers = [_checked(source, "buffers value", lambda v: check_field("buffer_size", v), b)
-               for b in _list_of(data, "buffers", source, int)]
+    buffers = [
+        _checked(source, "buffers value", lambda v: check_field("buffer_size", v), b)
+        for b in _list_of(data, "buffers", source, int)
+    ]
     seeds_value = data["seeds"]
     if isinstance(seeds_value, int) and not isinstance(seeds_value, bool):
         if seeds_value < 1:
@@ -305,15 +351,18 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             except ValueError as exc:
                 raise ValueError(f"{source}: render.{key}: {exc}") from None
     if render["class_il"] not in CLASS_IL_CONVENTIONS:
-        raise ValueError(f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
+        raise ValueError(
+            f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}"
+        )
     if not isinstance(render["include_stale"], bool):
         raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
         from clbench.metrics import FORGETTING_DEFINITIONS  # noqa: PLC0415
 
         if render["forgetting"] not in FORGETTING_DEFINITIONS:
-            raise ValueError(f"{source}: render.forgetting {render['forgetting']!r}: valid are "
-                             f"{', '.join(FORGETTING_DEFINITIONS)}")
+            raise ValueError(
+                f"{source}: render.forgetting {render['forgetting']!r}: valid are {', '.join(FORGETTING_DEFINITIONS)}"
+            )
     if kind == "fig2":
         render["method"] = render["method"] or methods[0]
         if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
@@ -335,10 +384,20 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     if n_runs > MAX_SWEEP_RUNS:
         raise ValueError(f"{source}: the experiment asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS}")
     return ExperimentSpec(
-        name=name, kind=kind, benchmark=data["benchmark"], methods=tuple(methods),
-        masks=tuple(dict.fromkeys(masks)), buffers=tuple(int(b) for b in buffers), seeds=tuple(seeds),
-        mask_on=mask_on, overrides=overrides, render=render, title=str(data.get("title", "")),
-        description=str(data.get("description", "")), source=source, per_method=per_method,
+        name=name,
+        kind=kind,
+        benchmark=data["benchmark"],
+        methods=tuple(methods),
+        masks=tuple(dict.fromkeys(masks)),
+        buffers=tuple(int(b) for b in buffers),
+        seeds=tuple(seeds),
+        mask_on=mask_on,
+        overrides=overrides,
+        render=render,
+        title=str(data.get("title", "")),
+        description=str(data.get("description", "")),
+        source=source,
+        per_method=per_method,
     )
 
 
@@ -364,16 +423,24 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
             raise ValueError(f"{source}: per_method.{method} must be a table with masks and/or mask_on")
         bad = sorted(set(entry) - set(PER_METHOD_KEYS))
         if bad:
-            raise ValueError(f"{source}: unknown key {bad[0]!r} in per_method.{method}: valid keys are "
-                             f"{', '.join(PER_METHOD_KEYS)}")
+            raise ValueError(
+                f"{source}: unknown key {bad[0]!r} in per_method.{method}: valid keys are {', '.join(PER_METHOD_KEYS)}"
+            )
         own: dict[str, Any] = {}
         if "masks" in entry:
-            own["masks"] = tuple(_normalized_masks(_list_of(entry, "masks", f"{source}: per_method.{method}", str),
-                                                   source, f"per_method.{method}.masks"))
+            own["masks"] = tuple(
+                _normalized_masks(
+                    _list_of(entry, "masks", f"{source}: per_method.{method}", str),
+                    source,
+                    f"per_method.{method}.masks",
+                )
+            )
         if "mask_on" in entry:
             if entry["mask_on"] not in MASK_ON_CHOICES:
-                raise ValueError(f"{source}: per_method.{method}: invalid mask_on {entry['mask_on']!r}: valid are "
-                                 f"{', '.join(MASK_ON_CHOICES)}")
+                raise ValueError(
+                    f"{source}: per_method.{method}: invalid mask_on {entry['mask_on']!r}: valid are "
+                    f"{', '.join(MASK_ON_CHOICES)}"
+                )
             own["mask_on"] = entry["mask_on"]
         out[method] = own
     return out
@@ -394,10 +461,15 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
         masked = [m for m in own.get("masks", masks) if m != "none"]
         where = {"stream", "buffer"} if on == "both" else {on}
         if masked and not where & set(acts_on):
-            fix = ("masks = [\"none\"] (it has no softmax cross-entropy)" if not acts_on else
-                   f"mask_on = \"{'buffer' if 'buffer' in acts_on else 'stream'}\"")
-            raise ValueError(f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
-                             f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}")
+            fix = (
+                'masks = ["none"] (it has no softmax cross-entropy)'
+                if not acts_on
+                else f'mask_on = "{"buffer" if "buffer" in acts_on else "stream"}"'
+            )
+            raise ValueError(
+                f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
+                f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}"
+            )
 
 
 def mask_sort_key(label: str) -> tuple[int, float]:

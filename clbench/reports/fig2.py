@@ -19,15 +19,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clbench.runs.results import HISTOGRAM_EDGES
 from clbench.metrics import final_average_accuracy
-from clbench.store.store import Store
-from clbench.runs.results import CLASS_IL_NAMES
 from clbench.reports.experiments import ExperimentSpec
+from clbench.runs.results import CLASS_IL_NAMES, HISTOGRAM_EDGES
+from clbench.store.store import Store
 
 HIGHER, LOWER, EQUAL, BASE = "#d62728", "#1f77b4", "#7f7f7f", "#bdbdbd"
-METHOD_NAMES = {"er": "ER", "der": "DER", "derpp": "DER++", "er_ace": "ER-ACE", "sgd": "SGD", "joint": "Joint",
-                "xder": "X-DER", "icarl": "iCaRL", "agem": "A-GEM", "gdumb": "GDumb"}
+METHOD_NAMES = {
+    "er": "ER",
+    "der": "DER",
+    "derpp": "DER++",
+    "er_ace": "ER-ACE",
+    "sgd": "SGD",
+    "joint": "Joint",
+    "xder": "X-DER",
+    "icarl": "iCaRL",
+    "agem": "A-GEM",
+    "gdumb": "GDumb",
+}
 
 
 def mask_title(label: str) -> str:
@@ -38,13 +47,23 @@ def fig2_data(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> dict | No
     """The plotted numbers: means over the common seeds of the baseline and the masked runs."""
     r = spec.render
     cell = df[(df["method"] == r["method"]) & (df["buffer_size"] == r["buffer"])]
-    sides = {name: cell[cell["mask"] == r[name]].drop_duplicates("seed").set_index("seed") for name in ("baseline", "masked")}
+    sides = {
+        name: cell[cell["mask"] == r[name]].drop_duplicates("seed").set_index("seed") for name in ("baseline", "masked")
+    }
     seeds = sorted(set(sides["baseline"].index) & set(sides["masked"].index))
     if not seeds:
         return None
     convention = r.get("class_il", "all")
-    out: dict = {"experiment": spec.name, "method": r["method"], "benchmark": spec.benchmark, "buffer": r["buffer"],
-                 "seeds": seeds, "baseline_mask": r["baseline"], "masked_mask": r["masked"], "class_il": convention}
+    out: dict = {
+        "experiment": spec.name,
+        "method": r["method"],
+        "benchmark": spec.benchmark,
+        "buffer": r["buffer"],
+        "seeds": seeds,
+        "baseline_mask": r["baseline"],
+        "masked_mask": r["masked"],
+        "class_il": convention,
+    }
     for name, runs in sides.items():
         results = [store.load_result(runs.loc[s, "run_id"]) for s in seeds]
         conf = np.mean([np.diagonal(res.confidence[-1]) for res in results], axis=0)
@@ -100,9 +119,11 @@ def _paired_bars(ax, labels, base, masked, base_name, masked_name, ylabel, title
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.set_ylim(0, max(max(base), max(masked)) * 1.18 or 1)
-    handles = [Patch(facecolor=BASE, edgecolor="#555555", label=base_name),
-               Patch(facecolor=HIGHER, edgecolor="#555555", label=f"{masked_name}, higher"),
-               Patch(facecolor=LOWER, edgecolor="#555555", label=f"{masked_name}, lower")]
+    handles = [
+        Patch(facecolor=BASE, edgecolor="#555555", label=base_name),
+        Patch(facecolor=HIGHER, edgecolor="#555555", label=f"{masked_name}, higher"),
+        Patch(facecolor=LOWER, edgecolor="#555555", label=f"{masked_name}, lower"),
+    ]
     if EQUAL in colors:
         handles.append(Patch(facecolor=EQUAL, edgecolor="#555555", label=f"{masked_name}, equal"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", ncols=len(handles), frameon=False)
@@ -124,15 +145,34 @@ def plot_fig2(data: dict):
     gs = fig.add_gridspec(3 if with_histograms else 2, 4)
     ax_conf = fig.add_subplot(gs[0, 0:2])
     ax_task = fig.add_subplot(gs[0, 2:4])
-    _paired_bars(ax_conf, data["class_names"], b["confidence"], m["confidence"], base_name, masked_name,
-                 "mean softmax probability of the true class",
-                 "Per-class confidence after the final task (class-IL)")
-    _paired_bars(ax_task, [f"task {j + 1}" for j in range(n_tasks)], b["task_accuracy"], m["task_accuracy"],
-                 base_name, masked_name, "class-IL accuracy (%)", "Per-task accuracy after the final task (class-IL)")
+    _paired_bars(
+        ax_conf,
+        data["class_names"],
+        b["confidence"],
+        m["confidence"],
+        base_name,
+        masked_name,
+        "mean softmax probability of the true class",
+        "Per-class confidence after the final task (class-IL)",
+    )
+    _paired_bars(
+        ax_task,
+        [f"task {j + 1}" for j in range(n_tasks)],
+        b["task_accuracy"],
+        m["task_accuracy"],
+        base_name,
+        masked_name,
+        "class-IL accuracy (%)",
+        "Per-task accuracy after the final task (class-IL)",
+    )
     colors = colormaps["tab10"]
     convention = "class-IL (seen classes)" if data.get("class_il") == "seen" else "class-IL"
-    panels = [("class_il", convention, "baseline"), ("class_il", convention, "masked"),
-              ("task_il", "task-IL", "baseline"), ("task_il", "task-IL", "masked")]
+    panels = [
+        ("class_il", convention, "baseline"),
+        ("class_il", convention, "masked"),
+        ("task_il", "task-IL", "baseline"),
+        ("task_il", "task-IL", "masked"),
+    ]
     axes = []
     for col, (key, setting, side) in enumerate(panels):
         ax = fig.add_subplot(gs[1, col], sharey=axes[0] if axes else None)
@@ -140,13 +180,19 @@ def plot_fig2(data: dict):
         mat = np.asarray(data[side][key])
         for j in range(n_tasks):
             xs = np.arange(j, n_tasks) + 1
-            ax.plot(xs, mat[j:, j], marker="o", markersize=3.5, color=colors(j % 10), label=f"task {j + 1}",
-                    gid=f"task {j + 1}")
+            ax.plot(
+                xs,
+                mat[j:, j],
+                marker="o",
+                markersize=3.5,
+                color=colors(j % 10),
+                label=f"task {j + 1}",
+                gid=f"task {j + 1}",
+            )
         faa = data[side][f"faa_{key}"]
         other = data["masked" if side == "baseline" else "baseline"][f"faa_{key}"]
         name = base_name if side == "baseline" else masked_name
-        ax.set_title(f"{name}\n{setting}, FAA {faa:.2f}%", fontweight="bold" if faa > other else "normal",
-                     fontsize=10)
+        ax.set_title(f"{name}\n{setting}, FAA {faa:.2f}%", fontweight="bold" if faa > other else "normal", fontsize=10)
         ax.set_xticks(np.arange(1, n_tasks + 1))
         ax.set_xlabel("after training task")
         if col == 0:
@@ -158,9 +204,12 @@ def plot_fig2(data: dict):
     if with_histograms:
         _histogram_row(fig, gs, data, base_name, masked_name, n_tasks)
     seeds = data["seeds"]
-    fig.suptitle(f"{method} on {data['benchmark']}, buffer {data['buffer']}: {mask_title(data['baseline_mask'])} vs "
-                 f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
-                 f"{CLASS_IL_NAMES[data.get('class_il', 'all')]})", fontsize=13)
+    fig.suptitle(
+        f"{method} on {data['benchmark']}, buffer {data['buffer']}: {mask_title(data['baseline_mask'])} vs "
+        f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
+        f"{CLASS_IL_NAMES[data.get('class_il', 'all')]})",
+        fontsize=13,
+    )
     return fig
 
 
@@ -178,8 +227,10 @@ def _histogram_row(fig, gs, data, base_name, masked_name, n_tasks):
     for col, (kind, tasks) in enumerate(HISTOGRAM_PANELS):
         ax = fig.add_subplot(gs[2, col], sharey=axes[0] if axes else None)
         axes.append(ax)
-        for side, name, style in (("baseline", base_name, dict(fill=True, color=BASE, alpha=0.9)),
-                                  ("masked", masked_name, dict(fill=False, color=HIGHER, linewidth=1.8))):
+        for side, name, style in (
+            ("baseline", base_name, dict(fill=True, color=BASE, alpha=0.9)),
+            ("masked", masked_name, dict(fill=False, color=HIGHER, linewidth=1.8)),
+        ):
             counts = np.asarray(data[side]["histograms"][kind][tasks], dtype=float)
             ax.stairs(counts / max(counts.sum(), 1), edges, label=name, gid=f"{side} {kind} {tasks}", **style)
         task_text = old if tasks == "old" else f"newest task {n_tasks}"

@@ -12,10 +12,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from clbench.runs.mask import parse_mask_value
-from clbench.runs.results import CLASS_IL_NAMES
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES
+from clbench.runs.mask import parse_mask_value
+from clbench.runs.results import CLASS_IL_NAMES
 
 DATA_COLUMNS = ("dataset", "method", "buffer_size", "mask", "is_baseline", "x", "mean", "std", "n_seeds", "n_stale")
 
@@ -47,12 +47,20 @@ def fig4_data(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
         for mask in sorted(cell["mask"].unique(), key=mask_sort_key):
             part = cell[cell["mask"] == mask]
             v = part["faa_class_il"].to_numpy(float)
-            rows.append({
-                "dataset": spec.benchmark, "method": method, "buffer_size": int(buffer), "mask": mask,
-                "is_baseline": mask == baseline, "x": math.nan if mask == baseline else pos[mask],
-                "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n_seeds": len(v),
-                "n_stale": int((part["status"] == "stale").sum()),
-            })
+            rows.append(
+                {
+                    "dataset": spec.benchmark,
+                    "method": method,
+                    "buffer_size": int(buffer),
+                    "mask": mask,
+                    "is_baseline": mask == baseline,
+                    "x": math.nan if mask == baseline else pos[mask],
+                    "mean": float(v.mean()),
+                    "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+                    "n_seeds": len(v),
+                    "n_stale": int((part["status"] == "stale").sum()),
+                }
+            )
     return pd.DataFrame.from_records(rows, columns=list(DATA_COLUMNS))
 
 
@@ -80,13 +88,27 @@ def plot_fig4(data: pd.DataFrame, spec: ExperimentSpec):
                 ax.plot(x, mean, marker="o", color=color, label=f"{name}, masked (mean)", gid=f"mean {method}")
                 if spec.render.get("std_band", True) and np.isfinite(std).any():
                     s = np.nan_to_num(std)
-                    ax.fill_between(x, mean - s, mean + s, color=color, alpha=0.2, linewidth=0,
-                                    label=f"{name}, ±1 std", gid=f"band {method}")
+                    ax.fill_between(
+                        x,
+                        mean - s,
+                        mean + s,
+                        color=color,
+                        alpha=0.2,
+                        linewidth=0,
+                        label=f"{name}, ±1 std",
+                        gid=f"band {method}",
+                    )
             base = part[(part["method"] == method) & part["is_baseline"]]
             if len(base):
                 value = float(base["mean"].iloc[0])
-                ax.axhline(value, linestyle=":", linewidth=2, color=color, gid=f"baseline {method}",
-                           label=f"{name}, no mask ({value:.1f}%)")
+                ax.axhline(
+                    value,
+                    linestyle=":",
+                    linewidth=2,
+                    color=color,
+                    gid=f"baseline {method}",
+                    label=f"{name}, no mask ({value:.1f}%)",
+                )
         ax.set_xticks([x for x, _ in ticks])
         ax.set_xticklabels([m.removesuffix(".0") for _, m in ticks])
         ax.set_xlabel("mask value m")
@@ -97,6 +119,9 @@ def plot_fig4(data: pd.DataFrame, spec: ExperimentSpec):
     axes[0][0].set_ylabel("class-IL final average accuracy (%)")
     n_stale = int(data["n_stale"].sum())
     stale = f"; {n_stale} stale runs of an older engine stand in for missing ones" if n_stale else ""
-    fig.suptitle((spec.title or f"{spec.name}: class-IL accuracy against the mask value")
-                 + f" ({CLASS_IL_NAMES[spec.render.get('class_il', 'all')]}{stale})", fontsize=12)
+    fig.suptitle(
+        (spec.title or f"{spec.name}: class-IL accuracy against the mask value")
+        + f" ({CLASS_IL_NAMES[spec.render.get('class_il', 'all')]}{stale})",
+        fontsize=12,
+    )
     return fig

@@ -19,21 +19,21 @@ import json
 import os
 import shlex
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
 from sqlalchemy import select
 
-from clbench.store.queries import Db, _with_store
-from clbench.store.connection import in_chunks
-from clbench.store.schema import Run
-from clbench.store.store import Store
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
 from clbench.reports.render import experiment_runs, render_report, run_coverage
+from clbench.store.connection import in_chunks
+from clbench.store.queries import Db, _with_store
+from clbench.store.schema import Run
+from clbench.store.store import Store
 
 INDEX = "index.html"
 MANIFEST = "index.json"
@@ -94,17 +94,22 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], caption: str = ""
         out.append(f"<caption>{caption}</caption>")
     out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>")
     for row in rows:
-        out.append("<tr>" + "".join(f"<td class=\"num\">{c}</td>" if i in numeric else f"<td>{c}</td>"
-                                    for i, c in enumerate(row)) + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+            + "</tr>"
+        )
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<meta name=\"generator\" content=\"clbench\">\n<title>{_e(title)}</title>\n"
-            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f'<meta name="generator" content="clbench">\n<title>{_e(title)}</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,14 +121,16 @@ def _figures(written: Sequence[Path], root: Path) -> str:
     parts = []
     for png in (p for p in written if p.suffix == ".png"):
         stem = png.name[: -len(".png")]
-        links = [f"<a href=\"{_href(png, root)}\">PNG</a>"]
+        links = [f'<a href="{_href(png, root)}">PNG</a>']
         if f"{stem}.pdf" in by_name:
-            links.append(f"<a href=\"{_href(by_name[f'{stem}.pdf'], root)}\">PDF</a>")
+            links.append(f'<a href="{_href(by_name[f"{stem}.pdf"], root)}">PDF</a>')
         for data in (f"{stem}.data.json", f"{stem}.data.csv"):
             if data in by_name:
-                links.append(f"<a href=\"{_href(by_name[data], root)}\">raw data ({_e(data)})</a>")
-        parts.append(f"<figure><a href=\"{_href(png, root)}\"><img src=\"{_href(png, root)}\" alt=\"{_e(stem)}\"></a>"
-                     f"<figcaption>{_e(stem)}: {' · '.join(links)}</figcaption></figure>")
+                links.append(f'<a href="{_href(by_name[data], root)}">raw data ({_e(data)})</a>')
+        parts.append(
+            f'<figure><a href="{_href(png, root)}"><img src="{_href(png, root)}" alt="{_e(stem)}"></a>'
+            f"<figcaption>{_e(stem)}: {' · '.join(links)}</figcaption></figure>"
+        )
     return "\n".join(parts)
 
 
@@ -131,7 +138,7 @@ def _table_files(written: Sequence[Path], root: Path) -> str:
     files = [p for p in written if p.suffix in (".md", ".csv", ".tex") and ".data." not in p.name]
     if not files:
         return ""
-    return "<p>Files: " + " · ".join(f"<a href=\"{_href(p, root)}\">{_e(p.name)}</a>" for p in files) + "</p>"
+    return "<p>Files: " + " · ".join(f'<a href="{_href(p, root)}">{_e(p.name)}</a>' for p in files) + "</p>"
 
 
 def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
@@ -140,23 +147,44 @@ def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
         from clbench.reports.fig4 import fig4_data  # noqa: PLC0415
 
         data = fig4_data(spec, df)
-        rows = [[_e(METHOD_NAMES.get(r.method, r.method)), _e(r.buffer_size), _e(mask_title(r.mask)),
-                 _pm(r.mean, r.std), _e(r.n_seeds)] for r in data.itertuples()]
-        return _table(["method", "buffer", "mask", "class-IL FAA (%), mean ± std", "seeds"], rows,
-                      "Plotted numbers: class-IL final average accuracy over seeds (std with ddof=1).", numeric=(1, 3, 4))
+        rows = [
+            [
+                _e(METHOD_NAMES.get(r.method, r.method)),
+                _e(r.buffer_size),
+                _e(mask_title(r.mask)),
+                _pm(r.mean, r.std),
+                _e(r.n_seeds),
+            ]
+            for r in data.itertuples()
+        ]
+        return _table(
+            ["method", "buffer", "mask", "class-IL FAA (%), mean ± std", "seeds"],
+            rows,
+            "Plotted numbers: class-IL final average accuracy over seeds (std with ddof=1).",
+            numeric=(1, 3, 4),
+        )
     if spec.kind == "fig2":
         r = spec.render
         rows = []
         for side in ("baseline", "masked"):
             cell = df[(df["method"] == r["method"]) & (df["buffer_size"] == r["buffer"]) & (df["mask"] == r[side])]
-            rows.append([_e(side), _e(mask_title(r[side])), _e(len(cell)),
-                         _pm(cell["faa_class_il"].mean(), cell["faa_class_il"].std(ddof=1)),
-                         _pm(cell["faa_task_il"].mean(), cell["faa_task_il"].std(ddof=1)),
-                         _pm(cell["forgetting_class_il"].mean(), cell["forgetting_class_il"].std(ddof=1))])
-        return _table(["side", "mask", "finished runs", "FAA class-IL", "FAA task-IL", "forgetting class-IL"], rows,
-                      f"{_e(METHOD_NAMES.get(r['method'], r['method']))}, buffer {_e(r['buffer'])}: mean ± std (%) over "
-                      "each side's finished runs; the figure averages over the seeds both sides have.",
-                      numeric=(2, 3, 4, 5))
+            rows.append(
+                [
+                    _e(side),
+                    _e(mask_title(r[side])),
+                    _e(len(cell)),
+                    _pm(cell["faa_class_il"].mean(), cell["faa_class_il"].std(ddof=1)),
+                    _pm(cell["faa_task_il"].mean(), cell["faa_task_il"].std(ddof=1)),
+                    _pm(cell["forgetting_class_il"].mean(), cell["forgetting_class_il"].std(ddof=1)),
+                ]
+            )
+        return _table(
+            ["side", "mask", "finished runs", "FAA class-IL", "FAA task-IL", "forgetting class-IL"],
+            rows,
+            f"{_e(METHOD_NAMES.get(r['method'], r['method']))}, buffer {_e(r['buffer'])}: mean ± std (%) over "
+            "each side's finished runs; the figure averages over the seeds both sides have.",
+            numeric=(2, 3, 4, 5),
+        )
     return ""
 
 
@@ -173,20 +201,58 @@ def _comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
         result = compare_runs(df, baseline=baseline)
     if result.empty:
         return ""
-    caption = (f"Mask {_e(baseline)} (baseline) against each masked variant, paired by seed: mean ± std (%); "
-               f"diff = mean of variant - baseline; " + "; ".join(_e(p) for p in procedures("permutation"))
-               + (" (here: over one method's comparisons of each metric)" if per_method else "")
-               + f"; * p &lt; {ALPHA:g}.")
+    caption = (
+        f"Mask {_e(baseline)} (baseline) against each masked variant, paired by seed: mean ± std (%); "
+        f"diff = mean of variant - baseline; "
+        + "; ".join(_e(p) for p in procedures("permutation"))
+        + (" (here: over one method's comparisons of each metric)" if per_method else "")
+        + f"; * p &lt; {ALPHA:g}."
+    )
     rows = []
     for r in result.itertuples():
-        rows.append([_e(METHOD_NAMES.get(r.method, r.method)), _e(r.buffer_size), _e(mask_title(r.variant)), _e(r.mask_on),
-                     _e(COMPARE_METRICS[r.metric][0]), _e(r.n_seeds), _pm(r.baseline_mean, r.baseline_std),
-                     _pm(r.variant_mean, r.variant_std), _num(r.difference, "{:+.2f}"),
-                     "-" if r.ci_low != r.ci_low else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
-                     _num(r.effect_size_dz, "{:+.2f}"), _p(r.p_value), _p(r.p_holm), f"{r.wins}/{r.losses}/{r.ties}"])
-    notes = "".join(f"<p class=\"note\">note: {_e(n)}.</p>" for n in dict.fromkeys(result["note"]) if n)
-    return _table(["method", "buffer", "variant", "on", "metric", "seeds", "baseline", "variant", "diff", "95% CI",
-                   "d_z", "p", "p Holm", "W/L/T"], rows, caption, numeric=(1, 5, 6, 7, 8, 9, 10, 11, 12, 13)) + notes
+        rows.append(
+            [
+                _e(METHOD_NAMES.get(r.method, r.method)),
+                _e(r.buffer_size),
+                _e(mask_title(r.variant)),
+                _e(r.mask_on),
+                _e(COMPARE_METRICS[r.metric][0]),
+                _e(r.n_seeds),
+                _pm(r.baseline_mean, r.baseline_std),
+                _pm(r.variant_mean, r.variant_std),
+                _num(r.difference, "{:+.2f}"),
+                "-" if r.ci_low != r.ci_low else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+                _num(r.effect_size_dz, "{:+.2f}"),
+                _p(r.p_value),
+                _p(r.p_holm),
+                f"{r.wins}/{r.losses}/{r.ties}",
+            ]
+        )
+    notes = "".join(f'<p class="note">note: {_e(n)}.</p>' for n in dict.fromkeys(result["note"]) if n)
+    return (
+        _table(
+            [
+                "method",
+                "buffer",
+                "variant",
+                "on",
+                "metric",
+                "seeds",
+                "baseline",
+                "variant",
+                "diff",
+                "95% CI",
+                "d_z",
+                "p",
+                "p Holm",
+                "W/L/T",
+            ],
+            rows,
+            caption,
+            numeric=(1, 5, 6, 7, 8, 9, 10, 11, 12, 13),
+        )
+        + notes
+    )
 
 
 def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) -> str:
@@ -197,22 +263,44 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
         done = cell[cell["status"] == "finished"]
         other = cell[cell["status"] != "finished"]
         seeds = ", ".join(str(s) for s in sorted(done["seed"])) or "-"
-        named = "<br>".join(f"<span class=\"bad\">seed {_e(r.seed)}: {_e(r.status)}</span> <code>{_e(r.run_id[:12])}</code>"
-                            for r in other.itertuples()) or "<span class=\"ok\">none</span>"
-        rows.append([_e(METHOD_NAMES.get(method, method)), _e(buffer), _e(mask_title(mask)), _e(on),
-                     f"{len(done)} of {len(cell)}", _e(seeds), named])
+        named = (
+            "<br>".join(
+                f'<span class="bad">seed {_e(r.seed)}: {_e(r.status)}</span> <code>{_e(r.run_id[:12])}</code>'
+                for r in other.itertuples()
+            )
+            or '<span class="ok">none</span>'
+        )
+        rows.append(
+            [
+                _e(METHOD_NAMES.get(method, method)),
+                _e(buffer),
+                _e(mask_title(mask)),
+                _e(on),
+                f"{len(done)} of {len(cell)}",
+                _e(seeds),
+                named,
+            ]
+        )
     n_done = int((coverage["status"] == "finished").sum())
     statuses = coverage["status"].value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in statuses.items())
-    caption = (f"{n_done} of {len(coverage)} expected runs are finished ({_e(summary)}). One row per cell (a point, "
-               "bar or table cell: the runs that differ only by seed); every run that is not finished is named with "
-               "its status (missing: not in the database). Only finished runs enter the figures and tables.")
-    out = _table(["method", "buffer", "mask", "on", "finished runs", "finished seeds", "not finished"], rows, caption,
-                 numeric=(1, 4))
+    caption = (
+        f"{n_done} of {len(coverage)} expected runs are finished ({_e(summary)}). One row per cell (a point, "
+        "bar or table cell: the runs that differ only by seed); every run that is not finished is named with "
+        "its status (missing: not in the database). Only finished runs enter the figures and tables."
+    )
+    out = _table(
+        ["method", "buffer", "mask", "on", "finished runs", "finished seeds", "not finished"],
+        rows,
+        caption,
+        numeric=(1, 4),
+    )
     if spec.kind == "fig2" and not df.empty:
         r = spec.render
-        sides = [set(df[(df["method"] == r["method"]) & (df["buffer_size"] == r["buffer"]) & (df["mask"] == r[k])]["seed"])
-                 for k in ("baseline", "masked")]
+        sides = [
+            set(df[(df["method"] == r["method"]) & (df["buffer_size"] == r["buffer"]) & (df["mask"] == r[k])]["seed"])
+            for k in ("baseline", "masked")
+        ]
         both = sorted(sides[0] & sides[1])
         out += f"<p>The figure averages over the {len(both)} seeds both sides have: {_e(', '.join(map(str, both)) or '-')}.</p>"
     return out
@@ -222,7 +310,9 @@ def _provenance(store: Store, run_ids: Sequence[str]) -> str:
     def work(conn):
         rows = []
         for chunk in in_chunks(list(run_ids)):
-            rows += conn.execute(select(Run.run_id, Run.device, Run.host, Run.versions).where(Run.run_id.in_(chunk))).all()
+            rows += conn.execute(
+                select(Run.run_id, Run.device, Run.host, Run.versions).where(Run.run_id.in_(chunk))
+            ).all()
         return rows
 
     rows = store.transaction(work) if run_ids else []
@@ -232,10 +322,15 @@ def _provenance(store: Store, run_ids: Sequence[str]) -> str:
     for r in rows:
         v = r.versions or {}
         groups.setdefault((r.device or "-", r.host or "-", *(v.get(k, "-") for k in VERSION_KEYS)), []).append(r.run_id)
-    table_rows = [[_e(x) for x in key] + [_e(len(ids))] for key, ids in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
-    return _table(["device", "host", *VERSION_KEYS, "runs"], table_rows,
-                  "Software versions and devices of the finished runs behind this report, as each run recorded them.",
-                  numeric=(len(VERSION_KEYS) + 2,))
+    table_rows = [
+        [_e(x) for x in key] + [_e(len(ids))] for key, ids in sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    ]
+    return _table(
+        ["device", "host", *VERSION_KEYS, "runs"],
+        table_rows,
+        "Software versions and devices of the finished runs behind this report, as each run recorded them.",
+        numeric=(len(VERSION_KEYS) + 2,),
+    )
 
 
 def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: str) -> str:
@@ -247,36 +342,51 @@ def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: s
         f"with open_store({store.where!r}, readonly=True) as store:\n"
         f"    runs = experiment_runs(load_experiment({load!r}), store)  # a load_runs frame"
     )
-    sql = ("SELECT * FROM runs\nWHERE status = 'finished'\n  AND run_id IN (\n"
-           + ",\n".join(f"    '{i}'" for i in ids) + "\n  );")
-    return (f"<p>Command:</p><pre>{_e(command)}</pre>"
-            f"<p>Database: <code>{_e(store.where)}</code>. Experiment: <code>{_e(spec.source or spec.name)}</code> "
-            f"({len(ids)} runs: {_e(len(spec.methods))} methods x "
-            + (f"each method's masks ({_e(len(spec.all_masks))} in all)" if spec.per_method else f"{_e(len(spec.masks))} masks")
-            + f" x {_e(len(spec.buffers))} buffers x {_e(len(spec.seeds))} seeds, matched by run id, the hash of each "
-            "resolved config and seed).</p>"
-            f"<p>Registry query (Python):</p><pre>{_e(python)}</pre>"
-            f"<details><summary>the same as SQL (every run id)</summary><pre>{_e(sql)}</pre></details>"
-            "<p>Accuracy matrices, per-class confidence and the confidence histograms of these runs are in the "
-            "tables <code>accuracy</code>, <code>confidence</code> and <code>confidence_histograms</code>, by run id.</p>")
+    sql = (
+        "SELECT * FROM runs\nWHERE status = 'finished'\n  AND run_id IN (\n"
+        + ",\n".join(f"    '{i}'" for i in ids)
+        + "\n  );"
+    )
+    return (
+        f"<p>Command:</p><pre>{_e(command)}</pre>"
+        f"<p>Database: <code>{_e(store.where)}</code>. Experiment: <code>{_e(spec.source or spec.name)}</code> "
+        f"({len(ids)} runs: {_e(len(spec.methods))} methods x "
+        + (
+            f"each method's masks ({_e(len(spec.all_masks))} in all)"
+            if spec.per_method
+            else f"{_e(len(spec.masks))} masks"
+        )
+        + f" x {_e(len(spec.buffers))} buffers x {_e(len(spec.seeds))} seeds, matched by run id, the hash of each "
+        "resolved config and seed).</p>"
+        f"<p>Registry query (Python):</p><pre>{_e(python)}</pre>"
+        f"<details><summary>the same as SQL (every run id)</summary><pre>{_e(sql)}</pre></details>"
+        "<p>Accuracy matrices, per-class confidence and the confidence histograms of these runs are in the "
+        "tables <code>accuracy</code>, <code>confidence</code> and <code>confidence_histograms</code>, by run id.</p>"
+    )
 
 
-def report_page(spec: ExperimentSpec, store: Store, root: Path, written: Sequence[Path], command: str,
-                generated_at: str) -> tuple[str, dict]:
+def report_page(
+    spec: ExperimentSpec, store: Store, root: Path, written: Sequence[Path], command: str, generated_at: str
+) -> tuple[str, dict]:
     """The HTML of the page of ``spec`` (whose files ``written`` were rendered), and its index entry."""
     df = experiment_runs(spec, store)
     coverage = run_coverage(spec, store)
     ids = coverage["run_id"].tolist()
     n_done = int((coverage["status"] == "finished").sum())
     title = spec.title or spec.name
-    body = [f"<nav><a href=\"{INDEX}\">← all reports</a></nav>", f"<h1>{_e(title)}</h1>",
-            f"<p class=\"meta\">report <code>{_e(spec.name)}</code> · kind {_e(spec.kind)} · benchmark "
-            f"{_e(spec.benchmark)} · {n_done} of {len(coverage)} runs finished · generated {_e(generated_at)}</p>"]
+    body = [
+        f'<nav><a href="{INDEX}">← all reports</a></nav>',
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">report <code>{_e(spec.name)}</code> · kind {_e(spec.kind)} · benchmark '
+        f"{_e(spec.benchmark)} · {n_done} of {len(coverage)} runs finished · generated {_e(generated_at)}</p>",
+    ]
     if spec.description:
         body.append(f"<p>{_e(spec.description)}</p>")
     if not written:
-        body.append("<p class=\"note\">Nothing rendered: none of the runs this report needs are finished "
-                    f"(compute them with <code>clbench report {_e(spec.name)}</code>).</p>")
+        body.append(
+            '<p class="note">Nothing rendered: none of the runs this report needs are finished '
+            f"(compute them with <code>clbench report {_e(spec.name)}</code>).</p>"
+        )
     figures = _figures(written, root)
     if figures:
         body += ["<h2>Figures</h2>", figures]
@@ -290,28 +400,55 @@ def report_page(spec: ExperimentSpec, store: Store, root: Path, written: Sequenc
     comparison = _comparison(spec, df)
     if comparison:
         body += ["<h2>Paired comparison</h2>", comparison]
-    body += ["<h2>Runs behind each cell</h2>", _coverage(spec, coverage, df),
-             "<h2>Software and device</h2>", _provenance(store, df["run_id"].tolist()),
-             "<h2>How this was made</h2>", _how_made(spec, store, ids, command)]
-    entry = {"title": title, "kind": spec.kind, "benchmark": spec.benchmark, "page": f"{spec.name}.html",
-             "finished": n_done, "expected": len(coverage), "generated_at": generated_at,
-             "files": [_href(p, root) for p in written]}
+    body += [
+        "<h2>Runs behind each cell</h2>",
+        _coverage(spec, coverage, df),
+        "<h2>Software and device</h2>",
+        _provenance(store, df["run_id"].tolist()),
+        "<h2>How this was made</h2>",
+        _how_made(spec, store, ids, command),
+    ]
+    entry = {
+        "title": title,
+        "kind": spec.kind,
+        "benchmark": spec.benchmark,
+        "page": f"{spec.name}.html",
+        "finished": n_done,
+        "expected": len(coverage),
+        "generated_at": generated_at,
+        "files": [_href(p, root) for p in written],
+    }
     return _page(f"{title} · clbench", "\n".join(body)), entry
 
 
 def index_page(entries: Mapping[str, dict], generated_at: str) -> str:
     rows = []
     for name, e in sorted(entries.items()):
-        figures = " · ".join(f"<a href=\"{f}\">{_e(Path(f).name)}</a>" for f in e.get("files", [])
-                             if f.endswith((".png", ".md")))
-        rows.append([f"<a href=\"{quote(e['page'])}\">{_e(name)}</a>", _e(e["title"]), _e(e["kind"]), _e(e["benchmark"]),
-                     f"{_e(e['finished'])} of {_e(e['expected'])}", figures or "-", _e(e["generated_at"])])
-    body = ["<h1>clbench reports</h1>",
-            f"<p class=\"meta\">{len(rows)} report{'s' if len(rows) != 1 else ''} · index generated {_e(generated_at)}</p>",
-            "<p>The general masked softmax (Kim, Kwon &amp; Kim, arXiv 2309.14808) in replay-based continual "
-            "learning: each report's figures and tables, the runs behind them and how they were made.</p>",
-            _table(["report", "title", "kind", "benchmark", "runs finished", "figures and tables", "generated"], rows,
-                   numeric=(4,))]
+        figures = " · ".join(
+            f'<a href="{f}">{_e(Path(f).name)}</a>' for f in e.get("files", []) if f.endswith((".png", ".md"))
+        )
+        rows.append(
+            [
+                f'<a href="{quote(e["page"])}">{_e(name)}</a>',
+                _e(e["title"]),
+                _e(e["kind"]),
+                _e(e["benchmark"]),
+                f"{_e(e['finished'])} of {_e(e['expected'])}",
+                figures or "-",
+                _e(e["generated_at"]),
+            ]
+        )
+    body = [
+        "<h1>clbench reports</h1>",
+        f'<p class="meta">{len(rows)} report{"s" if len(rows) != 1 else ""} · index generated {_e(generated_at)}</p>',
+        "<p>The general masked softmax (Kim, Kwon &amp; Kim, arXiv 2309.14808) in replay-based continual "
+        "learning: each report's figures and tables, the runs behind them and how they were made.</p>",
+        _table(
+            ["report", "title", "kind", "benchmark", "runs finished", "figures and tables", "generated"],
+            rows,
+            numeric=(4,),
+        ),
+    ]
     return _page("clbench reports", "\n".join(body))
 
 
@@ -340,8 +477,19 @@ def check_html_root(root: str | Path) -> Path:
 
 def default_command(spec: ExperimentSpec, db_label: str, out_dir: Path) -> str:
     """The ``clbench report`` command that renders this page again, from the same database."""
-    return shlex.join(["clbench", "report", spec.source if "/" in spec.source else spec.name, "--no-run", "--html",
-                       "--out", str(out_dir), "--db", db_label])
+    return shlex.join(
+        [
+            "clbench",
+            "report",
+            spec.source if "/" in spec.source else spec.name,
+            "--no-run",
+            "--html",
+            "--out",
+            str(out_dir),
+            "--db",
+            db_label,
+        ]
+    )
 
 
 def write_html(
@@ -359,7 +507,7 @@ def write_html(
     root = check_html_root(root)
 
     def work(store: Store) -> list[Path]:
-        generated_at = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        generated_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         written_all: list[Path] = []
         entries = {}
         pages = {}

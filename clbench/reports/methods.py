@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
 from clbench.reports import tables
+from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
 
@@ -51,30 +51,56 @@ def _diff(r) -> str:
 
 def comparison_caption(spec: ExperimentSpec, result: pd.DataFrame, test: str = "permutation") -> str:
     seeds = int(result["n_seeds"].max()) if len(result) else 0
-    return (f"Each masked variant against its own method's unmasked runs ({spec.render.get('baseline') or 'none'}), "
-            f"paired by seed ({seeds} seeds), on {spec.benchmark}: diff = mean of variant - baseline (points, %) "
-            f"[95% CI]; p = unadjusted / Holm-adjusted over one method's comparisons of that metric (its masked "
-            f"variants x buffers); * Holm p < {ALPHA:g}. Procedures: "
-            + "; ".join(p for p in procedures(test) if not p.startswith("p Holm"))
-            + ". Forgetting: Chaudhry et al. 2018 (lower is better, so a negative diff is an improvement). "
-            "W/L/T: seeds where the variant's class-IL FAA is higher/lower/equal.")
+    return (
+        f"Each masked variant against its own method's unmasked runs ({spec.render.get('baseline') or 'none'}), "
+        f"paired by seed ({seeds} seeds), on {spec.benchmark}: diff = mean of variant - baseline (points, %) "
+        f"[95% CI]; p = unadjusted / Holm-adjusted over one method's comparisons of that metric (its masked "
+        f"variants x buffers); * Holm p < {ALPHA:g}. Procedures: "
+        + "; ".join(p for p in procedures(test) if not p.startswith("p Holm"))
+        + ". Forgetting: Chaudhry et al. 2018 (lower is better, so a negative diff is an improvement). "
+        "W/L/T: seeds where the variant's class-IL FAA is higher/lower/equal."
+    )
 
 
 def comparison_markdown(spec: ExperimentSpec, result: pd.DataFrame) -> str:
     lines = [f"# {spec.title or spec.name}: masked against unmasked", "", comparison_caption(spec, result), ""]
-    head = ["method", "buffer", "variant", "on", "FAA class-IL: baseline → variant", *(f"{COMPARE_METRICS[m][0]} diff"
-                                                                                          for m in SHOWN), "W/L/T"]
+    head = [
+        "method",
+        "buffer",
+        "variant",
+        "on",
+        "FAA class-IL: baseline → variant",
+        *(f"{COMPARE_METRICS[m][0]} diff" for m in SHOWN),
+        "W/L/T",
+    ]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|")
     cells = result.set_index(["method", "buffer_size", "variant", "mask_on", "metric"])
     for (method, buffer, variant, on), _ in result.groupby(["method", "buffer_size", "variant", "mask_on"], sort=False):
-        rows = {m: next(cells.loc[[(method, buffer, variant, on, m)]].itertuples(), None)
-                if (method, buffer, variant, on, m) in cells.index else None for m in SHOWN}
+        rows = {
+            m: next(cells.loc[[(method, buffer, variant, on, m)]].itertuples(), None)
+            if (method, buffer, variant, on, m) in cells.index
+            else None
+            for m in SHOWN
+        }
         cil = rows["faa_class_il"]
         base = "–" if cil is None else f"{cil.baseline_mean:.2f} → {cil.variant_mean:.2f}"
         wlt = "–" if cil is None else f"{cil.wins}/{cil.losses}/{cil.ties}"
-        lines.append("| " + " | ".join([METHOD_NAMES.get(method, method), str(buffer), mask_title(variant), on, base,
-                                        *(_diff(rows[m]) for m in SHOWN), wlt]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    METHOD_NAMES.get(method, method),
+                    str(buffer),
+                    mask_title(variant),
+                    on,
+                    base,
+                    *(_diff(rows[m]) for m in SHOWN),
+                    wlt,
+                ]
+            )
+            + " |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -98,9 +124,20 @@ def plot_curves(data: pd.DataFrame, spec: ExperimentSpec):
             line = part[(part["method"] == method) & (part["mask"] == mask)].sort_values("buffer_size")
             if line.empty:
                 continue
-            x, mean, std = line["buffer_size"].to_numpy(), line["mean"].to_numpy(), np.nan_to_num(line["std"].to_numpy())
-            ax.plot(x, mean, marker="o", color=colors[mask], linestyle="--" if mask == "none" else "-",
-                    label=mask_title(mask), gid=f"{method} {mask}")
+            x, mean, std = (
+                line["buffer_size"].to_numpy(),
+                line["mean"].to_numpy(),
+                np.nan_to_num(line["std"].to_numpy()),
+            )
+            ax.plot(
+                x,
+                mean,
+                marker="o",
+                color=colors[mask],
+                linestyle="--" if mask == "none" else "-",
+                label=mask_title(mask),
+                gid=f"{method} {mask}",
+            )
             ax.fill_between(x, mean - std, mean + std, color=colors[mask], alpha=0.15, linewidth=0)
         buffers = sorted(part["buffer_size"].unique())
         ax.set_xscale("log")
@@ -110,12 +147,14 @@ def plot_curves(data: pd.DataFrame, spec: ExperimentSpec):
         ax.set_title(METHOD_NAMES.get(method, method))
         ax.set_xlabel("buffer size")
         ax.grid(alpha=0.3)
-    for ax in axes[len(methods):]:
+    for ax in axes[len(methods) :]:
         ax.set_visible(False)
     for ax in axes[::cols]:
         ax.set_ylabel("class-IL FAA (%)")
     handles = {h.get_label(): h for ax in axes[: len(methods)] for h in ax.get_lines()}
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.legend(
+        list(handles.values()), list(handles.keys()), loc="outside lower center", ncols=len(handles), frameon=False
+    )
     fig.suptitle(f"{spec.title or spec.name}\nclass-IL final average accuracy, mean ± 1 std over seeds", fontsize=11)
     return fig
 

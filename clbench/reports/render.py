@@ -20,14 +20,14 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import select
 
-from clbench.runs.resolved import ResolvedConfig
 from clbench.files import staged_folder
-from clbench.store.queries import Db, _with_store, load_runs
+from clbench.reports.experiments import ExperimentSpec
+from clbench.runs.config import resolve_unique
+from clbench.runs.resolved import ResolvedConfig
 from clbench.store.connection import in_chunks
+from clbench.store.queries import Db, _with_store, load_runs
 from clbench.store.schema import DONE_STATUSES, TaskLoss
 from clbench.store.store import Store
-from clbench.runs.config import resolve_unique
-from clbench.reports.experiments import ExperimentSpec
 
 
 def experiment_configs(spec: ExperimentSpec) -> list[ResolvedConfig]:
@@ -59,8 +59,20 @@ def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
 
     def work(store: Store):
         statuses = store.statuses([c.identity() for c in configs])
-        return [(c.identity(), c.method, c.benchmark, c.buffer_size, c.mask.label, c.mask.on, c.seed, c.config_hash(),
-                 statuses.get(c.identity(), "missing")) for c in configs]
+        return [
+            (
+                c.identity(),
+                c.method,
+                c.benchmark,
+                c.buffer_size,
+                c.mask.label,
+                c.mask.on,
+                c.seed,
+                c.config_hash(),
+                statuses.get(c.identity(), "missing"),
+            )
+            for c in configs
+        ]
 
     return pd.DataFrame.from_records(_with_store(db, work), columns=list(COVERAGE_COLUMNS))
 
@@ -124,7 +136,11 @@ def excluded_runs(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
         df = load_runs(store, run_id=ids, class_il=spec.render.get("class_il", "all"))
         rows = []
         for r in df[df["status"] == "diverged"].itertuples():
-            where = "" if pd.isna(r.diverged_task) else f" at task {int(r.diverged_task) + 1}, step {int(r.diverged_step) + 1}"
+            where = (
+                ""
+                if pd.isna(r.diverged_task)
+                else f" at task {int(r.diverged_task) + 1}, step {int(r.diverged_step) + 1}"
+            )
             rows.append((r.run_id, "diverged: its loss or gradient stopped being finite" + where))
         bad = _not_finite(store, df[df["status"] == "finished"])
         rows += list(bad.items())
@@ -149,8 +165,10 @@ def exclusion_lines(spec: ExperimentSpec, excluded: pd.DataFrame) -> list[str]:
             kinds = "diverged" if kinds == "diverged" else "has non-finite numbers"
         where = f"{method}, buffer {buffer}, mask {mask}" + ("" if mask == "none" or on == "stream" else f" on {on}")
         seeds = ", ".join(str(s) for s in cell["seed"])
-        lines.append(f"{where}: {k} of {n_seeds} seed{'s' if n_seeds != 1 else ''} {kinds} and "
-                     f"{'is' if k == 1 else 'are'} excluded (seed{'s' if k != 1 else ''} {seeds})")
+        lines.append(
+            f"{where}: {k} of {n_seeds} seed{'s' if n_seeds != 1 else ''} {kinds} and "
+            f"{'is' if k == 1 else 'are'} excluded (seed{'s' if k != 1 else ''} {seeds})"
+        )
     return lines
 
 

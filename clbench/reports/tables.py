@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from clbench.metrics import FORGETTING_DEFINITIONS
-from clbench.runs.results import CLASS_IL_NAMES
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
+from clbench.runs.results import CLASS_IL_NAMES
 
 SETTINGS = {"class_il": "Class-IL", "task_il": "Task-IL"}
 SUMMARY_COLUMNS = ("method", "mask", "buffer_size", "setting", "metric", "mean", "std", "n_seeds", "n_stale", "best")
@@ -38,13 +38,26 @@ def summary(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
                 if cell.empty:
                     continue
                 for setting in SETTINGS:
-                    for metric, column in (("faa", f"faa_{setting}"), ("forgetting", _forgetting_column(variant, setting))):
+                    for metric, column in (
+                        ("faa", f"faa_{setting}"),
+                        ("forgetting", _forgetting_column(variant, setting)),
+                    ):
                         v = cell[column].to_numpy(float)
                         v = v[~np.isnan(v)]
-                        rows.append({"method": method, "mask": mask, "buffer_size": int(buffer), "setting": setting,
-                                     "metric": metric, "mean": float(v.mean()) if len(v) else math.nan,
-                                     "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan, "n_seeds": len(v),
-                                     "n_stale": int((cell["status"] == "stale").sum()), "best": False})
+                        rows.append(
+                            {
+                                "method": method,
+                                "mask": mask,
+                                "buffer_size": int(buffer),
+                                "setting": setting,
+                                "metric": metric,
+                                "mean": float(v.mean()) if len(v) else math.nan,
+                                "std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+                                "n_seeds": len(v),
+                                "n_stale": int((cell["status"] == "stale").sum()),
+                                "best": False,
+                            }
+                        )
     out = pd.DataFrame.from_records(rows, columns=list(SUMMARY_COLUMNS))
     for (_, setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
         if group["mean"].notna().any():
@@ -76,11 +89,13 @@ def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = T
     variant = spec.render.get("forgetting", "chaudhry")
     seeds = int(summary_df["n_seeds"].max()) if len(summary_df) else 0
     head = f"{spec.title or spec.name}. " if with_title else ""
-    return (f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
-            f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
-            f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
-            f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}"
-            + (f" {summary_df.attrs['excluded']}" if summary_df.attrs.get("excluded") else ""))
+    return (
+        f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
+        f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
+        f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
+        f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}"
+        + (f" {summary_df.attrs['excluded']}" if summary_df.attrs.get("excluded") else "")
+    )
 
 
 def _sentence(text: str) -> str:
@@ -93,8 +108,10 @@ def _stale_note(summary_df: pd.DataFrame) -> str:
         return ""
     per_cell = summary_df.drop_duplicates(["method", "mask", "buffer_size"])
     n_stale, n_all = int(per_cell["n_stale"].sum()), int(per_cell["n_seeds"].sum())
-    return (f" {n_stale} of {n_all} runs are stale (computed by an older clbench engine) and stand in for runs "
-            "this clbench has not computed.")
+    return (
+        f" {n_stale} of {n_all} runs are stale (computed by an older clbench engine) and stand in for runs "
+        "this clbench has not computed."
+    )
 
 
 def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
@@ -106,7 +123,9 @@ def to_markdown(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "|".join(["---", "---"] + ["---:"] * (2 * len(buffers))) + "|")
         for method, mask in rows:
-            cells = [_cell(lookup.get((method, mask, b, metric)), False) for b in buffers for metric in ("faa", "forgetting")]
+            cells = [
+                _cell(lookup.get((method, mask, b, metric)), False) for b in buffers for metric in ("faa", "forgetting")
+            ]
             lines.append("| " + " | ".join([METHOD_NAMES.get(method, method), mask_title(mask), *cells]) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -117,25 +136,47 @@ def to_html(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
     out = []
     for setting, label in SETTINGS.items():
         rows, buffers, lookup = _grid(summary_df, setting)
-        out.append(f"<table class=\"results\"><caption>{label}. {html.escape(caption(spec, summary_df, False))}</caption>")
-        out.append("<thead><tr><th rowspan=\"2\">method</th><th rowspan=\"2\">mask</th>"
-                   + "".join(f"<th colspan=\"2\">buffer {b}</th>" for b in buffers) + "</tr><tr>"
-                   + "<th>FAA</th><th>forgetting</th>" * len(buffers) + "</tr></thead><tbody>")
+        out.append(
+            f'<table class="results"><caption>{label}. {html.escape(caption(spec, summary_df, False))}</caption>'
+        )
+        out.append(
+            '<thead><tr><th rowspan="2">method</th><th rowspan="2">mask</th>'
+            + "".join(f'<th colspan="2">buffer {b}</th>' for b in buffers)
+            + "</tr><tr>"
+            + "<th>FAA</th><th>forgetting</th>" * len(buffers)
+            + "</tr></thead><tbody>"
+        )
         for method, mask in rows:
             cells = []
             for b in buffers:
                 for metric in ("faa", "forgetting"):
                     row = lookup.get((method, mask, b, metric))
                     text = html.escape(_cell(row, False).replace("**", ""))
-                    cells.append(f"<td class=\"num\">{f'<strong>{text}</strong>' if row is not None and row['best'] else text}</td>")
-            out.append(f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
-                       + "".join(cells) + "</tr>")
+                    cells.append(
+                        f'<td class="num">{f"<strong>{text}</strong>" if row is not None and row["best"] else text}</td>'
+                    )
+            out.append(
+                f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
+                + "".join(cells)
+                + "</tr>"
+            )
         out.append("</tbody></table>")
     return "\n".join(out)
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
-        "$": r"\$", "±": r"$\pm$", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "_": r"\_",
+    "#": r"\#",
+    "{": r"\{",
+    "}": r"\}",
+    "$": r"\$",
+    "±": r"$\pm$",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _tex_escape(text: str) -> str:
@@ -149,13 +190,18 @@ def to_latex(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
         rows, buffers, lookup = _grid(summary_df, setting)
         out.append(r"\begin{tabular}{ll" + "rr" * len(buffers) + "}")
         out.append(r"\toprule")
-        out.append(rf"\multicolumn{{2}}{{l}}{{{label}}} & " + " & ".join(
-            rf"\multicolumn{{2}}{{c}}{{buffer {b}}}" for b in buffers) + r" \\")
+        out.append(
+            rf"\multicolumn{{2}}{{l}}{{{label}}} & "
+            + " & ".join(rf"\multicolumn{{2}}{{c}}{{buffer {b}}}" for b in buffers)
+            + r" \\"
+        )
         out.append("".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(buffers))))
         out.append("method & mask & " + " & ".join(["FAA & forgetting"] * len(buffers)) + r" \\")
         out.append(r"\midrule")
         for method, mask in rows:
-            cells = [_cell(lookup.get((method, mask, b, metric)), True) for b in buffers for metric in ("faa", "forgetting")]
+            cells = [
+                _cell(lookup.get((method, mask, b, metric)), True) for b in buffers for metric in ("faa", "forgetting")
+            ]
             value = mask.removesuffix(".0").replace("inf", "\\infty")
             mask_text = "no mask" if mask == "none" else f"$m = {value}$"
             out.append(" & ".join([_tex_escape(METHOD_NAMES.get(method, method)), mask_text, *cells]) + r" \\")
@@ -179,9 +225,13 @@ def write_tables(summary_df: pd.DataFrame, spec: ExperimentSpec, stem: Path) -> 
 def buffer_curve_data(summary_df: pd.DataFrame) -> pd.DataFrame:
     """The tiny-buffer figure's numbers: FAA per (method, mask, setting) against the buffer size."""
     part = summary_df[summary_df["metric"] == "faa"]
-    return part[["method", "mask", "setting", "buffer_size", "mean", "std", "n_seeds"]].sort_values(
-        ["setting", "method", "mask", "buffer_size"], key=lambda s: s.map(mask_sort_key) if s.name == "mask" else s
-    ).reset_index(drop=True)
+    return (
+        part[["method", "mask", "setting", "buffer_size", "mean", "std", "n_seeds"]]
+        .sort_values(
+            ["setting", "method", "mask", "buffer_size"], key=lambda s: s.map(mask_sort_key) if s.name == "mask" else s
+        )
+        .reset_index(drop=True)
+    )
 
 
 def plot_buffer_curve(data: pd.DataFrame, spec: ExperimentSpec):
@@ -197,10 +247,21 @@ def plot_buffer_curve(data: pd.DataFrame, spec: ExperimentSpec):
     for ax, (setting, label) in zip(axes, SETTINGS.items()):
         for k, (method, mask) in enumerate(keys):
             rows = data[(data["setting"] == setting) & (data["method"] == method) & (data["mask"] == mask)]
-            x, mean, std = rows["buffer_size"].to_numpy(), rows["mean"].to_numpy(), np.nan_to_num(rows["std"].to_numpy())
+            x, mean, std = (
+                rows["buffer_size"].to_numpy(),
+                rows["mean"].to_numpy(),
+                np.nan_to_num(rows["std"].to_numpy()),
+            )
             color = colors(k % 10)
-            ax.plot(x, mean, marker="o", color=color, linestyle="-" if mask != "none" else "--",
-                    label=f"{METHOD_NAMES.get(method, method)}, {mask_title(mask)}", gid=f"{method} {mask} {setting}")
+            ax.plot(
+                x,
+                mean,
+                marker="o",
+                color=color,
+                linestyle="-" if mask != "none" else "--",
+                label=f"{METHOD_NAMES.get(method, method)}, {mask_title(mask)}",
+                gid=f"{method} {mask} {setting}",
+            )
             ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
         buffers = sorted(data["buffer_size"].unique())
         ax.set_xscale("log")

@@ -7,7 +7,6 @@ import math
 import numbers
 from typing import Any
 
-
 # The largest whole number every supported database stores in an INTEGER column (PostgreSQL's
 # integer is 32-bit signed; SQLite's would take more, so the two would disagree on what is valid).
 INT_MAX = 2**31 - 1

@@ -46,7 +46,7 @@ class RunConfig:
     head: str | None = None  # the classifier head: "linear" (default) or "cosine" (ER-ACE's original)
     options: Mapping[str, Any] | None = None  # the method's own hyperparameters (Method.options), overriding
 
-    def resolve(self) -> "ResolvedConfig":
+    def resolve(self) -> ResolvedConfig:
         """The resolved config (computed once per RunConfig: it is immutable)."""
         cached = self.__dict__.get("_resolved")
         if cached is None:
@@ -55,25 +55,9 @@ class RunConfig:
         return cached
 
 
-
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------
 # Validation: one set of rules for every way a run is asked for (the CLI's options, a registered
 # experiment's TOML file, Python), applied before anything is trained or stored.
-
-
-
-
-
-
-
-
-
-
 
 
 # RunConfig field -> the check of a value given for it (None, where allowed, means "the default").
@@ -92,8 +76,19 @@ FIELD_CHECKS = {
     "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
     "head": lambda v: check_choice("head", v, HEADS, "valid heads are"),
 }
-OPTIONAL_FIELDS = ("backbone", "width", "epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta",
-                   "class_order_seed", "der_logits", "head")
+OPTIONAL_FIELDS = (
+    "backbone",
+    "width",
+    "epochs",
+    "batch_size",
+    "minibatch_size",
+    "lr",
+    "alpha",
+    "beta",
+    "class_order_seed",
+    "der_logits",
+    "head",
+)
 SYNTHETIC_CHECKS = {
     "n_tasks": lambda v: check_whole("synthetic.n_tasks", v, 1, 10_000),
     "classes_per_task": lambda v: check_whole("synthetic.classes_per_task", v, 1, 10_000),
@@ -129,7 +124,7 @@ def check_synthetic(options: Any) -> SyntheticOptions:
     return options
 
 
-def validate_request(cfg: "RunConfig") -> None:
+def validate_request(cfg: RunConfig) -> None:
     """Every value of ``cfg`` is one a run can have, and one every supported database can store.
     Raises :class:`InvalidValue` (or ``ValueError`` for names) naming the first that is not."""
     if not isinstance(cfg.method, str):  # which names exist: find_method, in resolve
@@ -145,8 +140,6 @@ def validate_request(cfg: "RunConfig") -> None:
         check_synthetic(cfg.synthetic)
 
 
-
-
 def _placements(acts_on: tuple[str, ...]) -> list[str]:
     """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows."""
     return [p for p in ("stream", "buffer", "both") if ({"stream", "buffer"} if p == "both" else {p}) & set(acts_on)]
@@ -156,11 +149,15 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
     if not mask.enabled:
         return
     if not acts_on:
-        raise ValueError(f"{name} has no softmax cross-entropy for a mask to act on (an unmasked reference "
-                         f"baseline): run it with mask none")
+        raise ValueError(
+            f"{name} has no softmax cross-entropy for a mask to act on (an unmasked reference "
+            f"baseline): run it with mask none"
+        )
     if not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
-        raise ValueError(f"a mask on the {mask.on} cannot act in {name}, whose cross-entropy sees {' or '.join(acts_on)} "
-                         f"rows: valid placements for {name} are {', '.join(_placements(acts_on))}")
+        raise ValueError(
+            f"a mask on the {mask.on} cannot act in {name}, whose cross-entropy sees {' or '.join(acts_on)} "
+            f"rows: valid placements for {name} are {', '.join(_placements(acts_on))}"
+        )
 
 
 def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
@@ -183,7 +180,9 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
             return number
     else:
         return str(value)
-    raise ValueError(f"invalid value {value!r} for the {name} option {key}: give a {kind.__name__} (default {default!r})")
+    raise ValueError(
+        f"invalid value {value!r} for the {name} option {key}: give a {kind.__name__} (default {default!r})"
+    )
 
 
 def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -218,8 +217,11 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         stream = dataset_sizes(cfg.benchmark, cfg.synthetic)[0]
         if buffer_size > stream:
             # More slots than samples would only allocate memory that is never written.
-            raise InvalidValue("buffer_size", buffer_size, f"{cfg.benchmark}'s stream has {stream} training "
-                               f"samples; a buffer holds at most that many")
+            raise InvalidValue(
+                "buffer_size",
+                buffer_size,
+                f"{cfg.benchmark}'s stream has {stream} training samples; a buffer holds at most that many",
+            )
     backbone = cfg.backbone or spec.backbone
     width = (cfg.width or 64) if backbone == "resnet18" else None
     head = cfg.head or "linear"
@@ -227,8 +229,11 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     try:
         preset = lookup_preset(cfg.benchmark, base or name, buffer_size)
         if base is not None:
-            preset = replace(preset, notes=(f"{name} is a method of your own: using the presets of {base}, its "
-                                            "shipped base class",) + preset.notes)
+            preset = replace(
+                preset,
+                notes=(f"{name} is a method of your own: using the presets of {base}, its shipped base class",)
+                + preset.notes,
+            )
     except ValueError:
         if cfg.lr is None:
             raise
@@ -273,7 +278,9 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         method_source=ref.source,
         method_sha256=ref.sha256,
     )
-    overridden = [n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None]
+    overridden = [
+        n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None
+    ]
     overridden += [f"option {k}" for k in (cfg.options or {})]
     if overridden:
         resolved = replace(resolved, notes=resolved.notes + (f"overridden: {', '.join(overridden)}",))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 MASK_ON_CHOICES = ("stream", "buffer", "both")
 
 
@@ -50,14 +49,14 @@ class MaskSpec:
         return format_mask_value(self.value)
 
     @classmethod
-    def parse(cls, text: str, on: str = "stream") -> "MaskSpec":
+    def parse(cls, text: str, on: str = "stream") -> MaskSpec:
         return cls(parse_mask_value(text), on)
 
     def to_dict(self) -> dict:
         return {"value": self.label, "on": self.on}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MaskSpec":
+    def from_dict(cls, d: dict) -> MaskSpec:
         return cls(parse_mask_value(str(d["value"])), d.get("on", "stream"))
 
 

@@ -35,7 +35,11 @@ PRESETS: dict[tuple[str, str], dict[int, _T]] = {
     ("seq-tinyimg", "agem"): {b: (0.01, 32, None, None) for b in (200, 500, 5120)},
     # iCaRL (the weight decay, Mammoth's custom L2 / opt_wd, is the option wd below).
     ("seq-mnist", "icarl"): {b: (0.1, None, None, None) for b in (200, 500, 5120)},
-    ("seq-cifar10", "icarl"): {200: (0.1, None, None, None), 500: (0.1, None, None, None), 5120: (0.03, None, None, None)},
+    ("seq-cifar10", "icarl"): {
+        200: (0.1, None, None, None),
+        500: (0.1, None, None, None),
+        5120: (0.03, None, None, None),
+    },
     ("seq-tinyimg", "icarl"): {b: (0.03, None, None, None) for b in (200, 500, 5120)},
     ("seq-cifar100", "icarl"): {b: (0.3, None, None, None) for b in (500, 2000)},
     # X-DER ([M22] best_args; no seq-mnist, seq-cifar10 or seq-tinyimg rows in any source).
@@ -60,7 +64,10 @@ PRESET_SOURCE = {"seq-fmnist": "seq-mnist", "synthetic": "seq-mnist"}
 METHOD_FALLBACK = {"er_ace": "er", "joint": "sgd", "xder": "derpp"}
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
-    "gdumb": ((0.05, None, None, None), "Mammoth's gdumb defaults (maxlr 0.05, minlr 5e-4, 256 fitting epochs, CutMix alpha 1)"),
+    "gdumb": (
+        (0.05, None, None, None),
+        "Mammoth's gdumb defaults (maxlr 0.05, minlr 5e-4, 256 fitting epochs, CutMix alpha 1)",
+    ),
 }
 
 

@@ -80,7 +80,7 @@ class ResolvedConfig:
         return load_method(self.method, self.method_source, self.method_sha256)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ResolvedConfig":
+    def from_dict(cls, d: dict) -> ResolvedConfig:
         d = dict(d)
         d["mask"] = MaskSpec.from_dict(d["mask"])
         d["lr_milestones"] = tuple(d["lr_milestones"])
@@ -126,9 +126,20 @@ class ResolvedConfig:
         buffer size, mask, lr, alpha and beta may differ per run.
         """
         key = (
-            self.benchmark, self.synthetic, self.class_order_seed, self.backbone, self.width,
-            self.method, self.epochs, self.batch_size, self.minibatch_size, self.lr_milestones, self.der_logits,
-            self.head, self.options, self.method_sha256,
+            self.benchmark,
+            self.synthetic,
+            self.class_order_seed,
+            self.backbone,
+            self.width,
+            self.method,
+            self.epochs,
+            self.batch_size,
+            self.minibatch_size,
+            self.lr_milestones,
+            self.der_logits,
+            self.head,
+            self.options,
+            self.method_sha256,
         )
         # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
         # added to the training set) group only runs of one buffer size.

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from clbench.runs.resolved import ResolvedConfig
 from clbench.metrics import summarize
+from clbench.runs.resolved import ResolvedConfig
 
 CLASS_IL_CONVENTIONS = ("all", "seen")
 # How captions name each convention.
@@ -94,14 +94,16 @@ class RunResult:
             "versions": dict(self.versions),
             "class_names": list(self.class_names),
             "class_il_seen": None if self.class_il_seen is None else self.class_il_seen.tolist(),
-            "class_il_seen_correct": None if self.class_il_seen_correct is None else self.class_il_seen_correct.tolist(),
+            "class_il_seen_correct": None
+            if self.class_il_seen_correct is None
+            else self.class_il_seen_correct.tolist(),
             "divergence": None if self.divergence is None else asdict(self.divergence),
             "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunResult":
+    def from_dict(cls, d: dict) -> RunResult:
         a = np.asarray
         return cls(
             config=ResolvedConfig.from_dict(d["config"]),
@@ -120,8 +122,9 @@ class RunResult:
             versions=dict(d["versions"]),
             class_names=tuple(d.get("class_names", ())),
             class_il_seen=None if d.get("class_il_seen") is None else a(d["class_il_seen"], dtype=np.float64),
-            class_il_seen_correct=(None if d.get("class_il_seen_correct") is None
-                                   else a(d["class_il_seen_correct"], dtype=np.int64)),
+            class_il_seen_correct=(
+                None if d.get("class_il_seen_correct") is None else a(d["class_il_seen_correct"], dtype=np.int64)
+            ),
             divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
             histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
         )

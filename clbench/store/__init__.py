@@ -22,6 +22,17 @@ from clbench.store.schema import ACTIVE_STATUSES, DONE_STATUSES, STATUSES
 from clbench.store.store import Store
 
 __all__ = [
-    "ACTIVE_STATUSES", "DONE_STATUSES", "STATUSES", "Owner", "Store", "StoreError", "describe_url", "inspect_db",
-    "is_in_memory", "open_store", "resolve_db_url", "shown_status", "sqlite_path",
+    "ACTIVE_STATUSES",
+    "DONE_STATUSES",
+    "STATUSES",
+    "Owner",
+    "Store",
+    "StoreError",
+    "describe_url",
+    "inspect_db",
+    "is_in_memory",
+    "open_store",
+    "resolve_db_url",
+    "shown_status",
+    "sqlite_path",
 ]

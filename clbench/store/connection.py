@@ -62,8 +62,10 @@ def resolve_db_url(db: str | os.PathLike | URL | None = None, env: Mapping[str, 
         try:
             return make_url(raw)
         except ArgumentError:
-            raise StoreError(f"invalid database URL {raw!r}: give a file path or a SQLAlchemy URL such as "
-                             "sqlite:///results.db or postgresql+psycopg://user@host/dbname") from None
+            raise StoreError(
+                f"invalid database URL {raw!r}: give a file path or a SQLAlchemy URL such as "
+                "sqlite:///results.db or postgresql+psycopg://user@host/dbname"
+            ) from None
     return URL.create("sqlite", database=str(Path(raw).expanduser().absolute()))
 
 
@@ -73,8 +75,7 @@ def is_in_memory(url: URL) -> bool:
     if url.get_backend_name() != "sqlite":
         return False
     database = url.database or ""
-    return database in ("", ":memory:") or database.startswith("file::memory:") or \
-        url.query.get("mode") == "memory"
+    return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
 
 
 def describe_url(url: URL) -> str:
@@ -118,11 +119,15 @@ def make_engine(url: URL, *, readonly: bool) -> Engine:
             connect_args["connect_timeout"] = 10
         return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
     except NoSuchModuleError:
-        raise StoreError(f"unsupported database URL {describe_url(url)}: valid are file paths, sqlite:///... and "
-                         "postgresql+psycopg://... URLs") from None
+        raise StoreError(
+            f"unsupported database URL {describe_url(url)}: valid are file paths, sqlite:///... and "
+            "postgresql+psycopg://... URLs"
+        ) from None
     except ImportError as exc:
-        raise StoreError(f"the database driver for {describe_url(url)} is not installed (no module {exc.name!r}); "
-                         "install it, e.g. for PostgreSQL: pip install 'psycopg[binary]'") from None
+        raise StoreError(
+            f"the database driver for {describe_url(url)} is not installed (no module {exc.name!r}); "
+            "install it, e.g. for PostgreSQL: pip install 'psycopg[binary]'"
+        ) from None
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
@@ -142,8 +147,11 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
         conn.close()
         wal = Path(f"{path}-wal")
         cannot_write_here = not os.access(path.absolute().parent, os.W_OK | os.X_OK)
-        if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN" or not cannot_write_here or (
-                wal.exists() and wal.stat().st_size > 0):
+        if (
+            getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN"
+            or not cannot_write_here
+            or (wal.exists() and wal.stat().st_size > 0)
+        ):
             raise
     return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
 
@@ -189,8 +197,10 @@ def run_transaction(engine: Engine, work: Callable[[Any], T], where: str) -> T:
                 return work(conn)
         except DBAPIError as exc:
             if _damaged(exc):
-                raise StoreError(f"the database {where} is damaged ({first_line(exc)}): restore it from a "
-                                 "backup, or recover what is readable with: sqlite3 FILE .recover") from None
+                raise StoreError(
+                    f"the database {where} is damaged ({first_line(exc)}): restore it from a "
+                    "backup, or recover what is readable with: sqlite3 FILE .recover"
+                ) from None
             if attempt == _RETRIES - 1 or not _transient(exc):
                 raise
             time.sleep(delay)
@@ -207,7 +217,8 @@ def _transient(exc: Exception) -> bool:
     message = str(getattr(exc, "orig", exc)).lower()
     code = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return (
-        "database is locked" in message or "database is busy" in message
+        "database is locked" in message
+        or "database is busy" in message
         or code in ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock not available
     )
 
@@ -215,8 +226,11 @@ def _transient(exc: Exception) -> bool:
 def _damaged(exc: Exception) -> bool:
     """SQLite's errors for a file whose pages are corrupt: no retry or other query gets past them."""
     message = str(getattr(exc, "orig", exc)).lower()
-    return ("database disk image is malformed" in message or "file is not a database" in message
-            or "malformed database schema" in message)
+    return (
+        "database disk image is malformed" in message
+        or "file is not a database" in message
+        or "malformed database schema" in message
+    )
 
 
 def serialize_writers(conn) -> None:

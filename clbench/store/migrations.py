@@ -46,9 +46,13 @@ def float_type(conn) -> str:
 def to_version_2(conn) -> None:
     """Schema 1 -> 2: the results version (1 for every existing row: they were computed by
     clbench 0.1.0), the owner's heartbeat and where a run diverged."""
-    for column, sql_type in (("results_version", "INTEGER"), ("heartbeat_at", timestamp_type(conn)),
-                             ("diverged_task", "INTEGER"), ("diverged_step", "INTEGER"),
-                             ("last_finite_loss", float_type(conn))):
+    for column, sql_type in (
+        ("results_version", "INTEGER"),
+        ("heartbeat_at", timestamp_type(conn)),
+        ("diverged_task", "INTEGER"),
+        ("diverged_step", "INTEGER"),
+        ("last_finite_loss", float_type(conn)),
+    ):
         conn.execute(text(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}"))
     conn.execute(text("UPDATE runs SET results_version = 1"))
 
@@ -59,8 +63,10 @@ STEPS: dict[int, Callable[[Any], None]] = {
 }
 
 if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its step, or a step too many
-    raise RuntimeError(f"clbench.store.migrations.STEPS covers the versions {sorted(STEPS)}, but "
-                       f"SCHEMA_VERSION is {SCHEMA_VERSION}: give every version from 2 to it one step")
+    raise RuntimeError(
+        f"clbench.store.migrations.STEPS covers the versions {sorted(STEPS)}, but "
+        f"SCHEMA_VERSION is {SCHEMA_VERSION}: give every version from 2 to it one step"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,14 +81,17 @@ def schema_state(conn, where: str) -> str:
         return "empty"
     if SchemaInfo.__tablename__ not in tables:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
-        raise StoreError(f"{where} is not a clbench database (it has the tables {shown} and no clbench_schema); "
-                         "give another --db")
+        raise StoreError(
+            f"{where} is not a clbench database (it has the tables {shown} and no clbench_schema); give another --db"
+        )
     row = conn.execute(select(SchemaInfo.application, SchemaInfo.version)).first()
     if row is None or row.application != APPLICATION:
         raise StoreError(f"{where} is not a clbench database (its clbench_schema table has no clbench row)")
     if row.version > SCHEMA_VERSION:
-        raise StoreError(f"{where} was written by a newer clbench (schema version {row.version}; this clbench "
-                         f"reads version {SCHEMA_VERSION}): upgrade clbench or use another --db")
+        raise StoreError(
+            f"{where} was written by a newer clbench (schema version {row.version}; this clbench "
+            f"reads version {SCHEMA_VERSION}): upgrade clbench or use another --db"
+        )
     if row.version < SCHEMA_VERSION or TABLE_NAMES - tables:
         return "outdated"
     return "ready"

@@ -67,8 +67,9 @@ def import_mlflow():
         import mlflow  # noqa: PLC0415 - optional extra, only on this path
         from mlflow.tracking import MlflowClient  # noqa: PLC0415
     except ImportError:
-        raise MlflowExportError(f"exporting to MLflow needs the optional extra {EXTRA!r}: "
-                                f"pip install 'clbench[{EXTRA}]'") from None
+        raise MlflowExportError(
+            f"exporting to MLflow needs the optional extra {EXTRA!r}: pip install 'clbench[{EXTRA}]'"
+        ) from None
     return mlflow, MlflowClient
 
 
@@ -80,9 +81,11 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     raw = uri if uri else mlflow.get_tracking_uri()
     parsed = urlparse(raw)
     if parsed.scheme == "sqlite":
-        path = raw[len("sqlite:///"):] if raw.startswith("sqlite:///") else ""
+        path = raw[len("sqlite:///") :] if raw.startswith("sqlite:///") else ""
         if not path or path == ":memory:" or path.startswith("file:"):
-            raise MlflowExportError(f"invalid MLflow tracking URI {raw!r}: give an SQLite file, e.g. sqlite:///mlflow.db")
+            raise MlflowExportError(
+                f"invalid MLflow tracking URI {raw!r}: give an SQLite file, e.g. sqlite:///mlflow.db"
+            )
         file = Path(path).expanduser().absolute()
         _check_folder(raw, file.parent)
         return f"sqlite:///{file}"
@@ -117,8 +120,9 @@ def _experiment_id(client, name: str, artifact_location: str | None) -> str:
     if exp is None:
         return client.create_experiment(name, artifact_location=artifact_location)
     if exp.lifecycle_stage != "active":
-        raise MlflowExportError(f"the MLflow experiment {name!r} is deleted in that store: restore it or give "
-                                "another experiment name")
+        raise MlflowExportError(
+            f"the MLflow experiment {name!r} is deleted in that store: restore it or give another experiment name"
+        )
     return exp.experiment_id
 
 
@@ -175,17 +179,31 @@ def run_metrics(res: RunResult) -> list[tuple[str, float, int]]:
 
 
 def _matrices_files(res: RunResult, folder: Path) -> None:
-    (folder / "accuracy_matrices.json").write_text(json.dumps({
-        "run_id": res.run_id, "note": "A[i][j]: accuracy (%) on task j's test set after training task i",
-        "class_il": res.class_il.tolist(), "task_il": res.task_il.tolist(),
-        "class_il_correct": res.class_il_correct.tolist(), "task_il_correct": res.task_il_correct.tolist(),
-        "test_counts": res.test_counts.tolist()}, indent=1) + "\n")
+    (folder / "accuracy_matrices.json").write_text(
+        json.dumps(
+            {
+                "run_id": res.run_id,
+                "note": "A[i][j]: accuracy (%) on task j's test set after training task i",
+                "class_il": res.class_il.tolist(),
+                "task_il": res.task_il.tolist(),
+                "class_il_correct": res.class_il_correct.tolist(),
+                "task_il_correct": res.task_il_correct.tolist(),
+                "test_counts": res.test_counts.tolist(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     n = res.class_il.shape[0]
-    rows = [(s, i, j, float(m[i, j]), int(c[i, j]), int(res.test_counts[j]))
-            for s, m, c in (("class_il", res.class_il, res.class_il_correct), ("task_il", res.task_il, res.task_il_correct))
-            for i in range(n) for j in range(n)]
+    rows = [
+        (s, i, j, float(m[i, j]), int(c[i, j]), int(res.test_counts[j]))
+        for s, m, c in (("class_il", res.class_il, res.class_il_correct), ("task_il", res.task_il, res.task_il_correct))
+        for i in range(n)
+        for j in range(n)
+    ]
     pd.DataFrame(rows, columns=["setting", "after_task", "on_task", "accuracy", "n_correct", "n_total"]).to_csv(
-        folder / "accuracy_matrices.csv", index=False)
+        folder / "accuracy_matrices.csv", index=False
+    )
 
 
 def _log(client, run_id: str, metrics=(), params: dict | None = None, timestamp: int = 0) -> None:
@@ -269,8 +287,9 @@ def _export(store: Store, client_cls, uri, experiment, artifact_location, filter
                 parent = adopted.info.run_id
             else:
                 params = {k: v for k, v in flat_params(first["config"]).items() if k != "seed"}
-                run = client.create_run(exp_id, tags={ENTITY_TAG: "config", CONFIG_TAG: config_hash},
-                                        run_name=_label(first))
+                run = client.create_run(
+                    exp_id, tags={ENTITY_TAG: "config", CONFIG_TAG: config_hash}, run_name=_label(first)
+                )
                 parent = run.info.run_id
                 _log(client, parent, params=params)
                 client.set_terminated(parent, "FINISHED")
@@ -281,19 +300,34 @@ def _export(store: Store, client_cls, uri, experiment, artifact_location, filter
             _export_run(client, store, uri, exp_id, parent, row)
             new_runs += 1
         _parent_summary(client, store, parent, config_hash, uri)
-    return MlflowExport(tracking_uri=uri, experiment_id=exp_id, experiment=experiment, runs=len(runs),
-                        new_runs=new_runs, already_there=already, new_parents=new_parents)
+    return MlflowExport(
+        tracking_uri=uri,
+        experiment_id=exp_id,
+        experiment=experiment,
+        runs=len(runs),
+        new_runs=new_runs,
+        already_there=already,
+        new_parents=new_parents,
+    )
 
 
 def _export_run(client, store: Store, uri: str, exp_id: str, parent: str, row: dict) -> None:
     res = store.load_result(row["run_id"])
-    tags = {"mlflow.parentRunId": parent, ENTITY_TAG: "run", RUN_TAG: row["run_id"], CONFIG_TAG: row["config_hash"],
-            "clbench.experiments": row["experiment"] or "", "clbench.device": res.device,
-            "clbench.host": row["host"] or "", "clbench.database": store.where,
-            "clbench.versions": json.dumps(res.versions)[:5000],
-            "clbench.notes": "; ".join(row["config"].get("notes", []))[:5000]}
-    run = client.create_run(exp_id, start_time=_ms(row["started_at"]), tags=tags,
-                            run_name=f"{_label(row)} seed {row['seed']}")
+    tags = {
+        "mlflow.parentRunId": parent,
+        ENTITY_TAG: "run",
+        RUN_TAG: row["run_id"],
+        CONFIG_TAG: row["config_hash"],
+        "clbench.experiments": row["experiment"] or "",
+        "clbench.device": res.device,
+        "clbench.host": row["host"] or "",
+        "clbench.database": store.where,
+        "clbench.versions": json.dumps(res.versions)[:5000],
+        "clbench.notes": "; ".join(row["config"].get("notes", []))[:5000],
+    }
+    run = client.create_run(
+        exp_id, start_time=_ms(row["started_at"]), tags=tags, run_name=f"{_label(row)} seed {row['seed']}"
+    )
     rid = run.info.run_id
     _log(client, rid, run_metrics(res), flat_params(row["config"]), timestamp=_ms(row["finished_at"]) or 0)
     with tempfile.TemporaryDirectory(prefix="clbench-mlflow-") as tmp:
@@ -320,5 +354,12 @@ def _parent_summary(client, store: Store, parent: str, config_hash: str, uri: st
     _log(client, parent, metrics, timestamp=_ms(pd.Timestamp.now(tz="UTC")) or 0)
 
 
-__all__ = ["DEFAULT_EXPERIMENT", "MlflowExport", "MlflowExportError", "export_mlflow", "flat_params",
-           "resolve_tracking_uri", "run_metrics"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "MlflowExport",
+    "MlflowExportError",
+    "export_mlflow",
+    "flat_params",
+    "resolve_tracking_uri",
+    "run_metrics",
+]

@@ -57,8 +57,10 @@ def inspect_db(db: str | os.PathLike | URL | None = None) -> str:
         if not header:
             return "empty"
         if header != _SQLITE_HEADER:
-            raise StoreError(f"{path} is not a clbench database (it is not an SQLite file); "
-                             "give another --db path or move the file away")
+            raise StoreError(
+                f"{path} is not a clbench database (it is not an SQLite file); "
+                "give another --db path or move the file away"
+            )
     engine = make_engine(url, readonly=True)
     try:
         with engine.connect() as conn:
@@ -85,11 +87,17 @@ def open_store(db: str | os.PathLike | URL | None = None, *, create: bool = True
     if state in ("missing", "empty") and (readonly or not create):
         raise StoreError(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
     path = sqlite_file(url)
-    if not readonly and path is not None and path.exists() and not (
-            os.access(path, os.W_OK) and os.access(path.absolute().parent, os.W_OK | os.X_OK)):
+    if (
+        not readonly
+        and path is not None
+        and path.exists()
+        and not (os.access(path, os.W_OK) and os.access(path.absolute().parent, os.W_OK | os.X_OK))
+    ):
         # Found now rather than at the first write, after the work that was to be saved there.
-        raise StoreError(f"cannot write the database {path}: it or its folder is not writable (no permission, or "
-                         "read-only storage); reading it works (clbench runs, show, export, compare, report --no-run)")
+        raise StoreError(
+            f"cannot write the database {path}: it or its folder is not writable (no permission, or "
+            "read-only storage); reading it works (clbench runs, show, export, compare, report --no-run)"
+        )
     if state == "outdated":
         _upgrade(url)
     engine = make_engine(url, readonly=readonly)
@@ -112,8 +120,10 @@ def _upgrade(url: URL) -> None:
         with engine.begin() as conn:
             migrate(conn, describe_url(url))
     except DBAPIError as exc:
-        raise StoreError(f"{describe_url(url)} has an older clbench schema and could not be upgraded to version "
-                         f"{SCHEMA_VERSION} ({first_line(exc)}): open it once with write access") from None
+        raise StoreError(
+            f"{describe_url(url)} has an older clbench schema and could not be upgraded to version "
+            f"{SCHEMA_VERSION} ({first_line(exc)}): open it once with write access"
+        ) from None
     finally:
         engine.dispose()
 

@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class Owner:
     process_start: int | None
 
     @classmethod
-    def current(cls) -> "Owner":
+    def current(cls) -> Owner:
         pid = os.getpid()
         return cls(socket.gethostname(), pid, process_start(pid))
 
@@ -105,5 +105,5 @@ def holder_alive(row, now: datetime) -> bool:
     if beat is None:
         return False
     if beat.tzinfo is None:  # SQLite keeps UTC without its zone
-        beat = beat.replace(tzinfo=timezone.utc)
+        beat = beat.replace(tzinfo=UTC)
     return (now - beat).total_seconds() < HEARTBEAT_TIMEOUT_S

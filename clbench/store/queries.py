@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,15 +32,41 @@ from clbench.version import RESULTS_VERSION
 
 # The columns of ``clbench export`` (one row per run), in this order.
 EXPORT_COLUMNS = (
-    "run_id", "experiment", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", "seed", "status",
-    "faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il", "bwt_class_il", "wall_s",
+    "run_id",
+    "experiment",
+    "method",
+    "dataset",
+    "backbone",
+    "buffer_size",
+    "mask",
+    "mask_on",
+    "seed",
+    "status",
+    "faa_class_il",
+    "faa_task_il",
+    "forgetting_class_il",
+    "forgetting_task_il",
+    "bwt_class_il",
+    "wall_s",
     "config_hash",
 )
 # More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
 EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
 HYPERPARAMETERS = ("epochs", "batch_size", "minibatch_size", "lr", "alpha", "beta")
-RECORD_COLUMNS = ("group_size", "device", "host", "created_at", "started_at", "finished_at", "error",
-                  "results_version", "diverged_task", "diverged_step", "last_finite_loss", "config")
+RECORD_COLUMNS = (
+    "group_size",
+    "device",
+    "host",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "error",
+    "results_version",
+    "diverged_task",
+    "diverged_step",
+    "last_finite_loss",
+    "config",
+)
 MATRIX_COLUMNS = ("run_id", "setting", "after_task", "on_task", "accuracy")
 SUMMARY_METRICS = ("faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il")
 
@@ -69,8 +95,17 @@ def _mask_label(value: Any) -> str:
     return format_mask_value(parse_mask_value(value) if isinstance(value, str) else float(value))
 
 
-def _run_filters(method=None, dataset=None, mask=None, mask_on=None, buffer=None, seed=None, status=None,
-                 experiment=None, run_id=None) -> list:
+def _run_filters(
+    method=None,
+    dataset=None,
+    mask=None,
+    mask_on=None,
+    buffer=None,
+    seed=None,
+    status=None,
+    experiment=None,
+    run_id=None,
+) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
     if (methods := _as_list(method)) is not None:  # names checked against the registry: _check_methods
@@ -115,8 +150,10 @@ def _check_methods(conn, method) -> None:
     bad = [str(m) for m in methods if str(m) not in known]
     if bad:
         mine = sorted(known - set(METHODS))
-        raise ValueError(f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}"
-                         + (f" (and in this database: {', '.join(mine)})" if mine else ""))
+        raise ValueError(
+            f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}"
+            + (f" (and in this database: {', '.join(mine)})" if mine else "")
+        )
 
 
 def _results_version():
@@ -178,8 +215,9 @@ def load_runs(
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
     rows, labels, matrices = _with_store(
-        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method)))
-    now = datetime.now(timezone.utc)
+        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method))
+    )
+    now = datetime.now(UTC)
     shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
     if (wanted := _as_list(status)) is not None:
         rows = [r for r in rows if shown[r["run_id"]] in wanted]
@@ -191,9 +229,20 @@ def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], 
     and the accuracy matrices of the finished ones."""
     _check_methods(conn, method)
     # Sweeps in the order they were planned, groups in the order they trained, then seeds.
-    stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(
-        Run.created_at, Run.finished_at.asc().nulls_last(), Run.benchmark, Run.method, Run.buffer_size,
-        Run.mask_on, Run.mask, Run.seed)
+    stmt = (
+        select(Run.__table__, effective_status().label("effective_status"))
+        .where(*conds)
+        .order_by(
+            Run.created_at,
+            Run.finished_at.asc().nulls_last(),
+            Run.benchmark,
+            Run.method,
+            Run.buffer_size,
+            Run.mask_on,
+            Run.mask,
+            Run.seed,
+        )
+    )
     rows = conn.execute(stmt).mappings().all()
     ids = [r["run_id"] for r in rows]
     labels: dict[str, list[str]] = {}
@@ -206,8 +255,13 @@ def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], 
     return rows, labels, _accuracy_matrices(conn, finished)
 
 
-def _runs_frame(rows: Sequence[Mapping], labels: Mapping[str, list[str]], matrices: Mapping[str, dict],
-                shown: Mapping[str, str], class_il: str) -> pd.DataFrame:
+def _runs_frame(
+    rows: Sequence[Mapping],
+    labels: Mapping[str, list[str]],
+    matrices: Mapping[str, dict],
+    shown: Mapping[str, str],
+    class_il: str,
+) -> pd.DataFrame:
     """The :func:`load_runs` frame of ``rows``, with the status each is ``shown`` with."""
     nan_metrics = dict.fromkeys(SUMMARY_METRICS + ("bwt_class_il",) + EXTRA_METRICS, np.nan)
     records = []
@@ -216,15 +270,26 @@ def _runs_frame(rows: Sequence[Mapping], labels: Mapping[str, list[str]], matric
         class_il_matrix = "class_il" if class_il == "all" else "class_il_seen"
         metrics = summarize(mats[class_il_matrix], mats["task_il"]) if mats else nan_metrics
         cfg = r["config"]
-        records.append({
-            "run_id": r["run_id"], "experiment": ",".join(labels.get(r["run_id"], [])) or None,
-            "method": r["method"], "dataset": r["benchmark"], "backbone": r["backbone"],
-            "buffer_size": r["buffer_size"], "mask": r["mask"], "mask_on": r["mask_on"], "seed": r["seed"],
-            "status": shown[r["run_id"]], **{k: metrics[k] for k in nan_metrics},
-            "wall_s": r["wall_s"], "config_hash": r["config_hash"],
-            **{k: cfg.get(k) for k in HYPERPARAMETERS},
-            **{k: r[k] for k in RECORD_COLUMNS if k != "config"}, "config": cfg,
-        })
+        records.append(
+            {
+                "run_id": r["run_id"],
+                "experiment": ",".join(labels.get(r["run_id"], [])) or None,
+                "method": r["method"],
+                "dataset": r["benchmark"],
+                "backbone": r["backbone"],
+                "buffer_size": r["buffer_size"],
+                "mask": r["mask"],
+                "mask_on": r["mask_on"],
+                "seed": r["seed"],
+                "status": shown[r["run_id"]],
+                **{k: metrics[k] for k in nan_metrics},
+                "wall_s": r["wall_s"],
+                "config_hash": r["config_hash"],
+                **{k: cfg.get(k) for k in HYPERPARAMETERS},
+                **{k: r[k] for k in RECORD_COLUMNS if k != "config"},
+                "config": cfg,
+            }
+        )
     columns = list(EXPORT_COLUMNS + EXTRA_METRICS + HYPERPARAMETERS + RECORD_COLUMNS)
     df = pd.DataFrame.from_records(records, columns=columns)
     for when in ("created_at", "started_at", "finished_at"):
@@ -244,8 +309,11 @@ def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
         def query(conn):
             _check_methods(conn, filters.get("method"))
             ids = select(Run.run_id).where(*conds)
-            stmt = select(Accuracy.__table__).where(Accuracy.run_id.in_(ids)).order_by(
-                Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)
+            stmt = (
+                select(Accuracy.__table__)
+                .where(Accuracy.run_id.in_(ids))
+                .order_by(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)
+            )
             return conn.execute(stmt).all()
 
         return store.transaction(query)

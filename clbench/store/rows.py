@@ -48,11 +48,23 @@ def _nan_if_none(values: Iterable[float | None]) -> list[float]:
 def run_columns(cfg: ResolvedConfig, status: str, owner: Owner, now: datetime) -> dict:
     """The ``runs`` row of a run of ``cfg`` that ``owner`` creates at ``now`` with ``status``."""
     return {
-        "run_id": cfg.identity(), "config_hash": cfg.config_hash(), "method": cfg.method,
-        "benchmark": cfg.benchmark, "backbone": cfg.backbone, "buffer_size": cfg.buffer_size,
-        "mask": cfg.mask.label, "mask_on": cfg.mask.on, "seed": cfg.seed, "config": cfg.to_dict(),
-        "status": status, "created_at": now, "host": owner.host, "pid": owner.pid,
-        "process_start": owner.process_start, "heartbeat_at": now, "results_version": RESULTS_VERSION,
+        "run_id": cfg.identity(),
+        "config_hash": cfg.config_hash(),
+        "method": cfg.method,
+        "benchmark": cfg.benchmark,
+        "backbone": cfg.backbone,
+        "buffer_size": cfg.buffer_size,
+        "mask": cfg.mask.label,
+        "mask_on": cfg.mask.on,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "status": status,
+        "created_at": now,
+        "host": owner.host,
+        "pid": owner.pid,
+        "process_start": owner.process_start,
+        "heartbeat_at": now,
+        "results_version": RESULTS_VERSION,
     }
 
 
@@ -62,9 +74,14 @@ def finished_run_columns(res: RunResult, owner: Owner, now: datetime) -> dict:
     div = res.divergence
     return {
         **run_columns(res.config, "diverged" if div is not None else "finished", owner, now),
-        "finished_at": now, "device": res.device, "versions": dict(res.versions),
-        "class_names": list(res.class_names), "group_size": res.group_size, "wall_s": res.wall_s,
-        "error": None, "diverged_task": None if div is None else div.task,
+        "finished_at": now,
+        "device": res.device,
+        "versions": dict(res.versions),
+        "class_names": list(res.class_names),
+        "group_size": res.group_size,
+        "wall_s": res.wall_s,
+        "error": None,
+        "diverged_task": None if div is None else div.task,
         "diverged_step": None if div is None else div.step,
         "last_finite_loss": None if div is None else finite_or_none([div.last_finite_loss])[0],
     }
@@ -75,25 +92,38 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
     rid = res.run_id
     n_tasks = res.class_il.shape[0]
     accuracy = [
-        {"run_id": rid, "setting": setting, "after_task": i, "on_task": j, "accuracy": float(mat[i, j]),
-         "n_correct": int(correct[i, j]), "n_total": int(res.test_counts[j])}
-        for setting, mat, correct in (("class_il", res.class_il, res.class_il_correct),
-                                      ("task_il", res.task_il, res.task_il_correct),
-                                      ("class_il_seen", res.class_il_seen, res.class_il_seen_correct))
+        {
+            "run_id": rid,
+            "setting": setting,
+            "after_task": i,
+            "on_task": j,
+            "accuracy": float(mat[i, j]),
+            "n_correct": int(correct[i, j]),
+            "n_total": int(res.test_counts[j]),
+        }
+        for setting, mat, correct in (
+            ("class_il", res.class_il, res.class_il_correct),
+            ("task_il", res.task_il, res.task_il_correct),
+            ("class_il_seen", res.class_il_seen, res.class_il_seen_correct),
+        )
         if mat is not None
-        for i in range(n_tasks) for j in range(n_tasks)
+        for i in range(n_tasks)
+        for j in range(n_tasks)
     ]
     class_accuracy = [
         {"run_id": rid, "after_task": i, "class_index": k, "accuracy": v}
-        for i in range(n_tasks) for k, v in enumerate(finite_or_none(res.per_class_accuracy[i]))
+        for i in range(n_tasks)
+        for k, v in enumerate(finite_or_none(res.per_class_accuracy[i]))
     ]
     confidence = [
         {"run_id": rid, "after_task": i, "true_class": k, "probabilities": finite_or_none(res.confidence[i, k])}
-        for i in range(n_tasks) for k in range(res.confidence.shape[1])
+        for i in range(n_tasks)
+        for k in range(res.confidence.shape[1])
     ]
     losses = [
         {"run_id": rid, "task": i, "term": term, "loss": finite_or_none([values[i]])[0]}
-        for term, values in res.train_loss.items() for i in range(len(values))
+        for term, values in res.train_loss.items()
+        for i in range(len(values))
     ]
     timings = [
         {"run_id": rid, "task": i, "train_s": float(res.train_s[i]), "eval_s": float(res.eval_s[i])}
@@ -101,10 +131,18 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
     ]
     histograms = [
         {"run_id": rid, "after_task": i, "on_task": j, "kind": kind, "counts": [int(c) for c in counts[i, j]]}
-        for kind, counts in res.histograms.items() for i in range(counts.shape[0]) for j in range(counts.shape[1])
+        for kind, counts in res.histograms.items()
+        for i in range(counts.shape[0])
+        for j in range(counts.shape[1])
     ]
-    return {Accuracy: accuracy, ClassAccuracy: class_accuracy, Confidence: confidence, TaskLoss: losses,
-            TaskTiming: timings, ConfidenceHistogram: histograms}
+    return {
+        Accuracy: accuracy,
+        ClassAccuracy: class_accuracy,
+        Confidence: confidence,
+        TaskLoss: losses,
+        TaskTiming: timings,
+        ConfidenceHistogram: histograms,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,16 +171,29 @@ def read_result(run: Mapping[str, Any], rows: Mapping[type, Sequence]) -> RunRes
         train_s[r.task], eval_s[r.task] = r.train_s, r.eval_s
     return RunResult(
         config=ResolvedConfig.from_dict(run["config"]),
-        class_il=mats["class_il"], task_il=mats["task_il"],
-        class_il_correct=correct["class_il"], task_il_correct=correct["task_il"],
-        test_counts=test_counts, per_class_accuracy=per_class, confidence=confidence,
-        train_loss=train_loss, train_s=train_s, eval_s=eval_s,
-        group_size=int(run["group_size"]), device=run["device"], versions=dict(run["versions"] or {}),
+        class_il=mats["class_il"],
+        task_il=mats["task_il"],
+        class_il_correct=correct["class_il"],
+        task_il_correct=correct["task_il"],
+        test_counts=test_counts,
+        per_class_accuracy=per_class,
+        confidence=confidence,
+        train_loss=train_loss,
+        train_s=train_s,
+        eval_s=eval_s,
+        group_size=int(run["group_size"]),
+        device=run["device"],
+        versions=dict(run["versions"] or {}),
         class_names=tuple(run["class_names"] or ()),
-        class_il_seen=mats.get("class_il_seen"), class_il_seen_correct=correct.get("class_il_seen"),
-        divergence=None if run["status"] != "diverged" else Divergence(
-            run["diverged_task"], run["diverged_step"],
-            math.nan if run["last_finite_loss"] is None else run["last_finite_loss"]),
+        class_il_seen=mats.get("class_il_seen"),
+        class_il_seen_correct=correct.get("class_il_seen"),
+        divergence=None
+        if run["status"] != "diverged"
+        else Divergence(
+            run["diverged_task"],
+            run["diverged_step"],
+            math.nan if run["last_finite_loss"] is None else run["last_finite_loss"],
+        ),
         histograms=histogram_arrays(rows[ConfidenceHistogram]).get(run["run_id"], {}),
     )
 

@@ -8,7 +8,7 @@ says so; ``clbench.store.migrations`` brings an older database to this version.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -30,7 +30,7 @@ SETTINGS = ("class_il", "task_il", "class_il_seen")
 
 def utc_now() -> datetime:
     """The time every ``DateTime(timezone=True)`` column records: now, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):

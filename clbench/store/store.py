@@ -55,7 +55,7 @@ class Store:
         self.url = url
         self.readonly = readonly
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -123,8 +123,9 @@ class Store:
                 raise KeyError(f"no run {run_id!r} in {self.where}")
             out = dict(row)
             out["stored_status"], out["status"] = row["status"], shown_status(row)
-            out["experiments"] = sorted(conn.execute(
-                select(RunExperiment.experiment).where(RunExperiment.run_id == run_id)).scalars())
+            out["experiments"] = sorted(
+                conn.execute(select(RunExperiment.experiment).where(RunExperiment.run_id == run_id)).scalars()
+            )
             return out
 
         return self.transaction(work)
@@ -138,8 +139,10 @@ class Store:
                 raise KeyError(f"no run {run_id!r} in {self.where}")
             if run["status"] not in DONE_STATUSES:
                 raise KeyError(f"run {run_id} has no results: its status is {run['status']}")
-            rows = {table: conn.execute(select(table.__table__).where(table.run_id == run_id)).all()
-                    for table in RESULT_TABLES}
+            rows = {
+                table: conn.execute(select(table.__table__).where(table.run_id == run_id)).all()
+                for table in RESULT_TABLES
+            }
             return run, rows
 
         return read_result(*self.transaction(work))
@@ -149,9 +152,12 @@ class Store:
     def mlflow_runs(self, tracking_uri: str) -> dict[tuple[str, str], tuple[str, str]]:
         """(entity, key) -> (MLflow run id, experiment id) of what was exported to ``tracking_uri``."""
         stmt = select(MlflowRun.entity, MlflowRun.key, MlflowRun.mlflow_run_id, MlflowRun.experiment_id).where(
-            MlflowRun.tracking_uri == tracking_uri)
-        return {(r.entity, r.key): (r.mlflow_run_id, r.experiment_id)
-                for r in self.transaction(lambda conn: conn.execute(stmt).all())}
+            MlflowRun.tracking_uri == tracking_uri
+        )
+        return {
+            (r.entity, r.key): (r.mlflow_run_id, r.experiment_id)
+            for r in self.transaction(lambda conn: conn.execute(stmt).all())
+        }
 
     def remember_mlflow_runs(self, tracking_uri: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Record (entity, key, MLflow run id, experiment id) rows for ``tracking_uri`` (replacing any)."""
@@ -159,18 +165,35 @@ class Store:
 
         def work(conn):
             for entity, key, run_id, experiment_id in rows:
-                conn.execute(delete(MlflowRun).where(MlflowRun.tracking_uri == tracking_uri, MlflowRun.entity == entity,
-                                                     MlflowRun.key == key))
-                conn.execute(insert(MlflowRun).values(tracking_uri=tracking_uri, entity=entity, key=key,
-                                                      mlflow_run_id=run_id, experiment_id=experiment_id,
-                                                      exported_at=now))
+                conn.execute(
+                    delete(MlflowRun).where(
+                        MlflowRun.tracking_uri == tracking_uri, MlflowRun.entity == entity, MlflowRun.key == key
+                    )
+                )
+                conn.execute(
+                    insert(MlflowRun).values(
+                        tracking_uri=tracking_uri,
+                        entity=entity,
+                        key=key,
+                        mlflow_run_id=run_id,
+                        experiment_id=experiment_id,
+                        exported_at=now,
+                    )
+                )
 
         self._write(work)
 
     # -- the lifecycle --------------------------------------------------------------------------
 
-    def claim(self, configs: Sequence[ResolvedConfig], owner: Owner, *, experiment: str | None = None,
-              tag: Sequence[ResolvedConfig] = (), force: bool = False) -> "Claim":
+    def claim(
+        self,
+        configs: Sequence[ResolvedConfig],
+        owner: Owner,
+        *,
+        experiment: str | None = None,
+        tag: Sequence[ResolvedConfig] = (),
+        force: bool = False,
+    ) -> Claim:
         """Make ``configs`` ``pending`` runs of ``owner`` and label them and ``tag`` (e.g. cached runs
         of the same sweep) with ``experiment``.
 
@@ -188,8 +211,11 @@ class Store:
             ids = [c.identity() for c in configs]
             existing = {}
             for chunk in in_chunks(ids):
-                for row in conn.execute(select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start,
-                                               Run.heartbeat_at).where(Run.run_id.in_(chunk))):
+                for row in conn.execute(
+                    select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
+                        Run.run_id.in_(chunk)
+                    )
+                ):
                     existing[row.run_id] = row
             claimed, held, takeover = [], {}, []
             for rid in ids:
@@ -209,9 +235,17 @@ class Store:
                 conn.execute(insert(Run), new_rows)
             for chunk in in_chunks(takeover):
                 conn.execute(
-                    update(Run).where(Run.run_id.in_(chunk), Run.status.not_in(DONE_STATUSES)).values(
-                        status="pending", host=owner.host, pid=owner.pid, process_start=owner.process_start,
-                        started_at=None, finished_at=None, error=None, heartbeat_at=now,
+                    update(Run)
+                    .where(Run.run_id.in_(chunk), Run.status.not_in(DONE_STATUSES))
+                    .values(
+                        status="pending",
+                        host=owner.host,
+                        pid=owner.pid,
+                        process_start=owner.process_start,
+                        started_at=None,
+                        finished_at=None,
+                        error=None,
+                        heartbeat_at=now,
                     )
                 )
             if experiment:
@@ -222,15 +256,28 @@ class Store:
 
     def heartbeat(self, owner: Owner) -> None:
         """``owner`` is alive: refresh the heartbeat of the runs it holds (see ``HEARTBEAT_TIMEOUT_S``)."""
-        self._write(lambda conn: conn.execute(update(Run).where(
-            Run.status.in_(ACTIVE_STATUSES), Run.host == owner.host, Run.pid == owner.pid,
-        ).values(heartbeat_at=utc_now())))
+        self._write(
+            lambda conn: conn.execute(
+                update(Run)
+                .where(
+                    Run.status.in_(ACTIVE_STATUSES),
+                    Run.host == owner.host,
+                    Run.pid == owner.pid,
+                )
+                .values(heartbeat_at=utc_now())
+            )
+        )
 
     def _tag(self, conn, run_ids: list[str], experiment: str) -> None:
         have: set[str] = set()
         for chunk in in_chunks(run_ids):
-            have.update(conn.execute(select(RunExperiment.run_id).where(
-                RunExperiment.experiment == experiment, RunExperiment.run_id.in_(chunk))).scalars())
+            have.update(
+                conn.execute(
+                    select(RunExperiment.run_id).where(
+                        RunExperiment.experiment == experiment, RunExperiment.run_id.in_(chunk)
+                    )
+                ).scalars()
+            )
         rows = [{"run_id": i, "experiment": experiment} for i in dict.fromkeys(run_ids) if i not in have]
         if rows:
             conn.execute(insert(RunExperiment), rows)
@@ -241,9 +288,17 @@ class Store:
 
         def work(conn):
             for chunk in in_chunks(list(run_ids)):
-                conn.execute(update(Run).where(Run.run_id.in_(chunk), Run.status != "finished").values(
-                    status="running", started_at=now, host=owner.host, pid=owner.pid,
-                    process_start=owner.process_start))
+                conn.execute(
+                    update(Run)
+                    .where(Run.run_id.in_(chunk), Run.status != "finished")
+                    .values(
+                        status="running",
+                        started_at=now,
+                        host=owner.host,
+                        pid=owner.pid,
+                        process_start=owner.process_start,
+                    )
+                )
 
         self._write(work)
 
@@ -289,10 +344,16 @@ class Store:
 
         def work(conn):
             for chunk in in_chunks(list(run_ids)):
-                conn.execute(update(Run).where(
-                    Run.run_id.in_(chunk), Run.status.in_(ACTIVE_STATUSES),
-                    Run.host == owner.host, Run.pid == owner.pid,
-                ).values(status=status, finished_at=now, error=error))
+                conn.execute(
+                    update(Run)
+                    .where(
+                        Run.run_id.in_(chunk),
+                        Run.status.in_(ACTIVE_STATUSES),
+                        Run.host == owner.host,
+                        Run.pid == owner.pid,
+                    )
+                    .values(status=status, finished_at=now, error=error)
+                )
 
         self._write(work)
 
@@ -303,13 +364,23 @@ class Store:
         now = utc_now()
 
         def work(conn):
-            rows = conn.execute(select(Run.run_id, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
-                Run.status.in_(ACTIVE_STATUSES))).all()
+            rows = conn.execute(
+                select(Run.run_id, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
+                    Run.status.in_(ACTIVE_STATUSES)
+                )
+            ).all()
             stale = [r for r in rows if r.pid is not None and not holder_alive(r, now)]
             for r in stale:
-                conn.execute(update(Run).where(
-                    Run.run_id == r.run_id, Run.status.in_(ACTIVE_STATUSES), Run.pid == r.pid, Run.host == r.host,
-                ).values(status="interrupted", error=f"process {r.pid} on {r.host} ended before the run finished"))
+                conn.execute(
+                    update(Run)
+                    .where(
+                        Run.run_id == r.run_id,
+                        Run.status.in_(ACTIVE_STATUSES),
+                        Run.pid == r.pid,
+                        Run.host == r.host,
+                    )
+                    .values(status="interrupted", error=f"process {r.pid} on {r.host} ended before the run finished")
+                )
             return [r.run_id for r in stale]
 
         return self._write(work)
@@ -322,4 +393,3 @@ class Claim:
 
     claimed: tuple[str, ...]
     held: dict[str, str]
-

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from clbench.data.specs import dataset_sizes, get_benchmark
 from clbench.runs.resolved import ResolvedConfig
 
-
 # Seconds per lockstep training step, per row (one sample through forward + backward) of one run,
 # and per evaluated test row. Measured with an unloaded 2-core CPU (torch, float32): seq-fmnist er
 # with 1 seed took 2.7 s and 10 seeds in one group 7.2 s; ResNet-18 (width 64, 32x32) rows are

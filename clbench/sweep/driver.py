@@ -17,53 +17,40 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
+
+from clbench.data.loading import ContinualData, load_benchmark
 from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, discard_checkpoint
-from clbench.sweep.executors import DataSource, Executor, GroupFailed, GroupProgress, GroupStarted, GroupTask, LocalExecutor, TrainOptions
+from clbench.engine.environment import resolve_device
+from clbench.engine.loop import train_group
+from clbench.engine.progress import Progress, ProgressCallback
+from clbench.runs.config import RunConfig
+from clbench.runs.resolved import ResolvedConfig
 from clbench.runs.results import RunResult
 from clbench.store.ownership import HEARTBEAT_INTERVAL_S, Owner
 from clbench.store.store import Store
-from clbench.engine.progress import Progress
-from clbench.sweep.plan import Plan, describe_group
-from clbench.data.loading import ContinualData, load_benchmark
-from clbench.engine.progress import ProgressCallback
-from clbench.engine.environment import resolve_device
-from clbench.engine.loop import train_group
-from clbench.runs.config import RunConfig
-from clbench.runs.resolved import ResolvedConfig
-from clbench.sweep.plan import plan_groups
-import torch
+from clbench.sweep.executors import (
+    DataSource,
+    Executor,
+    GroupFailed,
+    GroupProgress,
+    GroupStarted,
+    GroupTask,
+    LocalExecutor,
+    TrainOptions,
+)
+from clbench.sweep.plan import Plan, describe_group, plan_groups
 
 # ---------------------------------------------------------------------------------------------
 # What a sweep is
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
 # The cost model behind --dry-run's estimate
 
 
-
-
-
-
-
 # ---------------------------------------------------------------------------------------------
 # The plan
-
-
-
-
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,7 +73,9 @@ class SweepProgress:
     """A progress report of ``execute``: what happened (``event`` to ``group``) and how far the
     sweep is. Several groups may run at once (a cluster executor); ``running`` lists them all."""
 
-    event: str  # "group_start" (a process started training it; again on a retry), "train" (a trainer report), "group_done"
+    event: (
+        str  # "group_start" (a process started training it; again on a retry), "train" (a trainer report), "group_done"
+    )
     group: int
     n_groups: int
     runs_done: int  # runs computed and saved so far in this sweep
@@ -159,8 +148,13 @@ def execute(
         executor.start()
     owner = Owner.current()
     started = time.perf_counter()
-    claim = store.claim([r.config for r in plan.to_run], owner, experiment=experiment,
-                        tag=[r.config for r in plan.cached], force=plan.force)
+    claim = store.claim(
+        [r.config for r in plan.to_run],
+        owner,
+        experiment=experiment,
+        tag=[r.config for r in plan.cached],
+        force=plan.force,
+    )
     # Another live process computes the held runs; those neither claimed nor held were finished by
     # another process since the plan was made. Either way, not here.
     elsewhere = {r.run_id for r in plan.to_run} - set(claim.claimed)
@@ -209,8 +203,12 @@ def execute(
         raise
     finally:
         heartbeat.stop()
-    return SweepOutcome(tuple(tracker.computed), tuple(r.run_id for r in plan.cached) + done_elsewhere,
-                        time.perf_counter() - started, claim.held)
+    return SweepOutcome(
+        tuple(tracker.computed),
+        tuple(r.run_id for r in plan.cached) + done_elsewhere,
+        time.perf_counter() - started,
+        claim.held,
+    )
 
 
 def _no_events():
@@ -238,7 +236,9 @@ class _Tracker:
         return [self.plan.runs[i].run_id for i in self.plan.groups[group]]
 
     def start(self, event: GroupStarted) -> None:
-        self.running[event.group] = RunningGroup(event.group, self.labels[event.group], event.where, event.attempt, None)
+        self.running[event.group] = RunningGroup(
+            event.group, self.labels[event.group], event.where, event.attempt, None
+        )
         self.fraction_in[event.group] = 0.0  # a retry starts over
 
     def train(self, group: int, p: Progress) -> bool:
@@ -260,9 +260,19 @@ class _Tracker:
     def snapshot(self, event: str, group: int, **extra) -> SweepProgress:
         running_work = sum(self.estimates[g] * f for g, f in self.fraction_in.items())
         fraction = min(1.0, (self.done_estimate + running_work) / self.total)
-        return SweepProgress(event, group, self.n_groups, len(self.computed), self.n_runs, self.labels[group],
-                             fraction, time.perf_counter() - self.started, groups_done=self.groups_done,
-                             running=tuple(self.running[g] for g in sorted(self.running)), **extra)
+        return SweepProgress(
+            event,
+            group,
+            self.n_groups,
+            len(self.computed),
+            self.n_runs,
+            self.labels[group],
+            fraction,
+            time.perf_counter() - self.started,
+            groups_done=self.groups_done,
+            running=tuple(self.running[g] for g in sorted(self.running)),
+            **extra,
+        )
 
 
 class Heartbeat:
@@ -272,8 +282,9 @@ class Heartbeat:
 
     def __init__(self, store: Store, owner: Owner, interval_s: float = HEARTBEAT_INTERVAL_S):
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(store, owner, interval_s), daemon=True,
-                                        name="clbench-heartbeat")
+        self._thread = threading.Thread(
+            target=self._beat, args=(store, owner, interval_s), daemon=True, name="clbench-heartbeat"
+        )
         self._thread.start()
 
     def _beat(self, store: Store, owner: Owner, interval_s: float) -> None:
@@ -286,8 +297,6 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-
-
 
 
 def _without(plan: Plan, run_ids: set[str]) -> Plan:
@@ -334,11 +343,16 @@ def train_runs(
         data_key = (c0.benchmark, c0.synthetic, c0.class_order_seed)
         if data_key not in loaded:
             loaded[data_key] = load_benchmark(
-                c0.benchmark, data_dir=data_dir, download=download, class_order_seed=c0.class_order_seed,
-                synthetic=c0.synthetic, device=dev,
+                c0.benchmark,
+                data_dir=data_dir,
+                download=download,
+                class_order_seed=c0.class_order_seed,
+                synthetic=c0.synthetic,
+                device=dev,
             )
-        group_results = train_group([resolved[i] for i in members], loaded[data_key], progress=progress,
-                                    checkpoint=checkpoint)
+        group_results = train_group(
+            [resolved[i] for i in members], loaded[data_key], progress=progress, checkpoint=checkpoint
+        )
         for i, res in zip(members, group_results):
             results[i] = res
         if on_group_done is not None:

@@ -10,15 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from clbench.data.specs import benchmark_name
-from clbench.runs.config import check_field
-from clbench.runs.config import RunConfig, resolve_unique
+from clbench.runs.config import RunConfig, check_field, resolve_unique
 from clbench.runs.mask import MaskSpec, parse_mask_value
 from clbench.runs.resolved import ResolvedConfig
 from clbench.store.schema import DONE_STATUSES
 from clbench.store.store import Store
 from clbench.sweep import ram as memory
 from clbench.sweep.cost import estimate_group_seconds
-
 
 # A sweep's size is bounded before it is built: each run is a row to plan, store and list. 100,000
 # runs plan in seconds; more belong in several sweeps (at ~1 s per run, this is a day of CPU).
@@ -42,19 +40,22 @@ def sweep_configs(
     Raises ``ValueError`` with one line for invalid values.
     """
     if not methods:
-        raise ValueError("no method given: valid methods are sgd, joint, er, der, derpp, er_ace, xder, icarl, agem, "
-                         "gdumb, or PATH.py:CLASS")
+        raise ValueError(
+            "no method given: valid methods are sgd, joint, er, der, derpp, er_ace, xder, icarl, agem, "
+            "gdumb, or PATH.py:CLASS"
+        )
     if not seeds:
         raise ValueError("no seeds given: pass --seeds N (seeds 0..N-1, N >= 1) or --seed S")
     if not buffers:
         raise ValueError("no buffer size given")
     n_runs = len(methods) * len(buffers) * max(len(masks), 1) * len(seeds)
     if n_runs > MAX_SWEEP_RUNS:  # checked before anything is built: planning stays cheap and bounded
-        raise ValueError(f"the sweep asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS} runs "
-                         "(split it into several)")
+        raise ValueError(
+            f"the sweep asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS} runs (split it into several)"
+        )
     for b in buffers:
         check_field("buffer_size", b)
-    for s in (seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1])):
+    for s in seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1]):
         check_field("seed", s)
     mask_specs = [MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on) for m in (masks or (None,))]
     bench = benchmark_name(benchmark)
@@ -149,12 +150,16 @@ def _fit_memory(configs: list[ResolvedConfig], groups: list[list[int]], budget: 
         cap = memory.max_group_size(cfgs, budget)
         if cap < 1:
             need = memory.SAFETY * (memory.run_bytes(cfgs) + memory.shared_bytes(cfgs))
-            raise ValueError(f"one run of {describe_group(cfgs)} needs about {memory.human(need)} of memory (estimate) "
-                             f"and this sweep may use {memory.human(budget)}: it cannot run here (a smaller buffer, "
-                             "batch or width needs less)")
+            raise ValueError(
+                f"one run of {describe_group(cfgs)} needs about {memory.human(need)} of memory (estimate) "
+                f"and this sweep may use {memory.human(budget)}: it cannot run here (a smaller buffer, "
+                "batch or width needs less)"
+            )
         if cap < len(members):
-            split.append(f"{describe_group(cfgs)} into groups of at most {cap} "
-                         f"(about {memory.human(memory.SAFETY * memory.run_bytes(cfgs))} per run)")
+            split.append(
+                f"{describe_group(cfgs)} into groups of at most {cap} "
+                f"(about {memory.human(memory.SAFETY * memory.run_bytes(cfgs))} per run)"
+            )
         out.extend(members[i : i + cap] for i in range(0, len(members), cap))
     if not split:
         return out, ""

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from clbench.runs.resolved import ResolvedConfig
 from clbench.data.specs import dataset_sizes, get_benchmark
+from clbench.runs.resolved import ResolvedConfig
 
 FLOAT = 4  # float32 bytes
 INDEX = 8  # int64 bytes
@@ -56,7 +56,7 @@ def _resnet_sizes(cfg: ResolvedConfig, spec) -> tuple[int, int, int]:
 
     c, h, w = spec.input_shape
     net = BatchedResNet18(spec.n_classes, in_channels=c, width=cfg.width or 64)
-    params = sum(s.c_out * s.c_in * s.kernel ** 2 + 2 * s.c_out for s in net.conv_specs())
+    params = sum(s.c_out * s.c_in * s.kernel**2 + 2 * s.c_out for s in net.conv_specs())
     params += net.feature_dim * spec.n_classes + spec.n_classes
     maps = 3 * net.width * h * w  # stem: convolution, BatchNorm, ReLU outputs
     largest = net.width * h * w
@@ -101,7 +101,9 @@ def run_bytes(configs: Sequence[ResolvedConfig]) -> int:
     # one epoch's order, samples and buffer slots (int64), their numpy sources, the augmentation
     training += epoch_rows * INDEX * (5 + (3 if spec.augment else 0))
     if method.replay_draws:
-        training += PLAN_CHUNK_STEPS * method.replay_draws * c0.minibatch_size * INDEX * (3 + (3 if spec.augment else 0))
+        training += (
+            PLAN_CHUNK_STEPS * method.replay_draws * c0.minibatch_size * INDEX * (3 + (3 if spec.augment else 0))
+        )
     evaluating = min(EVAL_CHUNK, math.ceil(n_test / spec.n_tasks)) * eval_row * FLOAT
     return int(held + max(training, evaluating))
 
@@ -218,6 +220,12 @@ def measure_group(config: dict, synthetic: dict, runs: int, timeout_s: float = 6
     ``{"growth": its peak resident memory above what it held after loading the data, "run":
     run_bytes, "group": group_bytes}`` in bytes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps([config, synthetic, runs])], env=env,
-                          capture_output=True, text=True, check=True, timeout=timeout_s)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, json.dumps([config, synthetic, runs])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout_s,
+    )
     return json.loads(done.stdout.splitlines()[-1])

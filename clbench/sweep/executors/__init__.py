@@ -11,7 +11,19 @@ starts, and ``make_executor`` imports that module only when asked for ``"ray"``.
 
 from __future__ import annotations
 
-from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupFailed, GroupOutcome, GroupProgress, GroupStarted, GroupTask, TrainOptions, compute_group
+from clbench.sweep.executors.base import (
+    DataSource,
+    Executor,
+    ExecutorUnavailable,
+    GroupEvent,
+    GroupFailed,
+    GroupOutcome,
+    GroupProgress,
+    GroupStarted,
+    GroupTask,
+    TrainOptions,
+    compute_group,
+)
 from clbench.sweep.executors.local import LocalExecutor
 
 EXECUTORS = ("local", "ray")
@@ -33,6 +45,18 @@ def make_executor(name: str = "local", **options) -> Executor:
 
 
 __all__ = [
-    "DataSource", "EXECUTORS", "Executor", "ExecutorUnavailable", "GroupEvent", "GroupFailed", "GroupOutcome",
-    "GroupProgress", "GroupStarted", "GroupTask", "LocalExecutor", "TrainOptions", "compute_group", "make_executor",
+    "DataSource",
+    "EXECUTORS",
+    "Executor",
+    "ExecutorUnavailable",
+    "GroupEvent",
+    "GroupFailed",
+    "GroupOutcome",
+    "GroupProgress",
+    "GroupStarted",
+    "GroupTask",
+    "LocalExecutor",
+    "TrainOptions",
+    "compute_group",
+    "make_executor",
 ]

@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
-from clbench.errors import first_line
-from clbench.engine.checkpoint import CheckpointPolicy
-from clbench.runs.resolved import ResolvedConfig
 from clbench.data.loading import ContinualData, load_benchmark
-from clbench.runs.results import RunResult
+from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.engine.environment import resolve_device
 from clbench.engine.loop import train_group
 from clbench.engine.progress import Progress
+from clbench.errors import first_line
+from clbench.runs.resolved import ResolvedConfig
+from clbench.runs.results import RunResult
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,14 @@ class DataSource:
 
     def load(self, group: GroupTask, device: torch.device | str = "cpu") -> ContinualData:
         benchmark, synthetic, class_order_seed = group.data_key
-        return load_benchmark(benchmark, data_dir=self.data_dir, download=self.download,
-                              class_order_seed=class_order_seed, synthetic=synthetic, device=device)
+        return load_benchmark(
+            benchmark,
+            data_dir=self.data_dir,
+            download=self.download,
+            class_order_seed=class_order_seed,
+            synthetic=synthetic,
+            device=device,
+        )
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,9 @@ ProgressSink = Callable[[GroupProgress], None]
 
 def failed(group: int, exc: BaseException, where: str = "") -> GroupOutcome:
     """The outcome of a group whose training raised ``exc`` (call it in the ``except`` block)."""
-    return GroupOutcome(group, None, where, error=first_line(exc, with_type=True), detail="".join(traceback.format_exception(exc)))
+    return GroupOutcome(
+        group, None, where, error=first_line(exc, with_type=True), detail="".join(traceback.format_exception(exc))
+    )
 
 
 class GroupFailed(RuntimeError):
@@ -183,7 +191,7 @@ class Executor(abc.ABC):
         asking for the next event (so results are saved as soon as a group returns); closing the
         iterator early cancels every group not yet reported done."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         self.start()
         return self
 

@@ -6,10 +6,22 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from clbench.sweep.executors.threads import ThreadChooser, user_chose_threads
 from clbench.engine.environment import resolve_device
 from clbench.engine.progress import Progress
-from clbench.sweep.executors.base import DataSource, Executor, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed
+from clbench.sweep.executors.base import (
+    DataSource,
+    Executor,
+    GroupEvent,
+    GroupOutcome,
+    GroupProgress,
+    GroupStarted,
+    GroupTask,
+    ProgressSink,
+    TrainOptions,
+    compute_group,
+    failed,
+)
+from clbench.sweep.executors.threads import ThreadChooser, user_chose_threads
 
 
 class LocalExecutor(Executor):

@@ -30,11 +30,24 @@ from typing import Any
 
 import torch
 
-from clbench.errors import first_line
-from clbench.version import __version__
 from clbench.engine.environment import resolve_device
 from clbench.engine.progress import Progress
-from clbench.sweep.executors.base import DataSource, Executor, ExecutorUnavailable, GroupEvent, GroupOutcome, GroupProgress, GroupStarted, GroupTask, ProgressSink, TrainOptions, compute_group, failed
+from clbench.errors import first_line
+from clbench.sweep.executors.base import (
+    DataSource,
+    Executor,
+    ExecutorUnavailable,
+    GroupEvent,
+    GroupOutcome,
+    GroupProgress,
+    GroupStarted,
+    GroupTask,
+    ProgressSink,
+    TrainOptions,
+    compute_group,
+    failed,
+)
+from clbench.version import __version__
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 CHECKED_PACKAGES = ("clbench", "torch")
@@ -66,8 +79,10 @@ def parse_ray_address(address: str | None) -> str | None:
     host, sep, port = text.rpartition(":")
     if sep and host and port.isdigit() and 1 <= int(port) <= 65535 and not any(c.isspace() for c in host):
         return text
-    raise ValueError(f"invalid --ray-address {address!r}: give auto, HOST:PORT (the head's GCS address, e.g. "
-                     "10.0.0.5:6379), or leave it out to start a local Ray cluster")
+    raise ValueError(
+        f"invalid --ray-address {address!r}: give auto, HOST:PORT (the head's GCS address, e.g. "
+        "10.0.0.5:6379), or leave it out to start a local Ray cluster"
+    )
 
 
 def local_versions() -> dict[str, str]:
@@ -94,8 +109,9 @@ def _versions_text(versions: Mapping[str, str]) -> str:
     return " with ".join(f"{name} {versions.get(name, '?')}" for name in CHECKED_PACKAGES)
 
 
-def check_node_versions(expected: Mapping[str, str] | None = None,
-                        timeout_s: float = _VERSION_CHECK_TIMEOUT_S) -> list[dict[str, str]]:
+def check_node_versions(
+    expected: Mapping[str, str] | None = None, timeout_s: float = _VERSION_CHECK_TIMEOUT_S
+) -> list[dict[str, str]]:
     """Ask every live node of the connected cluster, with a tiny task pinned to it, which clbench and
     torch it runs; raise :class:`ExecutorUnavailable` naming the first node that differs from
     ``expected`` (default: this process's versions, :func:`local_versions`). Returns the reports."""
@@ -105,25 +121,35 @@ def check_node_versions(expected: Mapping[str, str] | None = None,
     expected = dict(expected or local_versions())
     probe = ray.remote(_node_report)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [probe.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        node_id=n["NodeID"], soft=False)).remote() for n in nodes]
+    refs = [
+        probe.options(
+            num_cpus=0,
+            max_retries=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False),
+        ).remote()
+        for n in nodes
+    ]
     deadline = time.monotonic() + timeout_s
     reports = []
     for node, ref in zip(nodes, refs):
         try:
             report = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
-            raise ExecutorUnavailable(f"node {_node_name(node)} did not answer the version check within "
-                                      f"{timeout_s:.0f} s") from None
+            raise ExecutorUnavailable(
+                f"node {_node_name(node)} did not answer the version check within {timeout_s:.0f} s"
+            ) from None
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None) or exc
-            raise ExecutorUnavailable(f"node {_node_name(node)} cannot run clbench ({first_line(cause, with_type=True)}): install "
-                                      f"clbench {expected['clbench']} with torch {expected['torch']} there") from None
+            raise ExecutorUnavailable(
+                f"node {_node_name(node)} cannot run clbench ({first_line(cause, with_type=True)}): install "
+                f"clbench {expected['clbench']} with torch {expected['torch']} there"
+            ) from None
         differs = [name for name in CHECKED_PACKAGES if report.get(name) != expected.get(name)]
         if differs:
             raise ExecutorUnavailable(
                 f"node {_node_name(node)} runs {_versions_text(report)}, but this driver runs "
-                f"{_versions_text(expected)}: install the same clbench and torch on every node")
+                f"{_versions_text(expected)}: install the same clbench and torch on every node"
+            )
         reports.append(report)
     return reports
 
@@ -133,8 +159,10 @@ def _reachable(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc}): is the head running "
-                              "(ray start --head), and is this its --port?") from None
+        raise ConnectionError(
+            f"nothing answers at {address} ({exc.strerror or exc}): is the head running "
+            "(ray start --head), and is this its --port?"
+        ) from None
 
 
 class _ProgressBoard:
@@ -175,8 +203,9 @@ def _push(board, kind: str, group: int, payload) -> None:
         pass
 
 
-def _train_on_worker(group: GroupTask, data, options: TrainOptions, device: str, threads: int,
-                     expected: dict[str, str], board) -> GroupOutcome:
+def _train_on_worker(
+    group: GroupTask, data, options: TrainOptions, device: str, threads: int, expected: dict[str, str], board
+) -> GroupOutcome:
     """The Ray task: one group on a worker, which needs neither the registry nor dataset files."""
     import ray
 
@@ -185,11 +214,14 @@ def _train_on_worker(group: GroupTask, data, options: TrainOptions, device: str,
     try:
         mine = local_versions()
         if any(mine[name] != expected[name] for name in CHECKED_PACKAGES):  # a node that joined after the check
-            raise RuntimeError(f"this node runs {_versions_text(mine)}, the driver {_versions_text(expected)}: "
-                               "install the same clbench and torch on every node")
+            raise RuntimeError(
+                f"this node runs {_versions_text(mine)}, the driver {_versions_text(expected)}: "
+                "install the same clbench and torch on every node"
+            )
         torch.set_num_threads(threads)
-        results = compute_group(group.configs, data.to(resolve_device(device)), options,
-                                progress=_Reporter(board, group.index))
+        results = compute_group(
+            group.configs, data.to(resolve_device(device)), options, progress=_Reporter(board, group.index)
+        )
     except Exception as exc:  # noqa: BLE001 - returned as the group's outcome, never retried
         return failed(group.index, exc, where)
     return GroupOutcome(group.index, tuple(results), where)
@@ -205,16 +237,20 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, cpus_per_group: int = 1, gpus_per_group: float = 0.0,
-                 retries: int = 3):
+    def __init__(
+        self, address: str | None = None, *, cpus_per_group: int = 1, gpus_per_group: float = 0.0, retries: int = 3
+    ):
         if int(cpus_per_group) != cpus_per_group or cpus_per_group < 1:
             raise ValueError(f"invalid --cpus-per-group {cpus_per_group}: give a whole number N >= 1")
         if not gpus_per_group >= 0 or gpus_per_group != gpus_per_group or gpus_per_group == float("inf"):
-            raise ValueError(f"invalid --gpus-per-group {gpus_per_group:g}: give a number >= 0 (0.25: four groups "
-                             "share a GPU)")
+            raise ValueError(
+                f"invalid --gpus-per-group {gpus_per_group:g}: give a number >= 0 (0.25: four groups share a GPU)"
+            )
         if gpus_per_group > 1 and int(gpus_per_group) != gpus_per_group:
-            raise ValueError(f"invalid --gpus-per-group {gpus_per_group:g}: above 1 it must be a whole number "
-                             "(Ray shares a GPU only in fractions of one)")
+            raise ValueError(
+                f"invalid --gpus-per-group {gpus_per_group:g}: above 1 it must be a whole number "
+                "(Ray shares a GPU only in fractions of one)"
+            )
         if int(retries) != retries or retries < 0:
             raise ValueError(f"invalid --retries {retries}: give a whole number N >= 0")
         self.address = parse_ray_address(address)
@@ -234,14 +270,20 @@ class RayExecutor(Executor):
         except RuntimeError:
             dev = None
         if dev is None or dev.type not in ("cpu", "cuda") or dev.index is not None:
-            raise ValueError(f"unsupported device {device!r} for the Ray executor: valid devices are cpu, cuda "
-                             "(Ray assigns each group its GPU)")
+            raise ValueError(
+                f"unsupported device {device!r} for the Ray executor: valid devices are cpu, cuda "
+                "(Ray assigns each group its GPU)"
+            )
         if dev.type == "cuda" and self.gpus_per_group == 0:
-            raise ValueError("--device cuda with --gpus-per-group 0: a group would get no GPU; give --gpus-per-group "
-                             "above 0 (e.g. 1, or 0.25 to share a GPU among four groups)")
+            raise ValueError(
+                "--device cuda with --gpus-per-group 0: a group would get no GPU; give --gpus-per-group "
+                "above 0 (e.g. 1, or 0.25 to share a GPU among four groups)"
+            )
         if dev.type == "cpu" and self.gpus_per_group > 0:
-            raise ValueError(f"--gpus-per-group {self.gpus_per_group:g} with --device cpu: the GPU would sit idle; "
-                             "give --device cuda or --gpus-per-group 0")
+            raise ValueError(
+                f"--gpus-per-group {self.gpus_per_group:g} with --device cpu: the GPU would sit idle; "
+                "give --device cuda or --gpus-per-group 0"
+            )
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -258,22 +300,36 @@ class RayExecutor(Executor):
                     _reachable(self.address)  # ray.init would retry an unreachable address for minutes
                 ray.init(**kwargs)
             except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
-                where = "start a local Ray cluster" if self.address is None else f"connect to the Ray cluster at {self.address}"
+                where = (
+                    "start a local Ray cluster"
+                    if self.address is None
+                    else f"connect to the Ray cluster at {self.address}"
+                )
                 raise ExecutorUnavailable(f"cannot {where}: {first_line(exc, with_type=True)}") from None
             self._owns_connection = True
         try:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             # Started now, so that it is up (its process imports torch) when the first group reports.
-            self._board = ray.remote(_ProgressBoard).options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=ray.get_runtime_context().get_node_id(), soft=True)).remote()
+            self._board = (
+                ray.remote(_ProgressBoard)
+                .options(
+                    num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(
+                        node_id=ray.get_runtime_context().get_node_id(), soft=True
+                    ),
+                )
+                .remote()
+            )
             check_node_versions()
             self._nodes = [n for n in ray.nodes() if n.get("Alive")]
             self._check_resources()
             try:
                 ray.get(self._board.drain.remote(), timeout=_VERSION_CHECK_TIMEOUT_S)
             except ray.exceptions.RayError as exc:
-                raise ExecutorUnavailable(f"the progress actor did not start on this node ({first_line(exc, with_type=True)})") from None
+                raise ExecutorUnavailable(
+                    f"the progress actor did not start on this node ({first_line(exc, with_type=True)})"
+                ) from None
         except BaseException:
             self._disconnect(ray)
             raise
@@ -285,11 +341,14 @@ class RayExecutor(Executor):
             return res.get("CPU", 0) >= self.cpus_per_group and res.get("GPU", 0) >= self.gpus_per_group
 
         if not any(fits(n) for n in self._nodes):
-            have = "; ".join(f"{_node_name(n)}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
-                             for n in self._nodes)
+            have = "; ".join(
+                f"{_node_name(n)}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
+                for n in self._nodes
+            )
             raise ExecutorUnavailable(
                 f"no node of the Ray cluster can hold a group of {self.cpus_per_group} CPU(s) and "
-                f"{self.gpus_per_group:g} GPU(s) ({have}): lower --cpus-per-group or --gpus-per-group, or add nodes")
+                f"{self.gpus_per_group:g} GPU(s) ({have}): lower --cpus-per-group or --gpus-per-group, or add nodes"
+            )
 
     def close(self) -> None:
         if self._ray is not None:
@@ -311,9 +370,11 @@ class RayExecutor(Executor):
         cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in self._nodes)
         gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in self._nodes)
         where = "a local Ray cluster" if self.address is None else f"the Ray cluster at {self.address}"
-        return (f"ray: {where}, {len(self._nodes)} node(s) with {cpus:g} CPU(s) and {gpus:g} GPU(s); a group takes "
-                f"{self.cpus_per_group} CPU(s) and {self.gpus_per_group:g} GPU(s), retried up to {self.retries} "
-                "time(s) if its worker dies")
+        return (
+            f"ray: {where}, {len(self._nodes)} node(s) with {cpus:g} CPU(s) and {gpus:g} GPU(s); a group takes "
+            f"{self.cpus_per_group} CPU(s) and {self.gpus_per_group:g} GPU(s), retried up to {self.retries} "
+            "time(s) if its worker dies"
+        )
 
     # -- running -------------------------------------------------------------------------------
 
@@ -329,8 +390,8 @@ class RayExecutor(Executor):
         ray = self._ray
         token = uuid.uuid4().hex  # tells this run's reports from those of an earlier, cancelled one
         task = ray.remote(_train_on_worker).options(
-            num_cpus=self.cpus_per_group, num_gpus=self.gpus_per_group, max_retries=self.retries,
-            retry_exceptions=False)
+            num_cpus=self.cpus_per_group, num_gpus=self.gpus_per_group, max_retries=self.retries, retry_exceptions=False
+        )
         expected = local_versions()
         pending: dict[Any, GroupTask] = {}
         attempts: dict[int, int] = {}
@@ -340,8 +401,15 @@ class RayExecutor(Executor):
                 if group.data_key not in data_refs:
                     # Loaded once on the CPU, here; the workers get it from the object store.
                     data_refs[group.data_key] = ray.put(source.load(group, "cpu"))
-                ref = task.remote(group, data_refs[group.data_key], options, device, self.cpus_per_group, expected,
-                                  (self._board, token))
+                ref = task.remote(
+                    group,
+                    data_refs[group.data_key],
+                    options,
+                    device,
+                    self.cpus_per_group,
+                    expected,
+                    (self._board, token),
+                )
                 pending[ref] = group
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 # Environment variables by which a user has already chosen torch's threads (or how they wait):
 # then clbench chooses nothing.
@@ -96,8 +96,10 @@ class ThreadChoice:
             return f"{self.threads} thread{'s' if self.threads != 1 else ''} (the CPU load is unknown here)"
         if self.threads == self.cores:
             return f"{self.threads} thread{'s' if self.threads != 1 else ''}: the {self.cores} cores are free"
-        return (f"{self.threads} thread{'s' if self.threads != 1 else ''}: other processes keep {self.others:.1f} of "
-                f"{self.cores} cores busy (--threads N chooses)")
+        return (
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}: other processes keep {self.others:.1f} of "
+            f"{self.cores} cores busy (--threads N chooses)"
+        )
 
 
 def choose_threads(cores: int, others: float | None) -> ThreadChoice:
