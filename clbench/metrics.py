@@ -10,7 +10,8 @@ import numpy as np
 
 FORGETTING_DEFINITIONS = {
     "chaudhry": "forgetting (Chaudhry et al. 2018): mean over j < T-1 of max_{i in [j, T-2]} A[i][j] - A[T-1][j]",
-    "mammoth": "forgetting (Mammoth's variant): mean over j < T-1 of max_{i in [j, T-1]} A[i][j] - A[T-1][j] (never negative)",
+    "mammoth": "forgetting (Mammoth's variant): mean over j < T-1 of max_{i in [j, T-1]} A[i][j] - A[T-1][j] "
+    "(never negative)",
 }
 
 

@@ -44,7 +44,8 @@ def small_sweep(**kw):
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_asked_for():
     code = (
-        "import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli, clbench.store.queries, clbench.reports;"
+        "import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli,"
+        " clbench.store.queries, clbench.reports;"
         "from clbench.sweep.executors import make_executor; make_executor('local');"
         "print('ray' in sys.modules)"
     )

@@ -36,7 +36,10 @@ seeds = 3
 epochs = 1
 synthetic = { train_per_class = 20, test_per_class = 10 }
 """
-FIG2 = 'name = "h-fig2"\ntitle = "ER, masked or not"\nkind = "fig2"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [20]\n'
+FIG2 = (
+    'name = "h-fig2"\ntitle = "ER, masked or not"\nkind = "fig2"\n'
+    'methods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [20]\n'
+)
 TABLE = 'name = "h-tiny"\nkind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 20]\n'
 
 

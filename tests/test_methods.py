@@ -129,7 +129,7 @@ def test_icarl_nearest_mean_of_exemplars_equals_the_one_computed_by_hand():
     for r in range(3):
         run = {k: v[r : r + 1] for k, v in params.items()}
 
-        def feature(images):
+        def feature(images, run=run):
             f, _ = net.features(run, {}, prepare_inputs(images, data.spec).unsqueeze(0), train=False)
             return f[0] / f[0].norm(dim=-1, keepdim=True)
 

@@ -281,7 +281,7 @@ def report_command(
 def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
     estimates = plan.group_estimates_s()
     memory = plan.group_memory_bytes()
-    for g, members in enumerate(plan.groups):
+    for g in range(len(plan.groups)):
         out.print(
             f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
             f"{human(memory[g])} of memory",

@@ -302,7 +302,10 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
             for k in ("baseline", "masked")
         ]
         both = sorted(sides[0] & sides[1])
-        out += f"<p>The figure averages over the {len(both)} seeds both sides have: {_e(', '.join(map(str, both)) or '-')}.</p>"
+        out += (
+            f"<p>The figure averages over the {len(both)} seeds both sides have: "
+            f"{_e(', '.join(map(str, both)) or '-')}.</p>"
+        )
     return out
 
 

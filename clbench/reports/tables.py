@@ -59,7 +59,7 @@ def summary(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
                             }
                         )
     out = pd.DataFrame.from_records(rows, columns=list(SUMMARY_COLUMNS))
-    for (_, setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
+    for (_, _setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
         if group["mean"].notna().any():
             best = group["mean"].max() if metric == "faa" else group["mean"].min()
             out.loc[group.index[np.isclose(group["mean"], best)], "best"] = True
@@ -152,9 +152,8 @@ def to_html(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
                 for metric in ("faa", "forgetting"):
                     row = lookup.get((method, mask, b, metric))
                     text = html.escape(_cell(row, False).replace("**", ""))
-                    cells.append(
-                        f'<td class="num">{f"<strong>{text}</strong>" if row is not None and row["best"] else text}</td>'
-                    )
+                    shown = f"<strong>{text}</strong>" if row is not None and row["best"] else text
+                    cells.append(f'<td class="num">{shown}</td>')
             out.append(
                 f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
                 + "".join(cells)

@@ -160,10 +160,10 @@ class Executor(abc.ABC):
 
     name = "executor"
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook: most executors have nothing to start
         """Connect and check, before any run is claimed (raises :class:`ExecutorUnavailable`)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing
         """Release what ``start`` acquired."""
 
     def describe(self) -> str:
