@@ -107,6 +107,8 @@ class Stop(Exception):
         ("agem", "mlp"),
         ("gdumb", "mlp"),
         ("xder", "resnet18"),
+        ("ss_il", "mlp"),
+        ("ss_il", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):

@@ -1,8 +1,10 @@
-"""The defining behaviour of X-DER, iCaRL, A-GEM and GDumb, the cosine head, and where a mask may act
-(lockstep and resume of these methods: tests/test_lockstep.py and tests/test_checkpoint.py)."""
+"""The defining behaviour of X-DER, iCaRL, A-GEM, GDumb and the mask's rivals (SS-IL, LODE, LODE-DER++,
+ER-LAS, ER-AML), the cosine head, and where a mask may act (lockstep and resume of these methods:
+tests/test_lockstep.py and tests/test_checkpoint.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -449,3 +451,130 @@ def test_new_configs_round_trip_through_json(method, kw):
     cfg = synthetic_config(method, **kw).resolve()
     back = ResolvedConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.identity() == cfg.identity() and back.group_key() == cfg.group_key()
+
+
+# -- the rivals of the mask: SS-IL, LODE, LODE-DER++, ER-LAS, ER-AML ------------------------------
+
+
+def hand_step(task, stream_y, replay_ys=(), *, options, logits, state=None, net=None, n_tasks=3, c=2, valid=None):
+    """A Step of one run with given labels; ``logits`` maps each batch's row count to fixed logits."""
+    from clbench.lockstep.step import Batch, LossLayer, Step
+    from clbench.runs.mask import MaskSpec
+
+    class_task = torch.arange(n_tasks * c) // c
+
+    def batch(y, from_buffer, v=None):
+        y = torch.tensor([y])
+        return Batch(torch.zeros(1, y.shape[1], 1), y, class_task[y], torch.full((y.shape[1],), from_buffer), valid=v)
+
+    stream = batch(stream_y, False)
+    replay = tuple(batch(y, True, valid) for y in replay_ys)
+    return Step(
+        task=task,
+        stream=stream,
+        replay=replay,
+        alpha=torch.tensor([0.3]),
+        beta=torch.tensor([0.7]),
+        seen_classes=torch.zeros(1, n_tasks * c, dtype=torch.bool),
+        forward=lambda b: logits[len(b)],
+        loss=LossLayer([MaskSpec(None)], class_task),
+        state=state or {},
+        options=options,
+        net=net,
+    )
+
+
+def test_ss_il_stream_term_is_the_masked_softmax_at_minus_inf_and_replay_is_past_only():
+    from clbench.lockstep.step import concat
+    from clbench.masking import masked_cross_entropy, task_active_mask
+    from clbench.methods.ss_il import SSIL
+
+    g = torch.Generator().manual_seed(0)
+    stream_y, replay_y = [2, 3, 3, 2], [0, 1, 1]
+    z = torch.randn(1, 7, 6, generator=g, requires_grad=True)
+    old = torch.randn(1, 7, 6, generator=g)
+
+    class Teacher:
+        def forward(self, params, bn, x, train):
+            assert not train and set(params) == {"w"}
+            return old, bn
+
+    step = hand_step(
+        1, stream_y, (replay_y,), options={"distill": 1.0}, logits={7: z}, state={"teacher.w": torch.ones(1)}
+    )
+    step = dataclasses.replace(step, net=Teacher())
+    out = SSIL().loss_terms(step)
+    batch = concat(step.stream, step.replay[0])
+    ct = step.class_task
+    stream = masked_cross_entropy(z[0, :4], batch.y[0, :4], task_active_mask(batch.task[0, :4], ct), -math.inf, "sum")
+    replay = torch.nn.functional.cross_entropy(z[0, 4:, :2], batch.y[0, 4:], reduction="sum")  # past classes only
+    torch.testing.assert_close(out.terms["ce"], ((stream + replay) / 7).view(1))
+    # Equal to the stream rows' softmax over the current task's classes alone: the slice.
+    by_slice = torch.nn.functional.cross_entropy(z[0, :4, 2:4], batch.y[0, :4] - 2, reduction="sum")
+    torch.testing.assert_close(stream, by_slice)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(z[0, :, :2] / 2, -1), torch.softmax(old[0, :, :2] / 2, -1), reduction="batchmean"
+    )
+    torch.testing.assert_close(out.terms["kd"], 4 * kl.view(1))
+    # Stream rows: gradient on the current task's classes only; replayed rows: on the past ones only.
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :4, :2] == 0).all() and (grad[0, :4, 4:] == 0).all() and (grad[0, :4, 2:4] != 0).all()
+    assert (grad[0, 4:, 2:] == 0).all() and (grad[0, 4:, :2] != 0).all()
+    with pytest.raises(ValueError, match="ss_il has no softmax cross-entropy for a mask to act on"):
+        synthetic_config("ss_il", mask=-math.inf).resolve()
+
+
+def test_ss_il_memory_keeps_ceil_m_over_s_per_class_and_drops_from_the_largest():
+    from clbench.methods.ss_il import SSIL
+
+    data = load_benchmark("synthetic", synthetic=SYN)
+    method = SSIL()
+    net, params = mlp_group(data, 2)
+    sizes = (5, 30)
+    cap = max(sizes) + 1
+    empty = Memory(
+        torch.zeros((2, cap, *data.train_x.shape[1:]), dtype=data.train_x.dtype),
+        torch.zeros((2, cap), dtype=torch.int64),
+        torch.zeros((2, cap), dtype=torch.int64),
+        None,
+        np.zeros(2, dtype=np.int64),
+    )
+    end0 = method.end_task(context(method, data, net, params, {}, empty, 0, sizes))
+    m0 = end0.memory
+    assert list(m0.held) == [5, 30]
+    # Task 0, M = 5: ceil(5 / 2) = 3 per class, 6 > 5: class 1 (the larger in a tie) gives one back.
+    assert m0.y[0, :5].tolist() == [0, 0, 0, 1, 1]
+    first = [int(i) for i in torch.nonzero(data.train_y == 0).flatten()[:3]]
+    assert torch.equal(m0.x[0, :3], data.train_x[first])
+    assert torch.equal(end0.state["teacher.w1"], params["w1"])
+    end1 = method.end_task(context(method, data, net, params, end0.state, m0, 1, sizes))
+    m1 = end1.memory
+    # Task 1, M = 5: ceil(5 / 4) = 2 per class (class 1 has 2 already), 8 > 5: classes 1, 2, 3 give one back.
+    assert m1.y[0, :5].tolist() == [0, 0, 1, 2, 3]
+    # M = 30: ceil(30 / 4) = 8 per class, 32 > 30: classes 2 and 3 give one back.
+    assert torch.bincount(m1.y[1, : m1.held[1]], minlength=4).tolist() == [8, 8, 7, 7]
+    assert (m1.task[1, : m1.held[1]] == data.class_task[m1.y[1, : m1.held[1]]]).all()
+
+
+@pytest.mark.parametrize(
+    "method,base,options",
+    [
+        ("ss_il", "er", {"distill": 1.0}),
+    ],
+)
+def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):
+    from clbench import RunConfig
+
+    for buffer in (50, 200, 500):
+        ours = RunConfig(method=method, benchmark="seq-fmnist", buffer_size=buffer).resolve()
+        theirs = RunConfig(method=base, benchmark="seq-fmnist", buffer_size=buffer).resolve()
+        assert (ours.lr, ours.minibatch_size, ours.alpha, ours.beta, ours.epochs, ours.batch_size) == (
+            theirs.lr,
+            theirs.minibatch_size,
+            theirs.alpha,
+            theirs.beta,
+            theirs.epochs,
+            theirs.batch_size,
+        )
+        assert dict(ours.options) == options
+        assert f"no {method} preset for seq-mnist: using the {base} row" in ours.notes

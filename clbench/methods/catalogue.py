@@ -28,6 +28,7 @@ SHIPPED = {
     "icarl": "clbench.methods.icarl:ICaRL",
     "agem": "clbench.methods.agem:AGEM",
     "gdumb": "clbench.methods.gdumb:GDumb",
+    "ss_il": "clbench.methods.ss_il:SSIL",
 }
 
 
@@ -180,6 +181,17 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("minlr", 0.0005), ("fitting_epochs", 256), ("cutmix_alpha", 1.0), ("cutmix_prob", 0.5)),
         run_notes=("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); lr is the refit's maximum lr",),
+    ),
+    "ss_il": MethodCard(
+        name="ss_il",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=(),
+        weights=(),
+        options=(("distill", 1.0),),
+        run_notes=("ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), its replayed rows' is over the past classes only: no general mask; plain SGD under the protocol (no momentum, weight decay or lr / (t + 1)); memory rebuilt at task ends, ceil(M / S) per class",),
     ),
 }
 # END CARDS
