@@ -108,6 +108,7 @@ class Stop(Exception):
         ("gdumb", "mlp"),
         ("xder", "resnet18"),
         ("ss_il", "mlp"),
+        ("lode", "mlp"),
         ("ss_il", "resnet18"),
     ],
 )

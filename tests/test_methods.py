@@ -556,10 +556,37 @@ def test_ss_il_memory_keeps_ceil_m_over_s_per_class_and_drops_from_the_largest()
     assert (m1.task[1, : m1.held[1]] == data.class_task[m1.y[1, : m1.held[1]]]).all()
 
 
+def test_lode_terms_sum_to_the_stream_cross_entropy_when_rho_over_t_is_one():
+    from clbench.methods.lode import LODE, lode_stream_terms
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 5, 6, generator=g)
+    y = [4, 5, 4, 5, 5]
+    for t in (1, 2):
+        step = hand_step(t, [c - 2 * (2 - t) for c in y], options={"rho": float(t)}, logits={})
+        intra, inter = lode_stream_terms(step, z, rho=float(t))  # rho / t = 1
+        plain = torch.nn.functional.cross_entropy(z[0], step.stream.y[0]).view(1)
+        torch.testing.assert_close(intra + inter, plain)
+        old = t * 2
+        by_hand = torch.nn.functional.cross_entropy(z[0, :, old:], step.stream.y[0] - old).view(1)
+        torch.testing.assert_close(intra, by_hand)  # a softmax over the current and future classes
+    # LODE-ER halves the loss once something is replayed; the weight of inter is rho / t.
+    zb = torch.randn(1, 3, 6, generator=g)
+    step = hand_step(2, [4, 5, 4, 5, 5], ([0, 1, 2],), options={"rho": 0.1}, logits={5: z, 3: zb})
+    out = LODE().loss_terms(step)
+    intra, inter = lode_stream_terms(step, z, rho=0.1)
+    torch.testing.assert_close(out.terms["inter"], inter / 2)
+    torch.testing.assert_close(inter, 0.1 / 2 * (z[0].logsumexp(-1) - z[0, :, 4:].logsumexp(-1)).mean().view(1))
+    torch.testing.assert_close(
+        out.terms["replay_ce"], torch.nn.functional.cross_entropy(zb[0], torch.tensor([0, 1, 2])).view(1) / 2
+    )
+
+
 @pytest.mark.parametrize(
     "method,base,options",
     [
         ("ss_il", "er", {"distill": 1.0}),
+        ("lode", "er", {"rho": 0.1}),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

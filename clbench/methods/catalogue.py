@@ -29,6 +29,7 @@ SHIPPED = {
     "agem": "clbench.methods.agem:AGEM",
     "gdumb": "clbench.methods.gdumb:GDumb",
     "ss_il": "clbench.methods.ss_il:SSIL",
+    "lode": "clbench.methods.lode:LODE",
 }
 
 
@@ -192,6 +193,17 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("distill", 1.0),),
         run_notes=("ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), its replayed rows' is over the past classes only: no general mask; plain SGD under the protocol (no momentum, weight decay or lr / (t + 1)); memory rebuilt at task ends, ceil(M / S) per class",),
+    ),
+    "lode": MethodCard(
+        name="lode",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(("rho", 0.1),),
+        run_notes=(),
     ),
 }
 # END CARDS

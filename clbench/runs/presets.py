@@ -71,6 +71,7 @@ METHOD_FALLBACK = {
     "joint": "sgd",
     "xder": "derpp",
     "ss_il": "er",
+    "lode": "er",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
