@@ -109,6 +109,7 @@ class Stop(Exception):
         ("xder", "resnet18"),
         ("ss_il", "mlp"),
         ("lode", "mlp"),
+        ("lode_derpp", "mlp"),
         ("ss_il", "resnet18"),
     ],
 )

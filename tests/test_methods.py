@@ -582,11 +582,35 @@ def test_lode_terms_sum_to_the_stream_cross_entropy_when_rho_over_t_is_one():
     )
 
 
+def test_lode_derpp_is_derpp_on_task_0_and_adds_the_decoupled_terms_after():
+    from clbench.methods.derpp import DERpp
+    from clbench.methods.lode import lode_stream_terms
+    from clbench.methods.lode_derpp import LODEDERpp
+
+    g = torch.Generator().manual_seed(2)
+    z, z1, z2 = (torch.randn(1, n, 6, generator=g) for n in (4, 3, 2))
+    stored = torch.randn(1, 3, 6, generator=g)
+    logits = {4: z, 3: z1, 2: z2}
+    step = hand_step(0, [0, 1, 1, 0], ([0, 1, 0], [1, 0]), options={"rho": 0.05}, logits=logits)
+    step = dataclasses.replace(step, replay=(dataclasses.replace(step.replay[0], logits=stored), step.replay[1]))
+    ours, theirs = LODEDERpp().loss_terms(step), DERpp().loss_terms(step)
+    for k, v in theirs.terms.items():
+        torch.testing.assert_close(ours.terms[k], v, rtol=0, atol=0)
+    assert (ours.terms["inter"] == 0).all() and ours.stream_logits is z
+    step1 = dataclasses.replace(step, task=1, stream=hand_step(1, [2, 3, 3, 2], options={}, logits={}).stream)
+    out = LODEDERpp().loss_terms(step1)
+    intra, inter = lode_stream_terms(step1, z, 0.05)
+    torch.testing.assert_close(out.terms["ce"], intra)
+    torch.testing.assert_close(out.terms["inter"], inter)
+    torch.testing.assert_close(out.terms["logit_mse"], 0.3 * (z1 - stored).pow(2).mean().view(1))
+
+
 @pytest.mark.parametrize(
     "method,base,options",
     [
         ("ss_il", "er", {"distill": 1.0}),
         ("lode", "er", {"rho": 0.1}),
+        ("lode_derpp", "derpp", {"rho": 0.05}),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

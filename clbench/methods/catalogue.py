@@ -30,6 +30,7 @@ SHIPPED = {
     "gdumb": "clbench.methods.gdumb:GDumb",
     "ss_il": "clbench.methods.ss_il:SSIL",
     "lode": "clbench.methods.lode:LODE",
+    "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
 }
 
 
@@ -203,6 +204,17 @@ CARDS: dict[str, MethodCard] = {
         mask_acts_on=("stream", "buffer"),
         weights=(),
         options=(("rho", 0.1),),
+        run_notes=(),
+    ),
+    "lode_derpp": MethodCard(
+        name="lode_derpp",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=2,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=("alpha", "beta"),
+        options=(("rho", 0.05),),
         run_notes=(),
     ),
 }

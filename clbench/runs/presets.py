@@ -72,6 +72,7 @@ METHOD_FALLBACK = {
     "xder": "derpp",
     "ss_il": "er",
     "lode": "er",
+    "lode_derpp": "derpp",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
