@@ -110,6 +110,7 @@ class Stop(Exception):
         ("ss_il", "mlp"),
         ("lode", "mlp"),
         ("lode_derpp", "mlp"),
+        ("er_las", "mlp"),
         ("ss_il", "resnet18"),
     ],
 )

@@ -43,6 +43,7 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         ("ss_il", None),
         ("lode", None),
         ("lode_derpp", None),
+        ("er_las", None),
     ],
 )
 def test_group_equals_each_run_alone(method, head, mixed_group):
@@ -56,7 +57,7 @@ def test_group_equals_each_run_alone(method, head, mixed_group):
 
 
 @pytest.mark.parametrize(
-    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp"]
+    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las"]
 )
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
@@ -93,7 +94,7 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
 
 
 @pytest.mark.parametrize(
-    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp"]
+    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las"]
 )
 def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
     a = train_runs(mixed_group(method))

@@ -605,12 +605,34 @@ def test_lode_derpp_is_derpp_on_task_0_and_adds_the_decoupled_terms_after():
     torch.testing.assert_close(out.terms["logit_mse"], 0.3 * (z1 - stored).pow(2).mean().view(1))
 
 
+def test_er_las_adds_tau_log_label_counts_of_the_window_and_excludes_absent_classes():
+    from clbench.methods.er_las import ERLAS
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 5, 6, generator=g, requires_grad=True)
+    prev = torch.tensor([[[0.0, 0, 0, 0, 3, 0], [1.0, 0, 0, 0, 0, 0]]])  # (R, window 2, K): older, last step
+    step = hand_step(1, [2, 2, 3], ([0, 1],), options={"tau": 0.5, "window": 2}, logits={5: z}, state={"counts": prev})
+    out = ERLAS().loss_terms(step)
+    now = torch.tensor([1.0, 1, 2, 1, 0, 0])
+    torch.testing.assert_close(out.state["counts"], torch.stack([prev[0, 1], now]).unsqueeze(0))
+    record = prev[0, 1] + now  # the last two steps: class 0 twice, class 4 dropped out of the window
+    adjusted = z[0] + 0.5 * torch.log(record)  # ln 0 = -inf: classes 4 and 5 excluded
+    y = torch.tensor([2, 2, 3, 0, 1])
+    torch.testing.assert_close(out.terms["ce"], torch.nn.functional.cross_entropy(adjusted, y).view(1))
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :, 4:] == 0).all()
+    # tau = 0 is ER: no adjustment, nothing excluded.
+    plain = ERLAS().loss_terms(dataclasses.replace(step, options={"tau": 0.0, "window": 2}))
+    torch.testing.assert_close(plain.terms["ce"], torch.nn.functional.cross_entropy(z[0], y).view(1))
+
+
 @pytest.mark.parametrize(
     "method,base,options",
     [
         ("ss_il", "er", {"distill": 1.0}),
         ("lode", "er", {"rho": 0.1}),
         ("lode_derpp", "derpp", {"rho": 0.05}),
+        ("er_las", "er", {"tau": 1.0, "window": 1}),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

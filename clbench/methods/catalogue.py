@@ -31,6 +31,7 @@ SHIPPED = {
     "ss_il": "clbench.methods.ss_il:SSIL",
     "lode": "clbench.methods.lode:LODE",
     "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
+    "er_las": "clbench.methods.er_las:ERLAS",
 }
 
 
@@ -215,6 +216,17 @@ CARDS: dict[str, MethodCard] = {
         mask_acts_on=("stream", "buffer"),
         weights=("alpha", "beta"),
         options=(("rho", 0.05),),
+        run_notes=(),
+    ),
+    "er_las": MethodCard(
+        name="er_las",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(("tau", 1.0), ("window", 1)),
         run_notes=(),
     ),
 }

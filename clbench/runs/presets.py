@@ -73,6 +73,7 @@ METHOD_FALLBACK = {
     "ss_il": "er",
     "lode": "er",
     "lode_derpp": "derpp",
+    "er_las": "er",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
