@@ -626,6 +626,50 @@ def test_er_las_adds_tau_log_label_counts_of_the_window_and_excludes_absent_clas
     torch.testing.assert_close(plain.terms["ce"], torch.nn.functional.cross_entropy(z[0], y).view(1))
 
 
+def test_er_aml_supcon_and_its_positive_negative_pairs_by_hand():
+    from clbench.methods.er_aml import ERAML, normalize, pick, supcon
+
+    g = torch.Generator().manual_seed(4)
+    # pick: the candidate at rank floor(u n) among the true ones.
+    cand = torch.tensor([[[True, False, True, True], [False, False, False, False]]])
+    assert pick(cand, torch.tensor([[0.0, 0.5]])).tolist() == [[0, 0]]
+    assert pick(cand, torch.tensor([[0.5, 0.5]])).tolist() == [[2, 0]]
+    assert pick(cand, torch.tensor([[0.99, 0.5]])).tolist() == [[3, 0]]
+    # SupCon, loop by loop: anchors 0 and 2 kept, anchor 1 dropped.
+    a, c = normalize(torch.randn(1, 3, 5, generator=g)), normalize(torch.randn(1, 6, 5, generator=g))
+    ay, cy = torch.tensor([[2, 3, 3]]), torch.tensor([[2, 3, 3, 3, 2, 2]])
+    keep = torch.tensor([[True, False, True]])
+    kept_cols = [0, 2, 3, 5]  # the kept anchors' positives (0, 2) and negatives (3, 5)
+    losses = []
+    for i in (0, 2):
+        scores = torch.stack([a[0, i] @ c[0, j] / 0.2 for j in kept_cols])
+        log_p = scores - scores.logsumexp(0)
+        pos = [k for k, j in enumerate(kept_cols) if cy[0, j] == ay[0, i]]
+        losses.append(-(0.2 / 0.07) * log_p[pos].mean())
+    torch.testing.assert_close(supcon(a, ay, c, cy, keep, 0.2), torch.stack(losses).mean().view(1))
+    # The step: positives share the class (never the row itself), negatives are another class of the task.
+    stream_y, replay_y = [2, 3, 3, 2], [0, 2, 3]
+    step = hand_step(1, stream_y, (replay_y,), options={"temperature": 0.2}, logits={})
+    pool = dataclasses.replace(_pool(step), x=torch.arange(7.0).view(1, 7, 1))  # x: the row's index
+    y = torch.tensor(stream_y)
+    chosen = set()
+    for seed in range(20):
+        pairs, keep = ERAML._pairs(dataclasses.replace(step, draws={"seed": torch.tensor([seed])}), pool)
+        assert keep.all()
+        assert (pairs.y[0, :4] == y).all() and (pairs.x[0, :4, 0] != torch.arange(4.0)).all()
+        assert (pairs.y[0, 4:] != y).all() and (pairs.task[0] == 1).all()
+        chosen.add(tuple(pairs.x[0, :, 0].tolist()))
+    assert len(chosen) > 1  # the draws choose among the candidates
+    with pytest.raises(ValueError, match="valid placements for er_aml are buffer, both"):
+        synthetic_config("er_aml", mask=-math.inf).resolve()
+
+
+def _pool(step):
+    from clbench.lockstep.step import concat
+
+    return concat(step.stream, step.replay[0])
+
+
 @pytest.mark.parametrize(
     "method,base,options",
     [
@@ -633,6 +677,7 @@ def test_er_las_adds_tau_log_label_counts_of_the_window_and_excludes_absent_clas
         ("lode", "er", {"rho": 0.1}),
         ("lode_derpp", "derpp", {"rho": 0.05}),
         ("er_las", "er", {"tau": 1.0, "window": 1}),
+        ("er_aml", "er", {"temperature": 0.2}),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

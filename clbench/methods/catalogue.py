@@ -32,6 +32,7 @@ SHIPPED = {
     "lode": "clbench.methods.lode:LODE",
     "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
     "er_las": "clbench.methods.er_las:ERLAS",
+    "er_aml": "clbench.methods.er_aml:ERAML",
 }
 
 
@@ -228,6 +229,17 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("tau", 1.0), ("window", 1)),
         run_notes=(),
+    ),
+    "er_aml": MethodCard(
+        name="er_aml",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("buffer",),
+        weights=(),
+        options=(("temperature", 0.2),),
+        run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows (and task 0's stream with --mask-on both); positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
     ),
 }
 # END CARDS

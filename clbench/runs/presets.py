@@ -74,6 +74,7 @@ METHOD_FALLBACK = {
     "lode": "er",
     "lode_derpp": "derpp",
     "er_las": "er",
+    "er_aml": "er",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
