@@ -107,6 +107,13 @@ class Stop(Exception):
         ("agem", "mlp"),
         ("gdumb", "mlp"),
         ("xder", "resnet18"),
+        ("ss_il", "mlp"),
+        ("lode", "mlp"),
+        ("lode_derpp", "mlp"),
+        ("er_las", "mlp"),
+        ("er_aml", "mlp"),
+        ("ss_il", "resnet18"),
+        ("er_aml", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):

@@ -40,6 +40,11 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         ("icarl", None),
         ("agem", None),
         ("gdumb", None),
+        ("ss_il", None),
+        ("lode", None),
+        ("lode_derpp", None),
+        ("er_las", None),
+        ("er_aml", None),
     ],
 )
 def test_group_equals_each_run_alone(method, head, mixed_group):
@@ -52,7 +57,9 @@ def test_group_equals_each_run_alone(method, head, mixed_group):
         assert_same_run(res, alone)
 
 
-@pytest.mark.parametrize("method", ["er", "derpp", "xder", "icarl", "agem", "gdumb"])
+@pytest.mark.parametrize(
+    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+)
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
     # (buffer 3 < minibatch 10 for one run). One step per task (batch = the task's 12 samples):
@@ -87,7 +94,9 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
         assert_same_run(res, train_runs([cfg])[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["derpp", "xder", "icarl", "agem", "gdumb"])
+@pytest.mark.parametrize(
+    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+)
 def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
     a = train_runs(mixed_group(method))
     b = train_runs(mixed_group(method))

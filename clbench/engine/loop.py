@@ -234,6 +234,7 @@ class _Training:
             options=g.options,
             net=g.net,
             params=st.net.params,
+            features=st.net.features,
         )
         names, terms, new_state = train_step(
             g.method,

@@ -117,6 +117,8 @@ class Step:
     options: Mapping[str, Any] = field(default_factory=dict)  # the method's options (config)
     net: Any = None  # the backbone (BatchedBackbone): forward with other parameters (a frozen teacher)
     params: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the parameters being trained
+    # batch -> penultimate features (R, N, D), training mode (ER-AML's contrastive term); None: not offered.
+    features: Callable[[Batch], torch.Tensor] | None = None
 
     @property
     def class_task(self) -> torch.Tensor:

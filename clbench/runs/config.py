@@ -150,8 +150,8 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
         return
     if not acts_on:
         raise ValueError(
-            f"{name} has no softmax cross-entropy for a mask to act on (an unmasked reference "
-            f"baseline): run it with mask none"
+            f"{name} has no softmax cross-entropy for a mask to act on (none at all, or one the method "
+            f"already restricts to its own classes): run it with mask none"
         )
     if not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
         raise ValueError(
