@@ -160,6 +160,14 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
         )
 
 
+def _check_keep(mask: MaskSpec, name: str, keeps: tuple[str, ...]) -> None:
+    if mask.enabled and mask.keep not in keeps:
+        raise ValueError(
+            f"a mask keeping the {mask.keep} classes cannot act in {name} (its cross-entropy already "
+            f"limits its softmax there): valid keep-sets for {name} are {', '.join(keeps)}"
+        )
+
+
 def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
     """``value`` as the type of the option's default (bool, int, float or str); one-line errors."""
     kind = type(default)
@@ -243,9 +251,10 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     if head == "cosine":
         notes.append("cosine classifier head: bias-free, 10 x cosine similarity (the original ER-ACE's)")
     mask = cfg.mask
-    if mask.on == "buffer" and not mask.enabled:
-        mask = MaskSpec(None, "stream")
+    if not mask.enabled:  # where and what a mask keeps mean nothing without a mask
+        mask = MaskSpec(None, "stream" if mask.on == "buffer" else mask.on)
     _check_mask(mask, name, card.mask_acts_on)
+    _check_keep(mask, name, card.mask_keeps)
     der_logits = (cfg.der_logits or "pre") if name in LOGIT_STORING_METHODS else None
     options = _resolve_options(ref, preset, cfg.options)
 
