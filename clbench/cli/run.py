@@ -72,6 +72,13 @@ def run(
     mask_on: str = typer.Option(
         "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
     ),
+    validation: float = typer.Option(
+        0.0,
+        "--validation",
+        metavar="F",
+        help="Hold out the fraction F (0 < F <= 0.5) of each task's training data, class-balanced and drawn "
+        "from the seed, and evaluate on it beside the test sets (0: no validation split).",
+    ),
     mask_keep: str = typer.Option(
         "task",
         "--mask-keep",
@@ -176,6 +183,7 @@ def run(
             der_logits=der_logits,
             head=head,
             options=options or None,
+            validation=validation or None,
         ).items()
         if v is not None
     }

@@ -307,6 +307,7 @@ def _keep_of(config) -> str:
 
 def _with_convention(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     out.attrs["class_il"] = df.attrs.get("class_il", "all")
+    out.attrs["split"] = df.attrs.get("split", "test")
     return out
 
 

@@ -79,11 +79,13 @@ OVERRIDE_KEYS = (
     "der_logits",
     "head",
     "options",
+    "validation",
 )
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
 # seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
-COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False}
+# The split is what the metrics are measured on: the test sets, or the validation split of runs with one.
+COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False, "split": "test"}
 RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
     "fig4": {"baseline": "none", "std_band": True, **COMMON_RENDER_OPTIONS},
@@ -366,6 +368,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         raise ValueError(
             f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}"
         )
+    if render["split"] not in ("test", "validation"):
+        raise ValueError(f"{source}: render.split {render['split']!r}: valid are test, validation")
     if not isinstance(render["include_stale"], bool):
         raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
