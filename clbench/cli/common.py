@@ -93,6 +93,18 @@ def class_il_option():
     )
 
 
+def split_option():
+    return typer.Option(
+        "test",
+        "--split",
+        metavar="SPLIT",
+        help="Measure on the test sets (test) or on the training data runs held out with --validation (validation).",
+    )
+
+
+SPLIT_CHOICES = ("test", "validation")
+
+
 def db_option():
     return typer.Option(
         None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]"
@@ -170,6 +182,7 @@ OPTION_OF_FIELD = {
     "beta": "--beta",
     "synthetic.train_per_class": "--synthetic-train-per-class",
     "synthetic.test_per_class": "--synthetic-test-per-class",
+    "validation": "--validation",
 }
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 from clbench.cli.common import (
     FILTER_HELP,
     MAX_THREADS,
+    SPLIT_CHOICES,
     UsageProblem,
     check_data,
     check_whole_option,
@@ -36,6 +37,7 @@ from clbench.cli.common import (
     report_held,
     sigterm_as_interrupt,
     split,
+    split_option,
     store_errors_as_bad_input,
 )
 from clbench.cli.executor import (
@@ -121,6 +123,13 @@ def report_command(
         help="Let runs of an older engine (stale) stand "
         "in for runs this clbench has not computed; they are named as such.",
     ),
+    split_on: str | None = typer.Option(
+        None,
+        "--split",
+        metavar="SPLIT",
+        help="Measure on the test sets (test) or the validation split (validation). [default: the experiment's, "
+        "else test]",
+    ),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -151,6 +160,10 @@ def report_command(
                 spec = spec.with_render(class_il=class_il)
             if include_stale:
                 spec = spec.with_render(include_stale=True)
+            if split_on is not None:
+                if split_on not in SPLIT_CHOICES:
+                    raise ValueError(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
+                spec = spec.with_render(split=split_on)
             specs.append(spec)
             configs += spec.configs()
         plan_sweep(configs, None)  # resolves every run
@@ -366,9 +379,12 @@ def compare_command(
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
     class_il: str = class_il_option(),
+    split_on: str = split_option(),
     db: str | None = db_option(),
 ) -> None:
     """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
+    if split_on not in SPLIT_CHOICES:
+        raise UsageProblem(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
     if format not in COMPARE_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(COMPARE_FORMATS)}")
     if test not in TESTS:
@@ -383,7 +399,7 @@ def compare_command(
     filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
     masks = split(mask, "--mask")
     ons = split(mask_on, "--mask-on")
-    df = load(db, class_il=class_il, **filters)
+    df = load(db, class_il=class_il, split=split_on, **filters)
     try:
         if masks:
             wanted = {format_mask_value(parse_mask_value(m)) for m in masks} | {base_label}
@@ -455,6 +471,11 @@ def compare_caption(result) -> str:
         f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
         + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
         + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting)."
+        + (
+            " Measured on the validation split (training data the runs held out), not the test sets."
+            if result.attrs.get("split") == "validation"
+            else ""
+        )
     )
 
 

@@ -48,7 +48,7 @@ from clbench.cli.progress import execute_with_progress
 from clbench.data.specs import BENCHMARKS, SyntheticOptions
 from clbench.lockstep.backbones import HEADS
 from clbench.methods import METHODS
-from clbench.runs.mask import MASK_ON_CHOICES
+from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES
 from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
 from clbench.store.connection import StoreError, describe_url
 from clbench.store.opening import open_store
@@ -71,6 +71,20 @@ def run(
     ),
     mask_on: str = typer.Option(
         "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
+    ),
+    validation: float = typer.Option(
+        0.0,
+        "--validation",
+        metavar="F",
+        help="Hold out the fraction F (0 < F <= 0.5) of each task's training data, class-balanced and drawn "
+        "from the seed, and evaluate on it beside the test sets (0: no validation split).",
+    ),
+    mask_keep: str = typer.Option(
+        "task",
+        "--mask-keep",
+        metavar="KEEP",
+        help="Which classes stay live on a masked row: task (its own task's), batch (those present in the "
+        "batch's rows of its kind, ER-ACE's rule) or seen (those of the tasks seen so far).",
     ),
     seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
     seed: list[str] = typer.Option(
@@ -136,6 +150,8 @@ def run(
     # 1. Everything about the sweep itself (sizes first: nothing large is built before they are checked).
     if mask_on not in MASK_ON_CHOICES:
         raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    if mask_keep not in MASK_KEEP_CHOICES:
+        raise UsageProblem(f"invalid --mask-keep {mask_keep!r}: valid are {', '.join(MASK_KEEP_CHOICES)}")
     if seeds is not None and seeds < 1:
         raise UsageProblem(f"invalid --seeds {seeds}: give N >= 1 to run seeds 0..N-1")
     check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
@@ -167,6 +183,7 @@ def run(
             der_logits=der_logits,
             head=head,
             options=options or None,
+            validation=validation or None,
         ).items()
         if v is not None
     }
@@ -191,6 +208,7 @@ def run(
             seeds=seed_list,
             benchmark=dataset,
             mask_on=mask_on,
+            mask_keep=mask_keep,
             **overrides,
         )
         plan = plan_sweep(configs, None, force=force, max_group_size=group_size, memory_budget=budget)  # resolves all

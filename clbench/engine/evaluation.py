@@ -44,6 +44,19 @@ class Evaluation:
         return 100.0 * self.class_correct / np.maximum(self.class_counts, 1)
 
 
+SPLITS = ("test", "validation")  # what a run is evaluated on (the validation split only where it has one)
+
+
+def split_rows(data: ContinualData, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(inputs, labels, per task the row indices into them) of ``split``: ``test`` (the test sets) or
+    ``validation`` (the training rows held out, ``data.val_task_idx``)."""
+    if split == "test":
+        return data.test_x, data.test_y, data.test_task_idx
+    if split == "validation" and data.val_task_idx is not None:
+        return data.train_x, data.train_y, data.val_task_idx
+    raise ValueError(f"no {split!r} split in this data: valid are test" + (", validation" if data.val_task_idx else ""))
+
+
 @torch.no_grad()
 def _count_histograms(hists: dict[str, torch.Tensor], t: int, probs: torch.Tensor, y: torch.Tensor) -> None:
     """Add one chunk's softmax probabilities ``(R, B, K)`` of task ``t`` to the histograms, in place."""
@@ -66,12 +79,13 @@ def evaluate(
     after_task: int,
     chunk_size: int = 2048,
     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split: str = "test",
 ) -> Evaluation:
     """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
     inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
     all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far).
     ``classifier`` (a method's, e.g. iCaRL's nearest mean of exemplars) maps the inputs
-    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place."""
+    ``(R, N, C, H, W)`` to class scores ``(R, N, K)``. ``split``: ``SPLITS``, see ``split_rows``."""
     k, t_count = data.n_classes, data.n_tasks
     device = data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
@@ -84,12 +98,13 @@ def evaluate(
         kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
         for kind in HISTOGRAM_KINDS
     }
-    for t, idx in enumerate(data.test_task_idx):
+    xs, ys, task_idx = split_rows(data, split)
+    for t, idx in enumerate(task_idx):
         outside_task = data.class_task != t
         for start in range(0, len(idx), chunk_size):
             rows = idx[start : start + chunk_size]
-            y = data.test_y[rows]
-            x = prepare_inputs(data.test_x[rows], data.spec)
+            y = ys[rows]
+            x = prepare_inputs(xs[rows], data.spec)
             inputs = x.unsqueeze(0).expand(n_runs, *x.shape)
             if classifier is None:
                 logits, _ = net.forward(params, buffers, inputs, train=False)
@@ -103,8 +118,8 @@ def evaluate(
             probs = logits.softmax(-1)  # (R, B, K)
             prob_sums.index_add_(1, y, probs.to(torch.float64))
             _count_histograms(hists, t, probs, y)
-    counts = np.array([len(i) for i in data.test_task_idx], dtype=np.int64)
-    class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
+    counts = np.array([len(i) for i in task_idx], dtype=np.int64)
+    class_counts = torch.bincount(ys[torch.cat(task_idx)], minlength=k).cpu().numpy()
     return Evaluation(
         class_il_correct=cil.cpu().numpy(),
         class_il_seen_correct=cil_seen.cpu().numpy(),

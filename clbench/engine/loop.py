@@ -29,7 +29,7 @@ from clbench.engine.refit import refit
 from clbench.engine.update import NetState, StepForward, fresh, step_batches, train_step
 from clbench.lockstep.step import Step
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import RunResult
+from clbench.runs.results import RunResult, SplitMatrices
 
 
 def train_group(
@@ -278,6 +278,19 @@ class _Training:
                     g.net, st.net.params, st.net.buffers, g.data, g.n_runs, after_task=task.index, classifier=classifier
                 )
             )
+            if g.data.val_task_idx is not None:  # the held-out training rows, evaluated alike
+                st.val_evaluations.append(
+                    evaluate(
+                        g.net,
+                        st.net.params,
+                        st.net.buffers,
+                        g.data,
+                        g.n_runs,
+                        after_task=task.index,
+                        classifier=classifier,
+                        split="validation",
+                    )
+                )
         st.eval_s[task.index] = time.perf_counter() - t1
         st.task, st.epoch, st.step, st.task_begun = task.index + 1, 0, 0, False
         if self.checkpoint is not None:
@@ -312,9 +325,22 @@ def _results(group: Group, st: GroupState) -> list[RunResult]:
                 class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
                 divergence=diverged,
                 histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
+                validation=_split_matrices(st.val_evaluations, r),
             )
         )
     return out
+
+
+def _split_matrices(evaluations: list, r: int) -> SplitMatrices | None:
+    """Run ``r``'s matrices on the validation split (``None`` where the group has none)."""
+    if not evaluations:
+        return None
+    return SplitMatrices(
+        class_il_correct=np.stack([e.class_il_correct[r] for e in evaluations]),
+        task_il_correct=np.stack([e.task_il_correct[r] for e in evaluations]),
+        class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
+        counts=evaluations[0].test_counts,
+    )
 
 
 __all__ = ["train_group"]

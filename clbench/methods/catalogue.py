@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# The mask's keep-sets (clbench.runs.mask.MASK_KEEP_CHOICES): a card's default, every one.
+ALL_MASK_KEEPS = ("task", "batch", "seen")
+
 # name -> "module:Class", in the order the command line lists them.
 SHIPPED = {
     "sgd": "clbench.methods.sgd:SGD",
@@ -49,6 +52,8 @@ class MethodCard:
     weights: tuple[str, ...]
     options: tuple[tuple[str, Any], ...]  # the method's own hyperparameters and their defaults
     run_notes: tuple[str, ...]
+    # Added with the mask's keep-sets; written into CARDS only where it is not every keep-set.
+    mask_keeps: tuple[str, ...] = ALL_MASK_KEEPS
 
     @property
     def has_memory(self) -> bool:
@@ -68,6 +73,7 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
         weights=tuple(cls.weights),
         options=tuple(dict(cls.options).items()),
         run_notes=tuple(cls.run_notes),
+        mask_keeps=tuple(getattr(cls, "mask_keeps", ALL_MASK_KEEPS)),
     )
 
 
@@ -265,7 +271,11 @@ def _written_cards() -> str:
         module, _, cls_name = where.partition(":")
         card = card_of(getattr(importlib.import_module(module), cls_name))
         lines.append(f"    {json.dumps(name)}: MethodCard(")
-        lines += [f"        {f.name}={_literal(getattr(card, f.name))}," for f in fields(card)]
+        lines += [
+            f"        {f.name}={_literal(getattr(card, f.name))},"
+            for f in fields(card)
+            if f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS
+        ]
         lines.append("    ),")
     lines.append("}")
     return "\n".join(lines)

@@ -216,6 +216,7 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}: valid tests are {', '.join(TESTS)}")
     base_label = format_mask_value(parse_mask_value(str(baseline)))
+    df = with_keep_in_placement(df)
     done = df[df["status"] == "finished"].copy() if "status" in df else df.copy()
     diverged = _diverged_counts(df)
     rows = []
@@ -287,8 +288,26 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     return _with_convention(out, df)
 
 
+def with_keep_in_placement(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a mask's keep-set other than the paper's (``task``) written into ``mask_on``
+    (``"stream, keep batch"``): runs that differ in it are different variants, never paired as one."""
+    if "config" not in df or df.empty:
+        return df
+    keeps = [_keep_of(c) for c in df["config"]]
+    if all(k == "task" for k in keeps):
+        return df
+    ons = [on if k == "task" else f"{on}, keep {k}" for on, k in zip(df["mask_on"], keeps)]
+    return df.assign(mask_on=ons)
+
+
+def _keep_of(config) -> str:
+    mask = config.get("mask") if isinstance(config, dict) else None
+    return mask.get("keep", "task") if isinstance(mask, dict) else "task"
+
+
 def _with_convention(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     out.attrs["class_il"] = df.attrs.get("class_il", "all")
+    out.attrs["split"] = df.attrs.get("split", "test")
     return out
 
 

@@ -12,8 +12,9 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
     buffers = [200]
     seeds = 10                         # seeds 0..9, or a list [0, 3, 7]
     mask_on = "stream"                 # optional: stream | buffer | both
+    mask_keep = "task"                 # optional: task | batch | seen (which classes a masked row keeps)
 
-    [per_method.gdumb]                 # optional: a method's own masks and/or mask_on
+    [per_method.gdumb]                 # optional: a method's own masks, mask_on and/or mask_keep
     mask_on = "buffer"                 #   (GDumb's cross-entropy sees only its memory's rows)
     [per_method.icarl]
     masks = ["none"]                   #   (iCaRL has no softmax cross-entropy: no mask acts)
@@ -41,7 +42,7 @@ from typing import Any
 from clbench.data.specs import SyntheticOptions
 from clbench.runs.checks import InvalidValue, check_label, check_whole
 from clbench.runs.config import RunConfig, check_field, check_synthetic
-from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
@@ -56,12 +57,13 @@ TOP_LEVEL_KEYS = (
     "buffers",
     "seeds",
     "mask_on",
+    "mask_keep",
     "per_method",
     "overrides",
     "render",
     "description",
 )
-PER_METHOD_KEYS = ("masks", "mask_on")
+PER_METHOD_KEYS = ("masks", "mask_on", "mask_keep")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = (
     "backbone",
@@ -77,11 +79,13 @@ OVERRIDE_KEYS = (
     "der_logits",
     "head",
     "options",
+    "validation",
 )
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
 # seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
-COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False}
+# The split is what the metrics are measured on: the test sets, or the validation split of runs with one.
+COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False, "split": "test"}
 RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
     "fig4": {"baseline": "none", "std_band": True, **COMMON_RENDER_OPTIONS},
@@ -103,6 +107,7 @@ class ExperimentSpec:
     buffers: tuple[int, ...]
     seeds: tuple[int, ...]
     mask_on: str = "stream"
+    mask_keep: str = "task"  # the keep-set of masked rows (clbench.runs.mask.MASK_KEEP_CHOICES)
     overrides: dict[str, Any] = field(default_factory=dict)
     render: dict[str, Any] = field(default_factory=dict)
     title: str = ""
@@ -116,6 +121,9 @@ class ExperimentSpec:
 
     def mask_on_for(self, method: str) -> str:
         return self.per_method.get(method, {}).get("mask_on", self.mask_on)
+
+    def mask_keep_for(self, method: str) -> str:
+        return self.per_method.get(method, {}).get("mask_keep", self.mask_keep)
 
     @property
     def all_masks(self) -> tuple[str, ...]:
@@ -136,6 +144,7 @@ class ExperimentSpec:
                 seeds=seed_list,
                 benchmark=self.benchmark,
                 mask_on=self.mask_on,
+                mask_keep=self.mask_keep,
                 **self.overrides,
             )
         return [
@@ -148,6 +157,7 @@ class ExperimentSpec:
                 seeds=seed_list,
                 benchmark=self.benchmark,
                 mask_on=self.mask_on_for(method),
+                mask_keep=self.mask_keep_for(method),
                 **self.overrides,
             )
         ]
@@ -335,8 +345,12 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     mask_on = data.get("mask_on", "stream")
     if mask_on not in MASK_ON_CHOICES:
         raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    mask_keep = data.get("mask_keep", "task")
+    if mask_keep not in MASK_KEEP_CHOICES:
+        raise ValueError(f"{source}: invalid mask_keep {mask_keep!r}: valid are {', '.join(MASK_KEEP_CHOICES)}")
     per_method = _per_method(data, methods, source)
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
+    _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
     overrides = _overrides(data, source)
     render = _table(data, "render", source)
     options = RENDER_OPTIONS[kind]
@@ -354,6 +368,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         raise ValueError(
             f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}"
         )
+    if render["split"] not in ("test", "validation"):
+        raise ValueError(f"{source}: render.split {render['split']!r}: valid are test, validation")
     if not isinstance(render["include_stale"], bool):
         raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
@@ -392,6 +408,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         buffers=tuple(int(b) for b in buffers),
         seeds=tuple(seeds),
         mask_on=mask_on,
+        mask_keep=mask_keep,
         overrides=overrides,
         render=render,
         title=str(data.get("title", "")),
@@ -420,7 +437,7 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
         if method not in methods:
             raise ValueError(f"{source}: per_method.{method}: {method!r} is not among the methods {', '.join(methods)}")
         if not isinstance(entry, dict) or not entry:
-            raise ValueError(f"{source}: per_method.{method} must be a table with masks and/or mask_on")
+            raise ValueError(f"{source}: per_method.{method} must be a table with masks, mask_on and/or mask_keep")
         bad = sorted(set(entry) - set(PER_METHOD_KEYS))
         if bad:
             raise ValueError(
@@ -442,6 +459,13 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
                     f"{', '.join(MASK_ON_CHOICES)}"
                 )
             own["mask_on"] = entry["mask_on"]
+        if "mask_keep" in entry:
+            if entry["mask_keep"] not in MASK_KEEP_CHOICES:
+                raise ValueError(
+                    f"{source}: per_method.{method}: invalid mask_keep {entry['mask_keep']!r}: valid are "
+                    f"{', '.join(MASK_KEEP_CHOICES)}"
+                )
+            own["mask_keep"] = entry["mask_keep"]
         out[method] = own
     return out
 
@@ -469,6 +493,21 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
             raise ValueError(
                 f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
                 f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}"
+            )
+
+
+def _check_keeps_can_act(methods: list[str], masks: list[str], keep: str, per_method: dict, source: str) -> None:
+    """Refuse a keep-set a method's cross-entropy cannot use (``Method.mask_keeps``)."""
+    from clbench.methods import find_method  # noqa: PLC0415
+
+    for method in methods:
+        own = per_method.get(method, {})
+        wanted = own.get("mask_keep", keep)
+        keeps = find_method(method).card.mask_keeps
+        if wanted not in keeps and any(m != "none" for m in own.get("masks", masks)):
+            raise ValueError(
+                f"{source}: mask_keep {wanted!r} cannot act in {method}: give [per_method.{method}] "
+                f"mask_keep one of {', '.join(keeps)}"
             )
 
 

@@ -85,7 +85,7 @@ def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
     configs = experiment_configs(spec)
     ids = [c.identity() for c in configs]
     class_il = spec.render.get("class_il", "all")
-    df = load_runs(store, run_id=ids, class_il=class_il)
+    df = load_runs(store, run_id=ids, class_il=class_il, split=spec.render.get("split", "test"))
     df = df[df["status"] == "finished"]
     order = {rid: i for i, rid in enumerate(ids)}
     if spec.render.get("include_stale"):
@@ -96,6 +96,7 @@ def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
     df = df[~df["run_id"].isin(_not_finite(store, df).index)]
     out = df.assign(_order=df["run_id"].map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
     out.attrs["class_il"] = class_il
+    out.attrs["split"] = spec.render.get("split", "test")
     return out
 
 
@@ -133,7 +134,9 @@ def excluded_runs(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
     ids = [c.identity() for c in configs]
 
     def work(store: Store) -> pd.DataFrame:
-        df = load_runs(store, run_id=ids, class_il=spec.render.get("class_il", "all"))
+        df = load_runs(
+            store, run_id=ids, class_il=spec.render.get("class_il", "all"), split=spec.render.get("split", "test")
+        )
         rows = []
         for r in df[df["status"] == "diverged"].itertuples():
             where = (

@@ -9,11 +9,18 @@ Python accept exactly the same runs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from clbench.data.specs import SyntheticOptions, dataset_sizes, get_benchmark
+from clbench.data.specs import (
+    MAX_VALIDATION,
+    SyntheticOptions,
+    check_validation_split,
+    dataset_sizes,
+    get_benchmark,
+)
 from clbench.lockstep import BACKBONES, HEADS
 from clbench.methods import METHODS, MethodRef, find_method
 from clbench.methods.user import shipped_base
@@ -45,6 +52,7 @@ class RunConfig:
     der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
     head: str | None = None  # the classifier head: "linear" (default) or "cosine" (ER-ACE's original)
     options: Mapping[str, Any] | None = None  # the method's own hyperparameters (Method.options), overriding
+    validation: float = 0.0  # fraction of each task's training data held out for validation (0: none)
 
     def resolve(self) -> ResolvedConfig:
         """The resolved config (computed once per RunConfig: it is immutable)."""
@@ -75,6 +83,7 @@ FIELD_CHECKS = {
     "backbone": lambda v: check_choice("backbone", v, BACKBONES, "valid backbones are"),
     "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
     "head": lambda v: check_choice("head", v, HEADS, "valid heads are"),
+    "validation": lambda v: check_validation(v),
 }
 OPTIONAL_FIELDS = (
     "backbone",
@@ -98,6 +107,27 @@ SYNTHETIC_CHECKS = {
     "data_seed": lambda v: check_whole("synthetic.data_seed", v, 0),
     "backbone": lambda v: check_choice("synthetic.backbone", v, BACKBONES),
 }
+
+
+def check_validation(value: Any) -> float:
+    """A validation fraction: 0 (no split) or in (0, MAX_VALIDATION]."""
+    requirement = f"give a fraction of each task's training data in (0, {MAX_VALIDATION:g}], or 0 for none"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise InvalidValue("validation", value, requirement)
+    if not 0.0 <= float(value) <= MAX_VALIDATION:
+        raise InvalidValue("validation", value, requirement)
+    return float(value)
+
+
+def _check_validation_sizes(cfg: RunConfig, n_classes: int) -> None:
+    """A split that leaves a class without validation or training samples is refused before anything
+    runs (class sizes from the benchmark's sizes: exact for the balanced ones and the synthetic one)."""
+    if cfg.validation:
+        per_class = dataset_sizes(cfg.benchmark, cfg.synthetic)[0] // n_classes
+        try:
+            check_validation_split({0: per_class}, float(cfg.validation))
+        except ValueError as exc:
+            raise InvalidValue("validation", cfg.validation, str(exc).split(": ", 1)[1]) from None
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -157,6 +187,14 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
         raise ValueError(
             f"a mask on the {mask.on} cannot act in {name}, whose cross-entropy sees {' or '.join(acts_on)} "
             f"rows: valid placements for {name} are {', '.join(_placements(acts_on))}"
+        )
+
+
+def _check_keep(mask: MaskSpec, name: str, keeps: tuple[str, ...]) -> None:
+    if mask.enabled and mask.keep not in keeps:
+        raise ValueError(
+            f"a mask keeping the {mask.keep} classes cannot act in {name} (its cross-entropy already "
+            f"limits its softmax there): valid keep-sets for {name} are {', '.join(keeps)}"
         )
 
 
@@ -243,9 +281,11 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     if head == "cosine":
         notes.append("cosine classifier head: bias-free, 10 x cosine similarity (the original ER-ACE's)")
     mask = cfg.mask
-    if mask.on == "buffer" and not mask.enabled:
-        mask = MaskSpec(None, "stream")
+    if not mask.enabled:  # where and what a mask keeps mean nothing without a mask
+        mask = MaskSpec(None, "stream" if mask.on == "buffer" else mask.on)
     _check_mask(mask, name, card.mask_acts_on)
+    _check_keep(mask, name, card.mask_keeps)
+    _check_validation_sizes(cfg, spec.n_classes)
     der_logits = (cfg.der_logits or "pre") if name in LOGIT_STORING_METHODS else None
     options = _resolve_options(ref, preset, cfg.options)
 
@@ -277,6 +317,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         options=options,
         method_source=ref.source,
         method_sha256=ref.sha256,
+        validation=float(cfg.validation),
     )
     overridden = [
         n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None

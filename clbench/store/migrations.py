@@ -57,9 +57,29 @@ def to_version_2(conn) -> None:
     conn.execute(text("UPDATE runs SET results_version = 1"))
 
 
+def to_version_3(conn) -> None:
+    """Schema 2 -> 3: the accuracy table's ``split`` (``test`` for every existing row: runs were
+    evaluated on the test sets only), part of its primary key."""
+    columns = "run_id, setting, after_task, on_task, accuracy, n_correct, n_total"
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE accuracy ADD COLUMN split VARCHAR(16) NOT NULL DEFAULT 'test'"))
+        name = conn.execute(
+            text("SELECT conname FROM pg_constraint WHERE conrelid = 'accuracy'::regclass AND contype = 'p'")
+        ).scalar_one()
+        conn.execute(text(f'ALTER TABLE accuracy DROP CONSTRAINT "{name}"'))
+        conn.execute(text("ALTER TABLE accuracy ADD PRIMARY KEY (run_id, split, setting, after_task, on_task)"))
+        return
+    # SQLite cannot change a primary key: the table is rebuilt under its new definition.
+    conn.execute(text("ALTER TABLE accuracy RENAME TO accuracy_schema2"))
+    Base.metadata.tables["accuracy"].create(conn)
+    conn.execute(text(f"INSERT INTO accuracy ({columns}, split) SELECT {columns}, 'test' FROM accuracy_schema2"))
+    conn.execute(text("DROP TABLE accuracy_schema2"))
+
+
 # The version each step brings a database to -> the step. Append a new version's step at the end.
 STEPS: dict[int, Callable[[Any], None]] = {
     2: to_version_2,
+    3: to_version_3,
 }
 
 if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its step, or a step too many

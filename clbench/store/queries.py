@@ -26,7 +26,7 @@ from clbench.store.connection import in_chunks
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
 from clbench.store.rows import histogram_arrays, histogram_rows
-from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, Run, RunExperiment
+from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, SPLITS, STATUSES, Accuracy, Run, RunExperiment
 from clbench.store.store import Store
 from clbench.version import RESULTS_VERSION
 
@@ -167,12 +167,12 @@ def effective_status():
     return case((_results_version() < RESULTS_VERSION, "stale"), else_=Run.status)
 
 
-def _accuracy_matrices(conn, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """run_id -> setting -> the T x T accuracy matrix."""
+def _accuracy_matrices(conn, run_ids: Sequence[str], split: str = "test") -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> setting -> the T x T accuracy matrix on ``split`` (runs without that split: absent)."""
     cells: dict[str, list] = {}
     for chunk in in_chunks(list(run_ids)):
         stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task, Accuracy.accuracy)
-        for row in conn.execute(stmt.where(Accuracy.run_id.in_(chunk))):
+        for row in conn.execute(stmt.where(Accuracy.run_id.in_(chunk), Accuracy.split == split)):
             cells.setdefault(row.run_id, []).append(row)
     out = {}
     for rid, rows in cells.items():
@@ -197,6 +197,7 @@ def load_runs(
     experiment: str | Sequence[str] | None = None,
     run_id: str | Sequence[str] | None = None,
     class_il: str = "all",
+    split: str = "test",
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -210,21 +211,28 @@ def load_runs(
     run's experiment labels, comma-separated. ``class_il`` is the class-IL convention the class-IL
     metrics are computed with: ``all`` (argmax over every class) or ``seen`` (over the classes seen
     so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
+    ``split`` is the data the metrics are measured on: ``test`` or ``validation`` (the training rows a
+    run held out; NaN for runs without a validation split); ``df.attrs["split"]`` records it.
     """
+    check_split(split)
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
     rows, labels, matrices = _with_store(
-        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method))
+        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method, split))
     )
     now = datetime.now(UTC)
     shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
     if (wanted := _as_list(status)) is not None:
         rows = [r for r in rows if shown[r["run_id"]] in wanted]
-    return _runs_frame(rows, labels, matrices, shown, class_il)
+    df = _runs_frame(rows, labels, matrices, shown, class_il)
+    df.attrs["split"] = split
+    return df
 
 
-def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
+def _query_runs(
+    conn, conds: list, method, split: str = "test"
+) -> tuple[list, dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
     """The ``runs`` rows matching ``conds`` (with their ``effective_status``), their experiment labels
     and the accuracy matrices of the finished ones."""
     _check_methods(conn, method)
@@ -252,7 +260,7 @@ def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], 
             labels.setdefault(rid, []).append(label)
     # Metrics for runs with trusted results, and for stale ones (they had them once).
     finished = [r["run_id"] for r in rows if r["status"] == "finished"]
-    return rows, labels, _accuracy_matrices(conn, finished)
+    return rows, labels, _accuracy_matrices(conn, finished, split)
 
 
 def _runs_frame(
@@ -300,18 +308,26 @@ def _runs_frame(
     return df
 
 
-def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
-    """The accuracy matrices of the finished runs matching ``filters`` (as in :func:`load_runs`) in
-    long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"invalid split {split!r}: valid are {', '.join(SPLITS)}")
+    return split
+
+
+def load_matrices(db: Db = None, split: str = "test", **filters: Any) -> pd.DataFrame:
+    """The accuracy matrices on ``split`` of the finished runs matching ``filters`` (as in
+    :func:`load_runs`) in long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
+    check_split(split)
     conds = _run_filters(**filters) + [Run.status == "finished"]  # stale ones too, when asked for
 
     def work(store: Store):
         def query(conn):
             _check_methods(conn, filters.get("method"))
             ids = select(Run.run_id).where(*conds)
+            columns = [getattr(Accuracy, c) for c in (*MATRIX_COLUMNS, "n_correct", "n_total")]
             stmt = (
-                select(Accuracy.__table__)
-                .where(Accuracy.run_id.in_(ids))
+                select(*columns)
+                .where(Accuracy.run_id.in_(ids), Accuracy.split == split)
                 .order_by(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)
             )
             return conn.execute(stmt).all()

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 2  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 3  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -26,6 +26,9 @@ DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unles
 # The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
 # classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
 SETTINGS = ("class_il", "task_il", "class_il_seen")
+# Which samples a matrix is measured on (the ``split`` column, since schema 3): the test sets, or the
+# training rows a run held out for validation (runs with ``validation`` > 0).
+SPLITS = ("test", "validation")
 
 
 def utc_now() -> datetime:
@@ -92,10 +95,12 @@ class RunExperiment(Base):
 
 
 class Accuracy(Base):
-    """A[after_task][on_task] for one setting: the record every metric is computed from."""
+    """A[after_task][on_task] for one setting and split: the record every metric is computed from."""
 
     __tablename__ = "accuracy"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    # Added in schema version 3 (rows before it: "test"): one of SPLITS.
+    split: Mapped[str] = mapped_column(String(16), primary_key=True, default="test", server_default="test")
     setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SETTINGS
     after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     on_task: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -31,6 +31,7 @@ def sweep_configs(
     seeds: Sequence[int] = (0,),
     benchmark: str = "seq-fmnist",
     mask_on: str = "stream",
+    mask_keep: str = "task",
     **overrides: Any,
 ) -> list[RunConfig]:
     """The cartesian product methods x buffers x masks x seeds (seeds vary fastest).
@@ -57,7 +58,9 @@ def sweep_configs(
         check_field("buffer_size", b)
     for s in seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1]):
         check_field("seed", s)
-    mask_specs = [MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on) for m in (masks or (None,))]
+    mask_specs = [
+        MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on, mask_keep) for m in (masks or (None,))
+    ]
     bench = benchmark_name(benchmark)
     return [
         RunConfig(method=method, benchmark=bench, seed=int(seed), buffer_size=int(buffer), mask=mask, **overrides)
