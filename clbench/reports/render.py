@@ -249,6 +249,12 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         data.to_csv(out / f"{stem}.data.csv", index=False)
         written.append(out / f"{stem}.data.csv")
         written += _save_figure(fig4.plot_fig4(data, spec), out, stem, note)
+    elif spec.kind == "class-order":
+        from clbench.reports import class_order  # noqa: PLC0415
+
+        written += class_order.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
+        )
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 

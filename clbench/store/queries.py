@@ -49,6 +49,7 @@ EXPORT_COLUMNS = (
     "bwt_class_il",
     "wall_s",
     "config_hash",
+    "class_order",  # 0: the benchmark's class order; K > 0: the permutation drawn from K
 )
 # More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
 EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
@@ -105,6 +106,7 @@ def _run_filters(
     status=None,
     experiment=None,
     run_id=None,
+    class_order=None,
 ) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
@@ -136,6 +138,8 @@ def _run_filters(
         conds.append(Run.run_id.in_(labelled))
     if (ids := _as_list(run_id)) is not None:
         conds.append(Run.run_id.in_([str(i) for i in ids]))
+    if (orders := _as_list(class_order)) is not None:
+        conds.append(func.coalesce(Run.class_order, 0).in_([int(k) for k in orders]))
     return conds
 
 
@@ -197,6 +201,7 @@ def load_runs(
     experiment: str | Sequence[str] | None = None,
     run_id: str | Sequence[str] | None = None,
     class_il: str = "all",
+    class_order: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -210,10 +215,11 @@ def load_runs(
     run's experiment labels, comma-separated. ``class_il`` is the class-IL convention the class-IL
     metrics are computed with: ``all`` (argmax over every class) or ``seen`` (over the classes seen
     so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
+    ``class_order`` filters by class order (0: the benchmark's; K > 0: the permutation drawn from K).
     """
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
-    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
+    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id, class_order)
     rows, labels, matrices = _with_store(
         db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method))
     )
@@ -285,6 +291,7 @@ def _runs_frame(
                 **{k: metrics[k] for k in nan_metrics},
                 "wall_s": r["wall_s"],
                 "config_hash": r["config_hash"],
+                "class_order": int(r.get("class_order") or 0),
                 **{k: cfg.get(k) for k in HYPERPARAMETERS},
                 **{k: r[k] for k in RECORD_COLUMNS if k != "config"},
                 "config": cfg,
@@ -345,7 +352,17 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     by :func:`exclusion_note`) and ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS``.
     """
     done = runs[runs["status"].isin(("finished", "diverged"))]
-    keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
+    keys = [
+        "config_hash",
+        "method",
+        "dataset",
+        "backbone",
+        "buffer_size",
+        "mask",
+        "mask_on",
+        *HYPERPARAMETERS,
+        "class_order",
+    ]
     rows = []
     for _, cell in done.groupby("config_hash", sort=False):
         finished = cell[cell["status"] == "finished"]

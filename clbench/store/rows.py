@@ -57,6 +57,7 @@ def run_columns(cfg: ResolvedConfig, status: str, owner: Owner, now: datetime) -
         "mask": cfg.mask.label,
         "mask_on": cfg.mask.on,
         "seed": cfg.seed,
+        "class_order": cfg.class_order,
         "config": cfg.to_dict(),
         "status": status,
         "created_at": now,
