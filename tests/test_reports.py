@@ -79,6 +79,7 @@ def test_shipped_experiments_load_and_resolve():
         "forgetting-cifar100",
         "fig4-tinyimg",
         "methods",
+        "class-order",
     ):
         assert name in names
     for name in names:
@@ -86,7 +87,8 @@ def test_shipped_experiments_load_and_resolve():
         assert spec.name == name
         configs = spec.configs()
         # Per method its own masks ([per_method] of the methods report), else the file's.
-        assert len(configs) == sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.seeds)
+        n_cells = sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.class_orders)
+        assert len(configs) == n_cells * len(spec.seeds)
         for cfg in configs:
             cfg.resolve()
     assert len(load_experiment("fig4").seeds) == 10
