@@ -150,7 +150,9 @@ def test_invalid_experiment_files_are_one_line_errors(tmp_path, text, message):
 
 
 def test_unknown_experiment_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown experiment 'fig9': valid experiments are fig2, fig2-cifar10, fig4"):
+    with pytest.raises(
+        ValueError, match="unknown experiment 'fig9': valid experiments are class-order, fig2, fig2-cifar10, fig4"
+    ):
         load_experiment("fig9")
 
 
@@ -321,7 +323,7 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are class-order, fig2"),
         (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
         (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
         (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),

@@ -226,6 +226,29 @@ def show(
     ):
         metrics.add_row(name, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
     out.print(metrics)
+    out.print(_plasticity_table(result))
+
+
+def _plasticity_table(result) -> Table:
+    """Plasticity beside stability after each task: the diagonal accuracies, the penultimate features'
+    effective rank and dead ReLU units (``clbench.metrics.PLASTICITY_DEFINITIONS``)."""
+    table = Table(
+        title="Plasticity after each task: accuracy on the task just learned (A[i][i], %), effective rank "
+        "of the penultimate features and dead ReLU units (%) over the test samples of the tasks seen",
+        title_justify="left",
+    )
+    for name in ("after task", "class-IL A[i][i]", "task-IL A[i][i]", "effective rank", "dead units"):
+        table.add_column(name, justify="right")
+    measures = result.plasticity
+    for i in range(result.class_il.shape[0]):
+        table.add_row(
+            str(i + 1),
+            num(result.class_il[i, i]),
+            num(result.task_il[i, i]),
+            num(measures["effective_rank"][i], "{:.1f}") if measures else "-",
+            num(100 * measures["dead_fraction"][i], "{:.1f}") if measures else "-",
+        )
+    return table
 
 
 def export(

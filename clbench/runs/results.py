@@ -49,6 +49,10 @@ class RunResult:
     # kind ("true_class", "max") -> (T, T, HISTOGRAM_BINS) int: after task i, the test samples of
     # task j per bin of that softmax probability (clbench.evaluation); empty for older runs
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    # Plasticity beside stability, after each task i: name -> (T,): ``effective_rank`` of the
+    # penultimate features and ``dead_fraction`` of their ReLU units, over the test samples of tasks
+    # 0..i (clbench.engine.evaluation); empty for runs stored before clbench measured them
+    plasticity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:

@@ -26,7 +26,7 @@ from clbench.store.connection import in_chunks
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
 from clbench.store.rows import histogram_arrays, histogram_rows
-from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, Run, RunExperiment
+from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, Run, RunExperiment, TaskPlasticity
 from clbench.store.store import Store
 from clbench.version import RESULTS_VERSION
 
@@ -341,6 +341,45 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
 
     rows = _with_store(db, lambda store: store.transaction(lambda conn: histogram_rows(conn, run_ids)))
     return histogram_arrays(rows)
+
+
+PLASTICITY_COLUMNS = (
+    "run_id",
+    "after_task",
+    "diagonal_class_il",
+    "diagonal_task_il",
+    "effective_rank",
+    "dead_fraction",
+)
+
+
+def load_plasticity(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Plasticity beside stability after each task of ``run_ids`` (``PLASTICITY_COLUMNS``, long format):
+    the diagonal accuracies A[i][i] (%, class-IL and task-IL) and the effective rank and dead-unit
+    fraction of the penultimate features (``clbench.metrics.PLASTICITY_DEFINITIONS``; NaN for runs
+    stored before clbench measured them)."""
+
+    def query(conn):
+        diag, measures = [], []
+        for chunk in in_chunks(list(run_ids)):
+            stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.accuracy).where(
+                Accuracy.run_id.in_(chunk), Accuracy.after_task == Accuracy.on_task
+            )
+            diag += conn.execute(stmt).all()
+            measures += conn.execute(select(TaskPlasticity.__table__).where(TaskPlasticity.run_id.in_(chunk))).all()
+        return diag, measures
+
+    diag, measures = _with_store(db, lambda store: store.transaction(query))
+    cells: dict[tuple[str, int], dict] = {}
+    for r in diag:
+        if r.setting in ("class_il", "task_il"):
+            cells.setdefault((r.run_id, r.after_task), {})[f"diagonal_{r.setting}"] = r.accuracy
+    for r in measures:
+        cell = cells.setdefault((r.run_id, r.after_task), {})
+        cell.update(effective_rank=r.effective_rank, dead_fraction=r.dead_fraction)
+    records = [{"run_id": rid, "after_task": t, **values} for (rid, t), values in sorted(cells.items())]
+    df = pd.DataFrame.from_records(records, columns=list(PLASTICITY_COLUMNS))
+    return df.astype({k: "float64" for k in PLASTICITY_COLUMNS[2:]})
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -160,7 +160,19 @@ class ConfidenceHistogram(Base):
     counts: Mapped[list] = mapped_column(JSON)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+class TaskPlasticity(Base):
+    """Plasticity beside stability after each task (added with schema version 3): the effective rank of
+    the penultimate features (Roy & Vetterli 2007) and the fraction of dead ReLU units, over the test
+    samples of the tasks seen so far. The diagonal accuracy is the ``accuracy`` table's on_task = after_task."""
+
+    __tablename__ = "task_plasticity"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    effective_rank: Mapped[float | None] = mapped_column(Float)  # NULL where not finite (a diverged run)
+    dead_fraction: Mapped[float | None] = mapped_column(Float)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram, TaskPlasticity)
 
 
 class MlflowRun(Base):
