@@ -80,6 +80,7 @@ def test_shipped_experiments_load_and_resolve():
         "forgetting-cifar100",
         "fig4-tinyimg",
         "methods",
+        "class-order",
     ):
         assert name in names
     for name in names:
@@ -87,7 +88,8 @@ def test_shipped_experiments_load_and_resolve():
         assert spec.name == name
         configs = spec.configs()
         # Per method its own masks ([per_method] of the methods report), else the file's.
-        assert len(configs) == sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.seeds)
+        n_cells = sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.class_orders)
+        assert len(configs) == n_cells * len(spec.seeds)
         for cfg in configs:
             cfg.resolve()
     assert len(load_experiment("fig4").seeds) == 10
@@ -152,7 +154,9 @@ def test_invalid_experiment_files_are_one_line_errors(tmp_path, text, message):
 
 
 def test_unknown_experiment_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown experiment 'fig9': valid experiments are fig2, fig2-cifar10, fig4"):
+    with pytest.raises(
+        ValueError, match="unknown experiment 'fig9': valid experiments are class-order, fig2, fig2-cifar10, fig4"
+    ):
         load_experiment("fig9")
 
 
@@ -323,7 +327,7 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are class-order, fig2"),
         (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
         (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
         (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),

@@ -148,9 +148,13 @@ def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def filter_options(method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None) -> dict:
+def filter_options(
+    method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None, class_order=None
+) -> dict:
     """The ``load_runs`` filters of a listing command's options (only those given)."""
     out = {}
+    if class_order:
+        out["class_order"] = class_orders(class_order)
     if method:
         out["method"] = split(method, "--method")
     if dataset:
@@ -170,9 +174,30 @@ def filter_options(method, dataset, mask, buffer, status, experiment, seed=None,
     return out
 
 
+def class_orders(values: Sequence[str] | None) -> list[int] | None:
+    """``--class-order`` values (repeatable, or comma lists): 0, the benchmark's order; K > 0, a
+    permutation drawn from K. ``None`` when none is given."""
+    if not values:
+        return None
+    out = ints(values, "class order", "--class-order")
+    for k in out:
+        check_whole_option("--class-order", k, 0)
+    return out
+
+
+def class_order_option():
+    return typer.Option(
+        [],
+        "--class-order",
+        metavar="K",
+        help="Class order: 0 the benchmark's, K > 0 a permutation drawn from K alone. Repeatable, or a comma list.",
+    )
+
+
 # Where a RunConfig field comes from on the command line, for the messages of bad values.
 OPTION_OF_FIELD = {
     "seed": "--seed",
+    "class_order_seed": "--class-order",
     "buffer_size": "--buffer",
     "epochs": "--epochs",
     "batch_size": "--batch-size",

@@ -24,6 +24,7 @@ from clbench.cli.common import (
     checkpoint_every_option,
     checkpoint_policy,
     class_il_option,
+    class_order_option,
     console,
     db_option,
     db_url,
@@ -378,11 +379,12 @@ def compare_command(
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_order: list[str] = class_order_option(),
     class_il: str = class_il_option(),
     split_on: str = split_option(),
     db: str | None = db_option(),
 ) -> None:
-    """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
+    """The baseline (no mask) against each masked variant of the same config, paired over seeds and class orders."""
     if split_on not in SPLIT_CHOICES:
         raise UsageProblem(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
     if format not in COMPARE_FORMATS:
@@ -396,7 +398,9 @@ def compare_command(
     if class_il not in CLASS_IL_CONVENTIONS:
         raise UsageProblem(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     # Diverged runs are loaded too, so that the comparison can say how many it leaves out.
-    filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
+    filters = filter_options(
+        method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None, class_order
+    )
     masks = split(mask, "--mask")
     ons = split(mask_on, "--mask-on")
     df = load(db, class_il=class_il, split=split_on, **filters)

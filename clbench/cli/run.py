@@ -19,6 +19,8 @@ from clbench.cli.common import (
     checkpoint_dir_option,
     checkpoint_every_option,
     checkpoint_policy,
+    class_order_option,
+    class_orders,
     config_problem,
     console,
     db_option,
@@ -90,6 +92,7 @@ def run(
     seed: list[str] = typer.Option(
         [], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."
     ),
+    class_order: list[str] = class_order_option(),
     dataset: str = typer.Option(
         "seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."
     ),
@@ -209,6 +212,7 @@ def run(
             benchmark=dataset,
             mask_on=mask_on,
             mask_keep=mask_keep,
+            class_orders=class_orders(class_order),
             **overrides,
         )
         plan = plan_sweep(configs, None, force=force, max_group_size=group_size, memory_budget=budget)  # resolves all

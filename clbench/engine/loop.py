@@ -326,6 +326,7 @@ def _results(group: Group, st: GroupState) -> list[RunResult]:
                 divergence=diverged,
                 histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
                 validation=_split_matrices(st.val_evaluations, r),
+                plasticity=_plasticity(evaluations, r),
             )
         )
     return out
@@ -341,6 +342,14 @@ def _split_matrices(evaluations: list, r: int) -> SplitMatrices | None:
         class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
         counts=evaluations[0].test_counts,
     )
+
+
+def _plasticity(evaluations: list, r: int) -> dict[str, np.ndarray]:
+    """Run ``r``'s plasticity measures after each task; none where an evaluation lacks them (one
+    restored from a checkpoint of a clbench that did not measure them)."""
+    if not all(e.plasticity for e in evaluations):
+        return {}
+    return {k: np.array([e.plasticity[k][r] for e in evaluations]) for k in evaluations[0].plasticity}
 
 
 __all__ = ["train_group"]

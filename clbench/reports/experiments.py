@@ -5,12 +5,13 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
     buffers = [200]
     seeds = 10                         # seeds 0..9, or a list [0, 3, 7]
+    class_orders = [0, 1, 2]           # optional: 0 the benchmark's order, K > 0 a permutation from K
     mask_on = "stream"                 # optional: stream | buffer | both
     mask_keep = "task"                 # optional: task | batch | seen (which classes a masked row keeps)
 
@@ -46,7 +47,7 @@ from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_va
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order")
 TOP_LEVEL_KEYS = (
     "name",
     "title",
@@ -56,6 +57,7 @@ TOP_LEVEL_KEYS = (
     "masks",
     "buffers",
     "seeds",
+    "class_orders",
     "mask_on",
     "mask_keep",
     "per_method",
@@ -92,6 +94,7 @@ RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "forgetting": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
+    "class-order": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -115,6 +118,8 @@ class ExperimentSpec:
     source: str = ""  # the file it was read from
     # method -> its own "masks" (normalized labels) and/or "mask_on", instead of the top-level ones
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The class orders every run is trained in (0: the benchmark's; K > 0: the permutation drawn from K).
+    class_orders: tuple[int, ...] = (0,)
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
@@ -136,6 +141,8 @@ class ExperimentSpec:
         from clbench.sweep.plan import sweep_configs  # noqa: PLC0415 - keeps this module light
 
         seed_list = tuple(range(seeds)) if seeds is not None else self.seeds
+        # Only an experiment over class orders names them: the others' runs stay as they were.
+        orders = {} if self.class_orders == (0,) else {"class_orders": self.class_orders}
         if not self.per_method:
             return sweep_configs(
                 methods=self.methods,
@@ -145,6 +152,7 @@ class ExperimentSpec:
                 benchmark=self.benchmark,
                 mask_on=self.mask_on,
                 mask_keep=self.mask_keep,
+                **orders,
                 **self.overrides,
             )
         return [
@@ -158,6 +166,7 @@ class ExperimentSpec:
                 benchmark=self.benchmark,
                 mask_on=self.mask_on_for(method),
                 mask_keep=self.mask_keep_for(method),
+                **orders,
                 **self.overrides,
             )
         ]
@@ -342,6 +351,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(f"{source}: seeds are >= 0")
         for s in seeds:
             _checked(source, "seeds value", lambda v: check_field("seed", v), s)
+    class_orders = _class_orders(data, source)
     mask_on = data.get("mask_on", "stream")
     if mask_on not in MASK_ON_CHOICES:
         raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
@@ -352,6 +362,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
     _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
     overrides = _overrides(data, source)
+    if class_orders != [0] and "class_order_seed" in overrides:
+        raise ValueError(f"{source}: give the class order once: class_orders or overrides.class_order_seed")
     render = _table(data, "render", source)
     options = RENDER_OPTIONS[kind]
     bad = sorted(set(render) - set(options))
@@ -379,6 +391,10 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(
                 f"{source}: render.forgetting {render['forgetting']!r}: valid are {', '.join(FORGETTING_DEFINITIONS)}"
             )
+    if kind == "class-order":
+        for key in ("baseline", "masked"):
+            if render[key] not in masks:
+                raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
     if kind == "fig2":
         render["method"] = render["method"] or methods[0]
         if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
@@ -396,7 +412,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     if kind == "fig4" and not isinstance(render.get("std_band", True), bool):
         raise ValueError(f"{source}: render.std_band must be true or false")
     name = _check_name(data.get("name", default_name), source)
-    n_runs = len(methods) * len(masks) * len(buffers) * len(seeds)
+    n_runs = len(methods) * len(masks) * len(buffers) * len(seeds) * len(class_orders)
     if n_runs > MAX_SWEEP_RUNS:
         raise ValueError(f"{source}: the experiment asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS}")
     return ExperimentSpec(
@@ -415,7 +431,18 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         description=str(data.get("description", "")),
         source=source,
         per_method=per_method,
+        class_orders=tuple(class_orders),
     )
+
+
+def _class_orders(data: dict, source: str) -> list[int]:
+    """The file's ``class_orders`` (a list of K >= 0; default [0], the benchmark's order)."""
+    if "class_orders" not in data:
+        return [0]
+    orders = _list_of(data, "class_orders", source, int)
+    for k in orders:
+        _checked(source, "class_orders value", lambda v: check_whole("class_orders", v, 0), k)
+    return list(dict.fromkeys(orders))
 
 
 def _normalized_masks(values: list, source: str, where: str) -> list[str]:

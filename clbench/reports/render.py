@@ -232,6 +232,17 @@ def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Pat
     return _with_store(db, work)
 
 
+def _write_plasticity(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path) -> list[Path]:
+    """Plasticity beside the forgetting table: ``NAME-plasticity.md`` and ``.csv``."""
+    from clbench.reports import plasticity  # noqa: PLC0415
+
+    table = plasticity.summary(df, store)
+    md, csv = out / f"{spec.name}-plasticity.md", out / f"{spec.name}-plasticity.csv"
+    md.write_text(plasticity.to_markdown(table, spec.title or spec.name))
+    table.to_csv(csv, index=False)
+    return [md, csv]
+
+
 def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path, note: str) -> list[Path]:
     stem = spec.name
     written: list[Path] = []
@@ -252,6 +263,12 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         data.to_csv(out / f"{stem}.data.csv", index=False)
         written.append(out / f"{stem}.data.csv")
         written += _save_figure(fig4.plot_fig4(data, spec), out, stem, note)
+    elif spec.kind == "class-order":
+        from clbench.reports import class_order  # noqa: PLC0415
+
+        written += class_order.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
+        )
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 
@@ -262,6 +279,7 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         summary = tables.summary(spec, df)
         summary.attrs["excluded"] = note
         written += tables.write_tables(summary, spec, out / stem)
+        written += _write_plasticity(spec, store, df, out)
         if spec.kind == "tiny-buffer":
             data = tables.buffer_curve_data(summary)
             data.to_csv(out / f"{stem}-curve.data.csv", index=False)

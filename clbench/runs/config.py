@@ -47,7 +47,9 @@ class RunConfig:
     lr: float | None = None
     alpha: float | None = None
     beta: float | None = None
-    class_order_seed: int | None = None  # None: classes assigned to tasks in label order
+    # The class order (``--class-order K``): None or 0, classes assigned to tasks in the benchmark's
+    # label order; K > 0, a permutation of the classes drawn from K alone (see ``class_permutation``).
+    class_order_seed: int | None = None
     synthetic: SyntheticOptions | None = None  # sizes of the "synthetic" benchmark
     der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
     head: str | None = None  # the classifier head: "linear" (default) or "cosine" (ER-ACE's original)
@@ -234,6 +236,21 @@ def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | 
     return tuple(sorted(values.items()))
 
 
+def _class_order(value: int | None, spec) -> int | None:
+    """The stored class order: ``None`` for the benchmark's own (0 or None asked for, so the identity
+    of every run in that order stays what it was), else K. A benchmark of one task has no order to
+    change: K > 0 is refused there."""
+    if not value:
+        return None
+    if spec.n_tasks < 2:
+        raise InvalidValue(
+            "class_order_seed",
+            value,
+            f"{spec.name} has {spec.n_tasks} task, so no class order to change: give 0 (its own order)",
+        )
+    return int(value)
+
+
 def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
     validate_request(cfg)
@@ -245,6 +262,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     elif cfg.synthetic is not None:
         raise ValueError("synthetic options are only valid with the synthetic benchmark")
     notes: list[str] = []
+    class_order = _class_order(cfg.class_order_seed, spec)
     buffer_size = int(cfg.buffer_size)
     has_memory = card.has_memory
     if not has_memory:
@@ -308,7 +326,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         alpha=float(pick(cfg.alpha, preset.alpha, 0.0)) if "alpha" in card.weights else 0.0,
         beta=float(pick(cfg.beta, preset.beta, 0.0)) if "beta" in card.weights else 0.0,
         lr_milestones=spec.lr_milestones,
-        class_order_seed=cfg.class_order_seed,
+        class_order_seed=class_order,
         synthetic=(cfg.synthetic or SyntheticOptions()) if cfg.benchmark == "synthetic" else None,
         preset_source=preset.source,
         notes=tuple(notes),

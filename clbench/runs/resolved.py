@@ -72,6 +72,12 @@ class ResolvedConfig:
         return d
 
     @property
+    def class_order(self) -> int:
+        """The class order as ``--class-order`` gives it: 0, the benchmark's own; K > 0, the
+        permutation drawn from K alone."""
+        return int(self.class_order_seed or 0)
+
+    @property
     def option_values(self) -> dict[str, Any]:
         return dict(self.options)
 

@@ -88,6 +88,10 @@ class RunResult:
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
     # The matrices on the validation split (runs with ``config.validation`` > 0), else None.
     validation: SplitMatrices | None = None
+    # Plasticity beside stability, after each task i: name -> (T,): ``effective_rank`` of the
+    # penultimate features and ``dead_fraction`` of their ReLU units, over the test samples of tasks
+    # 0..i (clbench.engine.evaluation); empty for runs stored before clbench measured them
+    plasticity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:

@@ -76,10 +76,24 @@ def to_version_3(conn) -> None:
     conn.execute(text("DROP TABLE accuracy_schema2"))
 
 
+def to_version_4(conn) -> None:
+    """Schema 3 -> 4: the class order as a column (from each run's config: its ``class_order_seed``,
+    0 where it has none, as every run had before ``--class-order``)."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN class_order INTEGER"))
+    conn.execute(text("CREATE INDEX ix_runs_class_order ON runs (class_order)"))
+    conn.execute(text("UPDATE runs SET class_order = 0"))
+    runs = Base.metadata.tables["runs"]
+    for run_id, config in conn.execute(select(runs.c.run_id, runs.c.config)):
+        order = (config or {}).get("class_order_seed")
+        if order:
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(class_order=int(order)))
+
+
 # The version each step brings a database to -> the step. Append a new version's step at the end.
 STEPS: dict[int, Callable[[Any], None]] = {
     2: to_version_2,
     3: to_version_3,
+    4: to_version_4,
 }
 
 if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its step, or a step too many

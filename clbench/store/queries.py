@@ -26,7 +26,16 @@ from clbench.store.connection import in_chunks
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
 from clbench.store.rows import histogram_arrays, histogram_rows
-from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, SPLITS, STATUSES, Accuracy, Run, RunExperiment
+from clbench.store.schema import (
+    ACTIVE_STATUSES,
+    SETTINGS,
+    SPLITS,
+    STATUSES,
+    Accuracy,
+    Run,
+    RunExperiment,
+    TaskPlasticity,
+)
 from clbench.store.store import Store
 from clbench.version import RESULTS_VERSION
 
@@ -49,6 +58,7 @@ EXPORT_COLUMNS = (
     "bwt_class_il",
     "wall_s",
     "config_hash",
+    "class_order",  # 0: the benchmark's class order; K > 0: the permutation drawn from K
 )
 # More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
 EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
@@ -105,6 +115,7 @@ def _run_filters(
     status=None,
     experiment=None,
     run_id=None,
+    class_order=None,
 ) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
@@ -136,6 +147,8 @@ def _run_filters(
         conds.append(Run.run_id.in_(labelled))
     if (ids := _as_list(run_id)) is not None:
         conds.append(Run.run_id.in_([str(i) for i in ids]))
+    if (orders := _as_list(class_order)) is not None:
+        conds.append(func.coalesce(Run.class_order, 0).in_([int(k) for k in orders]))
     return conds
 
 
@@ -198,6 +211,7 @@ def load_runs(
     run_id: str | Sequence[str] | None = None,
     class_il: str = "all",
     split: str = "test",
+    class_order: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -213,11 +227,12 @@ def load_runs(
     so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
     ``split`` is the data the metrics are measured on: ``test`` or ``validation`` (the training rows a
     run held out; NaN for runs without a validation split); ``df.attrs["split"]`` records it.
+    ``class_order`` filters by class order (0: the benchmark's; K > 0: the permutation drawn from K).
     """
     check_split(split)
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
-    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
+    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id, class_order)
     rows, labels, matrices = _with_store(
         db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method, split))
     )
@@ -293,6 +308,7 @@ def _runs_frame(
                 **{k: metrics[k] for k in nan_metrics},
                 "wall_s": r["wall_s"],
                 "config_hash": r["config_hash"],
+                "class_order": int(r.get("class_order") or 0),
                 **{k: cfg.get(k) for k in HYPERPARAMETERS},
                 **{k: r[k] for k in RECORD_COLUMNS if k != "config"},
                 "config": cfg,
@@ -352,6 +368,45 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
     return histogram_arrays(rows)
 
 
+PLASTICITY_COLUMNS = (
+    "run_id",
+    "after_task",
+    "diagonal_class_il",
+    "diagonal_task_il",
+    "effective_rank",
+    "dead_fraction",
+)
+
+
+def load_plasticity(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Plasticity beside stability after each task of ``run_ids`` (``PLASTICITY_COLUMNS``, long format):
+    the diagonal accuracies A[i][i] (%, class-IL and task-IL) and the effective rank and dead-unit
+    fraction of the penultimate features (``clbench.metrics.PLASTICITY_DEFINITIONS``; NaN for runs
+    stored before clbench measured them)."""
+
+    def query(conn):
+        diag, measures = [], []
+        for chunk in in_chunks(list(run_ids)):
+            stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.accuracy).where(
+                Accuracy.run_id.in_(chunk), Accuracy.after_task == Accuracy.on_task
+            )
+            diag += conn.execute(stmt).all()
+            measures += conn.execute(select(TaskPlasticity.__table__).where(TaskPlasticity.run_id.in_(chunk))).all()
+        return diag, measures
+
+    diag, measures = _with_store(db, lambda store: store.transaction(query))
+    cells: dict[tuple[str, int], dict] = {}
+    for r in diag:
+        if r.setting in ("class_il", "task_il"):
+            cells.setdefault((r.run_id, r.after_task), {})[f"diagonal_{r.setting}"] = r.accuracy
+    for r in measures:
+        cell = cells.setdefault((r.run_id, r.after_task), {})
+        cell.update(effective_rank=r.effective_rank, dead_fraction=r.dead_fraction)
+    records = [{"run_id": rid, "after_task": t, **values} for (rid, t), values in sorted(cells.items())]
+    df = pd.DataFrame.from_records(records, columns=list(PLASTICITY_COLUMNS))
+    return df.astype({k: "float64" for k in PLASTICITY_COLUMNS[2:]})
+
+
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over seeds, ddof=1) of the headline metrics per config.
 
@@ -361,7 +416,17 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     by :func:`exclusion_note`) and ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS``.
     """
     done = runs[runs["status"].isin(("finished", "diverged"))]
-    keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
+    keys = [
+        "config_hash",
+        "method",
+        "dataset",
+        "backbone",
+        "buffer_size",
+        "mask",
+        "mask_on",
+        *HYPERPARAMETERS,
+        "class_order",
+    ]
     rows = []
     for _, cell in done.groupby("config_hash", sort=False):
         finished = cell[cell["status"] == "finished"]

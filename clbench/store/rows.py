@@ -27,6 +27,7 @@ from clbench.store.schema import (
     Confidence,
     ConfidenceHistogram,
     TaskLoss,
+    TaskPlasticity,
     TaskTiming,
 )
 from clbench.version import RESULTS_VERSION
@@ -57,6 +58,7 @@ def run_columns(cfg: ResolvedConfig, status: str, owner: Owner, now: datetime) -
         "mask": cfg.mask.label,
         "mask_on": cfg.mask.on,
         "seed": cfg.seed,
+        "class_order": cfg.class_order,
         "config": cfg.to_dict(),
         "status": status,
         "created_at": now,
@@ -144,7 +146,17 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
         for i in range(counts.shape[0])
         for j in range(counts.shape[1])
     ]
+    plasticity = res.plasticity
+    plasticity_rows = [
+        {
+            "run_id": rid,
+            "after_task": i,
+            **{k: finite_or_none([plasticity[k][i]])[0] for k in ("effective_rank", "dead_fraction")},
+        }
+        for i in range(len(plasticity.get("effective_rank", ())))
+    ]
     return {
+        TaskPlasticity: plasticity_rows,
         Accuracy: accuracy,
         ClassAccuracy: class_accuracy,
         Confidence: confidence,
@@ -207,6 +219,7 @@ def read_result(run: Mapping[str, Any], rows: Mapping[type, Sequence]) -> RunRes
         ),
         histograms=histogram_arrays(rows[ConfidenceHistogram]).get(run["run_id"], {}),
         validation=_split_matrices(held, n_tasks),
+        plasticity=_plasticity_arrays(rows.get(TaskPlasticity, ()), n_tasks),
     )
 
 
@@ -216,6 +229,18 @@ def _split_matrices(acc: Sequence, n_tasks: int) -> SplitMatrices | None:
         return None
     _, correct, counts = _accuracy_arrays(acc, n_tasks)
     return SplitMatrices(correct["class_il"], correct["task_il"], correct["class_il_seen"], counts)
+
+
+def _plasticity_arrays(rows: Sequence, n_tasks: int) -> dict[str, np.ndarray]:
+    """``task_plasticity`` rows of one run -> measure -> (T,) (empty for a run without them)."""
+    if not rows:
+        return {}
+    out = {k: np.full(n_tasks, np.nan) for k in ("effective_rank", "dead_fraction")}
+    for r in rows:
+        for k in out:
+            value = getattr(r, k)
+            out[k][r.after_task] = np.nan if value is None else value
+    return out
 
 
 def _accuracy_arrays(acc: Sequence, n_tasks: int) -> tuple[dict, dict, np.ndarray]:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 3  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 4  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -84,6 +84,8 @@ class Run(Base):
     diverged_task: Mapped[int | None] = mapped_column(Integer)  # where the loss became non-finite
     diverged_step: Mapped[int | None] = mapped_column(Integer)  # step within that task (all epochs)
     last_finite_loss: Mapped[float | None] = mapped_column(Float)
+    # Added in schema version 4: the class order (0: the benchmark's; K > 0: the permutation drawn from K).
+    class_order: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class RunExperiment(Base):
@@ -163,7 +165,19 @@ class ConfidenceHistogram(Base):
     counts: Mapped[list] = mapped_column(JSON)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+class TaskPlasticity(Base):
+    """Plasticity beside stability after each task (added with schema version 4): the effective rank of
+    the penultimate features (Roy & Vetterli 2007) and the fraction of dead ReLU units, over the test
+    samples of the tasks seen so far. The diagonal accuracy is the ``accuracy`` table's on_task = after_task."""
+
+    __tablename__ = "task_plasticity"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    effective_rank: Mapped[float | None] = mapped_column(Float)  # NULL where not finite (a diverged run)
+    dead_fraction: Mapped[float | None] = mapped_column(Float)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram, TaskPlasticity)
 
 
 class MlflowRun(Base):
