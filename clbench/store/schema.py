@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 2  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 3  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -81,6 +81,8 @@ class Run(Base):
     diverged_task: Mapped[int | None] = mapped_column(Integer)  # where the loss became non-finite
     diverged_step: Mapped[int | None] = mapped_column(Integer)  # step within that task (all epochs)
     last_finite_loss: Mapped[float | None] = mapped_column(Float)
+    # Added in schema version 3.
+    job_id: Mapped[str | None] = mapped_column(String(64))  # the cluster job (SLURM) computing it now
 
 
 class RunExperiment(Base):
