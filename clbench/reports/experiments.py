@@ -60,7 +60,10 @@ TOP_LEVEL_KEYS = (
     "overrides",
     "render",
     "description",
+    "slurm",
 )
+# The [slurm] section: the --slurm-* options of the command line, without the prefix.
+SLURM_KEYS = ("partition", "time", "account", "qos", "sbatch", "folder")
 PER_METHOD_KEYS = ("masks", "mask_on")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = (
@@ -110,6 +113,7 @@ class ExperimentSpec:
     source: str = ""  # the file it was read from
     # method -> its own "masks" (normalized labels) and/or "mask_on", instead of the top-level ones
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the [slurm] section (--executor slurm's options)
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
@@ -398,7 +402,21 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         description=str(data.get("description", "")),
         source=source,
         per_method=per_method,
+        slurm=_slurm_section(data, source),
     )
+
+
+def _slurm_section(data: dict, source: str) -> dict[str, Any]:
+    """The ``[slurm]`` section: names and texts (``sbatch``: a list of them); their values are
+    checked with the command line's, when the executor is built."""
+    section = _table(data, "slurm", source)
+    for key, value in section.items():
+        if key not in SLURM_KEYS:
+            raise ValueError(f"{source}: unknown key slurm.{key}: valid keys are {', '.join(SLURM_KEYS)}")
+        texts = value if key == "sbatch" and isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in texts):
+            raise ValueError(f"{source}: slurm.{key} must be {'a list of strings' if key == 'sbatch' else 'a string'}")
+    return section
 
 
 def _normalized_masks(values: list, source: str, where: str) -> list[str]:
