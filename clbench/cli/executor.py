@@ -4,6 +4,7 @@ before anything is written."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -219,8 +220,17 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
 
 
 def _slurm_options(slurm: SlurmChoice) -> dict:
-    """``SlurmExecutor``'s cluster options from the ``--slurm-*`` choice."""
+    """``SlurmExecutor``'s cluster options from the ``--slurm-*`` choice (and ``CLBENCH_SLURM_POLL_S``:
+    how often the driver asks the cluster about its jobs, 5 s unless set, e.g. by the tests)."""
+    poll = os.environ.get("CLBENCH_SLURM_POLL_S", "5")
+    try:
+        poll_s = float(poll)
+    except ValueError:
+        poll_s = -1.0
+    if not 0 < poll_s < 3600:
+        raise UsageProblem(f"invalid CLBENCH_SLURM_POLL_S {poll!r}: give seconds between 0 and 3600")
     return dict(
+        poll_s=poll_s,
         folder=slurm.folder if slurm.folder is not None else Path("clbench-slurm"),
         partition=slurm.partition,
         time_limit=slurm.time,

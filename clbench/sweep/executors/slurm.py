@@ -151,19 +151,23 @@ class _JobInputs:
 
 
 class _JobReporter:
-    """A job's progress callback: its latest training report, in the job folder, at most every
-    ``_REPORT_EVERY_S`` (every phase change too)."""
+    """A job's progress callback: in the job folder, every phase change so far (resumed, evaluated,
+    task done...) and the latest training report, rewritten at most every ``_REPORT_EVERY_S`` (and
+    at every phase change)."""
 
     def __init__(self, path: Path):
         self.path, self.last = path, 0.0
+        self.changes: list[Progress] = []
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()
         if p.phase == "train" and now - self.last < _REPORT_EVERY_S:
             return
         self.last = now
+        if p.phase != "train":
+            self.changes.append(p)
         try:
-            _write_pickle(self.path, p)
+            _write_pickle(self.path, (self.changes, p if p.phase == "train" else None))
         except Exception:  # noqa: BLE001 - progress is best effort
             pass
 
@@ -205,6 +209,7 @@ class _Job:
     submitted: float  # time.monotonic() of the submission (or of the adoption)
     started: bool = False
     ended_at: float | None = None  # when the driver first saw it ended without a result
+    reported: int = 0  # phase changes of the job forwarded so far
 
 
 class SlurmExecutor(Executor):
@@ -444,10 +449,14 @@ class SlurmExecutor(Executor):
 
     def _forward_progress(self, job: _Job, progress: ProgressSink) -> None:
         try:
-            report = pickle.loads(_progress_file(self.folder, job.job_id).read_bytes())
+            changes, latest = pickle.loads(_progress_file(self.folder, job.job_id).read_bytes())
         except Exception:  # noqa: BLE001 - none yet, or being replaced
             return
-        progress(GroupProgress(job.group.index, report))
+        for report in changes[job.reported :]:  # each phase change counts
+            progress(GroupProgress(job.group.index, report))
+        job.reported = len(changes)
+        if latest is not None:
+            progress(GroupProgress(job.group.index, latest))
 
 
 def _partition_default_time(sinfo: str, partition: str | None) -> str:
