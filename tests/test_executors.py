@@ -117,8 +117,8 @@ def test_closing_the_events_early_stops_the_local_executor():
 
 def test_make_executor_names_the_valid_executors():
     assert isinstance(make_executor("local"), LocalExecutor)
-    with pytest.raises(ValueError, match="unknown executor 'slurm': valid executors are local, ray"):
-        make_executor("slurm")
+    with pytest.raises(ValueError, match="unknown executor 'pbs': valid executors are local, ray, slurm"):
+        make_executor("pbs")
     with pytest.raises(ValueError, match="takes only the option threads"):
         make_executor("local", retries=2)
     with pytest.raises(ValueError, match="threads must be a whole number >= 1, 'auto' or None"):

@@ -43,12 +43,19 @@ from clbench.cli.common import (
 )
 from clbench.cli.executor import (
     ExecutorChoice,
+    SlurmChoice,
     build_executor,
     cpus_per_group_option,
     executor_option,
     gpus_per_group_option,
     ray_address_option,
     retries_option,
+    slurm_account_option,
+    slurm_folder_option,
+    slurm_partition_option,
+    slurm_qos_option,
+    slurm_sbatch_option,
+    slurm_time_option,
     start_executor,
     threads_option,
 )
@@ -109,6 +116,12 @@ def report_command(
     gpus_per_group: float | None = gpus_per_group_option(),
     cpus_per_group: int | None = cpus_per_group_option(),
     retries: int | None = retries_option(),
+    slurm_partition: str | None = slurm_partition_option(),
+    slurm_time: str | None = slurm_time_option(),
+    slurm_account: str | None = slurm_account_option(),
+    slurm_qos: str | None = slurm_qos_option(),
+    slurm_sbatch: list[str] = slurm_sbatch_option(),
+    slurm_folder: Path | None = slurm_folder_option(),
     checkpoint_every: str = checkpoint_every_option(),
     checkpoint_dir: Path | None = checkpoint_dir_option(),
     class_il: str | None = typer.Option(
@@ -171,7 +184,18 @@ def report_command(
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     runner = build_executor(
-        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+        ExecutorChoice(
+            executor,
+            ray_address,
+            gpus_per_group,
+            cpus_per_group,
+            retries,
+            SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder).over(
+                specs[0].slurm if name != ALL else None
+            ),
+        ),
+        device,
+        threads,
     )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.

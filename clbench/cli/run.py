@@ -37,12 +37,19 @@ from clbench.cli.common import (
 )
 from clbench.cli.executor import (
     ExecutorChoice,
+    SlurmChoice,
     build_executor,
     cpus_per_group_option,
     executor_option,
     gpus_per_group_option,
     ray_address_option,
     retries_option,
+    slurm_account_option,
+    slurm_folder_option,
+    slurm_partition_option,
+    slurm_qos_option,
+    slurm_sbatch_option,
+    slurm_time_option,
     start_executor,
     threads_option,
 )
@@ -146,6 +153,12 @@ def run(
     gpus_per_group: float | None = gpus_per_group_option(),
     cpus_per_group: int | None = cpus_per_group_option(),
     retries: int | None = retries_option(),
+    slurm_partition: str | None = slurm_partition_option(),
+    slurm_time: str | None = slurm_time_option(),
+    slurm_account: str | None = slurm_account_option(),
+    slurm_qos: str | None = slurm_qos_option(),
+    slurm_sbatch: list[str] = slurm_sbatch_option(),
+    slurm_folder: Path | None = slurm_folder_option(),
     synthetic_train_per_class: int | None = typer.Option(None, hidden=True),
     synthetic_test_per_class: int | None = typer.Option(None, hidden=True),
 ) -> None:
@@ -198,7 +211,18 @@ def run(
     if synthetic:
         overrides["synthetic"] = SyntheticOptions(**synthetic)
     runner = build_executor(
-        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+        ExecutorChoice(
+            executor,
+            ray_address,
+            gpus_per_group,
+            cpus_per_group,
+            retries,
+            SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder).over(
+                None
+            ),
+        ),
+        device,
+        threads,
     )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.

@@ -64,7 +64,10 @@ TOP_LEVEL_KEYS = (
     "overrides",
     "render",
     "description",
+    "slurm",
 )
+# The [slurm] section: the --slurm-* options of the command line, without the prefix.
+SLURM_KEYS = ("partition", "time", "account", "qos", "sbatch", "folder")
 PER_METHOD_KEYS = ("masks", "mask_on", "mask_keep")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = (
@@ -120,6 +123,7 @@ class ExperimentSpec:
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The class orders every run is trained in (0: the benchmark's; K > 0: the permutation drawn from K).
     class_orders: tuple[int, ...] = (0,)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the [slurm] section (--executor slurm's options)
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
@@ -432,6 +436,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         source=source,
         per_method=per_method,
         class_orders=tuple(class_orders),
+        slurm=_slurm_section(data, source),
     )
 
 
@@ -443,6 +448,19 @@ def _class_orders(data: dict, source: str) -> list[int]:
     for k in orders:
         _checked(source, "class_orders value", lambda v: check_whole("class_orders", v, 0), k)
     return list(dict.fromkeys(orders))
+
+
+def _slurm_section(data: dict, source: str) -> dict[str, Any]:
+    """The ``[slurm]`` section: names and texts (``sbatch``: a list of them); their values are
+    checked with the command line's, when the executor is built."""
+    section = _table(data, "slurm", source)
+    for key, value in section.items():
+        if key not in SLURM_KEYS:
+            raise ValueError(f"{source}: unknown key slurm.{key}: valid keys are {', '.join(SLURM_KEYS)}")
+        texts = value if key == "sbatch" and isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in texts):
+            raise ValueError(f"{source}: slurm.{key} must be {'a list of strings' if key == 'sbatch' else 'a string'}")
+    return section
 
 
 def _normalized_masks(values: list, source: str, where: str) -> list[str]:

@@ -89,11 +89,18 @@ def to_version_4(conn) -> None:
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(class_order=int(order)))
 
 
+def to_version_5(conn) -> None:
+    """Schema 4 -> 5: the cluster job (a SLURM job id) that computes a pending or running run, so
+    that a driver started again finds it instead of submitting the run's group twice."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN job_id VARCHAR(64)"))
+
+
 # The version each step brings a database to -> the step. Append a new version's step at the end.
 STEPS: dict[int, Callable[[Any], None]] = {
     2: to_version_2,
     3: to_version_3,
     4: to_version_4,
+    5: to_version_5,
 }
 
 if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its step, or a step too many

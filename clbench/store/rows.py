@@ -83,6 +83,7 @@ def finished_run_columns(res: RunResult, owner: Owner, now: datetime) -> dict:
         "group_size": res.group_size,
         "wall_s": res.wall_s,
         "error": None,
+        "job_id": None,
         "diverged_task": None if div is None else div.task,
         "diverged_step": None if div is None else div.step,
         "last_finite_loss": None if div is None else finite_or_none([div.last_finite_loss])[0],

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 4  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 5  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -86,6 +86,8 @@ class Run(Base):
     last_finite_loss: Mapped[float | None] = mapped_column(Float)
     # Added in schema version 4: the class order (0: the benchmark's; K > 0: the permutation drawn from K).
     class_order: Mapped[int | None] = mapped_column(Integer, index=True)
+    # Added in schema version 5.
+    job_id: Mapped[str | None] = mapped_column(String(64))  # the cluster job (SLURM) computing it now
 
 
 class RunExperiment(Base):
