@@ -102,6 +102,11 @@ class _FeatureStats:
         }
 
 
+def _empty_histograms(n_runs: int, n_tasks: int, device: torch.device) -> dict[str, torch.Tensor]:
+    shape = (n_runs, n_tasks, HISTOGRAM_BINS)
+    return {kind: torch.zeros(shape, dtype=torch.int64, device=device) for kind in HISTOGRAM_KINDS}
+
+
 @torch.no_grad()
 def _count_histograms(hists: dict[str, torch.Tensor], t: int, probs: torch.Tensor, y: torch.Tensor) -> None:
     """Add one chunk's softmax probabilities ``(R, B, K)`` of task ``t`` to the histograms, in place."""
@@ -133,18 +138,14 @@ def evaluate(
     ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place. ``split``: ``SPLITS``,
     see ``split_rows``. The plasticity measures (``PLASTICITY_MEASURES``) come from the same forward
     pass: the penultimate features of the split's samples of tasks ``0..after_task``."""
-    k, t_count = data.n_classes, data.n_tasks
-    device = data.device
+    k, t_count, device = data.n_classes, data.n_tasks, data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
     cil_seen = torch.zeros_like(cil)
     til = torch.zeros_like(cil)
     unseen = data.class_task > after_task
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
-    hists = {
-        kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
-        for kind in HISTOGRAM_KINDS
-    }
+    hists = _empty_histograms(n_runs, t_count, device)
     xs, ys, task_idx = split_rows(data, split)
     stats = _FeatureStats(n_runs, device)
     for t, idx in enumerate(task_idx):
@@ -153,7 +154,7 @@ def evaluate(
             rows = idx[start : start + chunk_size]
             y = ys[rows]
             x = prepare_inputs(xs[rows], data.spec)
-            inputs = x.unsqueeze(0).expand(n_runs, *x.shape)
+            inputs = x.unsqueeze(0).expand(n_runs, *x.shape)  # one batch, seen by every run
             features = net.features(params, buffers, inputs, train=False)[0]
             logits = net.head_logits(params, features) if classifier is None else classifier(inputs)
             if t <= after_task:
