@@ -302,7 +302,8 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
             for k in ("baseline", "masked")
         ]
         both = sorted(sides[0] & sides[1])
-        out += f"<p>The figure averages over the {len(both)} seeds both sides have: {_e(', '.join(map(str, both)) or '-')}.</p>"
+        seeds = _e(", ".join(map(str, both)) or "-")
+        out += f"<p>The figure averages over the {len(both)} seeds both sides have: {seeds}.</p>"
     return out
 
 

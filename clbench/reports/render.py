@@ -252,7 +252,9 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 
-        written += methods.write_report(spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note))
+        written += methods.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note), note
+        )
     else:  # forgetting, tiny-buffer
         from clbench.reports import tables  # noqa: PLC0415
 
