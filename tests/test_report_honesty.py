@@ -77,3 +77,58 @@ def test_fig2_names_its_diverged_run_and_the_seeds_it_averages(diverged_db, tmp_
     data = json.loads(written["fig2.data.json"].read_text())
     assert data["seeds"] == [0, 2] and data["n_seeds_wanted"] == 3
     assert LINE in data["excluded"]
+
+
+def _page_sql(page: str) -> str:
+    import html
+    import re
+
+    blocks = re.findall(r"<pre>(.*?)</pre>", page, flags=re.S)
+    return html.unescape(next(b for b in blocks if b.startswith("SELECT")))
+
+
+@pytest.mark.parametrize("include_stale", [False, True])
+def test_the_html_page_names_stale_runs_and_its_query_returns_what_it_drew(
+    tmp_path, monkeypatch, capsys, include_stale
+):
+    """4 ER runs of clbench 0.1.0 (stale): the page names them stale, not missing; with
+    --include-stale its SQL returns exactly the stale runs the tables were drawn from; the command on
+    the page is the one given, every option kept."""
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    from clbench import cli
+    from clbench.reports.render import experiment_runs, run_coverage
+
+    db = tmp_path / "r.db"
+    shutil.copy(Path(__file__).parent / "data" / "schema_v1.sqlite", db)
+    toml = tmp_path / "old.toml"
+    toml.write_text(
+        'kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\n'
+        "buffers = [20]\nseeds = 2\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    given = ["report", str(toml), "--no-run", "--html", "--db", str(db), "--device", "cpu", "--threads", "1"]
+    given += ["--include-stale"] if include_stale else []
+    assert cli.main(given) == 0, capsys.readouterr().err
+    page = (tmp_path / "reports" / "old.html").read_text()
+    import html
+
+    assert html.unescape(page).count(" ".join(["clbench", *given])) == 1  # the exact command
+    spec = load_experiment(toml).with_render(include_stale=include_stale)
+    coverage = run_coverage(spec, db)
+    assert set(coverage["status"]) == {"stale"} and coverage["stale_run_id"].notna().all()
+    assert "missing" not in page.split("Runs behind each cell")[1].split("How this was made")[0].replace(
+        "missing: not in the database", ""
+    )
+    assert page.count(": stale</span>") == 4
+    if not include_stale:
+        assert "Nothing rendered" in page
+        return
+    with open_store(db, readonly=True) as store:
+        used = experiment_runs(spec, store)["run_id"].tolist()
+    assert sorted(used) == sorted(coverage["stale_run_id"]) and page.count("used in its place") == 4
+    with sqlite3.connect(db) as conn:
+        got = [r[0] for r in conn.execute(f"SELECT run_id FROM ({_page_sql(page).rstrip(';')})")]
+    assert sorted(got) == sorted(used)
