@@ -115,7 +115,7 @@ def test_pages_name_every_cell_and_its_unfinished_runs(site, tmp_path):
     assert '<td class="num">9</td></tr>' in page  # the 9 finished runs all share those versions
     text = html.unescape(page)
     command = f"clbench report {folder / 'h-tiny.toml'} --no-run --html --out {root / 'h-tiny'} --db {db}"
-    assert command in text and all(f"'{rid}'" in text for rid in coverage["run_id"])
+    assert command in text and all(f"'{rid}'" in text for rid in runs["run_id"])  # the runs drawn from
     assert page.count("<table") >= 4 and "<strong>" in page  # the two result tables, best in bold
     fig2 = (root / "h-fig2.html").read_text()
     assert 'href="h-fig2/h-fig2.data.json"' in fig2 and 'src="h-fig2/h-fig2.png"' in fig2

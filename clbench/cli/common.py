@@ -3,6 +3,7 @@ database and data checks, and the formatting of numbers, times and durations (on
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -373,3 +374,17 @@ def local_time(value) -> str:
     if value.tzinfo is None:  # stored in UTC (SQLite keeps no zone)
         value = value.replace(tzinfo=UTC)
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def given_command() -> str | None:
+    """The command line exactly as given to ``clbench`` (every option, as typed), for a page to show;
+    None when the command was not started through :func:`clbench.cli.main`."""
+    try:  # recent typers vendor click; older ones use click itself
+        from typer._click.globals import get_current_context  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import get_current_context  # noqa: PLC0415
+
+    ctx = get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    argv = obj.get("argv") if isinstance(obj, dict) else None
+    return shlex.join(["clbench", *argv]) if argv else None

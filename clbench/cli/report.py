@@ -31,6 +31,7 @@ from clbench.cli.common import (
     describe_checkpoints,
     duration,
     filter_options,
+    given_command,
     inspect,
     load,
     p_value,
@@ -341,7 +342,11 @@ def _name_for(spec, name: str) -> str:
 
 
 def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=False) -> str:
-    """The command line that renders these reports again (shown on the HTML pages)."""
+    """The command line that rendered these reports, as given (shown on the HTML pages); rebuilt from
+    the options below when not started through ``clbench.cli.main``."""
+    given = given_command()
+    if given is not None:
+        return given
     args = ["clbench", "report", name]
     if class_il is not None:
         args += ["--class-il", class_il]

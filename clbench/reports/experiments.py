@@ -42,7 +42,7 @@ from typing import Any
 
 from clbench.data.specs import SyntheticOptions
 from clbench.runs.checks import InvalidValue, check_label, check_whole
-from clbench.runs.config import RunConfig, check_field, check_synthetic
+from clbench.runs.config import RunConfig, check_field, check_synthetic, mask_rows
 from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
@@ -528,8 +528,7 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
         own = per_method.get(method, {})
         on = own.get("mask_on", mask_on)
         masked = [m for m in own.get("masks", masks) if m != "none"]
-        where = {"stream", "buffer"} if on == "both" else {on}
-        if masked and not where & set(acts_on):
+        if masked and not mask_rows(on) <= set(acts_on):
             fix = (
                 'masks = ["none"] (it has no softmax cross-entropy)'
                 if not acts_on

@@ -48,17 +48,33 @@ def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:
     return _with_store(db, work)
 
 
-COVERAGE_COLUMNS = ("run_id", "method", "dataset", "buffer_size", "mask", "mask_on", "seed", "config_hash", "status")
+COVERAGE_COLUMNS = (
+    "run_id",
+    "method",
+    "dataset",
+    "buffer_size",
+    "mask",
+    "mask_on",
+    "seed",
+    "config_hash",
+    "status",
+    "stale_run_id",
+)
 
 
 def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
-    """Every run the experiment expects, in sweep order, with its status in ``db``: ``missing``
-    for a run with no row, else the stored status as it is (``finished``, ``failed``, ...).
-    Runs of one cell (a figure's point or bar, a table's cell) share a ``config_hash``."""
+    """Every run the experiment expects, in sweep order, with its status in ``db``: the stored
+    status as it is (``finished``, ``failed``, ...); ``stale`` for a run with no row of this engine
+    but a finished run of the same config and seed by an older one (its run id in ``stale_run_id``:
+    the run that stands in for it with ``render.include_stale``); ``missing`` for neither. Runs of
+    one cell (a figure's point or bar, a table's cell) share a ``config_hash``."""
     configs = experiment_configs(spec)
 
     def work(store: Store):
         statuses = store.statuses([c.identity() for c in configs])
+        absent = [c for c in configs if c.identity() not in statuses]
+        stale = _stale_stand_ins(store, absent, spec.render.get("class_il", "all"))
+        stand_in = dict(zip(stale["_for"], stale["run_id"]))
         return [
             (
                 c.identity(),
@@ -69,7 +85,8 @@ def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
                 c.mask.on,
                 c.seed,
                 c.config_hash(),
-                statuses.get(c.identity(), "missing"),
+                statuses.get(c.identity(), "stale" if c.identity() in stand_in else "missing"),
+                stand_in.get(c.identity()),
             )
             for c in configs
         ]
@@ -272,7 +289,9 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 
-        written += methods.write_report(spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note))
+        written += methods.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note), note
+        )
     else:  # forgetting, tiny-buffer
         from clbench.reports import tables  # noqa: PLC0415
 

@@ -172,9 +172,16 @@ def validate_request(cfg: RunConfig) -> None:
         check_synthetic(cfg.synthetic)
 
 
+def mask_rows(on: str) -> set[str]:
+    """The rows a mask placed ``on`` (--mask-on) is asked to act on."""
+    return {"stream", "buffer"} if on == "both" else {on}
+
+
 def _placements(acts_on: tuple[str, ...]) -> list[str]:
-    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows."""
-    return [p for p in ("stream", "buffer", "both") if ({"stream", "buffer"} if p == "both" else {p}) & set(acts_on)]
+    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows: every
+    row the placement names must be one the method's masked cross-entropy sees (``both`` asks for
+    stream and buffer rows: a method that masks one of them only takes that one)."""
+    return [p for p in ("stream", "buffer", "both") if mask_rows(p) <= set(acts_on)]
 
 
 def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
@@ -185,9 +192,10 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
             f"{name} has no softmax cross-entropy for a mask to act on (none at all, or one the method "
             f"already restricts to its own classes): run it with mask none"
         )
-    if not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
+    if not mask_rows(mask.on) <= set(acts_on):
+        where = "on both stream and buffer rows" if mask.on == "both" else f"on the {mask.on}"
         raise ValueError(
-            f"a mask on the {mask.on} cannot act in {name}, whose cross-entropy sees {' or '.join(acts_on)} "
+            f"a mask {where} cannot act in {name}, whose masked cross-entropy sees only {' and '.join(acts_on)} "
             f"rows: valid placements for {name} are {', '.join(_placements(acts_on))}"
         )
 
