@@ -1,0 +1,53 @@
+"""Issue 23, section 4 (the attack's findings), second half: bad bytes in databases and experiment
+files, user method files that exit or interrupt, method names, interrupted renders, small option
+checks. One test (or a few) per item, through the console script's entry point in this process."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from test_hardening import one_error_line, one_torch_thread, tiny, train  # noqa: F401
+
+from clbench import cli
+from clbench.store.queries import load_runs
+
+TINY = ["--dataset", "synthetic", "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10"]
+
+
+@pytest.fixture
+def invoke(monkeypatch, capsys, tmp_path):
+    """``clbench ARGS`` through the console script's entry point in this process: (status, out, err)."""
+
+    def run(*args, cwd: Path | None = None):
+        monkeypatch.chdir(cwd or tmp_path)
+        monkeypatch.delenv("CLBENCH_DB", raising=False)
+        rc = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    return run
+
+
+def _corrupt_text(db: Path, sql: str) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute(sql)
+    conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Database pages that decode as bad UTF-8
+
+
+def test_text_that_is_not_utf8_in_the_database_is_one_line_naming_it(tmp_path, invoke):
+    db = tmp_path / "results.db"
+    train(db, tiny(methods=["er"], masks=["none"], buffers=[10], seeds=[0]))
+    rid = load_runs(db)["run_id"].iloc[0]
+    _corrupt_text(db, "UPDATE runs SET method = CAST(X'65ff1b5b33316d72' AS TEXT)")
+    for command in (["runs"], ["export"], ["compare"], ["show", rid]):
+        line = one_error_line(*invoke(*command, "--db", db), f"the database {db}", "not valid UTF-8", "backup")
+        assert "\x1b" not in line
+    rc, out, err = invoke("run", *TINY, "--method", "er", "--buffer", "10", "--seed", "0", "--db", db)
+    assert rc != 0 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith(f"error: the database {db} holds text that is not valid UTF-8"), err
