@@ -51,3 +51,36 @@ def test_text_that_is_not_utf8_in_the_database_is_one_line_naming_it(tmp_path, i
     rc, out, err = invoke("run", *TINY, "--method", "er", "--buffer", "10", "--seed", "0", "--db", db)
     assert rc != 0 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: the database {db} holds text that is not valid UTF-8"), err
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiment files: a list where one name goes, bytes that are not UTF-8, unknown synthetic keys
+
+EXPERIMENT = (
+    'kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none"]\nbuffers = [10]\nseeds = 1\n'
+)
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        (EXPERIMENT + '[render]\nforgetting = ["chaudhry"]\n', ["render.forgetting must be one name", "['chaudhry']"]),
+        (EXPERIMENT + '[render]\nclass_il = ["all"]\n', ["render.class_il must be one name"]),
+        (
+            EXPERIMENT + "[overrides]\nsynthetic = { train_per_clas = 20 }\n",
+            ["unknown key overrides.synthetic.train_per_clas", "valid keys are n_tasks,", "train_per_class"],
+        ),
+    ],
+)
+def test_experiment_file_values_of_the_wrong_shape_are_one_line(tmp_path, invoke, text, needles):
+    (tmp_path / "exp.toml").write_text(text)
+    one_error_line(*invoke("report", "exp.toml", "--db", tmp_path / "r.db"), "exp.toml", *needles)
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "reports").exists()
+
+
+def test_an_experiment_file_that_is_not_utf8_is_named(tmp_path, invoke):
+    (tmp_path / "exp.toml").write_bytes(EXPERIMENT.encode() + b'title = "caf\xe9"\n')
+    one_error_line(
+        *invoke("report", "exp.toml", "--db", tmp_path / "r.db"), "exp.toml is not UTF-8", "save it as UTF-8"
+    )
+    assert not (tmp_path / "r.db").exists()
