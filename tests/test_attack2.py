@@ -4,7 +4,10 @@ checks. One test (or a few) per item, through the console script's entry point i
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +87,73 @@ def test_an_experiment_file_that_is_not_utf8_is_named(tmp_path, invoke):
         *invoke("report", "exp.toml", "--db", tmp_path / "r.db"), "exp.toml is not UTF-8", "save it as UTF-8"
     )
     assert not (tmp_path / "r.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted renders: no staging folders left behind; SIGTERM says what was kept
+
+FIG4 = (
+    'kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [10]\nseeds = 1\n'
+    "[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_render_removes_the_staging_folders_of_ended_processes(tmp_path):
+    from clbench.files import LEGACY_STAGING_AGE_S, staged_folder
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    dead = reports / f".fig4.{_dead_pid()}.abcd_123.tmp"
+    live = reports / f".fig4.{os.getppid()}.abcd_123.tmp"  # pytest's parent: alive
+    old = reports / ".fig4.k2j4_x9q.tmp"  # an older clbench's name: no process id
+    recent = reports / ".fig4.k2j4_x9r.tmp"
+    other = reports / f".fig2.{_dead_pid()}.abcd_123.tmp"  # another report's: not this render's business
+    for folder in (dead, live, old, recent, other):
+        folder.mkdir()
+        (folder / "fig4.csv").write_text("x")
+    past = time.time() - LEGACY_STAGING_AGE_S - 60
+    os.utime(old, (past, past))
+    with staged_folder(reports / "fig4") as stage:
+        (stage / "fig4.csv").write_text("new")
+    assert not dead.exists() and not old.exists()
+    assert live.exists() and recent.exists() and other.exists()
+    assert (reports / "fig4" / "fig4.csv").read_text() == "new"
+    assert sorted(p.name for p in reports.iterdir() if p.name.startswith(".fig4.")) == sorted([live.name, recent.name])
+
+
+def test_sigterm_while_rendering_says_what_was_kept_and_leaves_no_staging_folder(tmp_path, invoke, monkeypatch):
+    from clbench.reports import render
+
+    db = tmp_path / "results.db"
+    (tmp_path / "exp.toml").write_text(FIG4)
+    assert invoke("report", "exp.toml", "--db", db)[0] == 0
+    before = sorted(p.name for p in (tmp_path / "reports" / "exp").iterdir())
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the render")
+
+    def unhandled(signum, frame):
+        raise RuntimeError("SIGTERM reached the default handler: the process would have ended silently (143)")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(render, "_render_into", terminated)
+        for extra in ([], ["--no-run"]):
+            rc, out, err = invoke("report", "exp.toml", "--db", db, *extra)
+            assert rc == 130, err
+            assert f"interrupted while rendering: every run computed is saved in {db}" in err, err
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["exp"]  # no .exp.*.tmp
+    assert sorted(p.name for p in (tmp_path / "reports" / "exp").iterdir()) == before

@@ -277,6 +277,25 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def interrupted_render(where: str):
+    """Ctrl-C or SIGTERM while reports render: one line saying what was kept (the runs computed are
+    saved; each report folder is as it was, the staging folder removed), then exit status 130 as
+    ``run`` does."""
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            console(stderr=True).print(
+                f"interrupted while rendering: every run computed is saved in {where}; the report folders are "
+                "as they were before (no half-written report). Run the same command again to render them "
+                "(nothing is computed again).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise
+
+
 def report_held(err: Console, held: dict[str, str]) -> None:
     """One line for the runs another live process was computing (``SweepOutcome.held``)."""
     if not held:
