@@ -157,3 +157,72 @@ def test_sigterm_while_rendering_says_what_was_kept_and_leaves_no_staging_folder
         signal.signal(signal.SIGTERM, previous)
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["exp"]  # no .exp.*.tmp
     assert sorted(p.name for p in (tmp_path / "reports" / "exp").iterdir()) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# A method file that exits or raises KeyboardInterrupt
+
+EXITS = {
+    "import_exit": ("import sys\nfrom clbench.methods import ER\nsys.exit(0)\n", "called sys.exit(0) at import"),
+    "loss_exit": (
+        "import sys\nfrom clbench.methods import ER\nclass M(ER):\n    name = 'm_exit'\n"
+        "    def loss_terms(self, step):\n        sys.exit('bye')\n",
+        "called sys.exit('bye') in loss_terms (line 6)",
+    ),
+    "loss_exit0": (
+        "import sys\nfrom clbench.methods import ER\nclass M(ER):\n    name = 'm_exit0'\n"
+        "    def loss_terms(self, step):\n        sys.exit(0)\n",
+        "called sys.exit(0) in loss_terms (line 6)",
+    ),
+    "loss_interrupt": (
+        "from clbench.methods import ER\nclass M(ER):\n    name = 'm_kb'\n"
+        "    def loss_terms(self, step):\n        raise KeyboardInterrupt\n",
+        "raised KeyboardInterrupt in loss_terms (line 5)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXITS))
+def test_a_method_file_that_exits_is_named_and_its_runs_failed(tmp_path, invoke, case):
+    code, needle = EXITS[case]
+    path = tmp_path / f"{case}.py"
+    path.write_text(code)
+    db = tmp_path / "results.db"
+    rc, out, err = invoke("run", *TINY, "--method", f"{path}:M", "--buffer", "10", "--seed", "0", "--db", db)
+    assert rc != 0 and "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and f"the method file {path}" in last and needle in last, err
+    if case == "import_exit":  # bad input, found before anything is written
+        assert rc == 2 and not db.exists()
+    else:
+        assert rc == 1 and "its runs are marked failed" in last
+        assert list(load_runs(db)["status"]) == ["failed"]
+
+
+def test_a_real_interrupt_in_a_method_file_stays_an_interrupt(tmp_path):
+    """A Ctrl-C lands in whatever line runs, often one of the method's: only a ``raise`` line of
+    the file makes a KeyboardInterrupt the file's own."""
+    import importlib.util
+
+    from clbench.methods.user import method_code_error
+
+    path = tmp_path / "calls_back.py"
+    path.write_text("def loss_terms(callback):\n    return callback()\n")
+    spec = importlib.util.spec_from_file_location("calls_back", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def signal_lands_here():
+        raise KeyboardInterrupt
+
+    def exits():
+        raise SystemExit(3)
+
+    sources = [f"{path}:M", None]
+    with pytest.raises(KeyboardInterrupt) as interrupt:
+        module.loss_terms(signal_lands_here)
+    assert method_code_error(interrupt.value, sources) is None
+    with pytest.raises(SystemExit) as exit_:
+        module.loss_terms(exits)
+    assert "called sys.exit(3) in loss_terms (line 2)" in str(method_code_error(exit_.value, sources))
+    assert method_code_error(exit_.value, [None]) is None
