@@ -226,3 +226,17 @@ def test_a_real_interrupt_in_a_method_file_stays_an_interrupt(tmp_path):
         module.loss_terms(exits)
     assert "called sys.exit(3) in loss_terms (line 2)" in str(method_code_error(exit_.value, sources))
     assert method_code_error(exit_.value, [None]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# -e with bytes that are not UTF-8 (Python's argv holds them as surrogates)
+
+
+@pytest.mark.parametrize("label", ["ab\udcffc", "a\x9b31mb"])
+def test_an_experiment_label_that_is_not_utf8_text_is_refused_before_the_database(tmp_path, invoke, label):
+    db = tmp_path / "results.db"
+    args = ["run", *TINY, "--method", "er", "--buffer", "10", "--seed", "0", "--db", db, "-e", label]
+    line = one_error_line(*invoke(*args), "invalid --experiment")
+    assert not db.exists()
+    assert "\udcff" not in line and "\x9b" not in line.replace("\\x9b", "")
+    one_error_line(*invoke("runs", "--db", db, "-e", label), "invalid --experiment")
