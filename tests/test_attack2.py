@@ -4,12 +4,15 @@ checks. One test (or a few) per item, through the console script's entry point i
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_hardening import one_error_line, one_torch_thread, tiny, train  # noqa: F401
 
@@ -240,3 +243,56 @@ def test_an_experiment_label_that_is_not_utf8_text_is_refused_before_the_databas
     assert not db.exists()
     assert "\udcff" not in line and "\x9b" not in line.replace("\\x9b", "")
     one_error_line(*invoke("runs", "--db", db, "-e", label), "invalid --experiment")
+
+
+# ---------------------------------------------------------------------------------------------
+# Method names: no control characters; two methods of one name never look the same
+
+MINE = "from clbench.methods import ER\nclass M(ER):\n    name = {name!r}\n    options = {{'v': {v}}}\n"
+
+
+@pytest.mark.parametrize("name", ["mine\x1b[31m", "a\nb", "tab\there", "x\x9by"])
+def test_a_method_name_with_control_characters_is_refused(tmp_path, invoke, name):
+    path = tmp_path / "m.py"
+    path.write_text(MINE.format(name=name, v=1))
+    db = tmp_path / "results.db"
+    rc, out, err = invoke("run", *TINY, "--method", f"{path}:M", "--buffer", "10", "--seed", "0", "--db", db)
+    line = one_error_line(rc, out, err, "control characters")
+    assert not any(c in line for c in "\x1b\n\t\x9b") and not db.exists()
+
+
+def test_two_methods_of_one_name_in_a_sweep_are_refused(tmp_path, invoke):
+    for v in (1, 2):
+        (tmp_path / f"m{v}.py").write_text(MINE.format(name="mine", v=v))
+    db = tmp_path / "results.db"
+    args = ["--method", f"{tmp_path / 'm1.py'}:M,{tmp_path / 'm2.py'}:M", "--buffer", "10", "--seed", "0"]
+    one_error_line(*invoke("run", *TINY, *args, "--db", db), "two different methods are named 'mine'", "m2.py:M")
+    assert not db.exists()
+
+
+def test_two_versions_of_a_method_are_told_apart_in_listings(tmp_path, invoke):
+    path = tmp_path / "m.py"
+    db = tmp_path / "results.db"
+    shas = []
+    for v in (1, 2):  # the file edited between two sweeps: new runs, the same name
+        path.write_text(MINE.format(name="mine", v=v))
+        shas.append(hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+        assert invoke("run", *TINY, "--method", f"{path}:M", "--buffer", "10", "--seed", "0", "--db", db)[0] == 0
+    labels = [f"mine@{sha}" for sha in shas]
+    assert sorted(load_runs(db)["method"]) == sorted(labels)
+    rc, out, err = invoke("runs", "--db", db)
+    assert rc == 0 and all(label in out for label in labels), out
+    rc, out, err = invoke("export", "--db", db, "-f", "csv")
+    assert rc == 0 and sorted(pd.read_csv(io.StringIO(out))["method"]) == sorted(labels)
+    assert sorted(load_runs(db, method="mine")["method"]) == sorted(labels)  # the name still filters both
+
+
+def test_a_stored_name_with_control_characters_is_shown_escaped(tmp_path, invoke):
+    db = tmp_path / "results.db"
+    train(db, tiny(methods=["er"], masks=["none"], buffers=[10], seeds=[0]))
+    _corrupt_text(db, "UPDATE runs SET method = 'a' || char(10) || 'b' || char(27) || '[31m'")
+    rc, out, err = invoke("export", "--db", db, "-f", "csv")
+    assert rc == 0 and len(out.splitlines()) == 2 and "\x1b" not in out, out
+    assert "a\\nb\\x1b[31m" in out
+    rc, out, err = invoke("runs", "--db", db)
+    assert rc == 0 and "\x1b" not in out and "a\\nb\\x1b[31m" in out

@@ -165,10 +165,16 @@ def _check_class(cls, where: str) -> type[Method]:
 
 def _label(cls: type[Method], where: str) -> str:
     name = cls.__dict__.get("name") or cls.__name__
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(c in name for c in ":/\\ "):
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_NAME
+        or any(c in name for c in ":/\\ ")
+        or not name.isprintable()  # control characters: escape codes on terminals, split rows and CSV lines
+    ):
         raise ValueError(
-            f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
-            "':', '/' or spaces (set the class attribute name = \"...\")"
+            f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} printable characters without "
+            "':', '/', spaces or control characters (set the class attribute name = \"...\")"
         )
     if name in SHIPPED:
         raise ValueError(
