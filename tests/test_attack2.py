@@ -296,3 +296,16 @@ def test_a_stored_name_with_control_characters_is_shown_escaped(tmp_path, invoke
     assert "a\\nb\\x1b[31m" in out
     rc, out, err = invoke("runs", "--db", db)
     assert rc == 0 and "\x1b" not in out and "a\\nb\\x1b[31m" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Small ones: numbers with underscores
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--lr", "1_0"), ("--alpha", "1_0"), ("--epochs", "1_0"), ("--seeds", "1_0"), ("--buffer", "1_0")]
+)
+def test_numbers_with_underscores_are_refused(tmp_path, invoke, option, value):
+    db = tmp_path / "results.db"
+    one_error_line(*invoke("run", *TINY, "--method", "er", option, value, "--db", db), "'1_0'", "give a")
+    assert not db.exists()

@@ -116,13 +116,29 @@ def split(values: Sequence[str] | None, option: str = "value") -> list[str]:
 
 
 def ints(values: Sequence[str] | None, what: str, option: str | None = None) -> list[int]:
-    out = []
-    for text in split(values, option or what):
-        try:
-            out.append(int(text))
-        except ValueError:
-            raise UsageProblem(f"invalid {what} {text!r}: give a whole number") from None
-    return out
+    return [_number(text, int, what) for text in split(values, option or what)]
+
+
+def _number(text: str, kind: type, what: str):
+    """``text`` as an int or a float as written on a command line: Python's own parsers also take
+    ``1_0`` (10) and surrounding blanks, which are typos here, not numbers."""
+    text = str(text)
+    try:
+        if "_" in text or text != text.strip():
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise UsageProblem(f"invalid {what} {text!r}: give {'a whole number' if kind is int else 'a number'}") from None
+
+
+def strict_float(option: str):
+    """A typer ``parser`` for a float option (``parser=strict_float("--lr")``)."""
+    return lambda text: _number(text, float, option)
+
+
+def strict_int(option: str):
+    """A typer ``parser`` for an int option (``parser=strict_int("--epochs")``)."""
+    return lambda text: _number(text, int, option)
 
 
 def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:

@@ -32,6 +32,8 @@ from clbench.cli.common import (
     report_held,
     sigterm_as_interrupt,
     split,
+    strict_float,
+    strict_int,
 )
 from clbench.cli.executor import (
     ExecutorChoice,
@@ -72,7 +74,9 @@ def run(
     mask_on: str = typer.Option(
         "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
     ),
-    seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
+    seeds: int | None = typer.Option(
+        None, "--seeds", parser=strict_int("--seeds"), metavar="N", help="Run seeds 0..N-1. [default: 1]"
+    ),
     seed: list[str] = typer.Option(
         [], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."
     ),
@@ -81,13 +85,23 @@ def run(
     ),
     buffer: list[str] = typer.Option(["200"], "--buffer", "-b", metavar="SIZE", help="Replay buffer size. Repeatable."),
     epochs: int | None = typer.Option(
-        None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"
+        None, "--epochs", parser=strict_int("--epochs"), metavar="N", help="Epochs per task. [default: the benchmark's]"
     ),
-    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
-    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
-    minibatch_size: int | None = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
-    alpha: float | None = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
-    beta: float | None = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    lr: float | None = typer.Option(
+        None, "--lr", parser=strict_float("--lr"), metavar="LR", help="Learning rate. [default: the preset's]"
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", parser=strict_int("--batch-size"), metavar="N", help="Stream batch size."
+    ),
+    minibatch_size: int | None = typer.Option(
+        None, "--minibatch-size", parser=strict_int("--minibatch-size"), metavar="N", help="Replay minibatch size."
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", parser=strict_float("--alpha"), metavar="X", help="DER/DER++ logit-matching weight."
+    ),
+    beta: float | None = typer.Option(
+        None, "--beta", parser=strict_float("--beta"), metavar="X", help="DER++ replay cross-entropy weight."
+    ),
     der_logits: str | None = typer.Option(
         None,
         "--der-logits",
@@ -121,7 +135,11 @@ def run(
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: int | None = typer.Option(
-        None, "--group-size", metavar="N", help="At most this many runs per lockstep group."
+        None,
+        "--group-size",
+        parser=strict_int("--group-size"),
+        metavar="N",
+        help="At most this many runs per lockstep group.",
     ),
     threads: int | None = threads_option(),
     executor: str = executor_option(),
