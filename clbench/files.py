@@ -9,8 +9,10 @@ folder as it was, never half of a new one.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,8 +99,9 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
     When the block fails, nothing in ``path`` has changed."""
     target = check_output_folder(path).absolute()
     base = _nearest_existing(target)
+    remove_stale_staging(base, target.name)
     try:
-        staging = Path(tempfile.mkdtemp(dir=base, prefix=f".{target.name}.", suffix=".tmp"))
+        staging = Path(tempfile.mkdtemp(dir=base, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"))
         os.chmod(staging, 0o777 & ~_umask())  # what mkdir would have made, not mkdtemp's 0700
     except OSError as exc:
         raise OutputError(f"cannot write into {path}: {exc.strerror or exc}") from None
@@ -116,3 +119,50 @@ def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
         raise OutputError(f"cannot write into {path}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# What follows ``.NAME.`` in a staging folder's name: the process id and mkdtemp's 8 characters
+# (older clbench versions: those 8 alone).
+_STAGING = re.compile(r"(?:(?P<pid>\d+)\.)?[a-z0-9_]{8}")
+LEGACY_STAGING_AGE_S = 3600.0  # a staging folder without its process's id: left behind when older than this
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user's process
+        return True
+    return True
+
+
+def remove_stale_staging(base: Path, name: str) -> list[Path]:
+    """Remove the staging folders ``.NAME.PID.XXXX.tmp`` in ``base`` that processes which have ended
+    left behind (killed while rendering: SIGKILL, a power cut), and those of older clbench versions
+    (``.NAME.XXXX.tmp``, no process id) that are over an hour old. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        return removed
+    prefix = f".{name}."
+    for entry in entries:
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")) or entry.is_symlink():
+            continue
+        mine = _STAGING.fullmatch(entry.name[len(prefix) : -len(".tmp")])
+        if mine is None:
+            continue
+        try:
+            if not entry.is_dir():
+                continue
+            if mine["pid"] is not None:
+                stale = int(mine["pid"]) != os.getpid() and not _alive(int(mine["pid"]))
+            else:
+                stale = time.time() - entry.stat().st_mtime > LEGACY_STAGING_AGE_S
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

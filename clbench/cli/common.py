@@ -129,13 +129,29 @@ def split(values: Sequence[str] | None, option: str = "value") -> list[str]:
 
 
 def ints(values: Sequence[str] | None, what: str, option: str | None = None) -> list[int]:
-    out = []
-    for text in split(values, option or what):
-        try:
-            out.append(int(text))
-        except ValueError:
-            raise UsageProblem(f"invalid {what} {text!r}: give a whole number") from None
-    return out
+    return [_number(text, int, what) for text in split(values, option or what)]
+
+
+def _number(text: str, kind: type, what: str):
+    """``text`` as an int or a float as written on a command line: Python's own parsers also take
+    ``1_0`` (10) and surrounding blanks, which are typos here, not numbers."""
+    text = str(text)
+    try:
+        if "_" in text or text != text.strip():
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise UsageProblem(f"invalid {what} {text!r}: give {'a whole number' if kind is int else 'a number'}") from None
+
+
+def strict_float(option: str):
+    """A typer ``parser`` for a float option (``parser=strict_float("--lr")``)."""
+    return lambda text: _number(text, float, option)
+
+
+def strict_int(option: str):
+    """A typer ``parser`` for an int option (``parser=strict_int("--epochs")``)."""
+    return lambda text: _number(text, int, option)
 
 
 def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -314,6 +330,25 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interrupted_render(where: str):
+    """Ctrl-C or SIGTERM while reports render: one line saying what was kept (the runs computed are
+    saved; each report folder is as it was, the staging folder removed), then exit status 130 as
+    ``run`` does."""
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            console(stderr=True).print(
+                f"interrupted while rendering: every run computed is saved in {where}; the report folders are "
+                "as they were before (no half-written report). Run the same command again to render them "
+                "(nothing is computed again).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise
 
 
 def report_held(err: Console, held: dict[str, str]) -> None:

@@ -33,6 +33,7 @@ from clbench.cli.common import (
     filter_options,
     given_command,
     inspect,
+    interrupted_render,
     load,
     p_value,
     pm,
@@ -242,7 +243,7 @@ def report_command(
                 )
             return
         store = open_store(url, readonly=True)
-        with store, store_errors_as_bad_input():
+        with store, store_errors_as_bad_input(), interrupted_render(store.where):
             _render(
                 specs,
                 store,
@@ -304,17 +305,18 @@ def report_command(
                     checkpoint=policy,
                 )
             report_held(err, outcome.held)
-        _render(
-            specs,
-            store,
-            out_dirs,
-            root,
-            html,
-            _command(name, no_run, out, html, seeds, db, class_il, include_stale),
-            stdout,
-            name,
-            quiet_when_complete=True,
-        )
+        with interrupted_render(store.where):
+            _render(
+                specs,
+                store,
+                out_dirs,
+                root,
+                html,
+                _command(name, no_run, out, html, seeds, db, class_il, include_stale),
+                stdout,
+                name,
+                quiet_when_complete=True,
+            )
 
 
 def _print_dry_run(out, spec, plan, where: str, device: str) -> None:

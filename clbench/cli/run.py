@@ -34,6 +34,8 @@ from clbench.cli.common import (
     report_held,
     sigterm_as_interrupt,
     split,
+    strict_float,
+    strict_int,
 )
 from clbench.cli.executor import (
     ExecutorChoice,
@@ -84,6 +86,7 @@ def run(
     validation: float = typer.Option(
         0.0,
         "--validation",
+        parser=strict_float("--validation"),
         metavar="F",
         help="Hold out the fraction F (0 < F <= 0.5) of each task's training data, class-balanced and drawn "
         "from the seed, and evaluate on it beside the test sets (0: no validation split).",
@@ -95,7 +98,9 @@ def run(
         help="Which classes stay live on a masked row: task (its own task's), batch (those present in the "
         "batch's rows of its kind, ER-ACE's rule) or seen (those of the tasks seen so far).",
     ),
-    seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
+    seeds: int | None = typer.Option(
+        None, "--seeds", parser=strict_int("--seeds"), metavar="N", help="Run seeds 0..N-1. [default: 1]"
+    ),
     seed: list[str] = typer.Option(
         [], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."
     ),
@@ -105,13 +110,23 @@ def run(
     ),
     buffer: list[str] = typer.Option(["200"], "--buffer", "-b", metavar="SIZE", help="Replay buffer size. Repeatable."),
     epochs: int | None = typer.Option(
-        None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"
+        None, "--epochs", parser=strict_int("--epochs"), metavar="N", help="Epochs per task. [default: the benchmark's]"
     ),
-    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
-    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
-    minibatch_size: int | None = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
-    alpha: float | None = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
-    beta: float | None = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    lr: float | None = typer.Option(
+        None, "--lr", parser=strict_float("--lr"), metavar="LR", help="Learning rate. [default: the preset's]"
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", parser=strict_int("--batch-size"), metavar="N", help="Stream batch size."
+    ),
+    minibatch_size: int | None = typer.Option(
+        None, "--minibatch-size", parser=strict_int("--minibatch-size"), metavar="N", help="Replay minibatch size."
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", parser=strict_float("--alpha"), metavar="X", help="DER/DER++ logit-matching weight."
+    ),
+    beta: float | None = typer.Option(
+        None, "--beta", parser=strict_float("--beta"), metavar="X", help="DER++ replay cross-entropy weight."
+    ),
     der_logits: str | None = typer.Option(
         None,
         "--der-logits",
@@ -145,7 +160,11 @@ def run(
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: int | None = typer.Option(
-        None, "--group-size", metavar="N", help="At most this many runs per lockstep group."
+        None,
+        "--group-size",
+        parser=strict_int("--group-size"),
+        metavar="N",
+        help="At most this many runs per lockstep group.",
     ),
     threads: int | None = threads_option(),
     executor: str = executor_option(),

@@ -28,6 +28,7 @@ from clbench.engine.progress import PhaseTimer, PhaseTimes, Progress, ProgressCa
 from clbench.engine.refit import refit
 from clbench.engine.update import NetState, StepForward, fresh, step_batches, train_step
 from clbench.lockstep.step import Step
+from clbench.methods.user import method_code_error
 from clbench.runs.resolved import ResolvedConfig
 from clbench.runs.results import RunResult, SplitMatrices
 
@@ -66,6 +67,10 @@ def train_group(
             training.end_task(task)  # methods act on a finished task: memories, teachers, GDumb's refit
             training.evaluate(task)  # a row of the accuracy matrices; a checkpoint, so the task is kept
         return _results(group, training.st)
+    except (SystemExit, KeyboardInterrupt) as exc:  # a method file's sys.exit: its group fails, one line
+        if (error := method_code_error(exc, [c.method_source for c in configs])) is None:
+            raise
+        raise error from None
     finally:  # a resumed group's thread count was its own
         torch.set_num_threads(threads_before)
 

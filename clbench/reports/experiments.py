@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -227,6 +227,10 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"cannot read the experiment file {text_name}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"the experiment file {text_name} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+            ) from None
         return parse_toml(text, path.stem, str(path))
     entry = _shipped_dir() / f"{text_name}.toml"
     if not entry.is_file():
@@ -302,6 +306,12 @@ def _overrides(data: dict, source: str) -> dict:
         syn = _table(overrides, "synthetic", source, "overrides.")
         if isinstance(syn.get("input_shape"), list):
             syn["input_shape"] = tuple(syn["input_shape"])
+        valid = [f.name for f in fields(SyntheticOptions)]
+        unknown = sorted(set(syn) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key overrides.synthetic.{unknown[0]}: valid keys are {', '.join(valid)}"
+            )
         try:
             options = SyntheticOptions(**syn)
         except TypeError as exc:
@@ -380,6 +390,9 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
                 render[key] = format_mask_value(parse_mask_value(str(render[key])))
             except ValueError as exc:
                 raise ValueError(f"{source}: render.{key}: {exc}") from None
+    for key in ("class_il", "forgetting"):  # a list or table here is not one of the names
+        if key in render and not isinstance(render[key], str):
+            raise ValueError(f"{source}: render.{key} must be one name in quotes, got {render[key]!r}")
     if render["class_il"] not in CLASS_IL_CONVENTIONS:
         raise ValueError(
             f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}"

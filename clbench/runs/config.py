@@ -358,7 +358,14 @@ def resolve_unique(configs: Sequence[RunConfig | ResolvedConfig]) -> list[Resolv
     """Resolve every config (raising its ``ValueError``) and drop duplicate runs, keeping the first:
     e.g. ``sgd`` with two buffer sizes is one run, since it has no buffer."""
     unique: dict[str, ResolvedConfig] = {}
+    code: dict[str, ResolvedConfig] = {}  # method name -> the first config of that name
     for cfg in configs:
         resolved = cfg.resolve() if isinstance(cfg, RunConfig) else cfg
+        first = code.setdefault(resolved.method, resolved)
+        if first.method_sha256 != resolved.method_sha256:  # two methods, one name: rows no one could tell apart
+            raise ValueError(
+                f"two different methods are named {resolved.method!r}: {first.method_source or 'the shipped one'} "
+                f'and {resolved.method_source}; give one of them another name (its class attribute name = "...")'
+            )
         unique.setdefault(resolved.identity(), resolved)
     return list(unique.values())

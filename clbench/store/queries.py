@@ -315,13 +315,31 @@ def _runs_frame(
             }
         )
     columns = list(EXPORT_COLUMNS + EXTRA_METRICS + HYPERPARAMETERS + RECORD_COLUMNS)
-    df = pd.DataFrame.from_records(records, columns=columns)
+    df = pd.DataFrame.from_records(_method_labels(records), columns=columns)
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
     df = df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
     df.attrs["class_il"] = class_il
     return df
+
+
+def _method_labels(records: list[dict]) -> list[dict]:
+    """The records with each method shown so that different code never looks the same: a name that
+    two versions of a method of your own share (an edited file, another file of that name) as
+    ``name@`` and the first 8 hex digits of its file's SHA-256; any character that is not printable
+    (a name stored before clbench refused them) escaped, so no row splits and no escape code runs."""
+    versions: dict[str, set] = {}
+    for rec in records:
+        versions.setdefault(rec["method"], set()).add((rec["config"] or {}).get("method_sha256"))
+    out = []
+    for rec in records:
+        name, sha = rec["method"], (rec["config"] or {}).get("method_sha256")
+        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
+        if sha and len(versions[rec["method"]]) > 1:
+            name = f"{name}@{sha[:8]}"
+        out.append({**rec, "method": name})
+    return out
 
 
 def check_split(split: str) -> str:
