@@ -156,7 +156,7 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
     :class:`UsageProblem`. Nothing is connected yet (see :func:`start_executor`)."""
     if choice.executor not in EXECUTORS:
         raise UsageProblem(f"invalid --executor {choice.executor!r}: valid executors are {', '.join(EXECUTORS)}")
-    ray_only = {
+    cluster_only = {
         "--ray-address": choice.ray_address,
         "--gpus-per-group": choice.gpus_per_group,
         "--cpus-per-group": choice.cpus_per_group,
@@ -170,11 +170,10 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
     if choice.executor == "slurm" and choice.ray_address is not None:
         raise UsageProblem("--ray-address applies to --executor ray only (this sweep runs with --executor slurm)")
     if choice.executor == "local":
-        given = [name for name, value in ray_only.items() if value is not None]
+        given = [name for name, value in cluster_only.items() if value is not None]
         if given:
-            raise UsageProblem(
-                f"{given[0]} applies to --executor ray or slurm only (this sweep runs with --executor local)"
-            )
+            where = "ray" if given[0] == "--ray-address" else "ray or slurm"
+            raise UsageProblem(f"{given[0]} applies to --executor {where} only (this sweep runs with --executor local)")
         executor = make_executor("local", threads=threads if threads is not None else "auto")
     else:
         if threads is not None:

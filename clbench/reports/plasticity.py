@@ -72,7 +72,9 @@ def summary(df: pd.DataFrame, store: Store) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows, columns=list(COLUMNS))
 
 
-def to_markdown(table: pd.DataFrame, title: str) -> str:
+def to_markdown(table: pd.DataFrame, title: str, note: str = "") -> str:
+    """The plasticity table as markdown; ``note``: the report's exclusion note (diverged runs), if any."""
+
     def pm(row, m: str, fmt: str) -> str:
         mean, std = row[f"{m}_mean"], row[f"{m}_std"]
         if mean != mean:
@@ -84,6 +86,7 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
         "",
         "Mean ± std over seeds. " + " ".join(f"{k}: {v}." for k, v in PLASTICITY_DEFINITIONS.items()),
         "Effective rank and dead fraction after the last task; joint shortfall over the runs with a joint run.",
+        *([note] if note else []),
         "",
         "| method | buffer | mask | seeds | diagonal class-IL (%) | joint shortfall (points) | effective rank "
         "| dead units (%) |",

@@ -249,13 +249,13 @@ def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Pat
     return _with_store(db, work)
 
 
-def _write_plasticity(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path) -> list[Path]:
+def _write_plasticity(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path, note: str) -> list[Path]:
     """Plasticity beside the forgetting table: ``NAME-plasticity.md`` and ``.csv``."""
     from clbench.reports import plasticity  # noqa: PLC0415
 
     table = plasticity.summary(df, store)
     md, csv = out / f"{spec.name}-plasticity.md", out / f"{spec.name}-plasticity.csv"
-    md.write_text(plasticity.to_markdown(table, spec.title or spec.name))
+    md.write_text(plasticity.to_markdown(table, spec.title or spec.name, note))
     table.to_csv(csv, index=False)
     return [md, csv]
 
@@ -298,7 +298,7 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         summary = tables.summary(spec, df)
         summary.attrs["excluded"] = note
         written += tables.write_tables(summary, spec, out / stem)
-        written += _write_plasticity(spec, store, df, out)
+        written += _write_plasticity(spec, store, df, out, note)
         if spec.kind == "tiny-buffer":
             data = tables.buffer_curve_data(summary)
             data.to_csv(out / f"{stem}-curve.data.csv", index=False)
