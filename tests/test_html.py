@@ -201,7 +201,7 @@ def test_report_all_writes_a_page_per_registered_experiment(site, tmp_path, monk
     [
         (["report", "fig2", "--html", "--no-run", "--out", "afile/fig2"], "afile is a file, not a folder"),
         (["report", "all", "--html", "--no-run", "--out", "afile"], "--out afile is a file, not a folder"),
-        (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are class-order, fig2"),
         (["report", "fig2", "--html", "--no-run", "--db", "afile"], "not a clbench database"),
     ],
 )

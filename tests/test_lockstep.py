@@ -90,9 +90,12 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
         synthetic_config(method, seed=7, buffer=buffers[2], mask=masks[2], on=on, **common),
     ]
     grouped = train_runs(cfgs)
+    # Probabilities within 1e-5 (grouped and single convolutions sum in different orders). ER-AML's
+    # SupCon scales its gradient by T / 0.07 / T = 1 / 0.07: at lr 0.1 the rounding of one step reaches
+    # 5.1e-5 (measured: 5.8e-5 unmasked, 1.4e-6 at lr 0.05, 5e-7 for ER), so it gets 1e-4.
+    tol = 1e-4 if method == "er_aml" else 1e-5
     for cfg, res in zip(cfgs, grouped):
-        # Probabilities within 1e-5 (grouped and single convolutions sum in different orders).
-        assert_same_run(res, train_runs([cfg])[0], rtol=1e-5, atol=1e-5)
+        assert_same_run(res, train_runs([cfg])[0], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(

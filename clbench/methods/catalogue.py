@@ -245,7 +245,7 @@ CARDS: dict[str, MethodCard] = {
         mask_acts_on=("buffer",),
         weights=(),
         options=(("temperature", 0.2),),
-        run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows (and task 0's stream with --mask-on both); positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+        run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
     ),
 }
 # END CARDS

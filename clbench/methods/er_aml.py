@@ -14,9 +14,9 @@ times T / 0.07, mean over the anchors (option ``temperature`` T, 0.2: the AML co
 Three forwards per step (stream features, positive/negative features, replay logits); reservoir
 insertion after the step, as ER.
 
-Where the general mask acts: the replayed rows' cross-entropy (``--mask-on buffer``); with
-``--mask-on both`` also the stream cross-entropy of task 0. A mask on the stream alone is refused:
-after task 0 the stream rows have no softmax at all.
+Where the general mask acts: the replayed rows' cross-entropy (``--mask-on buffer``). A mask on the
+stream (``stream`` or ``both``) is refused: after task 0 the stream rows have no softmax at all, and a
+placement must act on every row it names.
 
 Departs from the authors' code, and why: the candidates for positives and negatives are the
 step's own rows, the stream batch and its replay minibatch, not the whole buffer plus the batch
@@ -81,7 +81,7 @@ class ERAML(Method):
     loss_terms_names = ("ce", "supcon", "replay_ce")
     run_notes = (
         "er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts "
-        "on the replayed rows (and task 0's stream with --mask-on both); positives and negatives drawn from "
+        "on the replayed rows only; positives and negatives drawn from "
         "the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",
     )
 
