@@ -309,3 +309,42 @@ def test_numbers_with_underscores_are_refused(tmp_path, invoke, option, value):
     db = tmp_path / "results.db"
     one_error_line(*invoke("run", *TINY, "--method", "er", option, value, "--db", db), "'1_0'", "give a")
     assert not db.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The small ones (issue 23 §4): each failed before its fix
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["report", "fig2", "--checkpoint-every", "x", "--dry-run"], ["invalid --checkpoint-every", "'x'"]),
+        (["report", "fig2", "--checkpoint-every", "x", "--no-run"], ["invalid --checkpoint-every", "'x'"]),
+        (["export", "--mlflow", "--format", "json"], ["--format, --matrices and --output do not apply"]),
+        (["compare", "--buffer", "-1"], ["invalid --buffer -1", "from 0"]),
+        (["runs", "--seed", "-3"], ["invalid --seed -3", "from 0"]),
+        (["export", "--buffer", "-1"], ["invalid --buffer -1"]),
+    ],
+)
+def test_the_small_findings_are_bad_input(tmp_path, invoke, args, needles):
+    db = tmp_path / "results.db"
+    one_error_line(*invoke(*args, "--db", db), *needles)
+    assert not db.exists() and not (tmp_path / "reports").exists()
+
+
+def test_minus_zero_is_the_mask_zero_not_a_second_mask(tmp_path, invoke):
+    from clbench.runs.mask import MaskSpec, parse_mask_value
+
+    assert repr(parse_mask_value("-0.0")) == "0.0" and repr(MaskSpec(-0.0).value) == "0.0"
+    db = tmp_path / "results.db"
+    rc, out, err = invoke("run", *TINY, "--method", "er", "--mask", "-0.0,0", "--db", db)
+    assert rc == 0, err
+    runs = load_runs(db)
+    assert len(runs) == 1 and runs["mask"].tolist() == ["0.0"]
+
+
+def test_a_cuda_device_index_is_named_as_given():
+    from clbench.engine.environment import resolve_device
+
+    with pytest.raises(ValueError, match="device 'cuda:99'"):
+        resolve_device("cuda:99")

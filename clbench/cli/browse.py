@@ -267,7 +267,9 @@ def export(
     mlflow_experiment: str = typer.Option(
         "clbench", "--mlflow-experiment", metavar="NAME", help="The MLflow experiment to export into."
     ),
-    format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
+    format: str | None = typer.Option(
+        None, "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}. [default: csv]"
+    ),
     matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
     output: Path | None = typer.Option(
         None,
@@ -292,12 +294,13 @@ def export(
             "(clbench export --mlflow [TRACKING_URI])"
         )
     if mlflow:
-        if matrices or output is not None:
-            raise UsageProblem("--mlflow exports to MLflow: --matrices and --output do not apply")
+        if matrices or output is not None or format is not None:
+            raise UsageProblem("--mlflow exports to MLflow: --format, --matrices and --output do not apply")
         _export_mlflow(
             tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status, experiment)
         )
         return
+    format = "csv" if format is None else format
     if format not in EXPORT_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
     if format == "parquet" and output is None:

@@ -180,12 +180,16 @@ def filter_options(
         out["mask"] = split(mask, "--mask")
     if buffer:
         out["buffer"] = ints(buffer, "buffer size", "--buffer")
+        for b in out["buffer"]:
+            check_whole_option("--buffer", b, 0)
     if status:
         out["status"] = split(status, "--status")
     if experiment:
         out["experiment"] = [check_experiment(e) for e in experiment]
     if seed:
         out["seed"] = ints(seed, "seed", "--seed")
+        for k in out["seed"]:
+            check_whole_option("--seed", k, 0)
     if mask_on:
         out["mask_on"] = split(mask_on, "--mask-on")
     return out

@@ -226,6 +226,7 @@ def report_command(
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     url = db_url(db)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)  # bad values are bad input, --no-run too
     state = inspect(url)
     err = console(stderr=True)
     stdout = console()
@@ -267,7 +268,6 @@ def report_command(
                 store.close()
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
-    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     start_executor(runner)
     try:
         store = open_store(url)

@@ -38,7 +38,7 @@ class MaskSpec:
             v = float(self.value)
             if math.isnan(v) or v == math.inf:
                 raise ValueError(f"mask value must be none, -inf or a finite number, got {self.value!r}")
-            object.__setattr__(self, "value", v)
+            object.__setattr__(self, "value", v + 0.0)  # -0.0 is 0.0: one mask, one identity
 
     @property
     def enabled(self) -> bool:
@@ -87,7 +87,7 @@ def parse_mask_value(text: str) -> float | None:
         raise ValueError(f"invalid mask {text!r}: valid masks are none, -inf or a finite number") from None
     if math.isnan(v) or math.isinf(v):
         raise ValueError(f"invalid mask {text!r}: valid masks are none, -inf or a finite number")
-    return v
+    return v + 0.0  # -0.0 is the mask 0.0 (e^0 for every masked logit), not a second one
 
 
 def format_mask_value(value: float | None) -> str:

@@ -3,7 +3,11 @@
 
 The first process that opens an older database for writing migrates it (``clbench.store.opening``),
 in one transaction: the version steps, then every table this clbench has and the database lacks
-(a new table needs no step: it is created here, and a database without it is "outdated").
+(a new table still raises the version, with a step that may do nothing, and goes into
+``schema.TABLE_SINCE``; it is created here).
+
+A table missing from a database whose version should have it (``schema.TABLE_SINCE``) is damage,
+not age: the database is refused, never patched with an empty table.
 
 Adding schema version N:
 
@@ -26,7 +30,7 @@ from typing import Any
 from sqlalchemy import inspect, select, text, update
 
 from clbench.store.connection import StoreError, serialize_schema_changes
-from clbench.store.schema import APPLICATION, SCHEMA_VERSION, TABLE_NAMES, Base, SchemaInfo
+from clbench.store.schema import APPLICATION, SCHEMA_VERSION, TABLE_NAMES, TABLE_SINCE, Base, SchemaInfo
 
 
 def timestamp_type(conn) -> str:
@@ -110,6 +114,13 @@ if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its
     )
 
 
+if set(TABLE_SINCE) != TABLE_NAMES or max(TABLE_SINCE.values()) > SCHEMA_VERSION:
+    raise RuntimeError(
+        "clbench.store.schema.TABLE_SINCE must give every table of the schema the version it appeared in "
+        f"(at most {SCHEMA_VERSION}); it lacks {sorted(TABLE_NAMES - set(TABLE_SINCE))}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Checking and migrating
 
@@ -132,6 +143,13 @@ def schema_state(conn, where: str) -> str:
         raise StoreError(
             f"{where} was written by a newer clbench (schema version {row.version}; this clbench "
             f"reads version {SCHEMA_VERSION}): upgrade clbench or use another --db"
+        )
+    dropped = sorted(t for t in TABLE_NAMES - tables if TABLE_SINCE[t] <= row.version)
+    if dropped:  # re-created empty, its runs would be served from the cache without their results
+        raise StoreError(
+            f"{where} lacks the table{'s' if len(dropped) > 1 else ''} {', '.join(dropped)} that its schema "
+            f"version {row.version} has (dropped by hand, or damaged): restore the database from a backup, "
+            "or give another --db"
         )
     if row.version < SCHEMA_VERSION or TABLE_NAMES - tables:
         return "outdated"

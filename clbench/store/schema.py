@@ -197,3 +197,21 @@ class MlflowRun(Base):
 
 
 TABLE_NAMES = frozenset(Base.metadata.tables)
+
+# The schema version from which a database must have each table: a database of that version or later
+# without it was damaged (a table dropped by hand), not made by an older clbench. The tables added
+# before schema 3 without a version of their own are in every database migrated to 3 or later.
+# A new table raises SCHEMA_VERSION (with a step, even one that does nothing) and is listed here.
+TABLE_SINCE = {
+    "clbench_schema": 1,
+    "runs": 1,
+    "run_experiments": 1,
+    "accuracy": 1,
+    "class_accuracy": 3,
+    "confidence": 3,
+    "task_losses": 3,
+    "task_timings": 3,
+    "confidence_histograms": 3,
+    "mlflow_runs": 3,
+    "task_plasticity": 4,
+}
