@@ -115,6 +115,8 @@ class Stop(Exception):
         ("er_aml", "mlp"),
         ("ss_il", "resnet18"),
         ("er_aml", "resnet18"),
+        ("wa", "mlp"),
+        ("wa", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):

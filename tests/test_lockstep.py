@@ -45,6 +45,7 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         ("lode_derpp", None),
         ("er_las", None),
         ("er_aml", None),
+        ("wa", None),
     ],
 )
 def test_group_equals_each_run_alone(method, head, mixed_group):
@@ -58,7 +59,7 @@ def test_group_equals_each_run_alone(method, head, mixed_group):
 
 
 @pytest.mark.parametrize(
-    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml", "wa"]
 )
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
@@ -99,7 +100,7 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
 
 
 @pytest.mark.parametrize(
-    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml", "wa"]
 )
 def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
     a = train_runs(mixed_group(method))

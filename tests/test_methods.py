@@ -1,5 +1,5 @@
 """The defining behaviour of X-DER, iCaRL, A-GEM, GDumb and the mask's rivals (SS-IL, LODE, LODE-DER++,
-ER-LAS, ER-AML), the cosine head, and where a mask may act (lockstep and resume of these methods:
+ER-LAS, ER-AML, WA, BiC), the cosine head, and where a mask may act (lockstep and resume of these methods:
 tests/test_lockstep.py and tests/test_checkpoint.py)."""
 
 from __future__ import annotations
@@ -664,6 +664,72 @@ def test_er_aml_supcon_and_its_positive_negative_pairs_by_hand():
         synthetic_config("er_aml", mask=-math.inf).resolve()
 
 
+def test_wa_aligns_the_new_rows_to_the_old_rows_mean_norm_and_changes_nothing_else():
+    from clbench.lockstep.resnet import BatchedResNet18
+    from clbench.methods.wa import WA, align_weights, head_weight
+
+    data = load_benchmark("synthetic", synthetic=SYN)  # 5 tasks of 2 classes
+    net, params = mlp_group(data, 2)
+    params = {k: v * 1.5 if k == "w2" else v for k, v in params.items()}
+    params["w2"][1, 2:4] *= 3.0  # run 1's new classes grew: gamma < 1
+    ctx = context(WA(), data, net, params, {}, None, 1, (10, 10))
+    ended = WA().end_task(ctx)
+    out = ended.params
+    name, axis = head_weight(params)
+    assert (name, axis) == ("w2", 1)
+    norms, before = out["w2"].norm(dim=2), params["w2"].norm(dim=2)
+    torch.testing.assert_close(norms[:, 2:4].mean(1), norms[:, :2].mean(1))  # aligned: equal mean norms
+    assert not torch.allclose(before[:, 2:4].mean(1), before[:, :2].mean(1))  # they were not before
+    ratio = out["w2"][:, 2:4] / params["w2"][:, 2:4]  # one gamma per run, on every weight of the new rows
+    torch.testing.assert_close(ratio, ratio[:, :1, :1].expand_as(ratio))
+    assert ratio[1, 0, 0] < 0.5  # run 1's grown rows are scaled down
+    assert torch.equal(out["w2"][:, :2], params["w2"][:, :2])  # old rows untouched
+    assert torch.equal(out["w2"][:, 4:], params["w2"][:, 4:])  # future rows untouched
+    for k in params:  # the rest of the network, the head's bias included
+        if k != "w2":
+            assert torch.equal(out[k], params[k])
+    # The aligned network is the next task's teacher; task 0's end aligns nothing.
+    assert torch.equal(ended.state["teacher.w2"], out["w2"])
+    assert WA().end_task(dataclasses.replace(ctx, task=0)).params is None
+    # The ResNet's classifier stores (R, D, K): its class axis is the last.
+    resnet = BatchedResNet18(6, width=2)
+    rp, _ = resnet.init([torch.Generator().manual_seed(r) for r in range(2)])
+    rp = {k: v.detach() for k, v in rp.items()}
+    assert head_weight(rp) == ("fc.weight", 2)
+    aligned = align_weights(rp, 2, 4)["fc.weight"].norm(dim=1)
+    torch.testing.assert_close(aligned[:, 2:4].mean(1), aligned[:, :2].mean(1))
+
+
+def test_wa_loss_is_one_minus_p_over_s_seen_ce_plus_p_over_s_kd_at_t_2():
+    from clbench.methods.wa import WA
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 6, 6, generator=g, requires_grad=True)
+    old = torch.randn(1, 6, 6, generator=g)
+
+    class Teacher:
+        def forward(self, params, bn, x, train):
+            assert not train and set(params) == {"w"}
+            return old, bn
+
+    step = hand_step(1, [2, 3, 3, 2], ([0, 1],), options={}, logits={6: z}, state={"teacher.w": torch.ones(1)})
+    step = dataclasses.replace(step, net=Teacher())
+    out = WA().loss_terms(step)
+    y = torch.tensor([2, 3, 3, 2, 0, 1])
+    ce = torch.nn.functional.cross_entropy(z[0, :, :4], y)  # seen classes only (the head grown to S = 4)
+    kd = -(torch.softmax(old[0, :, :2] / 2, -1) * torch.log_softmax(z[0, :, :2] / 2, -1)).sum(-1).mean()
+    torch.testing.assert_close(out.terms["ce"], (0.5 * ce).view(1))  # lambda = P / S = 2 / 4
+    torch.testing.assert_close(out.terms["kd"], (0.5 * kd).view(1))
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :, 4:] == 0).all()  # future classes get no gradient
+    step0 = hand_step(0, [0, 1, 1], options={}, logits={3: z[:, :3]})
+    out0 = WA().loss_terms(step0)
+    ce0 = torch.nn.functional.cross_entropy(z[0, :3, :2], torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(out0.terms["ce"], ce0.view(1))  # task 0: plain CE over its classes
+    assert float(out0.terms["kd"]) == 0.0
+    assert synthetic_config("wa", mask=-math.inf, on="both").resolve().mask.on == "both"  # its CE sees both
+
+
 def _pool(step):
     from clbench.lockstep.step import concat
 
@@ -678,6 +744,7 @@ def _pool(step):
         ("lode_derpp", "derpp", {"rho": 0.05}),
         ("er_las", "er", {"tau": 1.0, "window": 1}),
         ("er_aml", "er", {"temperature": 0.2}),
+        ("wa", "er", {}),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

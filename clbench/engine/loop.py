@@ -267,6 +267,8 @@ class _Training:
                 st.method_state = dict(ended.state)
                 if ended.memory is not None:
                     st.buffer.replace(ended.memory)
+                if ended.params is not None:  # WA's aligned head: the network trains on from it
+                    st.net = NetState(g.net, fresh(ended.params, True), st.net.buffers)
         if g.method.refits:
             with self.phase("refit"):
                 st.net, st.loss_means[-1] = refit(g, st, task.index, g.epochs * task.n_steps, self.phase)

@@ -15,8 +15,8 @@ optional hooks, each vectorised over the run axis R and each a pure function of 
 - ``task_rows(ctx, rows)``: the training rows of a task, per run (iCaRL adds its exemplars);
 - ``plan_insertions(...)``: which buffer slot each incoming sample goes to (reservoir by default;
   GDumb's class-balanced greedy sampler);
-- ``end_task(ctx)``: end-of-task work, returning new state and buffer contents (X-DER's rebuild,
-  iCaRL's herding and teacher, A-GEM's memory);
+- ``end_task(ctx)``: end-of-task work, returning new state, buffer contents and parameters (X-DER's
+  rebuild, iCaRL's herding and teacher, A-GEM's memory, WA's weight aligning, BiC's bias layer);
 - ``classifier(ctx)``: a method-defined evaluation classifier (iCaRL's nearest mean of exemplars);
 - ``refits`` with ``refit_epochs``/``refit_lr``/``refit_draws``/``refit_terms``: training from
   scratch on the memory, in a phase the trainer runs with its own step machinery (GDumb).
@@ -96,10 +96,12 @@ class MethodContext:
 
 @dataclass(frozen=True)
 class TaskEnd:
-    """What ``end_task`` returns: the method's new state and, if it rewrote it, the buffer's contents."""
+    """What ``end_task`` returns: the method's new state and, if it rewrote them, the buffer's contents
+    and the network's parameters (WA's aligned head; the trainer trains on from them)."""
 
     state: dict[str, torch.Tensor]
     memory: Memory | None = None
+    params: Params | None = None
 
 
 class Method:

@@ -36,6 +36,7 @@ SHIPPED = {
     "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
     "er_las": "clbench.methods.er_las:ERLAS",
     "er_aml": "clbench.methods.er_aml:ERAML",
+    "wa": "clbench.methods.wa:WA",
 }
 
 
@@ -246,6 +247,17 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("temperature", 0.2),),
         run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+    ),
+    "wa": MethodCard(
+        name="wa",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(),
+        run_notes=("wa: ER's replay with PyCIL's WA loss ((1 - P/S) CE over seen classes + P/S KD at T = 2 from the previous task's network) and weight aligning of the new classes' head rows at every task end; plain SGD under the protocol (no momentum, weight decay or schedule)",),
     ),
 }
 # END CARDS
