@@ -117,6 +117,8 @@ class Stop(Exception):
         ("er_aml", "resnet18"),
         ("wa", "mlp"),
         ("wa", "resnet18"),
+        ("bic", "mlp"),
+        ("bic", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):

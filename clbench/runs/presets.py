@@ -76,6 +76,7 @@ METHOD_FALLBACK = {
     "er_las": "er",
     "er_aml": "er",
     "wa": "er",
+    "bic": "er",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
