@@ -816,14 +816,20 @@ def test_bic_loss_holds_out_validation_rows_and_evaluates_with_the_corrected_blo
     assert not torch.isin(pool[0], held_out[0]).any() and not torch.isin(pool[1], held_out[1]).any()
     # Task 1's end fits the bias layer; evaluation corrects task 1's block, the old classes' logits untouched.
     memory.y[:, :30] = 0
-    ended = method.end_task(dataclasses.replace(ctx1, options={**BiC.options, "bias_epochs": 3}))
-    assert not torch.equal(ended.state["bias"], torch.tensor([[1.0, 0.0]] * 2))
-    scores = method.classifier(dataclasses.replace(ctx1, state=ended.state))
+    ctx1 = dataclasses.replace(ctx1, options={**BiC.options, "bias_epochs": 3})
+    state = method.end_task(ctx1).state
+    assert torch.equal(state["val_rows"], held_out)  # task 1's rows stay held out while the stage runs
+    for i in range(method.end_passes(ctx1.options)):  # the trainer's end-of-task passes
+        state = method.end_pass(dataclasses.replace(ctx1, state=state), i)
+    assert not any(k.startswith("stage.") for k in state) and state["val_rows"].shape == (2, 3)
+    assert not torch.isin(state["val_rows"], held_out).any()  # now task 2's
+    assert not torch.equal(state["bias"], torch.tensor([[1.0, 0.0]] * 2))
+    scores = method.classifier(dataclasses.replace(ctx1, state=state))
     x = prepare_inputs(data.test_x[:8], data.spec).unsqueeze(0).expand(2, -1, -1, -1, -1)
     plain, _ = net.forward(params, {}, x, train=False)
     s = scores(x)
     assert torch.equal(s[..., :2], plain[..., :2]) and torch.equal(s[..., 4:], plain[..., 4:])
-    b = ended.state["bias"]
+    b = state["bias"]
     torch.testing.assert_close(s[..., 2:4], plain[..., 2:4] * b[:, :1, None] + b[:, 1:, None])
     assert method.classifier(ctx0) is None  # task 0: no correction
 

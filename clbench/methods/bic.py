@@ -32,8 +32,9 @@ rows (Mammoth: a random number, each buffer row with probability val_split); the
 and epochs; Adam is written out per run (the same update as torch's Adam, so that a run's numbers do
 not depend on its group). Other implementations differ (rivals.md section 4: FACIL, PyCIL and the
 SS-IL authors' BiC use lambda = P / S and no T^2, SGD for the bias stage, a bias layer per task).
-The bias stage runs between two checkpoints: an interruption there redoes it from the checkpoint
-before it (the same bits); it is not checkpointed inside.
+The bias stage is the trainer's end-of-task passes (``end_pass``: one pass over the validation rows
+each, its tensors and Adam's moments in the method state), checkpointed between passes like steps:
+a group stopped inside it resumes to the same bits.
 """
 
 from __future__ import annotations
@@ -65,36 +66,53 @@ def kd_with_temperature(z: torch.Tensor, old: torch.Tensor, n_past: int, temp: f
     return per_run_mean(-(target * F.log_softmax(z[..., :n_past] / temp, -1)).sum(-1), valid)
 
 
+STAGE = "stage."  # the bias stage's tensors in the method state, while it runs
+
+
+def bias_pass(stage: dict[str, torch.Tensor], block: torch.Tensor, rngs, lr: float, batch: int) -> dict:
+    """One pass of the bias stage over the validation rows in a fresh order (each run's valid rows
+    from its own generator, its padding rows after them), Adam on CE over the seen classes of the
+    corrected logits. ``stage``: ``z`` (R, n, S) logits, ``y`` (R, n), ``w`` (R, n) 1/0, ``bias``
+    (R, 2) = (alpha, beta), Adam's ``m``, ``v`` (R, 2) and ``k`` (R, 1) steps taken; returns the new one."""
+    z, y, valid = stage["z"], stage["y"], stage["w"]
+    bias, m, v, k = stage["bias"], stage["m"], stage["v"], stage["k"]
+    n, n_seen, (b1, b2) = y.shape[1], z.shape[-1], ADAM_BETAS
+    counts = valid.sum(1).to(torch.int64).tolist()
+    order = np.stack([np.concatenate([rng.permutation(c), np.arange(c, n)]) for rng, c in zip(rngs, counts)])
+    order_t = torch.from_numpy(order).to(z.device)
+    for s in range(math.ceil(max(counts) / batch)):
+        idx = order_t[:, s * batch : (s + 1) * batch]
+        w = valid.gather(1, idx)
+        p = bias.clone().requires_grad_(True)
+        zb = corrected(z.gather(1, idx.unsqueeze(-1).expand(-1, -1, n_seen)), p, block[:n_seen])
+        ce = F.cross_entropy(zb.flatten(0, 1), y.gather(1, idx).flatten(), reduction="none").view(idx.shape)
+        (g,) = torch.autograd.grad(per_run_mean(ce, w).sum(), p)
+        step = w.sum(1, keepdim=True) > 0  # a run whose rows are done takes no step
+        k = k + step.to(k.dtype)
+        m = torch.where(step, m * b1 + g * (1 - b1), m)
+        v = torch.where(step, v * b2 + g * g * (1 - b2), v)
+        kk = k.clamp(min=1.0)
+        denom = (v.sqrt() / (1 - b2**kk).sqrt()) + ADAM_EPS
+        bias = torch.where(step, bias - (lr / (1 - b1**kk)) * m / denom, bias)
+    return {**stage, "bias": bias.detach(), "m": m, "v": v, "k": k}
+
+
+def start_stage(z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The bias stage before its first pass: (alpha, beta) = (1, 0), Adam's moments zero."""
+    bias = torch.tensor([[1.0, 0.0]] * y.shape[0], device=z.device)
+    k = torch.zeros((y.shape[0], 1), device=z.device)
+    return {"z": z, "y": y, "w": valid, "bias": bias, "m": torch.zeros_like(bias), "v": torch.zeros_like(bias), "k": k}
+
+
 def fit_bias(
     z: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, block: torch.Tensor, n_seen: int, rngs, options, batch: int
 ) -> torch.Tensor:
-    """(R, 2) (alpha, beta) fitted by Adam on CE over [0, S) of the corrected logits ``z`` (R, n, K) of
-    the validation rows (labels ``y``, ``valid`` (R, n) 1/0), ``bias_epochs`` shuffled passes."""
-    n_runs, n = y.shape
-    bias = torch.tensor([[1.0, 0.0]] * n_runs, device=z.device)
-    m, v, k = torch.zeros_like(bias), torch.zeros_like(bias), torch.zeros((n_runs, 1), device=z.device)
-    lr, (b1, b2) = float(options["bias_lr"]), ADAM_BETAS
-    counts = valid.sum(1).to(torch.int64).tolist()
-    z = z[..., :n_seen]
+    """(R, 2) (alpha, beta) after ``bias_epochs`` passes of ``bias_pass`` over the validation rows
+    (logits ``z`` (R, n, K), labels ``y``, ``valid`` (R, n) 1/0)."""
+    stage = start_stage(z[..., :n_seen], y, valid)
     for _ in range(int(options["bias_epochs"])):
-        # Each run's valid rows in a fresh order, its padding rows after them.
-        order = np.stack([np.concatenate([rng.permutation(c), np.arange(c, n)]) for rng, c in zip(rngs, counts)])
-        order_t = torch.from_numpy(order).to(z.device)
-        for s in range(math.ceil(max(counts) / batch)):
-            idx = order_t[:, s * batch : (s + 1) * batch]
-            w = valid.gather(1, idx)
-            p = bias.clone().requires_grad_(True)
-            zb = corrected(z.gather(1, idx.unsqueeze(-1).expand(-1, -1, n_seen)), p, block[:n_seen])
-            ce = F.cross_entropy(zb.flatten(0, 1), y.gather(1, idx).flatten(), reduction="none").view(idx.shape)
-            (g,) = torch.autograd.grad(per_run_mean(ce, w).sum(), p)
-            step = (w.sum(1, keepdim=True) > 0).to(bias.dtype)  # a run whose rows are done takes no step
-            k = k + step
-            m = torch.where(step > 0, m * b1 + g * (1 - b1), m)
-            v = torch.where(step > 0, v * b2 + g * g * (1 - b2), v)
-            kk = k.clamp(min=1.0)
-            denom = (v.sqrt() / (1 - b2**kk).sqrt()) + ADAM_EPS
-            bias = torch.where(step > 0, bias - (lr / (1 - b1**kk)) * m / denom, bias)
-    return bias
+        stage = bias_pass(stage, block, rngs, float(options["bias_lr"]), batch)
+    return stage["bias"]
 
 
 class BiC(Method):
@@ -139,18 +157,36 @@ class BiC(Method):
         return MethodOutput({"ce": (1 - lam) * ce, "kd": lam * temp**2 * kd})
 
     def end_task(self, ctx: MethodContext) -> TaskEnd:
+        """The teacher, the next task's held-out rows and, from task 1 on, the bias stage's start
+        (its passes are ``end_pass``; the held-out rows take the current ones' place after the last)."""
         state = with_teacher(ctx)
-        if ctx.task >= 1:
-            state["bias"] = self._bias_stage(ctx)
-        state["val_rows"] = self._held_out_rows(ctx)
+        nxt = self._held_out_rows(ctx)
+        if ctx.task >= 1 and int(ctx.options["bias_epochs"]) > 0 and ctx.state["val_rows"].shape[1] > 0:
+            state.update({STAGE + k: v for k, v in self._validation(ctx).items()})
+            state["next_val_rows"] = nxt
+        else:
+            state["bias"], state["val_rows"] = torch.tensor([[1.0, 0.0]] * ctx.n_runs, device=nxt.device), nxt
         return TaskEnd(state)
 
-    def _bias_stage(self, ctx: MethodContext) -> torch.Tensor:
-        """The newest block's (alpha, beta) per run, fitted on the validation rows."""
+    def end_passes(self, options) -> int:
+        return int(options["bias_epochs"])
+
+    def end_pass(self, ctx: MethodContext, i: int) -> dict[str, torch.Tensor]:
+        if STAGE + "z" not in ctx.state:  # task 0 (or no validation rows): no bias stage
+            return dict(ctx.state)
+        stage = {k[len(STAGE) :]: v for k, v in ctx.state.items() if k.startswith(STAGE)}
+        block = ctx.data.class_task == ctx.task
+        stage = bias_pass(stage, block, ctx.rngs, float(ctx.options["bias_lr"]), ctx.batch_size)
+        state = {k: v for k, v in ctx.state.items() if not k.startswith(STAGE)}
+        if i + 1 < self.end_passes(ctx.options):
+            return {**state, **{STAGE + k: v for k, v in stage.items()}}
+        state["bias"], state["val_rows"] = stage["bias"], state.pop("next_val_rows")
+        return state
+
+    def _validation(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        """The bias stage's start on this task's held-out rows and as many buffer rows of past classes."""
         data, mem, new = ctx.data, ctx.memory, ctx.state["val_rows"]
         n, n_past, n_seen = new.shape[1], ctx.task * ctx.classes_per_task, (ctx.task + 1) * ctx.classes_per_task
-        if n == 0:
-            return torch.tensor([[1.0, 0.0]] * ctx.n_runs, device=data.device)
         slots = np.zeros((ctx.n_runs, n), dtype=np.int64)
         valid = np.zeros((ctx.n_runs, 2 * n), dtype=np.float32)
         valid[:, :n] = 1.0
@@ -162,10 +198,8 @@ class BiC(Method):
         runs = torch.arange(ctx.n_runs, device=data.device).unsqueeze(1)
         x = torch.cat([data.train_x[new], mem.x[runs, slots_t]], 1)
         y = torch.cat([data.train_y[new], mem.y[runs, slots_t]], 1)
-        z = ctx.forward(prepare_inputs(x, data.spec))
-        block = data.class_task == ctx.task
-        w = torch.from_numpy(valid).to(data.device)
-        return fit_bias(z, y, w, block, n_seen, ctx.rngs, ctx.options, ctx.batch_size)
+        z = ctx.forward(prepare_inputs(x, data.spec))[..., :n_seen]
+        return start_stage(z, y, torch.from_numpy(valid).to(data.device))
 
     def _held_out_rows(self, ctx: MethodContext) -> torch.Tensor:
         """The next task's training rows held out for its bias stage, per run (R, n)."""
