@@ -806,6 +806,8 @@ def test_bic_loss_holds_out_validation_rows_and_evaluates_with_the_corrected_blo
         np.array([30, 30]),
     )
     ctx0 = dataclasses.replace(ctx0, state=method.init_state(ctx0), memory=memory)
+    with pytest.raises(ValueError, match=r"bic: val_split must be in \[0, 1\)"):
+        method.init_state(dataclasses.replace(ctx0, options={**BiC.options, "val_split": 1.0}))
     end0 = method.end_task(ctx0)
     held_out = end0.state["val_rows"]
     assert held_out.shape == (2, 3) and not torch.equal(held_out[0], held_out[1])

@@ -29,8 +29,9 @@ the buffer at task ends: the protocol's buffer for every method alike; so the bu
 rows are drawn at the task's end and were replayed during the task (Mammoth holds them out of the
 task's training), only the current task's validation rows are held out; a fixed number of validation
 rows (Mammoth: a random number, each buffer row with probability val_split); the protocol's optimiser
-and epochs; Adam is written out per run (the same update as torch's Adam, so that a run's numbers do
-not depend on its group). Other implementations differ (rivals.md section 4: FACIL, PyCIL and the
+and epochs; Adam is written out (torch's Adam formula, with a step count per run, so that a run
+whose validation rows are used up takes no step and its numbers do not depend on its group); the
+validation rows are not augmented. Other implementations differ (rivals.md section 4: FACIL, PyCIL and the
 SS-IL authors' BiC use lambda = P / S and no T^2, SGD for the bias stage, a bias layer per task).
 The bias stage is the trainer's end-of-task passes (``end_pass``: one pass over the validation rows
 each, its tensors and Adam's moments in the method state), checkpointed between passes like steps:
@@ -129,6 +130,12 @@ class BiC(Method):
     )
 
     def init_state(self, ctx: MethodContext) -> dict[str, torch.Tensor]:
+        o = ctx.options
+        if not 0 <= float(o["val_split"]) < 1 or int(o["bias_epochs"]) < 0 or not float(o["temperature"]) > 0:
+            raise ValueError(
+                f"bic: val_split must be in [0, 1), bias_epochs at least 0 and temperature above 0, got "
+                f"{o['val_split']}, {o['bias_epochs']} and {o['temperature']}"
+            )
         device = ctx.data.device
         return {
             "bias": torch.tensor([[1.0, 0.0]] * ctx.n_runs, device=device),
