@@ -1,22 +1,25 @@
 """The README's results table: seq-fmnist, MLP protocol, buffer 200, 10 seeds per method.
 
-Usage: python benchmarks/seq_fmnist_table.py [--seeds 10] [--device cpu]
-Prints a Markdown table: mean +- std (over seeds) of class-IL and task-IL final average accuracy,
-and the wall time of each 10-seed lockstep group (data loading, training and evaluation).
+Usage: python benchmarks/seq_fmnist_table.py [--seeds 10] [--device cpu] [--only er:none er:-inf]
+Prints a Markdown table: mean +- population std (over seeds) of class-IL and task-IL final average
+accuracy, and the wall time of each 10-seed lockstep group (data loading, training and evaluation).
+Writes benchmarks/results/readme/seq_fmnist_table.json; `benchmarks/tables.py --write` puts the
+table into README.md (tests/test_benchmark_tables.py fails when the two disagree).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import platform
+import sys
 import time
 
 import numpy as np
-import torch
 
-from clbench import MaskSpec, RunConfig, train_runs
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import RESULTS_DIR, base_parser, begin, load_line, write_result  # noqa: E402
+
+from clbench import MaskSpec, RunConfig, train_runs  # noqa: E402
 
 ROWS = [
     ("sgd", None),
@@ -30,36 +33,45 @@ ROWS = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = base_parser(__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", nargs="*", default=None, help="rows as METHOD:MASK, e.g. sgd:none er:-inf")
-    args = ap.parse_args()
-    lines = [
-        "| method | mask | class-IL FAA (%) | task-IL FAA (%) | wall, 10-seed group (s) |",
-        "|---|---|---|---|---|",
-    ]
+    ap.set_defaults(results_dir=None)
+    args = begin(ap)
+    if args.results_dir is None and not args.quick:
+        args.results_dir = os.path.join(RESULTS_DIR, "readme")
+    seeds = 2 if args.quick else args.seeds
+    rows = []
+    print("| method | mask | class-IL FAA (%) | task-IL FAA (%) | wall, group (s) |\n|---|---|---|---|---|", flush=True)
     for method, mask in ROWS:
         if args.only is not None and f"{method}:{MaskSpec(mask).label}" not in args.only:
             continue
-        cfgs = [RunConfig(method=method, seed=s, buffer_size=200, mask=MaskSpec(mask)) for s in range(args.seeds)]
+        extra = {"epochs": 1} if args.quick else {}
+        cfgs = [RunConfig(method=method, seed=s, buffer_size=200, mask=MaskSpec(mask), **extra) for s in range(seeds)]
         t0 = time.perf_counter()
         results = train_runs(cfgs, device=args.device)
         wall = time.perf_counter() - t0
         cil = np.array([r.metrics["faa_class_il"] for r in results])
         til = np.array([r.metrics["faa_task_il"] for r in results])
-        label = cfgs[0].resolve().mask.label
-        lines.append(
-            f"| {method} | {label} | {cil.mean():.2f} ± {cil.std():.2f} | {til.mean():.2f} ± {til.std():.2f} | "
-            f"{wall:.1f} |"
+        row = {
+            "method": method,
+            "mask": cfgs[0].resolve().mask.label,
+            "class_il_mean": float(cil.mean()),
+            "class_il_std": float(cil.std()),
+            "task_il_mean": float(til.mean()),
+            "task_il_std": float(til.std()),
+            "wall_s": wall,
+            "class_il": cil.tolist(),
+            "task_il": til.tolist(),
+        }
+        rows.append(row)
+        print(
+            f"| {method} | {row['mask']} | {row['class_il_mean']:.2f} ± {row['class_il_std']:.2f} | "
+            f"{row['task_il_mean']:.2f} ± {row['task_il_std']:.2f} | {wall:.1f} |",
+            flush=True,
         )
-        print(lines[-1], flush=True)
-    print()
-    print("\n".join(lines))
-    print(
-        f"\n{args.seeds} seeds; std is the population std over seeds; machine: {os.cpu_count()} cores, "
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, device {args.device}"
-    )
+    print(f"\n{seeds} seeds; std is the population std over seeds; {load_line()}", flush=True)
+    write_result("seq_fmnist_table", [], {"seeds": seeds, "rows": rows}, args)
 
 
 if __name__ == "__main__":
