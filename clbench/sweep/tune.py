@@ -402,12 +402,14 @@ def tune(
     memory_budget: int | None = None,
     execute_plan: ExecutePlan | None = None,
     heartbeat_s: float | None = 60.0,
+    on_trial: Callable[[TrialRecord], None] | None = None,
     **overrides: Any,
 ) -> TuneResult:
     """Run (or resume) the study until it holds ``trials`` complete trials; see the module's docstring.
 
     ``executor`` trains the groups (default: in this process); ``execute_plan`` replaces
-    :func:`clbench.sweep.driver.execute` (same arguments: the CLI's live display). ``overrides`` are
+    :func:`clbench.sweep.driver.execute` (same arguments: the CLI's live display); ``on_trial`` gets each
+    trial this call ran as it ends. ``overrides`` are
     further RunConfig fields shared by every run (``epochs``, ``synthetic``, ``options``, ...). Bad
     input is a one-line :class:`TuneProblem`, raised before anything is written."""
     spec = tune_spec(
@@ -432,7 +434,8 @@ def tune(
     with open_store(url) as store:
         store.mark_stale_runs()
         study = _open_study(url, name, spec, heartbeat_s)
-        ran = _optimize(study, spec, name, trials, store, run, execute_plan or execute, memory_budget)
+        objective = _objective_function(spec, name, store, run, execute_plan or execute, memory_budget)
+        ran = _optimize(study, trials, objective, on_trial)
         records = collect(study)
     return TuneResult(name, spec, records, describe_url(url), time.perf_counter() - started, ran)
 
@@ -465,7 +468,7 @@ def _open_study(url, name: str, spec: TuneSpec, heartbeat_s: float | None):
     return study
 
 
-def _optimize(study, spec, name, trials, store, run, execute_plan, memory_budget) -> int:
+def _optimize(study, trials: int, objective, on_trial) -> int:
     """Ask for trials until the study holds ``trials`` complete ones; returns how many ran here."""
     from optuna.study import MaxTrialsCallback  # noqa: PLC0415
     from optuna.trial import TrialState  # noqa: PLC0415
@@ -474,14 +477,11 @@ def _optimize(study, spec, name, trials, store, run, execute_plan, memory_budget
     done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     if done >= trials:
         return 0
-    objective = _objective_function(spec, name, store, run, execute_plan, memory_budget)
     before = len(study.get_trials(deepcopy=False))
-    study.optimize(
-        objective,
-        n_trials=trials - done + retried,
-        callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))],
-        gc_after_trial=False,
-    )
+    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))]
+    if on_trial is not None:
+        callbacks.append(lambda _study, frozen: on_trial(record_of(frozen)))
+    study.optimize(objective, n_trials=trials - done + retried, callbacks=callbacks, gc_after_trial=False)
     return len(study.get_trials(deepcopy=False)) - before
 
 
@@ -551,20 +551,20 @@ def seed_values(store: Store, run_ids: Sequence[str], split: str) -> list[float]
 
 def collect(study) -> tuple[TrialRecord, ...]:
     """The study's trials as records, by number."""
-    out = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        out.append(
-            TrialRecord(
-                t.number,
-                t.state.name,
-                dict(t.params),
-                float(t.value) if t.value is not None else None,
-                tuple(float(v) for v in t.user_attrs.get("seed_values", ())),
-                tuple(t.user_attrs.get("run_ids", ())),
-                t.user_attrs.get("note", ""),
-            )
-        )
-    return tuple(out)
+    return tuple(record_of(t) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number))
+
+
+def record_of(t) -> TrialRecord:
+    """An Optuna ``FrozenTrial`` as a :class:`TrialRecord`."""
+    return TrialRecord(
+        t.number,
+        t.state.name,
+        dict(t.params),
+        float(t.value) if t.value is not None else None,
+        tuple(float(v) for v in t.user_attrs.get("seed_values", ())),
+        tuple(t.user_attrs.get("run_ids", ())),
+        t.user_attrs.get("note", ""),
+    )
 
 
 def load_study(db, study_name: str) -> TuneResult:
