@@ -263,3 +263,58 @@ def test_the_test_objective_says_so_on_every_output(tmp_path, capsys, monkeypatc
     assert set((folder / "on-test.data.csv").read_text().splitlines()[1:][0].split(",")) >= {"test"}
     assert load_study(db, "on-test").spec.objective == "test"
     assert (folder / "on-test.png").stat().st_size > 0 and (folder / "on-test.pdf").exists()
+
+
+KILLED_CHILD = """
+import sys, time, torch
+torch.set_num_threads(1)
+from pathlib import Path
+from clbench.data.specs import SyntheticOptions
+from clbench.sweep.driver import execute
+from clbench.sweep.tune import tune
+
+calls = []
+
+def hangs_in_the_second_trial(plan, store, **kw):
+    outcome = execute(plan, store, **kw)
+    calls.append(1)
+    if len(calls) == 2:  # the second trial's runs are saved; the process is then killed (SIGKILL)
+        Path(sys.argv[2]).write_text("trained")
+        time.sleep(600)
+    return outcome
+
+syn = SyntheticOptions(n_tasks=2, train_per_class=50, test_per_class=10)
+tune(method="er", dataset="synthetic", buffer=20, seeds=2, synthetic=syn, epochs=1, trials=2, study_name="k",
+     db=sys.argv[1], heartbeat_s=1, execute_plan=hangs_in_the_second_trial)
+"""
+
+
+def test_a_trial_whose_process_was_killed_is_tried_again_with_its_runs_reused(tmp_path):
+    """A process killed mid-trial (no exception handler runs) stops beating its trial's heartbeat: the
+    next process fails that trial and tries its parameters again; its runs already saved are reused."""
+    import time
+
+    db, marker = str(tmp_path / "r.db"), tmp_path / "trained"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CLBENCH_DB", None)
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, db, str(marker)], env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), "the child never reached its second trial"
+    finally:
+        child.kill()
+        child.wait()
+    time.sleep(3.5)  # past the grace period (3 heartbeats of 1 s)
+    computed: list[str] = []
+
+    def counting(plan, store, **kw):
+        outcome = execute(plan, store, **kw)
+        computed.extend(outcome.computed)
+        return outcome
+
+    result = tune(**{**SMALL, "heartbeat_s": 1}, trials=2, study_name="k", db=db, execute_plan=counting)
+    assert [t.state for t in result.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert result.trials[2].params == result.trials[1].params
+    assert computed == []
