@@ -62,7 +62,9 @@ def tune_command(
     dataset: str = typer.Option(
         "seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."
     ),
-    buffer: int = typer.Option(200, "--buffer", "-b", parser=strict_int("--buffer"), metavar="SIZE", help="Buffer."),
+    buffer: int = typer.Option(
+        200, "--buffer", "-b", parser=strict_int("--buffer"), metavar="SIZE", help="Replay buffer size."
+    ),
     seeds: int = typer.Option(
         10, "--seeds", parser=strict_int("--seeds"), metavar="N", help="Each trial runs seeds 0..N-1."
     ),
@@ -93,7 +95,9 @@ def tune_command(
     study: str | None = typer.Option(
         None, "--study", metavar="NAME", help="The study's name. [default: from the method, benchmark and settings]"
     ),
-    mask_on: str = typer.Option("stream", "--mask-on", metavar="WHERE", help=f"{', '.join(MASK_ON_CHOICES)}."),
+    mask_on: str = typer.Option(
+        "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", parser=strict_int("--epochs"), metavar="N", help="Epochs."),
     sampler_seed: int = typer.Option(
         0, "--sampler-seed", parser=strict_int("--sampler-seed"), metavar="S", help="Seed of the TPE sampler."
@@ -250,8 +254,8 @@ def _run(spec: TuneSpec, name, trials, url, out, html, runner, budget, policy, d
     for line in summary_lines(result, best):
         stdout.print(line, highlight=False, style="red" if line.startswith("warning") else None)
     stdout.print(
-        f"{result.trained_trials} trial(s) ran now in {duration(result.wall_s)}; report: "
-        + ", ".join(str(p) for p in written),
+        f"{result.trained_trials} trial(s) ran now in {duration(result.wall_s)}; report in {out}/: "
+        + ", ".join(p.name for p in written),
         highlight=False,
     )
 
