@@ -211,6 +211,9 @@ def test_two_processes_share_one_study(tmp_path):
         (["--seeds", "0"], "--seeds"),
         (["--objective", "train"], "valid are validation, test"),
         (["--validation", "0.9"], "validation"),
+        (["--mask", "-inf"], "--mask fixes m while other parameters are tuned"),
+        (["--mask", "-2", "--param", "mask=-3:3"], "--mask fixes m"),
+        (["--mask", "x", "--param", "lr=0.01:0.1"], "invalid --mask"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, args, expected):
@@ -225,10 +228,34 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch,
     assert not db.exists() and not (tmp_path / "reports").exists()
 
 
-def test_a_method_option_is_tuned_on_its_own_scale(tmp_path, capsys, monkeypatch):
-    """lode's rho is a tunable option; an option of another method names the valid ones."""
+def test_the_learning_rate_is_tuned_on_a_log_scale_under_a_fixed_mask(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main([*CLI_SMALL[:2], "lode", *CLI_SMALL[3:], "--param", "window=1:3", "--db", str(tmp_path / "r.db")])
+    db = tmp_path / "r.db"
+    code = main(
+        [*CLI_SMALL, "--trials", "1", "--param", "lr=0.01:0.2", "--mask", "-inf", "--study", "lr", "--db", str(db)]
+    )
+    assert code == 0, capsys.readouterr().err
+    study = load_study(db, "lr")
+    assert [p.log for p in study.spec.params] == [True]
+    (trial,) = study.trials
+    runs = load_runs(db, run_id=list(trial.run_ids))
+    assert all(c["mask"]["value"] == "-inf" for c in runs["config"])
+    assert list(runs["lr"]) == [pytest.approx(trial.params["lr"])] * 2 and 0.01 <= trial.params["lr"] <= 0.2
+
+
+def test_a_method_option_is_tuned_on_its_own_scale(tmp_path, capsys, monkeypatch):
+    """er_las's window (a whole number) is suggested as one and reaches the runs' options; an option
+    of another method is refused naming the valid ones."""
+    db = tmp_path / "r.db"
+    result = tune(**{**SMALL, "method": "er_las"}, params={"window": (1, 3)}, trials=1, study_name="w", db=db)
+    (trial,) = result.trials
+    assert isinstance(trial.params["window"], int) and 1 <= trial.params["window"] <= 3
+    runs = load_runs(db, run_id=list(trial.run_ids))
+    assert all(dict(c["options"])["window"] == trial.params["window"] for c in runs["config"])
+    with pytest.raises(TuneProblem, match="whole number"):
+        tune(**{**SMALL, "method": "er_las"}, params={"window": (1, 2.5)}, trials=1, study_name="w2", db=db)
+    monkeypatch.chdir(tmp_path)
+    code = main([*CLI_SMALL[:2], "lode", *CLI_SMALL[3:], "--param", "window=1:3", "--db", str(tmp_path / "n.db")])
     err = capsys.readouterr().err
     assert code == 2 and "valid are mask, lr, alpha, beta, rho (the last ones its own options)" in err
 

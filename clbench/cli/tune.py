@@ -50,7 +50,7 @@ from clbench.cli.progress import execute_with_progress
 from clbench.data.specs import BENCHMARKS, SyntheticOptions
 from clbench.files import OutputError, check_output_folder
 from clbench.methods import METHODS
-from clbench.runs.mask import MASK_ON_CHOICES
+from clbench.runs.mask import MASK_ON_CHOICES, parse_mask_value
 from clbench.store.connection import StoreError
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 from clbench.sweep.ram import budget_bytes
@@ -94,6 +94,9 @@ def tune_command(
     ),
     study: str | None = typer.Option(
         None, "--study", metavar="NAME", help="The study's name. [default: from the method, benchmark and settings]"
+    ),
+    mask: str | None = typer.Option(
+        None, "--mask", metavar="MASK", help="A fixed mask value (none, -inf or a number) when m is not tuned."
     ),
     mask_on: str = typer.Option(
         "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
@@ -142,6 +145,8 @@ def tune_command(
         for k, v in dict(epochs=epochs, synthetic=SyntheticOptions(**synthetic) if synthetic else None).items()
         if v is not None
     }
+    if mask is not None:
+        overrides["mask"] = _fixed_mask(mask, param)
     spec = _spec(method, dataset, buffer, seeds, trials, param, objective, validation, mask_on, sampler_seed, overrides)
     name = _checked(lambda: check_name(study or spec.default_name()))
     url = db_url(db)
@@ -159,6 +164,17 @@ def tune_command(
     runner = build_executor(choice, device, threads)
     budget = budget_bytes(device) if runner.name == "local" else None
     _run(spec, name, trials, url, out, html, runner, budget, policy, device, data_dir, download)
+
+
+def _fixed_mask(text: str, param: list[str]) -> float | None:
+    if any(p.partition("=")[0].strip() == "mask" for p in param) or not param:
+        raise UsageProblem(
+            "--mask fixes m while other parameters are tuned: give it with --param NAME=LOW:HIGH, not mask"
+        )
+    try:
+        return parse_mask_value(text)
+    except ValueError as exc:
+        raise UsageProblem(f"invalid --mask: {exc}") from None
 
 
 def _checked(work):

@@ -119,7 +119,7 @@ class TuneSpec:
         """The trial's runs: one per seed, with the tuned ``values``."""
         fields_ = dict(self.overrides)
         options = dict(fields_.pop("options", None) or {})
-        mask = fields_.pop("mask", None)
+        mask = fields_.pop("mask", None)  # a fixed mask value (float or None) when m is not tuned
         for name, value in values.items():
             if name == "mask":
                 mask = float(value)
@@ -365,7 +365,7 @@ class TuneResult:
     trials: tuple[TrialRecord, ...]
     where: str  # the database, as shown to people
     wall_s: float = 0.0
-    trained_trials: int = 0  # trials this call ran (the rest were there already)
+    trained_trials: int = 0  # trials added to the study while this call ran (by it, or another process)
 
     @property
     def complete(self) -> list[TrialRecord]:
@@ -409,8 +409,8 @@ def tune(
 
     ``executor`` trains the groups (default: in this process); ``execute_plan`` replaces
     :func:`clbench.sweep.driver.execute` (same arguments: the CLI's live display); ``on_trial`` gets each
-    trial this call ran as it ends. ``overrides`` are
-    further RunConfig fields shared by every run (``epochs``, ``synthetic``, ``options``, ...). Bad
+    trial this call ran as it ends. ``overrides`` are further RunConfig fields shared by every run
+    (``epochs``, ``synthetic``, ``options``, ...; ``mask``: a fixed mask value when m is not tuned). Bad
     input is a one-line :class:`TuneProblem`, raised before anything is written."""
     spec = tune_spec(
         method=method,
