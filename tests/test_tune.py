@@ -176,25 +176,36 @@ def test_an_interrupted_trial_is_tried_again_with_its_parameters_and_its_runs_re
 
 
 def test_two_processes_share_one_study(tmp_path):
-    """Two `clbench tune` processes, one after the other, on one SQLite registry: the second finds the
-    first's trial and adds one."""
+    """Two `clbench tune` processes at once on one SQLite registry (Optuna's tables created by both at
+    once) end with the trials asked for, not one more each; a third, later, finds them and adds one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CLBENCH_DB", None)
     db = str(tmp_path / "r.db")
-    for trials in ("1", "2"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "clbench", *CLI_SMALL, "--trials", trials, "--study", "p", "--db", db],
+
+    def start(trials: str, out: str) -> subprocess.Popen:
+        args = [*CLI_SMALL, "--trials", trials, "--study", "p", "--db", db, "--out", out]
+        return subprocess.Popen(
+            [sys.executable, "-m", "clbench", *args],
             cwd=tmp_path,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
         )
-        assert proc.returncode == 0, proc.stderr
+
+    both = [start("3", "a"), start("3", "b")]
+    for proc in both:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
     study = load_study(db, "p")
-    assert [t.state for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert "2 complete trials of 2" in proc.stdout and "1 trial(s) ran now" in proc.stdout
-    assert (tmp_path / "reports" / "tune-p" / "p.png").exists()
+    assert [t.state for t in study.trials] == ["COMPLETE"] * 3
+    assert len({t.params["mask"] for t in study.trials}) == 3
+    later = start("4", "c")
+    out, err = later.communicate(timeout=120)
+    assert later.returncode == 0, err
+    assert "4 complete trials of 4" in out and "1 trial(s) ran now" in out
+    assert load_study(db, "p").trials[:3] == study.trials
+    assert (tmp_path / "c" / "p.png").exists()
 
 
 @pytest.mark.parametrize(

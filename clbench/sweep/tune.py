@@ -305,7 +305,22 @@ def optuna_storage(url, heartbeat_s: float | None = 60.0):
                 grace_period=int(3 * heartbeat_s),
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
-        return optuna.storages.RDBStorage(url.render_as_string(hide_password=False), **kwargs)
+        return _created(lambda: optuna.storages.RDBStorage(url.render_as_string(hide_password=False), **kwargs))
+
+
+def _created(make, attempts: int = 8):
+    """``make()`` tried again while it fails: two processes creating Optuna's tables at once race
+    ("table alembic_version already exists"); the loser finds them made on its next attempt."""
+    from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def per_trial_sampler(seed: int):
@@ -478,7 +493,9 @@ def _optimize(study, trials: int, objective, on_trial) -> int:
     if done >= trials:
         return 0
     before = len(study.get_trials(deepcopy=False))
-    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))]
+    # Stop once the complete trials and those other processes are running reach ``trials``: two
+    # processes on one study end with ``trials`` complete trials, not one more each.
+    callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.RUNNING))]
     if on_trial is not None:
         callbacks.append(lambda _study, frozen: on_trial(record_of(frozen)))
     study.optimize(objective, n_trials=trials - done + retried, callbacks=callbacks, gc_after_trial=False)
