@@ -172,6 +172,7 @@ def test_an_interrupted_trial_is_tried_again_with_its_parameters_and_its_runs_re
     states = [t.state for t in result.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
     assert result.trials[2].params == result.trials[1].params
+    assert "interrupted" in result.trials[1].note
     assert computed == []  # the interrupted trial's runs were in the registry already
 
 

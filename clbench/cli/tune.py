@@ -240,7 +240,8 @@ def _run(spec: TuneSpec, name, trials, url, out, html, runner, budget, policy, d
 
     from clbench.reports.tune import best_summary, summary_lines, trials_table, write_tune_report  # noqa: PLC0415
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # this command prints each trial its own way
+    # This command prints each trial its own way (an interrupted one in one line, not Optuna's traceback).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     err = console(stderr=True)
     if spec.objective == "test":
         err.print("warning: --objective test selects on the test set: its test numbers are optimistic", style="red")

@@ -542,6 +542,7 @@ def _objective_function(spec, name, store, run, execute_plan, memory_budget):
 def _mark_interrupted(trial) -> None:
     try:
         trial.set_user_attr("interrupted", True)
+        trial.set_user_attr("note", "interrupted: tried again with these parameters by the next tune")
     except Exception:  # noqa: BLE001 - the database may be what failed; never hide the first error
         pass
 
