@@ -104,7 +104,7 @@ def test_the_generated_text_names_the_verdict_from_the_file(tmp_path):
 
 
 def test_a_readme_without_its_markers_is_refused():
-    with pytest.raises(ValueError, match="performance table markers are missing"):
+    with pytest.raises(ValueError, match="results table markers are missing"):
         tables.render("# README\n\nno table here\n", "README.md", {})
 
 
@@ -157,3 +157,20 @@ def test_a_quick_benchmark_writes_a_correct_file_of_what_it_printed(tmp_path):
     assert rec["output"].strip() and rec["output"] in done.stdout  # everything printed, verbatim
     assert f"wrote {tmp_path}" not in rec["output"]  # the line saying where it wrote comes after
     assert len(rec["data"]["dry_run_fresh_s"]) == 1 and per_step["met"] is None
+
+
+def test_the_readme_results_table_and_the_masks_gains_come_from_its_file(tmp_path):
+    row = dict(class_il_std=1.0, task_il_mean=98.0, task_il_std=0.2, wall_s=8.7, class_il=[], task_il=[])
+    rows = [
+        {"method": "er", "mask": "none", "class_il_mean": 73.25, **row},
+        {"method": "er", "mask": "-inf", "class_il_mean": 74.0, **row},
+        {"method": "sgd", "mask": "none", "class_il_mean": 19.9, **row},
+    ]
+    rec = {**record("seq_fmnist_table"), "targets": [], "data": {"seeds": 10, "rows": rows}}
+    (tmp_path / "readme").mkdir()
+    (tmp_path / "readme" / "seq_fmnist_table.json").write_text(json.dumps(rec))
+    loaded = tables.load_results(str(tmp_path))
+    text = tables.results_table(loaded)
+    assert "| er | -inf | 74.00 ± 1.00 | 98.00 ± 0.20 | 8.7 |" in text
+    assert "+0.75 (er, against a population std over seeds of 1.00 unmasked)" in text and "(sgd" not in text
+    assert "No results file yet" in tables.results_table({})
