@@ -65,7 +65,11 @@ TOP_LEVEL_KEYS = (
     "render",
     "description",
     "slurm",
+    "eval_every",
+    "eval_samples",
 )
+# Top-level keys that are RunConfig fields shared by every run (as in [overrides]).
+RUN_KEYS = ("eval_every", "eval_samples")
 # The [slurm] section: the --slurm-* options of the command line, without the prefix.
 SLURM_KEYS = ("partition", "time", "account", "qos", "sbatch", "folder")
 PER_METHOD_KEYS = ("masks", "mask_on", "mask_keep")
@@ -85,6 +89,8 @@ OVERRIDE_KEYS = (
     "head",
     "options",
     "validation",
+    "eval_every",
+    "eval_samples",
 )
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
@@ -376,6 +382,11 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
     _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
     overrides = _overrides(data, source)
+    for key in RUN_KEYS:  # evaluation during training: top level, or in [overrides]
+        if key in data:
+            if key in overrides:
+                raise ValueError(f"{source}: give {key} once: at the top level or in [overrides]")
+            overrides[key] = _checked(source, key, lambda v, key=key: check_field(key, v), data[key])
     if class_orders != [0] and "class_order_seed" in overrides:
         raise ValueError(f"{source}: give the class order once: class_orders or overrides.class_order_seed")
     render = _table(data, "render", source)

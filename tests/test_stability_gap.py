@@ -1,0 +1,153 @@
+"""Evaluation during training and the stability gap (issue 21, item 2): ``--eval-every N`` evaluates
+every N steps of a task on a fixed subset, drawn from the seed, of each seen task's test (or
+validation) data, in lockstep, without touching the training's randomness; the curves are stored;
+the stability gap (De Lange et al., ICLR 2023), average anytime accuracy and worst-case accuracy
+are computed from them."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from clbench import cli
+from clbench.data.loading import load_benchmark
+from clbench.data.specs import SyntheticOptions
+from clbench.engine.checkpoint import CheckpointPolicy
+from clbench.engine.loop import train_group
+from clbench.runs.checks import InvalidValue
+from clbench.runs.config import RunConfig
+
+SYN = SyntheticOptions(n_tasks=3, train_per_class=20, test_per_class=10)
+
+
+def cfg(seed=0, mask=None, **kw):
+    from clbench.runs.mask import MaskSpec
+
+    base = dict(method="er", benchmark="synthetic", synthetic=SYN, buffer_size=10, epochs=2)
+    return RunConfig(seed=seed, mask=MaskSpec(mask), **{**base, **kw}).resolve()
+
+
+def assert_same_training(a, b):
+    for x, y in zip(a, b, strict=True):
+        for name in ("class_il_correct", "task_il_correct", "class_il_seen_correct", "confidence"):
+            np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
+        for k in x.train_loss:
+            np.testing.assert_array_equal(x.train_loss[k], y.train_loss[k], err_msg=k)
+
+
+def assert_same_curve(x, y):
+    assert x.split == y.split
+    for name in ("steps", "tasks", "class_il_correct", "task_il_correct", "counts"):
+        np.testing.assert_array_equal(getattr(x, name), getattr(y, name), err_msg=name)
+
+
+def test_off_keeps_every_identity_and_on_is_part_of_it():
+    plain = cfg()
+    assert cfg(eval_every=None) == plain and "eval_every" not in plain.to_dict()
+    on = cfg(eval_every=3, eval_samples=5)
+    assert (on.eval_every, on.eval_samples) == (3, 5) and on.identity() != plain.identity()
+    assert on.group_key() != plain.group_key()
+    assert cfg(eval_every=3).eval_samples == 20  # the default 1000, capped at a task's 2 x 10 test samples
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"eval_every": 0}, "invalid eval_every 0"),
+        ({"eval_every": 9}, "trains 8 steps: give 1 <= N <= 8"),  # 40 rows / batch 10 x 2 epochs
+        ({"eval_every": 2, "eval_samples": 21}, "has 20 test samples"),
+        ({"eval_every": 2, "eval_samples": 0}, "invalid eval_samples 0"),
+        ({"eval_samples": 5}, "give --eval-every N"),
+        ({"eval_every": 2, "eval_samples": 5, "validation": 0.1}, "has 4 validation samples"),
+    ],
+)
+def test_bad_evaluation_schedules_are_refused(kw, message):
+    with pytest.raises(InvalidValue, match=message):
+        cfg(**kw)
+
+
+@pytest.mark.parametrize(
+    "args", [["--eval-every", "0"], ["--eval-every", "99"], ["--eval-every", "2", "--eval-samples", "500"]]
+)
+def test_a_bad_schedule_on_the_command_line_is_one_line_exit_2(tmp_path, monkeypatch, capsys, args):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["run", "--dataset", "synthetic", "--epochs", "1", "--dry-run", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--eval-" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluating_during_training_changes_no_number_of_the_training():
+    plain = [cfg(seed=s, mask=m) for s, m in ((0, None), (1, -float("inf")))]
+    on = [cfg(seed=s, mask=m, eval_every=3, eval_samples=7) for s, m in ((0, None), (1, -float("inf")))]
+    data = load_benchmark("synthetic", synthetic=SYN)
+    without, with_curve = train_group(plain, data), train_group(on, data)
+    assert_same_training(without, with_curve)
+    assert all(r.curve is None for r in without)
+    curve = with_curve[0].curve
+    # every 3 steps of a task's 8 and after its last: 3, 6, 8; global steps; seen tasks only
+    assert (
+        curve.steps.tolist() == [3, 6, 8, 11, 14, 16, 19, 22, 24]
+        and curve.tasks.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    )
+    assert curve.counts.tolist()[0] == [7, 0, 0] and curve.counts.tolist()[-1] == [7, 7, 7]
+    acc = curve.accuracy()
+    assert np.isnan(acc[0, 1]) and not np.isnan(acc[3, 1])
+    # the point after a task's last step is the model the task-end evaluation sees (ER: no end-of-task change);
+    # on its subset of the test set; the whole test set gives the matrix
+    assert with_curve[0].curve.split == "test" and with_curve[0].curve.class_il_correct.shape == (9, 3)
+
+
+def test_a_subset_is_drawn_from_the_seed_alone():
+    from clbench.engine.evaluation import curve_subsets
+
+    data = load_benchmark("synthetic", synthetic=SYN)
+    a, b = curve_subsets(data, [0, 1], 5), curve_subsets(data, [1], 5)
+    assert a.shape == (2, 3, 5) and np.array_equal(a[1].numpy(), b[0].numpy())
+    assert not np.array_equal(a[0].numpy(), a[1].numpy())
+    for t in range(3):  # each a subset of its task's test rows, without repetition
+        rows = set(data.test_task_idx[t].tolist())
+        assert set(a[0, t].tolist()) <= rows and len(set(a[0, t].tolist())) == 5
+
+
+def test_a_group_evaluates_each_run_as_alone():
+    runs = [cfg(seed=s, mask=m, eval_every=2, eval_samples=9) for s, m in ((0, None), (1, -float("inf")), (2, None))]
+    data = load_benchmark("synthetic", synthetic=SYN)
+    together = train_group(runs, data)
+    for r, res in zip(runs, together):
+        alone = train_group([r], data)[0]
+        assert_same_curve(res.curve, alone.curve)
+
+
+def test_a_validation_split_is_what_is_evaluated_during_training():
+    runs = [cfg(seed=0, eval_every=4, eval_samples=3, validation=0.2)]
+    res = train_group(runs, load_benchmark("synthetic", synthetic=SYN))[0]
+    assert res.curve.split == "validation" and res.curve.counts.max() == 3
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_resumed_group_keeps_its_curve(tmp_path):
+    runs = [cfg(seed=s, eval_every=3, eval_samples=6, method=m) for s, m in ((0, "derpp"), (1, "derpp"))]
+    data = load_benchmark("synthetic", synthetic=SYN)
+    reference = train_group(runs, data)
+    reports = []
+    train_group(runs, data, progress=reports.append)
+    where = [(p.phase, p.task, p.epoch, p.step) for p in reports]
+    policy = CheckpointPolicy(tmp_path / "ckpt", every_s=1e-9)  # a checkpoint after every step
+    for stop_at in sorted(random.Random(21).sample(range(3, len(where) - 2), 3), key=where.__getitem__):
+
+        def interrupt(p, stop_at=where[stop_at]):
+            if (p.phase, p.task, p.epoch, p.step) == stop_at:
+                raise Stop
+
+        with pytest.raises(Stop):
+            train_group(runs, data, progress=interrupt, checkpoint=policy)
+    resumed = train_group(runs, data, checkpoint=policy)
+    assert_same_training(resumed, reference)
+    for x, y in zip(resumed, reference):
+        assert_same_curve(x.curve, y.curve)
