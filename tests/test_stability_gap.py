@@ -151,3 +151,86 @@ def test_a_resumed_group_keeps_its_curve(tmp_path):
     assert_same_training(resumed, reference)
     for x, y in zip(resumed, reference):
         assert_same_curve(x.curve, y.curve)
+
+
+def test_curves_are_stored_read_back_and_loaded(tmp_path):
+    import clbench
+    from clbench.store import open_store
+    from clbench.sweep.driver import execute
+    from clbench.sweep.plan import plan_sweep
+
+    runs = [cfg(seed=s, eval_every=3, eval_samples=6) for s in (0, 1)] + [cfg(seed=0)]
+    db = tmp_path / "r.db"
+    with open_store(db) as store:
+        execute(plan_sweep(runs, store), store)
+        trained = train_group(runs[:2], load_benchmark("synthetic", synthetic=SYN))
+        for res in trained:
+            assert_same_curve(store.load_result(res.run_id).curve, res.curve)
+        assert store.load_result(runs[2].identity()).curve is None
+    df = clbench.load_curves(db, [r.identity() for r in runs])
+    assert set(df["run_id"]) == {runs[0].identity(), runs[1].identity()}
+    one = df[df["run_id"] == runs[0].identity()]
+    curve = trained[0].curve
+    assert len(one) == int((curve.counts > 0).sum()) and set(one["split"]) == {"test"}
+    last = one[one["step"] == curve.steps[-1]].sort_values("on_task")
+    np.testing.assert_allclose(last["class_il"], curve.accuracy()[-1])
+    np.testing.assert_allclose(last["task_il"], curve.accuracy("task_il")[-1])
+    assert set(one[one["step"] == 3]["task_trained"]) == {0}
+
+
+# A hand-made curve: 3 tasks, 3 evaluations each (steps 10..90).
+STEPS = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+TASKS = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+NAN = float("nan")
+ACC = [
+    [50, NAN, NAN],
+    [70, NAN, NAN],
+    [80, NAN, NAN],  # old tasks' accuracy before the switch to task 1: 80
+    [40, 60, NAN],  # old: 40, the minimum (10 steps after the switch)
+    [60, 80, NAN],  # old: 60
+    [85, 90, NAN],  # old: 85 >= 80, recovered 30 steps after the switch; before the switch to task 2: 87.5
+    [50, 50, 70],  # old: 50, the minimum
+    [60, 70, 80],  # old: 65
+    [70, 80, 90],  # old: 75 < 87.5: never recovers
+]
+
+
+def test_stability_gaps_by_hand():
+    from clbench.metrics import old_tasks_accuracy, stability_gaps
+
+    np.testing.assert_allclose(old_tasks_accuracy(TASKS, ACC), [NAN] * 3 + [40, 60, 85, 50, 65, 75])
+    first, second = stability_gaps(STEPS, TASKS, ACC)
+    assert first == {
+        "task": 1,
+        "switch_step": 30,
+        "before": 80.0,
+        "minimum": 40.0,
+        "gap": -40.0,
+        "steps_to_minimum": 10,
+        "steps_to_recover": 30,
+    }
+    assert second["task"] == 2 and second["switch_step"] == 60 and second["before"] == 87.5
+    assert second["gap"] == -37.5 and second["steps_to_minimum"] == 10 and second["steps_to_recover"] is None
+
+
+def test_no_drop_is_a_gap_of_zero_or_more_recovered_at_once():
+    from clbench.metrics import stability_gaps
+
+    (only,) = stability_gaps([1, 2, 3, 4], [0, 0, 1, 1], [[50, NAN], [60, NAN], [65, 10], [70, 40]])
+    assert only["gap"] == 5.0 and only["steps_to_recover"] == 0 and only["steps_to_minimum"] == 1
+
+
+def test_anytime_and_worst_case_accuracy_by_hand():
+    from clbench.metrics import average_anytime_accuracy, curve_summary, worst_case_accuracy
+
+    # means over the seen tasks: 50, 70, 80, 50, 70, 87.5, 170/3, 70, 80
+    expected = (50 + 70 + 80 + 50 + 70 + 87.5 + 170 / 3 + 70 + 80) / 9
+    assert average_anytime_accuracy(TASKS, ACC) == pytest.approx(expected)
+    # task 0 once learned (tasks 1, 2): min 40; task 1 once learned (task 2): min 50
+    assert worst_case_accuracy(TASKS, ACC) == pytest.approx(45.0)
+    assert np.isnan(worst_case_accuracy([0, 0], [[1.0], [2.0]]))
+    summary = curve_summary(STEPS, TASKS, ACC)
+    assert summary["stability_gap"] == pytest.approx(-38.75) and summary["recovered"] == 0.5
+    assert summary["steps_to_minimum"] == 10 and summary["aaa"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="a curve is"):
+        curve_summary([1], [0, 0], [[1.0]])

@@ -179,7 +179,34 @@ class TaskPlasticity(Base):
     dead_fraction: Mapped[float | None] = mapped_column(Float)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram, TaskPlasticity)
+class AccuracyCurvePoint(Base):
+    """Evaluations during training (runs with ``eval_every``; a new table, created by the migration of any
+    older database): after ``step`` steps of the stream (global, every epoch of every task counted), while
+    ``task_trained`` was trained, the correct answers on ``n_total`` samples of ``on_task``'s fixed subset
+    of ``split`` (the validation split where the run holds one out, else the test sets), class-IL
+    (``n_correct``, argmax over all classes) and task-IL (``n_correct_task_il``)."""
+
+    __tablename__ = "accuracy_curve"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SPLITS
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_trained: Mapped[int] = mapped_column(Integer)
+    n_correct: Mapped[int] = mapped_column(Integer)
+    n_correct_task_il: Mapped[int] = mapped_column(Integer)
+    n_total: Mapped[int] = mapped_column(Integer)
+
+
+RESULT_TABLES = (
+    Accuracy,
+    ClassAccuracy,
+    Confidence,
+    TaskLoss,
+    TaskTiming,
+    ConfidenceHistogram,
+    TaskPlasticity,
+    AccuracyCurvePoint,
+)
 
 
 class MlflowRun(Base):
