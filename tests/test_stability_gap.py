@@ -234,3 +234,68 @@ def test_anytime_and_worst_case_accuracy_by_hand():
     assert summary["steps_to_minimum"] == 10 and summary["aaa"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="a curve is"):
         curve_summary([1], [0, 0], [[1.0]])
+
+
+EXPERIMENT = """
+kind = "stability-gap"
+benchmark = "synthetic"
+methods = ["er"]
+masks = ["none", "-inf"]
+buffers = [10]
+seeds = 3
+eval_every = 2
+eval_samples = 8
+[overrides]
+epochs = 1
+synthetic = { n_tasks = 3, train_per_class = 20, test_per_class = 10 }
+"""
+
+
+def test_the_stability_gap_experiment_trains_stores_and_renders(tmp_path):
+    import pandas as pd
+
+    from clbench.metrics import curve_summary
+    from clbench.reports import load_experiment, render_report
+    from clbench.reports.stability_gap import curve_arrays
+    from clbench.store import open_store
+    from clbench.store.queries import load_curves, load_runs
+    from clbench.sweep.driver import execute
+    from clbench.sweep.plan import plan_sweep
+
+    path = tmp_path / "t-gap.toml"
+    path.write_text(EXPERIMENT)
+    spec = load_experiment(path)
+    assert {c.resolve().eval_every for c in spec.configs()} == {2} and len(spec.configs()) == 6
+    db = tmp_path / "results.db"
+    with open_store(db) as store:
+        execute(plan_sweep(spec.configs(), store), store, experiment=spec.name)
+    written = {p.name for p in render_report(spec, db, tmp_path / "out")}
+    expected = {"t-gap-metrics.md", "t-gap-metrics.csv", "t-gap-compare.csv", "t-gap.data.csv", "t-gap.png"}
+    assert expected <= written
+    runs = load_runs(db)
+    curves = load_curves(db, list(runs["run_id"]))
+    # the metrics table is the mean over seeds of each run's curve_summary
+    per_run = {rid: curve_summary(*curve_arrays(rows)) for rid, rows in curves.groupby("run_id")}
+    metrics = pd.read_csv(tmp_path / "out" / "t-gap-metrics.csv")
+    ids = runs[runs["mask"] == "none"]["run_id"]
+    row = metrics[(metrics["mask"] == "none") & (metrics["metric"] == "aaa")].iloc[0]
+    assert row["n_seeds"] == 3 and row["mean"] == pytest.approx(np.mean([per_run[r]["aaa"] for r in ids]))
+    compared = pd.read_csv(tmp_path / "out" / "t-gap-compare.csv")
+    assert set(compared["metric"]) == {"aaa", "min_acc", "stability_gap", "steps_to_minimum", "recovered"}
+    assert set(compared["n_seeds"]) == {3} and len(compared) == 5  # one variant, -inf, per metric
+    data = pd.read_csv(tmp_path / "out" / "t-gap.data.csv")
+    assert set(data["task"]) == {1, 2} and set(data["mask"]) == {"none", "-inf"}
+    at_switch = data[(data["since_switch"] == 0) & (data["task"] == 1) & (data["mask"] == "none")]
+    assert len(at_switch) == 1 and at_switch["n_seeds"].iloc[0] == 3
+
+
+def test_a_stability_gap_experiment_without_an_interval_is_refused(tmp_path):
+    from clbench.reports import load_experiment
+
+    path = tmp_path / "x.toml"
+    path.write_text(EXPERIMENT.replace("eval_every = 2\n", ""))
+    with pytest.raises(ValueError, match="give eval_every = N"):
+        load_experiment(path)
+    path.write_text(EXPERIMENT.replace("eval_every = 2\n", "eval_every = 0\n"))
+    with pytest.raises(ValueError, match="invalid eval_every 0"):
+        load_experiment(path)

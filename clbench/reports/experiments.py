@@ -5,7 +5,7 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order | stability-gap
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
@@ -47,7 +47,7 @@ from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_va
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order", "stability-gap")
 TOP_LEVEL_KEYS = (
     "name",
     "title",
@@ -104,6 +104,7 @@ RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "class-order": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
+    "stability-gap": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -419,7 +420,9 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(
                 f"{source}: render.forgetting {render['forgetting']!r}: valid are {', '.join(FORGETTING_DEFINITIONS)}"
             )
-    if kind == "class-order":
+    if kind == "stability-gap" and not overrides.get("eval_every"):
+        raise ValueError(f"{source}: a stability-gap experiment evaluates during training: give eval_every = N")
+    if kind in ("class-order", "stability-gap"):
         for key in ("baseline", "masked"):
             if render[key] not in masks:
                 raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
