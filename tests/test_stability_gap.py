@@ -22,6 +22,16 @@ from clbench.runs.config import RunConfig
 SYN = SyntheticOptions(n_tasks=3, train_per_class=20, test_per_class=10)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def cfg(seed=0, mask=None, **kw):
     from clbench.runs.mask import MaskSpec
 
@@ -299,3 +309,15 @@ def test_a_stability_gap_experiment_without_an_interval_is_refused(tmp_path):
     path.write_text(EXPERIMENT.replace("eval_every = 2\n", "eval_every = 0\n"))
     with pytest.raises(ValueError, match="invalid eval_every 0"):
         load_experiment(path)
+
+
+def test_a_resnet_group_with_batchnorm_and_augmentation_trains_the_same_with_evaluations():
+    syn = SyntheticOptions(
+        n_tasks=2, train_per_class=12, test_per_class=4, input_shape=(3, 8, 8), backbone="resnet18", augment=True
+    )
+    common = dict(synthetic=syn, width=4, epochs=2, batch_size=4, minibatch_size=4, method="derpp", buffer_size=12)
+    data = load_benchmark("synthetic", synthetic=syn)
+    without = train_group([cfg(seed=s, **common) for s in (0, 1)], data)
+    with_curve = train_group([cfg(seed=s, eval_every=2, **common) for s in (0, 1)], data)
+    assert_same_training(without, with_curve)
+    assert len(with_curve[0].curve.steps) == 12  # 6 steps per task, every 2
