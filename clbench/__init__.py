@@ -8,7 +8,8 @@ The library API the CLI and the reports stand on, importable from here:
   planning and executor path as ``clbench run``; ``train_group`` trains one group
   (``clbench.engine.loop``).
 - ``RunResult``: accuracy matrices and everything measured (``clbench.runs.results``).
-- ``load_runs``, ``load_matrices``, ``load_histograms``: the registry as DataFrames (``clbench.store``).
+- ``load_runs``, ``load_matrices``, ``load_histograms``, ``load_curves`` (evaluations during training): the
+  registry as DataFrames (``clbench.store``).
 - ``clbench.metrics``: FAA, forgetting, BWT as functions of an accuracy matrix.
 
 Each name is imported when first used (PEP 562), so that ``import clbench.cli`` and the commands
@@ -39,6 +40,7 @@ _API = {
     "RunResult": "clbench.runs.results",
     "SyntheticOptions": "clbench.data.specs",
     "load_benchmark": "clbench.data.loading",
+    "load_curves": "clbench.store.queries",
     "load_histograms": "clbench.store.queries",
     "load_matrices": "clbench.store.queries",
     "load_runs": "clbench.store.queries",

@@ -123,3 +123,109 @@ def effective_rank(singular_values) -> float:
         return 0.0
     p = s[s > 0] / total
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation during training (``--eval-every``): what task-end matrices cannot see.
+#
+# A curve is P evaluations: ``steps[p]``, the global step (every epoch of every task counted) after
+# which evaluation p was taken, ``tasks[p]`` the task being trained then, and ``acc[p][j]`` the
+# accuracy (%) on task j's fixed subset, NaN for a task not seen yet (j > tasks[p]).
+
+CURVE_DEFINITIONS = {
+    "stability_gap": "per task switch to task t (De Lange, van de Ven & Tuytelaars, ICLR 2023, 'Continual "
+    "evaluation for lifelong learning: identifying the stability gap'): old(p) = mean_{j<t} acc[p][j]; "
+    "gap_t = min_{p: tasks[p] = t} old(p) - old(p0), p0 the last evaluation before the switch (tasks[p0] = "
+    "t-1): negative, in points, when the old tasks' accuracy drops after the switch",
+    "steps_to_recover": "per task switch: steps[p] - steps[p0] for the first evaluation p of task t, at or "
+    "after the minimum, with old(p) >= old(p0); 0 without a drop; None when it never recovers during task t",
+    "aaa": "average anytime accuracy (Caccia et al. 2022; De Lange et al. 2023): mean over evaluations p of "
+    "mean_{j <= tasks[p]} acc[p][j]",
+    "min_acc": "worst-case accuracy min-ACC (De Lange et al. 2023): mean over the old tasks j (j < the "
+    "last task trained) of min_{p: tasks[p] > j} acc[p][j], the lowest accuracy of task j once learned",
+}
+
+
+def _curve(steps, tasks, acc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    steps, tasks = np.asarray(steps, dtype=np.int64), np.asarray(tasks, dtype=np.int64)
+    acc = np.asarray(acc, dtype=np.float64)
+    if acc.ndim != 2 or steps.shape != tasks.shape or steps.shape != (acc.shape[0],):
+        raise ValueError(
+            f"a curve is steps (P,), tasks (P,) and acc (P, T), got {steps.shape}, {tasks.shape}, {acc.shape}"
+        )
+    return steps, tasks, acc
+
+
+def old_tasks_accuracy(tasks, acc) -> np.ndarray:
+    """(P,): at each evaluation p, the mean accuracy over the tasks learned before the one being trained,
+    ``mean_{j < tasks[p]} acc[p][j]`` (NaN during the first task)."""
+    tasks, acc = np.asarray(tasks, dtype=np.int64), np.asarray(acc, dtype=np.float64)
+    return np.array([acc[p, :t].mean() if t > 0 else np.nan for p, t in enumerate(tasks)])
+
+
+def stability_gaps(steps, tasks, acc) -> list[dict]:
+    """The stability gap at each task switch (``CURVE_DEFINITIONS["stability_gap"]`` and
+    ``["steps_to_recover"]``): one dict per new task t with evaluations before and after its switch:
+    ``task`` t, ``switch_step`` (the global step of the last evaluation before it), ``before`` old(p0),
+    ``minimum`` (the lowest old(p) during task t), ``gap`` = minimum - before (points; negative: a drop),
+    ``steps_to_minimum`` and ``steps_to_recover`` (steps after the switch; the latter None when old(p)
+    never gets back to ``before`` during task t, 0 when it never dropped)."""
+    steps, tasks, acc = _curve(steps, tasks, acc)
+    old = old_tasks_accuracy(tasks, acc)
+    out = []
+    for t in sorted(set(tasks.tolist()) - {0}):
+        before_idx, during = np.flatnonzero(tasks == t - 1), np.flatnonzero(tasks == t)
+        if not len(before_idx) or not len(during):
+            continue
+        p0 = before_idx[-1]
+        before, values = acc[p0, :t].mean(), old[during]  # old(p) of the tasks before t, at p0 too
+        lowest = int(np.argmin(values))
+        gap = float(values[lowest] - before)
+        recover = 0 if gap >= 0 else None
+        if recover is None:
+            back = [p for p in during[lowest:] if old[p] >= before]  # old[p] = mean_{j<t} during task t
+            recover = int(steps[back[0]] - steps[p0]) if back else None
+        out.append(
+            {
+                "task": t,
+                "switch_step": int(steps[p0]),
+                "before": float(before),
+                "minimum": float(values[lowest]),
+                "gap": gap,
+                "steps_to_minimum": int(steps[during[lowest]] - steps[p0]),
+                "steps_to_recover": recover,
+            }
+        )
+    return out
+
+
+def average_anytime_accuracy(tasks, acc) -> float:
+    """AAA (``CURVE_DEFINITIONS["aaa"]``): mean over evaluations of the mean accuracy over the tasks
+    seen so far (tasks ``0..tasks[p]``); NaN without evaluations."""
+    tasks, acc = np.asarray(tasks, dtype=np.int64), np.asarray(acc, dtype=np.float64)
+    if not len(tasks):
+        return float("nan")
+    return float(np.mean([acc[p, : t + 1].mean() for p, t in enumerate(tasks)]))
+
+
+def worst_case_accuracy(tasks, acc) -> float:
+    """min-ACC (``CURVE_DEFINITIONS["min_acc"]``): per old task, its lowest accuracy over the evaluations
+    after it was learned, averaged over the old tasks (NaN before a second task is trained)."""
+    tasks, acc = np.asarray(tasks, dtype=np.int64), np.asarray(acc, dtype=np.float64)
+    lows = [acc[tasks > j, j].min() for j in range(int(tasks.max(initial=0)))]
+    return float(np.mean(lows)) if lows else float("nan")
+
+
+def curve_summary(steps, tasks, acc) -> dict[str, float]:
+    """A run's curve metrics: ``aaa``, ``min_acc``, the mean ``stability_gap`` over its task switches, the
+    mean ``steps_to_minimum`` and ``recovered`` (the fraction of switches whose old tasks' accuracy got back
+    to its pre-switch value during the new task)."""
+    gaps = stability_gaps(steps, tasks, acc)
+    nan = float("nan")
+    return {
+        "aaa": average_anytime_accuracy(tasks, acc),
+        "min_acc": worst_case_accuracy(tasks, acc),
+        "stability_gap": float(np.mean([g["gap"] for g in gaps])) if gaps else nan,
+        "steps_to_minimum": float(np.mean([g["steps_to_minimum"] for g in gaps])) if gaps else nan,
+        "recovered": float(np.mean([g["steps_to_recover"] is not None for g in gaps])) if gaps else nan,
+    }

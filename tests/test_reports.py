@@ -81,6 +81,7 @@ def test_shipped_experiments_load_and_resolve():
         "fig4-tinyimg",
         "methods",
         "class-order",
+        "stability-gap",
     ):
         assert name in names
     for name in names:

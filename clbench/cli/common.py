@@ -229,6 +229,8 @@ OPTION_OF_FIELD = {
     "synthetic.train_per_class": "--synthetic-train-per-class",
     "synthetic.test_per_class": "--synthetic-test-per-class",
     "validation": "--validation",
+    "eval_every": "--eval-every",
+    "eval_samples": "--eval-samples",
 }
 
 

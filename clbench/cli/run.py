@@ -91,6 +91,21 @@ def run(
         help="Hold out the fraction F (0 < F <= 0.5) of each task's training data, class-balanced and drawn "
         "from the seed, and evaluate on it beside the test sets (0: no validation split).",
     ),
+    eval_every: int | None = typer.Option(
+        None,
+        "--eval-every",
+        parser=strict_int("--eval-every"),
+        metavar="N",
+        help="Evaluate every N steps of each task's training (and after its last) on a fixed subset of each seen "
+        "task's test data (validation data with --validation), drawn from the seed: accuracy curves. [default: off]",
+    ),
+    eval_samples: int | None = typer.Option(
+        None,
+        "--eval-samples",
+        parser=strict_int("--eval-samples"),
+        metavar="S",
+        help="Samples per seen task evaluated with --eval-every. [default: 1000, or a task's whole test data if less]",
+    ),
     mask_keep: str = typer.Option(
         "task",
         "--mask-keep",
@@ -219,6 +234,8 @@ def run(
             head=head,
             options=options or None,
             validation=validation or None,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
         ).items()
         if v is not None
     }

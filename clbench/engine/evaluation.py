@@ -180,3 +180,82 @@ def evaluate(
         histograms={kind: h.cpu().numpy() for kind, h in hists.items()},
         plasticity=stats.measures(),
     )
+
+
+# -- evaluation during training (``eval_every``): a cheap accuracy-only pass on fixed subsets -------------
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation during training of R runs: after ``step`` steps of the whole stream (global,
+    counting every epoch of every task), while task ``task`` was trained, on the subsets of tasks
+    ``0..task``. Counts of correct answers, class-IL (argmax over all classes) and task-IL."""
+
+    step: int
+    task: int
+    class_il_correct: np.ndarray  # (R, task + 1) int
+    task_il_correct: np.ndarray  # (R, task + 1) int
+    counts: np.ndarray  # (task + 1,) int: samples of each task's subset
+
+
+def curve_split(data: ContinualData) -> str:
+    """The split evaluated during training: the validation split where the run holds one out, else the test sets."""
+    return "validation" if data.val_task_idx is not None else "test"
+
+
+def curve_subsets(data: ContinualData, seeds: list[int], n_samples: int) -> torch.Tensor:
+    """``(R, T, n_samples)`` row indices (into ``split_rows(data, curve_split(data))``): per run and task, a
+    fixed subset of that task's rows drawn without replacement from the run's seed alone (the seventh
+    child of its seed sequence: the training streams, ``RunRandomness``, are the first six, never drawn
+    from here), sorted."""
+    _, _, task_idx = split_rows(data, curve_split(data))
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(7)[6])
+        per_task = []
+        for idx in task_idx:
+            pick = np.sort(rng.choice(len(idx), size=n_samples, replace=False))
+            per_task.append(idx[torch.from_numpy(pick).to(idx.device)])
+        out.append(torch.stack(per_task))
+    return torch.stack(out).to(data.device)
+
+
+@torch.no_grad()
+def evaluate_curve(
+    net: BatchedBackbone,
+    params: Params,
+    buffers: Params,
+    data: ContinualData,
+    subsets: torch.Tensor,
+    *,
+    step: int,
+    task: int,
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int = 2048,
+) -> CurvePoint:
+    """Accuracy only, of R stacked networks (eval mode) on each run's own subset (``curve_subsets``) of
+    tasks ``0..task``, counted class-IL and task-IL from the same logits as in ``evaluate``."""
+    xs, ys, _ = split_rows(data, curve_split(data))
+    n_runs, n_samples = subsets.shape[0], subsets.shape[2]
+    rows = subsets[:, : task + 1].reshape(n_runs, -1)  # (R, (task + 1) * S), task by task
+    row_task = torch.arange(task + 1, device=data.device).repeat_interleave(n_samples)
+    cil = torch.zeros(rows.shape, dtype=torch.bool, device=data.device)
+    til = torch.zeros_like(cil)
+    for start in range(0, rows.shape[1], chunk_size):
+        part = rows[:, start : start + chunk_size]
+        y = ys[part]  # (R, B)
+        inputs = prepare_inputs(xs[part], data.spec)  # (R, B, C, H, W): each run its own rows
+        if classifier is None:
+            logits = net.head_logits(params, net.features(params, buffers, inputs, train=False)[0])
+        else:
+            logits = classifier(inputs)
+        outside = data.class_task.view(1, -1) != row_task[start : start + chunk_size].view(-1, 1)  # (B, K)
+        cil[:, start : start + part.shape[1]] = logits.argmax(-1) == y
+        til[:, start : start + part.shape[1]] = logits.masked_fill(outside, float("-inf")).argmax(-1) == y
+    return CurvePoint(
+        step=int(step),
+        task=int(task),
+        class_il_correct=cil.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
+        task_il_correct=til.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
+        counts=np.full(task + 1, n_samples, dtype=np.int64),
+    )

@@ -21,7 +21,7 @@ import torch
 
 from clbench.engine.checkpoint import CheckpointPolicy, CheckpointSummary, checkpoint_paths, write_checkpoint
 from clbench.engine.divergence import DivergenceWatch
-from clbench.engine.evaluation import Evaluation
+from clbench.engine.evaluation import CurvePoint, Evaluation
 from clbench.engine.group import Group
 from clbench.engine.plans import EpochDraws, ReplayPlan, RunRandomness
 from clbench.engine.update import NetState, fresh
@@ -131,6 +131,15 @@ EVALUATIONS = Codec(
     lambda evals: [_to_tensors(asdict(e)) for e in evals],
     lambda s, fresh, device: [Evaluation(**_to_arrays(e)) for e in s],
 )
+CURVE_ARRAYS = ("class_il_correct", "task_il_correct", "counts")
+CURVE = Codec(
+    lambda points: [
+        {"step": p.step, "task": p.task, **{k: torch.from_numpy(getattr(p, k)) for k in CURVE_ARRAYS}} for p in points
+    ],
+    lambda s, fresh, device: [
+        CurvePoint(int(p["step"]), int(p["task"]), **{k: p[k].numpy().copy() for k in CURVE_ARRAYS}) for p in s
+    ],
+)
 LOSS_MEANS = Codec(lambda means: [_to_tensors(m) for m in means], lambda s, fresh, device: [_to_arrays(m) for m in s])
 EPOCH_DRAWS = _optional(
     Codec(
@@ -190,6 +199,9 @@ class GroupState:
     evaluations: list[Evaluation] = field(metadata=saved(EVALUATIONS))  # one per task trained
     # On the validation split, one per task trained (empty: the group has no validation split).
     val_evaluations: list[Evaluation] = field(metadata=saved(EVALUATIONS, absent_ok=True))
+    # Evaluations during training (runs with eval_every), in order; empty for the others.
+    curve: list[CurvePoint] = field(metadata=saved(CURVE, absent_ok=True))
+    steps_before_task: int = field(metadata=saved(PLAIN_INT, absent_ok=True))  # steps of the tasks trained
     loss_means: list[dict[str, np.ndarray]] = field(metadata=saved(LOSS_MEANS))  # per task trained: term -> (R,)
     train_s: np.ndarray = field(metadata=saved(ARRAY))  # (T,) seconds
     eval_s: np.ndarray = field(metadata=saved(ARRAY))  # (T,) seconds
@@ -234,6 +246,8 @@ class GroupState:
             sums=None,
             evaluations=[],
             val_evaluations=[],
+            curve=[],
+            steps_before_task=0,
             loss_means=[],
             train_s=np.zeros(n_tasks),
             eval_s=np.zeros(n_tasks),

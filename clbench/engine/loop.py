@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from clbench.data.loading import ContinualData
 from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.engine.environment import keep_freed_memory, numeric_environment, software_versions
-from clbench.engine.evaluation import evaluate
+from clbench.engine.evaluation import curve_split, curve_subsets, evaluate, evaluate_curve
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, save_snapshot
 from clbench.engine.plans import PLAN_CHUNK_STEPS, draw_epoch, replay_avail, replay_plan, stacked_draws, step_slice
@@ -30,7 +30,7 @@ from clbench.engine.update import NetState, StepForward, fresh, step_batches, tr
 from clbench.lockstep.step import Step
 from clbench.methods.user import method_code_error
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import RunResult, SplitMatrices
+from clbench.runs.results import AccuracyCurve, RunResult, SplitMatrices
 
 
 def train_group(
@@ -105,6 +105,10 @@ class _Training:
         self.started = time.perf_counter()
         self.last_saved = time.monotonic()
         self.task_clock = 0.0  # perf_counter when the task's training time was last added up
+        first = group.first  # evaluation during training: each run's fixed subsets, drawn again from its seed
+        self.subsets = (
+            curve_subsets(group.data, [c.seed for c in group.configs], first.eval_samples) if first.eval_every else None
+        )
 
     def report(self, phase: str, task: int, epoch: int, step: int, n_steps: int) -> None:
         if self.progress is not None:
@@ -185,6 +189,7 @@ class _Training:
                 self.plan_chunk(task, s)
             self.take_step(task, s, lr)
             st.step = s + 1
+            self.evaluate_during(task)  # before a checkpoint: a resumed group has the point
             if (s + 1) % report_every == 0 or s + 1 == task.n_steps:
                 self.report("train", task.index, st.epoch, s + 1, task.n_steps)
             if (
@@ -259,6 +264,30 @@ class _Training:
             st.method_state = {**st.method_state, **new_state}
         st.names, st.sums = names, terms if st.sums is None else st.sums + terms
 
+    def evaluate_during(self, task: _Task) -> None:
+        """Every ``eval_every`` steps of the task (and after its last), the accuracy on each seen task's
+        subset: no random draw, eval mode, so the training is that of a group without it."""
+        g, st, every = self.group, self.st, self.group.first.eval_every
+        done, total = st.epoch * task.n_steps + st.step, g.epochs * task.n_steps
+        if not every or (done % every and done != total):
+            return
+        t0 = time.perf_counter()
+        with self.phase("evaluation during training"):
+            point = evaluate_curve(
+                g.net,
+                st.net.params,
+                st.net.buffers,
+                g.data,
+                self.subsets,
+                step=st.steps_before_task + done,
+                task=task.index,
+                classifier=g.method.classifier(st.context(g, task.index)),
+            )
+        st.curve.append(point)
+        spent = time.perf_counter() - t0  # evaluation time, not training time
+        st.eval_s[task.index] += spent
+        self.task_clock += spent
+
     def end_task(self, task: _Task) -> None:
         g, st = self.group, self.st
         if st.end_pass < 0:  # not yet done (a group resumed inside the end passes has done it)
@@ -323,7 +352,8 @@ class _Training:
                         split="validation",
                     )
                 )
-        st.eval_s[task.index] = time.perf_counter() - t1
+        st.eval_s[task.index] += time.perf_counter() - t1
+        st.steps_before_task += g.epochs * task.n_steps
         st.task, st.epoch, st.step, st.task_begun, st.end_pass = task.index + 1, 0, 0, False, -1
         if self.checkpoint is not None:
             self.save(task.n_steps)
@@ -359,6 +389,7 @@ def _results(group: Group, st: GroupState) -> list[RunResult]:
                 histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
                 validation=_split_matrices(st.val_evaluations, r),
                 plasticity=_plasticity(evaluations, r),
+                curve=_curve(st.curve, r, group.n_tasks, curve_split(group.data)) if st.curve else None,
             )
         )
     return out
@@ -373,6 +404,23 @@ def _split_matrices(evaluations: list, r: int) -> SplitMatrices | None:
         task_il_correct=np.stack([e.task_il_correct[r] for e in evaluations]),
         class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
         counts=evaluations[0].test_counts,
+    )
+
+
+def _curve(points: list, r: int, n_tasks: int, split: str) -> AccuracyCurve:
+    """Run ``r``'s evaluations during training: one row per point, a column per task (0 counts: not seen yet)."""
+    shape = (len(points), n_tasks)
+    cil, til, counts = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    for i, p in enumerate(points):
+        seen = p.task + 1
+        cil[i, :seen], til[i, :seen], counts[i, :seen] = p.class_il_correct[r], p.task_il_correct[r], p.counts
+    return AccuracyCurve(
+        split=split,
+        steps=np.array([p.step for p in points], dtype=np.int64),
+        tasks=np.array([p.task for p in points], dtype=np.int64),
+        class_il_correct=cil,
+        task_il_correct=til,
+        counts=counts,
     )
 
 

@@ -201,7 +201,9 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
-def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutation") -> pd.DataFrame:
+def compare_runs(
+    df: pd.DataFrame, baseline: str = "none", test: str = "permutation", metrics: dict | None = None
+) -> pd.DataFrame:
     """One row per (config, masked variant, metric): ``COLUMNS``.
 
     ``df`` is a :func:`clbench.registry.load_runs` frame (only finished runs count). For every group
@@ -215,7 +217,9 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     forgetting). Pairs with a NaN metric (e.g. forgetting of a single task) are left out of that
     metric; diverged runs are left out and the note says how many. ``df.attrs["class_il"]`` (the
     class-IL convention ``load_runs`` computed the metrics with) is carried to the result's attrs.
+    ``metrics``: column -> (label, higher is better) of the metrics compared (default ``COMPARE_METRICS``).
     """
+    metrics = COMPARE_METRICS if metrics is None else metrics
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}: valid tests are {', '.join(TESTS)}")
     base_label = format_mask_value(parse_mask_value(str(baseline)))
@@ -244,7 +248,7 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
             if not common:
                 continue
             first = var.iloc[0]
-            for metric, (_, higher) in COMPARE_METRICS.items():
+            for metric, (_, higher) in metrics.items():
                 bv = b.loc[common, metric].to_numpy(float)
                 vv = v.loc[common, metric].to_numpy(float)
                 ok = ~(np.isnan(bv) | np.isnan(vv))

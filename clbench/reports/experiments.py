@@ -5,7 +5,7 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order | stability-gap
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
@@ -47,7 +47,7 @@ from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_va
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order", "stability-gap")
 TOP_LEVEL_KEYS = (
     "name",
     "title",
@@ -65,7 +65,11 @@ TOP_LEVEL_KEYS = (
     "render",
     "description",
     "slurm",
+    "eval_every",
+    "eval_samples",
 )
+# Top-level keys that are RunConfig fields shared by every run (as in [overrides]).
+RUN_KEYS = ("eval_every", "eval_samples")
 # The [slurm] section: the --slurm-* options of the command line, without the prefix.
 SLURM_KEYS = ("partition", "time", "account", "qos", "sbatch", "folder")
 PER_METHOD_KEYS = ("masks", "mask_on", "mask_keep")
@@ -85,6 +89,8 @@ OVERRIDE_KEYS = (
     "head",
     "options",
     "validation",
+    "eval_every",
+    "eval_samples",
 )
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
@@ -98,6 +104,7 @@ RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "class-order": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
+    "stability-gap": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -376,6 +383,11 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
     _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
     overrides = _overrides(data, source)
+    for key in RUN_KEYS:  # evaluation during training: top level, or in [overrides]
+        if key in data:
+            if key in overrides:
+                raise ValueError(f"{source}: give {key} once: at the top level or in [overrides]")
+            overrides[key] = _checked(source, key, lambda v, key=key: check_field(key, v), data[key])
     if class_orders != [0] and "class_order_seed" in overrides:
         raise ValueError(f"{source}: give the class order once: class_orders or overrides.class_order_seed")
     render = _table(data, "render", source)
@@ -408,7 +420,9 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(
                 f"{source}: render.forgetting {render['forgetting']!r}: valid are {', '.join(FORGETTING_DEFINITIONS)}"
             )
-    if kind == "class-order":
+    if kind == "stability-gap" and not overrides.get("eval_every"):
+        raise ValueError(f"{source}: a stability-gap experiment evaluates during training: give eval_every = N")
+    if kind in ("class-order", "stability-gap"):
         for key in ("baseline", "masked"):
             if render[key] not in masks:
                 raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")

@@ -286,6 +286,12 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         written += class_order.write_report(
             spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
         )
+    elif spec.kind == "stability-gap":
+        from clbench.reports import stability_gap  # noqa: PLC0415
+
+        written += stability_gap.write_report(
+            spec, store, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
+        )
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 

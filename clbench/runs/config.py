@@ -20,6 +20,7 @@ from clbench.data.specs import (
     check_validation_split,
     dataset_sizes,
     get_benchmark,
+    validation_count,
 )
 from clbench.lockstep import BACKBONES, HEADS
 from clbench.methods import METHODS, MethodRef, find_method
@@ -55,6 +56,11 @@ class RunConfig:
     head: str | None = None  # the classifier head: "linear" (default) or "cosine" (ER-ACE's original)
     options: Mapping[str, Any] | None = None  # the method's own hyperparameters (Method.options), overriding
     validation: float = 0.0  # fraction of each task's training data held out for validation (0: none)
+    # Evaluation during training (``--eval-every N``): every N steps of a task's training, the accuracy of
+    # each task seen so far on a fixed subset of ``eval_samples`` samples (default EVAL_SAMPLES) of its test
+    # data (its validation data where the run holds some out), drawn from the seed alone. None: off.
+    eval_every: int | None = None
+    eval_samples: int | None = None
 
     def resolve(self) -> ResolvedConfig:
         """The resolved config (computed once per RunConfig: it is immutable)."""
@@ -86,6 +92,8 @@ FIELD_CHECKS = {
     "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
     "head": lambda v: check_choice("head", v, HEADS, "valid heads are"),
     "validation": lambda v: check_validation(v),
+    "eval_every": lambda v: check_whole("eval_every", v, 1),
+    "eval_samples": lambda v: check_whole("eval_samples", v, 1),
 }
 OPTIONAL_FIELDS = (
     "backbone",
@@ -99,7 +107,10 @@ OPTIONAL_FIELDS = (
     "class_order_seed",
     "der_logits",
     "head",
+    "eval_every",
+    "eval_samples",
 )
+EVAL_SAMPLES = 1000  # samples per seen task evaluated during training, unless eval_samples says otherwise
 SYNTHETIC_CHECKS = {
     "n_tasks": lambda v: check_whole("synthetic.n_tasks", v, 1, 10_000),
     "classes_per_task": lambda v: check_whole("synthetic.classes_per_task", v, 1, 10_000),
@@ -259,6 +270,45 @@ def _class_order(value: int | None, spec) -> int | None:
     return int(value)
 
 
+def _task_sizes(cfg: RunConfig, spec) -> tuple[int, int]:
+    """(training samples, evaluated samples) of the smallest task: its training rows once a validation
+    split is held out, and its test rows (its validation rows where the run holds some out). Class
+    sizes from the benchmark's sizes: exact for the balanced ones and the synthetic one."""
+    train, test = dataset_sizes(cfg.benchmark, cfg.synthetic)
+    per_class, per_task = train // spec.n_classes, spec.n_classes // spec.n_tasks
+    held = validation_count(per_class, float(cfg.validation)) if cfg.validation else 0
+    evaluated = held * per_task if held else (test // spec.n_classes) * per_task
+    return (per_class - held) * per_task, evaluated
+
+
+def _eval_schedule(cfg: RunConfig, spec, epochs: int, batch_size: int) -> tuple[int, int]:
+    """(eval_every, eval_samples) as resolved: (0, 0) when off (so every identity stays what it was).
+    Refused: an interval above a task's training steps, a subset larger than a task's evaluated data."""
+    if not cfg.eval_every:
+        if cfg.eval_samples is not None:
+            raise InvalidValue(
+                "eval_samples",
+                cfg.eval_samples,
+                "it sets the size of the evaluations during training: give --eval-every N (eval_every) too",
+            )
+        return 0, 0
+    n_train, n_eval = _task_sizes(cfg, spec)
+    steps = epochs * math.ceil(n_train / batch_size)
+    if cfg.eval_every > steps:
+        raise InvalidValue(
+            "eval_every", cfg.eval_every, f"a task of {cfg.benchmark} trains {steps} steps: give 1 <= N <= {steps}"
+        )
+    samples = EVAL_SAMPLES if cfg.eval_samples is None else int(cfg.eval_samples)
+    if cfg.eval_samples is None:
+        samples = min(samples, n_eval)  # the default: at most the whole of a task's data
+    if samples > n_eval:
+        where = "validation" if cfg.validation else "test"
+        raise InvalidValue(
+            "eval_samples", samples, f"a task of {cfg.benchmark} has {n_eval} {where} samples: give 1 <= S <= {n_eval}"
+        )
+    return int(cfg.eval_every), samples
+
+
 def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
     validate_request(cfg)
@@ -314,10 +364,13 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     _check_validation_sizes(cfg, spec.n_classes)
     der_logits = (cfg.der_logits or "pre") if name in LOGIT_STORING_METHODS else None
     options = _resolve_options(ref, preset, cfg.options)
+    epochs, batch_size = (
+        int(pick_value(cfg.epochs, None, spec.epochs)),
+        int(pick_value(cfg.batch_size, None, spec.batch_size)),
+    )
+    eval_every, eval_samples = _eval_schedule(cfg, spec, epochs, batch_size)
 
-    def pick(override, preset_value, default):
-        return override if override is not None else (preset_value if preset_value is not None else default)
-
+    pick = pick_value
     needs_replay = card.replay_draws > 0
     resolved = ResolvedConfig(
         method=name,
@@ -327,8 +380,8 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         mask=mask,
         backbone=backbone,
         width=width,
-        epochs=int(pick(cfg.epochs, None, spec.epochs)),
-        batch_size=int(pick(cfg.batch_size, None, spec.batch_size)),
+        epochs=epochs,
+        batch_size=batch_size,
         minibatch_size=int(pick(cfg.minibatch_size, preset.minibatch_size, spec.minibatch_size)) if needs_replay else 0,
         lr=float(pick(cfg.lr, preset.lr, None)),
         alpha=float(pick(cfg.alpha, preset.alpha, 0.0)) if "alpha" in card.weights else 0.0,
@@ -344,6 +397,8 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         method_source=ref.source,
         method_sha256=ref.sha256,
         validation=float(cfg.validation),
+        eval_every=eval_every,
+        eval_samples=eval_samples,
     )
     overridden = [
         n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None
@@ -352,6 +407,11 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     if overridden:
         resolved = replace(resolved, notes=resolved.notes + (f"overridden: {', '.join(overridden)}",))
     return resolved
+
+
+def pick_value(override, preset_value, default):
+    """The value given, else the preset's, else the default."""
+    return override if override is not None else (preset_value if preset_value is not None else default)
 
 
 def resolve_unique(configs: Sequence[RunConfig | ResolvedConfig]) -> list[ResolvedConfig]:

@@ -53,6 +53,10 @@ class ResolvedConfig:
     method_source: str | None = None  # a method of your own: "/path/file.py:Class" or "entry-point:NAME"
     method_sha256: str | None = None  # ... and the SHA-256 of the file defining it (part of the identity)
     validation: float = 0.0  # fraction of each task's training data held out for validation (0: none)
+    # Evaluation during training: every eval_every steps of a task, eval_samples samples per seen task
+    # (0, 0: off; then left out of the config and the identity, as for every run before them).
+    eval_every: int = 0
+    eval_samples: int = 0
 
     def to_dict(self) -> dict:
         """The config as JSON-able values. Fields added after results version 2 appear only when not
@@ -151,6 +155,8 @@ class ResolvedConfig:
         # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
         # added to the training set) group only runs of one buffer size.
         key += (self.buffer_size,) if _card(self).group_by_buffer_size else ()
+        # Runs evaluated during training do it together, on one schedule.
+        key += (("eval", self.eval_every, self.eval_samples),) if self.eval_every else ()
         # A validation split is drawn from the seed: the group's data holds one seed's split.
         return key + (("validation", self.validation, self.seed) if self.validation else ())
 
@@ -160,7 +166,15 @@ class ResolvedConfig:
 
 
 # Added after results version 2: left out of to_dict (and the identity) at these values.
-_LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None, "validation": 0.0}
+_LATER_FIELDS = {
+    "head": "linear",
+    "options": {},
+    "method_source": None,
+    "method_sha256": None,
+    "validation": 0.0,
+    "eval_every": 0,
+    "eval_samples": 0,
+}
 
 
 def _card(cfg: ResolvedConfig) -> MethodCard:

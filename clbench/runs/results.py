@@ -61,6 +61,40 @@ SPLIT_ARRAYS = ("class_il_correct", "task_il_correct", "class_il_seen_correct", 
 
 
 @dataclass(frozen=True)
+class AccuracyCurve:
+    """A run's evaluations during training (``eval_every``): P points, each after ``steps[p]`` steps of
+    the stream (global: every epoch of every task counted) while task ``tasks[p]`` was trained, on each
+    seen task's fixed subset of ``split`` (``test``, or ``validation`` where the run holds one out).
+    Counts per point and task; a task not seen yet at a point has count 0 (its accuracy NaN)."""
+
+    split: str
+    steps: np.ndarray  # (P,) int
+    tasks: np.ndarray  # (P,) int: the task being trained
+    class_il_correct: np.ndarray  # (P, T) int: argmax over all classes
+    task_il_correct: np.ndarray  # (P, T) int: argmax over the evaluated task's classes
+    counts: np.ndarray  # (P, T) int: samples evaluated (0: not seen yet)
+
+    def accuracy(self, setting: str = "class_il") -> np.ndarray:
+        """(P, T) accuracy in %, NaN for the tasks not seen yet at a point; ``setting``: class_il or task_il."""
+        if setting not in CURVE_SETTINGS:
+            raise ValueError(f"invalid curve setting {setting!r}: valid are {', '.join(CURVE_SETTINGS)}")
+        correct = self.class_il_correct if setting == "class_il" else self.task_il_correct
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.counts > 0, 100.0 * correct / np.maximum(self.counts, 1), np.nan)
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, **{k: getattr(self, k).tolist() for k in CURVE_ARRAYS}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AccuracyCurve:
+        return cls(split=d["split"], **{k: np.asarray(d[k], dtype=np.int64) for k in CURVE_ARRAYS})
+
+
+CURVE_ARRAYS = ("steps", "tasks", "class_il_correct", "task_il_correct", "counts")
+CURVE_SETTINGS = ("class_il", "task_il")
+
+
+@dataclass(frozen=True)
 class RunResult:
     config: ResolvedConfig
     class_il: np.ndarray  # (T, T) % : A[i][j], accuracy on task j after training task i
@@ -92,6 +126,8 @@ class RunResult:
     # penultimate features and ``dead_fraction`` of their ReLU units, over the test samples of tasks
     # 0..i (clbench.engine.evaluation); empty for runs stored before clbench measured them
     plasticity: dict[str, np.ndarray] = field(default_factory=dict)
+    # The evaluations during training (runs with ``config.eval_every``), else None.
+    curve: AccuracyCurve | None = None
 
     @property
     def run_id(self) -> str:
@@ -144,6 +180,7 @@ class RunResult:
             "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
             **({"validation": self.validation.to_dict()} if self.validation is not None else {}),
+            **({"curve": self.curve.to_dict()} if self.curve is not None else {}),
         }
 
     @classmethod
@@ -172,6 +209,7 @@ class RunResult:
             divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
             histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
             validation=SplitMatrices.from_dict(d["validation"]) if d.get("validation") else None,
+            curve=AccuracyCurve.from_dict(d["curve"]) if d.get("curve") else None,
         )
 
 

@@ -99,12 +99,18 @@ def to_version_5(conn) -> None:
     conn.execute(text("ALTER TABLE runs ADD COLUMN job_id VARCHAR(64)"))
 
 
+def to_version_6(conn) -> None:
+    """Schema 5 -> 6: the table ``accuracy_curve`` (evaluation during training, ``--eval-every``),
+    created with the other missing tables after the steps; nothing to change in what exists."""
+
+
 # The version each step brings a database to -> the step. Append a new version's step at the end.
 STEPS: dict[int, Callable[[Any], None]] = {
     2: to_version_2,
     3: to_version_3,
     4: to_version_4,
     5: to_version_5,
+    6: to_version_6,
 }
 
 if sorted(STEPS) != list(range(2, SCHEMA_VERSION + 1)):  # a version without its step, or a step too many

@@ -32,6 +32,7 @@ from clbench.store.schema import (
     SPLITS,
     STATUSES,
     Accuracy,
+    AccuracyCurvePoint,
     Run,
     RunExperiment,
     TaskPlasticity,
@@ -384,6 +385,42 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
 
     rows = _with_store(db, lambda store: store.transaction(lambda conn: histogram_rows(conn, run_ids)))
     return histogram_arrays(rows)
+
+
+CURVE_COLUMNS = (
+    "run_id",
+    "split",
+    "step",
+    "task_trained",
+    "on_task",
+    "n_correct",
+    "n_correct_task_il",
+    "n_total",
+    "class_il",
+    "task_il",
+)
+
+
+def load_curves(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
+    """The evaluations during training of ``run_ids`` (runs trained with ``--eval-every``), long format
+    (``CURVE_COLUMNS``): one row per evaluation and seen task, ``step`` the global step (every epoch of
+    every task counted), ``task_trained`` the task being trained, correct answers on ``n_total`` samples
+    of task ``on_task``'s fixed subset, and the accuracies (%) ``class_il`` and ``task_il``. Runs without
+    curves are absent. ``clbench.store.rows.curve_arrays`` turns one run's rows into an ``AccuracyCurve``."""
+
+    def query(conn):
+        rows = []
+        for chunk in in_chunks(list(run_ids)):
+            stmt = select(AccuracyCurvePoint.__table__).where(AccuracyCurvePoint.run_id.in_(chunk))
+            rows += conn.execute(stmt).all()
+        return rows
+
+    rows = _with_store(db, lambda store: store.transaction(query))
+    df = pd.DataFrame.from_records([r._asdict() for r in rows], columns=list(CURVE_COLUMNS[:-2]))
+    df = df.sort_values(["run_id", "step", "on_task"], kind="stable").reset_index(drop=True)
+    df["class_il"] = 100.0 * df["n_correct"].astype("float64") / df["n_total"]
+    df["task_il"] = 100.0 * df["n_correct_task_il"].astype("float64") / df["n_total"]
+    return df
 
 
 PLASTICITY_COLUMNS = (

@@ -17,12 +17,13 @@ import numpy as np
 from sqlalchemy import select
 
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import Divergence, RunResult, SplitMatrices
+from clbench.runs.results import AccuracyCurve, Divergence, RunResult, SplitMatrices
 from clbench.store.connection import in_chunks
 from clbench.store.ownership import Owner
 from clbench.store.schema import (
     SETTINGS,
     Accuracy,
+    AccuracyCurvePoint,
     ClassAccuracy,
     Confidence,
     ConfidenceHistogram,
@@ -157,6 +158,7 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
         for i in range(len(plasticity.get("effective_rank", ())))
     ]
     return {
+        AccuracyCurvePoint: curve_rows(rid, res.curve),
         TaskPlasticity: plasticity_rows,
         Accuracy: accuracy,
         ClassAccuracy: class_accuracy,
@@ -165,6 +167,27 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
         TaskTiming: timings,
         ConfidenceHistogram: histograms,
     }
+
+
+def curve_rows(rid: str, curve: AccuracyCurve | None) -> list[dict]:
+    """The ``accuracy_curve`` rows of a run's evaluations during training: one per point and seen task."""
+    if curve is None:
+        return []
+    return [
+        {
+            "run_id": rid,
+            "split": curve.split,
+            "step": int(curve.steps[p]),
+            "on_task": j,
+            "task_trained": int(curve.tasks[p]),
+            "n_correct": int(curve.class_il_correct[p, j]),
+            "n_correct_task_il": int(curve.task_il_correct[p, j]),
+            "n_total": int(curve.counts[p, j]),
+        }
+        for p in range(len(curve.steps))
+        for j in range(curve.counts.shape[1])
+        if curve.counts[p, j] > 0
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,6 +244,7 @@ def read_result(run: Mapping[str, Any], rows: Mapping[type, Sequence]) -> RunRes
         histograms=histogram_arrays(rows[ConfidenceHistogram]).get(run["run_id"], {}),
         validation=_split_matrices(held, n_tasks),
         plasticity=_plasticity_arrays(rows.get(TaskPlasticity, ()), n_tasks),
+        curve=curve_arrays(rows.get(AccuracyCurvePoint, ()), n_tasks),
     )
 
 
@@ -230,6 +254,22 @@ def _split_matrices(acc: Sequence, n_tasks: int) -> SplitMatrices | None:
         return None
     _, correct, counts = _accuracy_arrays(acc, n_tasks)
     return SplitMatrices(correct["class_il"], correct["task_il"], correct["class_il_seen"], counts)
+
+
+def curve_arrays(rows: Sequence, n_tasks: int) -> AccuracyCurve | None:
+    """``accuracy_curve`` rows of one run -> its :class:`AccuracyCurve` (None: the run has none)."""
+    if not rows:
+        return None
+    steps = sorted({r.step for r in rows})
+    point = {s: p for p, s in enumerate(steps)}
+    shape = (len(steps), n_tasks)
+    cil, til, counts = np.zeros(shape, np.int64), np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    tasks = np.zeros(len(steps), np.int64)
+    for r in rows:
+        p = point[r.step]
+        cil[p, r.on_task], til[p, r.on_task], counts[p, r.on_task] = r.n_correct, r.n_correct_task_il, r.n_total
+        tasks[p] = r.task_trained
+    return AccuracyCurve(rows[0].split, np.array(steps, dtype=np.int64), tasks, cil, til, counts)
 
 
 def _plasticity_arrays(rows: Sequence, n_tasks: int) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 5  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 6  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -179,7 +179,34 @@ class TaskPlasticity(Base):
     dead_fraction: Mapped[float | None] = mapped_column(Float)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram, TaskPlasticity)
+class AccuracyCurvePoint(Base):
+    """Evaluations during training (runs with ``eval_every``; a new table, created by the migration of any
+    older database): after ``step`` steps of the stream (global, every epoch of every task counted), while
+    ``task_trained`` was trained, the correct answers on ``n_total`` samples of ``on_task``'s fixed subset
+    of ``split`` (the validation split where the run holds one out, else the test sets), class-IL
+    (``n_correct``, argmax over all classes) and task-IL (``n_correct_task_il``)."""
+
+    __tablename__ = "accuracy_curve"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    split: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SPLITS
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_trained: Mapped[int] = mapped_column(Integer)
+    n_correct: Mapped[int] = mapped_column(Integer)
+    n_correct_task_il: Mapped[int] = mapped_column(Integer)
+    n_total: Mapped[int] = mapped_column(Integer)
+
+
+RESULT_TABLES = (
+    Accuracy,
+    ClassAccuracy,
+    Confidence,
+    TaskLoss,
+    TaskTiming,
+    ConfidenceHistogram,
+    TaskPlasticity,
+    AccuracyCurvePoint,
+)
 
 
 class MlflowRun(Base):
@@ -214,4 +241,5 @@ TABLE_SINCE = {
     "confidence_histograms": 3,
     "mlflow_runs": 3,
     "task_plasticity": 4,
+    "accuracy_curve": 6,
 }
