@@ -407,6 +407,8 @@ class SlurmExecutor(Executor):
                 job.started = True
                 yield GroupStarted(index, f"slurm job {job.job_id} on {node or '?'}", job.attempt)
             if outcome is not None:
+                if progress is not None:  # what a quick job did since the last look (its resume) comes first
+                    self._forward_progress(job, progress)
                 del jobs[index]
                 yield outcome
                 continue
