@@ -93,6 +93,29 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def write_once(path: str | os.PathLike, text: str) -> str:
+    """``path``'s text: ``text`` written there complete if it does not exist yet, the file's own
+    text if it does. Of several processes calling this at once, exactly one writes and all read its
+    text (the file appears by a hard link, which never replaces). OS errors become ``OutputError``s."""
+    target = check_output_file(path)
+    try:
+        if not target.exists():
+            fd, tmp = tempfile.mkstemp(dir=target.absolute().parent, prefix=f".{target.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.chmod(tmp, 0o666 & ~_umask())
+                try:
+                    os.link(tmp, target)
+                except FileExistsError:
+                    pass  # another process wrote it first: its text is the one
+            finally:
+                os.unlink(tmp)
+        return target.read_text()
+    except OSError as exc:
+        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
 @contextmanager
 def staged_folder(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary folder beside ``path`` to render into. When the block succeeds, it becomes

@@ -136,3 +136,27 @@ def test_the_sweep_progress_knows_what_runs_and_what_is_queued(tmp_path):
     trains = [p for p in reports if p.event == "train"]
     assert trains and all(p.running[0].train is p.train for p in trains)
     assert reports[-1].groups_done == 2 and reports[-1].running == () and reports[-1].groups_queued == 0
+
+
+def _token_when_released(folder, barrier):
+    from clbench.sweep.executors.slurm import _job_folder_token
+
+    barrier.wait()
+    return _job_folder_token(folder)
+
+
+def test_drivers_starting_together_on_one_job_folder_agree_on_its_marker(tmp_path):
+    """Two SLURM drivers sharing a job folder must read the same marker token: a driver whose token
+    was overwritten by the other's sees each of its jobs refuse the folder (a fresh-clone CI run
+    failed test_slurm's two-driver test this way)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("fork")
+    with ProcessPoolExecutor(8, mp_context=ctx) as pool:
+        for attempt in range(15):
+            barrier = ctx.Manager().Barrier(8)
+            folder = tmp_path / f"jobs{attempt}"
+            tokens = list(pool.map(_token_when_released, [folder] * 8, [barrier] * 8))
+            assert len(set(tokens)) == 1, tokens
+            assert (folder / "clbench-shared-folder").read_text() == tokens[0]

@@ -42,7 +42,7 @@ import torch
 from clbench.engine.environment import resolve_device
 from clbench.engine.progress import Progress
 from clbench.errors import first_line
-from clbench.files import atomic_file
+from clbench.files import OutputError, atomic_file, write_once
 from clbench.sweep import ram
 from clbench.sweep.executors.base import (
     DataSource,
@@ -172,6 +172,13 @@ class _JobReporter:
             pass
 
 
+def _job_folder_token(folder: Path) -> str:
+    """The token of the job folder's marker, which a job must see to know it shares the folder with
+    the driver; written once, by whichever driver comes first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_once(folder / _MARKER, os.urandom(8).hex())
+
+
 def _versions() -> tuple[tuple[str, str], ...]:
     return (("clbench", __version__), ("torch", torch.__version__))
 
@@ -298,14 +305,11 @@ class SlurmExecutor(Executor):
             raise ExecutorUnavailable(f"the SLURM cluster does not answer: {exc}") from None
         self._default_time = _partition_default_time(partitions, self.partition)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            marker = self.folder / _MARKER
-            if not marker.is_file():
-                with atomic_file(marker) as tmp:
-                    tmp.write_text(os.urandom(8).hex())
-            self._token = marker.read_text()
+            self._token = _job_folder_token(self.folder)
         except OSError as exc:
             raise ExecutorUnavailable(f"cannot write the job folder {self.folder}: {exc.strerror or exc}") from None
+        except OutputError as exc:
+            raise ExecutorUnavailable(str(exc)) from None
         self._submitit = submitit
 
     def describe(self) -> str:
