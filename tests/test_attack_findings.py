@@ -1,0 +1,119 @@
+"""Issue 23, section 4: the attack's findings on outputs, the cache, methods of your own, checkpoints
+and method options, one test (or a few) per finding. SQLite only: none is about the database backend."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from clbench import cli
+from clbench.store.opening import open_store
+from clbench.sweep.driver import execute
+from clbench.sweep.plan import plan_sweep, sweep_configs
+
+TINY = ["--dataset", "synthetic", "--synthetic-train-per-class", "20", "--synthetic-test-per-class", "10"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def invoke(monkeypatch, capsys, tmp_path):
+    """``clbench ARGS`` through the console script's entry point in this process: (status, out, err)."""
+
+    def run(*args, cwd: Path | None = None):
+        monkeypatch.chdir(cwd or tmp_path)
+        monkeypatch.delenv("CLBENCH_DB", raising=False)
+        rc = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    return run
+
+
+def tiny(**kw):
+    from clbench.data.specs import SyntheticOptions
+
+    syn = SyntheticOptions(train_per_class=20, test_per_class=10)
+    return sweep_configs(**{"benchmark": "synthetic", "synthetic": syn, **kw})
+
+
+def train(db, configs, experiment=None):
+    with open_store(db) as store:
+        return execute(plan_sweep(configs, store), store, experiment=experiment)
+
+
+def one_error_line(rc: int, out: str, err: str, *needles: str) -> str:
+    lines = err.splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# export -o never replaces a symbolic link, a FIFO or a device
+
+
+@pytest.fixture
+def db_with_a_run(tmp_path):
+    db = tmp_path / "results.db"
+    train(db, tiny(methods=["sgd"], seeds=[0]))
+    return db
+
+
+def test_export_writes_through_a_fifo(db_with_a_run, tmp_path, invoke):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    rc, _, err = invoke("export", "-o", fifo, "--db", db_with_a_run)
+    reader.join(timeout=30)
+    assert rc == 0, err
+    assert received and received[0].startswith("run_id,") and received[0].count("\n") == 2
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "results.db"]  # no temporary file left
+
+
+def test_export_through_a_symlink_replaces_its_target_and_keeps_the_link(db_with_a_run, tmp_path, invoke):
+    (tmp_path / "real.csv").write_text("old\n")
+    (tmp_path / "link.csv").symlink_to("real.csv")
+    rc, _, err = invoke("export", "-o", tmp_path / "link.csv", "--db", db_with_a_run)
+    assert rc == 0, err
+    assert (tmp_path / "link.csv").is_symlink() and os.readlink(tmp_path / "link.csv") == "real.csv"
+    assert (tmp_path / "real.csv").read_text().startswith("run_id,")
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(tmp_path / "made.csv")
+    assert invoke("export", "-o", dangling, "--db", db_with_a_run)[0] == 0
+    assert dangling.is_symlink() and (tmp_path / "made.csv").read_text().startswith("run_id,")
+
+
+def test_export_to_a_pipe_from_process_substitution(db_with_a_run, invoke):
+    read_end, write_end = os.pipe()  # what bash's >(cmd) hands over: /dev/fd/N, a pipe
+    try:
+        rc, _, err = invoke("export", "-o", f"/proc/self/fd/{write_end}", "--db", db_with_a_run)
+        os.close(write_end)
+        text = os.read(read_end, 1 << 16).decode()
+    finally:
+        os.close(read_end)
+    assert rc == 0, err
+    assert text.startswith("run_id,")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_export_to_a_full_device_is_one_line_and_the_device_stays(db_with_a_run, invoke):
+    one_error_line(*invoke("export", "-o", "/dev/full", "--db", db_with_a_run), "/dev/full", "No space")
+    assert stat.S_ISCHR(os.lstat("/dev/full").st_mode)
