@@ -16,6 +16,7 @@ from rich.text import Text
 from clbench.cli.common import (
     FILTER_HELP,
     MAX_THREADS,
+    SPLIT_CHOICES,
     UsageProblem,
     check_data,
     check_whole_option,
@@ -23,29 +24,40 @@ from clbench.cli.common import (
     checkpoint_every_option,
     checkpoint_policy,
     class_il_option,
+    class_order_option,
     console,
     db_option,
     db_url,
     describe_checkpoints,
     duration,
     filter_options,
+    given_command,
     inspect,
+    interrupted_render,
     load,
     p_value,
     pm,
     report_held,
     sigterm_as_interrupt,
     split,
+    split_option,
     store_errors_as_bad_input,
 )
 from clbench.cli.executor import (
     ExecutorChoice,
+    SlurmChoice,
     build_executor,
     cpus_per_group_option,
     executor_option,
     gpus_per_group_option,
     ray_address_option,
     retries_option,
+    slurm_account_option,
+    slurm_folder_option,
+    slurm_partition_option,
+    slurm_qos_option,
+    slurm_sbatch_option,
+    slurm_time_option,
     start_executor,
     threads_option,
 )
@@ -106,6 +118,12 @@ def report_command(
     gpus_per_group: float | None = gpus_per_group_option(),
     cpus_per_group: int | None = cpus_per_group_option(),
     retries: int | None = retries_option(),
+    slurm_partition: str | None = slurm_partition_option(),
+    slurm_time: str | None = slurm_time_option(),
+    slurm_account: str | None = slurm_account_option(),
+    slurm_qos: str | None = slurm_qos_option(),
+    slurm_sbatch: list[str] = slurm_sbatch_option(),
+    slurm_folder: Path | None = slurm_folder_option(),
     checkpoint_every: str = checkpoint_every_option(),
     checkpoint_dir: Path | None = checkpoint_dir_option(),
     class_il: str | None = typer.Option(
@@ -120,6 +138,13 @@ def report_command(
         "--include-stale",
         help="Let runs of an older engine (stale) stand "
         "in for runs this clbench has not computed; they are named as such.",
+    ),
+    split_on: str | None = typer.Option(
+        None,
+        "--split",
+        metavar="SPLIT",
+        help="Measure on the test sets (test) or the validation split (validation). [default: the experiment's, "
+        "else test]",
     ),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
@@ -151,13 +176,28 @@ def report_command(
                 spec = spec.with_render(class_il=class_il)
             if include_stale:
                 spec = spec.with_render(include_stale=True)
+            if split_on is not None:
+                if split_on not in SPLIT_CHOICES:
+                    raise ValueError(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
+                spec = spec.with_render(split=split_on)
             specs.append(spec)
             configs += spec.configs()
         plan_sweep(configs, None)  # resolves every run
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     runner = build_executor(
-        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+        ExecutorChoice(
+            executor,
+            ray_address,
+            gpus_per_group,
+            cpus_per_group,
+            retries,
+            SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder).over(
+                specs[0].slurm if name != ALL else None
+            ),
+        ),
+        device,
+        threads,
     )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.
@@ -186,6 +226,7 @@ def report_command(
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     url = db_url(db)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)  # bad values are bad input, --no-run too
     state = inspect(url)
     err = console(stderr=True)
     stdout = console()
@@ -203,7 +244,7 @@ def report_command(
                 )
             return
         store = open_store(url, readonly=True)
-        with store, store_errors_as_bad_input():
+        with store, store_errors_as_bad_input(), interrupted_render(store.where):
             _render(
                 specs,
                 store,
@@ -227,7 +268,6 @@ def report_command(
                 store.close()
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
-    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
     start_executor(runner)
     try:
         store = open_store(url)
@@ -265,23 +305,24 @@ def report_command(
                     checkpoint=policy,
                 )
             report_held(err, outcome.held)
-        _render(
-            specs,
-            store,
-            out_dirs,
-            root,
-            html,
-            _command(name, no_run, out, html, seeds, db, class_il, include_stale),
-            stdout,
-            name,
-            quiet_when_complete=True,
-        )
+        with interrupted_render(store.where):
+            _render(
+                specs,
+                store,
+                out_dirs,
+                root,
+                html,
+                _command(name, no_run, out, html, seeds, db, class_il, include_stale),
+                stdout,
+                name,
+                quiet_when_complete=True,
+            )
 
 
 def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
     estimates = plan.group_estimates_s()
     memory = plan.group_memory_bytes()
-    for g, members in enumerate(plan.groups):
+    for g in range(len(plan.groups)):
         out.print(
             f"group {g + 1}: {describe_group(plan.group_configs(g))}, estimated {duration(estimates[g])}, "
             f"{human(memory[g])} of memory",
@@ -303,7 +344,11 @@ def _name_for(spec, name: str) -> str:
 
 
 def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=False) -> str:
-    """The command line that renders these reports again (shown on the HTML pages)."""
+    """The command line that rendered these reports, as given (shown on the HTML pages); rebuilt from
+    the options below when not started through ``clbench.cli.main``."""
+    given = given_command()
+    if given is not None:
+        return given
     args = ["clbench", "report", name]
     if class_il is not None:
         args += ["--class-il", class_il]
@@ -365,10 +410,14 @@ def compare_command(
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_order: list[str] = class_order_option(),
     class_il: str = class_il_option(),
+    split_on: str = split_option(),
     db: str | None = db_option(),
 ) -> None:
-    """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
+    """The baseline (no mask) against each masked variant of the same config, paired over seeds and class orders."""
+    if split_on not in SPLIT_CHOICES:
+        raise UsageProblem(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
     if format not in COMPARE_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(COMPARE_FORMATS)}")
     if test not in TESTS:
@@ -380,10 +429,12 @@ def compare_command(
     if class_il not in CLASS_IL_CONVENTIONS:
         raise UsageProblem(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     # Diverged runs are loaded too, so that the comparison can say how many it leaves out.
-    filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
+    filters = filter_options(
+        method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None, class_order
+    )
     masks = split(mask, "--mask")
     ons = split(mask_on, "--mask-on")
-    df = load(db, class_il=class_il, **filters)
+    df = load(db, class_il=class_il, split=split_on, **filters)
     try:
         if masks:
             wanted = {format_mask_value(parse_mask_value(m)) for m in masks} | {base_label}
@@ -455,6 +506,11 @@ def compare_caption(result) -> str:
         f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
         + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
         + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting)."
+        + (
+            " Measured on the validation split (training data the runs held out), not the test sets."
+            if result.attrs.get("split") == "validation"
+            else ""
+        )
     )
 
 

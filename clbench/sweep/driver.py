@@ -35,6 +35,7 @@ from clbench.sweep.executors import (
     GroupFailed,
     GroupProgress,
     GroupStarted,
+    GroupSubmitted,
     GroupTask,
     LocalExecutor,
     TrainOptions,
@@ -161,7 +162,7 @@ def execute(
     done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
     plan = _without(plan, elsewhere)
     tracker = _Tracker(plan, started)
-    groups = [GroupTask(g, tuple(plan.group_configs(g))) for g in range(len(plan.groups))]
+    groups = _group_tasks(plan, store.recorded_jobs(claim.claimed) if plan.runs else {})
     unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]
 
     def report(event: str, group: int, **extra) -> None:
@@ -180,6 +181,9 @@ def execute(
         with contextlib.closing(events):  # closing it early (an exception here) cancels what is not done
             for event in events:
                 ids = tracker.run_ids(event.group)
+                if isinstance(event, GroupSubmitted):
+                    store.record_job(ids, owner, event.job)
+                    continue
                 if isinstance(event, GroupStarted):
                     store.mark_running(ids, owner)
                     tracker.start(event)
@@ -209,6 +213,17 @@ def execute(
         time.perf_counter() - started,
         claim.held,
     )
+
+
+def _group_tasks(plan: Plan, jobs: dict[str, str]) -> list[GroupTask]:
+    """The plan's groups to compute; a group whose runs all carry one recorded cluster job (an
+    earlier driver of theirs submitted it and died) gets that job to adopt."""
+    tasks = []
+    for g in range(len(plan.groups)):
+        recorded = {jobs.get(plan.runs[i].run_id) for i in plan.groups[g]}
+        job = recorded.pop() if len(recorded) == 1 else None
+        tasks.append(GroupTask(g, tuple(plan.group_configs(g)), job))
+    return tasks
 
 
 def _no_events():
