@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from conftest import TEST_OPTIONS, synthetic_config
 import clbench.engine
 from clbench import SyntheticOptions
 from clbench.data.loading import load_benchmark
-from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration
+from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration, unseal
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, saved_fields
 from clbench.engine.loop import train_group
@@ -162,7 +163,7 @@ def test_a_checkpoint_holds_the_position_and_is_found_by_the_group_in_any_order(
     assert resumed[0].phase == "resume" and resumed[0].task == 1
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other engine"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bit flipped", "other engine"])
 def test_an_unusable_checkpoint_is_ignored_with_one_warning(damage, tmp_path, caplog):
     cfgs, data = group("er")
     reference = train_group(cfgs, data)
@@ -179,8 +180,12 @@ def test_an_unusable_checkpoint_is_ignored_with_one_warning(damage, tmp_path, ca
         pt.write_bytes(b"not a checkpoint")
     elif damage == "truncated":
         pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
-    else:
-        blob = torch.load(pt, weights_only=True)
+    elif damage == "bit flipped":  # in the middle: tensor data, which torch itself never checks
+        raw = bytearray(pt.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        pt.write_bytes(bytes(raw))
+    else:  # written back without the checksum header, as before checksums: still stamp-checked
+        blob = torch.load(io.BytesIO(unseal(pt.read_bytes())), weights_only=True)
         blob["engine"]["results_version"] -= 1
         torch.save(blob, pt)
     reports = []
