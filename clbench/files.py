@@ -99,6 +99,21 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return p
 
 
+def probe_output_folder(path: str | os.PathLike) -> Path:
+    """``check_output_folder``, then a real write: a file made and removed at once in ``path`` (or
+    in its nearest existing parent), which catches what permissions do not tell (``/proc``, a full
+    or read-only disk for root). Nothing is left behind; ``OutputError`` when the write fails."""
+    p = check_output_folder(path)
+    base = _nearest_existing(p.absolute())
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".clbench-probe.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write into {p}: {exc.strerror or exc} (in {base})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed to ``path`` when the block succeeds,

@@ -139,3 +139,24 @@ def test_export_to_a_full_device_is_one_line_and_the_device_stays(db_with_a_run,
     full = device_node(tmp_path, "full", 7)
     one_error_line(*invoke("export", "-o", full, "--db", db_with_a_run), str(full), "No space")
     assert stat.S_ISCHR(os.lstat(full).st_mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint folder that cannot be written is refused before training
+
+
+@pytest.mark.parametrize("where", ["proc", "read-only"])
+def test_an_unwritable_checkpoint_folder_is_refused_before_training(where, tmp_path, invoke):
+    if where == "proc":
+        folder = Path("/proc/clbench-x")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder (the full-disk case is tested in test_checkpoint)")
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+    db = tmp_path / "results.db"
+    args = ["run", *TINY, "--method", "er", "--buffer", "10", "--seed", "0", "--db", db, "--checkpoint-dir", folder]
+    one_error_line(*invoke(*args), "--checkpoint-dir", str(folder))
+    assert not db.exists()
+    assert not folder.exists() or list(folder.iterdir()) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
 import io
 import json
 import logging
@@ -23,6 +24,7 @@ import torch
 from conftest import TEST_OPTIONS, synthetic_config
 
 import clbench.engine
+import clbench.engine.checkpoint
 from clbench import SyntheticOptions
 from clbench.data.loading import load_benchmark
 from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration, unseal
@@ -417,3 +419,31 @@ def test_a_group_resumed_in_a_process_with_other_threads_trains_on_with_the_chec
     assert torch.get_num_threads() == 1  # the process's own count again
     assert_identical(resumed, reference)
     assert {r.versions["threads"] for r in resumed} == {"2"}
+
+
+def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, monkeypatch, caplog):
+    """A full disk (as root, where a read-only folder is still writable: a write that fails with
+    ENOSPC) or a folder gone read-only after the start: one warning per checkpoint, training goes
+    on to the same numbers, no temporary file is left."""
+    cfgs, data = group("er")
+    reference = train_group(cfgs, data)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    if os.geteuid() == 0:
+
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(clbench.engine.checkpoint.os, "fsync", full_disk)
+    else:
+        folder.chmod(0o555)
+    reports = []
+    with caplog.at_level(logging.WARNING, logger="clbench"):
+        results = train_group(cfgs, data, progress=reports.append, checkpoint=CheckpointPolicy(folder, every_s=1e-9))
+    folder.chmod(0o755)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all("could not write a checkpoint" in w and "\n" not in w for w in warnings)
+    assert all(w.count("training goes on") == 1 for w in warnings)
+    assert not [r for r in reports if r.phase == "checkpoint"]
+    assert list(folder.iterdir()) == []  # no .pt.tmp-PID
+    assert_identical(results, reference)
