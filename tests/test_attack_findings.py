@@ -160,3 +160,82 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_training(where, tmp_p
     one_error_line(*invoke(*args), "--checkpoint-dir", str(folder))
     assert not db.exists()
     assert not folder.exists() or list(folder.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# method options are range-checked, the same way for the CLI, experiment files and Python
+
+BAD_OPTIONS = [
+    ("gdumb", "fitting_epochs", 0, ">= 1"),
+    ("gdumb", "fitting_epochs", -3, ">= 1"),
+    ("gdumb", "fitting_epochs", 1.7, "whole number"),
+    ("gdumb", "cutmix_prob", 5, "from 0 to 1"),
+    ("gdumb", "cutmix_prob", -0.1, "from 0 to 1"),
+    ("gdumb", "cutmix_alpha", -1, ">= 0"),
+    ("gdumb", "minlr", -1, ">= 0"),
+    ("xder", "gamma", -5, ">= 0"),
+    ("xder", "eta", -0.1, ">= 0"),
+    ("icarl", "wd", -1e-4, ">= 0"),
+    ("ss_il", "distill", -1, ">= 0"),
+    ("lode", "rho", -0.1, ">= 0"),
+    ("lode_derpp", "rho", -0.1, ">= 0"),
+    ("er_las", "tau", -1, ">= 0"),
+    ("er_las", "window", 0, ">= 1"),
+    ("er_las", "window", 2.5, "whole number"),
+    ("er_aml", "temperature", 0, "> 0"),
+    ("er_aml", "temperature", -0.2, "> 0"),
+]
+
+
+@pytest.mark.parametrize(("method", "option", "value", "valid"), BAD_OPTIONS)
+def test_a_method_option_out_of_its_range_is_refused(method, option, value, valid):
+    from conftest import synthetic_config
+
+    with pytest.raises(ValueError) as caught:
+        synthetic_config(method, options={option: value}).resolve()
+    message = str(caught.value)
+    assert "\n" not in message and f"{method} option {option}" in message and valid in message, message
+    assert repr(value) in message, message
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gdumb", {"fitting_epochs": 1, "cutmix_prob": 0, "cutmix_alpha": 0, "minlr": 0}),
+        ("gdumb", {"fitting_epochs": 2.0, "cutmix_prob": 1}),  # a whole number written as 2.0 stays valid
+        ("xder", {"gamma": 0, "eta": 0, "margin": -1}),  # margin has no range
+        ("er_las", {"tau": 0, "window": 3}),
+        ("er_aml", {"temperature": 1e-3}),
+    ],
+)
+def test_a_method_option_at_the_ends_of_its_range_is_valid(method, options):
+    from conftest import synthetic_config
+
+    resolved = synthetic_config(method, options=options).resolve()
+    assert {k: dict(resolved.options)[k] for k in options} == options
+
+
+def test_a_bad_option_is_one_line_on_the_command_line_and_in_an_experiment_file(tmp_path, invoke):
+    db = tmp_path / "results.db"
+    run = ["run", *TINY, "--method", "gdumb", "--buffer", "10", "--seed", "0", "--db", db]
+    one_error_line(*invoke(*run, "--option", "fitting_epochs=0"), "fitting_epochs", ">= 1")
+    one_error_line(*invoke(*run, "--option", "cutmix_prob=5"), "cutmix_prob", "from 0 to 1")
+    (tmp_path / "exp.toml").write_text(
+        'kind = "fig4"\nbenchmark = "synthetic"\nmethods = ["gdumb"]\nmasks = ["none", "-inf"]\n'
+        "buffers = [10]\nseeds = 1\n[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+        'options = { fitting_epochs = 1.7 }\n[per_method.gdumb]\nmask_on = "buffer"\n'
+    )
+    one_error_line(*invoke("report", tmp_path / "exp.toml", "--db", db), "fitting_epochs", "1.7", "whole number")
+    assert not db.exists() and not (tmp_path / "reports").exists()
+
+
+def test_a_method_of_your_own_declares_its_option_ranges_the_same_way(tmp_path):
+    from conftest import synthetic_config
+    from test_user_methods import README_EXAMPLE
+
+    path = tmp_path / "er_ls.py"
+    path.write_text(README_EXAMPLE)
+    method = f"{path}:ERLabelSmoothing"
+    assert dict(synthetic_config(method, options={"smoothing": 1}).resolve().options)["smoothing"] == 1.0
+    with pytest.raises(ValueError, match=r"invalid value 2 for the er_ls option smoothing: give a number from 0 to 1"):
+        synthetic_config(method, options={"smoothing": 2}).resolve()

@@ -54,6 +54,8 @@ class MethodCard:
     run_notes: tuple[str, ...]
     # Added with the mask's keep-sets; written into CARDS only where it is not every keep-set.
     mask_keeps: tuple[str, ...] = ALL_MASK_KEEPS
+    # Added with the options' ranges (``Method.option_ranges``); written only where there are some.
+    option_ranges: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_memory(self) -> bool:
@@ -74,6 +76,7 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
         options=tuple(dict(cls.options).items()),
         run_notes=tuple(cls.run_notes),
         mask_keeps=tuple(getattr(cls, "mask_keeps", ALL_MASK_KEEPS)),
+        option_ranges=tuple(dict(getattr(cls, "option_ranges", {})).items()),
     )
 
 
@@ -158,6 +161,7 @@ CARDS: dict[str, MethodCard] = {
         weights=("alpha", "beta"),
         options=(("gamma", 0.85), ("eta", 0.1), ("margin", 0.3)),
         run_notes=("xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term (needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",),
+        option_ranges=(("gamma", ">= 0"), ("eta", ">= 0")),
     ),
     "icarl": MethodCard(
         name="icarl",
@@ -169,6 +173,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("wd", 0.0),),
         run_notes=("icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; accuracies from the nearest-mean-of-exemplars classifier",),
+        option_ranges=(("wd", ">= 0"),),
     ),
     "agem": MethodCard(
         name="agem",
@@ -191,6 +196,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("minlr", 0.0005), ("fitting_epochs", 256), ("cutmix_alpha", 1.0), ("cutmix_prob", 0.5)),
         run_notes=("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); lr is the refit's maximum lr",),
+        option_ranges=(("minlr", ">= 0"), ("fitting_epochs", ">= 1"), ("cutmix_alpha", ">= 0"), ("cutmix_prob", "0..1")),
     ),
     "ss_il": MethodCard(
         name="ss_il",
@@ -202,6 +208,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("distill", 1.0),),
         run_notes=("ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), its replayed rows' is over the past classes only: no general mask; plain SGD under the protocol (no momentum, weight decay or lr / (t + 1)); memory rebuilt at task ends, ceil(M / S) per class",),
+        option_ranges=(("distill", ">= 0"),),
     ),
     "lode": MethodCard(
         name="lode",
@@ -213,6 +220,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("rho", 0.1),),
         run_notes=(),
+        option_ranges=(("rho", ">= 0"),),
     ),
     "lode_derpp": MethodCard(
         name="lode_derpp",
@@ -224,6 +232,7 @@ CARDS: dict[str, MethodCard] = {
         weights=("alpha", "beta"),
         options=(("rho", 0.05),),
         run_notes=(),
+        option_ranges=(("rho", ">= 0"),),
     ),
     "er_las": MethodCard(
         name="er_las",
@@ -235,6 +244,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("tau", 1.0), ("window", 1)),
         run_notes=(),
+        option_ranges=(("tau", ">= 0"), ("window", ">= 1")),
     ),
     "er_aml": MethodCard(
         name="er_aml",
@@ -246,6 +256,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("temperature", 0.2),),
         run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+        option_ranges=(("temperature", "> 0"),),
     ),
 }
 # END CARDS
@@ -274,7 +285,8 @@ def _written_cards() -> str:
         lines += [
             f"        {f.name}={_literal(getattr(card, f.name))},"
             for f in fields(card)
-            if f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS
+            if (f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS)
+            and (f.name != "option_ranges" or card.option_ranges)
         ]
         lines.append("    ),")
     lines.append("}")

@@ -56,6 +56,32 @@ def check_real(name: str, value: Any, *, low: float | None = None, above: float 
     return v
 
 
+def parse_range(valid: str) -> tuple[float | None, float | None, bool]:
+    """A range as methods declare one (``Method.option_ranges``): ">= LOW", "> LOW" or "LOW..HIGH"
+    (both ends included) -> (low, high, low_included)."""
+    text = valid.strip()
+    try:
+        if text.startswith(">="):
+            return float(text[2:]), None, True
+        if text.startswith(">"):
+            return float(text[1:]), None, False
+        low, high = text.split("..")
+        return float(low), float(high), True
+    except ValueError:
+        raise ValueError(f"invalid option range {valid!r}: give '>= LOW', '> LOW' or 'LOW..HIGH'") from None
+
+
+def check_in_range(name: str, value: float, valid: str, whole: bool = False) -> float:
+    """``value`` (a number already of its option's type) within the range ``valid`` (``parse_range``)."""
+    low, high, included = parse_range(valid)
+    inside = (low is None or value > low or (included and value == low)) and (high is None or value <= high)
+    if not inside:
+        what = "a whole number" if whole else "a number"
+        where = f"from {low:g} to {high:g}" if high is not None else f"{'>=' if included else '>'} {low:g}"
+        raise InvalidValue(name, value, f"give {what} {where}")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...], valid: str = "valid are") -> str:
     if not isinstance(value, str) or value not in choices:
         raise InvalidValue(name, value, f"{valid} {', '.join(choices)}")
