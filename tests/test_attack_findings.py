@@ -3,6 +3,7 @@ and method options, one test (or a few) per finding. SQLite only: none is about 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import threading
@@ -239,3 +240,43 @@ def test_a_method_of_your_own_declares_its_option_ranges_the_same_way(tmp_path):
     assert dict(synthetic_config(method, options={"smoothing": 1}).resolve().options)["smoothing"] == 1.0
     with pytest.raises(ValueError, match=r"invalid value 2 for the er_ls option smoothing: give a number from 0 to 1"):
         synthetic_config(method, options={"smoothing": 2}).resolve()
+
+
+# ---------------------------------------------------------------------------------------------
+# an experiment file listing a method of your own: its runs are found by every renderer
+
+
+def test_renderers_find_the_runs_of_a_method_of_your_own(tmp_path, invoke):
+    method = tmp_path / "m.py"
+    method.write_text("from clbench.methods import ER\n\n\nclass M(ER):\n    name = 'mine'\n")
+    db = tmp_path / "results.db"
+    for kind in ("methods", "fig2", "forgetting"):  # the first trains, the others render the same runs
+        (tmp_path / f"{kind}.toml").write_text(
+            f'kind = "{kind}"\nbenchmark = "synthetic"\nmethods = ["{method}:M"]\nmasks = ["none", "-inf"]\n'
+            "buffers = [10]\nseeds = 2\n[overrides]\nsynthetic = { train_per_class = 20, test_per_class = 10 }\n"
+        )
+        rc, out, err = invoke(
+            "report", tmp_path / f"{kind}.toml", "--db", db, *(["--no-run"] if kind != "methods" else [])
+        )
+        assert rc == 0 and "Traceback" not in err, err
+        assert "missing" not in out and "none of the runs" not in out, out
+    reports = tmp_path / "reports"
+    methods_rows = (reports / "methods" / "methods.csv").read_text().splitlines()[1:]
+    assert len(methods_rows) == 8 and all(r.startswith("mine,") and ",2,0," in r for r in methods_rows)
+    assert (reports / "methods" / "methods-compare.csv").read_text().splitlines()[1].startswith("mine,synthetic,10,")
+    fig2 = json.loads((reports / "fig2" / "fig2.data.json").read_text())
+    assert fig2["method"] == "mine" and fig2["n_seeds_wanted"] == 2 and fig2["seeds"] == [0, 1]
+    forgetting = (reports / "forgetting" / "forgetting.csv").read_text().splitlines()[1:]
+    assert len(forgetting) == 8 and all(r.startswith("mine,") and ",2,0," in r for r in forgetting)
+
+
+def test_two_methods_of_one_name_in_an_experiment_file_are_refused(tmp_path, invoke):
+    for stem in ("a", "b"):
+        (tmp_path / f"{stem}.py").write_text("from clbench.methods import ER\n\n\nclass M(ER):\n    name = 'mine'\n")
+    (tmp_path / "exp.toml").write_text(
+        f'kind = "forgetting"\nbenchmark = "synthetic"\nmethods = ["{tmp_path}/a.py:M", "{tmp_path}/b.py:M"]\n'
+        'masks = ["none"]\nbuffers = [10]\nseeds = 1\n'
+    )
+    db = tmp_path / "results.db"
+    one_error_line(*invoke("report", tmp_path / "exp.toml", "--db", db), "both named 'mine'")
+    assert not db.exists()
