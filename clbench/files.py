@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,17 +48,40 @@ def _nearest_existing(path: Path) -> Path:
     return Path(path.anchor or ".")
 
 
+def _special(p: Path) -> bool:
+    """True if ``p`` (links followed) exists and is neither a regular file nor a folder: a FIFO, a
+    device, a socket, a pipe such as ``/dev/fd/63`` from a shell's ``>(cmd)``."""
+    try:
+        mode = os.stat(p).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _link_target(p: Path) -> Path:
+    """The file a symbolic link ``p`` names (links resolved), so that writing replaces that file and
+    leaves the link a link; ``p`` itself when it is not a link."""
+    return Path(os.path.realpath(p)) if p.is_symlink() else p
+
+
 def check_output_file(path: str | os.PathLike) -> Path:
-    """``path`` as a file that can be written (created or replaced); ``OutputError`` otherwise."""
+    """``path`` as a file that can be written (created or replaced); ``OutputError`` otherwise. A
+    FIFO, a device or a pipe is written through (it needs only to be writable); a symbolic link
+    is followed, its target is the file that gets replaced."""
     p = Path(path)
+    if _special(p):
+        if not os.access(p, os.W_OK):
+            raise OutputError(f"cannot write {p}: no permission to write to it")
+        return p
     if p.is_dir():
         raise OutputError(f"cannot write {p}: it is a folder; give a file path, e.g. {p / 'runs.csv'}")
-    parent = p.absolute().parent
+    target = _link_target(p)
+    parent = target.absolute().parent
     if not parent.exists():
         raise OutputError(f"cannot write {p}: the folder {parent} does not exist")
     if not parent.is_dir():
         raise OutputError(f"cannot write {p}: {parent} is not a folder")
-    if not _writable(parent) or (p.exists() and not os.access(p, os.W_OK)):
+    if not _writable(parent) or (target.exists() and not os.access(target, os.W_OK)):
         raise OutputError(f"cannot write {p}: {parent} is not writable (no permission, or read-only storage)")
     return p
 
@@ -75,12 +99,39 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return p
 
 
+def probe_output_folder(path: str | os.PathLike) -> Path:
+    """``check_output_folder``, then a real write: a file made and removed at once in ``path`` (or
+    in its nearest existing parent), which catches what permissions do not tell (``/proc``, a full
+    or read-only disk for root). Nothing is left behind; ``OutputError`` when the write fails."""
+    p = check_output_folder(path)
+    base = _nearest_existing(p.absolute())
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".clbench-probe.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write into {p}: {exc.strerror or exc} (in {base})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed to ``path`` when the block succeeds,
-    removed when it fails. OS errors become one-line ``OutputError``s."""
-    target = check_output_file(path)
-    fd, tmp = tempfile.mkstemp(dir=target.absolute().parent, prefix=f".{target.name}.", suffix=".tmp")
+    removed when it fails. OS errors become one-line ``OutputError``s. A symbolic link stays a link
+    (the file it names is replaced); a FIFO, device or pipe is never replaced: the block writes
+    straight to it (no all or nothing there: what was written before an error stays written)."""
+    checked = check_output_file(path)
+    if _special(checked):
+        try:
+            yield checked
+        except OSError as exc:
+            raise OutputError(f"cannot write {checked}: {exc.strerror or exc}") from None
+        return
+    target = _link_target(checked)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.absolute().parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {checked}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -88,7 +139,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, target)
     except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {checked}: {exc.strerror or exc}") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
+import io
 import json
 import logging
 import os
@@ -22,9 +24,10 @@ import torch
 from conftest import TEST_OPTIONS, synthetic_config
 
 import clbench.engine
+import clbench.engine.checkpoint
 from clbench import SyntheticOptions
 from clbench.data.loading import load_benchmark
-from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration
+from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, list_checkpoints, parse_duration, unseal
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, saved_fields
 from clbench.engine.loop import train_group
@@ -193,7 +196,7 @@ def test_a_checkpoint_holds_the_position_and_is_found_by_the_group_in_any_order(
     assert resumed[0].phase == "resume" and resumed[0].task == 1
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other engine"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bit flipped", "other engine"])
 def test_an_unusable_checkpoint_is_ignored_with_one_warning(damage, tmp_path, caplog):
     cfgs, data = group("er")
     reference = train_group(cfgs, data)
@@ -210,8 +213,12 @@ def test_an_unusable_checkpoint_is_ignored_with_one_warning(damage, tmp_path, ca
         pt.write_bytes(b"not a checkpoint")
     elif damage == "truncated":
         pt.write_bytes(pt.read_bytes()[: pt.stat().st_size // 2])
-    else:
-        blob = torch.load(pt, weights_only=True)
+    elif damage == "bit flipped":  # in the middle: tensor data, which torch itself never checks
+        raw = bytearray(pt.read_bytes())
+        raw[len(raw) // 2] ^= 0x10
+        pt.write_bytes(bytes(raw))
+    else:  # written back without the checksum header, as before checksums: still stamp-checked
+        blob = torch.load(io.BytesIO(unseal(pt.read_bytes())), weights_only=True)
         blob["engine"]["results_version"] -= 1
         torch.save(blob, pt)
     reports = []
@@ -443,3 +450,31 @@ def test_a_group_resumed_in_a_process_with_other_threads_trains_on_with_the_chec
     assert torch.get_num_threads() == 1  # the process's own count again
     assert_identical(resumed, reference)
     assert {r.versions["threads"] for r in resumed} == {"2"}
+
+
+def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, monkeypatch, caplog):
+    """A full disk (as root, where a read-only folder is still writable: a write that fails with
+    ENOSPC) or a folder gone read-only after the start: one warning per checkpoint, training goes
+    on to the same numbers, no temporary file is left."""
+    cfgs, data = group("er")
+    reference = train_group(cfgs, data)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    if os.geteuid() == 0:
+
+        def full_disk(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(clbench.engine.checkpoint.os, "fsync", full_disk)
+    else:
+        folder.chmod(0o555)
+    reports = []
+    with caplog.at_level(logging.WARNING, logger="clbench"):
+        results = train_group(cfgs, data, progress=reports.append, checkpoint=CheckpointPolicy(folder, every_s=1e-9))
+    folder.chmod(0o755)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and all("could not write a checkpoint" in w and "\n" not in w for w in warnings)
+    assert all(w.count("training goes on") == 1 for w in warnings)
+    assert not [r for r in reports if r.phase == "checkpoint"]
+    assert list(folder.iterdir()) == []  # no .pt.tmp-PID
+    assert_identical(results, reference)

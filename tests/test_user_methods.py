@@ -32,6 +32,7 @@ README_EXAMPLE = textwrap.dedent('''\
     class ERLabelSmoothing(ER):
         name = "er_ls"  # its name in tables and filters
         options = {"smoothing": 0.1}  # --option smoothing=0.2
+        option_ranges = {"smoothing": "0..1"}  # checked before any run: ">= LOW", "> LOW" or "LOW..HIGH"
         mask_acts_on = ("stream",)  # the general mask acts on the stream's cross-entropy only
         loss_terms_names = ("ce", "replay_smooth_ce")
 

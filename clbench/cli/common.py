@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 from clbench.data.sources import DataNotFoundError, locate
 from clbench.data.specs import get_benchmark
 from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, checkpoint_directory, parse_duration
+from clbench.files import OutputError, probe_output_folder
 from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
 from clbench.store.connection import StoreError, is_in_memory, resolve_db_url, sqlite_path
 from clbench.store.opening import inspect_db
@@ -63,9 +64,11 @@ def checkpoint_dir_option():
     )
 
 
-def checkpoint_policy(db_url, every: str, directory: Path | None) -> CheckpointPolicy | None:
+def checkpoint_policy(db_url, every: str, directory: Path | None, training: bool = True) -> CheckpointPolicy | None:
     """The checkpoint policy of ``--checkpoint-every`` and ``--checkpoint-dir`` (``None``: off);
-    bad values are bad input. Nothing is created here: the folder appears with the first checkpoint."""
+    bad values are bad input, and so, when the command will train (``training``), is a folder that
+    cannot be written (checked by writing, before any training). Nothing is created here: the
+    folder appears with the first checkpoint."""
     try:
         seconds = parse_duration(every)
     except ValueError as exc:
@@ -75,6 +78,11 @@ def checkpoint_policy(db_url, every: str, directory: Path | None) -> CheckpointP
     folder = checkpoint_directory(sqlite_path(db_url), directory)
     if folder.exists() and not folder.is_dir():
         raise UsageProblem(f"invalid --checkpoint-dir {folder}: it is a file, not a folder")
+    try:
+        if training:
+            probe_output_folder(folder)
+    except OutputError as exc:
+        raise UsageProblem(f"invalid --checkpoint-dir: {exc}") from None
     return CheckpointPolicy(folder, seconds)
 
 

@@ -226,7 +226,8 @@ def report_command(
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     url = db_url(db)
-    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)  # bad values are bad input, --no-run too
+    # bad values are bad input, --no-run too; the folder is tried only when runs may be trained
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not (no_run or dry_run))
     state = inspect(url)
     err = console(stderr=True)
     stdout = console()

@@ -282,7 +282,7 @@ def run(
     check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
     url = db_url(db)
     state = inspect(url)
-    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
     err = console(stderr=True)
     if dry_run:
         store = open_store(url, readonly=True) if state == "ready" else None

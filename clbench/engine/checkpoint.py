@@ -4,7 +4,9 @@ A checkpoint is the group's whole training state at a step (``clbench.engine.gro
 parameters, BatchNorm statistics, the reservoir buffer, every run's random generators, seen
 classes, loss sums, evaluations so far, position), written atomically (temporary file, fsync,
 rename) as ``<key>.pt`` with a small ``<key>.json`` summary beside it (which runs, how far) that
-listings read without loading tensors. The key is a hash of the group's run ids
+listings read without loading tensors. The ``.pt`` file opens with the SHA-256 of the state it holds
+(``seal``); a file whose bytes no longer match it (a flipped bit on disk) is refused before resuming
+(``unseal``), as a truncated or unreadable one is. The key is a hash of the group's run ids
 (``checkpoint_key``), so the same group planned again finds it; runs carry the engine's results
 version in their ids, so a checkpoint never resumes a run of another version.
 
@@ -88,13 +90,53 @@ def checkpoint_paths(directory: Path | str, key: str) -> tuple[Path, Path]:
     return directory / f"{key}.pt", directory / f"{key}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+SEAL = b"clbench checkpoint, sha256 of the rest:\n"  # then 32 bytes of digest, then the state
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint file whose bytes are not the ones that were written."""
+
+
+def seal(state: bytes) -> tuple[bytes, ...]:
+    """The pieces of a ``.pt`` file holding ``state``: a header with its SHA-256, then the state."""
+    return SEAL, hashlib.sha256(state).digest(), state
+
+
+def unseal(data: bytes) -> memoryview:
+    """The state in the bytes of a ``.pt`` file, after checking it against the file's SHA-256;
+    ``DamagedCheckpoint`` when they differ. A file written before checksums (no header) is returned
+    as it is, unchecked, as it always was."""
+    view = memoryview(data)
+    if not data.startswith(SEAL):
+        return view
+    digest, state = view[len(SEAL) : len(SEAL) + 32], view[len(SEAL) + 32 :]
+    if hashlib.sha256(state).digest() != digest:
+        raise DamagedCheckpoint("its SHA-256 does not match its contents: the file was damaged after it was written")
+    return state
+
+
+def read_checkpoint(directory: Path | str, key: str) -> memoryview | None:
+    """The checked state of checkpoint ``key`` (``unseal``), or ``None`` when there is none."""
+    pt, _ = checkpoint_paths(directory, key)
+    try:
+        data = pt.read_bytes()
+    except FileNotFoundError:
+        return None
+    return unseal(data)
+
+
+def _atomic_write(path: Path, *pieces: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            for data in pieces:
+                fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk, an interruption) leaves no temporary file
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a crash
@@ -107,7 +149,7 @@ def write_checkpoint(policy: CheckpointPolicy, summary: CheckpointSummary, state
     describes a state that is there)."""
     policy.directory.mkdir(parents=True, exist_ok=True)
     pt, js = checkpoint_paths(policy.directory, summary.key)
-    _atomic_write(pt, state)
+    _atomic_write(pt, *seal(state))
     _atomic_write(js, json.dumps(asdict(summary)).encode())
 
 

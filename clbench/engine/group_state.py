@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clbench.engine.checkpoint import CheckpointPolicy, CheckpointSummary, checkpoint_paths, write_checkpoint
+from clbench.engine.checkpoint import (
+    CheckpointPolicy,
+    CheckpointSummary,
+    checkpoint_paths,
+    read_checkpoint,
+    write_checkpoint,
+)
 from clbench.engine.divergence import DivergenceWatch
 from clbench.engine.evaluation import CurvePoint, Evaluation
 from clbench.engine.group import Group
@@ -331,14 +337,18 @@ def save_snapshot(policy: CheckpointPolicy, summary: CheckpointSummary, snapshot
 
 def load_snapshot(policy: CheckpointPolicy, key: str) -> dict[str, Any] | None:
     """The saved state of group ``key``, or ``None`` when there is none. A file that cannot be read,
-    or was written by another engine, format or torch build, is ignored with one warning line
-    (the group then starts over)."""
+    does not match its checksum, or was written by another engine, format or torch build, is
+    ignored with one warning line (the group then starts over)."""
     pt, _ = checkpoint_paths(policy.directory, key)
     if not pt.exists():
         return None
     try:
+        state_bytes = read_checkpoint(policy.directory, key)
+        if state_bytes is None:
+            return None
         # weights_only: the file holds tensors and plain values; nothing in it can run code.
-        blob = torch.load(pt, map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
+        del state_bytes
         stamp, saved_key, state = blob["engine"], blob["key"], blob["state"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same case
         log.warning(

@@ -8,6 +8,7 @@ the random draws are made ahead in ``plans``; GDumb's refit is ``refit``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -27,10 +28,13 @@ from clbench.engine.plans import PLAN_CHUNK_STEPS, draw_epoch, replay_avail, rep
 from clbench.engine.progress import PhaseTimer, PhaseTimes, Progress, ProgressCallback, untimed
 from clbench.engine.refit import refit
 from clbench.engine.update import NetState, StepForward, fresh, step_batches, train_step
+from clbench.errors import first_line
 from clbench.lockstep.step import Step
 from clbench.methods.user import method_code_error
 from clbench.runs.resolved import ResolvedConfig
 from clbench.runs.results import AccuracyCurve, RunResult, SplitMatrices
+
+log = logging.getLogger("clbench")
 
 
 def train_group(
@@ -127,8 +131,19 @@ class _Training:
             )
 
     def save(self, n_steps: int) -> None:
-        save_snapshot(self.checkpoint, self.st.summary(self.group, n_steps), self.st.snapshot())
+        """Write a checkpoint; one that cannot be written (full disk, a folder gone read-only) costs
+        only itself: one warning line, and training goes on (the previous checkpoint stays)."""
         self.last_saved = time.monotonic()
+        try:
+            save_snapshot(self.checkpoint, self.st.summary(self.group, n_steps), self.st.snapshot())
+        except OSError as exc:
+            log.warning(
+                "could not write a checkpoint in %s (%s); training goes on, an interruption now resumes from "
+                "the previous checkpoint",
+                self.checkpoint.directory,
+                first_line(exc, limit=160),
+            )
+            return
         self.report("checkpoint", self.st.task, self.st.epoch, self.st.step, n_steps)
 
     def task_pool(self, task: int) -> torch.Tensor:

@@ -133,6 +133,10 @@ class Method:
     mask_keeps: tuple[str, ...] = ("task", "batch", "seen")
     weights: tuple[str, ...] = ()  # which of the config's alpha and beta the method reads
     options: Mapping[str, Any] = {}  # the method's own hyperparameters and their defaults
+    # Each option's valid values, checked for every way a run is asked for (the CLI, experiment
+    # files, Python): ">= LOW", "> LOW", "LOW..HIGH" (both ends included) or "LOW..<HIGH"; the type is the
+    # default's (an int option takes whole numbers only). An option not listed takes any finite value.
+    option_ranges: Mapping[str, str] = {}
     run_notes: tuple[str, ...] = ()  # recorded in every run's notes (what the method is, as run)
     refits: bool = False  # trains from scratch on its memory at every task end (see refit_*)
 

@@ -122,6 +122,13 @@ class BiC(Method):
     uses_buffer = True
     group_by_buffer_size = True  # the held-out rows' count follows the buffer: equal pools per group
     options = {"bias_epochs": 250, "bias_lr": 1e-3, "temperature": 2.0, "val_split": 0.1, "distill_after_bias": 1}
+    option_ranges = {
+        "bias_epochs": ">= 0",
+        "bias_lr": ">= 0",
+        "temperature": "> 0",  # divides the logits
+        "val_split": "0..<1",  # the share of each class's memory held out; all of it leaves none to replay
+        "distill_after_bias": "0..1",  # a switch
+    }
     loss_terms_names = ("ce", "kd")
     run_notes = (
         "bic: ER's replay with Mammoth's BiC loss ((1 - 1/(t+1)) CE over seen classes + 1/(t+1) T^2 KD from "

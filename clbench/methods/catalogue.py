@@ -56,6 +56,8 @@ class MethodCard:
     run_notes: tuple[str, ...]
     # Added with the mask's keep-sets; written into CARDS only where it is not every keep-set.
     mask_keeps: tuple[str, ...] = ALL_MASK_KEEPS
+    # Added with the options' ranges (``Method.option_ranges``); written only where there are some.
+    option_ranges: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_memory(self) -> bool:
@@ -76,6 +78,7 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
         options=tuple(dict(cls.options).items()),
         run_notes=tuple(cls.run_notes),
         mask_keeps=tuple(getattr(cls, "mask_keeps", ALL_MASK_KEEPS)),
+        option_ranges=tuple(dict(getattr(cls, "option_ranges", {})).items()),
     )
 
 
@@ -160,6 +163,7 @@ CARDS: dict[str, MethodCard] = {
         weights=("alpha", "beta"),
         options=(("gamma", 0.85), ("eta", 0.1), ("margin", 0.3)),
         run_notes=("xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term (needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",),
+        option_ranges=(("gamma", ">= 0"), ("eta", ">= 0")),
     ),
     "icarl": MethodCard(
         name="icarl",
@@ -171,6 +175,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("wd", 0.0),),
         run_notes=("icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; accuracies from the nearest-mean-of-exemplars classifier",),
+        option_ranges=(("wd", ">= 0"),),
     ),
     "agem": MethodCard(
         name="agem",
@@ -193,6 +198,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("minlr", 0.0005), ("fitting_epochs", 256), ("cutmix_alpha", 1.0), ("cutmix_prob", 0.5)),
         run_notes=("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); lr is the refit's maximum lr",),
+        option_ranges=(("minlr", ">= 0"), ("fitting_epochs", ">= 1"), ("cutmix_alpha", ">= 0"), ("cutmix_prob", "0..1")),
     ),
     "ss_il": MethodCard(
         name="ss_il",
@@ -204,6 +210,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("distill", 1.0),),
         run_notes=("ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), its replayed rows' is over the past classes only: no general mask; plain SGD under the protocol (no momentum, weight decay or lr / (t + 1)); memory rebuilt at task ends, ceil(M / S) per class",),
+        option_ranges=(("distill", ">= 0"),),
     ),
     "lode": MethodCard(
         name="lode",
@@ -215,6 +222,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("rho", 0.1),),
         run_notes=(),
+        option_ranges=(("rho", ">= 0"),),
     ),
     "lode_derpp": MethodCard(
         name="lode_derpp",
@@ -226,6 +234,7 @@ CARDS: dict[str, MethodCard] = {
         weights=("alpha", "beta"),
         options=(("rho", 0.05),),
         run_notes=(),
+        option_ranges=(("rho", ">= 0"),),
     ),
     "er_las": MethodCard(
         name="er_las",
@@ -237,6 +246,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("tau", 1.0), ("window", 1)),
         run_notes=(),
+        option_ranges=(("tau", ">= 0"), ("window", ">= 1")),
     ),
     "er_aml": MethodCard(
         name="er_aml",
@@ -248,6 +258,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("temperature", 0.2),),
         run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+        option_ranges=(("temperature", "> 0"),),
     ),
     "wa": MethodCard(
         name="wa",
@@ -270,6 +281,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("bias_epochs", 250), ("bias_lr", 0.001), ("temperature", 2.0), ("val_split", 0.1), ("distill_after_bias", 1)),
         run_notes=("bic: ER's replay with Mammoth's BiC loss ((1 - 1/(t+1)) CE over seen classes + 1/(t+1) T^2 KD from the previous task's bias-corrected network) and a two-parameter bias layer on the newest task's logits fitted at every task end on held-out rows; plain SGD under the protocol",),
+        option_ranges=(("bias_epochs", ">= 0"), ("bias_lr", ">= 0"), ("temperature", "> 0"), ("val_split", "0..<1"), ("distill_after_bias", "0..1")),
     ),
 }
 # END CARDS
@@ -298,7 +310,8 @@ def _written_cards() -> str:
         lines += [
             f"        {f.name}={_literal(getattr(card, f.name))},"
             for f in fields(card)
-            if f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS
+            if (f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS)
+            and (f.name != "option_ranges" or card.option_ranges)
         ]
         lines.append("    ),")
     lines.append("}")

@@ -78,6 +78,7 @@ class ERAML(Method):
     uses_buffer = True
     mask_acts_on = ("buffer",)  # after task 0 the stream rows have no softmax cross-entropy
     options = {"temperature": 0.2}
+    option_ranges = {"temperature": "> 0"}  # divides the similarities
     loss_terms_names = ("ce", "supcon", "replay_ce")
     run_notes = (
         "er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts "

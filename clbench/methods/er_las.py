@@ -39,6 +39,7 @@ class ERLAS(Method):
     replay_draws = 1
     uses_buffer = True
     options = {"tau": 1.0, "window": 1}
+    option_ranges = {"tau": ">= 0", "window": ">= 1"}  # window: steps of counts kept
     loss_terms_names = ("ce",)
 
     def init_state(self, ctx: MethodContext) -> dict[str, torch.Tensor]:

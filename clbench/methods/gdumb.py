@@ -85,6 +85,8 @@ class GDumb(Method):
     refits = True
     loss_terms_names = ("ce",)
     options = {"minlr": 5e-4, "fitting_epochs": 256, "cutmix_alpha": 1.0, "cutmix_prob": 0.5}
+    # cutmix_alpha 0: no mixing (lambda 1); otherwise lambda ~ Beta(alpha, alpha), which needs alpha > 0
+    option_ranges = {"minlr": ">= 0", "fitting_epochs": ">= 1", "cutmix_alpha": ">= 0", "cutmix_prob": "0..1"}
     run_notes = (
         "gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained "
         "from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); "

@@ -70,6 +70,7 @@ class ICaRL(Method):
     group_by_buffer_size = True  # training set = task samples + exemplars: equal sizes per buffer size
     mask_acts_on = ()  # no softmax cross-entropy
     options = {"wd": 0.0}
+    option_ranges = {"wd": ">= 0"}
     loss_terms_names = ("bce", "l2")
     run_notes = (
         "icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; "

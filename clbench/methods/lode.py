@@ -55,6 +55,7 @@ class LODE(Method):
     replay_draws = 1
     uses_buffer = True
     options = {"rho": 0.1}
+    option_ranges = {"rho": ">= 0"}  # a loss weight
     loss_terms_names = ("ce", "inter", "replay_ce")
 
     def loss_terms(self, step: Step) -> MethodOutput:

@@ -28,6 +28,7 @@ from clbench.methods.lode import lode_stream_terms
 class LODEDERpp(DERpp):
     name = "lode_derpp"
     options = {"rho": 0.05}
+    option_ranges = {"rho": ">= 0"}  # a loss weight
     loss_terms_names = ("ce", "inter", "logit_mse", "replay_ce")
 
     def loss_terms(self, step: Step) -> MethodOutput:

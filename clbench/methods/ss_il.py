@@ -109,6 +109,7 @@ class SSIL(Method):
     inserts_stream = False
     mask_acts_on = ()  # its softmaxes are already sliced (stream rows: the mask at m = -inf)
     options = {"distill": 1.0}
+    option_ranges = {"distill": ">= 0"}  # a loss weight
     loss_terms_names = ("ce", "kd")
     run_notes = (
         "ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), "

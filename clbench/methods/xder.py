@@ -82,6 +82,7 @@ class XDER(Method):
     mask_acts_on = ("stream",)
     weights = ("alpha", "beta")
     options = {"gamma": 0.85, "eta": 0.1, "margin": 0.3}
+    option_ranges = {"gamma": ">= 0", "eta": ">= 0"}  # gamma scales a logit (a sign flip below 0); eta weighs a loss
     loss_terms_names = ("ce", "logit_mse", "replay_ce", "future_constraint")
     run_notes = (
         "xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current "

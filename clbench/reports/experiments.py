@@ -131,6 +131,9 @@ class ExperimentSpec:
     # The class orders every run is trained in (0: the benchmark's; K > 0: the permutation drawn from K).
     class_orders: tuple[int, ...] = (0,)
     slurm: dict[str, Any] = field(default_factory=dict)  # the [slurm] section (--executor slurm's options)
+    # A method of your own: its name (what ``methods``, ``per_method`` and the store hold, and the
+    # renderers filter by) -> how the file names it ("PATH.py:CLASS"), which training needs.
+    method_refs: dict[str, str] = field(default_factory=dict)
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
@@ -156,7 +159,7 @@ class ExperimentSpec:
         orders = {} if self.class_orders == (0,) else {"class_orders": self.class_orders}
         if not self.per_method:
             return sweep_configs(
-                methods=self.methods,
+                methods=tuple(self.method_refs.get(m, m) for m in self.methods),
                 masks=self.masks,
                 buffers=self.buffers,
                 seeds=seed_list,
@@ -170,7 +173,7 @@ class ExperimentSpec:
             cfg
             for method in self.methods
             for cfg in sweep_configs(
-                methods=(method,),
+                methods=(self.method_refs.get(method, method),),
                 masks=self.masks_for(method),
                 buffers=self.buffers,
                 seeds=seed_list,
@@ -382,6 +385,10 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     per_method = _per_method(data, methods, source)
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
     _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
+    names = _method_names(methods, source)  # a method of your own is stored and rendered by its name
+    method_refs = {names[m]: m for m in methods if names[m] != m}
+    methods = [names[m] for m in methods]
+    per_method = {names[m]: own for m, own in per_method.items()}
     overrides = _overrides(data, source)
     for key in RUN_KEYS:  # evaluation during training: top level, or in [overrides]
         if key in data:
@@ -427,7 +434,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             if render[key] not in masks:
                 raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
     if kind == "fig2":
-        render["method"] = render["method"] or methods[0]
+        render["method"] = names.get(render["method"], render["method"]) or methods[0]
         if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
             raise ValueError(f"{source}: render.buffer must be a whole number, got {render['buffer']!r}")
         render["buffer"] = int(render["buffer"] if render["buffer"] is not None else buffers[0])
@@ -462,6 +469,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         description=str(data.get("description", "")),
         source=source,
         per_method=per_method,
+        method_refs=method_refs,
         class_orders=tuple(class_orders),
         slurm=_slurm_section(data, source),
     )
@@ -540,6 +548,21 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
             own["mask_keep"] = entry["mask_keep"]
         out[method] = own
     return out
+
+
+def _method_names(methods: list[str], source: str) -> dict[str, str]:
+    """Each entry of ``methods`` -> the name its runs are stored under ("/p/m.py:M" -> M's ``name``);
+    two entries of one name are refused (their runs could not be told apart)."""
+    from clbench.methods import find_method  # noqa: PLC0415
+
+    names: dict[str, str] = {}
+    for method in methods:
+        name = find_method(method).name
+        other = next((m for m, n in names.items() if n == name), None)
+        if other is not None and other != method:
+            raise ValueError(f"{source}: methods: {other!r} and {method!r} are both named {name!r}: give one of them")
+        names[method] = name
+    return names
 
 
 def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per_method: dict, source: str) -> None:

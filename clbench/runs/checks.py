@@ -56,6 +56,41 @@ def check_real(name: str, value: Any, *, low: float | None = None, above: float 
     return v
 
 
+def parse_range(valid: str) -> tuple[float | None, float | None, bool, bool]:
+    """A range as methods declare one (``Method.option_ranges``): ">= LOW", "> LOW", "LOW..HIGH"
+    (both ends included) or "LOW..<HIGH" (HIGH excluded) -> (low, high, low_included, high_included)."""
+    text = valid.strip()
+    try:
+        if text.startswith(">="):
+            return float(text[2:]), None, True, False
+        if text.startswith(">"):
+            return float(text[1:]), None, False, False
+        low, high = text.split("..")
+        if high.startswith("<"):
+            return float(low), float(high[1:]), True, False
+        return float(low), float(high), True, True
+    except ValueError:
+        raise ValueError(
+            f"invalid option range {valid!r}: give '>= LOW', '> LOW', 'LOW..HIGH' or 'LOW..<HIGH'"
+        ) from None
+
+
+def check_in_range(name: str, value: float, valid: str, whole: bool = False) -> float:
+    """``value`` (a number already of its option's type) within the range ``valid`` (``parse_range``)."""
+    low, high, low_in, high_in = parse_range(valid)
+    inside = (low is None or value > low or (low_in and value == low)) and (
+        high is None or value < high or (high_in and value == high)
+    )
+    if not inside:
+        what = "a whole number" if whole else "a number"
+        if high is None:
+            where = f"{'>=' if low_in else '>'} {low:g}"
+        else:
+            where = f"from {low:g} to {high:g}" + ("" if high_in else f" (below {high:g})")
+        raise InvalidValue(name, value, f"give {what} {where}")
+    return value
+
+
 def check_choice(name: str, value: Any, choices: tuple[str, ...], valid: str = "valid are") -> str:
     if not isinstance(value, str) or value not in choices:
         raise InvalidValue(name, value, f"{valid} {', '.join(choices)}")

@@ -25,7 +25,7 @@ from clbench.data.specs import (
 from clbench.lockstep import BACKBONES, HEADS
 from clbench.methods import METHODS, MethodRef, find_method
 from clbench.methods.user import shipped_base
-from clbench.runs.checks import InvalidValue, check_choice, check_real, check_whole
+from clbench.runs.checks import InvalidValue, check_choice, check_in_range, check_real, check_whole
 from clbench.runs.mask import MaskSpec
 from clbench.runs.presets import Preset, lookup_preset
 from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS, ResolvedConfig
@@ -233,15 +233,16 @@ def _option_value(name: str, key: str, value: Any, default: Any) -> Any:
     elif kind in (int, float):
         try:
             number = kind(value) if not isinstance(value, str) else kind(float(value)) if kind is float else int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             number = None
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            number = None  # 1.7 from a file is no more a whole number than "1.7" on the command line
         if number is not None and not isinstance(value, bool) and math.isfinite(number):
             return number
     else:
         return str(value)
-    raise ValueError(
-        f"invalid value {value!r} for the {name} option {key}: give a {kind.__name__} (default {default!r})"
-    )
+    what = {bool: "true or false", int: "a whole number", float: "a number"}.get(kind, f"a {kind.__name__}")
+    raise ValueError(f"invalid value {value!r} for the {name} option {key}: give {what} (default {default!r})")
 
 
 def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -252,6 +253,16 @@ def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | 
         raise ValueError(f"unknown option {unknown[0]!r} for {ref.name}: its options are {valid}")
     values = {**defaults, **{k: v for k, v in preset.options.items() if k in defaults}}
     values.update({k: _option_value(ref.name, k, v, defaults[k]) for k, v in (given or {}).items()})
+    ranges = dict(ref.card.option_ranges)
+    for key in sorted(set(given or {}) & set(ranges)):
+        whole = type(defaults[key]) is int
+        try:
+            check_in_range(key, values[key], ranges[key], whole=whole)
+        except InvalidValue as exc:
+            raise ValueError(
+                f"invalid value {given[key]!r} for the {ref.name} option {key}: {exc.requirement} "
+                f"(default {defaults[key]!r})"
+            ) from None
     return tuple(sorted(values.items()))
 
 
