@@ -56,6 +56,7 @@ def _count_histograms(hists: dict[str, torch.Tensor], t: int, probs: torch.Tenso
         hists[kind][:, t].scatter_add_(1, bins, p.isfinite().long())  # a diverged run's NaNs: not counted
 
 
+@torch.no_grad()
 def evaluate(
     net: BatchedBackbone,
     params: Params,
