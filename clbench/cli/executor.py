@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import typer
 
 from clbench.cli.common import UsageProblem
@@ -80,9 +79,10 @@ class ExecutorChoice:
     retries: int | None = None
 
 
-def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> Executor:
-    """The executor, its options and the device checked together; every problem is a one-line
-    :class:`UsageProblem`. Nothing is connected yet (see :func:`start_executor`)."""
+def build_executor(choice: ExecutorChoice, device: str, threads: int | None, check_device: bool = True) -> Executor:
+    """The executor, its options and (``check_device``: a command that trains) the device checked
+    together; every problem is a one-line :class:`UsageProblem`. Nothing is connected yet (the
+    session starts it)."""
     if choice.executor not in EXECUTORS:
         raise UsageProblem(f"invalid --executor {choice.executor!r}: valid executors are {', '.join(EXECUTORS)}")
     ray_only = {
@@ -101,10 +101,7 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
             raise UsageProblem(
                 "--threads applies to --executor local; with --executor ray a group gets --cpus-per-group threads"
             )
-        try:
-            is_cuda = torch.device(device).type == "cuda"
-        except RuntimeError:
-            is_cuda = False  # check_device below names the valid devices
+        is_cuda = device.split(":")[0] == "cuda"  # torch.device's type; check_device below names the valid devices
         gpus = choice.gpus_per_group if choice.gpus_per_group is not None else (1.0 if is_cuda else 0.0)
         try:
             executor = make_executor(
@@ -117,7 +114,8 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
         except ValueError as exc:
             raise UsageProblem(str(exc)) from None
     try:
-        executor.check_device(device)
+        if check_device:
+            executor.check_device(device)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     except RuntimeError:  # torch's own error for a string that names no device type at all
@@ -130,12 +128,3 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
         except ExecutorUnavailable as exc:
             raise UsageProblem(str(exc)) from None
     return executor
-
-
-def start_executor(executor: Executor) -> None:
-    """Connect the executor and check it (a Ray cluster: reachable, same versions on every node,
-    room for a group) before the database is opened; a problem is a one-line :class:`UsageProblem`."""
-    try:
-        executor.start()
-    except ExecutorUnavailable as exc:
-        raise UsageProblem(str(exc)) from None
