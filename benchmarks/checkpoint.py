@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,15 @@ def main() -> None:
             for way in (NONE, WITH) if rep % 2 == 0 else (WITH, NONE):
                 reports = []
                 out, wall = timed(
-                    lambda: train_group(
+                    partial(
+                        train_group,
                         cfgs,
                         data,
-                        checkpoint=policy if way == WITH else None,  # noqa: B023
+                        checkpoint=policy if way == WITH else None,
                         progress=reports.append,
                     ),
                     args.device,
-                )  # noqa: B023
+                )
                 walls[way].append(wall)
                 results[way] = out
                 saved = [p for p in reports if p.phase == "checkpoint"]

@@ -87,7 +87,8 @@ def main() -> None:
                 f"`torch.compile` of the MLP step, group of {runs}, against eager",
                 eager / compiled,
                 "x",
-                shown=f"{eager / compiled:.2f}x ({compiled * 1e3:.3f} against {eager * 1e3:.3f} ms per step); compiling "
+                shown=f"{eager / compiled:.2f}x ({compiled * 1e3:.3f} against {eager * 1e3:.3f} ms per step); "
+                f"compiling "
                 f"{compile_s:.1f} s; " + (f"pays after {pays} steps" if pays != "never" else "never pays"),
             )
         )

@@ -122,8 +122,7 @@ def run_variant(name: str, executor: str, options: dict, threads: int | None, ar
         [sys.executable, "-c", CHILD, json.dumps(spec)],
         cwd=REPO,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
     )
     wall = time.perf_counter() - t0
@@ -222,7 +221,8 @@ def main() -> None:
     speedup = best["sweep_s"] / ray["sweep_s"]
     ray_over = median([p["wall_s"] - p["compute_s"] for p in ray["probes"]]) + median(ray["shipping_s"])
     print(
-        f"Ray ran {ray['slots']} groups at once (a local cluster of this machine's {ray['slots']} CPUs, one per group); "
+        f"Ray ran {ray['slots']} groups at once (a local cluster of this machine's {ray['slots']} CPUs, one per "
+        f"group); "
         f"their use: {sum(ray['group_compute_s']) / (ray['slots'] * ray['sweep_s']):.0%} "
         f"(sum of group compute / ({ray['slots']} x sweep wall))"
     )

@@ -80,7 +80,7 @@ def layer_throughput(runs: int, rows: int, device: str, repeats: int = 7) -> lis
         gy = torch.randn(runs, rows, h, generator=g).to(device)
         inputs = (x, w, b) if i > 0 else (w, b)
 
-        def once():
+        def once(x=x, w=w, b=b, inputs=inputs, gy=gy):
             torch.autograd.grad(batched_linear(x, w, b), inputs, gy)
 
         once()
@@ -160,7 +160,8 @@ def main() -> None:
         n = args.seeds
         c0 = cfgs[0]
         print(
-            f"\n{method}: {n} seeds in one group, buffer 200, batch {c0.batch_size}, replay minibatch {c0.minibatch_size} x "
+            f"\n{method}: {n} seeds in one group, buffer 200, batch {c0.batch_size}, replay minibatch "
+            f"{c0.minibatch_size} x "
             f"{get_method(method).replay_draws} draw(s); {steps} steps; wall {wall:.2f} s (median of {args.repeats})"
         )
         flop_rows = [

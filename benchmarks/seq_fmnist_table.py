@@ -50,7 +50,8 @@ def main() -> None:
         til = np.array([r.metrics["faa_task_il"] for r in results])
         label = cfgs[0].resolve().mask.label
         lines.append(
-            f"| {method} | {label} | {cil.mean():.2f} ± {cil.std():.2f} | {til.mean():.2f} ± {til.std():.2f} | {wall:.1f} |"
+            f"| {method} | {label} | {cil.mean():.2f} ± {cil.std():.2f} | {til.mean():.2f} ± {til.std():.2f} | "
+            f"{wall:.1f} |"
         )
         print(lines[-1], flush=True)
     print()

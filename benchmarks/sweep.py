@@ -90,7 +90,8 @@ def main() -> None:
     print()
     bench = data_options[1]
     print(
-        f"fig4 sweep: {args.method} on {bench}, buffer {args.buffer}, masks {args.masks}, {args.seeds} seeds = {n_runs} runs"
+        f"fig4 sweep: {args.method} on {bench}, buffer {args.buffer}, masks {args.masks}, {args.seeds} seeds = "
+        f"{n_runs} runs"
     )
     print(table(["repeat", "wall (s)", "per run (s)", "runs per hour", "runs finished in the registry"], rows))
     print()

@@ -41,7 +41,8 @@ import os, sys, tempfile, time
 from clbench import RunConfig, SyntheticOptions, train_runs
 bench = sys.argv[2]
 syn = SyntheticOptions(train_per_class=int(sys.argv[3]), test_per_class=10) if bench == "synthetic" else None
-cfgs = [RunConfig(method="er", benchmark=bench, synthetic=syn, seed=s, buffer_size=200) for s in range(int(sys.argv[1]))]
+n_seeds = int(sys.argv[1])
+cfgs = [RunConfig(method="er", benchmark=bench, synthetic=syn, seed=s, buffer_size=200) for s in range(n_seeds)]
 if os.environ.get("CLBENCH_BENCH_AUTO"):
     from clbench.sweep.executors import LocalExecutor
     from clbench.store import open_store
@@ -51,7 +52,8 @@ if os.environ.get("CLBENCH_BENCH_AUTO"):
         t0 = time.perf_counter()
         execute(plan_sweep([c.resolve() for c in cfgs], store), store, executor=LocalExecutor(threads="auto"))
         wall = time.perf_counter() - t0
-        threads = {store.run_row(r)["versions"]["threads"] for r in store.statuses([c.resolve().identity() for c in cfgs])}
+        ids = [c.resolve().identity() for c in cfgs]
+        threads = {store.run_row(r)["versions"]["threads"] for r in store.statuses(ids)}
     print(f"{wall:.3f} {','.join(sorted(threads))}")
 else:
     t0 = time.perf_counter()
@@ -162,7 +164,8 @@ def main() -> None:
                 worst,
                 "x",
                 ok and worst <= TARGET_PAIR,
-                shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against {shown(g['alone'], args.timeout)} "
+                shown=f"{' and '.join(shown(p, args.timeout) for p in g['pair'])} s against "
+                f"{shown(g['alone'], args.timeout)} "
                 f"s alone" + (f" ({worst:.1f}x)" if ok else ""),
                 why="" if ok else "a process was killed",
             )
@@ -172,11 +175,13 @@ def main() -> None:
         ok = auto is not None and one is not None
         targets.append(
             target(
-                f"beside a busy process at nice 19 ({what}): `clbench run`'s own thread choice no slower than one thread",
+                f"beside a busy process at nice 19 ({what}): `clbench run`'s own thread choice no slower than "
+                f"one thread",
                 auto,
                 "s",
                 ok and auto <= one,
-                shown=f"{shown(got['auto']['beside'], args.timeout)} s against {shown(got['threads1']['beside'], args.timeout)} "
+                shown=f"{shown(got['auto']['beside'], args.timeout)} s against "
+                f"{shown(got['threads1']['beside'], args.timeout)} "
                 "s with one thread",
                 why="" if ok else "a process was killed",
             )

@@ -10,7 +10,8 @@ import numpy as np
 
 FORGETTING_DEFINITIONS = {
     "chaudhry": "forgetting (Chaudhry et al. 2018): mean over j < T-1 of max_{i in [j, T-2]} A[i][j] - A[T-1][j]",
-    "mammoth": "forgetting (Mammoth's variant): mean over j < T-1 of max_{i in [j, T-1]} A[i][j] - A[T-1][j] (never negative)",
+    "mammoth": "forgetting (Mammoth's variant): mean over j < T-1 of max_{i in [j, T-1]} A[i][j] - A[T-1][j] "
+    "(never negative)",
 }
 
 
@@ -80,3 +81,45 @@ def summarize(class_il, task_il) -> dict[str, float]:
         out[f"forgetting_mammoth_{setting}"] = forgetting(a, "mammoth")
         out[f"bwt_{setting}"] = backward_transfer(a)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plasticity beside stability: what the run still learns, at each task's end.
+
+PLASTICITY_DEFINITIONS = {
+    "diagonal": "accuracy on the task just learned, after learning it: A[i][i] (its mean over tasks, "
+    "Lopez-Paz & Ranzato 2017's learning accuracy)",
+    "joint_shortfall": "mean over tasks i of A_joint[i][i] - A[i][i]: what the run learns of task i "
+    "less than the joint model (trained on tasks 0..i together) does of it",
+    "effective_rank": "effective rank of the penultimate features F (N x D) over the test samples of "
+    "the tasks seen so far: exp(-sum_k p_k log p_k), p_k = s_k / sum_l s_l, s the singular values "
+    "of F (Roy & Vetterli 2007; used for plasticity by Kumar et al. 2021, Dohare et al. 2024)",
+    "dead_fraction": "fraction of the penultimate ReLU units that are 0 on every one of those samples "
+    "(dead units; Sokar et al. 2023, Dohare et al. 2024)",
+}
+
+
+def diagonal_accuracy(a) -> np.ndarray:
+    """A[i][i] for every task i: the accuracy on the task just learned, after learning it."""
+    return np.diag(_square(a)).copy()
+
+
+def joint_shortfall(a, joint) -> float:
+    """Mean over tasks of ``joint[i][i] - a[i][i]`` (points): how much less of each new task the run
+    learns than the joint model of the same benchmark, seed and class order (NaN when sizes differ)."""
+    a, joint = _square(a), _square(joint)
+    if a.shape != joint.shape:
+        return float("nan")
+    return float(np.mean(np.diag(joint) - np.diag(a)))
+
+
+def effective_rank(singular_values) -> float:
+    """Roy & Vetterli (2007): exp of the entropy of the normalised singular values,
+    ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum_l s_l`` (0 log 0 = 0); between 1 and the
+    number of values for a non-zero matrix, 0 for the zero matrix."""
+    s = np.abs(np.asarray(singular_values, dtype=np.float64))
+    total = s.sum()
+    if total <= 0:
+        return 0.0
+    p = s[s > 0] / total
+    return float(np.exp(-(p * np.log(p)).sum()))

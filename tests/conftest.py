@@ -36,9 +36,11 @@ def mixed_group():
     def make(method, **kw):
         cls = get_method(method)
         acts = cls.mask_acts_on
-        # A mask on the buffer alone where the method's cross-entropy sees replayed rows; else both.
-        buffer_only = "buffer" if "buffer" in acts else "both"
+        # A mask on the buffer alone where the method's cross-entropy sees replayed rows, on both
+        # where it sees both (a placement must act on every row it names); else where it acts.
         plain = "stream" if "stream" in acts else "buffer"
+        buffer_only = "buffer" if "buffer" in acts else plain
+        both = "both" if {"stream", "buffer"} <= set(acts) else plain
         masks = (None, -math.inf, -2.0, 1.0) if acts else (None,) * 4
         buffers = (30,) * 4 if cls.group_by_buffer_size else (50, 5, 30, 8)
         if method in TEST_OPTIONS:
@@ -46,7 +48,7 @@ def mixed_group():
         return [
             synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **kw),
             synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on=plain, **kw),
-            synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on="both", lr=0.05, **kw),
+            synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on=both, lr=0.05, **kw),
             synthetic_config(
                 method, seed=3, buffer=buffers[3], mask=masks[3], on=buffer_only, alpha=0.5, beta=0.3, **kw
             ),

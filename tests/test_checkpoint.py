@@ -60,11 +60,12 @@ def group(method: str, backbone: str = "mlp", long: bool = False):
     buffers = (12, 12, 12) if cls.group_by_buffer_size else (40, 3, 12)
     masks = (None, -float("inf"), -2.0) if cls.mask_acts_on else (None,) * 3
     on = "stream" if "stream" in cls.mask_acts_on else "buffer"
+    both = "both" if {"stream", "buffer"} <= set(cls.mask_acts_on) else on  # where a mask acts on every row
     if method in TEST_OPTIONS:
         common["options"] = TEST_OPTIONS[method]
     cfgs = [
         synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
-        synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on="both", **common),
+        synthetic_config(method, seed=1, buffer=buffers[1], mask=masks[1], on=both, **common),
         synthetic_config(method, seed=2, buffer=buffers[2], mask=masks[2], on=on, lr=0.05, **common),
     ]
     cfgs = [c.resolve() for c in cfgs]
@@ -107,6 +108,13 @@ class Stop(Exception):
         ("agem", "mlp"),
         ("gdumb", "mlp"),
         ("xder", "resnet18"),
+        ("ss_il", "mlp"),
+        ("lode", "mlp"),
+        ("lode_derpp", "mlp"),
+        ("er_las", "mlp"),
+        ("er_aml", "mlp"),
+        ("ss_il", "resnet18"),
+        ("er_aml", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):

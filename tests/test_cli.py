@@ -99,7 +99,7 @@ BAD_INPUT_IN_PROCESS = {
     ),
     "device": (["run", "--device", "tpu"], None, ["unsupported device 'tpu'", "cpu, cuda"]),
     "seed": (["run", "--seed", "-1"], None, ["invalid --seed -1"]),
-    "seeds not a number": (["run", "--seeds", "x"], None, ["'--seeds'"]),
+    "seeds not a number": (["run", "--seeds", "x"], None, ["invalid --seeds 'x'", "whole number"]),
     "epochs": (["run", "--epochs", "0"], None, ["invalid --epochs 0", "whole number from 1"]),
     "lr": (["run", "--lr", "nan"], None, ["invalid --lr nan"]),
     "zero buffer": (["run", "--buffer", "0"], None, ["er needs a buffer of at least 1 sample"]),
@@ -116,8 +116,12 @@ BAD_INPUT_IN_PROCESS = {
     "export before any run": (["export"], None, ["no clbench database at"]),
     "export format": (["export", "--format", "xml"], None, ["invalid --format 'xml'", "csv, json, parquet"]),
     # Executors: every value is checked before a database is created or a cluster contacted.
-    "executor": (["run", "--executor", "slurm"], None, ["invalid --executor 'slurm'", "local, ray"]),
-    "report executor": (["report", "fig2", "--executor", "dask"], None, ["invalid --executor 'dask'", "local, ray"]),
+    "executor": (["run", "--executor", "pbs"], None, ["invalid --executor 'pbs'", "local, ray, slurm"]),
+    "report executor": (
+        ["report", "fig2", "--executor", "dask"],
+        None,
+        ["invalid --executor 'dask'", "local, ray, slurm"],
+    ),
     "ray address": (
         ["run", "--executor", "ray", "--ray-address", "head-node"],
         None,
@@ -136,7 +140,7 @@ BAD_INPUT_IN_PROCESS = {
     "resources, local executor": (
         ["report", "fig2", "--cpus-per-group", "2"],
         None,
-        ["--cpus-per-group applies to --executor ray only"],
+        ["--cpus-per-group applies to --executor ray or slurm only"],
     ),
     "negative gpus": (
         ["run", "--executor", "ray", "--device", "cuda", "--gpus-per-group", "-1"],

@@ -44,7 +44,8 @@ def small_sweep(**kw):
 
 def test_nothing_imports_ray_unless_the_ray_executor_is_asked_for():
     code = (
-        "import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli, clbench.store.queries, clbench.reports;"
+        "import sys, clbench, clbench.sweep.driver, clbench.sweep.executors, clbench.cli,"
+        " clbench.store.queries, clbench.reports;"
         "from clbench.sweep.executors import make_executor; make_executor('local');"
         "print('ray' in sys.modules)"
     )
@@ -116,8 +117,8 @@ def test_closing_the_events_early_stops_the_local_executor():
 
 def test_make_executor_names_the_valid_executors():
     assert isinstance(make_executor("local"), LocalExecutor)
-    with pytest.raises(ValueError, match="unknown executor 'slurm': valid executors are local, ray"):
-        make_executor("slurm")
+    with pytest.raises(ValueError, match="unknown executor 'pbs': valid executors are local, ray, slurm"):
+        make_executor("pbs")
     with pytest.raises(ValueError, match="takes only the option threads"):
         make_executor("local", retries=2)
     with pytest.raises(ValueError, match="threads must be a whole number >= 1, 'auto' or None"):

@@ -551,7 +551,7 @@ def test_read_only_commands_work_on_a_registry_on_read_only_storage(tmp_path):
         ],
         cwd=tmp_path,
     )
-    for rc, out, err in results[:6]:
+    for rc, _out, err in results[:6]:
         assert rc == 0 and "error" not in err, err
     assert "4 runs" in results[0][1] and rid in results[1][1]
     assert len(json.loads(results[2][1])) == 4 and (tmp_path / "out.csv").exists()

@@ -36,7 +36,10 @@ seeds = 3
 epochs = 1
 synthetic = { train_per_class = 20, test_per_class = 10 }
 """
-FIG2 = 'name = "h-fig2"\ntitle = "ER, masked or not"\nkind = "fig2"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [20]\n'
+FIG2 = (
+    'name = "h-fig2"\ntitle = "ER, masked or not"\nkind = "fig2"\n'
+    'methods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [20]\n'
+)
 TABLE = 'name = "h-tiny"\nkind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 20]\n'
 
 
@@ -112,7 +115,7 @@ def test_pages_name_every_cell_and_its_unfinished_runs(site, tmp_path):
     assert '<td class="num">9</td></tr>' in page  # the 9 finished runs all share those versions
     text = html.unescape(page)
     command = f"clbench report {folder / 'h-tiny.toml'} --no-run --html --out {root / 'h-tiny'} --db {db}"
-    assert command in text and all(f"'{rid}'" in text for rid in coverage["run_id"])
+    assert command in text and all(f"'{rid}'" in text for rid in runs["run_id"])  # the runs drawn from
     assert page.count("<table") >= 4 and "<strong>" in page  # the two result tables, best in bold
     fig2 = (root / "h-fig2.html").read_text()
     assert 'href="h-fig2/h-fig2.data.json"' in fig2 and 'src="h-fig2/h-fig2.png"' in fig2
@@ -198,7 +201,7 @@ def test_report_all_writes_a_page_per_registered_experiment(site, tmp_path, monk
     [
         (["report", "fig2", "--html", "--no-run", "--out", "afile/fig2"], "afile is a file, not a folder"),
         (["report", "all", "--html", "--no-run", "--out", "afile"], "--out afile is a file, not a folder"),
-        (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig9", "--html"], "unknown experiment 'fig9': valid experiments are class-order, fig2"),
         (["report", "fig2", "--html", "--no-run", "--db", "afile"], "not a clbench database"),
     ],
 )

@@ -40,6 +40,11 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         ("icarl", None),
         ("agem", None),
         ("gdumb", None),
+        ("ss_il", None),
+        ("lode", None),
+        ("lode_derpp", None),
+        ("er_las", None),
+        ("er_aml", None),
     ],
 )
 def test_group_equals_each_run_alone(method, head, mixed_group):
@@ -52,7 +57,9 @@ def test_group_equals_each_run_alone(method, head, mixed_group):
         assert_same_run(res, alone)
 
 
-@pytest.mark.parametrize("method", ["er", "derpp", "xder", "icarl", "agem", "gdumb"])
+@pytest.mark.parametrize(
+    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+)
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
     # (buffer 3 < minibatch 10 for one run). One step per task (batch = the task's 12 samples):
@@ -76,18 +83,24 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
         buffers = (20, 3, 9)
     masks = (None, -float("inf"), -1.0) if cls.mask_acts_on else (None,) * 3
     on = "stream" if "stream" in cls.mask_acts_on else "buffer"
+    both = "both" if {"stream", "buffer"} <= set(cls.mask_acts_on) else on  # where a mask acts on every row
     cfgs = [
         synthetic_config(method, seed=0, buffer=buffers[0], mask=masks[0], **common),
-        synthetic_config(method, seed=5, buffer=buffers[1], mask=masks[1], on="both", lr=0.1, **common),
+        synthetic_config(method, seed=5, buffer=buffers[1], mask=masks[1], on=both, lr=0.1, **common),
         synthetic_config(method, seed=7, buffer=buffers[2], mask=masks[2], on=on, **common),
     ]
     grouped = train_runs(cfgs)
+    # Probabilities within 1e-5 (grouped and single convolutions sum in different orders). ER-AML's
+    # SupCon scales its gradient by T / 0.07 / T = 1 / 0.07: at lr 0.1 the rounding of one step reaches
+    # 5.1e-5 (measured: 5.8e-5 unmasked, 1.4e-6 at lr 0.05, 5e-7 for ER), so it gets 1e-4.
+    tol = 1e-4 if method == "er_aml" else 1e-5
     for cfg, res in zip(cfgs, grouped):
-        # Probabilities within 1e-5 (grouped and single convolutions sum in different orders).
-        assert_same_run(res, train_runs([cfg])[0], rtol=1e-5, atol=1e-5)
+        assert_same_run(res, train_runs([cfg])[0], rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("method", ["derpp", "xder", "icarl", "agem", "gdumb"])
+@pytest.mark.parametrize(
+    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+)
 def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
     a = train_runs(mixed_group(method))
     b = train_runs(mixed_group(method))

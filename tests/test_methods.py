@@ -1,8 +1,10 @@
-"""The defining behaviour of X-DER, iCaRL, A-GEM and GDumb, the cosine head, and where a mask may act
-(lockstep and resume of these methods: tests/test_lockstep.py and tests/test_checkpoint.py)."""
+"""The defining behaviour of X-DER, iCaRL, A-GEM, GDumb and the mask's rivals (SS-IL, LODE, LODE-DER++,
+ER-LAS, ER-AML), the cosine head, and where a mask may act (lockstep and resume of these methods:
+tests/test_lockstep.py and tests/test_checkpoint.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -129,7 +131,7 @@ def test_icarl_nearest_mean_of_exemplars_equals_the_one_computed_by_hand():
     for r in range(3):
         run = {k: v[r : r + 1] for k, v in params.items()}
 
-        def feature(images):
+        def feature(images, run=run):
             f, _ = net.features(run, {}, prepare_inputs(images, data.spec).unsqueeze(0), train=False)
             return f[0] / f[0].norm(dim=-1, keepdim=True)
 
@@ -211,7 +213,7 @@ def test_gdumb_lr_schedule_warm_start_then_cosine_restarts():
 
 
 def test_gdumb_stream_mask_cannot_act():
-    with pytest.raises(ValueError, match="valid placements for gdumb are buffer, both"):
+    with pytest.raises(ValueError, match="valid placements for gdumb are buffer$"):
         synthetic_config("gdumb", mask=-math.inf, on="stream").resolve()
     assert synthetic_config("gdumb", mask=-math.inf, on="buffer").resolve().mask.on == "buffer"
 
@@ -332,7 +334,7 @@ def test_xder_published_is_the_minus_inf_mask():
     cfg = synthetic_config("xder", buffer=20).resolve()
     assert any("X-DER as published is --mask -inf" in n for n in cfg.notes)
     assert any("without the SupCon consistency term" in n for n in cfg.notes)
-    with pytest.raises(ValueError, match="valid placements for xder are stream, both"):
+    with pytest.raises(ValueError, match="valid placements for xder are stream$"):
         synthetic_config("xder", mask=-2.0, on="buffer").resolve()
 
 
@@ -449,3 +451,268 @@ def test_new_configs_round_trip_through_json(method, kw):
     cfg = synthetic_config(method, **kw).resolve()
     back = ResolvedConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.identity() == cfg.identity() and back.group_key() == cfg.group_key()
+
+
+# -- the rivals of the mask: SS-IL, LODE, LODE-DER++, ER-LAS, ER-AML ------------------------------
+
+
+def hand_step(task, stream_y, replay_ys=(), *, options, logits, state=None, net=None, n_tasks=3, c=2, valid=None):
+    """A Step of one run with given labels; ``logits`` maps each batch's row count to fixed logits."""
+    from clbench.lockstep.step import Batch, LossLayer, Step
+    from clbench.runs.mask import MaskSpec
+
+    class_task = torch.arange(n_tasks * c) // c
+
+    def batch(y, from_buffer, v=None):
+        y = torch.tensor([y])
+        return Batch(torch.zeros(1, y.shape[1], 1), y, class_task[y], torch.full((y.shape[1],), from_buffer), valid=v)
+
+    stream = batch(stream_y, False)
+    replay = tuple(batch(y, True, valid) for y in replay_ys)
+    return Step(
+        task=task,
+        stream=stream,
+        replay=replay,
+        alpha=torch.tensor([0.3]),
+        beta=torch.tensor([0.7]),
+        seen_classes=torch.zeros(1, n_tasks * c, dtype=torch.bool),
+        forward=lambda b: logits[len(b)],
+        loss=LossLayer([MaskSpec(None)], class_task),
+        state=state or {},
+        options=options,
+        net=net,
+    )
+
+
+def test_ss_il_stream_term_is_the_masked_softmax_at_minus_inf_and_replay_is_past_only():
+    from clbench.lockstep.step import concat
+    from clbench.masking import masked_cross_entropy, task_active_mask
+    from clbench.methods.ss_il import SSIL
+
+    g = torch.Generator().manual_seed(0)
+    stream_y, replay_y = [2, 3, 3, 2], [0, 1, 1]
+    z = torch.randn(1, 7, 6, generator=g, requires_grad=True)
+    old = torch.randn(1, 7, 6, generator=g)
+
+    class Teacher:
+        def forward(self, params, bn, x, train):
+            assert not train and set(params) == {"w"}
+            return old, bn
+
+    step = hand_step(
+        1, stream_y, (replay_y,), options={"distill": 1.0}, logits={7: z}, state={"teacher.w": torch.ones(1)}
+    )
+    step = dataclasses.replace(step, net=Teacher())
+    out = SSIL().loss_terms(step)
+    batch = concat(step.stream, step.replay[0])
+    ct = step.class_task
+    stream = masked_cross_entropy(z[0, :4], batch.y[0, :4], task_active_mask(batch.task[0, :4], ct), -math.inf, "sum")
+    replay = torch.nn.functional.cross_entropy(z[0, 4:, :2], batch.y[0, 4:], reduction="sum")  # past classes only
+    torch.testing.assert_close(out.terms["ce"], ((stream + replay) / 7).view(1))
+    # Equal to the stream rows' softmax over the current task's classes alone: the slice.
+    by_slice = torch.nn.functional.cross_entropy(z[0, :4, 2:4], batch.y[0, :4] - 2, reduction="sum")
+    torch.testing.assert_close(stream, by_slice)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(z[0, :, :2] / 2, -1), torch.softmax(old[0, :, :2] / 2, -1), reduction="batchmean"
+    )
+    torch.testing.assert_close(out.terms["kd"], 4 * kl.view(1))
+    # Stream rows: gradient on the current task's classes only; replayed rows: on the past ones only.
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :4, :2] == 0).all() and (grad[0, :4, 4:] == 0).all() and (grad[0, :4, 2:4] != 0).all()
+    assert (grad[0, 4:, 2:] == 0).all() and (grad[0, 4:, :2] != 0).all()
+    with pytest.raises(ValueError, match="ss_il has no softmax cross-entropy for a mask to act on"):
+        synthetic_config("ss_il", mask=-math.inf).resolve()
+
+
+def test_ss_il_memory_keeps_ceil_m_over_s_per_class_and_drops_from_the_largest():
+    from clbench.methods.ss_il import SSIL
+
+    data = load_benchmark("synthetic", synthetic=SYN)
+    method = SSIL()
+    net, params = mlp_group(data, 2)
+    sizes = (5, 30)
+    cap = max(sizes) + 1
+    empty = Memory(
+        torch.zeros((2, cap, *data.train_x.shape[1:]), dtype=data.train_x.dtype),
+        torch.zeros((2, cap), dtype=torch.int64),
+        torch.zeros((2, cap), dtype=torch.int64),
+        None,
+        np.zeros(2, dtype=np.int64),
+    )
+    end0 = method.end_task(context(method, data, net, params, {}, empty, 0, sizes))
+    m0 = end0.memory
+    assert list(m0.held) == [5, 30]
+    # Task 0, M = 5: ceil(5 / 2) = 3 per class, 6 > 5: class 1 (the larger in a tie) gives one back.
+    assert m0.y[0, :5].tolist() == [0, 0, 0, 1, 1]
+    first = [int(i) for i in torch.nonzero(data.train_y == 0).flatten()[:3]]
+    assert torch.equal(m0.x[0, :3], data.train_x[first])
+    assert torch.equal(end0.state["teacher.w1"], params["w1"])
+    end1 = method.end_task(context(method, data, net, params, end0.state, m0, 1, sizes))
+    m1 = end1.memory
+    # Task 1, M = 5: ceil(5 / 4) = 2 per class (class 1 has 2 already), 8 > 5: classes 1, 2, 3 give one back.
+    assert m1.y[0, :5].tolist() == [0, 0, 1, 2, 3]
+    # M = 30: ceil(30 / 4) = 8 per class, 32 > 30: classes 2 and 3 give one back.
+    assert torch.bincount(m1.y[1, : m1.held[1]], minlength=4).tolist() == [8, 8, 7, 7]
+    assert (m1.task[1, : m1.held[1]] == data.class_task[m1.y[1, : m1.held[1]]]).all()
+
+
+def test_lode_terms_sum_to_the_stream_cross_entropy_when_rho_over_t_is_one():
+    from clbench.methods.lode import LODE, lode_stream_terms
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 5, 6, generator=g)
+    y = [4, 5, 4, 5, 5]
+    for t in (1, 2):
+        step = hand_step(t, [c - 2 * (2 - t) for c in y], options={"rho": float(t)}, logits={})
+        intra, inter = lode_stream_terms(step, z, rho=float(t))  # rho / t = 1
+        plain = torch.nn.functional.cross_entropy(z[0], step.stream.y[0]).view(1)
+        torch.testing.assert_close(intra + inter, plain)
+        old = t * 2
+        by_hand = torch.nn.functional.cross_entropy(z[0, :, old:], step.stream.y[0] - old).view(1)
+        torch.testing.assert_close(intra, by_hand)  # a softmax over the current and future classes
+    # LODE-ER halves the loss once something is replayed; the weight of inter is rho / t.
+    zb = torch.randn(1, 3, 6, generator=g)
+    step = hand_step(2, [4, 5, 4, 5, 5], ([0, 1, 2],), options={"rho": 0.1}, logits={5: z, 3: zb})
+    out = LODE().loss_terms(step)
+    intra, inter = lode_stream_terms(step, z, rho=0.1)
+    torch.testing.assert_close(out.terms["inter"], inter / 2)
+    torch.testing.assert_close(inter, 0.1 / 2 * (z[0].logsumexp(-1) - z[0, :, 4:].logsumexp(-1)).mean().view(1))
+    torch.testing.assert_close(
+        out.terms["replay_ce"], torch.nn.functional.cross_entropy(zb[0], torch.tensor([0, 1, 2])).view(1) / 2
+    )
+
+
+def test_lode_derpp_is_derpp_on_task_0_and_adds_the_decoupled_terms_after():
+    from clbench.methods.derpp import DERpp
+    from clbench.methods.lode import lode_stream_terms
+    from clbench.methods.lode_derpp import LODEDERpp
+
+    g = torch.Generator().manual_seed(2)
+    z, z1, z2 = (torch.randn(1, n, 6, generator=g) for n in (4, 3, 2))
+    stored = torch.randn(1, 3, 6, generator=g)
+    logits = {4: z, 3: z1, 2: z2}
+    step = hand_step(0, [0, 1, 1, 0], ([0, 1, 0], [1, 0]), options={"rho": 0.05}, logits=logits)
+    step = dataclasses.replace(step, replay=(dataclasses.replace(step.replay[0], logits=stored), step.replay[1]))
+    ours, theirs = LODEDERpp().loss_terms(step), DERpp().loss_terms(step)
+    for k, v in theirs.terms.items():
+        torch.testing.assert_close(ours.terms[k], v, rtol=0, atol=0)
+    assert (ours.terms["inter"] == 0).all() and ours.stream_logits is z
+    step1 = dataclasses.replace(step, task=1, stream=hand_step(1, [2, 3, 3, 2], options={}, logits={}).stream)
+    out = LODEDERpp().loss_terms(step1)
+    intra, inter = lode_stream_terms(step1, z, 0.05)
+    torch.testing.assert_close(out.terms["ce"], intra)
+    torch.testing.assert_close(out.terms["inter"], inter)
+    torch.testing.assert_close(out.terms["logit_mse"], 0.3 * (z1 - stored).pow(2).mean().view(1))
+
+
+def test_er_las_adds_tau_log_label_counts_of_the_window_and_excludes_absent_classes():
+    from clbench.methods.er_las import ERLAS
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 5, 6, generator=g, requires_grad=True)
+    prev = torch.tensor([[[0.0, 0, 0, 0, 3, 0], [1.0, 0, 0, 0, 0, 0]]])  # (R, window 2, K): older, last step
+    step = hand_step(1, [2, 2, 3], ([0, 1],), options={"tau": 0.5, "window": 2}, logits={5: z}, state={"counts": prev})
+    out = ERLAS().loss_terms(step)
+    now = torch.tensor([1.0, 1, 2, 1, 0, 0])
+    torch.testing.assert_close(out.state["counts"], torch.stack([prev[0, 1], now]).unsqueeze(0))
+    record = prev[0, 1] + now  # the last two steps: class 0 twice, class 4 dropped out of the window
+    adjusted = z[0] + 0.5 * torch.log(record)  # ln 0 = -inf: classes 4 and 5 excluded
+    y = torch.tensor([2, 2, 3, 0, 1])
+    torch.testing.assert_close(out.terms["ce"], torch.nn.functional.cross_entropy(adjusted, y).view(1))
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :, 4:] == 0).all()
+    # tau = 0 is ER: no adjustment, nothing excluded.
+    plain = ERLAS().loss_terms(dataclasses.replace(step, options={"tau": 0.0, "window": 2}))
+    torch.testing.assert_close(plain.terms["ce"], torch.nn.functional.cross_entropy(z[0], y).view(1))
+
+
+def test_er_aml_supcon_and_its_positive_negative_pairs_by_hand():
+    from clbench.methods.er_aml import ERAML, normalize, pick, supcon
+
+    g = torch.Generator().manual_seed(4)
+    # pick: the candidate at rank floor(u n) among the true ones.
+    cand = torch.tensor([[[True, False, True, True], [False, False, False, False]]])
+    assert pick(cand, torch.tensor([[0.0, 0.5]])).tolist() == [[0, 0]]
+    assert pick(cand, torch.tensor([[0.5, 0.5]])).tolist() == [[2, 0]]
+    assert pick(cand, torch.tensor([[0.99, 0.5]])).tolist() == [[3, 0]]
+    # SupCon, loop by loop: anchors 0 and 2 kept, anchor 1 dropped.
+    a, c = normalize(torch.randn(1, 3, 5, generator=g)), normalize(torch.randn(1, 6, 5, generator=g))
+    ay, cy = torch.tensor([[2, 3, 3]]), torch.tensor([[2, 3, 3, 3, 2, 2]])
+    keep = torch.tensor([[True, False, True]])
+    kept_cols = [0, 2, 3, 5]  # the kept anchors' positives (0, 2) and negatives (3, 5)
+    losses = []
+    for i in (0, 2):
+        scores = torch.stack([a[0, i] @ c[0, j] / 0.2 for j in kept_cols])
+        log_p = scores - scores.logsumexp(0)
+        pos = [k for k, j in enumerate(kept_cols) if cy[0, j] == ay[0, i]]
+        losses.append(-(0.2 / 0.07) * log_p[pos].mean())
+    torch.testing.assert_close(supcon(a, ay, c, cy, keep, 0.2), torch.stack(losses).mean().view(1))
+    # The step: positives share the class (never the row itself), negatives are another class of the task.
+    stream_y, replay_y = [2, 3, 3, 2], [0, 2, 3]
+    step = hand_step(1, stream_y, (replay_y,), options={"temperature": 0.2}, logits={})
+    pool = dataclasses.replace(_pool(step), x=torch.arange(7.0).view(1, 7, 1))  # x: the row's index
+    y = torch.tensor(stream_y)
+    chosen = set()
+    for seed in range(20):
+        pairs, keep = ERAML._pairs(dataclasses.replace(step, draws={"seed": torch.tensor([seed])}), pool)
+        assert keep.all()
+        assert (pairs.y[0, :4] == y).all() and (pairs.x[0, :4, 0] != torch.arange(4.0)).all()
+        assert (pairs.y[0, 4:] != y).all() and (pairs.task[0] == 1).all()
+        chosen.add(tuple(pairs.x[0, :, 0].tolist()))
+    assert len(chosen) > 1  # the draws choose among the candidates
+    with pytest.raises(ValueError, match="valid placements for er_aml are buffer$"):
+        synthetic_config("er_aml", mask=-math.inf).resolve()
+
+
+def _pool(step):
+    from clbench.lockstep.step import concat
+
+    return concat(step.stream, step.replay[0])
+
+
+@pytest.mark.parametrize(
+    "method,base,options",
+    [
+        ("ss_il", "er", {"distill": 1.0}),
+        ("lode", "er", {"rho": 0.1}),
+        ("lode_derpp", "derpp", {"rho": 0.05}),
+        ("er_las", "er", {"tau": 1.0, "window": 1}),
+        ("er_aml", "er", {"temperature": 0.2}),
+    ],
+)
+def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):
+    from clbench import RunConfig
+
+    for buffer in (50, 200, 500):
+        ours = RunConfig(method=method, benchmark="seq-fmnist", buffer_size=buffer).resolve()
+        theirs = RunConfig(method=base, benchmark="seq-fmnist", buffer_size=buffer).resolve()
+        assert (ours.lr, ours.minibatch_size, ours.alpha, ours.beta, ours.epochs, ours.batch_size) == (
+            theirs.lr,
+            theirs.minibatch_size,
+            theirs.alpha,
+            theirs.beta,
+            theirs.epochs,
+            theirs.batch_size,
+        )
+        assert dict(ours.options) == options
+        assert f"no {method} preset for seq-mnist: using the {base} row" in ours.notes
+
+
+@pytest.mark.parametrize("method", ["xder", "agem", "der", "gdumb"])
+def test_mask_on_both_is_refused_where_the_mask_cannot_act_on_both(method, tmp_path, capsys):
+    """X-DER's replay cross-entropy and A-GEM's reference gradient are never masked (their cards say
+    stream only): --mask-on both would mask them. Refused in one line, exit 2, nothing written, as
+    every placement naming rows the method's masked cross-entropy does not see."""
+    from clbench import cli
+
+    db = tmp_path / "r.db"
+    args = ["run", "--method", method, "--mask", "-inf", "--mask-on", "both", "--dataset", "synthetic"]
+    assert cli.main([*args, "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    acts = "buffer" if method == "gdumb" else "stream"
+    assert err == [
+        f"error: a mask on both stream and buffer rows cannot act in {method}, whose masked cross-entropy sees "
+        f"only {acts} rows: valid placements for {method} are {acts}"
+    ]
+    assert not db.exists()
+    assert synthetic_config("er", mask=-math.inf, on="both").resolve().mask.on == "both"  # ER masks both

@@ -37,7 +37,8 @@ SPECS = {
     "t-fig4": 'kind = "fig4"\nmethods = ["er"]\nmasks = ["none", "-inf", "-2", "1"]\nbuffers = [10, 20]\n',
     "t-forgetting": 'kind = "forgetting"\nmethods = ["er", "der"]\nmasks = ["none", "-inf"]\nbuffers = [10, 20]\n',
     "t-tiny": 'kind = "tiny-buffer"\nmethods = ["er"]\nmasks = ["none", "-inf"]\nbuffers = [5, 10, 20]\n',
-    "t-methods": 'kind = "methods"\nmethods = ["er", "icarl", "agem"]\nmasks = ["none", "-inf", "-2"]\nbuffers = [10, 20]\n'
+    "t-methods": 'kind = "methods"\nmethods = ["er", "icarl", "agem"]\nmasks = ["none", "-inf", "-2"]\nbuffers '
+    "= [10, 20]\n"
     'per_method = { icarl = { masks = ["none"] } }\n',
 }
 
@@ -79,6 +80,7 @@ def test_shipped_experiments_load_and_resolve():
         "forgetting-cifar100",
         "fig4-tinyimg",
         "methods",
+        "class-order",
     ):
         assert name in names
     for name in names:
@@ -86,7 +88,8 @@ def test_shipped_experiments_load_and_resolve():
         assert spec.name == name
         configs = spec.configs()
         # Per method its own masks ([per_method] of the methods report), else the file's.
-        assert len(configs) == sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.seeds)
+        n_cells = sum(len(spec.masks_for(m)) for m in spec.methods) * len(spec.buffers) * len(spec.class_orders)
+        assert len(configs) == n_cells * len(spec.seeds)
         for cfg in configs:
             cfg.resolve()
     assert len(load_experiment("fig4").seeds) == 10
@@ -110,11 +113,13 @@ def test_shipped_experiments_load_from_another_directory(tmp_path, monkeypatch):
             "missing key 'seeds'",
         ),
         (
-            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "abc"]\nbuffers = [200]\nseeds = 2\n',
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "abc"]\nbuffers = '
+            "[200]\nseeds = 2\n",
             "masks:",
         ),
         (
-            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = [200]\nseeds = 2\nbogus = 1\n',
+            'kind = "fig4"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["-inf"]\nbuffers = '
+            "[200]\nseeds = 2\nbogus = 1\n",
             "unknown key 'bogus'",
         ),
         (
@@ -127,7 +132,8 @@ def test_shipped_experiments_load_from_another_directory(tmp_path, monkeypatch):
             "unknown override 'epoch'",
         ),
         (
-            'kind = "fig2"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-5"]\nbuffers = [200]\nseeds = 2\n',
+            'kind = "fig2"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none", "-5"]\nbuffers = '
+            "[200]\nseeds = 2\n",
             "render.masked '-inf' is not among the masks",
         ),
         (
@@ -148,7 +154,9 @@ def test_invalid_experiment_files_are_one_line_errors(tmp_path, text, message):
 
 
 def test_unknown_experiment_names_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown experiment 'fig9': valid experiments are fig2, fig2-cifar10, fig4"):
+    with pytest.raises(
+        ValueError, match="unknown experiment 'fig9': valid experiments are class-order, fig2, fig2-cifar10, fig4"
+    ):
         load_experiment("fig9")
 
 
@@ -189,7 +197,7 @@ def test_fig2_renders_the_registry_numbers(trained, tmp_path):
             assert matplotlib_hex(p.get_facecolor()) == expected
     # row 2: one line per task; task j's line is A[j:, j]
     class_il_base = np.asarray(data["baseline"]["class_il"])
-    lines = {l.get_gid(): l for l in fig.axes[2].get_lines()}
+    lines = {line.get_gid(): line for line in fig.axes[2].get_lines()}
     np.testing.assert_allclose(lines["task 2"].get_ydata(), class_il_base[1:, 1])
     titles = [ax.get_title() for ax in fig.axes[2:6]]
     assert f"FAA {data['baseline']['faa_class_il']:.2f}%" in titles[0]
@@ -242,7 +250,7 @@ def test_fig4_renders_mean_and_std_per_mask(trained, tmp_path):
     fig = plot_fig4(fig4_data(spec, experiment_runs(spec, open_store(db, readonly=True))), spec)
     assert len(fig.axes) == 2
     for ax, buffer in zip(fig.axes, (10, 20)):
-        lines = {l.get_gid(): l for l in ax.get_lines()}
+        lines = {line.get_gid(): line for line in ax.get_lines()}
         masked = data[(data["buffer_size"] == buffer) & ~data["is_baseline"]].sort_values("x")
         np.testing.assert_allclose(lines["mean er"].get_ydata(), masked["mean"])
         np.testing.assert_allclose(lines["baseline er"].get_ydata(), [expected.loc[(buffer, "none"), "mean"]] * 2)
@@ -319,7 +327,7 @@ def test_report_command_runs_what_is_missing_then_renders(tmp_path, monkeypatch,
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are fig2"),
+        (["report", "fig9"], "unknown experiment 'fig9': valid experiments are class-order, fig2"),
         (["compare", "--format", "xml"], "invalid --format 'xml': valid are table, md, csv, json"),
         (["compare", "--test", "z"], "invalid --test 'z': valid are permutation, wilcoxon, t"),
         (["report", "fig2", "--db", "notadb.txt", "--no-run"], "not a clbench database"),
@@ -550,7 +558,8 @@ METHODS_HEAD = 'kind = "methods"\nbenchmark = "seq-fmnist"\nbuffers = [200]\nsee
     [
         (
             'methods = ["icarl"]\nmasks = ["none", "-inf"]\n',
-            "the masks -inf on the stream cannot act in icarl, whose cross-entropy sees no rows: give [per_method.icarl] "
+            "the masks -inf on the stream cannot act in icarl, whose cross-entropy sees no rows: give "
+            "[per_method.icarl] "
             'masks = ["none"]',
         ),
         (

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import create_engine, inspect, text, update
 from sqlalchemy.engine import make_url
 
 import clbench
@@ -467,6 +467,29 @@ def test_foreign_and_incompatible_databases_are_refused(db_url):
         tables = conn.execute(text("SELECT count(*) FROM runs")).scalar()
     engine.dispose()
     assert tables == 0  # nothing was written
+
+
+@pytest.mark.parametrize("table", ["confidence_histograms", "accuracy", "task_plasticity"])
+def test_a_table_dropped_by_hand_is_refused_not_recreated_empty(db_url, trained, table, capsys):
+    """Recreated empty, the dropped table's runs would stay finished and be served from the cache
+    without their results: the database is refused in one line naming the table, and kept as it is."""
+    with open_store(db_url) as store:
+        store.claim([trained[0].config], Owner.current())
+        store.save_results([trained[0]], Owner.current())
+    engine = create_engine(db_url if "://" in db_url else f"sqlite:///{db_url}")
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {table} CASCADE" if "postgresql" in db_url else f"DROP TABLE {table}"))
+    for opening in (lambda: open_store(db_url), lambda: open_store(db_url, readonly=True), lambda: inspect_db(db_url)):
+        with pytest.raises(StoreError, match=f"lacks the table {table} that its schema version {SCHEMA_VERSION} has"):
+            opening()
+    from clbench import cli
+
+    assert cli.main(["runs", "--db", db_url]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"lacks the table {table}" in err[0] and "restore" in err[0]
+    with engine.begin() as conn:
+        assert table not in inspect(conn).get_table_names()  # not re-created
+    engine.dispose()
 
 
 def test_sqlite_checks_write_nothing(tmp_path):

@@ -21,6 +21,7 @@ from clbench.sweep.plan import plan_sweep
 # The README's example, verbatim (README.md, "Methods of your own").
 README_EXAMPLE = textwrap.dedent('''\
     """ER whose replayed rows learn from smoothed labels: a method of your own for clbench."""
+
     import torch
     import torch.nn.functional as F
 
@@ -29,9 +30,9 @@ README_EXAMPLE = textwrap.dedent('''\
 
 
     class ERLabelSmoothing(ER):
-        name = "er_ls"                     # its name in tables and filters
-        options = {"smoothing": 0.1}       # --option smoothing=0.2
-        mask_acts_on = ("stream",)         # the general mask acts on the stream's cross-entropy only
+        name = "er_ls"  # its name in tables and filters
+        options = {"smoothing": 0.1}  # --option smoothing=0.2
+        mask_acts_on = ("stream",)  # the general mask acts on the stream's cross-entropy only
         loss_terms_names = ("ce", "replay_smooth_ce")
 
         def loss_terms(self, step):
@@ -42,8 +43,9 @@ README_EXAMPLE = textwrap.dedent('''\
             # Replayed rows: cross-entropy against smoothed labels, per run (R runs side by side).
             buf = step.replay[0]
             z = step.forward(buf)
-            per_row = F.cross_entropy(z.flatten(0, 1), buf.y.flatten(), reduction="none",
-                                      label_smoothing=float(step.options["smoothing"])).view(buf.y.shape)
+            per_row = F.cross_entropy(
+                z.flatten(0, 1), buf.y.flatten(), reduction="none", label_smoothing=float(step.options["smoothing"])
+            ).view(buf.y.shape)
             return MethodOutput({"ce": ce, "replay_smooth_ce": per_run_mean(per_row, buf.valid)})
 ''')
 

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: list[str]) -> int:
     try:
-        result = app(args=args, prog_name="clbench", standalone_mode=False)
+        result = app(args=args, prog_name="clbench", standalone_mode=False, obj={"argv": tuple(args)})
     except UsageProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from clbench.cli.common import (
     STATUS_STYLE,
     UsageProblem,
     checkpoint_dir_option,
+    class_order_option,
     console,
     db_option,
     db_url,
@@ -44,17 +45,19 @@ def runs_command(
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     status: list[str] = typer.Option([], "--status", metavar="STATUS", help=f"{', '.join(STATUSES)}. {FILTER_HELP}"),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_order: list[str] = class_order_option(),
     db: str | None = db_option(),
     checkpoint_dir: Path | None = checkpoint_dir_option(),
 ) -> None:
     """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
-    df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on))
+    df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order))
     out = console()
     if df.empty:
         out.print("no runs match")
         return
     saved = checkpoints_by_run(checkpoint_directory(sqlite_path(db_url(db)), checkpoint_dir))
     table = Table(title=f"{len(df)} runs", title_justify="left")
+    orders = bool((df["class_order"] > 0).any())  # the class order column only where one is not the benchmark's
     for name in (
         "run id",
         "experiment",
@@ -64,6 +67,7 @@ def runs_command(
         "mask",
         "on",
         "seed",
+        *(("order",) if orders else ()),
         "status",
         "FAA class-IL",
         "FAA task-IL",
@@ -72,7 +76,7 @@ def runs_command(
     ):
         table.add_column(
             name,
-            justify="right" if name in ("buffer", "seed", "FAA class-IL", "FAA task-IL", "wall s") else "left",
+            justify="right" if name in ("buffer", "seed", "order", "FAA class-IL", "FAA task-IL", "wall s") else "left",
             no_wrap=name == "run id",
         )
     notes = []
@@ -86,6 +90,7 @@ def runs_command(
             row.mask,
             row.mask_on,
             str(row.seed),
+            *((str(row.class_order),) if orders else ()),
             Text(row.status, style=STATUS_STYLE.get(row.status, "")),
             num(row.faa_class_il),
             num(row.faa_task_il),
@@ -221,6 +226,29 @@ def show(
     ):
         metrics.add_row(name, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
     out.print(metrics)
+    out.print(_plasticity_table(result))
+
+
+def _plasticity_table(result) -> Table:
+    """Plasticity beside stability after each task: the diagonal accuracies, the penultimate features'
+    effective rank and dead ReLU units (``clbench.metrics.PLASTICITY_DEFINITIONS``)."""
+    table = Table(
+        title="Plasticity after each task: accuracy on the task just learned (A[i][i], %), effective rank "
+        "of the penultimate features and dead ReLU units (%) over the test samples of the tasks seen",
+        title_justify="left",
+    )
+    for name in ("after task", "class-IL A[i][i]", "task-IL A[i][i]", "effective rank", "dead units"):
+        table.add_column(name, justify="right")
+    measures = result.plasticity
+    for i in range(result.class_il.shape[0]):
+        table.add_row(
+            str(i + 1),
+            num(result.class_il[i, i]),
+            num(result.task_il[i, i]),
+            num(measures["effective_rank"][i], "{:.1f}") if measures else "-",
+            num(100 * measures["dead_fraction"][i], "{:.1f}") if measures else "-",
+        )
+    return table
 
 
 def export(
@@ -239,7 +267,9 @@ def export(
     mlflow_experiment: str = typer.Option(
         "clbench", "--mlflow-experiment", metavar="NAME", help="The MLflow experiment to export into."
     ),
-    format: str = typer.Option("csv", "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}."),
+    format: str | None = typer.Option(
+        None, "--format", "-f", metavar="FORMAT", help=f"{', '.join(EXPORT_FORMATS)}. [default: csv]"
+    ),
     matrices: bool = typer.Option(False, "--matrices", help="The accuracy matrices in long format instead."),
     output: Path | None = typer.Option(
         None,
@@ -264,12 +294,13 @@ def export(
             "(clbench export --mlflow [TRACKING_URI])"
         )
     if mlflow:
-        if matrices or output is not None:
-            raise UsageProblem("--mlflow exports to MLflow: --matrices and --output do not apply")
+        if matrices or output is not None or format is not None:
+            raise UsageProblem("--mlflow exports to MLflow: --format, --matrices and --output do not apply")
         _export_mlflow(
             tracking_uri, mlflow_experiment, db, filter_options(method, dataset, mask, buffer, status, experiment)
         )
         return
+    format = "csv" if format is None else format
     if format not in EXPORT_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(EXPORT_FORMATS)}")
     if format == "parquet" and output is None:

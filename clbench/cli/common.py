@@ -3,6 +3,7 @@ database and data checks, and the formatting of numbers, times and durations (on
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -93,6 +94,18 @@ def class_il_option():
     )
 
 
+def split_option():
+    return typer.Option(
+        "test",
+        "--split",
+        metavar="SPLIT",
+        help="Measure on the test sets (test) or on the training data runs held out with --validation (validation).",
+    )
+
+
+SPLIT_CHOICES = ("test", "validation")
+
+
 def db_option():
     return typer.Option(
         None, "--db", envvar="CLBENCH_DB", metavar="DB", show_envvar=True, help=DB_HELP + " [default: results.db]"
@@ -116,13 +129,29 @@ def split(values: Sequence[str] | None, option: str = "value") -> list[str]:
 
 
 def ints(values: Sequence[str] | None, what: str, option: str | None = None) -> list[int]:
-    out = []
-    for text in split(values, option or what):
-        try:
-            out.append(int(text))
-        except ValueError:
-            raise UsageProblem(f"invalid {what} {text!r}: give a whole number") from None
-    return out
+    return [_number(text, int, what) for text in split(values, option or what)]
+
+
+def _number(text: str, kind: type, what: str):
+    """``text`` as an int or a float as written on a command line: Python's own parsers also take
+    ``1_0`` (10) and surrounding blanks, which are typos here, not numbers."""
+    text = str(text)
+    try:
+        if "_" in text or text != text.strip():
+            raise ValueError
+        return kind(text)
+    except ValueError:
+        raise UsageProblem(f"invalid {what} {text!r}: give {'a whole number' if kind is int else 'a number'}") from None
+
+
+def strict_float(option: str):
+    """A typer ``parser`` for a float option (``parser=strict_float("--lr")``)."""
+    return lambda text: _number(text, float, option)
+
+
+def strict_int(option: str):
+    """A typer ``parser`` for an int option (``parser=strict_int("--epochs")``)."""
+    return lambda text: _number(text, int, option)
 
 
 def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -136,9 +165,13 @@ def key_values(values: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def filter_options(method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None) -> dict:
+def filter_options(
+    method, dataset, mask, buffer, status, experiment, seed=None, mask_on=None, class_order=None
+) -> dict:
     """The ``load_runs`` filters of a listing command's options (only those given)."""
     out = {}
+    if class_order:
+        out["class_order"] = class_orders(class_order)
     if method:
         out["method"] = split(method, "--method")
     if dataset:
@@ -147,20 +180,45 @@ def filter_options(method, dataset, mask, buffer, status, experiment, seed=None,
         out["mask"] = split(mask, "--mask")
     if buffer:
         out["buffer"] = ints(buffer, "buffer size", "--buffer")
+        for b in out["buffer"]:
+            check_whole_option("--buffer", b, 0)
     if status:
         out["status"] = split(status, "--status")
     if experiment:
         out["experiment"] = [check_experiment(e) for e in experiment]
     if seed:
         out["seed"] = ints(seed, "seed", "--seed")
+        for k in out["seed"]:
+            check_whole_option("--seed", k, 0)
     if mask_on:
         out["mask_on"] = split(mask_on, "--mask-on")
     return out
 
 
+def class_orders(values: Sequence[str] | None) -> list[int] | None:
+    """``--class-order`` values (repeatable, or comma lists): 0, the benchmark's order; K > 0, a
+    permutation drawn from K. ``None`` when none is given."""
+    if not values:
+        return None
+    out = ints(values, "class order", "--class-order")
+    for k in out:
+        check_whole_option("--class-order", k, 0)
+    return out
+
+
+def class_order_option():
+    return typer.Option(
+        [],
+        "--class-order",
+        metavar="K",
+        help="Class order: 0 the benchmark's, K > 0 a permutation drawn from K alone. Repeatable, or a comma list.",
+    )
+
+
 # Where a RunConfig field comes from on the command line, for the messages of bad values.
 OPTION_OF_FIELD = {
     "seed": "--seed",
+    "class_order_seed": "--class-order",
     "buffer_size": "--buffer",
     "epochs": "--epochs",
     "batch_size": "--batch-size",
@@ -170,6 +228,7 @@ OPTION_OF_FIELD = {
     "beta": "--beta",
     "synthetic.train_per_class": "--synthetic-train-per-class",
     "synthetic.test_per_class": "--synthetic-test-per-class",
+    "validation": "--validation",
 }
 
 
@@ -277,6 +336,25 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def interrupted_render(where: str):
+    """Ctrl-C or SIGTERM while reports render: one line saying what was kept (the runs computed are
+    saved; each report folder is as it was, the staging folder removed), then exit status 130 as
+    ``run`` does."""
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except KeyboardInterrupt:
+            console(stderr=True).print(
+                f"interrupted while rendering: every run computed is saved in {where}; the report folders are "
+                "as they were before (no half-written report). Run the same command again to render them "
+                "(nothing is computed again).",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise
+
+
 def report_held(err: Console, held: dict[str, str]) -> None:
     """One line for the runs another live process was computing (``SweepOutcome.held``)."""
     if not held:
@@ -335,3 +413,17 @@ def local_time(value) -> str:
     if value.tzinfo is None:  # stored in UTC (SQLite keeps no zone)
         value = value.replace(tzinfo=UTC)
     return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def given_command() -> str | None:
+    """The command line exactly as given to ``clbench`` (every option, as typed), for a page to show;
+    None when the command was not started through :func:`clbench.cli.main`."""
+    try:  # recent typers vendor click; older ones use click itself
+        from typer._click.globals import get_current_context  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import get_current_context  # noqa: PLC0415
+
+    ctx = get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    argv = obj.get("argv") if isinstance(obj, dict) else None
+    return shlex.join(["clbench", *argv]) if argv else None

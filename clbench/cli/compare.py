@@ -13,8 +13,10 @@ from rich.text import Text
 
 from clbench.cli.common import (
     FILTER_HELP,
+    SPLIT_CHOICES,
     UsageProblem,
     class_il_option,
+    class_order_option,
     console,
     db_option,
     filter_options,
@@ -22,6 +24,7 @@ from clbench.cli.common import (
     p_value,
     pm,
     split,
+    split_option,
 )
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from clbench.runs.mask import format_mask_value, parse_mask_value
@@ -43,10 +46,14 @@ def compare_command(
     buffer: list[str] = typer.Option([], "--buffer", "-b", metavar="SIZE", help=FILTER_HELP),
     seed: list[str] = typer.Option([], "--seed", metavar="SEED", help=FILTER_HELP),
     experiment: list[str] = typer.Option([], "--experiment", "-e", metavar="NAME", help="Repeatable."),
+    class_order: list[str] = class_order_option(),
     class_il: str = class_il_option(),
+    split_on: str = split_option(),
     db: str | None = db_option(),
 ) -> None:
-    """The baseline (no mask) against each masked variant of the same config, paired over seeds."""
+    """The baseline (no mask) against each masked variant of the same config, paired over seeds and class orders."""
+    if split_on not in SPLIT_CHOICES:
+        raise UsageProblem(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
     if format not in COMPARE_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(COMPARE_FORMATS)}")
     if test not in TESTS:
@@ -58,10 +65,12 @@ def compare_command(
     if class_il not in CLASS_IL_CONVENTIONS:
         raise UsageProblem(f"invalid --class-il {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     # Diverged runs are loaded too, so that the comparison can say how many it leaves out.
-    filters = filter_options(method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None)
+    filters = filter_options(
+        method, dataset, None, buffer, ["finished", "diverged"], experiment, seed, None, class_order
+    )
     masks = split(mask, "--mask")
     ons = split(mask_on, "--mask-on")
-    df = load(db, class_il=class_il, **filters)
+    df = load(db, class_il=class_il, split=split_on, **filters)
     try:
         if masks:
             wanted = {format_mask_value(parse_mask_value(m)) for m in masks} | {base_label}
@@ -111,6 +120,11 @@ def compare_caption(result) -> str:
         f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
         + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
         + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting)."
+        + (
+            " Measured on the validation split (training data the runs held out), not the test sets."
+            if result.attrs.get("split") == "validation"
+            else ""
+        )
     )
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from clbench.cli.common import (
     MAX_THREADS,
+    SPLIT_CHOICES,
     UsageProblem,
     check_data,
     check_whole_option,
@@ -21,17 +22,26 @@ from clbench.cli.common import (
     db_option,
     db_url,
     duration,
+    given_command,
     inspect,
+    interrupted_render,
     store_errors_as_bad_input,
 )
 from clbench.cli.executor import (
     ExecutorChoice,
+    SlurmChoice,
     build_executor,
     cpus_per_group_option,
     executor_option,
     gpus_per_group_option,
     ray_address_option,
     retries_option,
+    slurm_account_option,
+    slurm_folder_option,
+    slurm_partition_option,
+    slurm_qos_option,
+    slurm_sbatch_option,
+    slurm_time_option,
     threads_option,
 )
 from clbench.cli.progress import run_with_display
@@ -87,6 +97,12 @@ def report_command(
     gpus_per_group: float | None = gpus_per_group_option(),
     cpus_per_group: int | None = cpus_per_group_option(),
     retries: int | None = retries_option(),
+    slurm_partition: str | None = slurm_partition_option(),
+    slurm_time: str | None = slurm_time_option(),
+    slurm_account: str | None = slurm_account_option(),
+    slurm_qos: str | None = slurm_qos_option(),
+    slurm_sbatch: list[str] = slurm_sbatch_option(),
+    slurm_folder: Path | None = slurm_folder_option(),
     checkpoint_every: str = checkpoint_every_option(),
     checkpoint_dir: Path | None = checkpoint_dir_option(),
     class_il: str | None = typer.Option(
@@ -102,6 +118,13 @@ def report_command(
         help="Let runs of an older engine (stale) stand "
         "in for runs this clbench has not computed; they are named as such.",
     ),
+    split_on: str | None = typer.Option(
+        None,
+        "--split",
+        metavar="SPLIT",
+        help="Measure on the test sets (test) or the validation split (validation). [default: the experiment's, "
+        "else test]",
+    ),
 ) -> None:
     """Run what the database lacks for a registered experiment, then render its figures and tables."""
     if name is None:
@@ -109,9 +132,17 @@ def report_command(
         return
     check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
     check_whole_option("--threads", threads, 1, MAX_THREADS)
-    specs = _specs(list(list_experiments()) if name == ALL else [name], seeds, class_il, include_stale)
+    specs = _specs(list(list_experiments()) if name == ALL else [name], seeds, class_il, include_stale, split_on)
     configs = [c for spec in specs for c in spec.configs()]
-    choice = ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries)
+    slurm = SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder)
+    choice = ExecutorChoice(
+        executor,
+        ray_address,
+        gpus_per_group,
+        cpus_per_group,
+        retries,
+        slurm.over(specs[0].slurm if name != ALL else None),
+    )
     runner = build_executor(choice, device, threads, check_device=not no_run)  # rendering alone trains nothing
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule). Rendering alone trains nothing.
@@ -122,6 +153,7 @@ def report_command(
         raise UsageProblem(str(exc)) from None
     out_dirs, root = _out_dirs(name, specs, out, html)
     url = db_url(db)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir)  # bad values are bad input, --no-run too
     state = inspect(url)
     stdout = console()
     command = _command(name, no_run, out, html, seeds, db, class_il, include_stale)
@@ -140,9 +172,9 @@ def report_command(
         runner,
         console(stderr=True),
         planning=planning,
-        training=Training(device, data_dir, download, checkpoint_policy(url, checkpoint_every, checkpoint_dir)),
+        training=Training(device, data_dir, download, policy),
         named=True,
-        after=lambda store: _render(
+        after=lambda store: _render_interruptible(
             specs, store, out_dirs, root, html, command, stdout, name, quiet_when_complete=True
         ),
     )
@@ -161,7 +193,7 @@ def _list_experiments() -> None:
     console().print(table)
 
 
-def _specs(names: list[str], seeds: int | None, class_il: str | None, include_stale: bool) -> list:
+def _specs(names: list[str], seeds: int | None, class_il: str | None, include_stale: bool, split_on) -> list:
     """The experiments asked for, with the options that change them; a bad one is bad input."""
     specs = []
     try:
@@ -175,6 +207,10 @@ def _specs(names: list[str], seeds: int | None, class_il: str | None, include_st
                 spec = spec.with_render(class_il=class_il)
             if include_stale:
                 spec = spec.with_render(include_stale=True)
+            if split_on is not None:
+                if split_on not in SPLIT_CHOICES:
+                    raise ValueError(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
+                spec = spec.with_render(split=split_on)
             specs.append(spec)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
@@ -215,8 +251,14 @@ def _render_existing(specs, url, state: str, out_dirs, root, html, command: str,
             _print_missing(stdout, spec, missing, describe_url(url), _name_for(spec, name))
         return
     store = open_store(url, readonly=True)
-    with store, store_errors_as_bad_input():
+    with store, store_errors_as_bad_input(), interrupted_render(store.where):
         _render(specs, store, out_dirs, root, html, command, stdout, name)
+
+
+def _render_interruptible(specs, store, *args, **kwargs) -> None:
+    """:func:`_render`, an interruption told in one line (every run computed is kept)."""
+    with interrupted_render(store.where):
+        _render(specs, store, *args, **kwargs)
 
 
 def _print_dry_run(out, spec, plan, where: str, device: str) -> None:
@@ -244,7 +286,11 @@ def _name_for(spec, name: str) -> str:
 
 
 def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=False) -> str:
-    """The command line that renders these reports again (shown on the HTML pages)."""
+    """The command line that rendered these reports, as given (shown on the HTML pages); rebuilt from
+    the options below when not started through ``clbench.cli.main``."""
+    given = given_command()
+    if given is not None:
+        return given
     args = ["clbench", "report", name]
     if class_il is not None:
         args += ["--class-il", class_il]

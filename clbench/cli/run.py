@@ -20,6 +20,8 @@ from clbench.cli.common import (
     checkpoint_dir_option,
     checkpoint_every_option,
     checkpoint_policy,
+    class_order_option,
+    class_orders,
     config_problem,
     console,
     db_option,
@@ -30,22 +32,31 @@ from clbench.cli.common import (
     key_values,
     pm,
     split,
+    strict_float,
+    strict_int,
 )
 from clbench.cli.executor import (
     ExecutorChoice,
+    SlurmChoice,
     build_executor,
     cpus_per_group_option,
     executor_option,
     gpus_per_group_option,
     ray_address_option,
     retries_option,
+    slurm_account_option,
+    slurm_folder_option,
+    slurm_partition_option,
+    slurm_qos_option,
+    slurm_sbatch_option,
+    slurm_time_option,
     threads_option,
 )
 from clbench.cli.progress import run_with_display
 from clbench.data.specs import BENCHMARKS, SyntheticOptions
 from clbench.lockstep import HEADS
 from clbench.methods import METHODS
-from clbench.runs.mask import MASK_ON_CHOICES
+from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES
 from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
 from clbench.store.connection import describe_url
 from clbench.sweep.plan import MAX_SWEEP_RUNS, Plan, describe_group, sweep_configs
@@ -68,22 +79,50 @@ def run(
     mask_on: str = typer.Option(
         "stream", "--mask-on", metavar="WHERE", help=f"Where the mask applies: {', '.join(MASK_ON_CHOICES)}."
     ),
-    seeds: int | None = typer.Option(None, "--seeds", metavar="N", help="Run seeds 0..N-1. [default: 1]"),
+    validation: float = typer.Option(
+        0.0,
+        "--validation",
+        parser=strict_float("--validation"),
+        metavar="F",
+        help="Hold out the fraction F (0 < F <= 0.5) of each task's training data, class-balanced and drawn "
+        "from the seed, and evaluate on it beside the test sets (0: no validation split).",
+    ),
+    mask_keep: str = typer.Option(
+        "task",
+        "--mask-keep",
+        metavar="KEEP",
+        help="Which classes stay live on a masked row: task (its own task's), batch (those present in the "
+        "batch's rows of its kind, ER-ACE's rule) or seen (those of the tasks seen so far).",
+    ),
+    seeds: int | None = typer.Option(
+        None, "--seeds", parser=strict_int("--seeds"), metavar="N", help="Run seeds 0..N-1. [default: 1]"
+    ),
     seed: list[str] = typer.Option(
         [], "--seed", metavar="SEED", help="An explicit seed. Repeatable (adds to --seeds)."
     ),
+    class_order: list[str] = class_order_option(),
     dataset: str = typer.Option(
         "seq-fmnist", "--dataset", "-d", metavar="BENCHMARK", help=f"Benchmark: {', '.join(BENCHMARKS)}."
     ),
     buffer: list[str] = typer.Option(["200"], "--buffer", "-b", metavar="SIZE", help="Replay buffer size. Repeatable."),
     epochs: int | None = typer.Option(
-        None, "--epochs", metavar="N", help="Epochs per task. [default: the benchmark's]"
+        None, "--epochs", parser=strict_int("--epochs"), metavar="N", help="Epochs per task. [default: the benchmark's]"
     ),
-    lr: float | None = typer.Option(None, "--lr", metavar="LR", help="Learning rate. [default: the preset's]"),
-    batch_size: int | None = typer.Option(None, "--batch-size", metavar="N", help="Stream batch size."),
-    minibatch_size: int | None = typer.Option(None, "--minibatch-size", metavar="N", help="Replay minibatch size."),
-    alpha: float | None = typer.Option(None, "--alpha", metavar="X", help="DER/DER++ logit-matching weight."),
-    beta: float | None = typer.Option(None, "--beta", metavar="X", help="DER++ replay cross-entropy weight."),
+    lr: float | None = typer.Option(
+        None, "--lr", parser=strict_float("--lr"), metavar="LR", help="Learning rate. [default: the preset's]"
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", parser=strict_int("--batch-size"), metavar="N", help="Stream batch size."
+    ),
+    minibatch_size: int | None = typer.Option(
+        None, "--minibatch-size", parser=strict_int("--minibatch-size"), metavar="N", help="Replay minibatch size."
+    ),
+    alpha: float | None = typer.Option(
+        None, "--alpha", parser=strict_float("--alpha"), metavar="X", help="DER/DER++ logit-matching weight."
+    ),
+    beta: float | None = typer.Option(
+        None, "--beta", parser=strict_float("--beta"), metavar="X", help="DER++ replay cross-entropy weight."
+    ),
     der_logits: str | None = typer.Option(
         None,
         "--der-logits",
@@ -117,7 +156,11 @@ def run(
     force: bool = typer.Option(False, "--force", help="Recompute finished runs (their results are replaced)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and an estimate of the time; run nothing."),
     group_size: int | None = typer.Option(
-        None, "--group-size", metavar="N", help="At most this many runs per lockstep group."
+        None,
+        "--group-size",
+        parser=strict_int("--group-size"),
+        metavar="N",
+        help="At most this many runs per lockstep group.",
     ),
     threads: int | None = threads_option(),
     executor: str = executor_option(),
@@ -125,22 +168,39 @@ def run(
     gpus_per_group: float | None = gpus_per_group_option(),
     cpus_per_group: int | None = cpus_per_group_option(),
     retries: int | None = retries_option(),
+    slurm_partition: str | None = slurm_partition_option(),
+    slurm_time: str | None = slurm_time_option(),
+    slurm_account: str | None = slurm_account_option(),
+    slurm_qos: str | None = slurm_qos_option(),
+    slurm_sbatch: list[str] = slurm_sbatch_option(),
+    slurm_folder: Path | None = slurm_folder_option(),
     synthetic_train_per_class: int | None = typer.Option(None, hidden=True),
     synthetic_test_per_class: int | None = typer.Option(None, hidden=True),
 ) -> None:
     """Train the sweep methods x buffers x masks x seeds; finished runs are reused (cached)."""
     # 1. Everything about the sweep itself (sizes first: nothing large is built before they are checked).
-    seed_list = _seed_list(mask_on, seeds, seed, group_size, threads, experiment)
+    seed_list = _seed_list(mask_on, mask_keep, seeds, seed, group_size, threads, experiment)
     overrides = _overrides(
-        dict(epochs=epochs, lr=lr, batch_size=batch_size, minibatch_size=minibatch_size, alpha=alpha, beta=beta),
+        dict(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            minibatch_size=minibatch_size,
+            alpha=alpha,
+            beta=beta,
+            validation=validation or None,
+        ),
         method,
         der_logits,
         head,
         option,
         dict(train_per_class=synthetic_train_per_class, test_per_class=synthetic_test_per_class),
     )
+    slurm = SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder)
     runner = build_executor(
-        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries), device, threads
+        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries, slurm.over(None)),
+        device,
+        threads,
     )
     # Groups are sized to fit the memory of the machine they train on: this one, with the local
     # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.
@@ -153,6 +213,8 @@ def run(
             seeds=seed_list,
             benchmark=dataset,
             mask_on=mask_on,
+            mask_keep=mask_keep,
+            class_orders=class_orders(class_order),
             **overrides,
         )
         plan = planning.plan(configs, None)  # resolves all
@@ -190,10 +252,14 @@ def run(
     )
 
 
-def _seed_list(mask_on: str, seeds: int | None, seed: list[str], group_size, threads, experiment) -> Sequence[int]:
+def _seed_list(
+    mask_on: str, mask_keep: str, seeds: int | None, seed: list[str], group_size, threads, experiment
+) -> Sequence[int]:
     """The seeds of ``--seeds`` and ``--seed``, with the options that need no config checked first."""
     if mask_on not in MASK_ON_CHOICES:
         raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    if mask_keep not in MASK_KEEP_CHOICES:
+        raise UsageProblem(f"invalid --mask-keep {mask_keep!r}: valid are {', '.join(MASK_KEEP_CHOICES)}")
     if seeds is not None and seeds < 1:
         raise UsageProblem(f"invalid --seeds {seeds}: give N >= 1 to run seeds 0..N-1")
     check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
@@ -208,7 +274,7 @@ def _seed_list(mask_on: str, seeds: int | None, seed: list[str], group_size, thr
 
 
 def _overrides(given: dict, method: list[str], der_logits, head, option: list[str], synthetic: dict) -> dict:
-    """The ``RunConfig`` fields the options set (only those given)."""
+    """The config fields given on the command line (``None``: the preset's), checked."""
     if der_logits is not None and not set(split(method, "--method")) & set(LOGIT_STORING_METHODS):
         raise UsageProblem(
             f"--der-logits applies to der and derpp, and none of the methods asked for is one "
@@ -237,6 +303,8 @@ def _summary(store, ids: list[str]):
 
 
 def _summary_table(summary) -> Table:
+    from clbench.store.queries import exclusion_note
+
     table = Table(
         title="Final average accuracy (FAA) and forgetting (Chaudhry et al. 2018: max over earlier "
         "rows minus the last), mean ± std over seeds (%)",
@@ -251,8 +319,6 @@ def _summary_table(summary) -> Table:
         table.add_column(name, justify="right" if name in ("buffer", "seeds", *varying) else "left")
     for name in ("FAA class-IL", "FAA task-IL", "forgetting class-IL", "forgetting task-IL"):
         table.add_column(name, justify="right")
-    from clbench.store.queries import exclusion_note
-
     excluded = []
     for _, row in summary.iterrows():
         if note := exclusion_note(row["n_diverged"], row["n_seeds"]):

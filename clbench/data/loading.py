@@ -15,7 +15,7 @@ import torch
 
 from clbench.data import readers, sources
 from clbench.data.augment import crop_flip
-from clbench.data.specs import BenchmarkSpec, SyntheticOptions, get_benchmark
+from clbench.data.specs import BenchmarkSpec, SyntheticOptions, check_validation_split, get_benchmark, validation_count
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class ContinualData:
     train_task_idx: tuple[torch.Tensor, ...] = field(repr=False)  # per task, indices into train_x
     test_task_idx: tuple[torch.Tensor, ...] = field(repr=False)
     class_task: torch.Tensor = field(repr=False)  # int64 (K,): the task of each class
+    # Per task, indices into train_x held out for validation (``hold_out_validation``); None: no split.
+    val_task_idx: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
 
     @property
     def n_tasks(self) -> int:
@@ -61,6 +63,7 @@ class ContinualData:
             train_task_idx=tuple(map(move, self.train_task_idx)),
             test_task_idx=tuple(map(move, self.test_task_idx)),
             class_task=move(self.class_task),
+            val_task_idx=None if self.val_task_idx is None else tuple(map(move, self.val_task_idx)),
         )
 
 
@@ -78,6 +81,32 @@ def prepare_inputs(
             torch.tensor(spec.std, device=x.device).view(shape)
         )
     return x
+
+
+def hold_out_validation(data: ContinualData, fraction: float, seed: int) -> ContinualData:
+    """``data`` with ``fraction`` of each class's training samples held out for validation
+    (``val_task_idx``) and left out of ``train_task_idx``: class-balanced, drawn from a generator of
+    ``seed`` alone (the same split for every method and mask of a seed), the kept rows in their order."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A11D]))
+    train_y = data.train_y.cpu().numpy()
+    train_idx, val_idx = [], []
+    for rows in data.train_task_idx:
+        rows_np = rows.cpu().numpy()
+        labels = train_y[rows_np]
+        classes = np.unique(labels)
+        check_validation_split({int(c): int((labels == c).sum()) for c in classes}, fraction)
+        held = np.concatenate(
+            [
+                (members := rows_np[labels == c])[
+                    rng.permutation(len(members))[: validation_count(len(members), fraction)]
+                ]
+                for c in classes
+            ]
+        )
+        held.sort()
+        train_idx.append(torch.from_numpy(rows_np[~np.isin(rows_np, held)]).to(rows.device))
+        val_idx.append(torch.from_numpy(held).to(rows.device))
+    return replace(data, train_task_idx=tuple(train_idx), val_task_idx=tuple(val_idx))
 
 
 def class_permutation(n_classes: int, seed: int | None) -> tuple[int, ...]:

@@ -3,6 +3,7 @@ dataset sizes, known without loading any data (``clbench.data.loading`` loads th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -185,3 +186,26 @@ def benchmark_name(name: str) -> str:
         return by_dataset[name]
     get_benchmark(name)  # raises the one-line error naming the valid benchmarks
     raise AssertionError("unreachable")
+
+
+# Validation fractions a run takes (0: no validation split); a split must leave every class samples.
+MAX_VALIDATION = 0.5
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """Samples of a class of ``n`` training samples held out for validation: ``fraction`` of them,
+    rounded half up."""
+    return int(math.floor(fraction * n + 0.5))
+
+
+def check_validation_split(class_sizes: dict[int, int], fraction: float) -> None:
+    """Raise ``ValueError`` (one line) when holding out ``fraction`` leaves a class without
+    validation or without training samples (``class_sizes``: class -> training samples)."""
+    for c, n in sorted(class_sizes.items()):
+        k = validation_count(n, fraction)
+        if k < 1 or k >= n:
+            raise ValueError(
+                f"invalid validation {fraction:g}: class {c} has {n} training samples, so the split leaves "
+                f"{'its validation' if k < 1 else 'its training'} set empty; give a fraction with "
+                f"1 <= round(fraction x {n}) < {n}"
+            )

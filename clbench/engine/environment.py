@@ -90,7 +90,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except RuntimeError:
         raise ValueError(f"unsupported device {str(device)!r}: valid devices are cpu, cuda") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available: valid devices here are cpu")
+        raise ValueError(f"device {str(device)!r} was asked for but CUDA is not available: valid devices here are cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        valid = ", ".join(["cpu", "cuda", *(f"cuda:{i}" for i in range(n))])
+        raise ValueError(
+            f"device {str(device)!r} does not exist here ({n} CUDA device(s)): valid devices here are {valid}"
+        )
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {str(device)!r}: valid devices are cpu, cuda")
     return dev

@@ -26,6 +26,9 @@ class Evaluation:
     confidence: np.ndarray  # (R, K, K): mean softmax vector (class-IL) over the test samples of each true class
     # kind (HISTOGRAM_KINDS) -> (R, T, HISTOGRAM_BINS) int: test samples of task t per probability bin
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    # name (PLASTICITY_MEASURES) -> (R,): the penultimate features' effective rank and the fraction
+    # of dead ReLU units, over the test samples of the tasks seen so far (empty in older checkpoints)
+    plasticity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def class_il(self) -> np.ndarray:
@@ -42,6 +45,66 @@ class Evaluation:
     @property
     def per_class_accuracy(self) -> np.ndarray:
         return 100.0 * self.class_correct / np.maximum(self.class_counts, 1)
+
+
+SPLITS = ("test", "validation")  # what a run is evaluated on (the validation split only where it has one)
+
+
+def split_rows(data: ContinualData, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(inputs, labels, per task the row indices into them) of ``split``: ``test`` (the test sets) or
+    ``validation`` (the training rows held out, ``data.val_task_idx``)."""
+    if split == "test":
+        return data.test_x, data.test_y, data.test_task_idx
+    if split == "validation" and data.val_task_idx is not None:
+        return data.train_x, data.train_y, data.val_task_idx
+    raise ValueError(f"no {split!r} split in this data: valid are test" + (", validation" if data.val_task_idx else ""))
+
+
+PLASTICITY_MEASURES = ("effective_rank", "dead_fraction")
+
+
+class _FeatureStats:
+    """What the plasticity measures need of the penultimate features ``(R, B, D)`` of the samples seen,
+    accumulated chunk by chunk: their Gram matrix ``F^T F`` (float64) and each unit's largest value."""
+
+    def __init__(self, n_runs: int, device: torch.device):
+        self.n_runs, self.device = n_runs, device
+        self.gram: torch.Tensor | None = None
+        self.peak: torch.Tensor | None = None
+
+    def add(self, features: torch.Tensor) -> None:
+        f = features.to(torch.float64)
+        gram = torch.bmm(f.transpose(1, 2), f)
+        peak = f.amax(1)
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
+
+    def measures(self) -> dict[str, np.ndarray]:
+        """``effective_rank`` (Roy & Vetterli 2007, of the singular values, see
+        ``clbench.metrics.effective_rank``) and ``dead_fraction`` (units never above 0); NaN for a
+        run whose features are not finite (it diverged)."""
+        if self.gram is None:
+            return {}
+        finite = torch.isfinite(self.gram).all(2).all(1)
+        gram = torch.where(finite.view(-1, 1, 1), self.gram, torch.zeros_like(self.gram))
+        eig = torch.linalg.eigvalsh(gram)
+        # eigenvalues at the Gram matrix's rounding noise are zero singular values of F
+        noise = eig.amax(1, keepdim=True) * eig.shape[1] * torch.finfo(torch.float64).eps
+        sv = torch.where(eig > noise, eig, torch.zeros_like(eig)).sqrt()  # singular values of F
+        p = sv / sv.sum(1, keepdim=True).clamp_min(1e-300)
+        entropy = -(p * torch.log(p.clamp_min(1e-300))).sum(1)
+        rank = torch.where(sv.sum(1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
+        nan = torch.full_like(rank, float("nan"))
+        dead = (self.peak <= 0).to(torch.float64).mean(1)
+        return {
+            "effective_rank": torch.where(finite, rank, nan).cpu().numpy(),
+            "dead_fraction": torch.where(finite, dead, nan).cpu().numpy(),
+        }
+
+
+def _empty_histograms(n_runs: int, n_tasks: int, device: torch.device) -> dict[str, torch.Tensor]:
+    shape = (n_runs, n_tasks, HISTOGRAM_BINS)
+    return {kind: torch.zeros(shape, dtype=torch.int64, device=device) for kind in HISTOGRAM_KINDS}
 
 
 @torch.no_grad()
@@ -66,35 +129,36 @@ def evaluate(
     after_task: int,
     chunk_size: int = 2048,
     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split: str = "test",
 ) -> Evaluation:
     """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
     inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
     all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far).
     ``classifier`` (a method's, e.g. iCaRL's nearest mean of exemplars) maps the inputs
-    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place."""
-    k, t_count = data.n_classes, data.n_tasks
-    device = data.device
+    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place. ``split``: ``SPLITS``,
+    see ``split_rows``. The plasticity measures (``PLASTICITY_MEASURES``) come from the same forward
+    pass: the penultimate features of the split's samples of tasks ``0..after_task``."""
+    k, t_count, device = data.n_classes, data.n_tasks, data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
     cil_seen = torch.zeros_like(cil)
     til = torch.zeros_like(cil)
     unseen = data.class_task > after_task
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
-    hists = {
-        kind: torch.zeros((n_runs, t_count, HISTOGRAM_BINS), dtype=torch.int64, device=device)
-        for kind in HISTOGRAM_KINDS
-    }
-    for t, idx in enumerate(data.test_task_idx):
+    hists = _empty_histograms(n_runs, t_count, device)
+    xs, ys, task_idx = split_rows(data, split)
+    stats = _FeatureStats(n_runs, device)
+    for t, idx in enumerate(task_idx):
         outside_task = data.class_task != t
         for start in range(0, len(idx), chunk_size):
             rows = idx[start : start + chunk_size]
-            y = data.test_y[rows]
-            x = prepare_inputs(data.test_x[rows], data.spec)
-            inputs = x.unsqueeze(0).expand(n_runs, *x.shape)
-            if classifier is None:
-                logits, _ = net.forward(params, buffers, inputs, train=False)
-            else:
-                logits = classifier(inputs)
+            y = ys[rows]
+            x = prepare_inputs(xs[rows], data.spec)
+            inputs = x.unsqueeze(0).expand(n_runs, *x.shape)  # one batch, seen by every run
+            features = net.features(params, buffers, inputs, train=False)[0]
+            logits = net.head_logits(params, features) if classifier is None else classifier(inputs)
+            if t <= after_task:
+                stats.add(features)
             hit = logits.argmax(-1) == y
             cil[:, t] += hit.sum(1)
             cil_seen[:, t] += (logits.masked_fill(unseen, float("-inf")).argmax(-1) == y).sum(1)
@@ -103,8 +167,8 @@ def evaluate(
             probs = logits.softmax(-1)  # (R, B, K)
             prob_sums.index_add_(1, y, probs.to(torch.float64))
             _count_histograms(hists, t, probs, y)
-    counts = np.array([len(i) for i in data.test_task_idx], dtype=np.int64)
-    class_counts = torch.bincount(data.test_y, minlength=k).cpu().numpy()
+    counts = np.array([len(i) for i in task_idx], dtype=np.int64)
+    class_counts = torch.bincount(ys[torch.cat(task_idx)], minlength=k).cpu().numpy()
     return Evaluation(
         class_il_correct=cil.cpu().numpy(),
         class_il_seen_correct=cil_seen.cpu().numpy(),
@@ -114,4 +178,5 @@ def evaluate(
         class_counts=class_counts,
         confidence=(prob_sums / torch.from_numpy(np.maximum(class_counts, 1)).to(device).view(1, k, 1)).cpu().numpy(),
         histograms={kind: h.cpu().numpy() for kind, h in hists.items()},
+        plasticity=stats.measures(),
     )

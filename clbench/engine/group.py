@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clbench.data.loading import ContinualData
+from clbench.data.loading import ContinualData, hold_out_validation
 from clbench.engine.checkpoint import checkpoint_key
 from clbench.lockstep.backbones import BatchedBackbone, BatchedMLP, Params
 from clbench.lockstep.step import LossLayer
@@ -57,6 +57,8 @@ class Group:
         c0, spec, device = cfgs[0], data.spec, data.device
         if c0.benchmark != spec.name or spec.n_classes != data.n_classes:
             raise ValueError(f"data is {spec.name}, configs are for {c0.benchmark}")
+        if c0.validation:  # one seed's split (the group key): its rows leave the training data
+            data = hold_out_validation(data, c0.validation, c0.seed)
         method = c0.method_instance()
         net = make_backbone(c0, data)
 

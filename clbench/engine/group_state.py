@@ -148,9 +148,10 @@ REPLAY_PLAN = _optional(
 )
 
 
-def saved(codec: Codec) -> dict[str, Any]:
-    """The metadata of a field a checkpoint saves with ``codec``."""
-    return {"codec": codec}
+def saved(codec: Codec, absent_ok: bool = False) -> dict[str, Any]:
+    """The metadata of a field a checkpoint saves with ``codec`` (``absent_ok``: added later; a
+    checkpoint without it resumes with the fresh state's value)."""
+    return {"codec": codec, "absent_ok": absent_ok}
 
 
 def transient(why: str) -> dict[str, Any]:
@@ -185,6 +186,8 @@ class GroupState:
     names: tuple[str, ...] = field(metadata=saved(NAMES))  # the loss terms' names, "total" last
     sums: torch.Tensor | None = field(metadata=saved(TENSOR))  # (n_terms + 1, R), summed over the task's steps
     evaluations: list[Evaluation] = field(metadata=saved(EVALUATIONS))  # one per task trained
+    # On the validation split, one per task trained (empty: the group has no validation split).
+    val_evaluations: list[Evaluation] = field(metadata=saved(EVALUATIONS, absent_ok=True))
     loss_means: list[dict[str, np.ndarray]] = field(metadata=saved(LOSS_MEANS))  # per task trained: term -> (R,)
     train_s: np.ndarray = field(metadata=saved(ARRAY))  # (T,) seconds
     eval_s: np.ndarray = field(metadata=saved(ARRAY))  # (T,) seconds
@@ -227,6 +230,7 @@ class GroupState:
             names=(),
             sums=None,
             evaluations=[],
+            val_evaluations=[],
             loss_means=[],
             train_s=np.zeros(n_tasks),
             eval_s=np.zeros(n_tasks),
@@ -249,6 +253,8 @@ class GroupState:
     def restore(self, snapshot: dict[str, Any], device: torch.device) -> None:
         """Continue from ``snapshot()``'s output (taken from the same group)."""
         for f in saved_fields():
+            if f.name not in snapshot and f.metadata["absent_ok"]:
+                continue
             setattr(self, f.name, f.metadata["codec"].load(snapshot[f.name], getattr(self, f.name), device))
 
     def summary(self, group: Group, n_steps: int) -> CheckpointSummary:

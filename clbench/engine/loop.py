@@ -28,8 +28,9 @@ from clbench.engine.progress import PhaseTimer, PhaseTimes, Progress, ProgressCa
 from clbench.engine.refit import refit
 from clbench.engine.update import NetState, StepForward, fresh, step_batches, train_step
 from clbench.lockstep.step import Step
+from clbench.methods.user import method_code_error
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import RunResult
+from clbench.runs.results import RunResult, SplitMatrices
 
 
 def train_group(
@@ -66,6 +67,10 @@ def train_group(
             training.end_task(task)  # methods act on a finished task: memories, teachers, GDumb's refit
             training.evaluate(task)  # a row of the accuracy matrices; a checkpoint, so the task is kept
         return _results(group, training.st)
+    except (SystemExit, KeyboardInterrupt) as exc:  # a method file's sys.exit: its group fails, one line
+        if (error := method_code_error(exc, [c.method_source for c in configs])) is None:
+            raise
+        raise error from None
     finally:  # a resumed group's thread count was its own
         torch.set_num_threads(threads_before)
 
@@ -234,6 +239,7 @@ class _Training:
             options=g.options,
             net=g.net,
             params=st.net.params,
+            features=st.net.features,
         )
         names, terms, new_state = train_step(
             g.method,
@@ -277,6 +283,19 @@ class _Training:
                     g.net, st.net.params, st.net.buffers, g.data, g.n_runs, after_task=task.index, classifier=classifier
                 )
             )
+            if g.data.val_task_idx is not None:  # the held-out training rows, evaluated alike
+                st.val_evaluations.append(
+                    evaluate(
+                        g.net,
+                        st.net.params,
+                        st.net.buffers,
+                        g.data,
+                        g.n_runs,
+                        after_task=task.index,
+                        classifier=classifier,
+                        split="validation",
+                    )
+                )
         st.eval_s[task.index] = time.perf_counter() - t1
         st.task, st.epoch, st.step, st.task_begun = task.index + 1, 0, 0, False
         if self.checkpoint is not None:
@@ -311,9 +330,31 @@ def _results(group: Group, st: GroupState) -> list[RunResult]:
                 class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
                 divergence=diverged,
                 histograms={k: np.stack([e.histograms[k][r] for e in evaluations]) for k in evaluations[0].histograms},
+                validation=_split_matrices(st.val_evaluations, r),
+                plasticity=_plasticity(evaluations, r),
             )
         )
     return out
+
+
+def _split_matrices(evaluations: list, r: int) -> SplitMatrices | None:
+    """Run ``r``'s matrices on the validation split (``None`` where the group has none)."""
+    if not evaluations:
+        return None
+    return SplitMatrices(
+        class_il_correct=np.stack([e.class_il_correct[r] for e in evaluations]),
+        task_il_correct=np.stack([e.task_il_correct[r] for e in evaluations]),
+        class_il_seen_correct=np.stack([e.class_il_seen_correct[r] for e in evaluations]),
+        counts=evaluations[0].test_counts,
+    )
+
+
+def _plasticity(evaluations: list, r: int) -> dict[str, np.ndarray]:
+    """Run ``r``'s plasticity measures after each task; none where an evaluation lacks them (one
+    restored from a checkpoint of a clbench that did not measure them)."""
+    if not all(e.plasticity for e in evaluations):
+        return {}
+    return {k: np.array([e.plasticity[k][r] for e in evaluations]) for k in evaluations[0].plasticity}
 
 
 __all__ = ["train_group"]

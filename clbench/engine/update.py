@@ -31,6 +31,13 @@ class NetState:
         logits, self.buffers = self.net.forward(self.params, self.buffers, batch.x, train=True, row_weight=batch.valid)
         return logits
 
+    def features(self, batch: Batch) -> torch.Tensor:
+        """The penultimate features of ``batch`` (training mode), like ``forward`` (ER-AML)."""
+        features, self.buffers = self.net.features(
+            self.params, self.buffers, batch.x, train=True, row_weight=batch.valid
+        )
+        return features
+
     def sgd(
         self, grads: Sequence[torch.Tensor], lr: dict[str, torch.Tensor], ok: torch.Tensor | None, bn_before: Params
     ) -> None:

@@ -59,6 +59,10 @@ class BatchedBackbone(Protocol):
         """The penultimate features ``(R, N, feature_dim)`` the classifier head reads (iCaRL's
         nearest-mean classifier), and the new buffers, as in ``forward``."""
 
+    def head_logits(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        """The classifier head: logits ``(R, N, K)`` of penultimate ``features`` (``forward`` is
+        ``features`` then this, so the two paths give the same numbers)."""
+
 
 def xavier_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
     """Mammoth's MLP initialisation: U(-a, a), a = sqrt(6 / (fan_in + fan_out)); shape (in, out)."""
@@ -201,7 +205,10 @@ class BatchedMLP:
 
     def forward(self, params, buffers, x, *, train, row_weight=None):
         features, buffers = self.features(params, buffers, x, train=train, row_weight=row_weight)
+        return self.head_logits(params, features), buffers
+
+    def head_logits(self, params, features):
         last = len(self.sizes) - 2
         if self.head == "cosine":
-            return cosine_logits(features, params[f"w{last}"]), buffers
-        return batched_linear(features, params[f"w{last}"], params[f"b{last}"]), buffers
+            return cosine_logits(features, params[f"w{last}"])
+        return batched_linear(features, params[f"w{last}"], params[f"b{last}"])

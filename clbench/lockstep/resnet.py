@@ -165,10 +165,13 @@ class BatchedResNet18:
         equal those of the run alone on those rows; padding rows must hold finite values.
         """
         features, new_buffers = self.features(params, buffers, x, train=train, row_weight=row_weight)
+        return self.head_logits(params, features), new_buffers
+
+    def head_logits(self, params: Params, features: torch.Tensor) -> torch.Tensor:
+        """The classifier head's logits ``(R, N, K)`` of pooled ``features`` (see :meth:`forward`)."""
         if self.head == "cosine":
-            return cosine_logits(features, params["fc.weight"], feature_dim=1), new_buffers
-        logits = torch.baddbmm(params["fc.bias"].unsqueeze(1), features, params["fc.weight"])
-        return logits, new_buffers
+            return cosine_logits(features, params["fc.weight"], feature_dim=1)
+        return torch.baddbmm(params["fc.bias"].unsqueeze(1), features, params["fc.weight"])
 
     def features(
         self,

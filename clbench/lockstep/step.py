@@ -62,6 +62,20 @@ def per_run_mean(per_row: torch.Tensor, valid: torch.Tensor | None) -> torch.Ten
     return (per_row * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1.0)
 
 
+def batch_present_classes(batch: Batch, n_classes: int) -> torch.Tensor:
+    """(R, N, K) bool: the ``batch`` keep-set (ER-ACE's rule). For each run, a stream row keeps the
+    classes present among that run's valid stream rows of the batch, a replayed row those present
+    among its valid replayed rows; every row keeps its own class (a padding row's target stays live)."""
+    onehot = F.one_hot(batch.y, n_classes).bool()  # (R, N, K)
+    valid = torch.ones_like(batch.y, dtype=torch.bool) if batch.valid is None else batch.valid > 0
+    present = [
+        (onehot & (valid & (batch.from_buffer == side)).unsqueeze(-1)).any(dim=1, keepdim=True)  # (R, 1, K)
+        for side in (False, True)
+    ]
+    by_row = torch.where(batch.from_buffer.view(1, -1, 1), present[1], present[0])
+    return by_row | onehot
+
+
 class LossLayer:
     """The trainer's loss functions, with each run's mask spec applied."""
 
@@ -74,21 +88,42 @@ class LossLayer:
         self.mask_value = torch.tensor([m.value if m.enabled else 0.0 for m in masks], device=device).view(-1, 1)
         self.on_stream = torch.tensor([m.on_stream for m in masks], device=device).view(-1, 1)
         self.on_buffer = torch.tensor([m.on_buffer for m in masks], device=device).view(-1, 1)
+        # Keep-sets other than the row's task (None while every run keeps its task: today's computation).
+        keeps = [m.keep if m.enabled else "task" for m in masks]
+        self.keeps = None if all(k == "task" for k in keeps) else keeps
 
-    def cross_entropy(self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None) -> torch.Tensor:
+    def cross_entropy(
+        self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None, task: int | None = None
+    ) -> torch.Tensor:
         """Per-run mean cross-entropy (R,), general masked softmax on the rows the specs select.
 
         ``inactive`` (broadcastable to logits, bool) lets a method exclude classes by its own rule
         (ER-ACE): those logits become -inf, no gradient, before the general mask is applied.
+        ``task`` is the task being trained (the ``seen`` keep-set: the classes of tasks 0..task).
         """
         z = logits if inactive is None else logits.masked_fill(inactive, float("-inf"))
         if self.any_masked:
             masked_rows = torch.where(batch.from_buffer, self.on_buffer, self.on_stream)  # (R, N)
-            active = task_active_mask(batch.task, self.class_task) | ~masked_rows.unsqueeze(-1)
+            active = self.kept(batch, task) | ~masked_rows.unsqueeze(-1)
             per_row = masked_cross_entropy(z, batch.y, active, self.mask_value, reduction="none", validate=False)
         else:
             per_row = F.cross_entropy(z.flatten(0, 1), batch.y.flatten(), reduction="none").view(batch.y.shape)
         return per_run_mean(per_row, batch.valid)
+
+    def kept(self, batch: Batch, task: int | None) -> torch.Tensor:
+        """(R, N, K) bool: the classes each run's keep-set leaves live on each row (when it is masked)."""
+        by_task = task_active_mask(batch.task, self.class_task)
+        if self.keeps is None:
+            return by_task
+        if "seen" in self.keeps and task is None:
+            raise ValueError("the 'seen' keep-set needs the task being trained (LossLayer.cross_entropy's task)")
+        n_runs, n_rows, k = by_task.shape
+        choice = {
+            "task": by_task,
+            "batch": batch_present_classes(batch, k),
+            "seen": (self.class_task <= (task if task is not None else -1)).expand(n_runs, n_rows, k),
+        }
+        return torch.stack([choice[keep][r] for r, keep in enumerate(self.keeps)])
 
     @staticmethod
     def logit_mse(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -117,6 +152,8 @@ class Step:
     options: Mapping[str, Any] = field(default_factory=dict)  # the method's options (config)
     net: Any = None  # the backbone (BatchedBackbone): forward with other parameters (a frozen teacher)
     params: Mapping[str, torch.Tensor] = field(default_factory=dict)  # the parameters being trained
+    # batch -> penultimate features (R, N, D), training mode (ER-AML's contrastive term); None: not offered.
+    features: Callable[[Batch], torch.Tensor] | None = None
 
     @property
     def class_task(self) -> torch.Tensor:
@@ -128,7 +165,7 @@ class Step:
         return self.loss.n_tasks
 
     def cross_entropy(self, logits: torch.Tensor, batch: Batch, inactive: torch.Tensor | None = None) -> torch.Tensor:
-        return self.loss.cross_entropy(logits, batch, inactive)
+        return self.loss.cross_entropy(logits, batch, inactive, self.task)
 
     def logit_mse(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return self.loss.logit_mse(logits, batch)

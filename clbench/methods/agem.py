@@ -8,7 +8,8 @@ stream cross-entropy alone (``ce``).
 
 Where the general mask acts: on the stream cross-entropy, the loss (``--mask-on stream``). The
 buffer's cross-entropy only sets the projection's reference and is never part of the loss, so a
-mask on the buffer cannot act and is refused.
+mask on the buffer (``--mask-on buffer`` or ``both``) is refused: it would change the reference, never a
+loss the mask is about.
 
 Memory: written at task ends only, ``floor(M / T)`` samples of the task drawn uniformly without
 replacement (DER-paper version of Mammoth, [M20]); current Mammoth keeps the task's first

@@ -124,6 +124,9 @@ class Method:
     # a run identical to its baseline: that is refused as bad input (``clbench.config.resolve``);
     # an empty tuple (no softmax cross-entropy at all) refuses every mask.
     mask_acts_on: tuple[str, ...] = ("stream", "buffer")
+    # The keep-sets (``clbench.runs.mask.MASK_KEEP_CHOICES``) under which the mask acts in this method;
+    # another is refused as bad input, like a placement where the mask cannot act.
+    mask_keeps: tuple[str, ...] = ("task", "batch", "seen")
     weights: tuple[str, ...] = ()  # which of the config's alpha and beta the method reads
     options: Mapping[str, Any] = {}  # the method's own hyperparameters and their defaults
     run_notes: tuple[str, ...] = ()  # recorded in every run's notes (what the method is, as run)

@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+# The mask's keep-sets (clbench.runs.mask.MASK_KEEP_CHOICES): a card's default, every one.
+ALL_MASK_KEEPS = ("task", "batch", "seen")
+
 # name -> "module:Class", in the order the command line lists them.
 SHIPPED = {
     "sgd": "clbench.methods.sgd:SGD",
@@ -28,6 +31,11 @@ SHIPPED = {
     "icarl": "clbench.methods.icarl:ICaRL",
     "agem": "clbench.methods.agem:AGEM",
     "gdumb": "clbench.methods.gdumb:GDumb",
+    "ss_il": "clbench.methods.ss_il:SSIL",
+    "lode": "clbench.methods.lode:LODE",
+    "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
+    "er_las": "clbench.methods.er_las:ERLAS",
+    "er_aml": "clbench.methods.er_aml:ERAML",
 }
 
 
@@ -44,6 +52,8 @@ class MethodCard:
     weights: tuple[str, ...]
     options: tuple[tuple[str, Any], ...]  # the method's own hyperparameters and their defaults
     run_notes: tuple[str, ...]
+    # Added with the mask's keep-sets; written into CARDS only where it is not every keep-set.
+    mask_keeps: tuple[str, ...] = ALL_MASK_KEEPS
 
     @property
     def has_memory(self) -> bool:
@@ -63,6 +73,7 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
         weights=tuple(cls.weights),
         options=tuple(dict(cls.options).items()),
         run_notes=tuple(cls.run_notes),
+        mask_keeps=tuple(getattr(cls, "mask_keeps", ALL_MASK_KEEPS)),
     )
 
 
@@ -181,6 +192,61 @@ CARDS: dict[str, MethodCard] = {
         options=(("minlr", 0.0005), ("fitting_epochs", 256), ("cutmix_alpha", 1.0), ("cutmix_prob", 0.5)),
         run_notes=("gdumb: the stream only fills a greedy class-balanced memory; after every task a network trained from scratch on the memory is evaluated (GDumb's code; Mammoth refits after the last task only); lr is the refit's maximum lr",),
     ),
+    "ss_il": MethodCard(
+        name="ss_il",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=(),
+        weights=(),
+        options=(("distill", 1.0),),
+        run_notes=("ss_il: SS-IL's stream cross-entropy is the masked softmax at m = -inf (current task's classes), its replayed rows' is over the past classes only: no general mask; plain SGD under the protocol (no momentum, weight decay or lr / (t + 1)); memory rebuilt at task ends, ceil(M / S) per class",),
+    ),
+    "lode": MethodCard(
+        name="lode",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(("rho", 0.1),),
+        run_notes=(),
+    ),
+    "lode_derpp": MethodCard(
+        name="lode_derpp",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=2,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=("alpha", "beta"),
+        options=(("rho", 0.05),),
+        run_notes=(),
+    ),
+    "er_las": MethodCard(
+        name="er_las",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(("tau", 1.0), ("window", 1)),
+        run_notes=(),
+    ),
+    "er_aml": MethodCard(
+        name="er_aml",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("buffer",),
+        weights=(),
+        options=(("temperature", 0.2),),
+        run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+    ),
 }
 # END CARDS
 # fmt: on
@@ -205,7 +271,11 @@ def _written_cards() -> str:
         module, _, cls_name = where.partition(":")
         card = card_of(getattr(importlib.import_module(module), cls_name))
         lines.append(f"    {json.dumps(name)}: MethodCard(")
-        lines += [f"        {f.name}={_literal(getattr(card, f.name))}," for f in fields(card)]
+        lines += [
+            f"        {f.name}={_literal(getattr(card, f.name))},"
+            for f in fields(card)
+            if f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS
+        ]
         lines.append("    ),")
     lines.append("}")
     return "\n".join(lines)

@@ -17,8 +17,8 @@ lambda ~ Beta(cutmix_alpha, cutmix_alpha), loss lambda CE(z, y_a) + (1 - lambda)
 The config's lr is the refit's maximum lr (Mammoth's maxlr).
 
 Where the general mask acts: only on the refit's cross-entropy, whose rows are all memory rows
-(``--mask-on buffer`` or ``both``); the stream is never trained on, so a stream mask cannot act
-and is refused. Under CutMix each of the two cross-entropies masks by its own target's task.
+(``--mask-on buffer``); the stream is never trained on, so a stream mask (``stream`` or ``both``)
+cannot act there and is refused. Under CutMix each of the two cross-entropies masks by its own target's task.
 """
 
 from __future__ import annotations

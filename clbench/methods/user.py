@@ -19,7 +19,10 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -92,7 +95,62 @@ def _import_file(path: str, sha256: str):
     except Exception as exc:  # noqa: BLE001 - whatever the file raises is bad input
         del sys.modules[name]
         raise ValueError(f"cannot import the method file {path}: {first_line(exc, with_type=True)}") from None
+    except (SystemExit, KeyboardInterrupt) as exc:  # the file's own, unlike a Ctrl-C meanwhile
+        del sys.modules[name]
+        if (mine := _raised_by(exc, {path})) is None:
+            raise
+        raise ValueError(f"cannot import the method file {path}: it {_ended(exc, mine)}") from None
     return module
+
+
+class MethodCodeError(RuntimeError):
+    """A method of your own tried to end the process (``sys.exit``, ``raise KeyboardInterrupt``):
+    its group fails, its runs are marked ``failed``, the sweep goes on as after any failed group."""
+
+
+def _raised_by(exc: BaseException, files: set[str]) -> traceback.FrameSummary | None:
+    """The innermost frame of ``exc``'s traceback in one of ``files`` if the exception is that
+    file's own: any ``SystemExit`` raised under it; a ``KeyboardInterrupt`` only where a ``raise``
+    line of the file raised it (a Ctrl-C lands in whatever line runs, often the method's)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if os.path.abspath(f.filename) in files]
+    if not mine:
+        return None
+    if isinstance(exc, KeyboardInterrupt) and not (
+        frames[-1] is mine[-1] and (mine[-1].line or "").startswith("raise")
+    ):
+        return None
+    return mine[-1]
+
+
+def _ended(exc: BaseException, frame: traceback.FrameSummary) -> str:
+    what = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else "raised KeyboardInterrupt"
+    where = "at import" if frame.name == "<module>" else f"in {frame.name}"
+    return f"{what} {where} (line {frame.lineno}): a method must raise an exception, not end the process"
+
+
+def method_code_error(exc: BaseException, sources: Sequence[str | None]) -> MethodCodeError | None:
+    """``exc`` (a ``SystemExit`` or ``KeyboardInterrupt`` out of training) as the one-line error of
+    the method file that raised it; ``None`` when no method of your own among ``sources`` (the
+    configs' ``method_source``) raised it (a real Ctrl-C, SIGTERM)."""
+    files = {}
+    for source in set(filter(None, sources)):
+        path = _source_file(source)
+        if path is not None:
+            files[os.path.abspath(path)] = source
+    frame = _raised_by(exc, set(files))
+    if frame is None:
+        return None
+    return MethodCodeError(f"the method file {os.path.abspath(frame.filename)} {_ended(exc, frame)}")
+
+
+def _source_file(source: str) -> str | None:
+    if not source.startswith(_ENTRY_PREFIX):
+        return source.rpartition(":")[0]
+    try:
+        return inspect.getsourcefile(find_method(source[len(_ENTRY_PREFIX) :]).cls)
+    except (ValueError, TypeError):
+        return None
 
 
 def _check_class(cls, where: str) -> type[Method]:
@@ -107,10 +165,16 @@ def _check_class(cls, where: str) -> type[Method]:
 
 def _label(cls: type[Method], where: str) -> str:
     name = cls.__dict__.get("name") or cls.__name__
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME or any(c in name for c in ":/\\ "):
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > MAX_NAME
+        or any(c in name for c in ":/\\ ")
+        or not name.isprintable()  # control characters: escape codes on terminals, split rows and CSV lines
+    ):
         raise ValueError(
-            f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} characters without "
-            "':', '/' or spaces (set the class attribute name = \"...\")"
+            f"{where}: the method's name {name!r} must be 1 to {MAX_NAME} printable characters without "
+            "':', '/', spaces or control characters (set the class attribute name = \"...\")"
         )
     if name in SHIPPED:
         raise ValueError(

@@ -5,7 +5,8 @@ Step, task t (C classes per task, P = tC past classes, K in all):
 - ``ce``: cross-entropy of the incoming batch. X-DER's is a softmax over the current task's classes
   only, i.e. every other class masked at -inf: in clbench that slicing *is* the loss layer's mask.
   ``--mask -inf`` is X-DER as published, ``--mask none`` its unmasked counterpart (all K classes),
-  a finite m in between. Where the general mask acts: this term only (``--mask-on stream``).
+  a finite m in between. Where the general mask acts: this term only (``--mask-on stream``;
+  ``buffer`` and ``both`` would mask ``replay_ce`` and are refused).
 - ``logit_mse``: alpha x mean over rows and all K columns of (f(x) - stored logits)^2 on a first
   replay draw (from task 1 on: the memory is written at task ends).
 - ``replay_ce``: beta x cross-entropy over the past classes [0, P) only on a second, independent

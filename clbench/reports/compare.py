@@ -1,8 +1,10 @@
 """Did masking help? A baseline mask against each masked variant of the same run config, paired
 over their common seeds.
 
-Two runs pair when everything in their resolved config but the mask and the seed agrees (method,
-benchmark, buffer, hyperparameters, ...), and their seeds are equal.
+Two runs pair when everything in their resolved config but the mask, the seed and the class order
+agrees (method, benchmark, buffer, hyperparameters, ...), and their seeds and their class orders are
+equal: a pair is one (seed, class order), so runs over several class orders are compared over all
+their pairs at once (``n_seeds`` then counts pairs).
 
 Statistics, for each variant against its baseline over the n paired seeds (differences
 d = variant - baseline):
@@ -77,7 +79,8 @@ COLUMNS = (
     "losses",
     "ties",
 )
-_NOT_PAIRING = ("seed", "mask", "notes", "preset_source", "method_source")
+_NOT_PAIRING = ("seed", "class_order_seed", "mask", "notes", "preset_source", "method_source")
+PAIR_INDEX = ["seed", "class_order"]  # what a pair shares beside the pair key
 
 
 def _pair_key(config: dict) -> str:
@@ -216,6 +219,7 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}: valid tests are {', '.join(TESTS)}")
     base_label = format_mask_value(parse_mask_value(str(baseline)))
+    df = with_keep_in_placement(df)
     done = df[df["status"] == "finished"].copy() if "status" in df else df.copy()
     diverged = _diverged_counts(df)
     rows = []
@@ -234,8 +238,8 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
         for (mask, on), var in groups:
             b = base if base_label == "none" else base[base["mask_on"] == on]
             excluded = _exclusion(diverged, key, base_label, mask, on, len(b), len(var))
-            b = b.drop_duplicates("seed").set_index("seed")
-            v = var.drop_duplicates("seed").set_index("seed")
+            b = _by_pair(b)
+            v = _by_pair(var)
             common = sorted(set(b.index) & set(v.index))
             if not common:
                 continue
@@ -287,8 +291,34 @@ def compare_runs(df: pd.DataFrame, baseline: str = "none", test: str = "permutat
     return _with_convention(out, df)
 
 
+def with_keep_in_placement(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a mask's keep-set other than the paper's (``task``) written into ``mask_on``
+    (``"stream, keep batch"``): runs that differ in it are different variants, never paired as one."""
+    if "config" not in df or df.empty:
+        return df
+    keeps = [_keep_of(c) for c in df["config"]]
+    if all(k == "task" for k in keeps):
+        return df
+    ons = [on if k == "task" else f"{on}, keep {k}" for on, k in zip(df["mask_on"], keeps)]
+    return df.assign(mask_on=ons)
+
+
+def _keep_of(config) -> str:
+    mask = config.get("mask") if isinstance(config, dict) else None
+    return mask.get("keep", "task") if isinstance(mask, dict) else "task"
+
+
+def _by_pair(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` indexed by (seed, class order), one run each (a frame without the class order column
+    is in the benchmark's order)."""
+    if "class_order" not in runs:
+        runs = runs.assign(class_order=0)
+    return runs.drop_duplicates(PAIR_INDEX).set_index(PAIR_INDEX)
+
+
 def _with_convention(out: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     out.attrs["class_il"] = df.attrs.get("class_il", "all")
+    out.attrs["split"] = df.attrs.get("split", "test")
     return out
 
 

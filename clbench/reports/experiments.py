@@ -5,15 +5,17 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
     buffers = [200]
     seeds = 10                         # seeds 0..9, or a list [0, 3, 7]
+    class_orders = [0, 1, 2]           # optional: 0 the benchmark's order, K > 0 a permutation from K
     mask_on = "stream"                 # optional: stream | buffer | both
+    mask_keep = "task"                 # optional: task | batch | seen (which classes a masked row keeps)
 
-    [per_method.gdumb]                 # optional: a method's own masks and/or mask_on
+    [per_method.gdumb]                 # optional: a method's own masks, mask_on and/or mask_keep
     mask_on = "buffer"                 #   (GDumb's cross-entropy sees only its memory's rows)
     [per_method.icarl]
     masks = ["none"]                   #   (iCaRL has no softmax cross-entropy: no mask acts)
@@ -33,19 +35,19 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from clbench.data.specs import SyntheticOptions
 from clbench.runs.checks import InvalidValue, check_label, check_whole
-from clbench.runs.config import RunConfig, check_field, check_synthetic
-from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
+from clbench.runs.config import RunConfig, check_field, check_synthetic, mask_rows
+from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order")
 TOP_LEVEL_KEYS = (
     "name",
     "title",
@@ -55,13 +57,18 @@ TOP_LEVEL_KEYS = (
     "masks",
     "buffers",
     "seeds",
+    "class_orders",
     "mask_on",
+    "mask_keep",
     "per_method",
     "overrides",
     "render",
     "description",
+    "slurm",
 )
-PER_METHOD_KEYS = ("masks", "mask_on")
+# The [slurm] section: the --slurm-* options of the command line, without the prefix.
+SLURM_KEYS = ("partition", "time", "account", "qos", "sbatch", "folder")
+PER_METHOD_KEYS = ("masks", "mask_on", "mask_keep")
 REQUIRED_KEYS = ("kind", "benchmark", "methods", "masks", "buffers", "seeds")
 OVERRIDE_KEYS = (
     "backbone",
@@ -77,17 +84,20 @@ OVERRIDE_KEYS = (
     "der_logits",
     "head",
     "options",
+    "validation",
 )
 # kind -> render option -> default (None: derived from the runs of the experiment)
 # Options every kind takes: the class-IL convention (argmax over all classes or over the classes
 # seen so far; see clbench.results) and whether runs of an older engine (stale) fill in for missing ones.
-COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False}
+# The split is what the metrics are measured on: the test sets, or the validation split of runs with one.
+COMMON_RENDER_OPTIONS: dict[str, Any] = {"class_il": "all", "include_stale": False, "split": "test"}
 RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "fig2": {"method": None, "buffer": None, "baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
     "fig4": {"baseline": "none", "std_band": True, **COMMON_RENDER_OPTIONS},
     "forgetting": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "tiny-buffer": {"forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
+    "class-order": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -103,6 +113,7 @@ class ExperimentSpec:
     buffers: tuple[int, ...]
     seeds: tuple[int, ...]
     mask_on: str = "stream"
+    mask_keep: str = "task"  # the keep-set of masked rows (clbench.runs.mask.MASK_KEEP_CHOICES)
     overrides: dict[str, Any] = field(default_factory=dict)
     render: dict[str, Any] = field(default_factory=dict)
     title: str = ""
@@ -110,12 +121,18 @@ class ExperimentSpec:
     source: str = ""  # the file it was read from
     # method -> its own "masks" (normalized labels) and/or "mask_on", instead of the top-level ones
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The class orders every run is trained in (0: the benchmark's; K > 0: the permutation drawn from K).
+    class_orders: tuple[int, ...] = (0,)
+    slurm: dict[str, Any] = field(default_factory=dict)  # the [slurm] section (--executor slurm's options)
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
 
     def mask_on_for(self, method: str) -> str:
         return self.per_method.get(method, {}).get("mask_on", self.mask_on)
+
+    def mask_keep_for(self, method: str) -> str:
+        return self.per_method.get(method, {}).get("mask_keep", self.mask_keep)
 
     @property
     def all_masks(self) -> tuple[str, ...]:
@@ -128,6 +145,8 @@ class ExperimentSpec:
         from clbench.sweep.plan import sweep_configs  # noqa: PLC0415 - keeps this module light
 
         seed_list = tuple(range(seeds)) if seeds is not None else self.seeds
+        # Only an experiment over class orders names them: the others' runs stay as they were.
+        orders = {} if self.class_orders == (0,) else {"class_orders": self.class_orders}
         if not self.per_method:
             return sweep_configs(
                 methods=self.methods,
@@ -136,6 +155,8 @@ class ExperimentSpec:
                 seeds=seed_list,
                 benchmark=self.benchmark,
                 mask_on=self.mask_on,
+                mask_keep=self.mask_keep,
+                **orders,
                 **self.overrides,
             )
         return [
@@ -148,6 +169,8 @@ class ExperimentSpec:
                 seeds=seed_list,
                 benchmark=self.benchmark,
                 mask_on=self.mask_on_for(method),
+                mask_keep=self.mask_keep_for(method),
+                **orders,
                 **self.overrides,
             )
         ]
@@ -204,6 +227,10 @@ def load_experiment(name_or_path: str | Path) -> ExperimentSpec:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"cannot read the experiment file {text_name}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"the experiment file {text_name} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+            ) from None
         return parse_toml(text, path.stem, str(path))
     entry = _shipped_dir() / f"{text_name}.toml"
     if not entry.is_file():
@@ -279,6 +306,12 @@ def _overrides(data: dict, source: str) -> dict:
         syn = _table(overrides, "synthetic", source, "overrides.")
         if isinstance(syn.get("input_shape"), list):
             syn["input_shape"] = tuple(syn["input_shape"])
+        valid = [f.name for f in fields(SyntheticOptions)]
+        unknown = sorted(set(syn) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key overrides.synthetic.{unknown[0]}: valid keys are {', '.join(valid)}"
+            )
         try:
             options = SyntheticOptions(**syn)
         except TypeError as exc:
@@ -332,12 +365,19 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(f"{source}: seeds are >= 0")
         for s in seeds:
             _checked(source, "seeds value", lambda v: check_field("seed", v), s)
+    class_orders = _class_orders(data, source)
     mask_on = data.get("mask_on", "stream")
     if mask_on not in MASK_ON_CHOICES:
         raise ValueError(f"{source}: invalid mask_on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
+    mask_keep = data.get("mask_keep", "task")
+    if mask_keep not in MASK_KEEP_CHOICES:
+        raise ValueError(f"{source}: invalid mask_keep {mask_keep!r}: valid are {', '.join(MASK_KEEP_CHOICES)}")
     per_method = _per_method(data, methods, source)
     _check_masks_can_act(methods, masks, mask_on, per_method, source)
+    _check_keeps_can_act(methods, masks, mask_keep, per_method, source)
     overrides = _overrides(data, source)
+    if class_orders != [0] and "class_order_seed" in overrides:
+        raise ValueError(f"{source}: give the class order once: class_orders or overrides.class_order_seed")
     render = _table(data, "render", source)
     options = RENDER_OPTIONS[kind]
     bad = sorted(set(render) - set(options))
@@ -350,10 +390,15 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
                 render[key] = format_mask_value(parse_mask_value(str(render[key])))
             except ValueError as exc:
                 raise ValueError(f"{source}: render.{key}: {exc}") from None
+    for key in ("class_il", "forgetting"):  # a list or table here is not one of the names
+        if key in render and not isinstance(render[key], str):
+            raise ValueError(f"{source}: render.{key} must be one name in quotes, got {render[key]!r}")
     if render["class_il"] not in CLASS_IL_CONVENTIONS:
         raise ValueError(
             f"{source}: render.class_il {render['class_il']!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}"
         )
+    if render["split"] not in ("test", "validation"):
+        raise ValueError(f"{source}: render.split {render['split']!r}: valid are test, validation")
     if not isinstance(render["include_stale"], bool):
         raise ValueError(f"{source}: render.include_stale must be true or false")
     if "forgetting" in render:
@@ -363,6 +408,10 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
             raise ValueError(
                 f"{source}: render.forgetting {render['forgetting']!r}: valid are {', '.join(FORGETTING_DEFINITIONS)}"
             )
+    if kind == "class-order":
+        for key in ("baseline", "masked"):
+            if render[key] not in masks:
+                raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
     if kind == "fig2":
         render["method"] = render["method"] or methods[0]
         if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
@@ -380,7 +429,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
     if kind == "fig4" and not isinstance(render.get("std_band", True), bool):
         raise ValueError(f"{source}: render.std_band must be true or false")
     name = _check_name(data.get("name", default_name), source)
-    n_runs = len(methods) * len(masks) * len(buffers) * len(seeds)
+    n_runs = len(methods) * len(masks) * len(buffers) * len(seeds) * len(class_orders)
     if n_runs > MAX_SWEEP_RUNS:
         raise ValueError(f"{source}: the experiment asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS}")
     return ExperimentSpec(
@@ -392,13 +441,39 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         buffers=tuple(int(b) for b in buffers),
         seeds=tuple(seeds),
         mask_on=mask_on,
+        mask_keep=mask_keep,
         overrides=overrides,
         render=render,
         title=str(data.get("title", "")),
         description=str(data.get("description", "")),
         source=source,
         per_method=per_method,
+        class_orders=tuple(class_orders),
+        slurm=_slurm_section(data, source),
     )
+
+
+def _class_orders(data: dict, source: str) -> list[int]:
+    """The file's ``class_orders`` (a list of K >= 0; default [0], the benchmark's order)."""
+    if "class_orders" not in data:
+        return [0]
+    orders = _list_of(data, "class_orders", source, int)
+    for k in orders:
+        _checked(source, "class_orders value", lambda v: check_whole("class_orders", v, 0), k)
+    return list(dict.fromkeys(orders))
+
+
+def _slurm_section(data: dict, source: str) -> dict[str, Any]:
+    """The ``[slurm]`` section: names and texts (``sbatch``: a list of them); their values are
+    checked with the command line's, when the executor is built."""
+    section = _table(data, "slurm", source)
+    for key, value in section.items():
+        if key not in SLURM_KEYS:
+            raise ValueError(f"{source}: unknown key slurm.{key}: valid keys are {', '.join(SLURM_KEYS)}")
+        texts = value if key == "sbatch" and isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in texts):
+            raise ValueError(f"{source}: slurm.{key} must be {'a list of strings' if key == 'sbatch' else 'a string'}")
+    return section
 
 
 def _normalized_masks(values: list, source: str, where: str) -> list[str]:
@@ -420,7 +495,7 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
         if method not in methods:
             raise ValueError(f"{source}: per_method.{method}: {method!r} is not among the methods {', '.join(methods)}")
         if not isinstance(entry, dict) or not entry:
-            raise ValueError(f"{source}: per_method.{method} must be a table with masks and/or mask_on")
+            raise ValueError(f"{source}: per_method.{method} must be a table with masks, mask_on and/or mask_keep")
         bad = sorted(set(entry) - set(PER_METHOD_KEYS))
         if bad:
             raise ValueError(
@@ -442,6 +517,13 @@ def _per_method(data: dict, methods: list[str], source: str) -> dict[str, dict[s
                     f"{', '.join(MASK_ON_CHOICES)}"
                 )
             own["mask_on"] = entry["mask_on"]
+        if "mask_keep" in entry:
+            if entry["mask_keep"] not in MASK_KEEP_CHOICES:
+                raise ValueError(
+                    f"{source}: per_method.{method}: invalid mask_keep {entry['mask_keep']!r}: valid are "
+                    f"{', '.join(MASK_KEEP_CHOICES)}"
+                )
+            own["mask_keep"] = entry["mask_keep"]
         out[method] = own
     return out
 
@@ -459,8 +541,7 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
         own = per_method.get(method, {})
         on = own.get("mask_on", mask_on)
         masked = [m for m in own.get("masks", masks) if m != "none"]
-        where = {"stream", "buffer"} if on == "both" else {on}
-        if masked and not where & set(acts_on):
+        if masked and not mask_rows(on) <= set(acts_on):
             fix = (
                 'masks = ["none"] (it has no softmax cross-entropy)'
                 if not acts_on
@@ -469,6 +550,21 @@ def _check_masks_can_act(methods: list[str], masks: list[str], mask_on: str, per
             raise ValueError(
                 f"{source}: the masks {', '.join(masked)} on the {on} cannot act in {method}, whose "
                 f"cross-entropy sees {' or '.join(acts_on) or 'no'} rows: give [per_method.{method}] {fix}"
+            )
+
+
+def _check_keeps_can_act(methods: list[str], masks: list[str], keep: str, per_method: dict, source: str) -> None:
+    """Refuse a keep-set a method's cross-entropy cannot use (``Method.mask_keeps``)."""
+    from clbench.methods import find_method  # noqa: PLC0415
+
+    for method in methods:
+        own = per_method.get(method, {})
+        wanted = own.get("mask_keep", keep)
+        keeps = find_method(method).card.mask_keeps
+        if wanted not in keeps and any(m != "none" for m in own.get("masks", masks)):
+            raise ValueError(
+                f"{source}: mask_keep {wanted!r} cannot act in {method}: give [per_method.{method}] "
+                f"mask_keep one of {', '.join(keeps)}"
             )
 
 

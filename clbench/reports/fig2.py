@@ -60,6 +60,7 @@ def fig2_data(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> dict | No
         "benchmark": spec.benchmark,
         "buffer": r["buffer"],
         "seeds": seeds,
+        "n_seeds_wanted": len(spec.seeds),
         "baseline_mask": r["baseline"],
         "masked_mask": r["masked"],
         "class_il": convention,
@@ -206,11 +207,17 @@ def plot_fig2(data: dict):
     seeds = data["seeds"]
     fig.suptitle(
         f"{method} on {data['benchmark']}, buffer {data['buffer']}: {mask_title(data['baseline_mask'])} vs "
-        f"{mask_title(data['masked_mask'])} (mean over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
+        f"{mask_title(data['masked_mask'])} (mean over {_seeds_text(len(seeds), data.get('n_seeds_wanted'))}; "
         f"{CLASS_IL_NAMES[data.get('class_il', 'all')]})",
         fontsize=13,
     )
     return fig
+
+
+def _seeds_text(n: int, wanted: int | None) -> str:
+    """``3 seeds``, or ``2 of 3 seeds`` when some seeds are missing or excluded (named below)."""
+    of = f" of {wanted}" if wanted and wanted != n else ""
+    return f"{n}{of} seed{'s' if (wanted or n) != 1 else ''}"
 
 
 HISTOGRAM_PANELS = (("true_class", "old"), ("true_class", "newest"), ("max", "old"), ("max", "newest"))

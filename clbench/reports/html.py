@@ -259,17 +259,13 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
     rows = []
     keys = ["method", "buffer_size", "mask", "mask_on", "config_hash"]
     cells = sorted(coverage.groupby(keys, sort=False), key=lambda g: (g[0][0], g[0][1], mask_sort_key(g[0][2])))
+    used = set(df["run_id"])
     for (method, buffer, mask, on, _), cell in cells:
         done = cell[cell["status"] == "finished"]
         other = cell[cell["status"] != "finished"]
         seeds = ", ".join(str(s) for s in sorted(done["seed"])) or "-"
-        named = (
-            "<br>".join(
-                f'<span class="bad">seed {_e(r.seed)}: {_e(r.status)}</span> <code>{_e(r.run_id[:12])}</code>'
-                for r in other.itertuples()
-            )
-            or '<span class="ok">none</span>'
-        )
+        named = "<br>".join(_not_finished(r, used) for r in other.itertuples()) or '<span class="ok">none</span>'
+
         rows.append(
             [
                 _e(METHOD_NAMES.get(method, method)),
@@ -284,10 +280,17 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
     n_done = int((coverage["status"] == "finished").sum())
     statuses = coverage["status"].value_counts()
     summary = ", ".join(f"{n} {s}" for s, n in statuses.items())
+    stale_used = sum(1 for rid in coverage["stale_run_id"].dropna() if rid in used)
     caption = (
         f"{n_done} of {len(coverage)} expected runs are finished ({_e(summary)}). One row per cell (a point, "
         "bar or table cell: the runs that differ only by seed); every run that is not finished is named with "
-        "its status (missing: not in the database). Only finished runs enter the figures and tables."
+        "its status (missing: not in the database; stale: computed by an older clbench engine, its run id "
+        "given). Only finished runs enter the figures and tables"
+        + (
+            f", and the {stale_used} stale run{'s' if stale_used != 1 else ''} named as used (--include-stale)."
+            if stale_used
+            else "."
+        )
     )
     out = _table(
         ["method", "buffer", "mask", "on", "finished runs", "finished seeds", "not finished"],
@@ -302,8 +305,19 @@ def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) ->
             for k in ("baseline", "masked")
         ]
         both = sorted(sides[0] & sides[1])
-        out += f"<p>The figure averages over the {len(both)} seeds both sides have: {_e(', '.join(map(str, both)) or '-')}.</p>"
+        seeds = _e(", ".join(map(str, both)) or "-")
+        out += f"<p>The figure averages over the {len(both)} seeds both sides have: {seeds}.</p>"
     return out
+
+
+def _not_finished(r, used: set) -> str:
+    """One expected run that is not finished: its status, its id, and for a stale one the older run
+    (and whether the figures used it in its place)."""
+    text = f'<span class="bad">seed {_e(r.seed)}: {_e(r.status)}</span> <code>{_e(r.run_id[:12])}</code>'
+    if isinstance(r.stale_run_id, str):
+        role = "used in its place" if r.stale_run_id in used else "not used (--include-stale uses it)"
+        text += f" (older engine's run <code>{_e(r.stale_run_id[:12])}</code>: {role})"
+    return text
 
 
 def _provenance(store: Store, run_ids: Sequence[str]) -> str:
@@ -333,7 +347,7 @@ def _provenance(store: Store, run_ids: Sequence[str]) -> str:
     )
 
 
-def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: str) -> str:
+def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: str, used: Sequence[str]) -> str:
     load = spec.name if spec.source.endswith(f"{spec.name}.toml") and "/" not in spec.source else spec.source
     python = (
         "from clbench.reports import load_experiment\n"
@@ -342,9 +356,11 @@ def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: s
         f"with open_store({store.where!r}, readonly=True) as store:\n"
         f"    runs = experiment_runs(load_experiment({load!r}), store)  # a load_runs frame"
     )
+    # The runs the figures and tables were drawn from (stale stand-ins included, whose stored status
+    # is finished), else, with nothing rendered, the runs the experiment expects.
     sql = (
         "SELECT * FROM runs\nWHERE status = 'finished'\n  AND run_id IN (\n"
-        + ",\n".join(f"    '{i}'" for i in ids)
+        + ",\n".join(f"    '{i}'" for i in (used or ids))
         + "\n  );"
     )
     return (
@@ -359,7 +375,8 @@ def _how_made(spec: ExperimentSpec, store: Store, ids: Sequence[str], command: s
         + f" x {_e(len(spec.buffers))} buffers x {_e(len(spec.seeds))} seeds, matched by run id, the hash of each "
         "resolved config and seed).</p>"
         f"<p>Registry query (Python):</p><pre>{_e(python)}</pre>"
-        f"<details><summary>the same as SQL (every run id)</summary><pre>{_e(sql)}</pre></details>"
+        f"<details><summary>the same as SQL (the id of every run the figures and tables use)</summary>"
+        f"<pre>{_e(sql)}</pre></details>"
         "<p>Accuracy matrices, per-class confidence and the confidence histograms of these runs are in the "
         "tables <code>accuracy</code>, <code>confidence</code> and <code>confidence_histograms</code>, by run id.</p>"
     )
@@ -406,7 +423,7 @@ def report_page(
         "<h2>Software and device</h2>",
         _provenance(store, df["run_id"].tolist()),
         "<h2>How this was made</h2>",
-        _how_made(spec, store, ids, command),
+        _how_made(spec, store, ids, command, df["run_id"].tolist()),
     ]
     entry = {
         "title": title,

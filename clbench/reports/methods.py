@@ -23,6 +23,7 @@ from clbench.reports import tables
 from clbench.reports.compare import ALPHA, COMPARE_METRICS, compare_runs, procedures
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
+from clbench.runs.results import CLASS_IL_NAMES
 
 # What the compact comparison table shows per row, in this order.
 SHOWN = ("faa_class_il", "faa_task_il", "forgetting_class_il")
@@ -50,15 +51,17 @@ def _diff(r) -> str:
 
 
 def comparison_caption(spec: ExperimentSpec, result: pd.DataFrame, test: str = "permutation") -> str:
-    seeds = int(result["n_seeds"].max()) if len(result) else 0
+    convention = CLASS_IL_NAMES[spec.render.get("class_il", "all")]
     return (
         f"Each masked variant against its own method's unmasked runs ({spec.render.get('baseline') or 'none'}), "
-        f"paired by seed ({seeds} seeds), on {spec.benchmark}: diff = mean of variant - baseline (points, %) "
+        f"paired by seed ({tables.seeds_phrase(result['n_seeds'], len(spec.seeds))}; only the seeds both sides "
+        f"have), on {spec.benchmark}: diff = mean of variant - baseline (points, %) "
         f"[95% CI]; p = unadjusted / Holm-adjusted over one method's comparisons of that metric (its masked "
         f"variants x buffers); * Holm p < {ALPHA:g}. Procedures: "
         + "; ".join(p for p in procedures(test) if not p.startswith("p Holm"))
         + ". Forgetting: Chaudhry et al. 2018 (lower is better, so a negative diff is an improvement). "
-        "W/L/T: seeds where the variant's class-IL FAA is higher/lower/equal."
+        "W/L/T: seeds where the variant's class-IL FAA is higher/lower/equal. "
+        f"{tables._sentence(convention)}." + (f" {result.attrs['excluded']}" if result.attrs.get("excluded") else "")
     )
 
 
@@ -159,12 +162,15 @@ def plot_curves(data: pd.DataFrame, spec: ExperimentSpec):
     return fig
 
 
-def write_report(spec: ExperimentSpec, df: pd.DataFrame, out: Path, save_figure) -> list[Path]:
-    """The methods report's files in ``out`` (``save_figure(fig, out, stem)`` writes PNG and PDF)."""
+def write_report(spec: ExperimentSpec, df: pd.DataFrame, out: Path, save_figure, note: str = "") -> list[Path]:
+    """The methods report's files in ``out`` (``save_figure(fig, out, stem)`` writes PNG and PDF);
+    ``note`` names the runs left out (diverged, non-finite), in every caption."""
     stem = spec.name
     summary = tables.summary(spec, df)
+    summary.attrs["excluded"] = note
     written = tables.write_tables(summary, spec, out / stem)
     result = comparison(spec, df)
+    result.attrs["excluded"] = note
     md, csv = out / f"{stem}-compare.md", out / f"{stem}-compare.csv"
     md.write_text(comparison_markdown(spec, result))
     result.to_csv(csv, index=False)

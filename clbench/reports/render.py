@@ -48,17 +48,33 @@ def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:
     return _with_store(db, work)
 
 
-COVERAGE_COLUMNS = ("run_id", "method", "dataset", "buffer_size", "mask", "mask_on", "seed", "config_hash", "status")
+COVERAGE_COLUMNS = (
+    "run_id",
+    "method",
+    "dataset",
+    "buffer_size",
+    "mask",
+    "mask_on",
+    "seed",
+    "config_hash",
+    "status",
+    "stale_run_id",
+)
 
 
 def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
-    """Every run the experiment expects, in sweep order, with its status in ``db``: ``missing``
-    for a run with no row, else the stored status as it is (``finished``, ``failed``, ...).
-    Runs of one cell (a figure's point or bar, a table's cell) share a ``config_hash``."""
+    """Every run the experiment expects, in sweep order, with its status in ``db``: the stored
+    status as it is (``finished``, ``failed``, ...); ``stale`` for a run with no row of this engine
+    but a finished run of the same config and seed by an older one (its run id in ``stale_run_id``:
+    the run that stands in for it with ``render.include_stale``); ``missing`` for neither. Runs of
+    one cell (a figure's point or bar, a table's cell) share a ``config_hash``."""
     configs = experiment_configs(spec)
 
     def work(store: Store):
         statuses = store.statuses([c.identity() for c in configs])
+        absent = [c for c in configs if c.identity() not in statuses]
+        stale = _stale_stand_ins(store, absent, spec.render.get("class_il", "all"))
+        stand_in = dict(zip(stale["_for"], stale["run_id"]))
         return [
             (
                 c.identity(),
@@ -69,7 +85,8 @@ def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
                 c.mask.on,
                 c.seed,
                 c.config_hash(),
-                statuses.get(c.identity(), "missing"),
+                statuses.get(c.identity(), "stale" if c.identity() in stand_in else "missing"),
+                stand_in.get(c.identity()),
             )
             for c in configs
         ]
@@ -85,7 +102,7 @@ def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
     configs = experiment_configs(spec)
     ids = [c.identity() for c in configs]
     class_il = spec.render.get("class_il", "all")
-    df = load_runs(store, run_id=ids, class_il=class_il)
+    df = load_runs(store, run_id=ids, class_il=class_il, split=spec.render.get("split", "test"))
     df = df[df["status"] == "finished"]
     order = {rid: i for i, rid in enumerate(ids)}
     if spec.render.get("include_stale"):
@@ -96,6 +113,7 @@ def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
     df = df[~df["run_id"].isin(_not_finite(store, df).index)]
     out = df.assign(_order=df["run_id"].map(order)).sort_values("_order").drop(columns="_order").reset_index(drop=True)
     out.attrs["class_il"] = class_il
+    out.attrs["split"] = spec.render.get("split", "test")
     return out
 
 
@@ -133,7 +151,9 @@ def excluded_runs(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
     ids = [c.identity() for c in configs]
 
     def work(store: Store) -> pd.DataFrame:
-        df = load_runs(store, run_id=ids, class_il=spec.render.get("class_il", "all"))
+        df = load_runs(
+            store, run_id=ids, class_il=spec.render.get("class_il", "all"), split=spec.render.get("split", "test")
+        )
         rows = []
         for r in df[df["status"] == "diverged"].itertuples():
             where = (
@@ -229,6 +249,17 @@ def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Pat
     return _with_store(db, work)
 
 
+def _write_plasticity(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path, note: str) -> list[Path]:
+    """Plasticity beside the forgetting table: ``NAME-plasticity.md`` and ``.csv``."""
+    from clbench.reports import plasticity  # noqa: PLC0415
+
+    table = plasticity.summary(df, store)
+    md, csv = out / f"{spec.name}-plasticity.md", out / f"{spec.name}-plasticity.csv"
+    md.write_text(plasticity.to_markdown(table, spec.title or spec.name, note))
+    table.to_csv(csv, index=False)
+    return [md, csv]
+
+
 def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path, note: str) -> list[Path]:
     stem = spec.name
     written: list[Path] = []
@@ -249,16 +280,25 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         data.to_csv(out / f"{stem}.data.csv", index=False)
         written.append(out / f"{stem}.data.csv")
         written += _save_figure(fig4.plot_fig4(data, spec), out, stem, note)
+    elif spec.kind == "class-order":
+        from clbench.reports import class_order  # noqa: PLC0415
+
+        written += class_order.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
+        )
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 
-        written += methods.write_report(spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note))
+        written += methods.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note), note
+        )
     else:  # forgetting, tiny-buffer
         from clbench.reports import tables  # noqa: PLC0415
 
         summary = tables.summary(spec, df)
         summary.attrs["excluded"] = note
         written += tables.write_tables(summary, spec, out / stem)
+        written += _write_plasticity(spec, store, df, out, note)
         if spec.kind == "tiny-buffer":
             data = tables.buffer_curve_data(summary)
             data.to_csv(out / f"{stem}-curve.data.csv", index=False)

@@ -59,7 +59,7 @@ def summary(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
                             }
                         )
     out = pd.DataFrame.from_records(rows, columns=list(SUMMARY_COLUMNS))
-    for (_, setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
+    for (_, _setting, metric), group in out.groupby(["buffer_size", "setting", "metric"]):
         if group["mean"].notna().any():
             best = group["mean"].max() if metric == "faa" else group["mean"].min()
             out.loc[group.index[np.isclose(group["mean"], best)], "best"] = True
@@ -87,15 +87,26 @@ def _grid(summary_df: pd.DataFrame, setting: str):
 
 def caption(spec: ExperimentSpec, summary_df: pd.DataFrame, with_title: bool = True) -> str:
     variant = spec.render.get("forgetting", "chaudhry")
-    seeds = int(summary_df["n_seeds"].max()) if len(summary_df) else 0
     head = f"{spec.title or spec.name}. " if with_title else ""
     return (
-        f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over {seeds} seeds, on "
+        f"{head}Final average accuracy (FAA, %) and forgetting (%), mean ± std over "
+        f"{seeds_phrase(summary_df['n_seeds'], len(spec.seeds))}, on "
         f"{spec.benchmark}; best per column in bold (highest FAA, lowest forgetting). Forgetting "
         f"{FORGETTING_DEFINITIONS[variant].removeprefix('forgetting ')}. "
         f"{_sentence(CLASS_IL_NAMES[spec.render.get('class_il', 'all')])}.{_stale_note(summary_df)}"
         + (f" {summary_df.attrs['excluded']}" if summary_df.attrs.get("excluded") else "")
     )
+
+
+def seeds_phrase(counts, wanted: int) -> str:
+    """How many seeds the cells average, honestly: ``10 seeds`` when every cell has the experiment's
+    ``wanted`` seeds, else the range and why (``9 to 10 of 10 seeds per cell (...)``)."""
+    counts = [int(n) for n in counts]
+    low, high = (min(counts), max(counts)) if counts else (0, 0)
+    if low == high == wanted:
+        return f"{wanted} seed{'s' if wanted != 1 else ''}"
+    have = str(low) if low == high else f"{low} to {high}"
+    return f"{have} of {wanted} seeds per cell (the rest are missing or excluded, see below)"
 
 
 def _sentence(text: str) -> str:
@@ -152,9 +163,8 @@ def to_html(summary_df: pd.DataFrame, spec: ExperimentSpec) -> str:
                 for metric in ("faa", "forgetting"):
                     row = lookup.get((method, mask, b, metric))
                     text = html.escape(_cell(row, False).replace("**", ""))
-                    cells.append(
-                        f'<td class="num">{f"<strong>{text}</strong>" if row is not None and row["best"] else text}</td>'
-                    )
+                    bold = row is not None and row["best"]
+                    cells.append(f'<td class="num">{f"<strong>{text}</strong>" if bold else text}</td>')
             out.append(
                 f"<tr><td>{html.escape(METHOD_NAMES.get(method, method))}</td><td>{html.escape(mask_title(mask))}</td>"
                 + "".join(cells)

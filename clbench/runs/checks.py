@@ -69,6 +69,9 @@ def check_label(label: Any, what: str = "experiment label") -> str:
         raise InvalidValue(what, label, "give a non-empty name")
     if len(label) > MAX_LABEL_LENGTH:
         raise InvalidValue(what, f"{label[:20]}...", f"it has {len(label)} characters; give at most {MAX_LABEL_LENGTH}")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in label):
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in label):  # bytes of the command line that are not UTF-8
+        shown = label.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise InvalidValue(what, shown, "it holds bytes that are not UTF-8 text; give a name in UTF-8")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in label):  # C0, DEL, C1 (0x9b: a terminal's CSI)
         raise InvalidValue(what, label, "give a name without control characters (newlines, tabs, ...)")
     return label

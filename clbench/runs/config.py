@@ -9,11 +9,18 @@ Python accept exactly the same runs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from clbench.data.specs import SyntheticOptions, dataset_sizes, get_benchmark
+from clbench.data.specs import (
+    MAX_VALIDATION,
+    SyntheticOptions,
+    check_validation_split,
+    dataset_sizes,
+    get_benchmark,
+)
 from clbench.lockstep import BACKBONES, HEADS
 from clbench.methods import METHODS, MethodRef, find_method
 from clbench.methods.user import shipped_base
@@ -40,11 +47,14 @@ class RunConfig:
     lr: float | None = None
     alpha: float | None = None
     beta: float | None = None
-    class_order_seed: int | None = None  # None: classes assigned to tasks in label order
+    # The class order (``--class-order K``): None or 0, classes assigned to tasks in the benchmark's
+    # label order; K > 0, a permutation of the classes drawn from K alone (see ``class_permutation``).
+    class_order_seed: int | None = None
     synthetic: SyntheticOptions | None = None  # sizes of the "synthetic" benchmark
     der_logits: str | None = None  # DER/DER++: "pre" (default) or "post" (see DER_LOGITS); others ignore it
     head: str | None = None  # the classifier head: "linear" (default) or "cosine" (ER-ACE's original)
     options: Mapping[str, Any] | None = None  # the method's own hyperparameters (Method.options), overriding
+    validation: float = 0.0  # fraction of each task's training data held out for validation (0: none)
 
     def resolve(self) -> ResolvedConfig:
         """The resolved config (computed once per RunConfig: it is immutable)."""
@@ -75,6 +85,7 @@ FIELD_CHECKS = {
     "backbone": lambda v: check_choice("backbone", v, BACKBONES, "valid backbones are"),
     "der_logits": lambda v: check_choice("der_logits", v, DER_LOGITS),
     "head": lambda v: check_choice("head", v, HEADS, "valid heads are"),
+    "validation": lambda v: check_validation(v),
 }
 OPTIONAL_FIELDS = (
     "backbone",
@@ -98,6 +109,27 @@ SYNTHETIC_CHECKS = {
     "data_seed": lambda v: check_whole("synthetic.data_seed", v, 0),
     "backbone": lambda v: check_choice("synthetic.backbone", v, BACKBONES),
 }
+
+
+def check_validation(value: Any) -> float:
+    """A validation fraction: 0 (no split) or in (0, MAX_VALIDATION]."""
+    requirement = f"give a fraction of each task's training data in (0, {MAX_VALIDATION:g}], or 0 for none"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise InvalidValue("validation", value, requirement)
+    if not 0.0 <= float(value) <= MAX_VALIDATION:
+        raise InvalidValue("validation", value, requirement)
+    return float(value)
+
+
+def _check_validation_sizes(cfg: RunConfig, n_classes: int) -> None:
+    """A split that leaves a class without validation or training samples is refused before anything
+    runs (class sizes from the benchmark's sizes: exact for the balanced ones and the synthetic one)."""
+    if cfg.validation:
+        per_class = dataset_sizes(cfg.benchmark, cfg.synthetic)[0] // n_classes
+        try:
+            check_validation_split({0: per_class}, float(cfg.validation))
+        except ValueError as exc:
+            raise InvalidValue("validation", cfg.validation, str(exc).split(": ", 1)[1]) from None
 
 
 def check_field(name: str, value: Any) -> Any:
@@ -140,9 +172,16 @@ def validate_request(cfg: RunConfig) -> None:
         check_synthetic(cfg.synthetic)
 
 
+def mask_rows(on: str) -> set[str]:
+    """The rows a mask placed ``on`` (--mask-on) is asked to act on."""
+    return {"stream", "buffer"} if on == "both" else {on}
+
+
 def _placements(acts_on: tuple[str, ...]) -> list[str]:
-    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows."""
-    return [p for p in ("stream", "buffer", "both") if ({"stream", "buffer"} if p == "both" else {p}) & set(acts_on)]
+    """The --mask-on values under which a mask acts for a method that masks ``acts_on`` rows: every
+    row the placement names must be one the method's masked cross-entropy sees (``both`` asks for
+    stream and buffer rows: a method that masks one of them only takes that one)."""
+    return [p for p in ("stream", "buffer", "both") if mask_rows(p) <= set(acts_on)]
 
 
 def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
@@ -150,13 +189,22 @@ def _check_mask(mask: MaskSpec, name: str, acts_on: tuple[str, ...]) -> None:
         return
     if not acts_on:
         raise ValueError(
-            f"{name} has no softmax cross-entropy for a mask to act on (an unmasked reference "
-            f"baseline): run it with mask none"
+            f"{name} has no softmax cross-entropy for a mask to act on (none at all, or one the method "
+            f"already restricts to its own classes): run it with mask none"
         )
-    if not ({"stream", "buffer"} if mask.on == "both" else {mask.on}) & set(acts_on):
+    if not mask_rows(mask.on) <= set(acts_on):
+        where = "on both stream and buffer rows" if mask.on == "both" else f"on the {mask.on}"
         raise ValueError(
-            f"a mask on the {mask.on} cannot act in {name}, whose cross-entropy sees {' or '.join(acts_on)} "
+            f"a mask {where} cannot act in {name}, whose masked cross-entropy sees only {' and '.join(acts_on)} "
             f"rows: valid placements for {name} are {', '.join(_placements(acts_on))}"
+        )
+
+
+def _check_keep(mask: MaskSpec, name: str, keeps: tuple[str, ...]) -> None:
+    if mask.enabled and mask.keep not in keeps:
+        raise ValueError(
+            f"a mask keeping the {mask.keep} classes cannot act in {name} (its cross-entropy already "
+            f"limits its softmax there): valid keep-sets for {name} are {', '.join(keeps)}"
         )
 
 
@@ -196,6 +244,21 @@ def _resolve_options(ref: MethodRef, preset: Preset, given: Mapping[str, Any] | 
     return tuple(sorted(values.items()))
 
 
+def _class_order(value: int | None, spec) -> int | None:
+    """The stored class order: ``None`` for the benchmark's own (0 or None asked for, so the identity
+    of every run in that order stays what it was), else K. A benchmark of one task has no order to
+    change: K > 0 is refused there."""
+    if not value:
+        return None
+    if spec.n_tasks < 2:
+        raise InvalidValue(
+            "class_order_seed",
+            value,
+            f"{spec.name} has {spec.n_tasks} task, so no class order to change: give 0 (its own order)",
+        )
+    return int(value)
+
+
 def resolve(cfg: RunConfig) -> ResolvedConfig:
     """Fill defaults from the benchmark protocol and the presets; validate everything."""
     validate_request(cfg)
@@ -207,6 +270,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     elif cfg.synthetic is not None:
         raise ValueError("synthetic options are only valid with the synthetic benchmark")
     notes: list[str] = []
+    class_order = _class_order(cfg.class_order_seed, spec)
     buffer_size = int(cfg.buffer_size)
     has_memory = card.has_memory
     if not has_memory:
@@ -243,9 +307,11 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
     if head == "cosine":
         notes.append("cosine classifier head: bias-free, 10 x cosine similarity (the original ER-ACE's)")
     mask = cfg.mask
-    if mask.on == "buffer" and not mask.enabled:
-        mask = MaskSpec(None, "stream")
+    if not mask.enabled:  # where and what a mask keeps mean nothing without a mask
+        mask = MaskSpec(None, "stream" if mask.on == "buffer" else mask.on)
     _check_mask(mask, name, card.mask_acts_on)
+    _check_keep(mask, name, card.mask_keeps)
+    _check_validation_sizes(cfg, spec.n_classes)
     der_logits = (cfg.der_logits or "pre") if name in LOGIT_STORING_METHODS else None
     options = _resolve_options(ref, preset, cfg.options)
 
@@ -268,7 +334,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         alpha=float(pick(cfg.alpha, preset.alpha, 0.0)) if "alpha" in card.weights else 0.0,
         beta=float(pick(cfg.beta, preset.beta, 0.0)) if "beta" in card.weights else 0.0,
         lr_milestones=spec.lr_milestones,
-        class_order_seed=cfg.class_order_seed,
+        class_order_seed=class_order,
         synthetic=(cfg.synthetic or SyntheticOptions()) if cfg.benchmark == "synthetic" else None,
         preset_source=preset.source,
         notes=tuple(notes),
@@ -277,6 +343,7 @@ def resolve(cfg: RunConfig) -> ResolvedConfig:
         options=options,
         method_source=ref.source,
         method_sha256=ref.sha256,
+        validation=float(cfg.validation),
     )
     overridden = [
         n for n in ("lr", "minibatch_size", "alpha", "beta", "epochs", "batch_size") if getattr(cfg, n) is not None
@@ -291,7 +358,14 @@ def resolve_unique(configs: Sequence[RunConfig | ResolvedConfig]) -> list[Resolv
     """Resolve every config (raising its ``ValueError``) and drop duplicate runs, keeping the first:
     e.g. ``sgd`` with two buffer sizes is one run, since it has no buffer."""
     unique: dict[str, ResolvedConfig] = {}
+    code: dict[str, ResolvedConfig] = {}  # method name -> the first config of that name
     for cfg in configs:
         resolved = cfg.resolve() if isinstance(cfg, RunConfig) else cfg
+        first = code.setdefault(resolved.method, resolved)
+        if first.method_sha256 != resolved.method_sha256:  # two methods, one name: rows no one could tell apart
+            raise ValueError(
+                f"two different methods are named {resolved.method!r}: {first.method_source or 'the shipped one'} "
+                f'and {resolved.method_source}; give one of them another name (its class attribute name = "...")'
+            )
         unique.setdefault(resolved.identity(), resolved)
     return list(unique.values())

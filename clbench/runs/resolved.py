@@ -52,6 +52,7 @@ class ResolvedConfig:
     options: tuple[tuple[str, Any], ...] = ()  # the method's options, every one (sorted by name)
     method_source: str | None = None  # a method of your own: "/path/file.py:Class" or "entry-point:NAME"
     method_sha256: str | None = None  # ... and the SHA-256 of the file defining it (part of the identity)
+    validation: float = 0.0  # fraction of each task's training data held out for validation (0: none)
 
     def to_dict(self) -> dict:
         """The config as JSON-able values. Fields added after results version 2 appear only when not
@@ -69,6 +70,12 @@ class ResolvedConfig:
             if d[name] == default:
                 del d[name]
         return d
+
+    @property
+    def class_order(self) -> int:
+        """The class order as ``--class-order`` gives it: 0, the benchmark's own; K > 0, the
+        permutation drawn from K alone."""
+        return int(self.class_order_seed or 0)
 
     @property
     def option_values(self) -> dict[str, Any]:
@@ -143,7 +150,9 @@ class ResolvedConfig:
         )
         # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
         # added to the training set) group only runs of one buffer size.
-        return key + ((self.buffer_size,) if _card(self).group_by_buffer_size else ())
+        key += (self.buffer_size,) if _card(self).group_by_buffer_size else ()
+        # A validation split is drawn from the seed: the group's data holds one seed's split.
+        return key + (("validation", self.validation, self.seed) if self.validation else ())
 
     @property
     def uses_buffer(self) -> bool:
@@ -151,7 +160,7 @@ class ResolvedConfig:
 
 
 # Added after results version 2: left out of to_dict (and the identity) at these values.
-_LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None}
+_LATER_FIELDS = {"head": "linear", "options": {}, "method_source": None, "method_sha256": None, "validation": 0.0}
 
 
 def _card(cfg: ResolvedConfig) -> MethodCard:

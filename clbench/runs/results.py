@@ -24,6 +24,43 @@ class Divergence:
 
 
 @dataclass(frozen=True)
+class SplitMatrices:
+    """A run's accuracy matrices on a split other than the test sets (the validation split):
+    A[i][j] on task j's samples of that split after training task i, as counts and in %."""
+
+    class_il_correct: np.ndarray  # (T, T) int
+    task_il_correct: np.ndarray  # (T, T) int
+    class_il_seen_correct: np.ndarray  # (T, T) int
+    counts: np.ndarray  # (T,) int: the split's samples per task
+
+    @property
+    def class_il(self) -> np.ndarray:
+        return 100.0 * self.class_il_correct / self.counts
+
+    @property
+    def task_il(self) -> np.ndarray:
+        return 100.0 * self.task_il_correct / self.counts
+
+    @property
+    def class_il_seen(self) -> np.ndarray:
+        return 100.0 * self.class_il_seen_correct / self.counts
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return summarize(self.class_il, self.task_il)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k).tolist() for k in SPLIT_ARRAYS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitMatrices:
+        return cls(**{k: np.asarray(d[k], dtype=np.int64) for k in SPLIT_ARRAYS})
+
+
+SPLIT_ARRAYS = ("class_il_correct", "task_il_correct", "class_il_seen_correct", "counts")
+
+
+@dataclass(frozen=True)
 class RunResult:
     config: ResolvedConfig
     class_il: np.ndarray  # (T, T) % : A[i][j], accuracy on task j after training task i
@@ -49,6 +86,12 @@ class RunResult:
     # kind ("true_class", "max") -> (T, T, HISTOGRAM_BINS) int: after task i, the test samples of
     # task j per bin of that softmax probability (clbench.evaluation); empty for older runs
     histograms: dict[str, np.ndarray] = field(default_factory=dict)
+    # The matrices on the validation split (runs with ``config.validation`` > 0), else None.
+    validation: SplitMatrices | None = None
+    # Plasticity beside stability, after each task i: name -> (T,): ``effective_rank`` of the
+    # penultimate features and ``dead_fraction`` of their ReLU units, over the test samples of tasks
+    # 0..i (clbench.engine.evaluation); empty for runs stored before clbench measured them
+    plasticity: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -100,6 +143,7 @@ class RunResult:
             "divergence": None if self.divergence is None else asdict(self.divergence),
             "histograms": {k: v.tolist() for k, v in self.histograms.items()},
             "metrics": self.metrics,
+            **({"validation": self.validation.to_dict()} if self.validation is not None else {}),
         }
 
     @classmethod
@@ -127,6 +171,7 @@ class RunResult:
             ),
             divergence=Divergence(**d["divergence"]) if d.get("divergence") else None,
             histograms={k: a(v, dtype=np.int64) for k, v in d.get("histograms", {}).items()},
+            validation=SplitMatrices.from_dict(d["validation"]) if d.get("validation") else None,
         )
 
 

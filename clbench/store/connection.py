@@ -201,6 +201,8 @@ def run_transaction(engine: Engine, work: Callable[[Any], T], where: str) -> T:
                     f"the database {where} is damaged ({first_line(exc)}): restore it from a "
                     "backup, or recover what is readable with: sqlite3 FILE .recover"
                 ) from None
+            if _not_utf8(exc):
+                raise _not_utf8_error(where, exc) from None
             if attempt == _RETRIES - 1 or not _transient(exc):
                 raise
             time.sleep(delay)
@@ -230,6 +232,21 @@ def _damaged(exc: Exception) -> bool:
         "database disk image is malformed" in message
         or "file is not a database" in message
         or "malformed database schema" in message
+    )
+
+
+def _not_utf8(exc: Exception) -> bool:
+    """SQLite's error for a text value whose bytes are not UTF-8 (written outside clbench, or a
+    damaged page): every read of that row fails the same way."""
+    return "could not decode to utf-8" in str(getattr(exc, "orig", exc)).lower()
+
+
+def _not_utf8_error(where: str, exc: Exception) -> StoreError:
+    shown = "".join(c if c.isprintable() else "?" for c in first_line(exc, limit=120))  # no escape codes
+    return StoreError(
+        f"the database {where} holds text that is not valid UTF-8 ({shown}): it was "
+        "changed outside clbench or is damaged; restore it from a backup, or correct that value with the "
+        "sqlite3 shell"
     )
 
 

@@ -26,7 +26,16 @@ from clbench.store.connection import in_chunks
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
 from clbench.store.rows import histogram_arrays, histogram_rows
-from clbench.store.schema import ACTIVE_STATUSES, SETTINGS, STATUSES, Accuracy, Run, RunExperiment
+from clbench.store.schema import (
+    ACTIVE_STATUSES,
+    SETTINGS,
+    SPLITS,
+    STATUSES,
+    Accuracy,
+    Run,
+    RunExperiment,
+    TaskPlasticity,
+)
 from clbench.store.store import Store
 from clbench.version import RESULTS_VERSION
 
@@ -49,6 +58,7 @@ EXPORT_COLUMNS = (
     "bwt_class_il",
     "wall_s",
     "config_hash",
+    "class_order",  # 0: the benchmark's class order; K > 0: the permutation drawn from K
 )
 # More columns of ``load_runs`` after those: the rest of the metrics and of the config, and the record.
 EXTRA_METRICS = ("bwt_task_il", "forgetting_mammoth_class_il", "forgetting_mammoth_task_il")
@@ -105,6 +115,7 @@ def _run_filters(
     status=None,
     experiment=None,
     run_id=None,
+    class_order=None,
 ) -> list:
     """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
     conds = []
@@ -136,6 +147,8 @@ def _run_filters(
         conds.append(Run.run_id.in_(labelled))
     if (ids := _as_list(run_id)) is not None:
         conds.append(Run.run_id.in_([str(i) for i in ids]))
+    if (orders := _as_list(class_order)) is not None:
+        conds.append(func.coalesce(Run.class_order, 0).in_([int(k) for k in orders]))
     return conds
 
 
@@ -167,12 +180,12 @@ def effective_status():
     return case((_results_version() < RESULTS_VERSION, "stale"), else_=Run.status)
 
 
-def _accuracy_matrices(conn, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """run_id -> setting -> the T x T accuracy matrix."""
+def _accuracy_matrices(conn, run_ids: Sequence[str], split: str = "test") -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> setting -> the T x T accuracy matrix on ``split`` (runs without that split: absent)."""
     cells: dict[str, list] = {}
     for chunk in in_chunks(list(run_ids)):
         stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task, Accuracy.accuracy)
-        for row in conn.execute(stmt.where(Accuracy.run_id.in_(chunk))):
+        for row in conn.execute(stmt.where(Accuracy.run_id.in_(chunk), Accuracy.split == split)):
             cells.setdefault(row.run_id, []).append(row)
     out = {}
     for rid, rows in cells.items():
@@ -197,6 +210,8 @@ def load_runs(
     experiment: str | Sequence[str] | None = None,
     run_id: str | Sequence[str] | None = None,
     class_il: str = "all",
+    split: str = "test",
+    class_order: int | Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """One row per run in ``db`` (a :class:`Store`, URL or path; default ``$CLBENCH_DB`` or
     ``results.db``) matching every given filter; a filter is one value or a list of values.
@@ -210,21 +225,29 @@ def load_runs(
     run's experiment labels, comma-separated. ``class_il`` is the class-IL convention the class-IL
     metrics are computed with: ``all`` (argmax over every class) or ``seen`` (over the classes seen
     so far; NaN for runs stored before clbench measured it); ``df.attrs["class_il"]`` records it.
+    ``split`` is the data the metrics are measured on: ``test`` or ``validation`` (the training rows a
+    run held out; NaN for runs without a validation split); ``df.attrs["split"]`` records it.
+    ``class_order`` filters by class order (0: the benchmark's; K > 0: the permutation drawn from K).
     """
+    check_split(split)
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
-    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id)
+    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id, class_order)
     rows, labels, matrices = _with_store(
-        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method))
+        db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method, split))
     )
     now = datetime.now(UTC)
     shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
     if (wanted := _as_list(status)) is not None:
         rows = [r for r in rows if shown[r["run_id"]] in wanted]
-    return _runs_frame(rows, labels, matrices, shown, class_il)
+    df = _runs_frame(rows, labels, matrices, shown, class_il)
+    df.attrs["split"] = split
+    return df
 
 
-def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
+def _query_runs(
+    conn, conds: list, method, split: str = "test"
+) -> tuple[list, dict[str, list[str]], dict[str, dict[str, np.ndarray]]]:
     """The ``runs`` rows matching ``conds`` (with their ``effective_status``), their experiment labels
     and the accuracy matrices of the finished ones."""
     _check_methods(conn, method)
@@ -252,7 +275,7 @@ def _query_runs(conn, conds: list, method) -> tuple[list, dict[str, list[str]], 
             labels.setdefault(rid, []).append(label)
     # Metrics for runs with trusted results, and for stale ones (they had them once).
     finished = [r["run_id"] for r in rows if r["status"] == "finished"]
-    return rows, labels, _accuracy_matrices(conn, finished)
+    return rows, labels, _accuracy_matrices(conn, finished, split)
 
 
 def _runs_frame(
@@ -285,13 +308,14 @@ def _runs_frame(
                 **{k: metrics[k] for k in nan_metrics},
                 "wall_s": r["wall_s"],
                 "config_hash": r["config_hash"],
+                "class_order": int(r.get("class_order") or 0),
                 **{k: cfg.get(k) for k in HYPERPARAMETERS},
                 **{k: r[k] for k in RECORD_COLUMNS if k != "config"},
                 "config": cfg,
             }
         )
     columns = list(EXPORT_COLUMNS + EXTRA_METRICS + HYPERPARAMETERS + RECORD_COLUMNS)
-    df = pd.DataFrame.from_records(records, columns=columns)
+    df = pd.DataFrame.from_records(_method_labels(records), columns=columns)
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
@@ -300,18 +324,44 @@ def _runs_frame(
     return df
 
 
-def load_matrices(db: Db = None, **filters: Any) -> pd.DataFrame:
-    """The accuracy matrices of the finished runs matching ``filters`` (as in :func:`load_runs`) in
-    long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
+def _method_labels(records: list[dict]) -> list[dict]:
+    """The records with each method shown so that different code never looks the same: a name that
+    two versions of a method of your own share (an edited file, another file of that name) as
+    ``name@`` and the first 8 hex digits of its file's SHA-256; any character that is not printable
+    (a name stored before clbench refused them) escaped, so no row splits and no escape code runs."""
+    versions: dict[str, set] = {}
+    for rec in records:
+        versions.setdefault(rec["method"], set()).add((rec["config"] or {}).get("method_sha256"))
+    out = []
+    for rec in records:
+        name, sha = rec["method"], (rec["config"] or {}).get("method_sha256")
+        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
+        if sha and len(versions[rec["method"]]) > 1:
+            name = f"{name}@{sha[:8]}"
+        out.append({**rec, "method": name})
+    return out
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"invalid split {split!r}: valid are {', '.join(SPLITS)}")
+    return split
+
+
+def load_matrices(db: Db = None, split: str = "test", **filters: Any) -> pd.DataFrame:
+    """The accuracy matrices on ``split`` of the finished runs matching ``filters`` (as in
+    :func:`load_runs`) in long format: run_id, setting, after_task, on_task, accuracy (%), n_correct, n_total."""
+    check_split(split)
     conds = _run_filters(**filters) + [Run.status == "finished"]  # stale ones too, when asked for
 
     def work(store: Store):
         def query(conn):
             _check_methods(conn, filters.get("method"))
             ids = select(Run.run_id).where(*conds)
+            columns = [getattr(Accuracy, c) for c in (*MATRIX_COLUMNS, "n_correct", "n_total")]
             stmt = (
-                select(Accuracy.__table__)
-                .where(Accuracy.run_id.in_(ids))
+                select(*columns)
+                .where(Accuracy.run_id.in_(ids), Accuracy.split == split)
                 .order_by(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.on_task)
             )
             return conn.execute(stmt).all()
@@ -336,6 +386,45 @@ def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.nd
     return histogram_arrays(rows)
 
 
+PLASTICITY_COLUMNS = (
+    "run_id",
+    "after_task",
+    "diagonal_class_il",
+    "diagonal_task_il",
+    "effective_rank",
+    "dead_fraction",
+)
+
+
+def load_plasticity(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Plasticity beside stability after each task of ``run_ids`` (``PLASTICITY_COLUMNS``, long format):
+    the diagonal accuracies A[i][i] (%, class-IL and task-IL) and the effective rank and dead-unit
+    fraction of the penultimate features (``clbench.metrics.PLASTICITY_DEFINITIONS``; NaN for runs
+    stored before clbench measured them)."""
+
+    def query(conn):
+        diag, measures = [], []
+        for chunk in in_chunks(list(run_ids)):
+            stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.accuracy).where(
+                Accuracy.run_id.in_(chunk), Accuracy.after_task == Accuracy.on_task
+            )
+            diag += conn.execute(stmt).all()
+            measures += conn.execute(select(TaskPlasticity.__table__).where(TaskPlasticity.run_id.in_(chunk))).all()
+        return diag, measures
+
+    diag, measures = _with_store(db, lambda store: store.transaction(query))
+    cells: dict[tuple[str, int], dict] = {}
+    for r in diag:
+        if r.setting in ("class_il", "task_il"):
+            cells.setdefault((r.run_id, r.after_task), {})[f"diagonal_{r.setting}"] = r.accuracy
+    for r in measures:
+        cell = cells.setdefault((r.run_id, r.after_task), {})
+        cell.update(effective_rank=r.effective_rank, dead_fraction=r.dead_fraction)
+    records = [{"run_id": rid, "after_task": t, **values} for (rid, t), values in sorted(cells.items())]
+    df = pd.DataFrame.from_records(records, columns=list(PLASTICITY_COLUMNS))
+    return df.astype({k: "float64" for k in PLASTICITY_COLUMNS[2:]})
+
+
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation (over seeds, ddof=1) of the headline metrics per config.
 
@@ -345,7 +434,17 @@ def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     by :func:`exclusion_note`) and ``<metric>_mean`` / ``<metric>_std`` for ``SUMMARY_METRICS``.
     """
     done = runs[runs["status"].isin(("finished", "diverged"))]
-    keys = ["config_hash", "method", "dataset", "backbone", "buffer_size", "mask", "mask_on", *HYPERPARAMETERS]
+    keys = [
+        "config_hash",
+        "method",
+        "dataset",
+        "backbone",
+        "buffer_size",
+        "mask",
+        "mask_on",
+        *HYPERPARAMETERS,
+        "class_order",
+    ]
     rows = []
     for _, cell in done.groupby("config_hash", sort=False):
         finished = cell[cell["status"] == "finished"]

@@ -17,7 +17,7 @@ import numpy as np
 from sqlalchemy import select
 
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import Divergence, RunResult
+from clbench.runs.results import Divergence, RunResult, SplitMatrices
 from clbench.store.connection import in_chunks
 from clbench.store.ownership import Owner
 from clbench.store.schema import (
@@ -27,6 +27,7 @@ from clbench.store.schema import (
     Confidence,
     ConfidenceHistogram,
     TaskLoss,
+    TaskPlasticity,
     TaskTiming,
 )
 from clbench.version import RESULTS_VERSION
@@ -57,6 +58,7 @@ def run_columns(cfg: ResolvedConfig, status: str, owner: Owner, now: datetime) -
         "mask": cfg.mask.label,
         "mask_on": cfg.mask.on,
         "seed": cfg.seed,
+        "class_order": cfg.class_order,
         "config": cfg.to_dict(),
         "status": status,
         "created_at": now,
@@ -81,25 +83,26 @@ def finished_run_columns(res: RunResult, owner: Owner, now: datetime) -> dict:
         "group_size": res.group_size,
         "wall_s": res.wall_s,
         "error": None,
+        "job_id": None,
         "diverged_task": None if div is None else div.task,
         "diverged_step": None if div is None else div.step,
         "last_finite_loss": None if div is None else finite_or_none([div.last_finite_loss])[0],
     }
 
 
-def result_rows(res: RunResult) -> dict[type, list[dict]]:
-    """The rows of each result table (``RESULT_TABLES``) that hold ``res``."""
-    rid = res.run_id
+def _accuracy_rows(rid: str, split: str, res: RunResult | SplitMatrices, counts: np.ndarray) -> list[dict]:
+    """The ``accuracy`` rows of one split's matrices (a result's test matrices, or its validation ones)."""
     n_tasks = res.class_il.shape[0]
-    accuracy = [
+    return [
         {
             "run_id": rid,
+            "split": split,
             "setting": setting,
             "after_task": i,
             "on_task": j,
             "accuracy": float(mat[i, j]),
             "n_correct": int(correct[i, j]),
-            "n_total": int(res.test_counts[j]),
+            "n_total": int(counts[j]),
         }
         for setting, mat, correct in (
             ("class_il", res.class_il, res.class_il_correct),
@@ -110,6 +113,15 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
         for i in range(n_tasks)
         for j in range(n_tasks)
     ]
+
+
+def result_rows(res: RunResult) -> dict[type, list[dict]]:
+    """The rows of each result table (``RESULT_TABLES``) that hold ``res``."""
+    rid = res.run_id
+    n_tasks = res.class_il.shape[0]
+    accuracy = _accuracy_rows(rid, "test", res, res.test_counts)
+    if res.validation is not None:
+        accuracy += _accuracy_rows(rid, "validation", res.validation, res.validation.counts)
     class_accuracy = [
         {"run_id": rid, "after_task": i, "class_index": k, "accuracy": v}
         for i in range(n_tasks)
@@ -135,7 +147,17 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
         for i in range(counts.shape[0])
         for j in range(counts.shape[1])
     ]
+    plasticity = res.plasticity
+    plasticity_rows = [
+        {
+            "run_id": rid,
+            "after_task": i,
+            **{k: finite_or_none([plasticity[k][i]])[0] for k in ("effective_rank", "dead_fraction")},
+        }
+        for i in range(len(plasticity.get("effective_rank", ())))
+    ]
     return {
+        TaskPlasticity: plasticity_rows,
         Accuracy: accuracy,
         ClassAccuracy: class_accuracy,
         Confidence: confidence,
@@ -152,7 +174,9 @@ def result_rows(res: RunResult) -> dict[type, list[dict]]:
 def read_result(run: Mapping[str, Any], rows: Mapping[type, Sequence]) -> RunResult:
     """The :class:`RunResult` of a finished or diverged ``runs`` row ``run`` and its rows of each result
     table (``rows``: table -> its rows of this run), exactly as it was saved."""
-    acc, cls_acc, conf = rows[Accuracy], rows[ClassAccuracy], rows[Confidence]
+    every, cls_acc, conf = rows[Accuracy], rows[ClassAccuracy], rows[Confidence]
+    acc = [r for r in every if getattr(r, "split", "test") == "test"]
+    held = [r for r in every if getattr(r, "split", "test") == "validation"]
     n_tasks = 1 + max(r.after_task for r in acc)
     n_classes = 1 + max(r.class_index for r in cls_acc)
     mats, correct, test_counts = _accuracy_arrays(acc, n_tasks)
@@ -195,7 +219,29 @@ def read_result(run: Mapping[str, Any], rows: Mapping[type, Sequence]) -> RunRes
             math.nan if run["last_finite_loss"] is None else run["last_finite_loss"],
         ),
         histograms=histogram_arrays(rows[ConfidenceHistogram]).get(run["run_id"], {}),
+        validation=_split_matrices(held, n_tasks),
+        plasticity=_plasticity_arrays(rows.get(TaskPlasticity, ()), n_tasks),
     )
+
+
+def _split_matrices(acc: Sequence, n_tasks: int) -> SplitMatrices | None:
+    """A split's ``accuracy`` rows of one run -> its matrices (None: no rows, the run has no such split)."""
+    if not acc:
+        return None
+    _, correct, counts = _accuracy_arrays(acc, n_tasks)
+    return SplitMatrices(correct["class_il"], correct["task_il"], correct["class_il_seen"], counts)
+
+
+def _plasticity_arrays(rows: Sequence, n_tasks: int) -> dict[str, np.ndarray]:
+    """``task_plasticity`` rows of one run -> measure -> (T,) (empty for a run without them)."""
+    if not rows:
+        return {}
+    out = {k: np.full(n_tasks, np.nan) for k in ("effective_rank", "dead_fraction")}
+    for r in rows:
+        for k in out:
+            value = getattr(r, k)
+            out[k][r.after_task] = np.nan if value is None else value
+    return out
 
 
 def _accuracy_arrays(acc: Sequence, n_tasks: int) -> tuple[dict, dict, np.ndarray]:

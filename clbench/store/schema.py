@@ -15,7 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 2  # raise it together with a step in clbench.store.migrations.STEPS
+SCHEMA_VERSION = 5  # raise it together with a step in clbench.store.migrations.STEPS
 APPLICATION = "clbench"
 # What a row's ``status`` column holds.
 STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
@@ -26,6 +26,9 @@ DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unles
 # The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
 # classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
 SETTINGS = ("class_il", "task_il", "class_il_seen")
+# Which samples a matrix is measured on (the ``split`` column, since schema 3): the test sets, or the
+# training rows a run held out for validation (runs with ``validation`` > 0).
+SPLITS = ("test", "validation")
 
 
 def utc_now() -> datetime:
@@ -81,6 +84,10 @@ class Run(Base):
     diverged_task: Mapped[int | None] = mapped_column(Integer)  # where the loss became non-finite
     diverged_step: Mapped[int | None] = mapped_column(Integer)  # step within that task (all epochs)
     last_finite_loss: Mapped[float | None] = mapped_column(Float)
+    # Added in schema version 4: the class order (0: the benchmark's; K > 0: the permutation drawn from K).
+    class_order: Mapped[int | None] = mapped_column(Integer, index=True)
+    # Added in schema version 5.
+    job_id: Mapped[str | None] = mapped_column(String(64))  # the cluster job (SLURM) computing it now
 
 
 class RunExperiment(Base):
@@ -92,10 +99,12 @@ class RunExperiment(Base):
 
 
 class Accuracy(Base):
-    """A[after_task][on_task] for one setting: the record every metric is computed from."""
+    """A[after_task][on_task] for one setting and split: the record every metric is computed from."""
 
     __tablename__ = "accuracy"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    # Added in schema version 3 (rows before it: "test"): one of SPLITS.
+    split: Mapped[str] = mapped_column(String(16), primary_key=True, default="test", server_default="test")
     setting: Mapped[str] = mapped_column(String(16), primary_key=True)  # one of SETTINGS
     after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
     on_task: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -158,7 +167,19 @@ class ConfidenceHistogram(Base):
     counts: Mapped[list] = mapped_column(JSON)
 
 
-RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram)
+class TaskPlasticity(Base):
+    """Plasticity beside stability after each task (added with schema version 4): the effective rank of
+    the penultimate features (Roy & Vetterli 2007) and the fraction of dead ReLU units, over the test
+    samples of the tasks seen so far. The diagonal accuracy is the ``accuracy`` table's on_task = after_task."""
+
+    __tablename__ = "task_plasticity"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    after_task: Mapped[int] = mapped_column(Integer, primary_key=True)
+    effective_rank: Mapped[float | None] = mapped_column(Float)  # NULL where not finite (a diverged run)
+    dead_fraction: Mapped[float | None] = mapped_column(Float)
+
+
+RESULT_TABLES = (Accuracy, ClassAccuracy, Confidence, TaskLoss, TaskTiming, ConfidenceHistogram, TaskPlasticity)
 
 
 class MlflowRun(Base):
@@ -176,3 +197,21 @@ class MlflowRun(Base):
 
 
 TABLE_NAMES = frozenset(Base.metadata.tables)
+
+# The schema version from which a database must have each table: a database of that version or later
+# without it was damaged (a table dropped by hand), not made by an older clbench. The tables added
+# before schema 3 without a version of their own are in every database migrated to 3 or later.
+# A new table raises SCHEMA_VERSION (with a step, even one that does nothing) and is listed here.
+TABLE_SINCE = {
+    "clbench_schema": 1,
+    "runs": 1,
+    "run_experiments": 1,
+    "accuracy": 1,
+    "class_accuracy": 3,
+    "confidence": 3,
+    "task_losses": 3,
+    "task_timings": 3,
+    "confidence_histograms": 3,
+    "mlflow_runs": 3,
+    "task_plasticity": 4,
+}

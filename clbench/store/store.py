@@ -331,6 +331,40 @@ class Store:
 
         self._write(work)
 
+    def record_job(self, run_ids: Sequence[str], owner: Owner, job_id: str) -> None:
+        """The cluster job ``job_id`` computes the runs ``run_ids`` of ``owner`` (a resubmission
+        replaces the id). Cleared when the runs finish or fail."""
+
+        def work(conn):
+            for chunk in in_chunks(list(run_ids)):
+                conn.execute(
+                    update(Run)
+                    .where(
+                        Run.run_id.in_(chunk),
+                        Run.status.in_(ACTIVE_STATUSES),
+                        Run.host == owner.host,
+                        Run.pid == owner.pid,
+                    )
+                    .values(job_id=job_id)
+                )
+
+        self._write(work)
+
+    def recorded_jobs(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """run id -> the cluster job recorded for it (by this process or one before it that died),
+        for those of ``run_ids`` that have one and are not done."""
+
+        def work(conn):
+            out = {}
+            for chunk in in_chunks(list(run_ids)):
+                stmt = select(Run.run_id, Run.job_id).where(
+                    Run.run_id.in_(chunk), Run.job_id.is_not(None), Run.status.not_in(DONE_STATUSES)
+                )
+                out.update({row.run_id: row.job_id for row in conn.execute(stmt)})
+            return out
+
+        return self.transaction(work)
+
     def mark_interrupted(self, run_ids: Sequence[str], owner: Owner) -> None:
         """Runs of ``owner`` that were stopped before finishing (never another process's runs)."""
         self._finish_unfinished(run_ids, owner, "interrupted", None)
@@ -352,7 +386,7 @@ class Store:
                         Run.host == owner.host,
                         Run.pid == owner.pid,
                     )
-                    .values(status=status, finished_at=now, error=error)
+                    .values(status=status, finished_at=now, error=error, **({"job_id": None} if error else {}))
                 )
 
         self._write(work)

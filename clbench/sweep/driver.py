@@ -32,6 +32,7 @@ from clbench.sweep.executors import (
     GroupFailed,
     GroupProgress,
     GroupStarted,
+    GroupSubmitted,
     GroupTask,
     LocalExecutor,
     TrainOptions,
@@ -182,6 +183,7 @@ class _Sweep:
         self.owner = Owner.current()
         self.started = time.perf_counter()
         self.held: dict[str, str] = {}
+        self.jobs: dict[str, str] = {}  # run id -> the cluster job an earlier driver submitted for it
         self.done_elsewhere: tuple[str, ...] = ()
         if store is not None:
             claim = store.claim(
@@ -197,13 +199,14 @@ class _Sweep:
             self.done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
             self.held = claim.held
             plan = _without(plan, elsewhere)
+            self.jobs = store.recorded_jobs(claim.claimed) if plan.runs else {}
         self.plan = plan
         self.tracker = _Tracker(plan, self.started)
         self.unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]
         self.results: dict[str, RunResult] = {}
 
     def groups(self) -> list[GroupTask]:
-        return [GroupTask(g, tuple(self.plan.group_configs(g))) for g in range(len(self.plan.groups))]
+        return _group_tasks(self.plan, self.jobs)
 
     def report(self, event: str, group: int, **extra) -> None:
         if self.progress is not None:
@@ -217,6 +220,10 @@ class _Sweep:
     def handle(self, event: GroupEvent, checkpoint: CheckpointPolicy | None) -> list[RunResult] | None:
         """Record one executor event; a finished group's results (else ``None``)."""
         ids = self.tracker.run_ids(event.group)
+        if isinstance(event, GroupSubmitted):
+            if self.store is not None:
+                self.store.record_job(ids, self.owner, event.job)
+            return None
         if isinstance(event, GroupStarted):
             if self.store is not None:
                 self.store.mark_running(ids, self.owner)
@@ -253,6 +260,17 @@ class _Sweep:
             self.held,
             results=tuple(self.results[i] for i in computed if i in self.results),
         )
+
+
+def _group_tasks(plan: Plan, jobs: dict[str, str]) -> list[GroupTask]:
+    """The plan's groups to compute; a group whose runs all carry one recorded cluster job (an
+    earlier driver of theirs submitted it and died) gets that job to adopt."""
+    tasks = []
+    for g in range(len(plan.groups)):
+        recorded = {jobs.get(plan.runs[i].run_id) for i in plan.groups[g]}
+        job = recorded.pop() if len(recorded) == 1 else None
+        tasks.append(GroupTask(g, tuple(plan.group_configs(g)), job))
+    return tasks
 
 
 def _no_events():

@@ -31,9 +31,14 @@ def sweep_configs(
     seeds: Sequence[int] = (0,),
     benchmark: str = "seq-fmnist",
     mask_on: str = "stream",
+    mask_keep: str = "task",
+    class_orders: Sequence[int] | None = None,
     **overrides: Any,
 ) -> list[RunConfig]:
-    """The cartesian product methods x buffers x masks x seeds (seeds vary fastest).
+    """The cartesian product methods x buffers x masks x class orders x seeds (seeds vary fastest).
+
+    ``class_orders``: 0 is the benchmark's own class order, K > 0 a permutation drawn from K alone
+    (``RunConfig.class_order_seed``); ``None`` leaves the order to ``overrides`` (the benchmark's).
 
     ``masks`` are mask values or their text (``"none"``, ``"-inf"``, ``"-5"``); ``overrides`` are
     further :class:`RunConfig` fields shared by all runs (``epochs``, ``lr``, ``synthetic``, ...).
@@ -48,7 +53,15 @@ def sweep_configs(
         raise ValueError("no seeds given: pass --seeds N (seeds 0..N-1, N >= 1) or --seed S")
     if not buffers:
         raise ValueError("no buffer size given")
-    n_runs = len(methods) * len(buffers) * max(len(masks), 1) * len(seeds)
+    if class_orders is not None and not class_orders:
+        raise ValueError("no class order given: give 0 (the benchmark's order) or K > 0")
+    if class_orders is not None and "class_order_seed" in overrides:
+        raise ValueError("give the class order once: class_orders or class_order_seed, not both")
+    orders = [None] if class_orders is None else list(dict.fromkeys(class_orders))
+    for k in orders:
+        if k is not None:
+            check_field("class_order_seed", k)
+    n_runs = len(methods) * len(buffers) * max(len(masks), 1) * len(orders) * len(seeds)
     if n_runs > MAX_SWEEP_RUNS:  # checked before anything is built: planning stays cheap and bounded
         raise ValueError(
             f"the sweep asks for {n_runs} runs: one sweep plans at most {MAX_SWEEP_RUNS} runs (split it into several)"
@@ -57,11 +70,16 @@ def sweep_configs(
         check_field("buffer_size", b)
     for s in seeds if not isinstance(seeds, range) else (seeds.start, seeds[-1]):
         check_field("seed", s)
-    mask_specs = [MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on) for m in (masks or (None,))]
+    mask_specs = [
+        MaskSpec(parse_mask_value(m) if isinstance(m, str) else m, mask_on, mask_keep) for m in (masks or (None,))
+    ]
     bench = benchmark_name(benchmark)
+    ordered = [{} if k is None else {"class_order_seed": int(k) or None} for k in orders]
     return [
-        RunConfig(method=method, benchmark=bench, seed=int(seed), buffer_size=int(buffer), mask=mask, **overrides)
-        for method, buffer, mask, seed in itertools.product(methods, buffers, mask_specs, seeds)
+        RunConfig(
+            method=method, benchmark=bench, seed=int(seed), buffer_size=int(buffer), mask=mask, **order, **overrides
+        )
+        for method, buffer, mask, order, seed in itertools.product(methods, buffers, mask_specs, ordered, seeds)
     ]
 
 

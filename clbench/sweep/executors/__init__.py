@@ -2,11 +2,11 @@
 
 ``clbench.sweep.execute`` is the driver (the registry's only writer); an executor only computes
 groups and reports how they go (``base.Executor``). ``local.LocalExecutor`` trains them in this
-process (the default); ``ray.RayExecutor`` as tasks on a Ray cluster. A new executor (e.g. SLURM
-through submitit) is one more module implementing ``Executor.run``.
+process (the default); ``ray.RayExecutor`` as tasks on a Ray cluster; ``slurm.SlurmExecutor`` as
+SLURM jobs through submitit. A new executor is one more module implementing ``Executor.run``.
 
-This package never imports Ray itself: ``clbench.executors.ray`` imports it when an executor
-starts, and ``make_executor`` imports that module only when asked for ``"ray"``.
+This package never imports Ray or submitit itself: ``clbench.executors.ray`` (``.slurm``) imports
+it when an executor starts, and ``make_executor`` imports that module only when asked for it.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ from clbench.sweep.executors.base import (
     GroupOutcome,
     GroupProgress,
     GroupStarted,
+    GroupSubmitted,
     GroupTask,
     TrainOptions,
     compute_group,
 )
 from clbench.sweep.executors.local import LocalExecutor
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "slurm")
 
 
 def make_executor(name: str = "local", **options) -> Executor:
-    """An executor by name: ``local`` (``LocalExecutor``'s option ``threads``) or ``ray``
-    (``RayExecutor``'s options). Raises ``ValueError`` with one line for an unknown name or option value."""
+    """An executor by name: ``local`` (``LocalExecutor``'s option ``threads``), ``ray``
+    (``RayExecutor``'s options) or ``slurm`` (``SlurmExecutor``'s). Raises ``ValueError`` with one
+    line for an unknown name or option value."""
     if name == "local":
         unknown = sorted(set(options) - {"threads"})
         if unknown:
@@ -41,6 +43,10 @@ def make_executor(name: str = "local", **options) -> Executor:
         from clbench.sweep.executors.ray import RayExecutor
 
         return RayExecutor(**options)
+    if name == "slurm":
+        from clbench.sweep.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(**options)
     raise ValueError(f"unknown executor {name!r}: valid executors are {', '.join(EXECUTORS)}")
 
 
@@ -54,6 +60,7 @@ __all__ = [
     "GroupOutcome",
     "GroupProgress",
     "GroupStarted",
+    "GroupSubmitted",
     "GroupTask",
     "LocalExecutor",
     "TrainOptions",

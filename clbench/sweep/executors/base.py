@@ -5,7 +5,8 @@ loaded data, the training options) to the group's results, a plain function of i
 runs wherever the executor puts it (this process, a Ray worker, a SLURM job). Everything about the
 registry stays with the driver (``clbench.sweep.execute``): an executor never opens a database.
 
-An executor's :meth:`Executor.run` yields, for each group, a :class:`GroupStarted` when a process
+An executor's :meth:`Executor.run` yields, for each group, a :class:`GroupSubmitted` when it
+hands the group to a cluster scheduler (SLURM: a job id to record), a :class:`GroupStarted` when a process
 starts training it (again when a retry starts it over) and one :class:`GroupOutcome` when it is
 done (its results, or a one-line error with the traceback), in the order things happen; training
 progress goes to a callback meanwhile. Closing the iterator early cancels what is not done.
@@ -65,10 +66,13 @@ def compute_group(
 
 @dataclass(frozen=True)
 class GroupTask:
-    """One lockstep group to compute: its index in the plan and its runs' configs."""
+    """One lockstep group to compute: its index in the plan and its runs' configs; ``job``: the
+    cluster job an earlier driver of these runs submitted for them (an executor that submits jobs
+    waits for it, or collects its result, instead of submitting the group again)."""
 
     index: int
     configs: tuple[ResolvedConfig, ...]
+    job: str | None = None
 
     @property
     def data_key(self) -> tuple:
@@ -110,6 +114,16 @@ class GroupStarted:
 
 
 @dataclass(frozen=True)
+class GroupSubmitted:
+    """The group was submitted to a cluster scheduler as ``job`` (again on a resubmission); the
+    driver records the job id with the group's runs, so that a driver started again after this one
+    died finds the job instead of submitting the group twice."""
+
+    group: int
+    job: str
+
+
+@dataclass(frozen=True)
 class GroupProgress:
     """A training report of a running group (what ``train_group`` reports, forwarded)."""
 
@@ -135,7 +149,7 @@ class GroupOutcome:
         return self.error is None
 
 
-GroupEvent = GroupStarted | GroupOutcome
+GroupEvent = GroupSubmitted | GroupStarted | GroupOutcome
 ProgressSink = Callable[[GroupProgress], None]
 
 
@@ -173,10 +187,10 @@ class Executor(abc.ABC):
 
     name = "executor"
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - optional hook: most executors have nothing to start
         """Connect and check, before any run is claimed (raises :class:`ExecutorUnavailable`)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing
         """Release what ``start`` acquired."""
 
     def describe(self) -> str:
