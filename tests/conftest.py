@@ -21,8 +21,8 @@ def synthetic_config(method="er", seed=0, buffer=50, mask=None, on="stream", **k
     )
 
 
-# Few refit epochs for GDumb in tests (its default is 256 per task end).
-TEST_OPTIONS = {"gdumb": {"fitting_epochs": 4}}
+# Few refit epochs for GDumb, few bias-stage passes for BiC in tests (their defaults: 256 and 250 per task end).
+TEST_OPTIONS = {"gdumb": {"fitting_epochs": 4}, "bic": {"bias_epochs": 5}}
 
 
 @pytest.fixture

@@ -115,6 +115,10 @@ class Stop(Exception):
         ("er_aml", "mlp"),
         ("ss_il", "resnet18"),
         ("er_aml", "resnet18"),
+        ("wa", "mlp"),
+        ("wa", "resnet18"),
+        ("bic", "mlp"),
+        ("bic", "resnet18"),
     ],
 )
 def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp_path):
@@ -137,6 +141,33 @@ def test_a_group_stopped_anywhere_resumes_to_the_same_bits(method, backbone, tmp
     resumed = []
     results = train_group(cfgs, data, progress=resumed.append, checkpoint=policy)
     assert resumed[0].phase == "resume" and (resumed[0].task, resumed[0].step) != (0, 0)
+    assert_identical(results, reference)
+
+
+def test_bic_stopped_inside_its_bias_stage_resumes_there_to_the_same_bits(tmp_path):
+    """BiC's bias stage is the trainer's end-of-task passes, checkpointed between passes: a group
+    stopped after the third of task 3's five passes resumes at the fourth, not at the task's start."""
+    cfgs, data = group("bic")
+    assert TEST_OPTIONS["bic"]["bias_epochs"] == 5
+    reference = train_group(cfgs, data)
+    policy = CheckpointPolicy(tmp_path / "ckpt", every_s=1e-9)
+    passes = []
+
+    def stop_in_the_bias_stage(p):
+        if p.phase == "end_of_task" and p.task == 2:
+            passes.append(p)
+            if len(passes) == 3:
+                raise Stop
+
+    with pytest.raises(Stop):
+        train_group(cfgs, data, progress=stop_in_the_bias_stage, checkpoint=policy)
+    (key,) = {Group.of(cfgs, data).checkpoint_key}
+    assert load_snapshot(policy, key)["end_pass"] == 2  # saved after pass 2; the third's report stopped it
+    resumed = []
+    results = train_group(cfgs, data, progress=resumed.append, checkpoint=policy)
+    assert resumed[0].phase == "resume" and resumed[0].task == 2
+    phases = [p.phase for p in resumed[1:] if p.phase != "checkpoint"]
+    assert phases[:4] == ["end_of_task"] * 3 + ["evaluate"]  # passes 3, 4 and 5, then the evaluation
     assert_identical(results, reference)
 
 

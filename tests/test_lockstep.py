@@ -45,6 +45,8 @@ def assert_same_run(a, b, rtol=1e-5, atol=1e-6):
         ("lode_derpp", None),
         ("er_las", None),
         ("er_aml", None),
+        ("wa", None),
+        ("bic", None),
     ],
 )
 def test_group_equals_each_run_alone(method, head, mixed_group):
@@ -58,7 +60,8 @@ def test_group_equals_each_run_alone(method, head, mixed_group):
 
 
 @pytest.mark.parametrize(
-    "method", ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+    "method",
+    ["er", "derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml", "wa", "bic"],
 )
 def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     # Reduced ResNet-18 (tiny width), random crop + flip, BatchNorm with padded replay rows
@@ -78,7 +81,7 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
     cls = get_method(method)
     if cls.group_by_buffer_size:  # one buffer size per group (their runs still differ in seed, mask, lr)
         buffers = (9, 9, 9)
-        common["options"] = {"fitting_epochs": 1} if method == "gdumb" else None
+        common["options"] = {"gdumb": {"fitting_epochs": 1}, "bic": {"bias_epochs": 5}}.get(method)
     else:
         buffers = (20, 3, 9)
     masks = (None, -float("inf"), -1.0) if cls.mask_acts_on else (None,) * 3
@@ -99,7 +102,8 @@ def test_group_step_equals_alone_with_resnet_augmentation_and_padding(method):
 
 
 @pytest.mark.parametrize(
-    "method", ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml"]
+    "method",
+    ["derpp", "xder", "icarl", "agem", "gdumb", "ss_il", "lode", "lode_derpp", "er_las", "er_aml", "wa", "bic"],
 )
 def test_same_seed_and_config_are_bitwise_reproducible(method, mixed_group):
     a = train_runs(mixed_group(method))

@@ -1,5 +1,5 @@
 """The defining behaviour of X-DER, iCaRL, A-GEM, GDumb and the mask's rivals (SS-IL, LODE, LODE-DER++,
-ER-LAS, ER-AML), the cosine head, and where a mask may act (lockstep and resume of these methods:
+ER-LAS, ER-AML, WA, BiC), the cosine head, and where a mask may act (lockstep and resume of these methods:
 tests/test_lockstep.py and tests/test_checkpoint.py)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import synthetic_config
 
 import clbench.engine.loop as loop
@@ -664,6 +665,177 @@ def test_er_aml_supcon_and_its_positive_negative_pairs_by_hand():
         synthetic_config("er_aml", mask=-math.inf).resolve()
 
 
+def test_wa_aligns_the_new_rows_to_the_old_rows_mean_norm_and_changes_nothing_else():
+    from clbench.lockstep.resnet import BatchedResNet18
+    from clbench.methods.wa import WA, align_weights, head_weight
+
+    data = load_benchmark("synthetic", synthetic=SYN)  # 5 tasks of 2 classes
+    net, params = mlp_group(data, 2)
+    params = {k: v * 1.5 if k == "w2" else v for k, v in params.items()}
+    params["w2"][1, 2:4] *= 3.0  # run 1's new classes grew: gamma < 1
+    ctx = context(WA(), data, net, params, {}, None, 1, (10, 10))
+    ended = WA().end_task(ctx)
+    out = ended.params
+    name, axis = head_weight(params)
+    assert (name, axis) == ("w2", 1)
+    norms, before = out["w2"].norm(dim=2), params["w2"].norm(dim=2)
+    torch.testing.assert_close(norms[:, 2:4].mean(1), norms[:, :2].mean(1))  # aligned: equal mean norms
+    assert not torch.allclose(before[:, 2:4].mean(1), before[:, :2].mean(1))  # they were not before
+    ratio = out["w2"][:, 2:4] / params["w2"][:, 2:4]  # one gamma per run, on every weight of the new rows
+    torch.testing.assert_close(ratio, ratio[:, :1, :1].expand_as(ratio))
+    assert ratio[1, 0, 0] < 0.5  # run 1's grown rows are scaled down
+    assert torch.equal(out["w2"][:, :2], params["w2"][:, :2])  # old rows untouched
+    assert torch.equal(out["w2"][:, 4:], params["w2"][:, 4:])  # future rows untouched
+    for k in params:  # the rest of the network, the head's bias included
+        if k != "w2":
+            assert torch.equal(out[k], params[k])
+    # The aligned network is the next task's teacher; task 0's end aligns nothing.
+    assert torch.equal(ended.state["teacher.w2"], out["w2"])
+    assert WA().end_task(dataclasses.replace(ctx, task=0)).params is None
+    # The ResNet's classifier stores (R, D, K): its class axis is the last.
+    resnet = BatchedResNet18(6, width=2)
+    rp, _ = resnet.init([torch.Generator().manual_seed(r) for r in range(2)])
+    rp = {k: v.detach() for k, v in rp.items()}
+    assert head_weight(rp) == ("fc.weight", 2)
+    aligned = align_weights(rp, 2, 4)["fc.weight"].norm(dim=1)
+    torch.testing.assert_close(aligned[:, 2:4].mean(1), aligned[:, :2].mean(1))
+
+
+def test_wa_loss_is_one_minus_p_over_s_seen_ce_plus_p_over_s_kd_at_t_2():
+    from clbench.methods.wa import WA
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(1, 6, 6, generator=g, requires_grad=True)
+    old = torch.randn(1, 6, 6, generator=g)
+
+    class Teacher:
+        def forward(self, params, bn, x, train):
+            assert not train and set(params) == {"w"}
+            return old, bn
+
+    step = hand_step(1, [2, 3, 3, 2], ([0, 1],), options={}, logits={6: z}, state={"teacher.w": torch.ones(1)})
+    step = dataclasses.replace(step, net=Teacher())
+    out = WA().loss_terms(step)
+    y = torch.tensor([2, 3, 3, 2, 0, 1])
+    ce = torch.nn.functional.cross_entropy(z[0, :, :4], y)  # seen classes only (the head grown to S = 4)
+    kd = -(torch.softmax(old[0, :, :2] / 2, -1) * torch.log_softmax(z[0, :, :2] / 2, -1)).sum(-1).mean()
+    torch.testing.assert_close(out.terms["ce"], (0.5 * ce).view(1))  # lambda = P / S = 2 / 4
+    torch.testing.assert_close(out.terms["kd"], (0.5 * kd).view(1))
+    (grad,) = torch.autograd.grad(out.terms["ce"].sum(), z)
+    assert (grad[0, :, 4:] == 0).all()  # future classes get no gradient
+    step0 = hand_step(0, [0, 1, 1], options={}, logits={3: z[:, :3]})
+    out0 = WA().loss_terms(step0)
+    ce0 = torch.nn.functional.cross_entropy(z[0, :3, :2], torch.tensor([0, 1, 1]))
+    torch.testing.assert_close(out0.terms["ce"], ce0.view(1))  # task 0: plain CE over its classes
+    assert float(out0.terms["kd"]) == 0.0
+    assert synthetic_config("wa", mask=-math.inf, on="both").resolve().mask.on == "both"  # its CE sees both
+
+
+def test_bic_bias_layer_corrects_the_newest_block_only_and_its_fit_removes_an_inflated_bias():
+    from clbench.methods.bic import corrected, fit_bias
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2, 40, 6, generator=g)
+    block = torch.arange(6) // 2 == 1  # task 1's classes 2, 3 (task 2's, 4 and 5, are future)
+    bias = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    out = corrected(z, bias, block)
+    torch.testing.assert_close(out[:, :, 2:4], z[:, :, 2:4] * bias[:, :1, None] + bias[:, 1:, None])
+    assert torch.equal(out[:, :, :2], z[:, :, :2]) and torch.equal(out[:, :, 4:], z[:, :, 4:])  # untouched
+    # Validation rows of the four seen classes whose logits favour the new block by +3: the fitted
+    # (alpha, beta) lower the new block and the corrected CE falls below the uncorrected one.
+    y = torch.arange(40).repeat(2, 1) % 4
+    logits = 2 * F.one_hot(y, 6).float() + torch.randn(2, 40, 6, generator=g)
+    logits[:, :, 2:4] += 3.0
+    valid = torch.ones(2, 40)
+    valid[1, 30:] = 0.0  # run 1 has fewer rows (padding): it takes fewer steps
+    rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+    fitted = fit_bias(logits, y, valid, block, 4, rngs, {"bias_epochs": 60, "bias_lr": 0.05}, 10)
+    assert (fitted[:, 1] < -0.5).all()
+
+    def ce(b):
+        per_row = F.cross_entropy(corrected(logits, b, block)[..., :4].flatten(0, 1), y.flatten(), reduction="none")
+        return (per_row.view(2, 40) * valid).sum(1) / valid.sum(1)
+
+    assert (ce(fitted) < ce(torch.tensor([[1.0, 0.0]] * 2)) - 0.5).all()
+    # Each run's fit is its own: run 1 alone gives the same bits.
+    alone = fit_bias(
+        logits[1:], y[1:], valid[1:], block, 4, [np.random.default_rng(1)], {"bias_epochs": 60, "bias_lr": 0.05}, 10
+    )
+    assert torch.equal(alone, fitted[1:])
+
+
+def test_bic_loss_holds_out_validation_rows_and_evaluates_with_the_corrected_block():
+    from clbench.methods.bic import BiC
+
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(1, 6, 6, generator=g, requires_grad=True)
+    old = torch.randn(1, 6, 6, generator=g)
+
+    class Teacher:
+        def forward(self, params, bn, x, train):
+            return old, bn
+
+    bias = torch.tensor([[1.5, -0.5]])  # task 1's correction, applied to the teacher's block 1
+    step = hand_step(
+        2,
+        [4, 5, 5, 4],
+        ([0, 3],),
+        options=dict(BiC.options),
+        logits={6: z},
+        state={"teacher.w": torch.ones(1), "bias": bias},
+    )
+    out = BiC().loss_terms(dataclasses.replace(step, net=Teacher()))
+    y = torch.tensor([4, 5, 5, 4, 0, 3])
+    ce = F.cross_entropy(z[0], y)  # seen classes = all 6 at t = 2
+    fixed = old.clone()
+    fixed[..., 2:4] = fixed[..., 2:4] * 1.5 - 0.5
+    kd = -(torch.softmax(fixed[0, :, :4] / 2, -1) * torch.log_softmax(z[0, :, :4] / 2, -1)).sum(-1).mean()
+    torch.testing.assert_close(out.terms["ce"], (2 / 3 * ce).view(1))  # lambda = 1 / (t + 1)
+    torch.testing.assert_close(out.terms["kd"], (1 / 3 * 4 * kd).view(1))  # x T^2
+    # Held-out rows: drawn at task 0's end from task 1's rows, round(0.1 x held) per run, and left
+    # out of task 1's training rows.
+    data = load_benchmark("synthetic", synthetic=SYN)
+    net, params = mlp_group(data, 2)
+    method = BiC()
+    ctx0 = context(method, data, net, params, {}, None, 0, (30, 30), options=dict(BiC.options))
+    memory = Memory(
+        data.train_x[:31].expand(2, *data.train_x[:31].shape).clone(),
+        data.train_y[:31].expand(2, 31).clone(),
+        data.class_task[data.train_y[:31]].expand(2, 31).clone(),
+        None,
+        np.array([30, 30]),
+    )
+    ctx0 = dataclasses.replace(ctx0, state=method.init_state(ctx0), memory=memory)
+    with pytest.raises(ValueError, match=r"bic: val_split must be in \[0, 1\)"):
+        method.init_state(dataclasses.replace(ctx0, options={**BiC.options, "val_split": 1.0}))
+    end0 = method.end_task(ctx0)
+    held_out = end0.state["val_rows"]
+    assert held_out.shape == (2, 3) and not torch.equal(held_out[0], held_out[1])
+    assert (data.class_task[data.train_y[held_out]] == 1).all()
+    ctx1 = dataclasses.replace(ctx0, task=1, state=end0.state)
+    pool = method.task_rows(ctx1, data.train_task_idx[1])
+    assert pool.shape == (2, len(data.train_task_idx[1]) - 3)
+    assert not torch.isin(pool[0], held_out[0]).any() and not torch.isin(pool[1], held_out[1]).any()
+    # Task 1's end fits the bias layer; evaluation corrects task 1's block, the old classes' logits untouched.
+    memory.y[:, :30] = 0
+    ctx1 = dataclasses.replace(ctx1, options={**BiC.options, "bias_epochs": 3})
+    state = method.end_task(ctx1).state
+    assert torch.equal(state["val_rows"], held_out)  # task 1's rows stay held out while the stage runs
+    for i in range(method.end_passes(ctx1.options)):  # the trainer's end-of-task passes
+        state = method.end_pass(dataclasses.replace(ctx1, state=state), i)
+    assert not any(k.startswith("stage.") for k in state) and state["val_rows"].shape == (2, 3)
+    assert not torch.isin(state["val_rows"], held_out).any()  # now task 2's
+    assert not torch.equal(state["bias"], torch.tensor([[1.0, 0.0]] * 2))
+    scores = method.classifier(dataclasses.replace(ctx1, state=state))
+    x = prepare_inputs(data.test_x[:8], data.spec).unsqueeze(0).expand(2, -1, -1, -1, -1)
+    plain, _ = net.forward(params, {}, x, train=False)
+    s = scores(x)
+    assert torch.equal(s[..., :2], plain[..., :2]) and torch.equal(s[..., 4:], plain[..., 4:])
+    b = state["bias"]
+    torch.testing.assert_close(s[..., 2:4], plain[..., 2:4] * b[:, :1, None] + b[:, 1:, None])
+    assert method.classifier(ctx0) is None  # task 0: no correction
+
+
 def _pool(step):
     from clbench.lockstep.step import concat
 
@@ -678,6 +850,12 @@ def _pool(step):
         ("lode_derpp", "derpp", {"rho": 0.05}),
         ("er_las", "er", {"tau": 1.0, "window": 1}),
         ("er_aml", "er", {"temperature": 0.2}),
+        ("wa", "er", {}),
+        (
+            "bic",
+            "er",
+            {"bias_epochs": 250, "bias_lr": 1e-3, "temperature": 2.0, "val_split": 0.1, "distill_after_bias": 1},
+        ),
     ],
 )
 def test_rival_presets_are_the_protocol_values_of_their_base_method(method, base, options):

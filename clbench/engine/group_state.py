@@ -183,6 +183,8 @@ class GroupState:
     epoch: int = field(metadata=saved(PLAIN_INT))
     step: int = field(metadata=saved(PLAIN_INT))
     task_begun: bool = field(metadata=saved(PLAIN_BOOL))
+    # The method's end-of-task passes done (Method.end_passes); -1: its end-of-task hook not run yet.
+    end_pass: int = field(metadata=saved(PLAIN_INT, absent_ok=True))
     names: tuple[str, ...] = field(metadata=saved(NAMES))  # the loss terms' names, "total" last
     sums: torch.Tensor | None = field(metadata=saved(TENSOR))  # (n_terms + 1, R), summed over the task's steps
     evaluations: list[Evaluation] = field(metadata=saved(EVALUATIONS))  # one per task trained
@@ -227,6 +229,7 @@ class GroupState:
             epoch=0,
             step=0,
             task_begun=False,
+            end_pass=-1,
             names=(),
             sums=None,
             evaluations=[],

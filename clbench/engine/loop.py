@@ -50,7 +50,8 @@ def train_group(
     exists: the results are then exactly those of an uninterrupted run (bit for bit on the CPU).
     The caller deletes the checkpoint once it has stored the results
     (``clbench.engine.checkpoint.discard_checkpoint``). A task's end (the method's end-of-task
-    hook, a refit, the evaluation) runs between two checkpoints, so an interruption there redoes it.
+    hook, a refit, the evaluation) runs between two checkpoints, so an interruption there redoes it;
+    a method's end-of-task passes (BiC's bias stage) are checkpointed between passes, like steps.
     """
     if not configs:
         return []
@@ -260,17 +261,43 @@ class _Training:
 
     def end_task(self, task: _Task) -> None:
         g, st = self.group, self.st
-        st.loss_means.append(dict(zip(st.names, (st.sums / (task.n_steps * g.epochs)).cpu().numpy())))
-        with self.phase("end of task"):
-            ended = g.method.end_task(st.context(g, task.index))
-            if ended is not None:
-                st.method_state = dict(ended.state)
-                if ended.memory is not None:
-                    st.buffer.replace(ended.memory)
+        if st.end_pass < 0:  # not yet done (a group resumed inside the end passes has done it)
+            st.loss_means.append(dict(zip(st.names, (st.sums / (task.n_steps * g.epochs)).cpu().numpy())))
+            with self.phase("end of task"):
+                ended = g.method.end_task(st.context(g, task.index))
+                if ended is not None:
+                    st.method_state = dict(ended.state)
+                    if ended.memory is not None:
+                        st.buffer.replace(ended.memory)
+                    if ended.params is not None:  # WA's aligned head: the network trains on from it
+                        st.net = NetState(g.net, fresh(ended.params, True), st.net.buffers)
+            st.end_pass = 0
+        self.end_passes(task)
         if g.method.refits:
             with self.phase("refit"):
                 st.net, st.loss_means[-1] = refit(g, st, task.index, g.epochs * task.n_steps, self.phase)
         st.train_s[task.index] += time.perf_counter() - self.task_clock
+
+    def end_passes(self, task: _Task) -> None:
+        """The method's end-of-task passes (``Method.end_passes``: BiC's bias stage) from ``st.end_pass``
+        on, each a new method state; a checkpoint may be taken between two passes, like between steps."""
+        g, st = self.group, self.st
+        n = g.method.end_passes(g.options)
+        report_every = max(1, n // 10)
+        for i in range(st.end_pass, n):
+            with self.phase("end of task"):
+                st.method_state = dict(g.method.end_pass(st.context(g, task.index), i))
+            st.end_pass = i + 1
+            if (i + 1) % report_every == 0 or i + 1 == n:
+                self.report("end_of_task", task.index, g.epochs - 1, task.n_steps, task.n_steps)
+            if (
+                self.checkpoint is not None
+                and i + 1 < n
+                and time.monotonic() - self.last_saved >= self.checkpoint.every_s
+            ):
+                st.train_s[task.index] += time.perf_counter() - self.task_clock
+                self.task_clock = time.perf_counter()
+                self.save(task.n_steps)
 
     def evaluate(self, task: _Task) -> None:
         g, st = self.group, self.st
@@ -297,7 +324,7 @@ class _Training:
                     )
                 )
         st.eval_s[task.index] = time.perf_counter() - t1
-        st.task, st.epoch, st.step, st.task_begun = task.index + 1, 0, 0, False
+        st.task, st.epoch, st.step, st.task_begun, st.end_pass = task.index + 1, 0, 0, False, -1
         if self.checkpoint is not None:
             self.save(task.n_steps)
         self.report("task_done", task.index, g.epochs - 1, task.n_steps, task.n_steps)

@@ -16,7 +16,7 @@ class Progress:
     """A progress report from a training group (passed to the ``progress`` callback)."""
 
     phase: str  # "resume" (from a checkpoint, at its position), "train" (during a task), "checkpoint" (one was
-    # saved at this position), "evaluate", "task_done"
+    # saved at this position), "end_of_task" (during a method's end-of-task passes), "evaluate", "task_done"
     group_size: int
     task: int
     n_tasks: int

@@ -15,8 +15,10 @@ optional hooks, each vectorised over the run axis R and each a pure function of 
 - ``task_rows(ctx, rows)``: the training rows of a task, per run (iCaRL adds its exemplars);
 - ``plan_insertions(...)``: which buffer slot each incoming sample goes to (reservoir by default;
   GDumb's class-balanced greedy sampler);
-- ``end_task(ctx)``: end-of-task work, returning new state and buffer contents (X-DER's rebuild,
-  iCaRL's herding and teacher, A-GEM's memory);
+- ``end_task(ctx)``: end-of-task work, returning new state, buffer contents and parameters (X-DER's
+  rebuild, iCaRL's herding and teacher, A-GEM's memory, WA's weight aligning, BiC's validation rows);
+- ``end_passes``/``end_pass(ctx, i)``: passes of an end-of-task phase after ``end_task``, each a new
+  state, checkpointed between passes (BiC's bias stage);
 - ``classifier(ctx)``: a method-defined evaluation classifier (iCaRL's nearest mean of exemplars);
 - ``refits`` with ``refit_epochs``/``refit_lr``/``refit_draws``/``refit_terms``: training from
   scratch on the memory, in a phase the trainer runs with its own step machinery (GDumb).
@@ -96,10 +98,12 @@ class MethodContext:
 
 @dataclass(frozen=True)
 class TaskEnd:
-    """What ``end_task`` returns: the method's new state and, if it rewrote it, the buffer's contents."""
+    """What ``end_task`` returns: the method's new state and, if it rewrote them, the buffer's contents
+    and the network's parameters (WA's aligned head; the trainer trains on from them)."""
 
     state: dict[str, torch.Tensor]
     memory: Memory | None = None
+    params: Params | None = None
 
 
 class Method:
@@ -177,6 +181,16 @@ class Method:
     def end_task(self, ctx: MethodContext) -> TaskEnd | None:
         """Work at the end of task ``ctx.task``, before its evaluation: new state and buffer contents."""
         return None
+
+    def end_passes(self, options: Options) -> int:
+        """How many ``end_pass`` calls follow ``end_task`` at every task end (0: none)."""
+        return 0
+
+    def end_pass(self, ctx: MethodContext, i: int) -> dict[str, torch.Tensor]:
+        """Pass ``i`` of the end-of-task phase (BiC's bias stage: one pass over its validation rows):
+        the method's new state from ``ctx.state`` (the previous pass's). The trainer may checkpoint
+        between two passes: a pass draws only from ``ctx.rngs`` and reads only ``ctx.state``."""
+        return dict(ctx.state)
 
     def classifier(self, ctx: MethodContext) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """An evaluation classifier: prepared inputs ``(R, N, C, H, W)`` -> class scores ``(R, N, K)``

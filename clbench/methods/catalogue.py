@@ -36,6 +36,8 @@ SHIPPED = {
     "lode_derpp": "clbench.methods.lode_derpp:LODEDERpp",
     "er_las": "clbench.methods.er_las:ERLAS",
     "er_aml": "clbench.methods.er_aml:ERAML",
+    "wa": "clbench.methods.wa:WA",
+    "bic": "clbench.methods.bic:BiC",
 }
 
 
@@ -246,6 +248,28 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(("temperature", 0.2),),
         run_notes=("er_aml: no cross-entropy on stream rows after task 0 (SupCon on features), so the general mask acts on the replayed rows only; positives and negatives drawn from the step's stream batch and replay minibatch (the authors: the whole buffer and the batch)",),
+    ),
+    "wa": MethodCard(
+        name="wa",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=False,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(),
+        run_notes=("wa: ER's replay with PyCIL's WA loss ((1 - P/S) CE over seen classes + P/S KD at T = 2 from the previous task's network) and weight aligning of the new classes' head rows at every task end; plain SGD under the protocol (no momentum, weight decay or schedule)",),
+    ),
+    "bic": MethodCard(
+        name="bic",
+        uses_buffer=True,
+        exemplar_memory=False,
+        replay_draws=1,
+        group_by_buffer_size=True,
+        mask_acts_on=("stream", "buffer"),
+        weights=(),
+        options=(("bias_epochs", 250), ("bias_lr", 0.001), ("temperature", 2.0), ("val_split", 0.1), ("distill_after_bias", 1)),
+        run_notes=("bic: ER's replay with Mammoth's BiC loss ((1 - 1/(t+1)) CE over seen classes + 1/(t+1) T^2 KD from the previous task's bias-corrected network) and a two-parameter bias layer on the newest task's logits fitted at every task end on held-out rows; plain SGD under the protocol",),
     ),
 }
 # END CARDS

@@ -61,7 +61,7 @@ PRESET_OPTIONS: dict[tuple[str, str], dict[int, dict]] = {
 # Benchmarks without published presets borrow another's, and the notes say so.
 PRESET_SOURCE = {"seq-fmnist": "seq-mnist", "synthetic": "seq-mnist"}
 # Methods without a row borrow another method's lr/minibatch, and the notes say so.
-# The rivals of the masked softmax (rivals.md: SS-IL, LODE, ER-LAS, ER-AML) have presets for none of
+# The rivals of the masked softmax (rivals.md: SS-IL, LODE, ER-LAS, ER-AML, WA, BiC) have presets for none of
 # these protocols (their authors' schedules and benchmarks differ): they take the shared protocol
 # values of the method they are built on, and their own knobs take their options' defaults, whose
 # sources each method file's docstring gives (the authors' code or best_args). Choosing those knobs
@@ -75,6 +75,8 @@ METHOD_FALLBACK = {
     "lode_derpp": "derpp",
     "er_las": "er",
     "er_aml": "er",
+    "wa": "er",
+    "bic": "er",
 }
 # Methods without a row nor a fallback: the authors' code's defaults (lr, minibatch, alpha, beta).
 METHOD_DEFAULTS: dict[str, tuple[_T, str]] = {
