@@ -231,6 +231,11 @@ def run(
         _print_plan(console(), plan, url, device)
         return
     # 3. Run: connect the executor (a cluster is checked here), open the database, plan, train, summarise.
+    _run_and_summarise(url, request, runner, planning, Training(device, data_dir, download, policy), plan)
+
+
+def _run_and_summarise(url, request: SweepRequest, runner, planning: Planning, training: Training, plan: Plan) -> None:
+    """The session of one sweep under the live display, then the summary of every run asked for."""
     ids = [r.run_id for r in plan.runs]
     session = run_with_display(
         url,
@@ -238,7 +243,7 @@ def run(
         runner,
         console(stderr=True),
         planning=planning,
-        training=Training(device, data_dir, download, policy),
+        training=training,
         after=lambda store: _summary(store, ids),
     )
     (outcome,) = session.outcomes
