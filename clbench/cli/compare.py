@@ -26,7 +26,6 @@ from clbench.cli.common import (
     split,
     split_option,
 )
-from clbench.reports.compare import ALPHA, COMPARE_METRICS, TESTS, compare_runs, procedures
 from clbench.runs.mask import format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 
@@ -56,8 +55,8 @@ def compare_command(
         raise UsageProblem(f"invalid --split {split_on!r}: valid are {', '.join(SPLIT_CHOICES)}")
     if format not in COMPARE_FORMATS:
         raise UsageProblem(f"invalid --format {format!r}: valid are {', '.join(COMPARE_FORMATS)}")
-    if test not in TESTS:
-        raise UsageProblem(f"invalid --test {test!r}: valid are {', '.join(TESTS)}")
+    if test not in _stats().TESTS:
+        raise UsageProblem(f"invalid --test {test!r}: valid are {', '.join(_stats().TESTS)}")
     try:
         base_label = format_mask_value(parse_mask_value(baseline))
     except ValueError as exc:
@@ -82,7 +81,7 @@ def compare_command(
         if bad:
             raise UsageProblem(f"invalid --mask-on {bad[0]!r}: valid are stream, buffer, both")
         df = df[(df["mask"] == base_label) | df["mask_on"].isin(ons)]
-    result = compare_runs(df, baseline=base_label, test=test)
+    result = _stats().compare_runs(df, baseline=base_label, test=test)
     if format == "csv":
         result.to_csv(sys.stdout, index=False)
         return
@@ -103,13 +102,13 @@ def compare_command(
 
 def _rows(result):
     for r in result.itertuples():
-        label, higher = COMPARE_METRICS[r.metric]
+        label, higher = _stats().COMPARE_METRICS[r.metric]
         better = (r.difference > 0) if higher else (r.difference < 0)
         yield r, label, better
 
 
 def _test_key(result) -> str:
-    return next(k for k, v in TESTS.items() if v == result["test"].iloc[0])
+    return next(k for k, v in _stats().TESTS.items() if v == result["test"].iloc[0])
 
 
 def compare_caption(result) -> str:
@@ -118,7 +117,7 @@ def compare_caption(result) -> str:
     return (
         f"Mask {base} (baseline) against each masked variant, paired by seed over the seeds both have: "
         f"mean ± std (%) over those seeds; diff = mean of variant - baseline; "
-        + "; ".join(procedures(_test_key(result), result.attrs.get("class_il", "all")))
+        + "; ".join(_stats().procedures(_test_key(result), result.attrs.get("class_il", "all")))
         + "; W/L/T: seeds where the variant is better/worse/equal (higher accuracy, lower forgetting)."
         + (
             " Measured on the validation split (training data the runs held out), not the test sets."
@@ -140,7 +139,7 @@ def _dz(value: float) -> str:
 
 def _p(value: float) -> str:
     text = p_value(value)
-    return text + ("*" if value == value and value < ALPHA else "")
+    return text + ("*" if value == value and value < _stats().ALPHA else "")
 
 
 def _notes(result) -> list[str]:
@@ -158,7 +157,7 @@ def compare_table(result) -> Table:
     which = [(key, col) for key, col in _WHICH if result[key].nunique() > 1]
     fixed = [f"{col} {result[key].iloc[0]}" for key, col in _WHICH if (key, col) not in which]
     head = f"{', '.join(fixed)}. " if fixed else ""
-    table = Table(title=head + compare_caption(result) + f" * p < {ALPHA:g}.", title_justify="left")
+    table = Table(title=head + compare_caption(result) + f" * p < {_stats().ALPHA:g}.", title_justify="left")
     for col in [c for _, c in which] + [
         "mask",
         "metric",
@@ -203,7 +202,7 @@ def compare_table(result) -> Table:
 
 def compare_markdown(result) -> str:
     buf = io.StringIO()
-    buf.write(compare_caption(result) + f" * p < {ALPHA:g}.\n\n")
+    buf.write(compare_caption(result) + f" * p < {_stats().ALPHA:g}.\n\n")
     head = [
         "method",
         "dataset",
@@ -248,3 +247,10 @@ def compare_markdown(result) -> str:
     if notes:
         buf.write("\n" + "\n".join(notes) + "\n")
     return buf.getvalue()
+
+
+def _stats():
+    """``clbench.reports.compare``, loaded by the first comparison (pandas, scipy): not by ``--help``."""
+    from clbench.reports import compare
+
+    return compare

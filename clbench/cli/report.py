@@ -46,9 +46,6 @@ from clbench.cli.executor import (
 )
 from clbench.cli.progress import run_with_display
 from clbench.files import OutputError, check_output_folder
-from clbench.reports import list_experiments, load_experiment, missing_runs, render_report
-from clbench.reports.html import INDEX, check_html_root, write_html
-from clbench.reports.render import excluded_runs, exclusion_lines
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.store.connection import describe_url
 from clbench.store.opening import open_store
@@ -132,7 +129,7 @@ def report_command(
         return
     check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
     check_whole_option("--threads", threads, 1, MAX_THREADS)
-    specs = _specs(list(list_experiments()) if name == ALL else [name], seeds, class_il, include_stale, split_on)
+    specs = _specs(name, seeds, class_il, include_stale, split_on)
     configs = [c for spec in specs for c in spec.configs()]
     slurm = SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder)
     choice = ExecutorChoice(
@@ -181,6 +178,8 @@ def report_command(
 
 
 def _list_experiments() -> None:
+    from clbench.reports import list_experiments, load_experiment  # pandas: not for --help
+
     table = Table(title="Registered experiments (clbench report NAME, or all)", title_justify="left")
     for col in ("name", "kind", "benchmark", "runs", "title"):
         table.add_column(col, justify="right" if col == "runs" else "left")
@@ -193,8 +192,12 @@ def _list_experiments() -> None:
     console().print(table)
 
 
-def _specs(names: list[str], seeds: int | None, class_il: str | None, include_stale: bool, split_on) -> list:
+def _specs(name: str, seeds: int | None, class_il: str | None, include_stale: bool, split_on) -> list:
     """The experiments asked for, with the options that change them; a bad one is bad input."""
+    from clbench.reports import list_experiments, load_experiment  # pandas: not for --help
+
+    names = list(list_experiments()) if name == ALL else [name]
+
     specs = []
     try:
         for n in names:
@@ -219,6 +222,8 @@ def _specs(names: list[str], seeds: int | None, class_il: str | None, include_st
 
 def _out_dirs(name: str, specs: list, out: Path | None, html: bool) -> tuple[dict[str, Path], Path]:
     """Each report's output folder and the root (of the HTML pages), checked writable before any training."""
+    from clbench.reports.html import check_html_root
+
     if name == ALL:
         root = out if out is not None else Path("reports")
         out_dirs = {spec.name: root / spec.name for spec in specs}
@@ -311,6 +316,10 @@ def _command(name, no_run, out, html, seeds, db, class_il=None, include_stale=Fa
 
 def _render(specs, store, out_dirs, root, html, command, out, name, quiet_when_complete=False) -> None:
     """Render (and with ``html`` write the pages of) every spec; print what was written and missing."""
+    from clbench.reports import missing_runs, render_report
+    from clbench.reports.html import INDEX, write_html
+    from clbench.reports.render import excluded_runs, exclusion_lines
+
     missing = {spec.name: missing_runs(spec, store) for spec in specs}
     if html:
         written = write_html(specs, store, root, out_dirs=out_dirs, commands={s.name: command for s in specs})
