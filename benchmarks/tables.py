@@ -62,6 +62,12 @@ BENCHMARKS = (
         "end, and `sweep_configs` + `plan_sweep` in one process",
     ),
     Benchmark(
+        "startup",
+        "benchmarks/startup.py",
+        "start-up of commands that train nothing: `clbench --help` and `clbench runs` on a 1,000-run "
+        "database, median of fresh processes, beside an earlier commit's",
+    ),
+    Benchmark(
         "efficiency",
         "benchmarks/efficiency.py",
         "achieved FLOP/s against the matmul peak measured in the "

@@ -20,7 +20,8 @@ from clbench.lockstep.resnet import BatchedResNet18
 from clbench.metrics import diagonal_accuracy, effective_rank, joint_shortfall
 from clbench.reports import load_experiment, render_report
 from clbench.store import open_store
-from clbench.store.queries import load_plasticity, load_runs
+from clbench.store.measures import load_plasticity
+from clbench.store.queries import load_runs
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep
 

@@ -21,7 +21,8 @@ from clbench.reports.fig4 import fig4_data, plot_fig4
 from clbench.reports.render import experiment_runs
 from clbench.runs.results import HISTOGRAM_EDGES
 from clbench.store import open_store
-from clbench.store.queries import load_histograms, load_runs
+from clbench.store.measures import load_histograms
+from clbench.store.queries import load_runs
 from clbench.sweep.driver import execute
 from clbench.sweep.plan import plan_sweep
 

@@ -268,7 +268,8 @@ def test_the_stability_gap_experiment_trains_stores_and_renders(tmp_path):
     from clbench.reports import load_experiment, render_report
     from clbench.reports.stability_gap import curve_arrays
     from clbench.store import open_store
-    from clbench.store.queries import load_curves, load_runs
+    from clbench.store.measures import load_curves
+    from clbench.store.queries import load_runs
     from clbench.sweep.driver import execute
     from clbench.sweep.plan import plan_sweep
 

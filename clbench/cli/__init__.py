@@ -3,7 +3,7 @@
 
 - ``run``: plan and train a sweep (``run.py``, with the live display in ``progress.py``);
 - ``runs``, ``show``, ``export``: read the registry (``browse.py``);
-- ``report``, ``compare``: registered experiments and paired comparisons (``report.py``);
+- ``report``: registered experiments (``report.py``); ``compare``: paired comparisons (``compare.py``);
 - ``tune``: choose m with an Optuna study on a validation split (``tune.py``);
 - ``executor.py``: the executor options of ``run`` and ``report`` (``--executor ray`` ...);
 - ``common.py``: what they share (bad input, option parsing, consoles, formatting).
@@ -25,7 +25,7 @@ try:  # recent typers vendor click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click.exceptions import ClickException as _ClickException
 
-from clbench.cli import browse, report, run, tune
+from clbench.cli import browse, compare, report, run, tune
 from clbench.cli.common import UsageProblem
 from clbench.store.connection import StoreError
 
@@ -45,7 +45,7 @@ def build_app() -> typer.Typer:
     app.command("show")(browse.show)
     app.command("export")(browse.export)
     app.command("report")(report.report_command)
-    app.command("compare")(report.compare_command)
+    app.command("compare")(compare.compare_command)
     app.command("tune")(tune.tune_command)
     return app
 

@@ -158,6 +158,24 @@ def show(
         row = store.run_row(rid)
         result = store.load_result(rid) if row["status"] in DONE_STATUSES else None
     out = console()
+    out.print(_head_table(rid, row, result))
+    out.print(_config_table(row["config"]))
+    if row["error"]:
+        out.print(Text(row["error"].rstrip(), style="red"))
+    if result is None:
+        return
+    out.print(
+        _matrix_table(
+            "Class-IL accuracy (%): row = after training task i, column = test set of task j", result.class_il
+        )
+    )
+    out.print(_matrix_table("Task-IL accuracy (%)", result.task_il))
+    out.print(_metrics_table(result))
+    out.print(_plasticity_table(result))
+
+
+def _head_table(rid: str, row: dict, result) -> Table:
+    """What ``show`` says of a run before its config: status, staleness, where and when it ran."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -190,29 +208,25 @@ def show(
         head.add_row("device", result.device)
         head.add_row("time", f"{result.wall_s:.2f} s (its share of a lockstep group of {result.group_size})")
         head.add_row("versions", ", ".join(f"{k} {v}" for k, v in result.versions.items() if k != "platform"))
-    out.print(head)
+    return head
+
+
+def _config_table(resolved: dict) -> Table:
     config = Table(title="Resolved config", title_justify="left", show_header=False)
     config.add_column(style="bold")
     config.add_column()
-    for key, value in row["config"].items():
+    for key, value in resolved.items():
         if key == "notes":
             continue
         if key == "mask":
             value = f"{value['value']} on {value['on']}"
         config.add_row(key, str(value))
-    for note in row["config"].get("notes", []):
+    for note in resolved.get("notes", []):
         config.add_row("note", note)
-    out.print(config)
-    if row["error"]:
-        out.print(Text(row["error"].rstrip(), style="red"))
-    if result is None:
-        return
-    out.print(
-        _matrix_table(
-            "Class-IL accuracy (%): row = after training task i, column = test set of task j", result.class_il
-        )
-    )
-    out.print(_matrix_table("Task-IL accuracy (%)", result.task_il))
+    return config
+
+
+def _metrics_table(result) -> Table:
     metrics = Table(title="Metrics (%)", title_justify="left")
     metrics.add_column("metric")
     metrics.add_column("class-IL", justify="right")
@@ -225,8 +239,7 @@ def show(
         ("backward transfer", "bwt"),
     ):
         metrics.add_row(name, num(m[f"{key}_class_il"]), num(m[f"{key}_task_il"]))
-    out.print(metrics)
-    out.print(_plasticity_table(result))
+    return metrics
 
 
 def _plasticity_table(result) -> Table:

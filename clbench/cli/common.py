@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.console import Console
 from sqlalchemy.engine import URL
@@ -22,7 +21,6 @@ from clbench.files import OutputError, probe_output_folder
 from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
 from clbench.store.connection import StoreError, is_in_memory, resolve_db_url, sqlite_path
 from clbench.store.opening import inspect_db
-from clbench.store.queries import load_runs
 
 
 class UsageProblem(Exception):
@@ -286,6 +284,8 @@ def db_url(db: str | None) -> URL:
 
 def load(db: str | None, **filter_values):
     """``load_runs`` with its errors as bad input."""
+    from clbench.store.queries import load_runs  # pandas: only for the commands that list runs
+
     url = db_url(db)
     try:
         return load_runs(url, **filter_values)
@@ -416,9 +416,9 @@ def num(value, fmt: str = "{:.2f}") -> str:
 
 
 def local_time(value) -> str:
-    if value is None or pd.isna(value):
+    if value is None or value != value:  # None, NaN or NaT (pandas' missing time)
         return "-"
-    if isinstance(value, pd.Timestamp):
+    if hasattr(value, "to_pydatetime"):  # a pandas Timestamp
         value = value.to_pydatetime()
     if value.tzinfo is None:  # stored in UTC (SQLite keeps no zone)
         value = value.replace(tzinfo=UTC)

@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import torch
 import typer
 
 from clbench.cli.common import UsageProblem
@@ -151,9 +150,10 @@ class ExecutorChoice:
     slurm: SlurmChoice = field(default_factory=SlurmChoice)
 
 
-def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> Executor:
-    """The executor, its options and the device checked together; every problem is a one-line
-    :class:`UsageProblem`. Nothing is connected yet (see :func:`start_executor`)."""
+def build_executor(choice: ExecutorChoice, device: str, threads: int | None, check_device: bool = True) -> Executor:
+    """The executor, its options and (``check_device``: a command that trains) the device checked
+    together; every problem is a one-line :class:`UsageProblem`. Nothing is connected yet (the
+    session starts it)."""
     if choice.executor not in EXECUTORS:
         raise UsageProblem(f"invalid --executor {choice.executor!r}: valid executors are {', '.join(EXECUTORS)}")
     cluster_only = {
@@ -176,46 +176,55 @@ def build_executor(choice: ExecutorChoice, device: str, threads: int | None) -> 
             raise UsageProblem(f"{given[0]} applies to --executor {where} only (this sweep runs with --executor local)")
         executor = make_executor("local", threads=threads if threads is not None else "auto")
     else:
-        if threads is not None:
-            raise UsageProblem(
-                f"--threads applies to --executor local; with --executor {choice.executor} a group gets "
-                "--cpus-per-group threads"
-            )
-        try:
-            is_cuda = torch.device(device).type == "cuda"
-        except RuntimeError:
-            is_cuda = False  # check_device below names the valid devices
-        gpus = choice.gpus_per_group if choice.gpus_per_group is not None else (1.0 if is_cuda else 0.0)
-        resources = dict(
-            gpus_per_group=gpus,
-            cpus_per_group=choice.cpus_per_group if choice.cpus_per_group is not None else 1,
-            retries=choice.retries if choice.retries is not None else 3,
-        )
-        try:
-            if choice.executor == "ray":
-                executor = make_executor("ray", address=choice.ray_address, **resources)
-            else:
-                executor = make_executor("slurm", **_slurm_options(choice.slurm), **resources)
-        except ValueError as exc:
-            raise UsageProblem(str(exc)) from None
+        executor = _cluster_executor(choice, device, threads)
     try:
-        executor.check_device(device)
+        if check_device:
+            executor.check_device(device)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     except RuntimeError:  # torch's own error for a string that names no device type at all
         raise UsageProblem(f"unsupported device {device!r}: valid devices are cpu, cuda") from None
-    try:  # every value is valid: now, is Ray (submitit) there at all?
+    _require_backend(choice.executor)
+    return executor
+
+
+def _cluster_executor(choice: ExecutorChoice, device: str, threads: int | None) -> Executor:
+    """The Ray or SLURM executor of ``choice``, its resources per group defaulted."""
+    if threads is not None:
+        raise UsageProblem(
+            f"--threads applies to --executor local; with --executor {choice.executor} a group gets "
+            "--cpus-per-group threads"
+        )
+    is_cuda = device.split(":")[0] == "cuda"  # torch.device's type; check_device below names the valid devices
+    gpus = choice.gpus_per_group if choice.gpus_per_group is not None else (1.0 if is_cuda else 0.0)
+    resources = dict(
+        gpus_per_group=gpus,
+        cpus_per_group=choice.cpus_per_group if choice.cpus_per_group is not None else 1,
+        retries=choice.retries if choice.retries is not None else 3,
+    )
+    try:
         if choice.executor == "ray":
+            executor = make_executor("ray", address=choice.ray_address, **resources)
+        else:
+            executor = make_executor("slurm", **_slurm_options(choice.slurm), **resources)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    return executor
+
+
+def _require_backend(executor: str) -> None:
+    """Every value is valid: now, is Ray (submitit) there at all?"""
+    try:
+        if executor == "ray":
             from clbench.sweep.executors.ray import require_ray
 
             require_ray()
-        elif choice.executor == "slurm":
+        elif executor == "slurm":
             from clbench.sweep.executors.slurm import require_submitit
 
             require_submitit()
     except ExecutorUnavailable as exc:
         raise UsageProblem(str(exc)) from None
-    return executor
 
 
 def _slurm_options(slurm: SlurmChoice) -> dict:
@@ -241,7 +250,8 @@ def _slurm_options(slurm: SlurmChoice) -> dict:
 
 def start_executor(executor: Executor) -> None:
     """Connect the executor and check it (a Ray cluster: reachable, same versions on every node,
-    room for a group) before the database is opened; a problem is a one-line :class:`UsageProblem`."""
+    room for a group) before the database is opened; a problem is a one-line :class:`UsageProblem`.
+    ``clbench tune`` needs this; ``run`` and ``report`` start theirs in ``run_session``."""
     try:
         executor.start()
     except ExecutorUnavailable as exc:

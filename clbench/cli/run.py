@@ -3,6 +3,7 @@ display, and print the summary of every run asked for."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -25,14 +26,11 @@ from clbench.cli.common import (
     console,
     db_option,
     db_url,
-    describe_checkpoints,
     duration,
     inspect,
     ints,
     key_values,
     pm,
-    report_held,
-    sigterm_as_interrupt,
     split,
     strict_float,
     strict_int,
@@ -52,20 +50,18 @@ from clbench.cli.executor import (
     slurm_qos_option,
     slurm_sbatch_option,
     slurm_time_option,
-    start_executor,
     threads_option,
 )
-from clbench.cli.progress import execute_with_progress
+from clbench.cli.progress import run_with_display
 from clbench.data.specs import BENCHMARKS, SyntheticOptions
-from clbench.lockstep.backbones import HEADS
+from clbench.lockstep import HEADS
 from clbench.methods import METHODS
 from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES
 from clbench.runs.resolved import DER_LOGITS, LOGIT_STORING_METHODS
-from clbench.store.connection import StoreError, describe_url
-from clbench.store.opening import open_store
-from clbench.store.queries import exclusion_note, load_runs, summarize_runs
-from clbench.sweep.plan import MAX_SWEEP_RUNS, Plan, describe_group, plan_sweep, sweep_configs
+from clbench.store.connection import describe_url
+from clbench.sweep.plan import MAX_SWEEP_RUNS, Plan, describe_group, sweep_configs
 from clbench.sweep.ram import budget_bytes, human
+from clbench.sweep.session import Planning, SweepRequest, Training, preview_plans
 
 
 def run(
@@ -198,6 +194,90 @@ def run(
 ) -> None:
     """Train the sweep methods x buffers x masks x seeds; finished runs are reused (cached)."""
     # 1. Everything about the sweep itself (sizes first: nothing large is built before they are checked).
+    seed_list = _seed_list(mask_on, mask_keep, seeds, seed, group_size, threads, experiment)
+    overrides = _overrides(
+        dict(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            minibatch_size=minibatch_size,
+            alpha=alpha,
+            beta=beta,
+            validation=validation or None,
+            eval_every=eval_every,
+            eval_samples=eval_samples,
+        ),
+        method,
+        der_logits,
+        head,
+        option,
+        dict(train_per_class=synthetic_train_per_class, test_per_class=synthetic_test_per_class),
+    )
+    slurm = SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder)
+    runner = build_executor(
+        ExecutorChoice(executor, ray_address, gpus_per_group, cpus_per_group, retries, slurm.over(None)),
+        device,
+        threads,
+    )
+    # Groups are sized to fit the memory of the machine they train on: this one, with the local
+    # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.
+    planning = Planning(force, group_size, budget_bytes(device) if runner.name == "local" else None)
+    try:
+        configs = sweep_configs(
+            methods=split(method, "--method"),
+            masks=split(mask, "--mask"),
+            buffers=ints(buffer, "buffer size", "--buffer"),
+            seeds=seed_list,
+            benchmark=dataset,
+            mask_on=mask_on,
+            mask_keep=mask_keep,
+            class_orders=class_orders(class_order),
+            **overrides,
+        )
+        plan = planning.plan(configs, None)  # resolves all
+    except ValueError as exc:
+        raise config_problem(exc) from None
+    # 2. The data, then the database, both without writing anything.
+    check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
+    url = db_url(db)
+    inspect(url)
+    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
+    request = SweepRequest(tuple(configs), experiment)
+    if dry_run:
+        (plan,) = preview_plans(url, [request], planning)
+        _print_plan(console(), plan, url, device)
+        return
+    # 3. Run: connect the executor (a cluster is checked here), open the database, plan, train, summarise.
+    _run_and_summarise(url, request, runner, planning, Training(device, data_dir, download, policy), plan)
+
+
+def _run_and_summarise(url, request: SweepRequest, runner, planning: Planning, training: Training, plan: Plan) -> None:
+    """The session of one sweep under the live display, then the summary of every run asked for."""
+    ids = [r.run_id for r in plan.runs]
+    session = run_with_display(
+        url,
+        [request],
+        runner,
+        console(stderr=True),
+        planning=planning,
+        training=training,
+        after=lambda store: _summary(store, ids),
+    )
+    (outcome,) = session.outcomes
+    out = console()
+    out.print(_summary_table(session.after))
+    out.print(
+        f"{len(ids)} runs: {len(outcome.computed)} computed in {duration(outcome.wall_s)}, {len(outcome.cached)} cached"
+        f"{f', {len(outcome.held)} held by another process' if outcome.held else ''}. "
+        f"Stored in {session.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
+        highlight=False,
+    )
+
+
+def _seed_list(
+    mask_on: str, mask_keep: str, seeds: int | None, seed: list[str], group_size, threads, experiment
+) -> Sequence[int]:
+    """The seeds of ``--seeds`` and ``--seed``, with the options that need no config checked first."""
     if mask_on not in MASK_ON_CHOICES:
         raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
     if mask_keep not in MASK_KEEP_CHOICES:
@@ -212,7 +292,11 @@ def run(
     explicit = ints(seed, "seed", "--seed")
     for s in explicit:
         check_whole_option("--seed", s, 0)
-    seed_list = sorted(set(range(seeds or 0)).union(explicit)) if explicit else range(seeds or 1)
+    return sorted(set(range(seeds or 0)).union(explicit)) if explicit else range(seeds or 1)
+
+
+def _overrides(given: dict, method: list[str], der_logits, head, option: list[str], synthetic: dict) -> dict:
+    """The config fields given on the command line (``None``: the preset's), checked."""
     if der_logits is not None and not set(split(method, "--method")) & set(LOGIT_STORING_METHODS):
         raise UsageProblem(
             f"--der-logits applies to der and derpp, and none of the methods asked for is one "
@@ -221,130 +305,28 @@ def run(
     if head is not None and head not in HEADS:
         raise UsageProblem(f"invalid --head {head!r}: valid heads are {', '.join(HEADS)}")
     options = key_values(option, "--option")
-    overrides = {
-        k: v
-        for k, v in dict(
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            minibatch_size=minibatch_size,
-            alpha=alpha,
-            beta=beta,
-            der_logits=der_logits,
-            head=head,
-            options=options or None,
-            validation=validation or None,
-            eval_every=eval_every,
-            eval_samples=eval_samples,
-        ).items()
-        if v is not None
-    }
-    synthetic = {
-        k: v
-        for k, v in dict(train_per_class=synthetic_train_per_class, test_per_class=synthetic_test_per_class).items()
-        if v is not None
-    }
+    given = dict(given, der_logits=der_logits, head=head, options=options or None)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    synthetic = {k: v for k, v in synthetic.items() if v is not None}
     if synthetic:
         overrides["synthetic"] = SyntheticOptions(**synthetic)
-    runner = build_executor(
-        ExecutorChoice(
-            executor,
-            ray_address,
-            gpus_per_group,
-            cpus_per_group,
-            retries,
-            SlurmChoice(slurm_partition, slurm_time, slurm_account, slurm_qos, tuple(slurm_sbatch), slurm_folder).over(
-                None
-            ),
-        ),
-        device,
-        threads,
-    )
-    # Groups are sized to fit the memory of the machine they train on: this one, with the local
-    # executor (a Ray worker's memory is the cluster's to schedule); a run that cannot fit is refused here.
-    budget = budget_bytes(device) if runner.name == "local" else None
-    try:
-        configs = sweep_configs(
-            methods=split(method, "--method"),
-            masks=split(mask, "--mask"),
-            buffers=ints(buffer, "buffer size", "--buffer"),
-            seeds=seed_list,
-            benchmark=dataset,
-            mask_on=mask_on,
-            mask_keep=mask_keep,
-            class_orders=class_orders(class_order),
-            **overrides,
-        )
-        plan = plan_sweep(configs, None, force=force, max_group_size=group_size, memory_budget=budget)  # resolves all
-    except ValueError as exc:
-        raise config_problem(exc) from None
-    # 2. The data, then the database, both without writing anything.
-    check_data({r.config.benchmark for r in plan.runs}, data_dir, download)
-    url = db_url(db)
-    state = inspect(url)
-    policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
-    err = console(stderr=True)
-    if dry_run:
-        store = open_store(url, readonly=True) if state == "ready" else None
-        try:
-            plan = plan_sweep(configs, store, force=force, max_group_size=group_size, memory_budget=budget)
-        finally:
-            if store is not None:
-                store.close()
-        _print_plan(console(), plan, url, device)
-        return
-    # 3. Run: connect the executor (a cluster is checked here), then open the database.
-    start_executor(runner)
-    try:
-        store = open_store(url)
-    except StoreError as exc:
-        runner.close()
-        raise UsageProblem(str(exc)) from None
-    with runner, store:
-        stale = store.mark_stale_runs()
-        if stale:
-            err.print(f"marked {len(stale)} run(s) of ended processes as interrupted")
-        plan = plan_sweep(configs, store, force=force, max_group_size=group_size, memory_budget=budget)
-        n_run, n_cached = len(plan.to_run), len(plan.cached)
-        err.print(
-            f"{len(plan.runs)} run{'s' if len(plan.runs) != 1 else ''}: {n_run} to compute in {len(plan.groups)} "
-            f"group{'s' if len(plan.groups) != 1 else ''} (estimated {duration(plan.estimate_s)}), {n_cached} cached"
-            f"; saving to {store.where}; {describe_checkpoints(policy)}"
-            + (f"; {plan.memory_note}" if plan.memory_note and n_run else ""),
-            highlight=False,
-        )
-        if n_run and runner.name != "local":
-            err.print(runner.describe(), highlight=False)
-        with sigterm_as_interrupt():
-            outcome = execute_with_progress(
-                plan,
-                store,
-                err,
-                executor=runner,
-                device=device,
-                data_dir=data_dir,
-                download=download,
-                experiment=experiment,
-                checkpoint=policy,
-            )
-        report_held(err, outcome.held)
-        ids = [r.run_id for r in plan.runs]
-        runs = load_runs(store, run_id=ids)
-        # In the order the sweep was asked for (methods, buffers, masks as given), not the store's.
-        present = set(runs["run_id"])
-        runs = runs.set_index("run_id").loc[[i for i in ids if i in present]].reset_index()
-        summary = summarize_runs(runs)
-    out = console()
-    out.print(_summary_table(summary))
-    out.print(
-        f"{len(ids)} runs: {len(outcome.computed)} computed in {duration(outcome.wall_s)}, {len(outcome.cached)} cached"
-        f"{f', {len(outcome.held)} held by another process' if outcome.held else ''}. "
-        f"Stored in {store.where}; see [bold]clbench runs[/] and [bold]clbench show RUN_ID[/].",
-        highlight=False,
-    )
+    return overrides
+
+
+def _summary(store, ids: list[str]):
+    """The summary of the runs asked for, in the order the sweep was asked for (methods, buffers,
+    masks as given), not the store's."""
+    from clbench.store.queries import load_runs, summarize_runs  # pandas: only once there is a summary
+
+    runs = load_runs(store, run_id=ids)
+    present = set(runs["run_id"])
+    runs = runs.set_index("run_id").loc[[i for i in ids if i in present]].reset_index()
+    return summarize_runs(runs)
 
 
 def _summary_table(summary) -> Table:
+    from clbench.store.queries import exclusion_note
+
     table = Table(
         title="Final average accuracy (FAA) and forgetting (Chaudhry et al. 2018: max over earlier "
         "rows minus the last), mean ± std over seeds (%)",

@@ -31,7 +31,7 @@ from clbench.reports.experiments import ExperimentSpec, mask_sort_key
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
 from clbench.reports.render import experiment_runs, render_report, run_coverage
 from clbench.store.connection import in_chunks
-from clbench.store.queries import Db, _with_store
+from clbench.store.queries import Db, with_store
 from clbench.store.schema import Run
 from clbench.store.store import Store
 
@@ -546,7 +546,7 @@ def write_html(
         (root / INDEX).write_text(index_page(manifest, generated_at), encoding="utf-8")
         return written_all + [root / MANIFEST, root / INDEX]
 
-    return _with_store(db, work)
+    return with_store(db, work)
 
 
 def _read_manifest(root: Path) -> dict:

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from clbench.metrics import PLASTICITY_DEFINITIONS, joint_shortfall
-from clbench.store.queries import load_plasticity, load_runs
+from clbench.store.measures import load_plasticity
+from clbench.store.queries import load_runs
 from clbench.store.store import Store
 
 # What must agree between a run and the joint run it is measured against.

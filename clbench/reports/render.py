@@ -25,7 +25,7 @@ from clbench.reports.experiments import ExperimentSpec
 from clbench.runs.config import resolve_unique
 from clbench.runs.resolved import ResolvedConfig
 from clbench.store.connection import in_chunks
-from clbench.store.queries import Db, _with_store, load_runs
+from clbench.store.queries import Db, load_runs, with_store
 from clbench.store.schema import DONE_STATUSES, TaskLoss
 from clbench.store.store import Store
 
@@ -45,7 +45,7 @@ def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:
         statuses = store.statuses([c.identity() for c in configs])
         return [c for c in configs if statuses.get(c.identity()) not in DONE_STATUSES]
 
-    return _with_store(db, work)
+    return with_store(db, work)
 
 
 COVERAGE_COLUMNS = (
@@ -91,7 +91,7 @@ def run_coverage(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
             for c in configs
         ]
 
-    return pd.DataFrame.from_records(_with_store(db, work), columns=list(COVERAGE_COLUMNS))
+    return pd.DataFrame.from_records(with_store(db, work), columns=list(COVERAGE_COLUMNS))
 
 
 def experiment_runs(spec: ExperimentSpec, store: Store) -> pd.DataFrame:
@@ -170,7 +170,7 @@ def excluded_runs(spec: ExperimentSpec, db: Db = None) -> pd.DataFrame:
         out = out.assign(_order=out["run_id"].map(order)).sort_values("_order")
         return out[list(EXCLUDED_COLUMNS)].reset_index(drop=True)
 
-    return _with_store(db, work)
+    return with_store(db, work)
 
 
 def exclusion_lines(spec: ExperimentSpec, excluded: pd.DataFrame) -> list[str]:
@@ -246,7 +246,7 @@ def render_report(spec: ExperimentSpec, db: Db, out_dir: str | Path) -> list[Pat
             names = [p.name for p in _render_into(spec, store, df, stage, note)]
         return [out / name for name in names]
 
-    return _with_store(db, work)
+    return with_store(db, work)
 
 
 def _write_plasticity(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path, note: str) -> list[Path]:

@@ -26,7 +26,7 @@ from clbench.metrics import CURVE_DEFINITIONS, curve_summary, old_tasks_accuracy
 from clbench.reports.compare import compare_runs, procedures, t_interval
 from clbench.reports.experiments import ExperimentSpec
 from clbench.reports.fig2 import METHOD_NAMES, mask_title
-from clbench.store.queries import load_curves
+from clbench.store.measures import load_curves
 from clbench.store.store import Store
 
 # metric -> (label, higher is better): what the report compares (the gap is negative for a drop).

@@ -21,7 +21,7 @@ import pandas as pd
 from clbench.files import staged_folder
 from clbench.reports.compare import t_interval
 from clbench.reports.html import _e, _num, _page, _table
-from clbench.store.queries import Db, _with_store, load_runs
+from clbench.store.queries import Db, load_runs, with_store
 from clbench.sweep.tune import TuneResult
 
 TEST_METRICS = ("faa_class_il", "faa_task_il", "forgetting_class_il", "forgetting_task_il")
@@ -92,7 +92,7 @@ def best_summary(result: TuneResult, db: Db) -> BestSummary | None:
     def work(store):
         return load_runs(store, run_id=list(best.run_ids), split="test")
 
-    runs = _with_store(db, work)
+    runs = with_store(db, work)
     runs = runs[runs["status"] == "finished"]
     test = {}
     for metric in TEST_METRICS:

@@ -11,12 +11,14 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import IO, Any
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING, Any
 
 from clbench.files import atomic_file, check_output_file
-from clbench.store.queries import EXPORT_COLUMNS, MATRIX_COLUMNS, Db, load_matrices, load_runs
+
+if TYPE_CHECKING:  # pandas and the queries load with the first export, not with the CLI
+    import pandas as pd
+
+    from clbench.store.queries import Db
 
 EXPORT_FORMATS = ("csv", "json", "parquet")
 
@@ -43,6 +45,8 @@ def export_runs(
             raise ValueError("parquet export needs pyarrow: pip install pyarrow") from None
     if isinstance(out, (str, os.PathLike)):
         check_output_file(out)  # before the database is read: a bad path is one line, at once
+    from clbench.store.queries import EXPORT_COLUMNS, MATRIX_COLUMNS, load_matrices, load_runs  # pandas
+
     if matrices:
         df = load_matrices(db, **filters)[list(MATRIX_COLUMNS)]
     else:

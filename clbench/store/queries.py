@@ -25,17 +25,14 @@ from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.store.connection import in_chunks
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
-from clbench.store.rows import histogram_arrays, histogram_rows
 from clbench.store.schema import (
     ACTIVE_STATUSES,
     SETTINGS,
     SPLITS,
     STATUSES,
     Accuracy,
-    AccuracyCurvePoint,
     Run,
     RunExperiment,
-    TaskPlasticity,
 )
 from clbench.store.store import Store
 from clbench.version import RESULTS_VERSION
@@ -85,7 +82,7 @@ Db = Store | str | os.PathLike | URL | None
 T = TypeVar("T")
 
 
-def _with_store(db: Db, work: Callable[[Store], T]) -> T:
+def with_store(db: Db, work: Callable[[Store], T]) -> T:
     if isinstance(db, Store):
         return work(db)
     with open_store(db, readonly=True) as store:
@@ -234,7 +231,7 @@ def load_runs(
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
     conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id, class_order)
-    rows, labels, matrices = _with_store(
+    rows, labels, matrices = with_store(
         db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method, split))
     )
     now = datetime.now(UTC)
@@ -369,97 +366,9 @@ def load_matrices(db: Db = None, split: str = "test", **filters: Any) -> pd.Data
 
         return store.transaction(query)
 
-    rows = _with_store(db, work)
+    rows = with_store(db, work)
     columns = list(MATRIX_COLUMNS) + ["n_correct", "n_total"]
     return pd.DataFrame.from_records([tuple(r) for r in rows], columns=columns)
-
-
-def load_histograms(db: Db, run_ids: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """The confidence histograms of ``run_ids``: run_id -> kind -> counts ``(T, T, bins)``.
-
-    ``counts[i, j, b]``: after training task i, how many test samples of task j had that softmax
-    probability (kind ``true_class``: of their true class; ``max``: the largest) in bin b, the
-    bins being ``clbench.runs.results.HISTOGRAM_EDGES`` (equal bins over [0, 1]). Runs without
-    histograms (unfinished, or computed before clbench recorded them) are absent.
-    """
-
-    rows = _with_store(db, lambda store: store.transaction(lambda conn: histogram_rows(conn, run_ids)))
-    return histogram_arrays(rows)
-
-
-CURVE_COLUMNS = (
-    "run_id",
-    "split",
-    "step",
-    "task_trained",
-    "on_task",
-    "n_correct",
-    "n_correct_task_il",
-    "n_total",
-    "class_il",
-    "task_il",
-)
-
-
-def load_curves(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
-    """The evaluations during training of ``run_ids`` (runs trained with ``--eval-every``), long format
-    (``CURVE_COLUMNS``): one row per evaluation and seen task, ``step`` the global step (every epoch of
-    every task counted), ``task_trained`` the task being trained, correct answers on ``n_total`` samples
-    of task ``on_task``'s fixed subset, and the accuracies (%) ``class_il`` and ``task_il``. Runs without
-    curves are absent. ``clbench.store.rows.curve_arrays`` turns one run's rows into an ``AccuracyCurve``."""
-
-    def query(conn):
-        rows = []
-        for chunk in in_chunks(list(run_ids)):
-            stmt = select(AccuracyCurvePoint.__table__).where(AccuracyCurvePoint.run_id.in_(chunk))
-            rows += conn.execute(stmt).all()
-        return rows
-
-    rows = _with_store(db, lambda store: store.transaction(query))
-    df = pd.DataFrame.from_records([r._asdict() for r in rows], columns=list(CURVE_COLUMNS[:-2]))
-    df = df.sort_values(["run_id", "step", "on_task"], kind="stable").reset_index(drop=True)
-    df["class_il"] = 100.0 * df["n_correct"].astype("float64") / df["n_total"]
-    df["task_il"] = 100.0 * df["n_correct_task_il"].astype("float64") / df["n_total"]
-    return df
-
-
-PLASTICITY_COLUMNS = (
-    "run_id",
-    "after_task",
-    "diagonal_class_il",
-    "diagonal_task_il",
-    "effective_rank",
-    "dead_fraction",
-)
-
-
-def load_plasticity(db: Db, run_ids: Sequence[str]) -> pd.DataFrame:
-    """Plasticity beside stability after each task of ``run_ids`` (``PLASTICITY_COLUMNS``, long format):
-    the diagonal accuracies A[i][i] (%, class-IL and task-IL) and the effective rank and dead-unit
-    fraction of the penultimate features (``clbench.metrics.PLASTICITY_DEFINITIONS``; NaN for runs
-    stored before clbench measured them)."""
-
-    def query(conn):
-        diag, measures = [], []
-        for chunk in in_chunks(list(run_ids)):
-            stmt = select(Accuracy.run_id, Accuracy.setting, Accuracy.after_task, Accuracy.accuracy).where(
-                Accuracy.run_id.in_(chunk), Accuracy.after_task == Accuracy.on_task
-            )
-            diag += conn.execute(stmt).all()
-            measures += conn.execute(select(TaskPlasticity.__table__).where(TaskPlasticity.run_id.in_(chunk))).all()
-        return diag, measures
-
-    diag, measures = _with_store(db, lambda store: store.transaction(query))
-    cells: dict[tuple[str, int], dict] = {}
-    for r in diag:
-        if r.setting in ("class_il", "task_il"):
-            cells.setdefault((r.run_id, r.after_task), {})[f"diagonal_{r.setting}"] = r.accuracy
-    for r in measures:
-        cell = cells.setdefault((r.run_id, r.after_task), {})
-        cell.update(effective_rank=r.effective_rank, dead_fraction=r.dead_fraction)
-    records = [{"run_id": rid, "after_task": t, **values} for (rid, t), values in sorted(cells.items())]
-    df = pd.DataFrame.from_records(records, columns=list(PLASTICITY_COLUMNS))
-    return df.astype({k: "float64" for k in PLASTICITY_COLUMNS[2:]})
 
 
 def summarize_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -209,27 +209,8 @@ class Store:
         def work(conn):
             serialize_writers(conn)
             ids = [c.identity() for c in configs]
-            existing = {}
-            for chunk in in_chunks(ids):
-                for row in conn.execute(
-                    select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
-                        Run.run_id.in_(chunk)
-                    )
-                ):
-                    existing[row.run_id] = row
-            claimed, held, takeover = [], {}, []
-            for rid in ids:
-                row = existing.get(rid)
-                if row is None:
-                    claimed.append(rid)
-                elif row.status in DONE_STATUSES:
-                    if force:
-                        claimed.append(rid)
-                elif row.status in ACTIVE_STATUSES and row_owner(row) != owner and holder_alive(row, now):
-                    held[rid] = f"{row.host} pid {row.pid}"
-                else:
-                    claimed.append(rid)
-                    takeover.append(rid)
+            existing = _ownership_rows(conn, ids)
+            claimed, held, takeover = _sort_claims(ids, existing, owner, now, force)
             new_rows = [run_columns(c, "pending", owner, now) for c in configs if c.identity() not in existing]
             if new_rows:
                 conn.execute(insert(Run), new_rows)
@@ -427,3 +408,35 @@ class Claim:
 
     claimed: tuple[str, ...]
     held: dict[str, str]
+
+
+def _ownership_rows(conn, ids: list[str]) -> dict:
+    """Run id -> its status and owner's row, for the runs of ``ids`` the registry has."""
+    existing = {}
+    for chunk in in_chunks(ids):
+        for row in conn.execute(
+            select(Run.run_id, Run.status, Run.host, Run.pid, Run.process_start, Run.heartbeat_at).where(
+                Run.run_id.in_(chunk)
+            )
+        ):
+            existing[row.run_id] = row
+    return existing
+
+
+def _sort_claims(ids: list[str], existing: dict, owner: Owner, now, force: bool) -> tuple[list, dict, list]:
+    """``Store.claim``'s decision per run: claimed (new, or taken over: ``takeover``), held by another
+    live process (run id -> who), or left alone (finished or diverged, without ``force``)."""
+    claimed, held, takeover = [], {}, []
+    for rid in ids:
+        row = existing.get(rid)
+        if row is None:
+            claimed.append(rid)
+        elif row.status in DONE_STATUSES:
+            if force:
+                claimed.append(rid)
+        elif row.status in ACTIVE_STATUSES and row_owner(row) != owner and holder_alive(row, now):
+            held[rid] = f"{row.host} pid {row.pid}"
+        else:
+            claimed.append(rid)
+            takeover.append(rid)
+    return claimed, held, takeover

@@ -16,13 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-import torch
-
-from clbench.data.loading import ContinualData, load_benchmark
 from clbench.engine.checkpoint import CheckpointPolicy, checkpoint_key, discard_checkpoint
-from clbench.engine.environment import resolve_device
-from clbench.engine.loop import train_group
 from clbench.engine.progress import Progress, ProgressCallback
 from clbench.runs.config import RunConfig
 from clbench.runs.resolved import ResolvedConfig
@@ -32,6 +28,7 @@ from clbench.store.store import Store
 from clbench.sweep.executors import (
     DataSource,
     Executor,
+    GroupEvent,
     GroupFailed,
     GroupProgress,
     GroupStarted,
@@ -40,7 +37,10 @@ from clbench.sweep.executors import (
     LocalExecutor,
     TrainOptions,
 )
-from clbench.sweep.plan import Plan, describe_group, plan_groups
+from clbench.sweep.plan import Plan, describe_group, plan_sweep
+
+if TYPE_CHECKING:  # a device may be given as torch's; the driver itself never loads torch
+    import torch
 
 # ---------------------------------------------------------------------------------------------
 # What a sweep is
@@ -102,15 +102,16 @@ class SweepOutcome:
     cached: tuple[str, ...]  # run ids reused (done before, or by another process meanwhile)
     wall_s: float
     held: dict[str, str] = field(default_factory=dict)  # run id -> live process computing it instead
+    results: tuple[RunResult, ...] = ()  # without a store (``train_runs``): the computed runs' results
 
 
 def execute(
     plan: Plan,
-    store: Store,
+    store: Store | None,
     *,
     executor: Executor | None = None,
     options: TrainOptions | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     data_dir: str | None = None,
     download: bool = False,
     experiment: str | None = None,
@@ -133,86 +134,132 @@ def execute(
     ``interrupted`` and the exception is re-raised. Finished runs are never touched by an
     interruption.
 
+    ``store=None`` (``train_runs``): nothing is written; the results are returned in
+    ``SweepOutcome.results`` (plan order) and checkpoints are left for the caller to delete.
+
     With ``checkpoint`` (the same as ``options.checkpoint``), each group is checkpointed while it
     trains (``train_group``) and resumes from its checkpoint when the same group is planned again,
     in whichever process trains it (a cluster: the directory must be shared by the nodes); the
     driver deletes a group's checkpoint once its results are committed.
     """
     executor = executor if executor is not None else LocalExecutor()
-    options = options if options is not None else TrainOptions()
-    if checkpoint is not None:
-        if options.checkpoint not in (None, checkpoint):
-            raise ValueError("execute() got two checkpoint policies: checkpoint= and options.checkpoint differ")
-        options = replace(options, checkpoint=checkpoint)
+    options = _with_checkpoint(options if options is not None else TrainOptions(), checkpoint)
     executor.check_device(device)  # before anything is written
     if plan.to_run:  # connect (and check the cluster) before claiming runs
         executor.start()
-    owner = Owner.current()
-    started = time.perf_counter()
-    claim = store.claim(
-        [r.config for r in plan.to_run],
-        owner,
-        experiment=experiment,
-        tag=[r.config for r in plan.cached],
-        force=plan.force,
-    )
-    # Another live process computes the held runs; those neither claimed nor held were finished by
-    # another process since the plan was made. Either way, not here.
-    elsewhere = {r.run_id for r in plan.to_run} - set(claim.claimed)
-    done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
-    plan = _without(plan, elsewhere)
-    tracker = _Tracker(plan, started)
-    groups = _group_tasks(plan, store.recorded_jobs(claim.claimed) if plan.runs else {})
-    unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]
-
-    def report(event: str, group: int, **extra) -> None:
-        if progress is not None:
-            progress(tracker.snapshot(event, group, **extra))
-
-    def on_train(p: GroupProgress) -> None:
-        if tracker.train(p.group, p.train):
-            running = tracker.running[p.group]
-            report("train", p.group, train=p.train, where=running.where, attempt=running.attempt)
-
-    heartbeat = Heartbeat(store, owner)
+    sweep = _Sweep(plan, store, experiment, progress)
+    heartbeat = Heartbeat(store, sweep.owner) if store is not None else None
     try:
+        groups = sweep.groups()
         source = DataSource(data_dir, download)
-        events = executor.run(groups, source, options, device, progress=on_train) if groups else _no_events()
+        events = executor.run(groups, source, options, device, progress=sweep.on_train) if groups else _no_events()
         with contextlib.closing(events):  # closing it early (an exception here) cancels what is not done
             for event in events:
-                ids = tracker.run_ids(event.group)
-                if isinstance(event, GroupSubmitted):
-                    store.record_job(ids, owner, event.job)
-                    continue
-                if isinstance(event, GroupStarted):
-                    store.mark_running(ids, owner)
-                    tracker.start(event)
-                    report("group_start", event.group, where=event.where, attempt=event.attempt, note=event.note)
-                    continue
-                if not event.ok:
-                    where = f"on {event.where}: " if event.where else ""
-                    store.mark_failed(ids, owner, f"{where}{event.detail or event.error}")
-                    raise GroupFailed(event, tracker.labels[event.group], len(groups))
-                store.save_results(event.results, owner)
-                if options.checkpoint is not None:
-                    discard_checkpoint(options.checkpoint.directory, checkpoint_key(ids))
-                tracker.done(event.group)
-                done = set(ids)
-                unfinished = [rid for rid in unfinished if rid not in done]
-                report("group_done", event.group, where=event.where)
-                if on_group_done is not None:
-                    on_group_done(list(event.results))
+                results = sweep.handle(event, options.checkpoint)
+                if results is not None and on_group_done is not None:
+                    on_group_done(results)
     except BaseException:
-        _record_stop(store, owner, unfinished)
+        sweep.record_stop()
         raise
     finally:
-        heartbeat.stop()
-    return SweepOutcome(
-        tuple(tracker.computed),
-        tuple(r.run_id for r in plan.cached) + done_elsewhere,
-        time.perf_counter() - started,
-        claim.held,
-    )
+        if heartbeat is not None:
+            heartbeat.stop()
+    return sweep.outcome()
+
+
+def _with_checkpoint(options: TrainOptions, checkpoint: CheckpointPolicy | None) -> TrainOptions:
+    if checkpoint is None:
+        return options
+    if options.checkpoint not in (None, checkpoint):
+        raise ValueError("execute() got two checkpoint policies: checkpoint= and options.checkpoint differ")
+    return replace(options, checkpoint=checkpoint)
+
+
+class _Sweep:
+    """One ``execute`` in flight: the runs it claimed, what its events did to them and to the store."""
+
+    def __init__(self, plan: Plan, store: Store | None, experiment: str | None, progress: Callable | None) -> None:
+        self.store, self.progress = store, progress
+        self.owner = Owner.current()
+        self.started = time.perf_counter()
+        self.held: dict[str, str] = {}
+        self.jobs: dict[str, str] = {}  # run id -> the cluster job an earlier driver submitted for it
+        self.done_elsewhere: tuple[str, ...] = ()
+        if store is not None:
+            claim = store.claim(
+                [r.config for r in plan.to_run],
+                self.owner,
+                experiment=experiment,
+                tag=[r.config for r in plan.cached],
+                force=plan.force,
+            )
+            # Another live process computes the held runs; those neither claimed nor held were
+            # finished by another process since the plan was made. Either way, not here.
+            elsewhere = {r.run_id for r in plan.to_run} - set(claim.claimed)
+            self.done_elsewhere = tuple(sorted(elsewhere - set(claim.held)))
+            self.held = claim.held
+            plan = _without(plan, elsewhere)
+            self.jobs = store.recorded_jobs(claim.claimed) if plan.runs else {}
+        self.plan = plan
+        self.tracker = _Tracker(plan, self.started)
+        self.unfinished = [plan.runs[i].run_id for group in plan.groups for i in group]
+        self.results: dict[str, RunResult] = {}
+
+    def groups(self) -> list[GroupTask]:
+        return _group_tasks(self.plan, self.jobs)
+
+    def report(self, event: str, group: int, **extra) -> None:
+        if self.progress is not None:
+            self.progress(self.tracker.snapshot(event, group, **extra))
+
+    def on_train(self, p: GroupProgress) -> None:
+        if self.tracker.train(p.group, p.train):
+            running = self.tracker.running[p.group]
+            self.report("train", p.group, train=p.train, where=running.where, attempt=running.attempt)
+
+    def handle(self, event: GroupEvent, checkpoint: CheckpointPolicy | None) -> list[RunResult] | None:
+        """Record one executor event; a finished group's results (else ``None``)."""
+        ids = self.tracker.run_ids(event.group)
+        if isinstance(event, GroupSubmitted):
+            if self.store is not None:
+                self.store.record_job(ids, self.owner, event.job)
+            return None
+        if isinstance(event, GroupStarted):
+            if self.store is not None:
+                self.store.mark_running(ids, self.owner)
+            self.tracker.start(event)
+            self.report("group_start", event.group, where=event.where, attempt=event.attempt, note=event.note)
+            return None
+        if not event.ok:
+            if self.store is not None:
+                where = f"on {event.where}: " if event.where else ""
+                self.store.mark_failed(ids, self.owner, f"{where}{event.detail or event.error}")
+            raise GroupFailed(event, self.tracker.labels[event.group], len(self.plan.groups)) from event.exception
+        if self.store is not None:
+            self.store.save_results(event.results, self.owner)
+            if checkpoint is not None:
+                discard_checkpoint(checkpoint.directory, checkpoint_key(ids))
+        else:
+            self.results.update((r.config.identity(), r) for r in event.results)
+        self.tracker.done(event.group)
+        done = set(ids)
+        self.unfinished = [rid for rid in self.unfinished if rid not in done]
+        self.report("group_done", event.group, where=event.where)
+        return list(event.results)
+
+    def record_stop(self) -> None:
+        if self.store is not None:
+            _record_stop(self.store, self.owner, self.unfinished)
+
+    def outcome(self) -> SweepOutcome:
+        computed = tuple(self.tracker.computed)
+        return SweepOutcome(
+            computed,
+            tuple(r.run_id for r in self.plan.cached) + self.done_elsewhere,
+            time.perf_counter() - self.started,
+            self.held,
+            results=tuple(self.results[i] for i in computed if i in self.results),
+        )
 
 
 def _group_tasks(plan: Plan, jobs: dict[str, str]) -> list[GroupTask]:
@@ -344,32 +391,38 @@ def train_runs(
     on_group_done: Callable[[list[RunResult]], None] | None = None,
     checkpoint: CheckpointPolicy | None = None,
 ) -> list[RunResult]:
-    """Resolve, group and train runs; results in the order of ``configs``.
+    """Resolve, group and train runs; results in the order of ``configs`` (a run given twice is
+    trained once). The path of ``clbench run`` (``plan_sweep``, then ``execute`` with the local
+    executor) without a store: nothing is written, and a group that raises raises its exception.
 
     ``on_group_done`` receives each group's results as soon as the group finishes, so a caller can
     persist them before the next group starts (an interruption then loses only the running group).
+    ``checkpoint``: groups are checkpointed while they train and resume from their checkpoints;
+    deleting a checkpoint once its results are kept is the caller's
+    (``clbench.engine.checkpoint.discard_checkpoint``).
     """
     resolved = [c.resolve() if isinstance(c, RunConfig) else c for c in configs]
-    dev = resolve_device(device)
-    results: list[RunResult | None] = [None] * len(resolved)
-    loaded: dict[tuple, ContinualData] = {}
-    for members in plan_groups(resolved, max_group_size):
-        c0 = resolved[members[0]]
-        data_key = (c0.benchmark, c0.synthetic, c0.class_order_seed)
-        if data_key not in loaded:
-            loaded[data_key] = load_benchmark(
-                c0.benchmark,
-                data_dir=data_dir,
-                download=download,
-                class_order_seed=c0.class_order_seed,
-                synthetic=c0.synthetic,
-                device=dev,
-            )
-        group_results = train_group(
-            [resolved[i] for i in members], loaded[data_key], progress=progress, checkpoint=checkpoint
+    plan = plan_sweep(resolved, None, max_group_size=max_group_size)
+
+    def on_progress(p: SweepProgress) -> None:
+        if p.event == "train" and p.train is not None:
+            progress(p.train)
+
+    try:
+        outcome = execute(
+            plan,
+            None,
+            executor=LocalExecutor(),
+            device=device,
+            data_dir=data_dir,
+            download=download,
+            progress=on_progress if progress is not None else None,
+            on_group_done=on_group_done,
+            checkpoint=checkpoint,
         )
-        for i, res in zip(members, group_results):
-            results[i] = res
-        if on_group_done is not None:
-            on_group_done(group_results)
-    return [r for r in results if r is not None]
+    except GroupFailed as exc:
+        if exc.__cause__ is None:
+            raise
+        raise exc.__cause__ from None  # the group's own exception, as training raised it
+    by_id = {r.config.identity(): r for r in outcome.results}
+    return [by_id[c.identity()] for c in resolved]

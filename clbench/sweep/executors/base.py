@@ -18,19 +18,19 @@ import abc
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from clbench.data.loading import ContinualData, load_benchmark
 from clbench.engine.checkpoint import CheckpointPolicy
-from clbench.engine.environment import resolve_device
-from clbench.engine.loop import train_group
 from clbench.engine.progress import Progress
 from clbench.errors import first_line
 from clbench.runs.resolved import ResolvedConfig
-from clbench.runs.results import RunResult
+
+if TYPE_CHECKING:  # the training side loads when a group trains: planning and listing need no torch
+    import torch
+
+    from clbench.data.loading import ContinualData
+    from clbench.runs.results import RunResult
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def compute_group(
     progress: Callable[[Progress], None] | None = None,
 ) -> list[RunResult]:
     """The unit of work: one lockstep group's results, a function of its inputs alone."""
+    from clbench.engine.loop import train_group  # torch loads with the first group
+
     return train_group(list(configs), data, progress=progress, **options.train_group_kwargs())
 
 
@@ -88,6 +90,8 @@ class DataSource:
     download: bool = False
 
     def load(self, group: GroupTask, device: torch.device | str = "cpu") -> ContinualData:
+        from clbench.data.loading import load_benchmark  # torch loads with the first group
+
         benchmark, synthetic, class_order_seed = group.data_key
         return load_benchmark(
             benchmark,
@@ -136,6 +140,9 @@ class GroupOutcome:
     where: str = ""
     error: str | None = None  # one line, e.g. "RuntimeError: CUDA out of memory"
     detail: str | None = None  # the traceback, from the process that raised
+    # The exception itself where it was raised in this process (the local executor), so that a
+    # caller without a store (``train_runs``) can raise it as it was; never sent between processes.
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -146,10 +153,16 @@ GroupEvent = GroupSubmitted | GroupStarted | GroupOutcome
 ProgressSink = Callable[[GroupProgress], None]
 
 
-def failed(group: int, exc: BaseException, where: str = "") -> GroupOutcome:
-    """The outcome of a group whose training raised ``exc`` (call it in the ``except`` block)."""
+def failed(group: int, exc: BaseException, where: str = "", keep: bool = False) -> GroupOutcome:
+    """The outcome of a group whose training raised ``exc`` (call it in the ``except`` block);
+    ``keep``: the outcome holds ``exc`` itself (only where it stays in this process)."""
     return GroupOutcome(
-        group, None, where, error=first_line(exc, with_type=True), detail="".join(traceback.format_exception(exc))
+        group,
+        None,
+        where,
+        error=first_line(exc, with_type=True),
+        detail="".join(traceback.format_exception(exc)),
+        exception=exc if keep else None,
     )
 
 
@@ -187,6 +200,8 @@ class Executor(abc.ABC):
     def check_device(self, device: str) -> None:
         """Raise ``ValueError`` (one line) if groups cannot train on ``device`` with this executor.
         Here: the device must exist in this process (``resolve_device``)."""
+        from clbench.engine.environment import resolve_device  # torch: only to train
+
         resolve_device(device)
 
     @abc.abstractmethod

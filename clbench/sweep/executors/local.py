@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import torch
-
-from clbench.engine.environment import resolve_device
 from clbench.engine.progress import Progress
 from clbench.sweep.executors.base import (
     DataSource,
@@ -53,6 +50,10 @@ class LocalExecutor(Executor):
         device: str,
         progress: ProgressSink | None = None,
     ) -> Iterator[GroupEvent]:
+        import torch  # torch loads when a group trains, not when a sweep is planned
+
+        from clbench.engine.environment import resolve_device
+
         dev = resolve_device(device)
         threads_before = torch.get_num_threads()
         if isinstance(self.threads, int):
@@ -69,7 +70,7 @@ class LocalExecutor(Executor):
                         data_key = group.data_key
                 except Exception as exc:  # noqa: BLE001 - reported as the group's outcome
                     yield GroupStarted(group.index, "")
-                    yield failed(group.index, exc)
+                    yield failed(group.index, exc, keep=True)
                     continue
                 if chooser is not None:  # after loading: the look spans it (two processes load at once)
                     choice = chooser.look()
@@ -87,7 +88,7 @@ class LocalExecutor(Executor):
 
                     results = compute_group(group.configs, data, options, progress=report)
                 except Exception as exc:  # noqa: BLE001 - reported as the group's outcome
-                    outcome = failed(group.index, exc)
+                    outcome = failed(group.index, exc, keep=True)
                 else:
                     outcome = GroupOutcome(group.index, tuple(results))
                 yield outcome
