@@ -141,7 +141,7 @@ def test_the_sweep_progress_knows_what_runs_and_what_is_queued(tmp_path):
 def _token_when_released(folder, barrier):
     from clbench.sweep.executors.slurm import _job_folder_token
 
-    barrier.wait()
+    barrier.wait(timeout=120)
     return _job_folder_token(folder)
 
 
@@ -152,10 +152,10 @@ def test_drivers_starting_together_on_one_job_folder_agree_on_its_marker(tmp_pat
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = mp.get_context("fork")
-    with ProcessPoolExecutor(8, mp_context=ctx) as pool:
+    ctx = mp.get_context("spawn")  # not fork: the test process may hold threads (a full run's)
+    with ProcessPoolExecutor(8, mp_context=ctx) as pool, ctx.Manager() as manager:
         for attempt in range(15):
-            barrier = ctx.Manager().Barrier(8)
+            barrier = manager.Barrier(8)
             folder = tmp_path / f"jobs{attempt}"
             tokens = list(pool.map(_token_when_released, [folder] * 8, [barrier] * 8))
             assert len(set(tokens)) == 1, tokens

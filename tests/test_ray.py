@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -287,8 +288,16 @@ def test_a_sweep_runs_on_both_nodes_and_equals_the_local_executor_bit_for_bit(cl
     assert sorted(int(g) for g, *_ in groups) == list(range(1, N_GROUPS + 1)), done.stderr  # each saved once
     assert len({node for _, _, node, _ in groups}) == 2, f"the groups ran on one node only:\n{done.stderr}"
     assert_same_results(db, reference)
-    # The registry was written by the driver alone: every run's host is the driver's, with its pid.
-    assert load_runs(db)["host"].nunique() == 1
+    # The registry was written by the driver alone: every run is owned by one process, on this machine,
+    # and it is none of the workers that trained the groups.
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        owners = set(conn.execute("SELECT host, pid FROM runs").fetchall())
+    workers = {int(pid) for *_, pid in groups}
+    assert len(owners) == 1 and len(workers) >= 2, (owners, workers)
+    ((host, pid),) = owners
+    assert host == socket.gethostname() and pid not in workers, (owners, workers)
 
 
 def _checkpoint_keys() -> list[str]:
@@ -372,6 +381,84 @@ def test_ctrl_c_cancels_the_cluster_work_keeps_finished_runs_and_a_rerun_compute
     assert_same_results(db, reference)
 
 
+def test_sigterm_then_kill_9_of_the_driver_keep_what_finished_and_a_rerun_computes_the_rest(
+    cluster, reference, tmp_path
+):
+    """A scheduler's SIGTERM stops the sweep as Ctrl-C does; a driver killed with -9 leaves no work
+    running in the cluster, and the next run takes over its runs (issue 23, section 3)."""
+    db = tmp_path / "ray.db"
+    proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db))
+    lines = Lines(proc)
+    try:
+        lines.wait_for(DONE)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "interrupted:" in lines.text and "Traceback" not in lines.text, lines.text
+    finished = _statuses(db).get("finished", 0)
+    assert 0 < finished < N_RUNS
+    _wait_idle(cluster)
+    # Again, killed with -9 while a group trains: nothing is said, nothing can be; the cluster stops its work.
+    proc = cluster.clbench_popen("run", *SWEEP, "--db", str(db))
+    lines = Lines(proc)
+    try:
+        lines.wait_for(STARTED)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait_idle(cluster, timeout=60)
+    rerun = cluster.clbench("run", *SWEEP, "--db", str(db))
+    assert rerun.returncode == 0, rerun.stderr
+    assert _statuses(db) == {"finished": N_RUNS}
+    assert_same_results(db, reference)
+
+
+def _wait_idle(cluster, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.ns.busy_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not cluster.ns.busy_workers(), "a group still runs in the cluster"
+
+
+EXPERIMENT = """kind = "fig4"
+benchmark = "synthetic"
+methods = ["er"]
+masks = ["none", "-inf"]
+buffers = [50]
+seeds = 2
+[overrides]
+synthetic = { train_per_class = 500, test_per_class = 50 }
+"""
+
+
+def test_report_trains_on_the_cluster_and_renders_what_the_local_executor_renders(cluster, tmp_path):
+    """`clbench report --executor ray` end to end: the experiment's runs train on the cluster and its
+    data files equal those of the same report computed by the local executor."""
+    experiment = tmp_path / "tiny.toml"
+    experiment.write_text(EXPERIMENT)
+    done = cluster.clbench("report", str(experiment), "--db", str(tmp_path / "ray.db"), "--out", str(tmp_path / "ray"))
+    assert done.returncode == 0, done.stderr
+    assert DONE.search(done.stderr), done.stderr  # trained by cluster workers
+    local = subprocess.run(
+        [str(CLBENCH), "report", str(experiment), "--threads", "1", "--db", str(tmp_path / "local.db")]
+        + ["--out", str(tmp_path / "local")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert local.returncode == 0, local.stderr
+    data = sorted(p.name for p in (tmp_path / "local").glob("*.csv"))
+    assert data, list((tmp_path / "local").iterdir())
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.csv")) == data
+    for name in data:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
 PROGRESS = """
 import json, sys
 from clbench.sweep.executors.ray import RayExecutor
@@ -392,15 +479,34 @@ print(json.dumps([dict(event=p.event, group=p.group, where=p.where, running=[r.w
 """
 
 CHECK_VERSIONS = """
-import sys, torch, ray
+import os, sys, torch, ray
+from pathlib import Path
 from clbench.sweep.executors import ExecutorUnavailable
-from clbench.sweep.executors.ray import check_node_versions
+from clbench.sweep.executors.ray import _node_report, check_node_versions
 ray.init(address=sys.argv[1], logging_level="ERROR")
 print(len(check_node_versions()), "nodes agree")
 try:
     check_node_versions({"clbench": "0.0.1", "torch": torch.__version__})
 except ExecutorUnavailable as exc:
     print("refused:", exc)
+folder = sys.argv[2]
+
+def crash_once():  # the worker dies the first time it checks its node, as a killed worker would
+    marker = Path(folder) / ray.get_runtime_context().get_node_id()
+    if not marker.exists():
+        marker.write_text("crashed")
+        os._exit(1)
+    return _node_report()
+
+print(len(check_node_versions(probe=crash_once)), "nodes agree after", len(os.listdir(folder)), "crashes")
+
+def always_crash():
+    os._exit(1)
+
+try:
+    check_node_versions(probe=always_crash)
+except ExecutorUnavailable as exc:
+    print("crashing:", exc)
 """
 
 
@@ -449,12 +555,17 @@ def test_two_drivers_sharing_one_registry_compute_each_run_once(cluster, tmp_pat
     assert sum(saved) == 12, err_a + err_b
 
 
-def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluster):
+def test_every_node_is_checked_for_the_drivers_clbench_code_and_torch(cluster, tmp_path):
+    """Nodes must run the driver's code (its version, results version and source digest) and torch;
+    a worker that dies during the check is asked again, and only repeated deaths refuse the cluster
+    (issue 23, section 3: a worker killed during the check failed the whole sweep)."""
     import torch
 
-    import clbench
+    from clbench.version import code_identity
 
-    done = cluster.python(CHECK_VERSIONS)
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    done = cluster.python(CHECK_VERSIONS, str(crashes), timeout=240)
     assert done.returncode == 0, done.stderr
     assert "2 nodes agree" in done.stdout
     refused = [line for line in done.stdout.splitlines() if line.startswith("refused:")]
@@ -462,12 +573,32 @@ def test_every_node_is_checked_for_the_drivers_clbench_and_torch_versions(cluste
     line = refused[0]
     assert re.search(
         r"node \S+ \(127\.0\.0\.1, node \w{8}\) runs clbench "
-        + re.escape(clbench.__version__)
+        + re.escape(code_identity())
         + " with torch "
         + re.escape(torch.__version__),
         line,
     ), line
     assert "this driver runs clbench 0.0.1 with torch " + torch.__version__ in line, line
+    assert "2 nodes agree after 2 crashes" in done.stdout, done.stdout + done.stderr
+    crashing = [line for line in done.stdout.splitlines() if line.startswith("crashing:")]
+    assert len(crashing) == 1 and "died 3 times (WorkerCrashedError" in crashing[0], done.stdout
+
+
+def test_the_code_identity_changes_with_any_source_but_not_with_where_it_lies(tmp_path):
+    """Two installs of the same clbench version whose code differs do not agree (a node running the
+    code from before a results change used to pass the check, which compared only "0.1.0")."""
+    import shutil
+
+    import clbench
+    from clbench.version import source_digest
+
+    package = Path(clbench.__file__).parent
+    a, b = tmp_path / "a" / "clbench", tmp_path / "b" / "clbench"
+    shutil.copytree(package, a, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(package, b, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_digest(a) == source_digest(b) == source_digest(package)
+    (b / "engine" / "loop.py").write_text((b / "engine" / "loop.py").read_text() + "\n# a change\n")
+    assert source_digest(a) != source_digest(b)
 
 
 FAILING_GROUP = """

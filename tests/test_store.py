@@ -345,7 +345,7 @@ def test_finished_runs_are_cached_and_force_recomputes(db_url):
 
 
 def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monkeypatch):
-    import clbench.sweep.executors.base as unit_of_work
+    import clbench.engine.loop as unit_of_work  # compute_group imports train_group from here at each group
 
     real_train_group = unit_of_work.train_group
     calls = []
@@ -371,7 +371,7 @@ def test_a_failing_group_is_marked_failed_and_the_rest_interrupted(db_url, monke
 
 
 def test_keyboard_interrupt_keeps_finished_groups(db_url, monkeypatch):
-    import clbench.sweep.executors.base as unit_of_work
+    import clbench.engine.loop as unit_of_work  # compute_group imports train_group from here at each group
 
     real_train_group = unit_of_work.train_group
 

@@ -32,7 +32,7 @@ README_EXAMPLE = textwrap.dedent('''\
     class ERLabelSmoothing(ER):
         name = "er_ls"  # its name in tables and filters
         options = {"smoothing": 0.1}  # --option smoothing=0.2
-        option_ranges = {"smoothing": "0..1"}  # checked before any run: ">= LOW", "> LOW" or "LOW..HIGH"
+        option_ranges = {"smoothing": "0..1"}  # checked before any run: ">= LOW", "> LOW", "LOW..HIGH" or "LOW..<HIGH"
         mask_acts_on = ("stream",)  # the general mask acts on the stream's cross-entropy only
         loss_terms_names = ("ce", "replay_smooth_ce")
 
@@ -225,3 +225,19 @@ def test_an_installed_entry_point_is_a_method(tmp_path, monkeypatch):
     assert result.config.identity() == cfg.identity()
     with pytest.raises(ValueError, match=r"installed \(clbench.methods\): smooth_er"):
         find_method("nothing_like_it")
+
+
+def test_a_method_file_missing_where_a_group_trains_says_every_node_needs_it(method_file, tmp_path):
+    """A run planned on one machine and trained on another (a Ray worker, a SLURM job) needs the file
+    at the same path there (issue 23, section 3): the group's error says so, naming the machine."""
+    import socket
+
+    moved = tmp_path / "elsewhere.py"
+    moved.write_text(method_file.read_text())
+    planned = synthetic_config(f"{moved}:ERLabelSmoothing", buffer=20).resolve()
+    moved.unlink()  # as on a node without it
+    with pytest.raises(ValueError) as caught:
+        planned.method_instance()
+    message = str(caught.value)
+    assert f"the method file {moved} of " in message and socket.gethostname() in message, message
+    assert "same path on every machine that trains" in message and "\n" not in message, message

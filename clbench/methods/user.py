@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Sequence
@@ -257,6 +258,12 @@ def load_method(name: str, source: str | None = None, sha256: str | None = None)
     if source is None:
         return method_class(name)()
     spec = source[len(_ENTRY_PREFIX) :] if source.startswith(_ENTRY_PREFIX) else source
+    path = spec.rpartition(":")[0]
+    if not source.startswith(_ENTRY_PREFIX) and not Path(path).is_file():
+        raise ValueError(
+            f"the method file {path} of {name} is not on this machine ({socket.gethostname()}): a method of "
+            "your own must lie at the same path on every machine that trains (shared storage, or a copy there)"
+        )
     ref = find_method(spec)
     if sha256 is not None and ref.sha256 != sha256:
         raise ValueError(

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,13 +47,15 @@ from clbench.sweep.executors.base import (
     compute_group,
     failed,
 )
-from clbench.version import __version__
+from clbench.version import code_identity
 
 INSTALL_HINT = "pip install -e '.[ray]'"
 CHECKED_PACKAGES = ("clbench", "torch")
 _POLL_S = 0.2  # how often the driver looks for finished groups and progress while it waits
 _REPORT_EVERY_S = 0.25  # a worker forwards at most this often a training report (phase changes always)
 _VERSION_CHECK_TIMEOUT_S = 180.0
+_CANCEL_GRACE_S = 5.0  # a cancelled group's time to stop before its worker is killed
+_VERSION_CHECK_ATTEMPTS = 3  # a worker that dies during the node check is asked again, as for a group
 _CONNECT_TIMEOUT_S = 15.0
 
 
@@ -86,8 +88,9 @@ def parse_ray_address(address: str | None) -> str | None:
 
 
 def local_versions() -> dict[str, str]:
-    """What every node must agree on with the driver."""
-    return {"clbench": __version__, "torch": torch.__version__}
+    """What every node must agree on with the driver: clbench's code (``version.code_identity``: a
+    node running other code under the same version number is refused) and torch."""
+    return {"clbench": code_identity(), "torch": torch.__version__}
 
 
 def _node_report() -> dict[str, str]:
@@ -110,40 +113,28 @@ def _versions_text(versions: Mapping[str, str]) -> str:
 
 
 def check_node_versions(
-    expected: Mapping[str, str] | None = None, timeout_s: float = _VERSION_CHECK_TIMEOUT_S
+    expected: Mapping[str, str] | None = None,
+    timeout_s: float = _VERSION_CHECK_TIMEOUT_S,
+    *,
+    probe: Callable[[], dict[str, str]] = _node_report,
 ) -> list[dict[str, str]]:
-    """Ask every live node of the connected cluster, with a tiny task pinned to it, which clbench and
-    torch it runs; raise :class:`ExecutorUnavailable` naming the first node that differs from
-    ``expected`` (default: this process's versions, :func:`local_versions`). Returns the reports."""
+    """Ask every live node of the connected cluster, with a tiny task pinned to it, which clbench code
+    and torch it runs; raise :class:`ExecutorUnavailable` naming the first node that differs from
+    ``expected`` (default: this process's, :func:`local_versions`). A worker that dies during the
+    check is asked again (``_VERSION_CHECK_ATTEMPTS`` in all), as a group's would be; a node that
+    leaves the cluster meanwhile is skipped (nothing will be scheduled there). ``probe`` is what runs
+    on each node. Returns the reports."""
     ray = require_ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     expected = dict(expected or local_versions())
-    probe = ray.remote(_node_report)
+    remote = ray.remote(probe)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [
-        probe.options(
-            num_cpus=0,
-            max_retries=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False),
-        ).remote()
-        for n in nodes
-    ]
+    refs = [_probe_on(remote, node) for node in nodes]
     deadline = time.monotonic() + timeout_s
     reports = []
     for node, ref in zip(nodes, refs):
-        try:
-            report = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
-        except ray.exceptions.GetTimeoutError:
-            raise ExecutorUnavailable(
-                f"node {_node_name(node)} did not answer the version check within {timeout_s:.0f} s"
-            ) from None
-        except ray.exceptions.RayError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            raise ExecutorUnavailable(
-                f"node {_node_name(node)} cannot run clbench ({first_line(cause, with_type=True)}): install "
-                f"clbench {expected['clbench']} with torch {expected['torch']} there"
-            ) from None
+        report = _node_answer(ray, remote, node, ref, deadline, timeout_s, expected)
+        if report is None:
+            continue
         differs = [name for name in CHECKED_PACKAGES if report.get(name) != expected.get(name)]
         if differs:
             raise ExecutorUnavailable(
@@ -152,6 +143,44 @@ def check_node_versions(
             )
         reports.append(report)
     return reports
+
+
+def _probe_on(remote, node: Mapping[str, Any]):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+    return remote.options(num_cpus=0, max_retries=0, scheduling_strategy=strategy).remote()
+
+
+def _node_answer(ray, remote, node, ref, deadline: float, timeout_s: float, expected) -> dict[str, str] | None:
+    """One node's report, its worker asked again if it dies; ``None`` if the node left the cluster."""
+    for attempt in range(1, _VERSION_CHECK_ATTEMPTS + 1):
+        try:
+            return ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise ExecutorUnavailable(
+                f"node {_node_name(node)} did not answer the version check within {timeout_s:.0f} s"
+            ) from None
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+            if not _alive(ray, node["NodeID"]):
+                return None
+            if attempt == _VERSION_CHECK_ATTEMPTS:
+                raise ExecutorUnavailable(
+                    f"node {_node_name(node)}: the worker running the version check died {attempt} times "
+                    f"({first_line(exc, with_type=True)}); see the node's Ray logs"
+                ) from None
+            ref = _probe_on(remote, node)
+        except ray.exceptions.RayError as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise ExecutorUnavailable(
+                f"node {_node_name(node)} cannot run clbench ({first_line(cause, with_type=True)}): install "
+                f"clbench {expected['clbench']} with torch {expected['torch']} there"
+            ) from None
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def _alive(ray, node_id: str) -> bool:
+    return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
 
 
 def _reachable(address: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
@@ -225,6 +254,25 @@ def _train_on_worker(
     except Exception as exc:  # noqa: BLE001 - returned as the group's outcome, never retried
         return failed(group.index, exc, where)
     return GroupOutcome(group.index, tuple(results), where)
+
+
+def _cancel(ray, refs: list) -> None:
+    """Stop the groups still in the cluster: first as Ctrl-C would (a KeyboardInterrupt in the task;
+    its worker lives on), then, for any still running after ``_CANCEL_GRACE_S``, by killing the
+    worker. Killing first raced with Ray's own retry of a task whose worker died (a CHECK failure
+    inside Ray's task manager seen once in CI on Ctrl-C)."""
+    for force in (False, True):
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=force)
+            except Exception:  # noqa: BLE001 - already done, or its node is gone
+                pass
+        if force or not refs:
+            return
+        try:
+            _, refs = ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_GRACE_S)
+        except Exception:  # noqa: BLE001 - the cluster is going away: nothing left to stop
+            return
 
 
 class RayExecutor(Executor):
@@ -424,11 +472,7 @@ class RayExecutor(Executor):
                         yield GroupStarted(group.index, outcome.where)
                     yield outcome
         finally:
-            for ref in pending:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - already done, or its node is gone
-                    pass
+            _cancel(ray, list(pending))
 
     def _drain(self, token: str, attempts: dict[int, int], progress: ProgressSink | None):
         """Yield the start events the workers reported, forward their latest training reports to

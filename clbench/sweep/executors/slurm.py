@@ -59,7 +59,7 @@ from clbench.sweep.executors.base import (
     compute_group,
     failed,
 )
-from clbench.version import __version__
+from clbench.version import code_identity
 
 INSTALL_HINT = "pip install -e '.[slurm]'"
 PROCESS_MB = 1024  # the Python process around a group: interpreter, torch's libraries, submitit
@@ -180,7 +180,7 @@ def _job_folder_token(folder: Path) -> str:
 
 
 def _versions() -> tuple[tuple[str, str], ...]:
-    return (("clbench", __version__), ("torch", torch.__version__))
+    return (("clbench", code_identity()), ("torch", torch.__version__))
 
 
 def _train_in_job(group: GroupTask, inputs: _JobInputs) -> GroupOutcome:
