@@ -1,5 +1,6 @@
 """An exception as the one line a person reads (the first line of its message), for every error
-clbench reports: bad input, a damaged database, a failed group, an unreadable checkpoint."""
+clbench reports: bad input, a damaged database, a failed group, an unreadable checkpoint; and
+``StoreError``, here so that the command line can name it without loading a database driver."""
 
 from __future__ import annotations
 
@@ -15,3 +16,10 @@ def first_line(exc: BaseException, *, with_type: bool = False, limit: int | None
     if not line:
         return type(exc).__name__
     return f"{type(exc).__name__}: {line}" if with_type else line
+
+
+class StoreError(Exception):
+    """The database cannot be used: unreachable, not a clbench database, another schema version.
+
+    The message is one line meant for the person running clbench.
+    """

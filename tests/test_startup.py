@@ -116,3 +116,28 @@ def test_the_probe_sees_torch_where_it_is_imported(tmp_path):
     """The check can fail: a command that trains (a dry run checks the device) loads torch."""
     loaded = loaded_by(["run", "--dry-run", "--db", str(tmp_path / "x.db")], tmp_path)
     assert "torch" in loaded
+
+
+def test_help_loads_no_database_driver_nor_numpy(tmp_path):
+    """`clbench --help` and a bare `clbench` list the commands from their summaries: no command's
+    module, SQLAlchemy, numpy or pandas is loaded (issue 19, item 6: start-up under 0.5 s)."""
+    probe = PROBE.replace('m == "torch" or m.startswith(("torch.", "clbench.engine"))', "True")
+    for args in (["--help"], []):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        loaded = set(json.loads(proc.stdout.strip().splitlines()[-1])["loaded"])
+        heavy = {m.split(".")[0] for m in loaded} & {"sqlalchemy", "numpy", "pandas", "torch", "matplotlib"}
+        assert not heavy, (args, heavy)
+        assert not loaded & {f"clbench.cli.{m}" for m in ("run", "browse", "report", "compare", "tune", "common")}
+
+
+def test_each_command_summary_is_the_first_paragraph_of_its_docstring():
+    """The summaries `clbench --help` prints without importing the commands are theirs."""
+    import inspect
+
+    from clbench.cli import COMMANDS, command_function
+
+    for name, (_, _, summary) in COMMANDS.items():
+        first = inspect.getdoc(command_function(name)).split("\n\n")[0]
+        assert " ".join(first.split()) == summary, name

@@ -9,18 +9,22 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from sqlalchemy.engine import URL
 
-from clbench.data.sources import DataNotFoundError, locate
 from clbench.data.specs import get_benchmark
 from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, checkpoint_directory, parse_duration
+from clbench.errors import StoreError
 from clbench.files import OutputError, probe_output_folder
 from clbench.runs.checks import INT_MAX, InvalidValue, check_label, check_whole
-from clbench.store.connection import StoreError, is_in_memory, resolve_db_url, sqlite_path
-from clbench.store.opening import inspect_db
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+# The store's and the data readers' modules (SQLAlchemy, numpy) are imported where they are used:
+# a command that only prints its help must not wait for them.
 
 
 class UsageProblem(Exception):
@@ -73,6 +77,8 @@ def checkpoint_policy(db_url, every: str, directory: Path | None, training: bool
         raise UsageProblem(f"invalid --checkpoint-every: {exc}") from None
     if seconds == 0:
         return None
+    from clbench.store.connection import sqlite_path
+
     folder = checkpoint_directory(sqlite_path(db_url), directory)
     if folder.exists() and not folder.is_dir():
         raise UsageProblem(f"invalid --checkpoint-dir {folder}: it is a file, not a folder")
@@ -270,6 +276,8 @@ def check_experiment(label: str) -> str:
 def db_url(db: str | None) -> URL:
     """The database the command works on (``--db``, ``$CLBENCH_DB`` or results.db), refusing one
     that would keep nothing."""
+    from clbench.store.connection import is_in_memory, resolve_db_url
+
     try:
         url = resolve_db_url(db)
     except StoreError as exc:
@@ -304,6 +312,8 @@ def store_errors_as_bad_input():
 
 
 def inspect(url) -> str:
+    from clbench.store.opening import inspect_db
+
     try:
         return inspect_db(url)
     except StoreError as exc:
@@ -311,6 +321,8 @@ def inspect(url) -> str:
 
 
 def check_data(benchmarks: set[str], data_dir: Path | None, download: bool) -> None:
+    from clbench.data.sources import DataNotFoundError, locate
+
     for name in sorted(benchmarks):
         spec = get_benchmark(name)
         if spec.dataset == "synthetic":

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
-from clbench.errors import first_line
+from clbench.errors import StoreError, first_line
 
 DEFAULT_DB = "results.db"
 ENV_DB = "CLBENCH_DB"
@@ -35,13 +35,6 @@ _SCHEMA_LOCK = 4721930183  # PostgreSQL advisory lock key: one process creates o
 _RUNS_LOCK = 4721930184  # PostgreSQL advisory lock key: one process claims or saves runs at a time
 
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The database cannot be used: unreachable, not a clbench database, another schema version.
-
-    The message is one line meant for the person running clbench.
-    """
 
 
 # ---------------------------------------------------------------------------------------------
