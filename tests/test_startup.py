@@ -141,3 +141,29 @@ def test_each_command_summary_is_the_first_paragraph_of_its_docstring():
     for name, (_, _, summary) in COMMANDS.items():
         first = inspect.getdoc(command_function(name)).split("\n\n")[0]
         assert " ".join(first.split()) == summary, name
+
+
+def test_a_long_listing_is_printed_as_plain_aligned_columns():
+    """Over PLAIN_ROWS rows, `clbench runs` prints plain columns (rich takes seconds to lay out a boxed
+    table of 1,000 rows): every cell, aligned under its header, styles kept."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from clbench.cli.common import plain_table
+
+    table = Table(title="3 runs")
+    table.add_column("run id")
+    table.add_column("seed", justify="right")
+    table.add_column("status")
+    for rid, seed, status in (("a1", "0", "finished"), ("b22", "10", "failed"), ("c333", "7", "running")):
+        table.add_row(rid, seed, Text(status, style="red" if status == "failed" else ""))
+    text = plain_table(table)
+    assert text.plain.splitlines() == [
+        "3 runs",
+        "run id  seed  status",
+        "a1         0  finished",
+        "b22       10  failed",
+        "c333       7  running",
+    ]
+    failed_at = text.plain.index("failed")
+    assert any(s.start <= failed_at < s.end and str(s.style) == "red" for s in text.spans)

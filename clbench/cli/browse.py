@@ -13,6 +13,7 @@ from rich.text import Text
 
 from clbench.cli.common import (
     FILTER_HELP,
+    PLAIN_ROWS,
     STATUS_STYLE,
     UsageProblem,
     checkpoint_dir_option,
@@ -26,6 +27,7 @@ from clbench.cli.common import (
     load,
     local_time,
     num,
+    plain_table,
     store_errors_as_bad_input,
 )
 from clbench.engine.checkpoint import CheckpointSummary, checkpoint_directory, checkpoints_by_run
@@ -99,6 +101,11 @@ def runs_command(
         )
         if note := run_note(row, saved.get(row.run_id)):
             notes.append(f"{row.run_id}: {note}")
+    if len(table.rows) > PLAIN_ROWS:  # rich lays out a boxed table of 1,000 rows in seconds
+        out.print(plain_table(table), soft_wrap=True)
+        if notes:
+            out.print("\n".join(notes), highlight=False, soft_wrap=True)
+        return
     if notes:  # below the table: a column this long would squeeze the others
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
