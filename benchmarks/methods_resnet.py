@@ -9,7 +9,7 @@ the same number of steps on the same data; masks: none for all runs (the mask ch
 ``benchmarks/gpu.py`` runs this with every other GPU check.
 
 Usage: python benchmarks/methods_resnet.py [--device cpu|cuda] [--runs 4] [--width 64] [--steps-per-task N]
-       [--methods er,derpp,xder,icarl,agem,gdumb] [--gdumb-epochs 16] [--repeats 1] [--quick]
+       [--methods er,derpp,...: all but sgd and joint] [--gdumb-epochs 16] [--repeats 1] [--quick]
 Defaults: 2 steps per task on CPU (a width-64 ResNet step takes seconds there), 40 on CUDA.
 GDumb refits from scratch after every task for --gdumb-epochs passes over its memory (Mammoth: 256).
 No target: each method's throughput against ER's is recorded as a measurement. ``--quick``: width
@@ -23,7 +23,7 @@ from resnet import resnet_configs, resnet_data
 
 from clbench import train_group
 
-METHODS = "er,derpp,xder,icarl,agem,gdumb"
+METHODS = "er,er_ace,derpp,xder,icarl,agem,gdumb,ss_il,lode,lode_derpp,er_las,er_aml,wa,bic"
 
 
 def method_throughput(

@@ -120,6 +120,12 @@ BENCHMARKS = (
         "reduced ResNet-18 on seq-cifar10-shaped synthetic data: images/s of a group of 4 against 4 single runs",
     ),
     Benchmark(
+        "methods_step",
+        "benchmarks/methods_step.py",
+        "each method's 10-seed lockstep group on seq-fmnist (MLP): training time per step against ER's, "
+        "with the extra work each does",
+    ),
+    Benchmark(
         "methods_resnet",
         "benchmarks/methods_resnet.py",
         "each replay method's ResNet-18 lockstep group against ER's (stream images/s)",
