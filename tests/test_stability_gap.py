@@ -298,6 +298,32 @@ def test_the_stability_gap_experiment_trains_stores_and_renders(tmp_path):
     assert set(data["task"]) == {1, 2} and set(data["mask"]) == {"none", "-inf"}
     at_switch = data[(data["since_switch"] == 0) & (data["task"] == 1) & (data["mask"] == "none")]
     assert len(at_switch) == 1 and at_switch["n_seeds"].iloc[0] == 3
+    # `clbench compare --curves` (issue 21, item 4) gives the report's comparison of the curve metrics.
+    from clbench.cli import main
+
+    out = tmp_path / "compare.csv"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["compare", "--curves", "--db", str(db), "--format", "csv"]) == 0
+    out.write_text(buf.getvalue())
+    cli = pd.read_csv(out)
+    assert list(cli["metric"]) == list(compared["metric"])
+    for col in ("difference", "p_value", "baseline_mean", "variant_mean"):
+        np.testing.assert_allclose(cli[col].to_numpy(float), compared[col].to_numpy(float), equal_nan=True)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["compare", "--curves", "--db", str(db), "--format", "md"]) == 0
+    assert "| min-ACC |" in buf.getvalue() and "| average anytime accuracy |" in buf.getvalue()
+    # ... and the HTML page's paired comparison shows them beside the matrices' metrics.
+    from clbench.reports import write_html
+
+    write_html([spec], db, tmp_path / "html", out_dirs={spec.name: tmp_path / "out"})
+    page = (tmp_path / "html" / f"{spec.name}.html").read_text()
+    comparison = page[page.index("Paired comparison") :]
+    assert "min-ACC" in comparison and "FAA class-IL" in comparison, comparison[:2000]
 
 
 def test_a_stability_gap_experiment_without_an_interval_is_refused(tmp_path):
@@ -322,3 +348,42 @@ def test_a_resnet_group_with_batchnorm_and_augmentation_trains_the_same_with_eva
     with_curve = train_group([cfg(seed=s, eval_every=2, **common) for s in (0, 1)], data)
     assert_same_training(without, with_curve)
     assert len(with_curve[0].curve.steps) == 12  # 6 steps per task, every 2
+
+
+def test_compare_curves_without_curves_is_one_line_exit_2(tmp_path, capsys):
+    from test_startup import fake_result
+
+    from clbench.cli import main
+    from clbench.store import open_store
+    from clbench.store.ownership import Owner
+    from clbench.sweep.plan import sweep_configs
+
+    db = str(tmp_path / "runs.db")
+    configs = [c.resolve() for c in sweep_configs(methods=["er"], masks=["none", "0"], seeds=range(2))]
+    with open_store(db) as store:
+        store.claim(configs, Owner.current())
+        store.save_results([fake_result(c) for c in configs], Owner.current())
+    assert main(["compare", "--curves", "--db", db]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --curves: none of the runs compared has accuracy curves") and "\n" not in err
+
+
+def test_the_mlflow_export_carries_the_curves_and_their_summary():
+    """Issue 21, item 4: a run trained with --eval-every gets its curves (one metric per seen task and
+    setting, step = the global step) and the curve summary in MLflow; a run without curves gets none."""
+    from clbench.metrics import curve_summary
+    from clbench.runs.results import AccuracyCurve
+    from clbench.store.mlflow import curve_metrics
+
+    steps, tasks = np.array([0, 5, 10, 15]), np.array([0, 0, 1, 1])
+    counts = np.array([[10, 0], [10, 0], [10, 10], [10, 10]])
+    cil = np.array([[5, 0], [9, 0], [4, 2], [6, 8]])
+    curve = AccuracyCurve("test", steps, tasks, cil, cil, counts)
+    logged = curve_metrics(curve, last=1)
+    task0 = [(v, s) for k, v, s in logged if k == "curve/class_il/task_0"]
+    assert task0 == [(50.0, 0), (90.0, 5), (40.0, 10), (60.0, 15)]
+    assert [(v, s) for k, v, s in logged if k == "curve/class_il/task_1"] == [(20.0, 10), (80.0, 15)]
+    summary = {k[len("curve/") :]: v for k, v, s in logged if k.count("/") == 1}
+    expected = curve_summary(steps, tasks, curve.accuracy("class_il"))
+    assert summary.keys() == expected.keys()
+    assert all(summary[k] == pytest.approx(expected[k], nan_ok=True) for k in expected)

@@ -19,6 +19,7 @@ from clbench.cli.common import (
     class_order_option,
     console,
     db_option,
+    db_url,
     filter_options,
     load,
     p_value,
@@ -48,6 +49,12 @@ def compare_command(
     class_order: list[str] = class_order_option(),
     class_il: str = class_il_option(),
     split_on: str = split_option(),
+    curves: bool = typer.Option(
+        False,
+        "--curves",
+        help="Compare the metrics of the accuracy curves instead (runs trained with --eval-every): average "
+        "anytime accuracy, min-ACC, the stability gap, the steps to its minimum and the share recovered.",
+    ),
     db: str | None = db_option(),
 ) -> None:
     """The baseline (no mask) against each masked variant of the same config, paired over seeds and class orders."""
@@ -81,7 +88,10 @@ def compare_command(
         if bad:
             raise UsageProblem(f"invalid --mask-on {bad[0]!r}: valid are stream, buffer, both")
         df = df[(df["mask"] == base_label) | df["mask_on"].isin(ons)]
-    result = _stats().compare_runs(df, baseline=base_label, test=test)
+    metrics = None
+    if curves:
+        df, metrics = _with_curve_metrics(df, db)
+    result = _stats().compare_runs(df, baseline=base_label, test=test, metrics=metrics)
     if format == "csv":
         result.to_csv(sys.stdout, index=False)
         return
@@ -100,9 +110,33 @@ def compare_command(
     console().print(compare_table(result))
 
 
+def _with_curve_metrics(df, db):
+    """``df`` with the curve metrics of its runs (``reports.stability_gap.CURVE_METRICS``) beside; runs
+    without curves are left out, and none at all is bad input."""
+    from clbench.reports.stability_gap import CURVE_METRICS, run_curve_metrics
+    from clbench.store.measures import load_curves
+
+    curves = load_curves(db_url(db), list(df["run_id"]))
+    if curves.empty:
+        raise UsageProblem(
+            "--curves: none of the runs compared has accuracy curves; train them with --eval-every N "
+            "(see clbench run --help)"
+        )
+    return df.merge(run_curve_metrics(curves), on="run_id", how="inner"), CURVE_METRICS
+
+
+def _metric_label(metric: str) -> tuple[str, bool]:
+    known = _stats().COMPARE_METRICS
+    if metric in known:
+        return known[metric]
+    from clbench.reports.stability_gap import CURVE_METRICS
+
+    return CURVE_METRICS[metric]
+
+
 def _rows(result):
     for r in result.itertuples():
-        label, higher = _stats().COMPARE_METRICS[r.metric]
+        label, higher = _metric_label(r.metric)
         better = (r.difference > 0) if higher else (r.difference < 0)
         yield r, label, better
 

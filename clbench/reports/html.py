@@ -188,15 +188,23 @@ def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
     return ""
 
 
-def _comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
+def _comparison(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> str:
     baseline = spec.render.get("baseline") or "none"
     if baseline not in spec.all_masks or df.empty:
         return ""
     per_method = spec.kind == "methods"  # one Holm family per method: "does masking help this method?"
+    labels = COMPARE_METRICS
     if per_method:
         from clbench.reports.methods import comparison  # noqa: PLC0415
 
         result = comparison(spec, df)
+    elif spec.kind == "stability-gap":  # the curves' metrics after the matrices'
+        from clbench.reports.stability_gap import CURVE_METRICS, run_curve_metrics  # noqa: PLC0415
+        from clbench.store.measures import load_curves  # noqa: PLC0415
+
+        labels = {**COMPARE_METRICS, **CURVE_METRICS}
+        df = df.merge(run_curve_metrics(load_curves(store, list(df["run_id"]))), on="run_id", how="left")
+        result = compare_runs(df, baseline=baseline, metrics=labels)
     else:
         result = compare_runs(df, baseline=baseline)
     if result.empty:
@@ -216,7 +224,7 @@ def _comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
                 _e(r.buffer_size),
                 _e(mask_title(r.variant)),
                 _e(r.mask_on),
-                _e(COMPARE_METRICS[r.metric][0]),
+                _e(labels[r.metric][0]),
                 _e(r.n_seeds),
                 _pm(r.baseline_mean, r.baseline_std),
                 _pm(r.variant_mean, r.variant_std),
@@ -414,7 +422,7 @@ def report_page(
     plotted = _plotted_numbers(spec, df) if not df.empty else ""
     if plotted:
         body += ["<h2>Plotted numbers</h2>", plotted]
-    comparison = _comparison(spec, df)
+    comparison = _comparison(spec, df, store)
     if comparison:
         body += ["<h2>Paired comparison</h2>", comparison]
     body += [

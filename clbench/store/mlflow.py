@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from clbench.errors import first_line
-from clbench.metrics import average_accuracy_curve, forgetting
+from clbench.metrics import average_accuracy_curve, curve_summary, forgetting
 from clbench.runs.results import RunResult
 from clbench.store.connection import StoreError
 from clbench.store.opening import open_store
@@ -175,7 +175,22 @@ def run_metrics(res: RunResult) -> list[tuple[str, float, int]]:
         out += [(f"loss/{term}", float(v), i) for i, v in enumerate(values)]
     out += [(k, float(v), n - 1) for k, v in res.metrics.items()]
     out.append(("wall_s", res.wall_s, n - 1))
+    if res.curve is not None:  # trained with --eval-every: the curves, step = the global training step
+        out += curve_metrics(res.curve, n - 1)
     return [m for m in out if math.isfinite(m[1])]  # NaN (e.g. a diverged loss) is left out, not logged
+
+
+def curve_metrics(curve, last: int) -> list[tuple[str, float, int]]:
+    """A run's accuracy curves as MLflow metrics (``curve/class_il/task_<j>``, ``curve/task_il/...``
+    at each evaluation's global step) and its curve summary (``curve/aaa``, ``curve/min_acc``,
+    ``curve/stability_gap``, ...: ``clbench.metrics.curve_summary``) at the step ``last``."""
+    out = []
+    for setting in ("class_il", "task_il"):
+        acc = curve.accuracy(setting)
+        for p, step in enumerate(curve.steps):
+            out += [(f"curve/{setting}/task_{j}", float(v), int(step)) for j, v in enumerate(acc[p]) if v == v]
+    summary = curve_summary(curve.steps, curve.tasks, curve.accuracy("class_il"))
+    return out + [(f"curve/{k}", float(v), last) for k, v in summary.items()]
 
 
 def _matrices_files(res: RunResult, folder: Path) -> None:
