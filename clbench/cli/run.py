@@ -243,12 +243,16 @@ def run(
     inspect(url)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
     request = SweepRequest(tuple(configs), experiment)
+    training = Training(device, data_dir, download, policy)
+    # The runs are identified with the data found: files other than the published ones have other run IDs.
+    data = training.source().data_print
     if dry_run:
-        (plan,) = preview_plans(url, [request], planning)
+        (plan,) = preview_plans(url, [request], planning, data)
         _print_plan(console(), plan, url, device)
         return
+    plan = planning.plan(configs, None, data)
     # 3. Run: connect the executor (a cluster is checked here), open the database, plan, train, summarise.
-    _run_and_summarise(url, request, runner, planning, Training(device, data_dir, download, policy), plan)
+    _run_and_summarise(url, request, runner, planning, training, plan)
 
 
 def _run_and_summarise(url, request: SweepRequest, runner, planning: Planning, training: Training, plan: Plan) -> None:
