@@ -145,3 +145,18 @@ def test_a_group_planned_on_other_data_refuses_to_train(tmp_path: Path) -> None:
     # Planned without a fingerprint (as on the published data), other files are refused as well.
     with pytest.raises(Exception, match="the published files"):
         execute(plan_sweep([cfg], None), None, data_dir=str(tmp_path / "real"))
+
+
+def test_a_report_on_a_shuffled_copy_computes_and_renders_its_own_runs(tmp_path: Path) -> None:
+    _learnable_fmnist(tmp_path / "real")
+    _shuffled_copy(tmp_path / "real", tmp_path / "shuffled")
+    (tmp_path / "exp.toml").write_text(
+        'kind = "forgetting"\nbenchmark = "seq-fmnist"\nmethods = ["er"]\nmasks = ["none"]\nbuffers = [50]\n'
+        "seeds = 1\n[overrides]\nepochs = 1\n"
+    )
+    tables = []
+    for copy in ("real", "shuffled"):
+        done = clbench("report", "exp.toml", "--db", "r.db", "--data-dir", copy, "-o", copy + "-report", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        tables.append((tmp_path / (copy + "-report") / "exp.csv").read_text())
+    assert tables[0] != tables[1]

@@ -164,13 +164,15 @@ def report_command(
             _print_dry_run(stdout, spec, plan, describe_url(url), device)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
+    training = Training(device, data_dir, download, policy)  # run IDs cover the data found: render those
+    specs = [spec.with_data(training.source().data_print(spec.benchmark)) for spec in specs]
     run_with_display(
         url,
         requests,
         runner,
         console(stderr=True),
         planning=planning,
-        training=Training(device, data_dir, download, policy),
+        training=training,
         named=True,
         after=lambda store: _render_interruptible(
             specs, store, out_dirs, root, html, command, stdout, name, quiet_when_complete=True

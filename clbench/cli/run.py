@@ -244,8 +244,7 @@ def run(
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
     request = SweepRequest(tuple(configs), experiment)
     training = Training(device, data_dir, download, policy)
-    # The runs are identified with the data found: files other than the published ones have other run IDs.
-    data = training.source().data_print
+    data = training.source().data_print  # run IDs cover the data found (other files, other IDs)
     if dry_run:
         (plan,) = preview_plans(url, [request], planning, data)
         _print_plan(console(), plan, url, device)
