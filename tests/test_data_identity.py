@@ -160,3 +160,10 @@ def test_a_report_on_a_shuffled_copy_computes_and_renders_its_own_runs(tmp_path:
         assert done.returncode == 0, done.stderr
         tables.append((tmp_path / (copy + "-report") / "exp.csv").read_text())
     assert tables[0] != tables[1]
+    # Rendering alone finds each copy's runs too.
+    for copy, table in zip(("real", "shuffled"), tables):
+        done = clbench(
+            "report", "exp.toml", "--no-run", "--db", "r.db", "--data-dir", copy, "-o", "again", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "again" / "exp.csv").read_text() == table
