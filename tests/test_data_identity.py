@@ -167,3 +167,20 @@ def test_a_report_on_a_shuffled_copy_computes_and_renders_its_own_runs(tmp_path:
         )
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "again" / "exp.csv").read_text() == table
+
+
+def test_tune_trains_and_reads_its_trials_on_the_data_it_found(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    from clbench.sweep.tune import tune
+
+    _learnable_fmnist(tmp_path / "real")
+    _shuffled_copy(tmp_path / "real", tmp_path / "shuffled")
+    small = dict(
+        method="er", dataset="seq-fmnist", buffer=20, seeds=1, trials=1, epochs=1, heartbeat_s=None, objective="test"
+    )
+    db = str(tmp_path / "t.db")
+    real = tune(**small, db=db, study_name="real", data_dir=str(tmp_path / "real"))
+    shuffled = tune(**small, db=db, study_name="shuffled", data_dir=str(tmp_path / "shuffled"))
+    (a,), (b,) = real.trials, shuffled.trials
+    assert a.params == b.params and a.run_ids != b.run_ids
+    assert a.state == b.state == "COMPLETE" and a.seed_values != b.seed_values
