@@ -105,6 +105,8 @@ def test_a_copy_with_shuffled_test_labels_is_computed_not_served_from_the_cache(
     assert "1 computed" in first.stdout and "0 cached" in first.stdout
     again = clbench(*args, "real", cwd=tmp_path)
     assert "0 computed" in again.stdout and "1 cached" in again.stdout, again.stdout
+    preview = clbench(*args, "shuffled", "--dry-run", cwd=tmp_path)
+    assert "1 to compute" in preview.stdout and "0 already done" in preview.stdout, preview.stdout
     second = clbench(*args, "shuffled", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "1 computed" in second.stdout and "0 cached" in second.stdout, second.stdout
