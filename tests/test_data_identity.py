@@ -187,3 +187,13 @@ def test_tune_trains_and_reads_its_trials_on_the_data_it_found(tmp_path: Path) -
     (a,), (b,) = real.trials, shuffled.trials
     assert a.params == b.params and a.run_ids != b.run_ids
     assert a.state == b.state == "COMPLETE" and a.seed_values != b.seed_values
+
+
+def test_a_dataset_file_that_cannot_be_fingerprinted_is_one_line(tmp_path: Path) -> None:
+    make_mnist_like(tmp_path / "d")
+    labels = tmp_path / "d" / (MNIST_FILES["test_y"] + ".gz")
+    labels.write_bytes(labels.read_bytes()[:20])  # a cut gzip stream
+    done = clbench("run", "--epochs", "1", "--db", "r.db", "--data-dir", "d", "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("error:") and "cannot be read to fingerprint" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.db").exists()

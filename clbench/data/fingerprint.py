@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,7 @@ def _file_hash(path: Path, idx: bool, memo: FileMemo | None) -> tuple[str, froze
         return memo[key]
     try:
         value = _hash_file(path, idx)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: cannot be read to fingerprint it ({exc})") from exc
     if memo is not None:
         memo[key] = value
