@@ -45,6 +45,7 @@ from clbench.cli.executor import (
     threads_option,
 )
 from clbench.cli.progress import run_with_display
+from clbench.data.sources import DataNotFoundError
 from clbench.files import OutputError, check_output_folder
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.store.connection import describe_url
@@ -155,27 +156,46 @@ def report_command(
     state = inspect(url)
     stdout = console()
     command = _command(name, no_run, out, html, seeds, db, class_il, include_stale)
+    training = Training(device, data_dir, download, policy)
+    if no_run or dry_run:  # the runs of the data found, or (none found) of the published files
+        specs = _on_the_data(specs, training)
     if no_run:
         _render_existing(specs, url, state, out_dirs, root, html, command, stdout, name)
         return
-    requests = [SweepRequest(tuple(spec.configs()), spec.name) for spec in specs]
     if dry_run:
-        for spec, plan in zip(specs, preview_plans(url, requests, planning)):
+        for spec, plan in zip(specs, preview_plans(url, _requests(specs), planning)):
             _print_dry_run(stdout, spec, plan, describe_url(url), device)
         return
     check_data({c.resolve().benchmark for c in configs}, data_dir, download)
+    specs = _on_the_data(specs, training)
     run_with_display(
         url,
-        requests,
+        _requests(specs),
         runner,
         console(stderr=True),
         planning=planning,
-        training=Training(device, data_dir, download, policy),
+        training=training,
         named=True,
         after=lambda store: _render_interruptible(
             specs, store, out_dirs, root, html, command, stdout, name, quiet_when_complete=True
         ),
     )
+
+
+def _on_the_data(specs: list, training: Training) -> list:
+    """``specs`` identified with the data found (a run's identity covers its data's fingerprint when
+    the files are not the published ones); where none is found, as on the published files."""
+    try:
+        return [spec.with_data(training.source().data_print(spec.benchmark)) for spec in specs]
+    except DataNotFoundError:
+        return specs
+
+
+def _requests(specs: list) -> list[SweepRequest]:
+    """The sweeps of ``specs``: their runs, identified with their data."""
+    from clbench.reports.render import experiment_configs  # pandas: not for --help
+
+    return [SweepRequest(tuple(experiment_configs(spec)), spec.name) for spec in specs]
 
 
 def _list_experiments() -> None:

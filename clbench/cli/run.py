@@ -243,12 +243,23 @@ def run(
     inspect(url)
     policy = checkpoint_policy(url, checkpoint_every, checkpoint_dir, training=not dry_run)
     request = SweepRequest(tuple(configs), experiment)
+    training = Training(device, data_dir, download, policy)
+    data = training.source().data_print  # run IDs cover the data found (other files, other IDs)
     if dry_run:
-        (plan,) = preview_plans(url, [request], planning)
+        (plan,) = _as_usage_problem(preview_plans, url, [request], planning, data)
         _print_plan(console(), plan, url, device)
         return
+    plan = _as_usage_problem(planning.plan, configs, None, data)
     # 3. Run: connect the executor (a cluster is checked here), open the database, plan, train, summarise.
-    _run_and_summarise(url, request, runner, planning, Training(device, data_dir, download, policy), plan)
+    _run_and_summarise(url, request, runner, planning, training, plan)
+
+
+def _as_usage_problem(plan, *args):
+    """``plan(*args)``, with a dataset file that cannot be fingerprinted as one line, exit 2."""
+    try:
+        return plan(*args)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
 
 
 def _run_and_summarise(url, request: SweepRequest, runner, planning: Planning, training: Training, plan: Plan) -> None:

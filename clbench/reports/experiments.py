@@ -134,6 +134,9 @@ class ExperimentSpec:
     # A method of your own: its name (what ``methods``, ``per_method`` and the store hold, and the
     # renderers filter by) -> how the file names it ("PATH.py:CLASS"), which training needs.
     method_refs: dict[str, str] = field(default_factory=dict)
+    # The fingerprint of the dataset files its runs train on when they are not the published ones
+    # (``DataSource.data_print``; part of the runs' identities): None for the published files.
+    data: str | None = None
 
     def masks_for(self, method: str) -> tuple[str, ...]:
         return tuple(self.per_method.get(method, {}).get("masks", self.masks))
@@ -191,6 +194,10 @@ class ExperimentSpec:
         if bad:
             raise ValueError(f"unknown render option {bad[0]!r} for kind {self.kind}")
         return _replace(self, render={**self.render, **options})
+
+    def with_data(self, data: str | None) -> ExperimentSpec:
+        """The same experiment on the data with fingerprint ``data`` (None: the published files)."""
+        return _replace(self, data=data)
 
     def with_seeds(self, n: int) -> ExperimentSpec:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SWEEP_RUNS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +32,12 @@ from clbench.store.store import Store
 
 
 def experiment_configs(spec: ExperimentSpec) -> list[ResolvedConfig]:
-    """The resolved runs of the experiment (duplicates dropped), in sweep order."""
-    return resolve_unique(spec.configs())
+    """The resolved runs of the experiment (duplicates dropped), in sweep order, identified with the
+    experiment's data (``spec.data``)."""
+    configs = resolve_unique(spec.configs())
+    if spec.data is None:
+        return configs
+    return [c if c.data == spec.data else replace(c, data=spec.data) for c in configs]
 
 
 def missing_runs(spec: ExperimentSpec, db: Db = None) -> list[ResolvedConfig]:

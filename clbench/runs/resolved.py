@@ -57,6 +57,10 @@ class ResolvedConfig:
     # (0, 0: off; then left out of the config and the identity, as for every run before them).
     eval_every: int = 0
     eval_samples: int = 0
+    # The fingerprint of the dataset's files (clbench.data.fingerprint) when they are not the
+    # published release: None for the published data and for synthetic data (left out of the
+    # config and the identity then, so the identities of runs on the published data stay theirs).
+    data: str | None = None
 
     def to_dict(self) -> dict:
         """The config as JSON-able values. Fields added after results version 2 appear only when not
@@ -155,6 +159,8 @@ class ResolvedConfig:
         # Methods whose per-run shapes follow the buffer size (class-balanced memories, exemplars
         # added to the training set) group only runs of one buffer size.
         key += (self.buffer_size,) if _card(self).group_by_buffer_size else ()
+        # Runs on other files than the published ones train on those files.
+        key += (("data", self.data),) if self.data else ()
         # Runs evaluated during training do it together, on one schedule.
         key += (("eval", self.eval_every, self.eval_samples),) if self.eval_every else ()
         # A validation split is drawn from the seed: the group's data holds one seed's split.
@@ -174,6 +180,7 @@ _LATER_FIELDS = {
     "validation": 0.0,
     "eval_every": 0,
     "eval_samples": 0,
+    "data": None,
 }
 
 

@@ -114,6 +114,7 @@ def execute(
     device: str | torch.device = "cpu",
     data_dir: str | None = None,
     download: bool = False,
+    source: DataSource | None = None,
     experiment: str | None = None,
     progress: Callable[[SweepProgress], None] | None = None,
     on_group_done: Callable[[list[RunResult]], None] | None = None,
@@ -134,6 +135,10 @@ def execute(
     ``interrupted`` and the exception is re-raised. Finished runs are never touched by an
     interruption.
 
+    The groups' data is loaded from ``source`` (default: ``DataSource(data_dir, download)``); a
+    group whose files are not those its runs were planned with (``ResolvedConfig.data``) fails with
+    ``DataChanged``, one line, and trains nothing.
+
     ``store=None`` (``train_runs``): nothing is written; the results are returned in
     ``SweepOutcome.results`` (plan order) and checkpoints are left for the caller to delete.
 
@@ -151,7 +156,7 @@ def execute(
     heartbeat = Heartbeat(store, sweep.owner) if store is not None else None
     try:
         groups = sweep.groups()
-        source = DataSource(data_dir, download)
+        source = source if source is not None else DataSource(data_dir, download)
         events = executor.run(groups, source, options, device, progress=sweep.on_train) if groups else _no_events()
         with contextlib.closing(events):  # closing it early (an exception here) cancels what is not done
             for event in events:
@@ -401,7 +406,11 @@ def train_runs(
     deleting a checkpoint once its results are kept is the caller's
     (``clbench.engine.checkpoint.discard_checkpoint``).
     """
+    source = DataSource(data_dir, download)
+    # Identified with the data found: a copy that is not the published files has other run IDs.
     resolved = [c.resolve() if isinstance(c, RunConfig) else c for c in configs]
+    prints = {b: source.data_print(b) for b in dict.fromkeys(c.benchmark for c in resolved)}
+    resolved = [c if c.data == prints[c.benchmark] else replace(c, data=prints[c.benchmark]) for c in resolved]
     plan = plan_sweep(resolved, None, max_group_size=max_group_size)
 
     def on_progress(p: SweepProgress) -> None:
@@ -414,8 +423,7 @@ def train_runs(
             None,
             executor=LocalExecutor(),
             device=device,
-            data_dir=data_dir,
-            download=download,
+            source=source,
             progress=on_progress if progress is not None else None,
             on_group_done=on_group_done,
             checkpoint=checkpoint,

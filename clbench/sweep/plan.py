@@ -5,8 +5,8 @@ groups that fit the memory available."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from clbench.data.specs import benchmark_name
@@ -135,6 +135,7 @@ def plan_sweep(
     force: bool = False,
     max_group_size: int | None = None,
     memory_budget: int | None = None,
+    data: Callable[[str], str | None] | None = None,
 ) -> Plan:
     """Resolve ``configs`` (duplicates dropped), look each run up in ``store`` (``None``: an empty
     store) and group the runs to compute. Done runs (finished, or diverged: computing one again
@@ -142,10 +143,16 @@ def plan_sweep(
 
     ``memory_budget`` (bytes, e.g. ``clbench.memory.budget_bytes(device)``) splits every group that
     would not fit it (``clbench.memory``'s estimate) into groups that do, and says so in
-    ``Plan.memory_note``; a run that does not fit alone is a ``ValueError``."""
+    ``Plan.memory_note``; a run that does not fit alone is a ``ValueError``.
+
+    ``data`` (e.g. ``DataSource.data_print``): each benchmark's data fingerprint, which joins the
+    identities of its runs when the files found are not the published ones (:func:`with_data`);
+    without it, the runs are identified as on the published data."""
     if max_group_size is not None and max_group_size < 1:
         raise ValueError(f"the group size must be >= 1, got {max_group_size}")
     resolved = resolve_unique(configs)
+    if data is not None:
+        resolved = with_data(resolved, data)
     stored = store.statuses([c.identity() for c in resolved]) if store is not None else {}
     runs = []
     for cfg in resolved:
@@ -158,6 +165,20 @@ def plan_sweep(
     if memory_budget is not None:
         groups, note = _fit_memory(todo_configs, groups, memory_budget)
     return Plan(tuple(runs), tuple(tuple(todo[j] for j in g) for g in groups), force, note)
+
+
+def with_data(configs: Sequence[ResolvedConfig], data: Callable[[str], str | None]) -> list[ResolvedConfig]:
+    """``configs`` with the fingerprint of the data they will train on (``data(benchmark)``, asked
+    once per benchmark; ``None``: the published files or synthetic data), duplicates dropped."""
+    prints: dict[str, str | None] = {}
+    unique: dict[str, ResolvedConfig] = {}
+    for cfg in configs:
+        if cfg.benchmark not in prints:
+            prints[cfg.benchmark] = data(cfg.benchmark)
+        found = prints[cfg.benchmark]
+        stamped = cfg if cfg.data == found else replace(cfg, data=found)
+        unique.setdefault(stamped.identity(), stamped)
+    return list(unique.values())
 
 
 def _fit_memory(configs: list[ResolvedConfig], groups: list[list[int]], budget: int) -> tuple[list[list[int]], str]:

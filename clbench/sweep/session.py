@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from clbench.data.sources import DataNotFoundError
 from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.runs.config import RunConfig
 from clbench.runs.resolved import ResolvedConfig
@@ -25,7 +26,7 @@ from clbench.store.connection import StoreError
 from clbench.store.opening import inspect_db, open_store
 from clbench.store.store import Store
 from clbench.sweep.driver import SweepOutcome, SweepProgress, execute
-from clbench.sweep.executors import Executor, ExecutorUnavailable
+from clbench.sweep.executors import DataSource, Executor, ExecutorUnavailable
 from clbench.sweep.plan import Plan, plan_sweep
 
 
@@ -45,13 +46,20 @@ class Planning:
     max_group_size: int | None = None
     memory_budget: int | None = None  # bytes; None: groups are not sized to a memory budget
 
-    def plan(self, configs: Sequence[RunConfig | ResolvedConfig], store: Store | None) -> Plan:
+    def plan(
+        self,
+        configs: Sequence[RunConfig | ResolvedConfig],
+        store: Store | None,
+        data: Callable[[str], str | None] | None = None,
+    ) -> Plan:
+        """``data``: the data fingerprints (``Training.source().data_print``), see ``plan_sweep``."""
         return plan_sweep(
             configs,
             store,
             force=self.force,
             max_group_size=self.max_group_size,
             memory_budget=self.memory_budget,
+            data=data,
         )
 
 
@@ -63,6 +71,12 @@ class Training:
     data_dir: Any = None
     download: bool = False
     checkpoint: CheckpointPolicy | None = None
+    # The hashes of the dataset files fingerprinted in this session (planning and loading share them).
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def source(self) -> DataSource:
+        """Where the groups' data is loaded from, and the runs' data fingerprinted."""
+        return DataSource(self.data_dir, self.download, self.memo)
 
 
 class SessionRefused(Exception):
@@ -120,10 +134,11 @@ def run_session(
         stale = store.mark_stale_runs()
         if stale:
             events.stale(list(stale))
+        source = training.source()
         for request in requests:
-            try:
-                plan = planning.plan(request.configs, store)
-            except ValueError as exc:  # a run that cannot fit in memory
+            try:  # the runs are identified with the data found (its fingerprint when not the published files)
+                plan = planning.plan(request.configs, store, source.data_print)
+            except (ValueError, DataNotFoundError) as exc:  # a run that cannot fit in memory, no data
                 raise SessionRefused(str(exc)) from None
             events.planned(request, plan, store.where)
             with events.executing(plan, store) as progress:
@@ -132,8 +147,7 @@ def run_session(
                     store,
                     executor=executor,
                     device=training.device,
-                    data_dir=training.data_dir,
-                    download=training.download,
+                    source=source,
                     experiment=request.experiment,
                     progress=progress,
                     checkpoint=training.checkpoint,
@@ -157,12 +171,17 @@ def _open(url, executor: Executor) -> Store:
         raise SessionRefused(str(exc)) from None
 
 
-def preview_plans(url, requests: Sequence[SweepRequest], planning: Planning = Planning()) -> list[Plan]:
+def preview_plans(
+    url,
+    requests: Sequence[SweepRequest],
+    planning: Planning = Planning(),
+    data: Callable[[str], str | None] | None = None,
+) -> list[Plan]:
     """Each sweep planned against the store at ``url`` read-only (a missing or empty one: against
-    nothing), for a dry run: nothing is created or written."""
+    nothing), for a dry run: nothing is created or written. ``data``: as for ``Planning.plan``."""
     store = open_store(url, readonly=True) if inspect_db(url) == "ready" else None
     try:
-        return [planning.plan(request.configs, store) for request in requests]
+        return [planning.plan(request.configs, store, data) for request in requests]
     finally:
         if store is not None:
             store.close()

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import inspect, text
@@ -36,11 +36,13 @@ from clbench.methods import find_method
 from clbench.runs.checks import check_label
 from clbench.runs.config import RunConfig
 from clbench.runs.mask import MaskSpec
+from clbench.runs.resolved import ResolvedConfig
 from clbench.store.connection import StoreError, describe_url, make_engine, resolve_db_url
 from clbench.store.opening import inspect_db, open_store
 from clbench.store.queries import load_runs
 from clbench.store.store import Store
 from clbench.sweep.driver import SweepOutcome, execute
+from clbench.sweep.executors import DataSource
 from clbench.sweep.plan import MAX_SWEEP_RUNS, plan_sweep
 
 OBJECTIVES = ("validation", "test")
@@ -444,7 +446,8 @@ def tune(
     name = check_name(study_name or spec.default_name())
     url = resolve_db_url(db)
     check_study(url, name, spec)
-    run = dict(executor=executor, device=device, data_dir=data_dir, download=download, checkpoint=checkpoint)
+    # The runs are identified with the data found (its fingerprint when it is not the published files).
+    run = dict(executor=executor, device=device, source=DataSource(data_dir, download), checkpoint=checkpoint)
     started = time.perf_counter()
     with open_store(url) as store:
         store.mark_stale_runs()
@@ -521,8 +524,9 @@ def _objective_function(spec, name, store, run, execute_plan, memory_budget):
     def objective(trial) -> float:
         try:
             values = {p.name: p.suggest(trial) for p in spec.params}
-            configs = spec.configs(values)
-            ids = [c.resolve().identity() for c in configs]
+            data = run["source"].data_print(spec.benchmark)
+            configs = [replace(c.resolve(), data=data) for c in spec.configs(values)]
+            ids = [c.identity() for c in configs]
             trial.set_user_attr("run_ids", ids)
             compute(configs, store, f"tune:{name}", run, execute_plan, memory_budget)
             per_seed = seed_values(store, ids, spec.split)
@@ -547,7 +551,9 @@ def _mark_interrupted(trial) -> None:
         pass
 
 
-def compute(configs: Sequence[RunConfig], store: Store, experiment: str, run: dict, execute_plan, memory_budget):
+def compute(
+    configs: Sequence[RunConfig | ResolvedConfig], store: Store, experiment: str, run: dict, execute_plan, memory_budget
+):
     """Train what is missing of ``configs`` through the sweep path; runs another live process holds
     are waited for (two studies sharing one registry compute each run once)."""
     while True:

@@ -12,6 +12,7 @@ it when an executor starts, and ``make_executor`` imports that module only when 
 from __future__ import annotations
 
 from clbench.sweep.executors.base import (
+    DataChanged,
     DataSource,
     Executor,
     ExecutorUnavailable,
@@ -51,6 +52,7 @@ def make_executor(name: str = "local", **options) -> Executor:
 
 
 __all__ = [
+    "DataChanged",
     "DataSource",
     "EXECUTORS",
     "Executor",

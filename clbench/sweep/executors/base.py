@@ -78,21 +78,53 @@ class GroupTask:
     def data_key(self) -> tuple:
         """Which data the group trains on (groups with one key share one loaded benchmark)."""
         c0 = self.configs[0]
-        return (c0.benchmark, c0.synthetic, c0.class_order_seed)
+        return (c0.benchmark, c0.synthetic, c0.class_order_seed) + ((c0.data,) if c0.data else ())
+
+
+class DataChanged(ValueError):
+    """The dataset files found when a group's data is loaded are not those its runs were planned
+    (and identified) with: training on them would store numbers under the wrong run IDs."""
 
 
 @dataclass(frozen=True)
 class DataSource:
     """Where the driver loads benchmarks from: ``load_benchmark``'s arguments. Only the driver
-    reads dataset files; remote workers receive the loaded data."""
+    reads dataset files; remote workers receive the loaded data.
+
+    ``memo`` keeps the hashes of the files fingerprinted (``clbench.data.fingerprint``) for this
+    source's life: planning and loading hash each file once."""
 
     data_dir: str | os.PathLike | None = None
     download: bool = False
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def data_print(self, benchmark: str) -> str | None:
+        """What joins the identity of a run on ``benchmark`` with the data found here: ``None`` for
+        synthetic data and for the published files, else their fingerprint. Raises
+        ``DataNotFoundError`` when the data is not found."""
+        from clbench.data.fingerprint import fingerprint
+        from clbench.data.sources import locate
+        from clbench.data.specs import get_benchmark
+
+        dataset = get_benchmark(benchmark).dataset
+        if dataset == "synthetic":
+            return None
+        root = locate(dataset, self.data_dir, download=self.download)
+        return fingerprint(dataset, root, self.memo).identity_field
 
     def load(self, group: GroupTask, device: torch.device | str = "cpu") -> ContinualData:
+        """The group's data, once its files are checked to be those its runs were planned with
+        (:class:`DataChanged`, one line, otherwise)."""
         from clbench.data.loading import load_benchmark  # torch loads with the first group
 
-        benchmark, synthetic, class_order_seed = group.data_key
+        benchmark, synthetic, class_order_seed = group.data_key[:3]
+        planned = group.configs[0].data
+        if benchmark != "synthetic" and (found := self.data_print(benchmark)) != planned:
+            raise DataChanged(
+                f"the {benchmark} files found are {_describe_data(found)}, but these runs were planned "
+                f"with {_describe_data(planned)}: nothing was trained on them (plan the runs again "
+                "to compute them on the data there now)"
+            )
         return load_benchmark(
             benchmark,
             data_dir=self.data_dir,
@@ -101,6 +133,10 @@ class DataSource:
             synthetic=synthetic,
             device=device,
         )
+
+
+def _describe_data(fingerprint: str | None) -> str:
+    return "the published files" if fingerprint is None else f"other files (data fingerprint {fingerprint[:16]})"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from clbench.engine.environment import resolve_device
 from clbench.engine.progress import Progress
 from clbench.errors import first_line
 from clbench.sweep.executors.base import (
+    DataChanged,
     DataSource,
     Executor,
     ExecutorUnavailable,
@@ -448,7 +449,12 @@ class RayExecutor(Executor):
             for group in groups:
                 if group.data_key not in data_refs:
                     # Loaded once on the CPU, here; the workers get it from the object store.
-                    data_refs[group.data_key] = ray.put(source.load(group, "cpu"))
+                    try:
+                        data_refs[group.data_key] = ray.put(source.load(group, "cpu"))
+                    except DataChanged as exc:  # the group fails with that line; the others go on
+                        yield GroupStarted(group.index, "")
+                        yield failed(group.index, exc, keep=True)
+                        continue
                 ref = task.remote(
                     group,
                     data_refs[group.data_key],

@@ -45,6 +45,7 @@ from clbench.errors import first_line
 from clbench.files import OutputError, atomic_file, write_once
 from clbench.sweep import ram
 from clbench.sweep.executors.base import (
+    DataChanged,
     DataSource,
     Executor,
     ExecutorUnavailable,
@@ -372,7 +373,13 @@ class SlurmExecutor(Executor):
                 if group.job:  # submitted by an earlier driver of these runs: adopted, not submitted again
                     jobs[group.index] = _Job(group, group.job, 1, time.monotonic())
                     continue
-                job_id = self._submit(group, self._inputs(group, source, options, device))
+                try:
+                    inputs = self._inputs(group, source, options, device)
+                except DataChanged as exc:  # the group fails with that line; the others go on
+                    yield GroupStarted(group.index, "")
+                    yield failed(group.index, exc, keep=True)
+                    continue
+                job_id = self._submit(group, inputs)
                 jobs[group.index] = _Job(group, job_id, 1, time.monotonic())
                 yield GroupSubmitted(group.index, job_id)
             while jobs:
