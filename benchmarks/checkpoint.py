@@ -22,6 +22,7 @@ group's wall time. ``--quick``: 2 runs on small synthetic data, a checkpoint eve
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from functools import partial
@@ -32,7 +33,13 @@ import torch
 from _common import base_parser, begin, load_line, measurement, median, say_targets, table, target, timed, write_result
 
 from clbench import RunConfig, SyntheticOptions, load_benchmark, train_group
-from clbench.engine.checkpoint import CheckpointPolicy, CheckpointSummary, checkpoint_key, discard_checkpoint
+from clbench.engine.checkpoint import (
+    CheckpointPolicy,
+    CheckpointSummary,
+    checkpoint_key,
+    discard_checkpoint,
+    read_checkpoint,
+)
 from clbench.engine.group_state import save_snapshot
 
 TARGET_PCT = 3.0
@@ -190,7 +197,7 @@ def main() -> None:
 
 def _one_write(folder: Path, key: str) -> tuple[int, float]:
     """Size and time (median of 5) of one write of the group's last checkpoint (its full state)."""
-    state = torch.load(folder / f"{key}.pt", weights_only=True)["state"]
+    state = torch.load(io.BytesIO(read_checkpoint(folder, key)), weights_only=True)["state"]  # sealed file
     policy = CheckpointPolicy(folder, 1e12)
     times = []
     for _ in range(5):

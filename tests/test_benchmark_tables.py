@@ -174,3 +174,22 @@ def test_the_readme_results_table_and_the_masks_gains_come_from_its_file(tmp_pat
     assert "| er | -inf | 74.00 ± 1.00 | 98.00 ± 0.20 | 8.7 |" in text
     assert "+0.75 (er, against a population std over seeds of 1.00 unmasked)" in text and "(sgd" not in text
     assert "No results file yet" in tables.results_table({})
+
+
+@pytest.mark.parametrize("script", ["checkpoint", "methods_step", "determinism"])
+def test_a_benchmark_script_runs_at_toy_size(script, tmp_path):
+    """Each script that trains runs --quick and writes its results file: a benchmark cannot rot
+    unnoticed (checkpoint.py read the checkpoint file unsealed and crashed on the quiet machine)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CLBENCH_DB", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / f"{script}.py"), "--quick", "--results-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (rec,) = tables.load_results(str(tmp_path)).values()
+    assert rec["benchmark"] == script and rec["quick"] and rec["targets"]
