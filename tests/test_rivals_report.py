@@ -112,7 +112,7 @@ def test_the_report_trains_and_renders_its_files(rendered):
 def test_the_comparison_is_the_mean_over_seeds_of_masked_minus_rival(rendered):
     spec, db, folder, _ = rendered
     runs = load_runs(db)
-    compared = pd.read_csv(folder / "out" / "t-rivals-compare.csv")
+    compared = pd.read_csv(folder / "out" / "t-rivals-compare.csv", dtype={"mask": str, "rival_mask": str})
     # ER -inf against the 3 other variants, at 2 buffers, on 4 metrics
     assert len(compared) == 3 * 2 * 4 and set(compared["method"] + ":" + compared["mask"]) == {"er:-inf"}
     assert set(zip(compared["rival"], compared["rival_mask"])) == {
@@ -138,7 +138,7 @@ def test_the_comparison_is_the_mean_over_seeds_of_masked_minus_rival(rendered):
 def test_the_figure_data_are_the_means_of_the_runs(rendered):
     spec, db, folder, _ = rendered
     runs = load_runs(db)
-    data = pd.read_csv(folder / "out" / "t-rivals.data.csv")
+    data = pd.read_csv(folder / "out" / "t-rivals.data.csv", dtype={"mask": str})
     assert set(data["metric"]) == {"faa_class_il", "forgetting_class_il"}
     assert len(data) == 4 * 2 * 2  # variants x buffers x metrics
     for r in data.itertuples():

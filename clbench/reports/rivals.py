@@ -225,7 +225,7 @@ def _diff(r) -> str:
 
 
 def comparison_caption(spec: ExperimentSpec, result: pd.DataFrame, note: str = "", test: str = "permutation") -> str:
-    convention = CLASS_IL_NAMES[spec.render.get("class_il", "all")]
+    convention = spec.render.get("class_il", "all")
     forgetting = FORGETTING_DEFINITIONS[spec.render.get("forgetting", "chaudhry")]
     return (
         "Each masked variant against every other variant (the rivals and the unmasked runs), paired by seed "
@@ -234,10 +234,9 @@ def comparison_caption(spec: ExperimentSpec, result: pd.DataFrame, note: str = "
         f"{spec.benchmark}: diff = mean of masked - rival (points, %) [95% CI]; p = unadjusted / Holm-adjusted "
         f"over one masked variant's comparisons at one buffer of that metric (its rivals); * Holm p < {ALPHA:g}. "
         "Procedures: "
-        + "; ".join(p for p in procedures(test) if not p.startswith("p Holm"))
+        + "; ".join(p for p in procedures(test, convention) if not p.startswith("p Holm"))
         + f". {tables._sentence(forgetting)} (lower is better, so a negative diff is an improvement). "
-        "W/L/T: seeds where the masked variant's class-IL FAA is higher/lower/equal. "
-        f"{tables._sentence(convention)}." + (f" {note}" if note else "")
+        "W/L/T: seeds where the masked variant's class-IL FAA is higher/lower/equal." + (f" {note}" if note else "")
     )
 
 
@@ -275,7 +274,10 @@ def plot(data: pd.DataFrame, spec: ExperimentSpec):
     axes = fig.subplots(1, 2)
     series = [v for v in variants(spec) if not data[(data["method"] == v[0]) & (data["mask"] == v[1])].empty]
     masked = set(_masked(spec))
-    colors = colormaps["tab20"]
+    # The masked variants in blue and red, the rest in tab20's other dark colours, then its light ones.
+    palette = [colormaps["tab20"](i) for i in (0, 6, 2, 4, 8, 10, 12, 14, 16, 18, 1, 7, 3, 5, 9, 11, 13, 15, 17, 19)]
+    ranked = sorted(series, key=lambda v: v not in masked)
+    colors = {v: palette[i % len(palette)] for i, v in enumerate(ranked)}
     forgetting = forgetting_column(spec)
     panels = (("faa_class_il", "class-IL final average accuracy (%)"), (forgetting, "class-IL forgetting (%)"))
     buffers = sorted(set(data["buffer_size"])) or list(spec.buffers)
@@ -291,7 +293,7 @@ def plot(data: pd.DataFrame, spec: ExperimentSpec):
                 x,
                 mean,
                 yerr=err,
-                color=colors(k % 20),
+                color=colors[(method, mask)],
                 marker="o" if own else "s",
                 markersize=5 if own else 3.5,
                 linestyle="-" if own else "--",
@@ -307,6 +309,7 @@ def plot(data: pd.DataFrame, spec: ExperimentSpec):
         ax.set_xlabel("buffer size (samples)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    axes[0].set_title("class-IL final average accuracy", fontsize=9)
     axes[1].set_title(FORGETTING_DEFINITIONS[spec.render.get("forgetting", "chaudhry")].split(":")[0], fontsize=9)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(6, max(1, len(names))), frameon=False)
