@@ -5,7 +5,8 @@ data of ``clbench.experiments``; a user passes their own file by path. A file ho
 
     name = "fig4"                      # defaults to the file's stem
     title = "..."                      # optional
-    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order | stability-gap
+    kind = "fig4"                      # fig2 | fig4 | forgetting | tiny-buffer | methods | class-order |
+                                       #   stability-gap | rivals
     benchmark = "seq-fmnist"
     methods = ["derpp"]
     masks = ["none", "-inf", "-5"]     # mask values as text
@@ -47,7 +48,7 @@ from clbench.runs.mask import MASK_KEEP_CHOICES, MASK_ON_CHOICES, format_mask_va
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 
-KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order", "stability-gap")
+KINDS = ("fig2", "fig4", "forgetting", "tiny-buffer", "methods", "class-order", "stability-gap", "rivals")
 TOP_LEVEL_KEYS = (
     "name",
     "title",
@@ -105,6 +106,9 @@ RENDER_OPTIONS: dict[str, dict[str, Any]] = {
     "methods": {"baseline": "none", "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
     "class-order": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
     "stability-gap": {"baseline": "none", "masked": "-inf", **COMMON_RENDER_OPTIONS},
+    # masked: the variants ("METHOD:MASK") compared with every other variant of the experiment
+    # (None: every variant whose mask is not none)
+    "rivals": {"masked": None, "forgetting": "chaudhry", **COMMON_RENDER_OPTIONS},
 }
 
 
@@ -411,7 +415,7 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         raise ValueError(f"{source}: unknown render option {bad[0]!r} for kind {kind}: valid are {', '.join(options)}")
     render = {**options, **render}
     for key in ("baseline", "masked"):
-        if render.get(key) is not None:
+        if render.get(key) is not None and kind != "rivals":  # rivals: "masked" names variants (below)
             try:
                 render[key] = format_mask_value(parse_mask_value(str(render[key])))
             except ValueError as exc:
@@ -440,6 +444,8 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         for key in ("baseline", "masked"):
             if render[key] not in masks:
                 raise ValueError(f"{source}: render.{key} {render[key]!r} is not among the masks {', '.join(masks)}")
+    if kind == "rivals":
+        render["masked"] = _masked_variants(render["masked"], methods, masks, per_method, names, source)
     if kind == "fig2":
         render["method"] = names.get(render["method"], render["method"]) or methods[0]
         if isinstance(render["buffer"], bool) or not isinstance(render["buffer"], (int, type(None))):
@@ -480,6 +486,35 @@ def parse_experiment(data: dict, default_name: str, source: str) -> ExperimentSp
         class_orders=tuple(class_orders),
         slurm=_slurm_section(data, source),
     )
+
+
+def _masked_variants(value, methods: list[str], masks: list[str], per_method: dict, names: dict, source: str):
+    """A rivals experiment's ``render.masked``: the variants ("METHOD:MASK", e.g. "er:-inf") compared
+    with every other variant, normalized ("derpp:-2" -> "derpp:-2.0"); by default every variant whose
+    mask is not none. Each must be one of the experiment's variants with a mask."""
+    own = {m: tuple(per_method.get(m, {}).get("masks", masks)) for m in methods}
+    valid = [f"{m}:{mask}" for m in methods for mask in own[m] if mask != "none"]
+    if value is None:
+        if not valid:
+            raise ValueError(f"{source}: a rivals experiment needs a method with a mask other than none")
+        return tuple(valid)
+    entries = [value] if isinstance(value, str) else value
+    choices = ", ".join(valid) or "none (give a method a mask other than none)"
+    if not isinstance(entries, list) or not entries or not all(isinstance(v, str) for v in entries):
+        raise ValueError(f'{source}: render.masked must be a list of "METHOD:MASK" strings: valid are {choices}')
+    out = []
+    for entry in entries:
+        method, _, mask = entry.rpartition(":")
+        try:
+            label = f"{names.get(method, method)}:{format_mask_value(parse_mask_value(mask))}"
+        except ValueError:
+            label = entry
+        if label not in valid:
+            raise ValueError(
+                f"{source}: render.masked {entry!r} is not a masked variant of the experiment: valid are {choices}"
+            )
+        out.append(label)
+    return tuple(dict.fromkeys(out))
 
 
 def _class_orders(data: dict, source: str) -> list[int]:

@@ -36,6 +36,13 @@ METHOD_NAMES = {
     "icarl": "iCaRL",
     "agem": "A-GEM",
     "gdumb": "GDumb",
+    "ss_il": "SS-IL",
+    "lode": "LODE",
+    "lode_derpp": "LODE-DER++",
+    "er_las": "ER-LAS",
+    "er_aml": "ER-AML",
+    "wa": "WA",
+    "bic": "BiC",
 }
 
 

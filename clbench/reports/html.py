@@ -163,6 +163,26 @@ def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
             "Plotted numbers: class-IL final average accuracy over seeds (std with ddof=1).",
             numeric=(1, 3, 4),
         )
+    if spec.kind == "rivals":
+        from clbench.reports.rivals import figure_data  # noqa: PLC0415
+
+        rows = [
+            [
+                _e(r.variant),
+                _e(r.buffer_size),
+                _e("class-IL FAA" if r.metric == "faa_class_il" else "class-IL forgetting"),
+                _num(r.mean),
+                "-" if r.ci_low != r.ci_low else f"[{r.ci_low:.2f}, {r.ci_high:.2f}]",
+                _e(r.n_seeds),
+            ]
+            for r in figure_data(spec, df).itertuples()
+        ]
+        return _table(
+            ["variant", "buffer", "metric", "mean (%)", "95% CI", "seeds"],
+            rows,
+            "Plotted numbers: the mean over seeds with its 95% Student's t interval.",
+            numeric=(1, 3, 4, 5),
+        )
     if spec.kind == "fig2":
         r = spec.render
         rows = []
@@ -189,6 +209,8 @@ def _plotted_numbers(spec: ExperimentSpec, df: pd.DataFrame) -> str:
 
 
 def _comparison(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> str:
+    if spec.kind == "rivals":
+        return _rivals_comparison(spec, df) if not df.empty else ""
     baseline = spec.render.get("baseline") or "none"
     if baseline not in spec.all_masks or df.empty:
         return ""
@@ -261,6 +283,44 @@ def _comparison(spec: ExperimentSpec, df: pd.DataFrame, store: Store) -> str:
         )
         + notes
     )
+
+
+def _rivals_comparison(spec: ExperimentSpec, df: pd.DataFrame) -> str:
+    """A rivals report's comparison: each masked variant against each rival, per buffer."""
+    from clbench.reports.rivals import comparison, metrics, variant_title  # noqa: PLC0415
+
+    result = comparison(spec, df)
+    if result.empty:
+        return ""
+    labels = metrics(spec)
+    caption = (
+        "Each masked variant against every other variant (the rivals and the unmasked runs), paired by seed "
+        "(same seed, buffer and class order): mean ± std (%); diff = mean of masked - rival; "
+        + "; ".join(_e(p) for p in procedures("permutation") if not p.startswith("p Holm"))
+        + "; p Holm: Holm step-down adjustment over one masked variant's comparisons at one buffer of each "
+        "metric (its rivals)" + f"; * p &lt; {ALPHA:g}; W/L/T: seeds where the masked variant is better/worse/equal."
+    )
+    rows = [
+        [
+            _e(r.buffer_size),
+            _e(variant_title(spec, r.method, r.mask)),
+            _e(variant_title(spec, r.rival, r.rival_mask)),
+            _e(labels[r.metric][0]),
+            _e(r.n_seeds),
+            _pm(r.mean, r.std),
+            _pm(r.rival_mean, r.rival_std),
+            _num(r.difference, "{:+.2f}"),
+            "-" if r.ci_low != r.ci_low else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+            _num(r.effect_size_dz, "{:+.2f}"),
+            _p(r.p_value),
+            _p(r.p_holm),
+            f"{r.wins}/{r.losses}/{r.ties}",
+        ]
+        for r in result.itertuples()
+    ]
+    head = ["buffer", "masked", "rival", "metric", "seeds", "masked", "rival", "diff", "95% CI", "d_z", "p"]
+    notes = "".join(f'<p class="note">note: {_e(n)}.</p>' for n in dict.fromkeys(result["note"]) if n)
+    return _table([*head, "p Holm", "W/L/T"], rows, caption, numeric=(0, 4, 5, 6, 7, 8, 9, 10, 11, 12)) + notes
 
 
 def _coverage(spec: ExperimentSpec, coverage: pd.DataFrame, df: pd.DataFrame) -> str:
@@ -415,7 +475,7 @@ def report_page(
     figures = _figures(written, root)
     if figures:
         body += ["<h2>Figures</h2>", figures]
-    if spec.kind in ("forgetting", "tiny-buffer", "methods") and not df.empty:
+    if spec.kind in ("forgetting", "tiny-buffer", "methods", "rivals") and not df.empty:
         from clbench.reports import tables  # noqa: PLC0415
 
         body += ["<h2>Tables</h2>", tables.to_html(tables.summary(spec, df), spec), _table_files(written, root)]

@@ -297,6 +297,12 @@ def _render_into(spec: ExperimentSpec, store: Store, df: pd.DataFrame, out: Path
         written += stability_gap.write_report(
             spec, store, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note)
         )
+    elif spec.kind == "rivals":
+        from clbench.reports import rivals  # noqa: PLC0415
+
+        written += rivals.write_report(
+            spec, df, out, lambda fig, folder, name: _save_figure(fig, folder, name, note), note
+        )
     elif spec.kind == "methods":
         from clbench.reports import methods  # noqa: PLC0415
 
