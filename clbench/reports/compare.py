@@ -201,6 +201,37 @@ def holm(p_values) -> np.ndarray:
     return out
 
 
+def paired_summary(variant: np.ndarray, baseline: np.ndarray, higher: bool, test: str) -> dict:
+    """The paired statistics of ``variant`` against ``baseline`` (one value per pair; pairs where either
+    is NaN are left out): the ``COLUMNS`` from ``n_seeds`` to ``ties`` but ``note`` (``p_holm`` NaN:
+    Holm's adjustment needs the whole family). ``higher``: whether a higher value is better."""
+    ok = ~(np.isnan(variant) | np.isnan(baseline))
+    vv, bv = variant[ok], baseline[ok]
+    n = len(vv)
+    d = vv - bv
+    better = d > 0 if higher else d < 0
+    worse = d < 0 if higher else d > 0
+    ci_low, ci_high = t_interval(d)
+    return {
+        "n_seeds": n,
+        "baseline_mean": bv.mean() if n else math.nan,
+        "baseline_std": bv.std(ddof=1) if n > 1 else math.nan,
+        "variant_mean": vv.mean() if n else math.nan,
+        "variant_std": vv.std(ddof=1) if n > 1 else math.nan,
+        "difference": d.mean() if n else math.nan,
+        "ci_low": ci_low,
+        "ci_high": ci_high,
+        "effect_size_dz": cohens_dz(d),
+        "p_value": paired_p_value(vv, bv, test),
+        "p_holm": math.nan,
+        "min_p": smallest_p_value(n, test) if n > 1 else math.nan,
+        "test": TESTS[test],
+        "wins": int(better.sum()),
+        "losses": int(worse.sum()),
+        "ties": int(n - better.sum() - worse.sum()),
+    }
+
+
 def compare_runs(
     df: pd.DataFrame, baseline: str = "none", test: str = "permutation", metrics: dict | None = None
 ) -> pd.DataFrame:
@@ -242,22 +273,16 @@ def compare_runs(
         for (mask, on), var in groups:
             b = base if base_label == "none" else base[base["mask_on"] == on]
             excluded = _exclusion(diverged, key, base_label, mask, on, len(b), len(var))
-            b = _by_pair(b)
-            v = _by_pair(var)
+            b = by_pair(b)
+            v = by_pair(var)
             common = sorted(set(b.index) & set(v.index))
             if not common:
                 continue
             first = var.iloc[0]
             for metric, (_, higher) in metrics.items():
-                bv = b.loc[common, metric].to_numpy(float)
-                vv = v.loc[common, metric].to_numpy(float)
-                ok = ~(np.isnan(bv) | np.isnan(vv))
-                bv, vv = bv[ok], vv[ok]
-                n = len(bv)
-                d = vv - bv
-                better = d > 0 if higher else d < 0
-                worse = d < 0 if higher else d > 0
-                ci_low, ci_high = t_interval(d)
+                stats = paired_summary(
+                    v.loc[common, metric].to_numpy(float), b.loc[common, metric].to_numpy(float), higher, test
+                )
                 rows.append(
                     {
                         "method": first["method"],
@@ -267,23 +292,8 @@ def compare_runs(
                         "variant": mask,
                         "mask_on": on,
                         "metric": metric,
-                        "n_seeds": n,
-                        "baseline_mean": bv.mean() if n else math.nan,
-                        "baseline_std": bv.std(ddof=1) if n > 1 else math.nan,
-                        "variant_mean": vv.mean() if n else math.nan,
-                        "variant_std": vv.std(ddof=1) if n > 1 else math.nan,
-                        "difference": d.mean() if n else math.nan,
-                        "ci_low": ci_low,
-                        "ci_high": ci_high,
-                        "effect_size_dz": cohens_dz(d),
-                        "p_value": paired_p_value(vv, bv, test),
-                        "p_holm": math.nan,
-                        "min_p": smallest_p_value(n, test) if n > 1 else math.nan,
-                        "test": TESTS[test],
+                        **stats,
                         "note": excluded,
-                        "wins": int(better.sum()),
-                        "losses": int(worse.sum()),
-                        "ties": int(n - better.sum() - worse.sum()),
                     }
                 )
     out = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
@@ -291,7 +301,7 @@ def compare_runs(
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy(float))
         m = int(family["p_value"].notna().sum())
         for i, row in family.iterrows():
-            out.at[i, "note"] = "; ".join(filter(None, (row["note"], _reach_note(row["n_seeds"], row["min_p"], m))))
+            out.at[i, "note"] = "; ".join(filter(None, (row["note"], reach_note(row["n_seeds"], row["min_p"], m))))
     return _with_convention(out, df)
 
 
@@ -312,7 +322,7 @@ def _keep_of(config) -> str:
     return mask.get("keep", "task") if isinstance(mask, dict) else "task"
 
 
-def _by_pair(runs: pd.DataFrame) -> pd.DataFrame:
+def by_pair(runs: pd.DataFrame) -> pd.DataFrame:
     """``runs`` indexed by (seed, class order), one run each (a frame without the class order column
     is in the benchmark's order)."""
     if "class_order" not in runs:
@@ -351,7 +361,7 @@ def _exclusion(diverged, key: str, base_label: str, mask: str, on: str, n_base: 
     return "; ".join(notes)
 
 
-def _reach_note(n: int, min_p: float, m: int) -> str:
+def reach_note(n: int, min_p: float, m: int) -> str:
     """Whether p < ``ALPHA`` is reachable at all with ``n`` pairs, alone and after Holm over ``m``."""
     if not n or min_p != min_p:
         return ""

@@ -32,14 +32,11 @@ from clbench.reports import tables
 from clbench.reports.compare import (
     ALPHA,
     COMPARE_METRICS,
-    TESTS,
-    _by_pair,
-    _reach_note,
-    cohens_dz,
+    by_pair,
     holm,
-    paired_p_value,
+    paired_summary,
     procedures,
-    smallest_p_value,
+    reach_note,
     t_interval,
 )
 from clbench.reports.experiments import ExperimentSpec, mask_sort_key
@@ -141,19 +138,12 @@ def figure_data(spec: ExperimentSpec, df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pair_row(spec, buffer, masked, rival, mine, theirs, metric, higher, test) -> dict | None:
-    a, b = _by_pair(mine), _by_pair(theirs)
+    a, b = by_pair(mine), by_pair(theirs)
     common = sorted(set(a.index) & set(b.index))
     if not common:
         return None
-    av = a.loc[common, metric].to_numpy(float)
-    bv = b.loc[common, metric].to_numpy(float)
-    ok = ~(np.isnan(av) | np.isnan(bv))
-    av, bv = av[ok], bv[ok]
-    n = len(av)
-    d = av - bv
-    better = d > 0 if higher else d < 0
-    worse = d < 0 if higher else d > 0
-    ci_low, ci_high = t_interval(d)
+    stats = paired_summary(a.loc[common, metric].to_numpy(float), b.loc[common, metric].to_numpy(float), higher, test)
+    renamed = {"variant_mean": "mean", "variant_std": "std", "baseline_mean": "rival_mean", "baseline_std": "rival_std"}
     return {
         "dataset": spec.benchmark,
         "buffer_size": int(buffer),
@@ -162,23 +152,8 @@ def _pair_row(spec, buffer, masked, rival, mine, theirs, metric, higher, test) -
         "rival": rival[0],
         "rival_mask": rival[1],
         "metric": metric,
-        "n_seeds": n,
-        "mean": av.mean() if n else math.nan,
-        "std": av.std(ddof=1) if n > 1 else math.nan,
-        "rival_mean": bv.mean() if n else math.nan,
-        "rival_std": bv.std(ddof=1) if n > 1 else math.nan,
-        "difference": d.mean() if n else math.nan,
-        "ci_low": ci_low,
-        "ci_high": ci_high,
-        "effect_size_dz": cohens_dz(d),
-        "p_value": paired_p_value(av, bv, test),
-        "p_holm": math.nan,
-        "min_p": smallest_p_value(n, test) if n > 1 else math.nan,
-        "test": TESTS[test],
+        **{renamed.get(k, k): v for k, v in stats.items()},
         "note": "",
-        "wins": int(better.sum()),
-        "losses": int(worse.sum()),
-        "ties": int(n - better.sum() - worse.sum()),
     }
 
 
@@ -210,7 +185,7 @@ def comparison(spec: ExperimentSpec, df: pd.DataFrame, test: str = "permutation"
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy(float))
         m = int(family["p_value"].notna().sum())
         for i, row in family.iterrows():
-            out.at[i, "note"] = _reach_note(row["n_seeds"], row["min_p"], m)
+            out.at[i, "note"] = reach_note(row["n_seeds"], row["min_p"], m)
     out.attrs["class_il"] = df.attrs.get("class_il", spec.render.get("class_il", "all"))
     return out
 
