@@ -478,7 +478,14 @@ class RayExecutor(Executor):
                         yield GroupStarted(group.index, outcome.where)
                     yield outcome
         finally:
-            _cancel(ray, list(pending))
+            if pending and self._owns_connection:
+                # Disconnecting ends this driver's job, and Ray then stops the job's tasks itself
+                # (a later sweep connects again). ray.cancel here raced with a task completing: a
+                # CHECK failure in Ray's task manager, "Tried to complete task that was not pending".
+                self._disconnect(ray)
+                self._ray = None
+            elif pending:  # the caller's own connection stays: its groups are stopped one by one
+                _cancel(ray, list(pending))
 
     def _drain(self, token: str, attempts: dict[int, int], progress: ProgressSink | None):
         """Yield the start events the workers reported, forward their latest training reports to
