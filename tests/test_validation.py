@@ -29,17 +29,19 @@ def synthetic_data():
 
 def test_the_split_is_class_balanced_disjoint_from_training_and_drawn_from_the_seed():
     data = synthetic_data()
-    held = hold_out_validation(data, 0.25, seed=3)
+    held = hold_out_validation(data, 0.25, [3])
     y = data.train_y
-    for t, (before, train, val) in enumerate(zip(data.train_task_idx, held.train_task_idx, held.val_task_idx)):
+    assert all(v.shape[0] == 1 for v in held.val_task_idx)  # (R, v): one row per run
+    val_rows = [v[0] for v in held.val_task_idx]
+    for t, (before, train, val) in enumerate(zip(data.train_task_idx, held.train_task_idx, val_rows)):
         # class-balanced: a quarter of each class's 40 samples; disjoint; together the task's rows
         assert torch.bincount(y[val], minlength=data.n_classes)[data.class_task == t].tolist() == [10, 10]
         assert torch.bincount(y[train], minlength=data.n_classes)[data.class_task == t].tolist() == [30, 30]
         assert not set(train.tolist()) & set(val.tolist())
         assert sorted(train.tolist() + val.tolist()) == sorted(before.tolist())
         assert train.tolist() == sorted(train.tolist())  # the kept rows in their order
-    again = hold_out_validation(data, 0.25, seed=3)
-    other = hold_out_validation(data, 0.25, seed=4)
+    again = hold_out_validation(data, 0.25, [3])
+    other = hold_out_validation(data, 0.25, [4])
     assert all(torch.equal(a, b) for a, b in zip(held.val_task_idx, again.val_task_idx))
     assert not all(torch.equal(a, b) for a, b in zip(held.val_task_idx, other.val_task_idx))
     assert data.val_task_idx is None and len(data.train_task_idx[0]) == 80  # the data given is not changed
@@ -64,8 +66,9 @@ def test_no_split_leaves_every_identity_as_it_was_and_a_split_changes_it():
     assert len(ids) == 3
     cfg = RunConfig(seed=3, validation=0.1).resolve()
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
-    # Runs of different seeds hold out different rows: they never share a group's data.
-    assert cfg.group_key() != replace(cfg, seed=4).group_key()
+    # Runs of different seeds hold out different rows of equal counts: they share a group, each on
+    # its own split (``test_a_group_over_seeds_with_a_split_equals_each_run_alone``).
+    assert cfg.group_key() == replace(cfg, seed=4).group_key()
     assert RunConfig(seed=3).resolve().group_key() == RunConfig(seed=4).resolve().group_key()
 
 
@@ -103,6 +106,40 @@ def test_a_group_with_a_split_equals_each_run_alone():
         assert_same_run(res, alone)
         np.testing.assert_array_equal(res.validation.class_il_correct, alone.validation.class_il_correct)
         np.testing.assert_array_equal(res.validation.task_il_correct, alone.validation.task_il_correct)
+
+
+def test_runs_of_other_seeds_hold_out_their_own_rows_in_one_group():
+    data = synthetic_data()
+    both = hold_out_validation(data, 0.25, [3, 4, 3])
+    for seed, r in ((3, 0), (4, 1), (3, 2)):
+        (alone,) = [hold_out_validation(data, 0.25, [seed])]
+        for t in range(data.n_tasks):
+            assert torch.equal(both.val_task_idx[t][r], alone.val_task_idx[t][0])
+            assert torch.equal(both.train_task_idx[t][r], alone.train_task_idx[t])  # (R, n): each run its own
+
+
+def test_a_group_over_seeds_with_a_split_equals_each_run_alone():
+    # One group for the seeds (tune's trials, the presets' grids), each run on its own split; a method
+    # that reads a task's rows itself (BiC) groups only the runs of one seed.
+    cfgs = [
+        synthetic_config("derpp", seed=1, buffer=20, validation=0.25, eval_every=3, eval_samples=6),
+        synthetic_config("derpp", seed=2, buffer=20, mask=-math.inf, validation=0.25, eval_every=3, eval_samples=6),
+        synthetic_config("derpp", seed=3, buffer=8, validation=0.25, eval_every=3, eval_samples=6),
+    ]
+    plan = plan_sweep([c.resolve() for c in cfgs], None)
+    assert [len(g) for g in plan.groups] == [3]
+    bic = [synthetic_config("bic", seed=s, validation=0.25, options={"bias_epochs": 2}).resolve() for s in (1, 2)]
+    assert sorted(len(g) for g in plan_sweep(bic, None).groups) == [1, 1]
+    grouped = train_runs(cfgs)
+    assert {r.group_size for r in grouped} == {3}
+    for cfg, res in zip(cfgs, grouped):
+        (alone,) = train_runs([cfg])
+        assert_same_run(res, alone)
+        for name in ("class_il_correct", "task_il_correct", "class_il_seen_correct", "counts"):
+            np.testing.assert_array_equal(getattr(res.validation, name), getattr(alone.validation, name))
+        np.testing.assert_array_equal(res.curve.class_il_correct, alone.curve.class_il_correct)
+        assert res.curve.split == "validation"
+    assert not np.array_equal(grouped[0].validation.class_il_correct, grouped[2].validation.class_il_correct)
 
 
 def test_a_run_with_a_split_stores_both_matrices(db_url):  # noqa: F811 - the imported fixture

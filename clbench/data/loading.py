@@ -29,10 +29,13 @@ class ContinualData:
     test_y: torch.Tensor
     class_names: tuple[str, ...]  # indexed by the relabelled class
     class_order: tuple[int, ...]  # class_order[new_label] = original label
-    train_task_idx: tuple[torch.Tensor, ...] = field(repr=False)  # per task, indices into train_x
+    # Per task, indices into train_x: (n,), or (R, n) per run where a lockstep group's runs hold out
+    # validation splits of their own seeds (``hold_out_validation``).
+    train_task_idx: tuple[torch.Tensor, ...] = field(repr=False)
     test_task_idx: tuple[torch.Tensor, ...] = field(repr=False)
     class_task: torch.Tensor = field(repr=False)  # int64 (K,): the task of each class
-    # Per task, indices into train_x held out for validation (``hold_out_validation``); None: no split.
+    # Per task, (R, n) indices into train_x held out for validation, one row per run of the group
+    # (``hold_out_validation``); None: no split.
     val_task_idx: tuple[torch.Tensor, ...] | None = field(default=None, repr=False)
 
     @property
@@ -83,10 +86,28 @@ def prepare_inputs(
     return x
 
 
-def hold_out_validation(data: ContinualData, fraction: float, seed: int) -> ContinualData:
-    """``data`` with ``fraction`` of each class's training samples held out for validation
-    (``val_task_idx``) and left out of ``train_task_idx``: class-balanced, drawn from a generator of
-    ``seed`` alone (the same split for every method and mask of a seed), the kept rows in their order."""
+def hold_out_validation(data: ContinualData, fraction: float, seeds: list[int]) -> ContinualData:
+    """``data`` with each run's validation split (``validation_rows`` of its seed) held out: per task,
+    ``val_task_idx`` is ``(R, v)`` and ``train_task_idx`` the rows each run keeps, ``(n,)`` where every
+    run has one seed (one split) and ``(R, n)`` where they differ. Equal counts per class (the split is
+    class-balanced with one count per class size) give every run's rows one length: a lockstep group
+    over seeds trains each run on its own split, drawn exactly as that run alone would."""
+    splits = {seed: validation_rows(data, fraction, seed) for seed in dict.fromkeys(seeds)}
+    per_task = range(data.n_tasks)
+    val = tuple(torch.stack([splits[s][1][t] for s in seeds]) for t in per_task)
+    if len(splits) == 1:
+        train = splits[seeds[0]][0]
+    else:
+        train = tuple(torch.stack([splits[s][0][t] for s in seeds]) for t in per_task)
+    return replace(data, train_task_idx=train, val_task_idx=val)
+
+
+def validation_rows(
+    data: ContinualData, fraction: float, seed: int
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Per task (the rows kept for training, the rows held out): ``fraction`` of each class's training
+    samples, class-balanced, drawn from a generator of ``seed`` alone (the same split for every
+    method and mask of a seed), both in their order."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x7A11D]))
     train_y = data.train_y.cpu().numpy()
     train_idx, val_idx = [], []
@@ -106,7 +127,7 @@ def hold_out_validation(data: ContinualData, fraction: float, seed: int) -> Cont
         held.sort()
         train_idx.append(torch.from_numpy(rows_np[~np.isin(rows_np, held)]).to(rows.device))
         val_idx.append(torch.from_numpy(held).to(rows.device))
-    return replace(data, train_task_idx=tuple(train_idx), val_task_idx=tuple(val_idx))
+    return tuple(train_idx), tuple(val_idx)
 
 
 def class_permutation(n_classes: int, seed: int | None) -> tuple[int, ...]:

@@ -52,7 +52,7 @@ SPLITS = ("test", "validation")  # what a run is evaluated on (the validation sp
 
 def split_rows(data: ContinualData, split: str) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     """(inputs, labels, per task the row indices into them) of ``split``: ``test`` (the test sets) or
-    ``validation`` (the training rows held out, ``data.val_task_idx``)."""
+    ``validation`` (the training rows held out, ``data.val_task_idx``: ``(R, v)`` per task, each run's own)."""
     if split == "test":
         return data.test_x, data.test_y, data.test_task_idx
     if split == "validation" and data.val_task_idx is not None:
@@ -129,15 +129,14 @@ def evaluate(
     after_task: int,
     chunk_size: int = 2048,
     classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    split: str = "test",
 ) -> Evaluation:
     """Evaluate R stacked networks (eval mode) on all test sets after training task ``after_task``;
     inputs are shared by the runs. Class-IL is counted twice from the same logits: the argmax over
     all classes, and over the classes of tasks ``0..after_task`` (the classes seen so far).
     ``classifier`` (a method's, e.g. iCaRL's nearest mean of exemplars) maps the inputs
-    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place. ``split``: ``SPLITS``,
-    see ``split_rows``. The plasticity measures (``PLASTICITY_MEASURES``) come from the same forward
-    pass: the penultimate features of the split's samples of tasks ``0..after_task``."""
+    ``(R, N, C, H, W)`` to class scores ``(R, N, K)`` that take the logits' place. The plasticity
+    measures (``PLASTICITY_MEASURES``) come from the same forward pass: the penultimate features of
+    the test samples of tasks ``0..after_task``. The validation split: ``evaluate_validation``."""
     k, t_count, device = data.n_classes, data.n_tasks, data.device
     cil = torch.zeros((n_runs, t_count), dtype=torch.int64, device=device)
     cil_seen = torch.zeros_like(cil)
@@ -146,7 +145,7 @@ def evaluate(
     class_correct = torch.zeros((n_runs, k), dtype=torch.int64, device=device)
     prob_sums = torch.zeros((n_runs, k, k), dtype=torch.float64, device=device)
     hists = _empty_histograms(n_runs, t_count, device)
-    xs, ys, task_idx = split_rows(data, split)
+    xs, ys, task_idx = split_rows(data, "test")
     stats = _FeatureStats(n_runs, device)
     for t, idx in enumerate(task_idx):
         outside_task = data.class_task != t
@@ -210,10 +209,11 @@ def curve_subsets(data: ContinualData, seeds: list[int], n_samples: int) -> torc
     from here), sorted."""
     _, _, task_idx = split_rows(data, curve_split(data))
     out = []
-    for seed in seeds:
+    for r, seed in enumerate(seeds):
         rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(7)[6])
         per_task = []
-        for idx in task_idx:
+        for rows in task_idx:
+            idx = rows if rows.dim() == 1 else rows[r]  # the test sets, or this run's validation rows
             pick = np.sort(rng.choice(len(idx), size=n_samples, replace=False))
             per_task.append(idx[torch.from_numpy(pick).to(idx.device)])
         out.append(torch.stack(per_task))
@@ -239,8 +239,72 @@ def evaluate_curve(
     n_runs, n_samples = subsets.shape[0], subsets.shape[2]
     rows = subsets[:, : task + 1].reshape(n_runs, -1)  # (R, (task + 1) * S), task by task
     row_task = torch.arange(task + 1, device=data.device).repeat_interleave(n_samples)
+    cil, til, _ = _own_rows_hits(net, params, buffers, data, xs, ys, rows, row_task, classifier, chunk_size)
+    return CurvePoint(
+        step=int(step),
+        task=int(task),
+        class_il_correct=cil.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
+        task_il_correct=til.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
+        counts=np.full(task + 1, n_samples, dtype=np.int64),
+    )
+
+
+@torch.no_grad()
+def evaluate_validation(
+    net: BatchedBackbone,
+    params: Params,
+    buffers: Params,
+    data: ContinualData,
+    *,
+    after_task: int,
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    chunk_size: int = 2048,
+) -> Evaluation:
+    """Accuracy only (class-IL, over the seen classes, task-IL), of R stacked networks (eval mode) on each
+    run's own validation rows of every task (``data.val_task_idx``, ``(R, v)`` per task): a run's inputs
+    are its own, so its counts do not depend on the runs beside it. The per-class, confidence, histogram
+    and plasticity fields are empty: they are measured on the test sets only."""
+    xs, ys, task_idx = split_rows(data, "validation")
+    n_runs = task_idx[0].shape[0]
+    counts = np.array([idx.shape[-1] for idx in task_idx], dtype=np.int64)
+    rows = torch.cat(task_idx, dim=1)  # (R, sum v), task by task
+    row_task = torch.cat([torch.full((idx.shape[-1],), t, device=data.device) for t, idx in enumerate(task_idx)])
+    unseen = data.class_task > after_task
+    hits = _own_rows_hits(net, params, buffers, data, xs, ys, rows, row_task, classifier, chunk_size, unseen=unseen)
+
+    def per_task(hit: torch.Tensor) -> np.ndarray:
+        return np.stack([h.sum(1).cpu().numpy() for h in hit.split(counts.tolist(), dim=1)], axis=1)
+
+    k = data.n_classes
+    return Evaluation(
+        class_il_correct=per_task(hits[0]),
+        class_il_seen_correct=per_task(hits[2]),
+        task_il_correct=per_task(hits[1]),
+        test_counts=counts,
+        class_correct=np.zeros((n_runs, 0), dtype=np.int64),
+        class_counts=np.zeros(0, dtype=np.int64),
+        confidence=np.zeros((n_runs, 0, k), dtype=np.float64),
+    )
+
+
+def _own_rows_hits(
+    net: BatchedBackbone,
+    params: Params,
+    buffers: Params,
+    data: ContinualData,
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    rows: torch.Tensor,
+    row_task: torch.Tensor,
+    classifier: Callable[[torch.Tensor], torch.Tensor] | None,
+    chunk_size: int,
+    unseen: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Whether each run's answer on each of its own rows ``(R, N)`` (of tasks ``row_task``) is right:
+    class-IL, task-IL and, given the ``unseen`` classes, class-IL over the seen classes; ``(R, N)`` bool each."""
     cil = torch.zeros(rows.shape, dtype=torch.bool, device=data.device)
     til = torch.zeros_like(cil)
+    seen = None if unseen is None else torch.zeros_like(cil)
     for start in range(0, rows.shape[1], chunk_size):
         part = rows[:, start : start + chunk_size]
         y = ys[part]  # (R, B)
@@ -252,10 +316,6 @@ def evaluate_curve(
         outside = data.class_task.view(1, -1) != row_task[start : start + chunk_size].view(-1, 1)  # (B, K)
         cil[:, start : start + part.shape[1]] = logits.argmax(-1) == y
         til[:, start : start + part.shape[1]] = logits.masked_fill(outside, float("-inf")).argmax(-1) == y
-    return CurvePoint(
-        step=int(step),
-        task=int(task),
-        class_il_correct=cil.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
-        task_il_correct=til.view(n_runs, task + 1, n_samples).sum(-1).cpu().numpy(),
-        counts=np.full(task + 1, n_samples, dtype=np.int64),
-    )
+        if seen is not None:
+            seen[:, start : start + part.shape[1]] = logits.masked_fill(unseen, float("-inf")).argmax(-1) == y
+    return cil, til, seen

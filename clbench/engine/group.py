@@ -57,8 +57,8 @@ class Group:
         c0, spec, device = cfgs[0], data.spec, data.device
         if c0.benchmark != spec.name or spec.n_classes != data.n_classes:
             raise ValueError(f"data is {spec.name}, configs are for {c0.benchmark}")
-        if c0.validation:  # one seed's split (the group key): its rows leave the training data
-            data = hold_out_validation(data, c0.validation, c0.seed)
+        if c0.validation:  # each run's own split (one seed's where the method reads its rows itself)
+            data = hold_out_validation(data, c0.validation, [c.seed for c in cfgs])
         method = c0.method_instance()
         net = make_backbone(c0, data)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from clbench.data.loading import ContinualData
 from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.engine.environment import keep_freed_memory, numeric_environment, software_versions
-from clbench.engine.evaluation import curve_split, curve_subsets, evaluate, evaluate_curve
+from clbench.engine.evaluation import curve_split, curve_subsets, evaluate, evaluate_curve, evaluate_validation
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, save_snapshot
 from clbench.engine.plans import PLAN_CHUNK_STEPS, draw_epoch, replay_avail, replay_plan, stacked_draws, step_slice
@@ -151,7 +151,7 @@ class _Training:
         g = self.group
         # joint: from the initial weights on tasks 0..task
         idx = g.data.train_task_idx
-        pool = torch.cat(idx[: task + 1]) if g.method.trains_on_seen_tasks else idx[task]
+        pool = torch.cat(idx[: task + 1], dim=-1) if g.method.trains_on_seen_tasks else idx[task]
         rows = g.method.task_rows(self.st.context(g, task), pool)
         return pool if rows is None else rows
 
@@ -354,17 +354,10 @@ class _Training:
                     g.net, st.net.params, st.net.buffers, g.data, g.n_runs, after_task=task.index, classifier=classifier
                 )
             )
-            if g.data.val_task_idx is not None:  # the held-out training rows, evaluated alike
+            if g.data.val_task_idx is not None:  # each run's held-out training rows: accuracy only
                 st.val_evaluations.append(
-                    evaluate(
-                        g.net,
-                        st.net.params,
-                        st.net.buffers,
-                        g.data,
-                        g.n_runs,
-                        after_task=task.index,
-                        classifier=classifier,
-                        split="validation",
+                    evaluate_validation(
+                        g.net, st.net.params, st.net.buffers, g.data, after_task=task.index, classifier=classifier
                     )
                 )
         st.eval_s[task.index] += time.perf_counter() - t1

@@ -53,6 +53,7 @@ class AGEM(Method):
     replay_from_task = 1
     uses_buffer = True
     inserts_stream = False
+    reads_task_rows = True  # fills its memory from the task's (n,) rows
     mask_acts_on = ("stream",)  # the buffer's cross-entropy is only the projection's reference
     loss_terms_names = ("ce",)
 

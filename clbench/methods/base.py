@@ -120,6 +120,10 @@ class Method:
     # Per-run shapes depend on the buffer size (class-balanced memories, training set + exemplars):
     # the planner puts only runs of one buffer size in a lockstep group.
     group_by_buffer_size: bool = False
+    # Reads a task's training rows itself (``ctx.data.train_task_idx`` or ``task_rows``), as one (n,)
+    # tensor: with a validation split, such runs share a lockstep group only with runs of their seed
+    # (one split). Otherwise a group over seeds hands the method (R, n) rows, one split per run.
+    reads_task_rows: bool = False
     tracks_seen_classes: bool = False  # the trainer passes step.seen_classes (ER-ACE)
     trains_on_seen_tasks: bool = False  # joint: task t trains, from the initial weights, on tasks 0..t
     loss_terms_names: tuple[str, ...] = ("ce",)

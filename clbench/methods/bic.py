@@ -121,6 +121,7 @@ class BiC(Method):
     replay_draws = 1
     uses_buffer = True
     group_by_buffer_size = True  # the held-out rows' count follows the buffer: equal pools per group
+    reads_task_rows = True  # holds out rows of the next task's (n,) rows
     options = {"bias_epochs": 250, "bias_lr": 1e-3, "temperature": 2.0, "val_split": 0.1, "distill_after_bias": 1}
     option_ranges = {
         "bias_epochs": ">= 0",

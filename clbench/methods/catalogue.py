@@ -58,6 +58,8 @@ class MethodCard:
     mask_keeps: tuple[str, ...] = ALL_MASK_KEEPS
     # Added with the options' ranges (``Method.option_ranges``); written only where there are some.
     option_ranges: tuple[tuple[str, str], ...] = ()
+    # Added with validation splits in groups over seeds; written only where True.
+    reads_task_rows: bool = False
 
     @property
     def has_memory(self) -> bool:
@@ -79,6 +81,7 @@ def card_of(cls: type, name: str | None = None) -> MethodCard:
         run_notes=tuple(cls.run_notes),
         mask_keeps=tuple(getattr(cls, "mask_keeps", ALL_MASK_KEEPS)),
         option_ranges=tuple(dict(getattr(cls, "option_ranges", {})).items()),
+        reads_task_rows=bool(getattr(cls, "reads_task_rows", False)),
     )
 
 
@@ -164,6 +167,7 @@ CARDS: dict[str, MethodCard] = {
         options=(("gamma", 0.85), ("eta", 0.1), ("margin", 0.3)),
         run_notes=("xder: X-DER as published is --mask -inf (its stream cross-entropy is a softmax over the current task's classes); --mask none is its unmasked counterpart; without the SupCon consistency term (needs colour augmentation of natural images; Mammoth's xder_ce drops it too)",),
         option_ranges=(("gamma", ">= 0"), ("eta", ">= 0")),
+        reads_task_rows=True,
     ),
     "icarl": MethodCard(
         name="icarl",
@@ -176,6 +180,7 @@ CARDS: dict[str, MethodCard] = {
         options=(("wd", 0.0),),
         run_notes=("icarl: no softmax cross-entropy (sigmoid BCE with distillation), an unmasked reference baseline; accuracies from the nearest-mean-of-exemplars classifier",),
         option_ranges=(("wd", ">= 0"),),
+        reads_task_rows=True,
     ),
     "agem": MethodCard(
         name="agem",
@@ -187,6 +192,7 @@ CARDS: dict[str, MethodCard] = {
         weights=(),
         options=(),
         run_notes=(),
+        reads_task_rows=True,
     ),
     "gdumb": MethodCard(
         name="gdumb",
@@ -282,6 +288,7 @@ CARDS: dict[str, MethodCard] = {
         options=(("bias_epochs", 250), ("bias_lr", 0.001), ("temperature", 2.0), ("val_split", 0.1), ("distill_after_bias", 1)),
         run_notes=("bic: ER's replay with Mammoth's BiC loss ((1 - 1/(t+1)) CE over seen classes + 1/(t+1) T^2 KD from the previous task's bias-corrected network) and a two-parameter bias layer on the newest task's logits fitted at every task end on held-out rows; plain SGD under the protocol",),
         option_ranges=(("bias_epochs", ">= 0"), ("bias_lr", ">= 0"), ("temperature", "> 0"), ("val_split", "0..<1"), ("distill_after_bias", "0..1")),
+        reads_task_rows=True,
     ),
 }
 # END CARDS
@@ -312,6 +319,7 @@ def _written_cards() -> str:
             for f in fields(card)
             if (f.name != "mask_keeps" or card.mask_keeps != ALL_MASK_KEEPS)
             and (f.name != "option_ranges" or card.option_ranges)
+            and (f.name != "reads_task_rows" or card.reads_task_rows)
         ]
         lines.append("    ),")
     lines.append("}")

@@ -68,6 +68,7 @@ class ICaRL(Method):
     name = "icarl"
     exemplar_memory = True
     group_by_buffer_size = True  # training set = task samples + exemplars: equal sizes per buffer size
+    reads_task_rows = True  # adds its exemplars to the task's (n,) rows
     mask_acts_on = ()  # no softmax cross-entropy
     options = {"wd": 0.0}
     option_ranges = {"wd": ">= 0"}

@@ -79,6 +79,7 @@ class XDER(Method):
     uses_buffer = True
     inserts_stream = False
     group_by_buffer_size = True  # class-balanced rebuild: equal shapes for equal buffer sizes
+    reads_task_rows = True  # draws its rebuild candidates from the task's (n,) rows
     mask_acts_on = ("stream",)
     weights = ("alpha", "beta")
     options = {"gamma": 0.85, "eta": 0.1, "margin": 0.3}

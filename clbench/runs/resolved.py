@@ -163,8 +163,11 @@ class ResolvedConfig:
         key += (("data", self.data),) if self.data else ()
         # Runs evaluated during training do it together, on one schedule.
         key += (("eval", self.eval_every, self.eval_samples),) if self.eval_every else ()
-        # A validation split is drawn from the seed: the group's data holds one seed's split.
-        return key + (("validation", self.validation, self.seed) if self.validation else ())
+        # A validation split is drawn from the seed: each run holds out its own (equal-sized) rows,
+        # except for methods that read a task's rows as one tensor: their groups hold one seed's split.
+        if self.validation:
+            key += (("validation", self.validation, self.seed if _card(self).reads_task_rows else None),)
+        return key
 
     @property
     def uses_buffer(self) -> bool:
