@@ -24,17 +24,16 @@ from clbench.cli.common import (
     filter_options,
     inspect,
     label,
-    load,
+    load_listing,
     local_time,
     num,
     plain_table,
     store_errors_as_bad_input,
 )
 from clbench.engine.checkpoint import CheckpointSummary, checkpoint_directory, checkpoints_by_run
-from clbench.store.connection import StoreError, describe_url, sqlite_path
+from clbench.errors import StoreError
+from clbench.store.basics import DONE_STATUSES, STATUSES
 from clbench.store.exports import EXPORT_FORMATS, export_runs
-from clbench.store.opening import open_store
-from clbench.store.schema import DONE_STATUSES, STATUSES
 from clbench.version import RESULTS_VERSION
 
 
@@ -52,14 +51,15 @@ def runs_command(
     checkpoint_dir: Path | None = checkpoint_dir_option(),
 ) -> None:
     """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
-    df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order))
+    filters = filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order)
+    rows, registry_file = load_listing(db, **filters)
     out = console()
-    if df.empty:
+    if not rows:
         out.print("no runs match")
         return
-    saved = checkpoints_by_run(checkpoint_directory(sqlite_path(db_url(db)), checkpoint_dir))
-    table = Table(title=f"{len(df)} runs", title_justify="left")
-    orders = bool((df["class_order"] > 0).any())  # the class order column only where one is not the benchmark's
+    saved = checkpoints_by_run(checkpoint_directory(registry_file, checkpoint_dir))
+    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    orders = any(row.class_order > 0 for row in rows)  # the class order column only where one is not the benchmark's
     for name in (
         "run id",
         "experiment",
@@ -82,7 +82,7 @@ def runs_command(
             no_wrap=name == "run id",
         )
     notes = []
-    for row in df.itertuples():
+    for row in rows:
         table.add_row(
             row.run_id,
             label(row.experiment),
@@ -153,6 +153,8 @@ def show(
     db: str | None = db_option(),
 ) -> None:
     """Print a run: its resolved config, both accuracy matrices and its metrics."""
+    from clbench.store.opening import open_store  # noqa: PLC0415 - SQLAlchemy: not for `clbench runs`
+
     try:
         store = open_store(db_url(db), readonly=True)
     except StoreError as exc:
@@ -362,6 +364,8 @@ def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, fi
 
 def inspect_db_ready(db: str | None) -> None:
     """The database must exist and be a clbench database (export never creates one)."""
+    from clbench.store.connection import describe_url  # noqa: PLC0415
+
     url = db_url(db)
     if inspect(url) != "ready":
         raise UsageProblem(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")
