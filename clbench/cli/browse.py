@@ -24,7 +24,6 @@ from clbench.cli.common import (
     filter_options,
     inspect,
     label,
-    load_listing,
     local_time,
     num,
     plain_table,
@@ -52,7 +51,7 @@ def runs_command(
 ) -> None:
     """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
     filters = filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order)
-    rows, registry_file = load_listing(db, **filters)
+    rows, registry_file = _load_listing(db, **filters)
     out = console()
     if not rows:
         out.print("no runs match")
@@ -110,6 +109,24 @@ def runs_command(
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
     out.print(table)
+
+
+def _load_listing(db: str | None, **filter_values) -> tuple[list, Path | None]:
+    """``list_runs`` (an SQLite file read without SQLAlchemy nor pandas) with its errors as bad input,
+    and the registry's SQLite file (``None``: a database server)."""
+    from clbench.store.listing import list_runs, sqlite_file_of  # noqa: PLC0415
+
+    path = sqlite_file_of(db)
+    target = db if path is not None else db_url(db)
+    try:
+        rows = list_runs(target, **filter_values)
+    except (StoreError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from None
+    if path is None:
+        from clbench.store.connection import sqlite_file  # noqa: PLC0415
+
+        path = sqlite_file(target)
+    return rows, path
 
 
 def run_note(row, checkpoint: CheckpointSummary | None) -> str:

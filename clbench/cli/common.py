@@ -303,24 +303,6 @@ def load(db: str | None, **filter_values):
         raise UsageProblem(str(exc)) from None
 
 
-def load_listing(db: str | None, **filter_values) -> tuple[list, Path | None]:
-    """``list_runs`` (an SQLite file read without SQLAlchemy nor pandas) with its errors as bad input,
-    and the registry's SQLite file (``None``: a database server)."""
-    from clbench.store.listing import list_runs, sqlite_file_of
-
-    path = sqlite_file_of(db)
-    target = db if path is not None else db_url(db)
-    try:
-        rows = list_runs(target, **filter_values)
-    except (StoreError, ValueError) as exc:
-        raise UsageProblem(str(exc)) from None
-    if path is None:
-        from clbench.store.connection import sqlite_file
-
-        path = sqlite_file(target)
-    return rows, path
-
-
 @contextmanager
 def store_errors_as_bad_input():
     """A read-only command's database problems (e.g. a damaged file) as one ``error:`` line, exit 2:
