@@ -149,7 +149,7 @@ def test_a_long_listing_is_printed_as_plain_aligned_columns():
     from rich.table import Table
     from rich.text import Text
 
-    from clbench.cli.common import plain_table
+    from clbench.cli.plain import plain_table
 
     table = Table(title="3 runs")
     table.add_column("run id")

@@ -13,7 +13,6 @@ from rich.text import Text
 
 from clbench.cli.common import (
     FILTER_HELP,
-    PLAIN_ROWS,
     STATUS_STYLE,
     UsageProblem,
     checkpoint_dir_option,
@@ -26,9 +25,9 @@ from clbench.cli.common import (
     label,
     local_time,
     num,
-    plain_table,
     store_errors_as_bad_input,
 )
+from clbench.cli.plain import PLAIN_ROWS, plain_table
 from clbench.engine.checkpoint import CheckpointSummary, checkpoint_directory, checkpoints_by_run
 from clbench.errors import StoreError
 from clbench.store.basics import DONE_STATUSES, STATUSES
