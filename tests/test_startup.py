@@ -293,13 +293,19 @@ def test_the_sqlite_listing_refuses_bad_filters_as_load_runs_does(mixed_db):
         assert str(fast.value) == str(slow.value)
 
 
-@pytest.mark.parametrize("args", [[], ["--status", "interrupted,failed,diverged"], ["--experiment", "e1", "-m", "er"]])
+@pytest.mark.parametrize(
+    "args", [[], ["--status", "interrupted,failed,diverged"], ["--experiment", "e1", "-m", "er"], ["plain"]]
+)
 def test_clbench_runs_prints_the_same_with_or_without_sqlite3(mixed_db, args, monkeypatch, capsys, tmp_path):
     """`clbench runs` on an SQLite file prints what the SQLAlchemy path prints (the path a database
-    server takes), notes of diverged and checkpointed runs included."""
-    from clbench.cli import main
+    server takes), notes of diverged runs included; ``plain``: as plain columns (a long listing)."""
+    from clbench.cli import browse, main
     from clbench.store import listing
 
+    plain = args == ["plain"]
+    if plain:
+        monkeypatch.setattr(browse, "PLAIN_ROWS", 3)
+        args = []
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CLBENCH_DB", raising=False)
     outputs = []
@@ -311,7 +317,7 @@ def test_clbench_runs_prints_the_same_with_or_without_sqlite3(mixed_db, args, mo
         assert rc in (0, None)
         outputs.append(out)
     assert outputs[0] == outputs[1]
-    assert "runs" in outputs[0]
+    assert "runs" in outputs[0] and ("│" not in outputs[0]) == plain
 
 
 def test_numpy_mean_is_numpys_bit_for_bit():
