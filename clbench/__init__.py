@@ -9,7 +9,8 @@ The library API the CLI and the reports stand on, importable from here:
   (``clbench.engine.loop``).
 - ``RunResult``: accuracy matrices and everything measured (``clbench.runs.results``).
 - ``load_runs``, ``load_matrices``, ``load_histograms``, ``load_curves`` (evaluations during training): the
-  registry as DataFrames (``clbench.store``).
+  registry as DataFrames (``clbench.store``); ``list_runs``: what ``clbench runs`` lists, read from an
+  SQLite file without pandas or SQLAlchemy (``clbench.store.listing``).
 - ``clbench.metrics``: FAA, forgetting, BWT as functions of an accuracy matrix.
 
 Each name is imported when first used (PEP 562), so that ``import clbench.cli`` and the commands
@@ -44,6 +45,7 @@ _API = {
     "load_histograms": "clbench.store.measures",
     "load_matrices": "clbench.store.queries",
     "load_runs": "clbench.store.queries",
+    "list_runs": "clbench.store.listing",
     "masked_cross_entropy": "clbench.masking",
     "plan_groups": "clbench.sweep.plan",
     "resolve": "clbench.runs.config",

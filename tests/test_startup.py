@@ -149,7 +149,7 @@ def test_a_long_listing_is_printed_as_plain_aligned_columns():
     from rich.table import Table
     from rich.text import Text
 
-    from clbench.cli.common import plain_table
+    from clbench.cli.plain import plain_table
 
     table = Table(title="3 runs")
     table.add_column("run id")
@@ -167,3 +167,165 @@ def test_a_long_listing_is_printed_as_plain_aligned_columns():
     ]
     failed_at = text.plain.index("failed")
     assert any(s.start <= failed_at < s.end and str(s.style) == "red" for s in text.spans)
+
+
+# ---------------------------------------------------------------------------------------------
+# `clbench runs` on an SQLite file: read without SQLAlchemy nor pandas, the same rows as load_runs
+
+
+def test_runs_on_sqlite_loads_neither_sqlalchemy_nor_pandas(db, tmp_path):
+    """`clbench runs` reads an SQLite registry through sqlite3 (clbench.store.listing): SQLAlchemy,
+    pandas and numpy take longer to import than the whole listing of 1,000 runs takes."""
+    probe = PROBE.replace('m == "torch" or m.startswith(("torch.", "clbench.engine"))', "True")
+    probe = probe.replace("rc = main(sys.argv[1:])", "rc = main(sys.argv[1:]); sys.stdout.flush()")
+    for args in (["runs"], ["runs", "--method", "er", "--mask", "0", "--status", "finished,interrupted"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe, *args, "--db", db], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert report["rc"] in (0, None) and "runs" in proc.stdout, (args, proc.stdout, proc.stderr)
+        heavy = {m.split(".")[0] for m in report["loaded"]} & {"sqlalchemy", "pandas", "numpy", "torch"}
+        assert not heavy, (args, heavy)
+
+
+@pytest.fixture(scope="module")
+def mixed_db(tmp_path_factory) -> str:
+    """ER and DER++ on seq-fmnist, masks none and 0, seeds 0..3, with made-up accuracies; then, by
+    hand: a failed run, a stale one (an older results version), a diverged one, an abandoned running
+    one (interrupted), a running one held by this process, a finished run missing a cell of its
+    last row, experiment labels and a class order."""
+    import socket
+    import sqlite3
+
+    path = str(tmp_path_factory.mktemp("listing") / "runs.db")
+    configs = [c.resolve() for c in sweep_configs(methods=["er", "derpp"], masks=["none", "0"], seeds=range(4))]
+    rng = np.random.default_rng(0)
+    results = []
+    for c in configs:
+        result = fake_result(c)
+        result.class_il[:] = np.tril(rng.uniform(0, 100, result.class_il.shape))
+        result.task_il[:] = np.tril(rng.uniform(0, 100, result.task_il.shape))
+        results.append(result)
+    with open_store(path) as store:
+        owner = Owner.current()
+        store.claim(configs, owner)
+        store.save_results(results, owner)
+    ids = [c.identity() for c in configs]
+    me = Owner.current()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE runs SET status = 'failed', error = 'boom' WHERE run_id = ?", (ids[0],))
+        conn.execute("UPDATE runs SET results_version = 1 WHERE run_id = ?", (ids[1],))
+        conn.execute(
+            "UPDATE runs SET status = 'diverged', diverged_task = 2, diverged_step = 17, last_finite_loss = 3.25 "
+            "WHERE run_id = ?",
+            (ids[2],),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'running', host = ?, pid = 999999999, finished_at = NULL WHERE run_id = ?",
+            (socket.gethostname(), ids[3]),
+        )
+        conn.execute(
+            "UPDATE runs SET status = 'running', host = ?, pid = ?, process_start = ?, finished_at = NULL "
+            "WHERE run_id = ?",
+            (me.host, me.pid, me.process_start, ids[4]),
+        )
+        conn.execute("DELETE FROM accuracy WHERE run_id = ? AND setting = 'task_il' AND after_task = 4", (ids[5],))
+        conn.execute("DELETE FROM accuracy WHERE run_id = ? AND on_task = 1 AND after_task = 4", (ids[6],))
+        conn.execute("UPDATE runs SET class_order = 3 WHERE run_id = ?", (ids[7],))
+        conn.executemany(
+            "INSERT INTO run_experiments (run_id, experiment) VALUES (?, ?)",
+            [(i, "e2") for i in ids[:5]] + [(i, "e1") for i in ids[3:9]],
+        )
+    return path
+
+
+LISTING_FILTERS = [
+    {},
+    {"method": "er"},
+    {"method": ["er", "derpp"], "mask": "0"},
+    {"status": "finished"},
+    {"status": ["interrupted", "running"]},
+    {"status": "stale"},
+    {"status": ["failed", "diverged"]},
+    {"experiment": "e1"},
+    {"experiment": ["e1", "e2"], "seed": [0, 1]},
+    {"dataset": "fmnist", "buffer": 200, "mask_on": "stream", "class_order": 0},
+    {"class_order": 3},
+    {"run_id": "nope"},
+]
+
+
+@pytest.mark.parametrize("filters", LISTING_FILTERS, ids=lambda f: repr(f))
+def test_the_sqlite_listing_equals_load_runs(mixed_db, filters):
+    """list_runs through sqlite3 gives what it gives through load_runs (SQLAlchemy, pandas): the same
+    runs, order, statuses (stale, interrupted), labels and numbers, bit for bit."""
+    from clbench.store import listing
+    from clbench.store.queries import load_runs
+
+    fast = listing.list_runs(mixed_db, **filters)
+    slow = listing._listing_of_frame(mixed_db, filters, "all", "test")  # what a database server gets
+    assert fast == slow
+    frame = load_runs(mixed_db, **filters)
+    assert [r.run_id for r in fast] == list(frame["run_id"])
+    assert [r.faa_class_il for r in fast] == [None if v != v else v for v in frame["faa_class_il"]]
+
+
+def test_the_sqlite_listing_covers_every_status(mixed_db):
+    """The database of the tests above holds what they must agree on."""
+    from clbench.store.listing import list_runs
+
+    rows = list_runs(mixed_db)
+    assert {r.status for r in rows} == {"finished", "failed", "stale", "diverged", "interrupted", "running"}
+    assert sum(r.faa_task_il is None for r in rows if r.status == "finished") == 2  # cells missing: NaN
+    assert {r.experiment for r in rows} >= {"e1,e2", "e2", "e1", None}
+
+
+def test_the_sqlite_listing_refuses_bad_filters_as_load_runs_does(mixed_db):
+    from clbench.store.listing import list_runs
+    from clbench.store.queries import load_runs
+
+    for filters in ({"method": "nope"}, {"status": "done"}, {"mask_on": "x"}, {"dataset": "nope"}):
+        with pytest.raises(ValueError) as fast:
+            list_runs(mixed_db, **filters)
+        with pytest.raises(ValueError) as slow:
+            load_runs(mixed_db, **filters)
+        assert str(fast.value) == str(slow.value)
+
+
+@pytest.mark.parametrize(
+    "args", [[], ["--status", "interrupted,failed,diverged"], ["--experiment", "e1", "-m", "er"], ["plain"]]
+)
+def test_clbench_runs_prints_the_same_with_or_without_sqlite3(mixed_db, args, monkeypatch, capsys, tmp_path):
+    """`clbench runs` on an SQLite file prints what the SQLAlchemy path prints (the path a database
+    server takes), notes of diverged runs included; ``plain``: as plain columns (a long listing)."""
+    from clbench.cli import browse, main
+    from clbench.store import listing
+
+    plain = args == ["plain"]
+    if plain:
+        monkeypatch.setattr(browse, "PLAIN_ROWS", 3)
+        args = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLBENCH_DB", raising=False)
+    outputs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(listing, "sqlite_file_of", lambda db: None)
+        rc = main(["runs", *args, "--db", mixed_db])
+        out = capsys.readouterr().out
+        assert rc in (0, None)
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    assert "runs" in outputs[0] and ("│" not in outputs[0]) == plain
+
+
+def test_numpy_mean_is_numpys_bit_for_bit():
+    """A final average accuracy from the SQLite listing is np.mean of the last row, to the last bit."""
+    from clbench.store.listing import numpy_mean
+
+    rng = np.random.default_rng(1)
+    for n in list(range(1, 40)) + [127, 128, 129, 255, 256, 300, 1000]:
+        for _ in range(20):
+            row = rng.uniform(0, 100, n) * 10.0 ** rng.integers(-3, 4, n)
+            assert numpy_mean(row.tolist()) == float(np.mean(row)), n

@@ -6,7 +6,8 @@
 - ``report``: registered experiments (``report.py``); ``compare``: paired comparisons (``compare.py``);
 - ``tune``: choose m with an Optuna study on a validation split (``tune.py``);
 - ``executor.py``: the executor options of ``run`` and ``report`` (``--executor ray`` ...);
-- ``common.py``: what they share (bad input, option parsing, consoles, formatting).
+- ``common.py``: what they share (bad input, option parsing, consoles, formatting); ``plain.py``: long
+  listings as plain aligned columns.
 
 Every command validates all of its input before it opens (let alone creates) the database, and
 reports bad input as one line, ``error: ...``, on stderr with exit status 2.

@@ -13,7 +13,6 @@ from rich.text import Text
 
 from clbench.cli.common import (
     FILTER_HELP,
-    PLAIN_ROWS,
     STATUS_STYLE,
     UsageProblem,
     checkpoint_dir_option,
@@ -24,17 +23,15 @@ from clbench.cli.common import (
     filter_options,
     inspect,
     label,
-    load,
     local_time,
     num,
-    plain_table,
     store_errors_as_bad_input,
 )
+from clbench.cli.plain import PLAIN_ROWS, plain_table
 from clbench.engine.checkpoint import CheckpointSummary, checkpoint_directory, checkpoints_by_run
-from clbench.store.connection import StoreError, describe_url, sqlite_path
+from clbench.errors import StoreError
+from clbench.store.basics import DONE_STATUSES, STATUSES
 from clbench.store.exports import EXPORT_FORMATS, export_runs
-from clbench.store.opening import open_store
-from clbench.store.schema import DONE_STATUSES, STATUSES
 from clbench.version import RESULTS_VERSION
 
 
@@ -52,14 +49,15 @@ def runs_command(
     checkpoint_dir: Path | None = checkpoint_dir_option(),
 ) -> None:
     """List runs, with filters; unfinished runs with a checkpoint say how far they got."""
-    df = load(db, **filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order))
+    filters = filter_options(method, dataset, mask, buffer, status, experiment, seed, mask_on, class_order)
+    rows, registry_file = _load_listing(db, **filters)
     out = console()
-    if df.empty:
+    if not rows:
         out.print("no runs match")
         return
-    saved = checkpoints_by_run(checkpoint_directory(sqlite_path(db_url(db)), checkpoint_dir))
-    table = Table(title=f"{len(df)} runs", title_justify="left")
-    orders = bool((df["class_order"] > 0).any())  # the class order column only where one is not the benchmark's
+    saved = checkpoints_by_run(checkpoint_directory(registry_file, checkpoint_dir))
+    table = Table(title=f"{len(rows)} runs", title_justify="left")
+    orders = any(row.class_order > 0 for row in rows)  # the class order column only where one is not the benchmark's
     for name in (
         "run id",
         "experiment",
@@ -82,7 +80,7 @@ def runs_command(
             no_wrap=name == "run id",
         )
     notes = []
-    for row in df.itertuples():
+    for row in rows:
         table.add_row(
             row.run_id,
             label(row.experiment),
@@ -110,6 +108,24 @@ def runs_command(
         table.caption = "\n".join(notes)
         table.caption_justify = "left"
     out.print(table)
+
+
+def _load_listing(db: str | None, **filter_values) -> tuple[list, Path | None]:
+    """``list_runs`` (an SQLite file read without SQLAlchemy nor pandas) with its errors as bad input,
+    and the registry's SQLite file (``None``: a database server)."""
+    from clbench.store.listing import list_runs, sqlite_file_of  # noqa: PLC0415
+
+    path = sqlite_file_of(db)
+    target = db if path is not None else db_url(db)
+    try:
+        rows = list_runs(target, **filter_values)
+    except (StoreError, ValueError) as exc:
+        raise UsageProblem(str(exc)) from None
+    if path is None:
+        from clbench.store.connection import sqlite_file  # noqa: PLC0415
+
+        path = sqlite_file(target)
+    return rows, path
 
 
 def run_note(row, checkpoint: CheckpointSummary | None) -> str:
@@ -153,6 +169,8 @@ def show(
     db: str | None = db_option(),
 ) -> None:
     """Print a run: its resolved config, both accuracy matrices and its metrics."""
+    from clbench.store.opening import open_store  # noqa: PLC0415 - SQLAlchemy: not for `clbench runs`
+
     try:
         store = open_store(db_url(db), readonly=True)
     except StoreError as exc:
@@ -362,6 +380,8 @@ def _export_mlflow(tracking_uri: str | None, experiment: str, db: str | None, fi
 
 def inspect_db_ready(db: str | None) -> None:
     """The database must exist and be a clbench database (export never creates one)."""
+    from clbench.store.connection import describe_url  # noqa: PLC0415
+
     url = db_url(db)
     if inspect(url) != "ready":
         raise UsageProblem(f"no clbench database at {describe_url(url)}: run `clbench run` first, or give --db")

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from clbench.data.specs import get_benchmark
 from clbench.engine.checkpoint import ENV_CHECKPOINTS, CheckpointPolicy, checkpoint_directory, parse_duration
@@ -451,35 +449,3 @@ def given_command() -> str | None:
     obj = ctx.find_root().obj if ctx is not None else None
     argv = obj.get("argv") if isinstance(obj, dict) else None
     return shlex.join(["clbench", *argv]) if argv else None
-
-
-PLAIN_ROWS = 200  # a listing longer than this is printed as plain aligned columns (see plain_table)
-
-
-def plain_table(table: Table) -> Text:
-    """``table`` as plain aligned columns under its title and header, cells styled as in the table:
-    what a boxed rich table of thousands of rows would show, laid out in milliseconds, not seconds."""
-    columns = table.columns
-    cells = [[c if isinstance(c, Text) else Text(str(c)) for c in col.cells] for col in columns]
-    widths = [max([len(col.header), *(len(c.plain) for c in col_cells)]) for col, col_cells in zip(columns, cells)]
-    out = Text()
-    if table.title:
-        out.append(f"{table.title}\n")
-    header = "  ".join(_aligned(col.header, w, col.justify) for col, w in zip(columns, widths))
-    out.append(header.rstrip() + "\n", style="bold")
-    for i in range(len(table.rows)):
-        for j, (col, w) in enumerate(zip(columns, widths)):
-            cell = cells[j][i]
-            pad = " " * (w - len(cell.plain))
-            if col.justify == "right":
-                out.append(pad)
-            out.append_text(cell)
-            if j < len(columns) - 1:
-                out.append((pad if col.justify != "right" else "") + "  ")
-        out.append("\n")
-    out.rstrip()
-    return out
-
-
-def _aligned(text: str, width: int, justify: str) -> str:
-    return text.rjust(width) if justify == "right" else text.ljust(width)

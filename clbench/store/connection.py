@@ -14,7 +14,6 @@ insert races (:func:`run_transaction`). Nothing here creates a database or write
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,10 +24,10 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from clbench.errors import StoreError, first_line
+from clbench.store.basics import SQLITE_BUSY_TIMEOUT_S, connect_readonly
 
 DEFAULT_DB = "results.db"
 ENV_DB = "CLBENCH_DB"
-SQLITE_BUSY_TIMEOUT_S = 60.0
 _RETRIES = 8
 _IN_CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 _SCHEMA_LOCK = 4721930183  # PostgreSQL advisory lock key: one process creates or migrates at a time
@@ -123,36 +122,10 @@ def make_engine(url: URL, *, readonly: bool) -> Engine:
         ) from None
 
 
-def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection (``mode=ro``: it can never create or change the file, even by accident).
-
-    A database in WAL mode is read through its ``-shm`` file, which the first reader creates beside
-    it. On read-only storage (a read-only mount, a folder this user cannot write) that is impossible
-    and so is any change to the file: it is then opened ``immutable``, with no shared memory and
-    no locks. Never otherwise, since a file that another process may still write cannot be
-    immutable; and never with an unmerged ``-wal`` beside it, whose changes immutable would skip."""
-    uri = path.absolute().as_uri() + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # WAL readers open the -shm here
-        return conn
-    except sqlite3.OperationalError as exc:
-        conn.close()
-        wal = Path(f"{path}-wal")
-        cannot_write_here = not os.access(path.absolute().parent, os.W_OK | os.X_OK)
-        if (
-            getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN"
-            or not cannot_write_here
-            or (wal.exists() and wal.stat().st_size > 0)
-        ):
-            raise
-    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
-
-
 def _sqlite_engine(url: URL, *, readonly: bool) -> Engine:
     path = sqlite_file(url)
     if readonly and path is not None:
-        engine = create_engine("sqlite://", creator=lambda: _connect_readonly(path))
+        engine = create_engine("sqlite://", creator=lambda: connect_readonly(path))
     else:
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clbench.store.schema import ACTIVE_STATUSES, utc_now
+from clbench.store.basics import ACTIVE_STATUSES, utc_now
 
 HEARTBEAT_INTERVAL_S = 60.0  # how often a running sweep refreshes the heartbeat of its runs
 HEARTBEAT_TIMEOUT_S = 600.0  # a run on another host with an older heartbeat is abandoned

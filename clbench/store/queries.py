@@ -8,34 +8,29 @@ are the record; ``clbench.metrics`` defines what is computed from them).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import case, func, select
+from sqlalchemy import literal_column, select, text
 from sqlalchemy.engine import URL
 
-from clbench.data.specs import benchmark_name
-from clbench.methods import METHODS
 from clbench.metrics import summarize
-from clbench.runs.mask import MASK_ON_CHOICES, format_mask_value, parse_mask_value
 from clbench.runs.results import CLASS_IL_CONVENTIONS
 from clbench.store.connection import in_chunks
+from clbench.store.listing import EFFECTIVE_STATUS_SQL, ORDER_SQL, as_list, check_methods, method_labels, run_conditions
 from clbench.store.opening import open_store
 from clbench.store.ownership import shown_status
 from clbench.store.schema import (
-    ACTIVE_STATUSES,
     SETTINGS,
     SPLITS,
-    STATUSES,
     Accuracy,
     Run,
     RunExperiment,
 )
 from clbench.store.store import Store
-from clbench.version import RESULTS_VERSION
 
 # The columns of ``clbench export`` (one row per run), in this order.
 EXPORT_COLUMNS = (
@@ -89,93 +84,22 @@ def with_store(db: Db, work: Callable[[Store], T]) -> T:
         return work(store)
 
 
-def _as_list(value: Any) -> list | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes, int, float)) or not isinstance(value, Iterable):
-        return [value]
-    return list(value)
-
-
-def _mask_label(value: Any) -> str:
-    if value is None:
-        return "none"
-    return format_mask_value(parse_mask_value(value) if isinstance(value, str) else float(value))
-
-
-def _run_filters(
-    method=None,
-    dataset=None,
-    mask=None,
-    mask_on=None,
-    buffer=None,
-    seed=None,
-    status=None,
-    experiment=None,
-    run_id=None,
-    class_order=None,
-) -> list:
-    """SQL conditions for the filters; each filter takes one value or a list (any of them)."""
-    conds = []
-    if (methods := _as_list(method)) is not None:  # names checked against the registry: _check_methods
-        conds.append(Run.method.in_([str(m) for m in methods]))
-    if (datasets := _as_list(dataset)) is not None:
-        conds.append(Run.benchmark.in_([benchmark_name(str(d)) for d in datasets]))
-    if (masks := _as_list(mask)) is not None:
-        conds.append(Run.mask.in_([_mask_label(m) for m in masks]))
-    if (ons := _as_list(mask_on)) is not None:
-        bad = [o for o in ons if o not in MASK_ON_CHOICES]
-        if bad:
-            raise ValueError(f"invalid mask_on {bad[0]!r}: valid are {', '.join(MASK_ON_CHOICES)}")
-        conds.append(Run.mask_on.in_(ons))
-    if (buffers := _as_list(buffer)) is not None:
-        conds.append(Run.buffer_size.in_([int(b) for b in buffers]))
-    if (seeds := _as_list(seed)) is not None:
-        conds.append(Run.seed.in_([int(s) for s in seeds]))
-    if (statuses := _as_list(status)) is not None:
-        bad = [s for s in statuses if s not in STATUSES]
-        if bad:
-            raise ValueError(f"invalid status {bad[0]!r}: valid are {', '.join(STATUSES)}")
-        # An abandoned pending/running row is shown as interrupted (ownership.shown_status): the query
-        # takes the active rows too when interrupted ones are asked for; load_runs filters after.
-        stored = set(statuses) | (set(ACTIVE_STATUSES) if "interrupted" in statuses else set())
-        conds.append(effective_status().in_(sorted(stored)))
-    if (experiments := _as_list(experiment)) is not None:
-        labelled = select(RunExperiment.run_id).where(RunExperiment.experiment.in_([str(e) for e in experiments]))
-        conds.append(Run.run_id.in_(labelled))
-    if (ids := _as_list(run_id)) is not None:
-        conds.append(Run.run_id.in_([str(i) for i in ids]))
-    if (orders := _as_list(class_order)) is not None:
-        conds.append(func.coalesce(Run.class_order, 0).in_([int(k) for k in orders]))
-    return conds
+def _run_filters(**filters) -> list:
+    """SQL conditions for the filters (:func:`clbench.store.listing.run_conditions`, the one place they
+    are written); each filter takes one value or a list (any of them)."""
+    return [text(sql).bindparams(**params) for sql, params in run_conditions(**filters)]
 
 
 def _check_methods(conn, method) -> None:
-    """An unknown method in a filter is an error, like an unknown dataset: a typo, not a filter that
-    matches nothing. Known: the shipped methods and any stored run's (methods of your own)."""
-    if (methods := _as_list(method)) is None:
-        return
-    known = set(METHODS)
-    if any(str(m) not in known for m in methods):
-        known |= set(conn.execute(select(Run.method).distinct()).scalars())
-    bad = [str(m) for m in methods if str(m) not in known]
-    if bad:
-        mine = sorted(known - set(METHODS))
-        raise ValueError(
-            f"unknown method {bad[0]!r}: valid methods are {', '.join(METHODS)}"
-            + (f" (and in this database: {', '.join(mine)})" if mine else "")
-        )
-
-
-def _results_version():
-    return func.coalesce(Run.results_version, 1)
+    """An unknown method in a filter is an error (:func:`clbench.store.listing.check_methods`)."""
+    check_methods(method, lambda: conn.execute(select(Run.method).distinct()).scalars())
 
 
 def effective_status():
     """The status a run is listed with (SQL): its stored status, or ``stale`` when an older engine
     (``results_version`` below ``RESULTS_VERSION``) computed it: its numbers may differ from what
     this clbench computes, so it is never reused or reported unless asked for."""
-    return case((_results_version() < RESULTS_VERSION, "stale"), else_=Run.status)
+    return literal_column(EFFECTIVE_STATUS_SQL)
 
 
 def _accuracy_matrices(conn, run_ids: Sequence[str], split: str = "test") -> dict[str, dict[str, np.ndarray]]:
@@ -230,13 +154,24 @@ def load_runs(
     check_split(split)
     if class_il not in CLASS_IL_CONVENTIONS:
         raise ValueError(f"invalid class-IL convention {class_il!r}: valid are {', '.join(CLASS_IL_CONVENTIONS)}")
-    conds = _run_filters(method, dataset, mask, mask_on, buffer, seed, status, experiment, run_id, class_order)
+    conds = _run_filters(
+        method=method,
+        dataset=dataset,
+        mask=mask,
+        mask_on=mask_on,
+        buffer=buffer,
+        seed=seed,
+        status=status,
+        experiment=experiment,
+        run_id=run_id,
+        class_order=class_order,
+    )
     rows, labels, matrices = with_store(
         db, lambda store: store.transaction(lambda conn: _query_runs(conn, conds, method, split))
     )
     now = datetime.now(UTC)
     shown = {r["run_id"]: shown_status({**r, "status": r["effective_status"]}, now) for r in rows}
-    if (wanted := _as_list(status)) is not None:
+    if (wanted := as_list(status)) is not None:
         rows = [r for r in rows if shown[r["run_id"]] in wanted]
     df = _runs_frame(rows, labels, matrices, shown, class_il)
     df.attrs["split"] = split
@@ -249,21 +184,7 @@ def _query_runs(
     """The ``runs`` rows matching ``conds`` (with their ``effective_status``), their experiment labels
     and the accuracy matrices of the finished ones."""
     _check_methods(conn, method)
-    # Sweeps in the order they were planned, groups in the order they trained, then seeds.
-    stmt = (
-        select(Run.__table__, effective_status().label("effective_status"))
-        .where(*conds)
-        .order_by(
-            Run.created_at,
-            Run.finished_at.asc().nulls_last(),
-            Run.benchmark,
-            Run.method,
-            Run.buffer_size,
-            Run.mask_on,
-            Run.mask,
-            Run.seed,
-        )
-    )
+    stmt = select(Run.__table__, effective_status().label("effective_status")).where(*conds).order_by(text(ORDER_SQL))
     rows = conn.execute(stmt).mappings().all()
     ids = [r["run_id"] for r in rows]
     labels: dict[str, list[str]] = {}
@@ -313,31 +234,13 @@ def _runs_frame(
             }
         )
     columns = list(EXPORT_COLUMNS + EXTRA_METRICS + HYPERPARAMETERS + RECORD_COLUMNS)
-    df = pd.DataFrame.from_records(_method_labels(records), columns=columns)
+    df = pd.DataFrame.from_records(method_labels(records), columns=columns)
     for when in ("created_at", "started_at", "finished_at"):
         # UTC throughout (SQLite returns the stored UTC times without their zone).
         df[when] = pd.to_datetime(df[when], utc=True)
     df = df.astype({"wall_s": "float64", "last_finite_loss": "float64", **{k: "float64" for k in nan_metrics}})
     df.attrs["class_il"] = class_il
     return df
-
-
-def _method_labels(records: list[dict]) -> list[dict]:
-    """The records with each method shown so that different code never looks the same: a name that
-    two versions of a method of your own share (an edited file, another file of that name) as
-    ``name@`` and the first 8 hex digits of its file's SHA-256; any character that is not printable
-    (a name stored before clbench refused them) escaped, so no row splits and no escape code runs."""
-    versions: dict[str, set] = {}
-    for rec in records:
-        versions.setdefault(rec["method"], set()).add((rec["config"] or {}).get("method_sha256"))
-    out = []
-    for rec in records:
-        name, sha = rec["method"], (rec["config"] or {}).get("method_sha256")
-        name = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
-        if sha and len(versions[rec["method"]]) > 1:
-            name = f"{name}@{sha[:8]}"
-        out.append({**rec, "method": name})
-    return out
 
 
 def check_split(split: str) -> str:

@@ -8,32 +8,26 @@ says so; ``clbench.store.migrations`` brings an older database to this version.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from clbench.runs.checks import MAX_LABEL_LENGTH
 
-SCHEMA_VERSION = 6  # raise it together with a step in clbench.store.migrations.STEPS
-APPLICATION = "clbench"
-# What a row's ``status`` column holds.
-STORED_STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
-# What listings show: the stored status, or ``stale`` for a row of an older RESULTS_VERSION.
-STATUSES = (*STORED_STATUSES, "stale")
-ACTIVE_STATUSES = ("pending", "running")  # owned by a live process, or abandoned
-DONE_STATUSES = ("finished", "diverged")  # with results; never recomputed unless forced
-# The accuracy matrices a run stores (the ``setting`` column): class-IL with the argmax over all
-# classes, task-IL, and class-IL over the classes seen so far (since schema 2; older runs lack it).
-SETTINGS = ("class_il", "task_il", "class_il_seen")
-# Which samples a matrix is measured on (the ``split`` column, since schema 3): the test sets, or the
-# training rows a run held out for validation (runs with ``validation`` > 0).
-SPLITS = ("test", "validation")
-
-
-def utc_now() -> datetime:
-    """The time every ``DateTime(timezone=True)`` column records: now, in UTC."""
-    return datetime.now(UTC)
+# The version and the vocabularies live in clbench.store.basics (no SQLAlchemy there): named here too.
+from clbench.store.basics import (  # noqa: F401
+    ACTIVE_STATUSES,
+    APPLICATION,
+    DONE_STATUSES,
+    SCHEMA_VERSION,
+    SETTINGS,
+    SPLITS,
+    STATUSES,
+    STORED_STATUSES,
+    TABLE_SINCE,
+    utc_now,
+)
 
 
 class Base(DeclarativeBase):
@@ -224,22 +218,4 @@ class MlflowRun(Base):
 
 
 TABLE_NAMES = frozenset(Base.metadata.tables)
-
-# The schema version from which a database must have each table: a database of that version or later
-# without it was damaged (a table dropped by hand), not made by an older clbench. The tables added
-# before schema 3 without a version of their own are in every database migrated to 3 or later.
-# A new table raises SCHEMA_VERSION (with a step, even one that does nothing) and is listed here.
-TABLE_SINCE = {
-    "clbench_schema": 1,
-    "runs": 1,
-    "run_experiments": 1,
-    "accuracy": 1,
-    "class_accuracy": 3,
-    "confidence": 3,
-    "task_losses": 3,
-    "task_timings": 3,
-    "confidence_histograms": 3,
-    "mlflow_runs": 3,
-    "task_plasticity": 4,
-    "accuracy_curve": 6,
-}
+assert TABLE_NAMES == set(TABLE_SINCE), "every table has its TABLE_SINCE (clbench.store.basics)"
