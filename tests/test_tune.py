@@ -226,6 +226,10 @@ def test_two_processes_share_one_study(tmp_path):
         (["--mask", "-inf"], "--mask fixes m while other parameters are tuned"),
         (["--mask", "-2", "--param", "mask=-3:3"], "--mask fixes m"),
         (["--mask", "x", "--param", "lr=0.01:0.1"], "invalid --mask"),
+        (["--param", "mask=1,1"], "two or more distinct finite numbers"),
+        (["--param", "mask=1,x"], "a grid's values must be numbers"),
+        (["--param", "mask=1,2", "--param", "lr=0.01:0.1"], "every one as a grid (V1,V2,...), not both"),
+        (["--param", "mask=-2,2", "--trials", "3"], "the grid has 2 points; give T <= 2"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, args, expected):
@@ -270,6 +274,23 @@ def test_a_method_option_is_tuned_on_its_own_scale(tmp_path, capsys, monkeypatch
     code = main([*CLI_SMALL[:2], "lode", *CLI_SMALL[3:], "--param", "window=1:3", "--db", str(tmp_path / "n.db")])
     err = capsys.readouterr().err
     assert code == 2 and "valid are mask, lr, alpha, beta, rho (the last ones its own options)" in err
+
+
+def test_a_grid_study_runs_every_point_once_and_its_report_names_the_best(tmp_path, capsys, monkeypatch):
+    """The fair presets' grids (issue 20, item 4): ``--param NAME=V1,V2,...`` runs each point once (a
+    whole-number option stays whole), a second call finds the study done, and the best is the largest
+    mean of the validation objective."""
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "r.db"
+    args = [*CLI_SMALL[:2], "er_las", *CLI_SMALL[3:], "--param", "window=1,2,4", "--study", "g", "--db", str(db)]
+    assert main(args) == 0, capsys.readouterr().err
+    study = load_study(db, "g")
+    assert sorted(t.params["window"] for t in study.trials) == [1, 2, 4]
+    assert all(isinstance(t.params["window"], int) and t.state == "COMPLETE" for t in study.trials)
+    assert study.spec.params[0].grid == (1.0, 2.0, 4.0) and study.spec.grid_size == 3
+    assert study.best.value == max(t.value for t in study.trials)
+    out = capsys.readouterr().out
+    assert main(args) == 0 and "0 trial(s) ran now" in capsys.readouterr().out, out
 
 
 def test_a_study_name_with_other_settings_is_refused_and_nothing_written(tmp_path, capsys, monkeypatch):

@@ -54,7 +54,17 @@ from clbench.runs.mask import MASK_ON_CHOICES, parse_mask_value
 from clbench.store.connection import StoreError
 from clbench.sweep.plan import MAX_SWEEP_RUNS
 from clbench.sweep.ram import budget_bytes
-from clbench.sweep.tune import OBJECTIVES, TrialRecord, TuneProblem, TuneSpec, check_name, check_study, tune, tune_spec
+from clbench.sweep.tune import (
+    DEFAULT_TRIALS,
+    OBJECTIVES,
+    TrialRecord,
+    TuneProblem,
+    TuneSpec,
+    check_name,
+    check_study,
+    tune,
+    tune_spec,
+)
 
 
 def tune_command(
@@ -68,8 +78,12 @@ def tune_command(
     seeds: int = typer.Option(
         10, "--seeds", parser=strict_int("--seeds"), metavar="N", help="Each trial runs seeds 0..N-1."
     ),
-    trials: int = typer.Option(
-        20, "--trials", parser=strict_int("--trials"), metavar="T", help="Complete trials the study ends with."
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        parser=strict_int("--trials"),
+        metavar="T",
+        help="Complete trials the study ends with. [default: 20; a grid's every point]",
     ),
     param: list[str] = typer.Option(
         [],
@@ -77,7 +91,7 @@ def tune_command(
         "-p",
         metavar="NAME=LOW:HIGH",
         help="A tuned parameter and its range: mask (default mask=-10:10), lr (log scale), alpha, beta or one of "
-        "the method's options. Repeatable.",
+        "the method's options; NAME=V1,V2,... a grid (every parameter a grid: each point runs once). Repeatable.",
     ),
     objective: str = typer.Option(
         "validation",
@@ -148,6 +162,7 @@ def tune_command(
     if mask is not None:
         overrides["mask"] = _fixed_mask(mask, param)
     spec = _spec(method, dataset, buffer, seeds, trials, param, objective, validation, mask_on, sampler_seed, overrides)
+    trials = trials if trials is not None else (spec.grid_size or DEFAULT_TRIALS)
     name = _checked(lambda: check_name(study or spec.default_name()))
     url = db_url(db)
     check_data({spec.benchmark}, data_dir, download)
@@ -195,11 +210,12 @@ def _spec(method, dataset, buffer, seeds, trials, param, objective, validation, 
     if mask_on not in MASK_ON_CHOICES:
         raise UsageProblem(f"invalid --mask-on {mask_on!r}: valid are {', '.join(MASK_ON_CHOICES)}")
     check_whole_option("--seeds", seeds, 1, MAX_SWEEP_RUNS)
-    check_whole_option("--trials", trials, 1)
+    if trials is not None:
+        check_whole_option("--trials", trials, 1)
     check_whole_option("--buffer", buffer, 0)
     check_whole_option("--sampler-seed", sampler_seed, 0)
     params = parse_params(param)
-    return _checked(
+    spec = _checked(
         lambda: tune_spec(
             method=method,
             dataset=dataset,
@@ -213,13 +229,27 @@ def _spec(method, dataset, buffer, seeds, trials, param, objective, validation, 
             **overrides,
         )
     )
+    if spec.grid_size and trials is not None and trials > spec.grid_size:
+        n = spec.grid_size
+        raise UsageProblem(f"invalid --trials {trials}: the grid has {n} points; give T <= {n}")
+    return spec
 
 
-def parse_params(values: list[str]) -> dict[str, tuple[float, float]] | None:
-    """``--param NAME=LOW:HIGH`` options as ``{name: (low, high)}`` (``None``: none given)."""
-    out: dict[str, tuple[float, float]] = {}
+def parse_params(values: list[str]) -> dict[str, tuple[float, float] | list[float]] | None:
+    """``--param NAME=LOW:HIGH`` options as ``{name: (low, high)}``, ``NAME=V1,V2,...`` as ``{name: [v1,
+    v2, ...]}`` (a grid; ``None``: none given)."""
+    out: dict[str, tuple[float, float] | list[float]] = {}
     for text in values:
         name, eq, bounds = text.partition("=")
+        if eq and "," in bounds and name.strip():
+            if name.strip() in out:
+                raise UsageProblem(f"--param {name.strip()} is given twice: give each parameter once")
+            try:
+                out[name.strip()] = [float(v) for v in bounds.split(",")]
+            except ValueError:
+                example = "e.g. rho=0.03,0.1,0.3"
+                raise UsageProblem(f"invalid --param {text!r}: a grid's values must be numbers, {example}") from None
+            continue
         low, colon, high = bounds.partition(":")
         if not eq or not colon or not name.strip():
             raise UsageProblem(f"invalid --param {text!r}: give NAME=LOW:HIGH, e.g. mask=-10:10 or lr=0.001:0.1")
@@ -283,7 +313,7 @@ def _library_args(spec: TuneSpec) -> dict:
         dataset=spec.benchmark,
         buffer=spec.buffer,
         seeds=spec.seeds,
-        params={p.name: (p.low, p.high) for p in spec.params},
+        params={p.name: list(p.grid) if p.grid else (p.low, p.high) for p in spec.params},
         objective=spec.objective,
         validation=spec.validation,
         mask_on=spec.mask_on,

@@ -16,7 +16,9 @@ on one study share it. The study's settings are stored in its user attributes (`
 name that exists with other settings is refused before anything is written.
 
 Suggestions are reproducible: trial k draws from Optuna's TPE sampler seeded with ``sampler_seed + k``
-(whichever process runs it), given the trials finished before it.
+(whichever process runs it), given the trials finished before it. A study over a grid (each parameter
+given as a list of values) runs every point once, in an order drawn from ``sampler_seed`` (Optuna's
+grid sampler): the fair presets' small grids are such studies.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from clbench.sweep.plan import MAX_SWEEP_RUNS, plan_sweep
 OBJECTIVES = ("validation", "test")
 DEFAULT_PARAMS = {"mask": (-10.0, 10.0)}  # the paper's fig4 grid spans -10..10 around 0
 DEFAULT_VALIDATION = 0.1
+DEFAULT_TRIALS = 20  # a study over ranges; a grid study runs its every point
 ATTRS_KEY = "clbench"  # the study's user attribute holding its settings
 # RunConfig fields a study can tune -> (log scale, the lowest value a run takes, is it included).
 CONFIG_PARAMS = {
@@ -66,21 +69,26 @@ class TuneProblem(ValueError):
 @dataclass(frozen=True)
 class TuneParam:
     """A tuned parameter: a RunConfig field (``mask``, ``lr``, ``alpha``, ``beta``) or a method option,
-    in [low, high]; on a log scale (``lr``), as integers (an option whose default is an integer)."""
+    in [low, high]; on a log scale (``lr``), as integers (an option whose default is an integer); or
+    the points of a ``grid`` (low and high its ends)."""
 
     name: str
     low: float
     high: float
     log: bool = False
     integer: bool = False
+    grid: tuple[float, ...] = ()
 
     def suggest(self, trial) -> float | int:
+        if self.grid:
+            return trial.suggest_categorical(self.name, [int(v) if self.integer else v for v in self.grid])
         if self.integer:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log)
 
     def to_json(self) -> list:
-        return [self.low, self.high, "log" if self.log else "linear", "int" if self.integer else "float"]
+        kind = [self.low, self.high, "log" if self.log else "linear", "int" if self.integer else "float"]
+        return kind + ([list(self.grid)] if self.grid else [])
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,11 @@ class TuneSpec:
     @property
     def split(self) -> str:
         return self.objective
+
+    @property
+    def grid_size(self) -> int:
+        """The number of points of a grid study (0: a study over ranges)."""
+        return math.prod(len(p.grid) for p in self.params) if self.params and self.params[0].grid else 0
 
     def settings(self) -> dict:
         over = {k: (_jsonable(v)) for k, v in sorted(self.overrides.items())}
@@ -158,34 +171,52 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def tune_params(method: str, params: Mapping[str, tuple[float, float]] | None) -> tuple[TuneParam, ...]:
+def tune_params(method: str, params: Mapping[str, tuple[float, float] | list[float]] | None) -> tuple[TuneParam, ...]:
     """The parameters of a study of ``method`` from ``{name: (low, high)}`` (default: the mask
-    over -10..10); a one-line :class:`TuneProblem` for an unknown name or an empty range."""
+    over -10..10), or ``{name: [v1, v2, ...]}`` for a grid (every parameter then a list); a one-line
+    :class:`TuneProblem` for an unknown name, an empty range or a grid of fewer than two points."""
     options = dict(find_method(method).card.options)
     valid = ", ".join([*CONFIG_PARAMS, *options]) + (" (the last ones its own options)" if options else "")
+    given = params or DEFAULT_PARAMS
+    if len({isinstance(b, list) for b in given.values()}) > 1:
+        raise TuneProblem("give every parameter as a range (LOW:HIGH) or every one as a grid (V1,V2,...), not both")
     out = []
-    for name, bounds in (params or DEFAULT_PARAMS).items():
+    for name, bounds in given.items():
         if name not in CONFIG_PARAMS and name not in options:
             raise TuneProblem(f"unknown parameter {name!r} for {method}: valid are {valid}")
-        low, high = (float(b) for b in bounds)
+        grid = _grid(name, bounds) if isinstance(bounds, list) else ()
+        low, high = (min(grid), max(grid)) if grid else (float(b) for b in bounds)
         if not (math.isfinite(low) and math.isfinite(high)):
             raise TuneProblem(f"invalid range for {name}: {low:g}:{high:g}; give finite LOW < HIGH")
-        if low >= high:
+        if low >= high and not grid:
             raise TuneProblem(f"empty range for {name}: {low:g}:{high:g}; give LOW < HIGH")
         if name in CONFIG_PARAMS:
             log, floor, inclusive = CONFIG_PARAMS[name]
             if floor is not None and (low < floor or (low == floor and not inclusive)):
                 bound = f">= {floor:g}" if inclusive else f"> {floor:g}"
                 raise TuneProblem(f"invalid range for {name}: {low:g}:{high:g} is outside what a run takes ({bound})")
-            out.append(TuneParam(name, low, high, log=log))
+            out.append(TuneParam(name, low, high, log=log and not grid, grid=grid))
         else:
             integer = isinstance(options[name], int) and not isinstance(options[name], bool)
             if integer and (low != int(low) or high != int(high)):
                 raise TuneProblem(
                     f"invalid range for {name}: {method}'s {name} is a whole number; give LOW:HIGH as such"
                 )
-            out.append(TuneParam(name, low, high, integer=integer))
+            if integer and any(v != int(v) for v in grid):
+                raise TuneProblem(f"invalid grid for {name}: {method}'s {name} is a whole number; give whole values")
+            out.append(TuneParam(name, low, high, integer=integer, grid=grid))
     return tuple(out)
+
+
+def _grid(name: str, values: list) -> tuple[float, ...]:
+    """A grid's points: at least two, finite and distinct, in the order given."""
+    try:
+        grid = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise TuneProblem(f"invalid grid for {name}: {values!r}; give numbers V1,V2,...") from None
+    if len(grid) < 2 or len(set(grid)) < len(grid) or not all(math.isfinite(v) for v in grid):
+        raise TuneProblem(f"invalid grid for {name}: {values!r}; give two or more distinct finite numbers")
+    return grid
 
 
 def tune_spec(
@@ -194,7 +225,7 @@ def tune_spec(
     dataset: str,
     buffer: int = 200,
     seeds: int = 10,
-    params: Mapping[str, tuple[float, float]] | None = None,
+    params: Mapping[str, tuple[float, float] | list[float]] | None = None,
     objective: str = "validation",
     validation: float | None = None,
     mask_on: str = "stream",
@@ -403,8 +434,8 @@ def tune(
     dataset: str,
     buffer: int = 200,
     seeds: int = 10,
-    trials: int = 20,
-    params: Mapping[str, tuple[float, float]] | None = None,
+    trials: int = DEFAULT_TRIALS,
+    params: Mapping[str, tuple[float, float] | list[float]] | None = None,
     objective: str = "validation",
     validation: float | None = None,
     study_name: str | None = None,
@@ -443,6 +474,8 @@ def tune(
     )
     if not isinstance(trials, int) or trials < 1:
         raise TuneProblem(f"invalid trials {trials!r}: give T >= 1 (the study's number of complete trials)")
+    if spec.grid_size and trials > spec.grid_size:
+        raise TuneProblem(f"invalid trials {trials}: the grid has {spec.grid_size} points; give T <= {spec.grid_size}")
     name = check_name(study_name or spec.default_name())
     url = resolve_db_url(db)
     check_study(url, name, spec)
@@ -474,7 +507,7 @@ def _open_study(url, name: str, spec: TuneSpec, heartbeat_s: float | None):
     study = optuna.create_study(
         study_name=name,
         storage=optuna_storage(url, heartbeat_s),
-        sampler=per_trial_sampler(spec.sampler_seed),
+        sampler=_sampler(spec),
         direction="maximize",
         load_if_exists=True,
     )
@@ -484,6 +517,15 @@ def _open_study(url, name: str, spec: TuneSpec, heartbeat_s: float | None):
         stored = study.user_attrs.get(ATTRS_KEY)
     _same_settings(name, stored, spec.settings())
     return study
+
+
+def _sampler(spec: TuneSpec):
+    """TPE, trial k seeded with ``sampler_seed + k``; Optuna's grid sampler for a grid study."""
+    if not spec.grid_size:
+        return per_trial_sampler(spec.sampler_seed)
+    from optuna.samplers import GridSampler  # noqa: PLC0415
+
+    return GridSampler({p.name: list(p.grid) for p in spec.params}, seed=spec.sampler_seed)
 
 
 def _optimize(study, trials: int, objective, on_trial) -> int:
@@ -608,7 +650,8 @@ def load_study(db, study_name: str) -> TuneResult:
 
 def _spec_of(settings: dict) -> TuneSpec:
     params = tuple(
-        TuneParam(n, float(v[0]), float(v[1]), v[2] == "log", v[3] == "int") for n, v in settings["params"].items()
+        TuneParam(n, float(v[0]), float(v[1]), v[2] == "log", v[3] == "int", tuple(v[4]) if len(v) > 4 else ())
+        for n, v in settings["params"].items()
     )
     return TuneSpec(
         settings["method"],
@@ -626,6 +669,7 @@ def _spec_of(settings: dict) -> TuneSpec:
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "DEFAULT_TRIALS",
     "OBJECTIVES",
     "StoreError",
     "TrialRecord",
