@@ -428,3 +428,18 @@ def test_the_curves_and_matrices_are_those_of_preparing_at_every_point(monkeypat
     assert_same_training(kept, every_point)
     for a, b in zip(kept, every_point, strict=True):
         assert_same_curve(a.curve, b.curve)
+
+
+def test_the_memory_estimate_counts_the_kept_subsets():
+    """A run's prepared subsets are kept for the whole group (``CurveInputs``), so a sweep's groups are
+    sized with them: within ``CURVE_CACHE_BYTES`` per run they are counted, beyond it none are kept."""
+    from clbench.sweep import ram
+
+    def group(benchmark, **kw):
+        return [RunConfig(method="er", benchmark=benchmark, seed=s, buffer_size=200, **kw).resolve() for s in range(10)]
+
+    on = dict(eval_every=50, eval_samples=1000)
+    extra = ram.group_bytes(group("seq-fmnist", **on)) - ram.group_bytes(group("seq-fmnist"))
+    assert extra == 10 * 5 * 1000 * 784 * 4  # float32 inputs of 5 tasks' 1,000 samples, each run its own
+    # seq-cifar100: 10 tasks of 1,000 samples of 3,072 floats, 123 MB a run: prepared at every point instead
+    assert ram.group_bytes(group("seq-cifar100", **on)) == ram.group_bytes(group("seq-cifar100"))

@@ -10,6 +10,7 @@ import torch
 
 from clbench.data.loading import ContinualData, prepare_inputs
 from clbench.lockstep.backbones import BatchedBackbone, Params
+from clbench.runs.config import CURVE_CACHE_BYTES, curve_cache_bytes
 from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_KINDS
 
 
@@ -220,27 +221,23 @@ def curve_subsets(data: ContinualData, seeds: list[int], n_samples: int) -> torc
     return torch.stack(out).to(data.device)
 
 
-# The prepared inputs of the subsets kept for a whole group, at most this many bytes (seq-fmnist, 10
-# runs, 5 tasks of 1,000 samples: 157 MB); a larger group prepares each chunk at every point instead.
-CURVE_CACHE_BYTES = 512 * 2**20
-
-
 class CurveInputs:
-    """The subsets of ``curve_subsets`` and, within ``CURVE_CACHE_BYTES``, their float inputs, each task's
-    prepared once (when it is first evaluated) and kept: the subsets are fixed for the whole run, and
-    preparing them (gather, scale, standardise) cost twice the MLP's forward pass at every point."""
+    """The subsets of ``curve_subsets`` and, within ``CURVE_CACHE_BYTES`` a run (counted by
+    ``clbench.sweep.ram``), their float inputs, each task's prepared once (when it is first evaluated) and
+    kept: the subsets are fixed for the whole run, and preparing them (gather, scale, standardise) cost
+    twice the MLP's forward pass at every point."""
 
     def __init__(self, data: ContinualData, subsets: torch.Tensor, max_bytes: int | None = None):
         self.data, self.subsets = data, subsets
         self.n_ready = 0  # tasks prepared so far
         xs = split_rows(data, curve_split(data))[0]
+        limit = CURVE_CACHE_BYTES if max_bytes is None else max_bytes  # read at each call: tests set it
+        kept = curve_cache_bytes(subsets.shape[1], subsets.shape[2], int(np.prod(xs.shape[1:])), limit)
         shape = (subsets.shape[0], subsets.shape[1] * subsets.shape[2], *xs.shape[1:])
-        size = int(np.prod(shape)) * torch.finfo(torch.float32).bits // 8
-        # allocated empty: the pages of tasks not yet reached are not touched
-        fits = (
-            size <= (CURVE_CACHE_BYTES if max_bytes is None else max_bytes) and xs.dtype == torch.uint8
-        )  # uint8 images are prepared into float32
-        self.prepared = torch.empty(shape, dtype=torch.float32, device=data.device) if fits else None
+        # uint8 images only (prepared into float32); allocated empty: the pages of tasks not yet reached
+        # are not touched
+        keep = kept > 0 and xs.dtype == torch.uint8
+        self.prepared = torch.empty(shape, dtype=torch.float32, device=data.device) if keep else None
 
     def upto(self, task: int) -> torch.Tensor | None:
         """The prepared inputs of tasks ``0..task``, ``(R, (task + 1) * S, C, H, W)``; None beyond the budget."""
