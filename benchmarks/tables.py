@@ -68,6 +68,12 @@ BENCHMARKS = (
         "database, median of fresh processes, beside an earlier commit's",
     ),
     Benchmark(
+        "eval_every",
+        "benchmarks/eval_every.py",
+        "the 10-seed ER group on seq-fmnist with `--eval-every 50` on 1,000 samples per seen task against "
+        "the group without it, and without it against an earlier commit's (`--baseline REV`), fresh processes",
+    ),
+    Benchmark(
         "efficiency",
         "benchmarks/efficiency.py",
         "achieved FLOP/s against the matmul peak measured in the "

@@ -176,7 +176,7 @@ def test_the_readme_results_table_and_the_masks_gains_come_from_its_file(tmp_pat
     assert "No results file yet" in tables.results_table({})
 
 
-@pytest.mark.parametrize("script", ["checkpoint", "methods_step", "determinism"])
+@pytest.mark.parametrize("script", ["checkpoint", "methods_step", "determinism", "eval_every"])
 def test_a_benchmark_script_runs_at_toy_size(script, tmp_path):
     """Each script that trains runs --quick and writes its results file: a benchmark cannot rot
     unnoticed (checkpoint.py read the checkpoint file unsealed and crashed on the quiet machine)."""

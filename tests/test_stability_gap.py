@@ -387,3 +387,59 @@ def test_the_mlflow_export_carries_the_curves_and_their_summary():
     expected = curve_summary(steps, tasks, curve.accuracy("class_il"))
     assert summary.keys() == expected.keys()
     assert all(summary[k] == pytest.approx(expected[k], nan_ok=True) for k in expected)
+
+
+def test_each_subset_is_prepared_once_and_gives_the_points_of_every_point_preparing_it(monkeypatch):
+    """``CurveInputs`` prepares a task's subset when the task is first evaluated and keeps it (issue 21:
+    preparing the chunks again at every point cost twice the MLP's forward pass); the points are those of
+    the path that prepares them at every point (the code before it), bit for bit, across chunk edges."""
+    import torch
+
+    import clbench.engine.evaluation as ev
+    from clbench.lockstep.backbones import BatchedMLP
+
+    data = load_benchmark("synthetic", synthetic=SYN)
+    subsets = ev.curve_subsets(data, [0, 1], 9)
+    net = BatchedMLP(int(np.prod(data.test_x.shape[1:])), data.n_classes)
+    params, buffers = net.init([torch.Generator().manual_seed(s) for s in (0, 1)])
+    real, prepared = ev.prepare_inputs, []
+    monkeypatch.setattr(ev, "prepare_inputs", lambda x, spec: prepared.append(x.shape[:2]) or real(x, spec))
+    cache, tasks = ev.CurveInputs(data, subsets), (0, 1, 1, 2, 2)
+    new = [ev.evaluate_curve(net, params, buffers, data, cache, step=0, task=t, chunk_size=7) for t in tasks]
+    assert prepared == [(2, 9)] * 3  # one task's subset of each run, once per task
+    old = [ev.evaluate_curve(net, params, buffers, data, subsets, step=0, task=t, chunk_size=7) for t in tasks]
+    assert len(prepared) > 3 + len(tasks)  # the other path: every chunk of every point
+    for a, b in zip(new, old, strict=True):
+        np.testing.assert_array_equal(a.class_il_correct, b.class_il_correct)
+        np.testing.assert_array_equal(a.task_il_correct, b.task_il_correct)
+
+
+@pytest.mark.parametrize("extra", [{}, {"validation": 0.2}, {"method": "icarl"}])
+def test_the_curves_and_matrices_are_those_of_preparing_at_every_point(monkeypatch, extra):
+    """A group's curves and everything else it stores, with the prepared subsets kept and without
+    (``CURVE_CACHE_BYTES`` 0: every point prepares its chunks, as before issue 21), bit for bit."""
+    import clbench.engine.evaluation as ev
+
+    runs = [cfg(seed=s, eval_every=2, eval_samples=7, **extra) for s in (0, 1)]
+    data = load_benchmark("synthetic", synthetic=SYN)
+    kept = train_group(runs, data)
+    monkeypatch.setattr(ev, "CURVE_CACHE_BYTES", 0)
+    every_point = train_group(runs, data)
+    assert_same_training(kept, every_point)
+    for a, b in zip(kept, every_point, strict=True):
+        assert_same_curve(a.curve, b.curve)
+
+
+def test_the_memory_estimate_counts_the_kept_subsets():
+    """A run's prepared subsets are kept for the whole group (``CurveInputs``), so a sweep's groups are
+    sized with them: within ``CURVE_CACHE_BYTES`` per run they are counted, beyond it none are kept."""
+    from clbench.sweep import ram
+
+    def group(benchmark, **kw):
+        return [RunConfig(method="er", benchmark=benchmark, seed=s, buffer_size=200, **kw).resolve() for s in range(10)]
+
+    on = dict(eval_every=50, eval_samples=1000)
+    extra = ram.group_bytes(group("seq-fmnist", **on)) - ram.group_bytes(group("seq-fmnist"))
+    assert extra == 10 * 5 * 1000 * 784 * 4  # float32 inputs of 5 tasks' 1,000 samples, each run its own
+    # seq-cifar100: 10 tasks of 1,000 samples of 3,072 floats, 123 MB a run: prepared at every point instead
+    assert ram.group_bytes(group("seq-cifar100", **on)) == ram.group_bytes(group("seq-cifar100"))

@@ -10,6 +10,7 @@ import torch
 
 from clbench.data.loading import ContinualData, prepare_inputs
 from clbench.lockstep.backbones import BatchedBackbone, Params
+from clbench.runs.config import CURVE_CACHE_BYTES, curve_cache_bytes
 from clbench.runs.results import HISTOGRAM_BINS, HISTOGRAM_KINDS
 
 
@@ -220,13 +221,43 @@ def curve_subsets(data: ContinualData, seeds: list[int], n_samples: int) -> torc
     return torch.stack(out).to(data.device)
 
 
+class CurveInputs:
+    """The subsets of ``curve_subsets`` and, within ``CURVE_CACHE_BYTES`` a run (counted by
+    ``clbench.sweep.ram``), their float inputs, each task's prepared once (when it is first evaluated) and
+    kept: the subsets are fixed for the whole run, and preparing them (gather, scale, standardise) cost
+    twice the MLP's forward pass at every point."""
+
+    def __init__(self, data: ContinualData, subsets: torch.Tensor, max_bytes: int | None = None):
+        self.data, self.subsets = data, subsets
+        self.n_ready = 0  # tasks prepared so far
+        xs = split_rows(data, curve_split(data))[0]
+        limit = CURVE_CACHE_BYTES if max_bytes is None else max_bytes  # read at each call: tests set it
+        kept = curve_cache_bytes(subsets.shape[1], subsets.shape[2], int(np.prod(xs.shape[1:])), limit)
+        shape = (subsets.shape[0], subsets.shape[1] * subsets.shape[2], *xs.shape[1:])
+        # uint8 images only (prepared into float32); allocated empty: the pages of tasks not yet reached
+        # are not touched
+        keep = kept > 0 and xs.dtype == torch.uint8
+        self.prepared = torch.empty(shape, dtype=torch.float32, device=data.device) if keep else None
+
+    def upto(self, task: int) -> torch.Tensor | None:
+        """The prepared inputs of tasks ``0..task``, ``(R, (task + 1) * S, C, H, W)``; None beyond the budget."""
+        if self.prepared is None:
+            return None
+        xs, n_samples = split_rows(self.data, curve_split(self.data))[0], self.subsets.shape[2]
+        for t in range(self.n_ready, task + 1):
+            rows = self.subsets[:, t]
+            self.prepared[:, t * n_samples : (t + 1) * n_samples] = prepare_inputs(xs[rows], self.data.spec)
+        self.n_ready = max(self.n_ready, task + 1)
+        return self.prepared[:, : (task + 1) * n_samples]
+
+
 @torch.no_grad()
 def evaluate_curve(
     net: BatchedBackbone,
     params: Params,
     buffers: Params,
     data: ContinualData,
-    subsets: torch.Tensor,
+    subsets: torch.Tensor | CurveInputs,
     *,
     step: int,
     task: int,
@@ -234,12 +265,18 @@ def evaluate_curve(
     chunk_size: int = 2048,
 ) -> CurvePoint:
     """Accuracy only, of R stacked networks (eval mode) on each run's own subset (``curve_subsets``) of
-    tasks ``0..task``, counted class-IL and task-IL from the same logits as in ``evaluate``."""
+    tasks ``0..task``, counted class-IL and task-IL from the same logits as in ``evaluate``. Given a
+    ``CurveInputs``, the subsets' inputs are prepared once per task, not at every point."""
+    cache = subsets if isinstance(subsets, CurveInputs) else None
+    subsets = subsets.subsets if cache is not None else subsets
     xs, ys, _ = split_rows(data, curve_split(data))
     n_runs, n_samples = subsets.shape[0], subsets.shape[2]
     rows = subsets[:, : task + 1].reshape(n_runs, -1)  # (R, (task + 1) * S), task by task
     row_task = torch.arange(task + 1, device=data.device).repeat_interleave(n_samples)
-    cil, til, _ = _own_rows_hits(net, params, buffers, data, xs, ys, rows, row_task, classifier, chunk_size)
+    prepared = cache.upto(task) if cache is not None else None
+    cil, til, _ = _own_rows_hits(
+        net, params, buffers, data, xs, ys, rows, row_task, classifier, chunk_size, prepared=prepared
+    )
     return CurvePoint(
         step=int(step),
         task=int(task),
@@ -299,16 +336,21 @@ def _own_rows_hits(
     classifier: Callable[[torch.Tensor], torch.Tensor] | None,
     chunk_size: int,
     unseen: torch.Tensor | None = None,
+    prepared: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Whether each run's answer on each of its own rows ``(R, N)`` (of tasks ``row_task``) is right:
-    class-IL, task-IL and, given the ``unseen`` classes, class-IL over the seen classes; ``(R, N)`` bool each."""
+    class-IL, task-IL and, given the ``unseen`` classes, class-IL over the seen classes; ``(R, N)`` bool each.
+    ``prepared``: the rows' inputs already prepared, ``(R, N, C, H, W)`` (the same values, bit for bit)."""
     cil = torch.zeros(rows.shape, dtype=torch.bool, device=data.device)
     til = torch.zeros_like(cil)
     seen = None if unseen is None else torch.zeros_like(cil)
     for start in range(0, rows.shape[1], chunk_size):
         part = rows[:, start : start + chunk_size]
         y = ys[part]  # (R, B)
-        inputs = prepare_inputs(xs[part], data.spec)  # (R, B, C, H, W): each run its own rows
+        if prepared is None:
+            inputs = prepare_inputs(xs[part], data.spec)  # (R, B, C, H, W): each run its own rows
+        else:  # a view: each run's rows are contiguous, which the first layer reads without a copy
+            inputs = prepared[:, start : start + part.shape[1]]
         if classifier is None:
             logits = net.head_logits(params, net.features(params, buffers, inputs, train=False)[0])
         else:

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from clbench.data.loading import ContinualData
 from clbench.engine.checkpoint import CheckpointPolicy
 from clbench.engine.environment import keep_freed_memory, numeric_environment, software_versions
-from clbench.engine.evaluation import curve_split, curve_subsets, evaluate, evaluate_curve, evaluate_validation
+from clbench.engine.evaluation import (
+    CurveInputs,
+    curve_split,
+    curve_subsets,
+    evaluate,
+    evaluate_curve,
+    evaluate_validation,
+)
 from clbench.engine.group import Group
 from clbench.engine.group_state import GroupState, load_snapshot, save_snapshot
 from clbench.engine.plans import PLAN_CHUNK_STEPS, draw_epoch, replay_avail, replay_plan, stacked_draws, step_slice
@@ -111,7 +118,9 @@ class _Training:
         self.task_clock = 0.0  # perf_counter when the task's training time was last added up
         first = group.first  # evaluation during training: each run's fixed subsets, drawn again from its seed
         self.subsets = (
-            curve_subsets(group.data, [c.seed for c in group.configs], first.eval_samples) if first.eval_every else None
+            CurveInputs(group.data, curve_subsets(group.data, [c.seed for c in group.configs], first.eval_samples))
+            if first.eval_every
+            else None
         )
 
     def report(self, phase: str, task: int, epoch: int, step: int, n_steps: int) -> None:

@@ -111,6 +111,19 @@ OPTIONAL_FIELDS = (
     "eval_samples",
 )
 EVAL_SAMPLES = 1000  # samples per seen task evaluated during training, unless eval_samples says otherwise
+# A run's subsets evaluated during training are prepared once (float32) and kept for the whole run when
+# they take at most this many bytes (seq-fmnist: 5 tasks x 1,000 x 784 floats, 15.7 MB), else prepared
+# again at every point: preparing them cost twice the MLP's forward pass (issue 21).
+CURVE_CACHE_BYTES = 64 * 2**20
+
+
+def curve_cache_bytes(n_tasks: int, n_samples: int, sample_size: int, max_bytes: int | None = None) -> int:
+    """Bytes of one run's kept subsets (``n_tasks`` x ``n_samples`` inputs of ``sample_size`` float32
+    values); 0 beyond ``max_bytes`` (default ``CURVE_CACHE_BYTES``), where none are kept."""
+    size = n_tasks * n_samples * sample_size * 4
+    return size if size <= (CURVE_CACHE_BYTES if max_bytes is None else max_bytes) else 0
+
+
 SYNTHETIC_CHECKS = {
     "n_tasks": lambda v: check_whole("synthetic.n_tasks", v, 1, 10_000),
     "classes_per_task": lambda v: check_whole("synthetic.classes_per_task", v, 1, 10_000),

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clbench.data.specs import dataset_sizes, get_benchmark
+from clbench.runs.config import curve_cache_bytes
 from clbench.runs.resolved import ResolvedConfig
 
 FLOAT = 4  # float32 bytes
@@ -97,6 +98,8 @@ def run_bytes(configs: Sequence[ResolvedConfig]) -> int:
     if method.uses_buffer or getattr(method, "exemplar_memory", False):
         held += (capacity + 1) * (item + 2 * INDEX + (k * FLOAT if method.stores_logits else 0))
     held += 2 * spec.n_tasks * k * k * 8  # confidence sums and results
+    if c0.eval_every:  # the subsets evaluated during training, prepared once and kept (or 0: not kept)
+        held += curve_cache_bytes(spec.n_tasks, c0.eval_samples, item)
     training = step_rows * train_row * FLOAT
     # one epoch's order, samples and buffer slots (int64), their numpy sources, the augmentation
     training += epoch_rows * INDEX * (5 + (3 if spec.augment else 0))

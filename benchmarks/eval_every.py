@@ -1,0 +1,230 @@
+"""Evaluation during training (issue 21): the 10-seed ER group on seq-fmnist (MLP protocol, buffer 200)
+with ``--eval-every 50`` on 1,000 samples per seen task, against the same group without it; and the
+group without it on this tree against the same on another commit (``--baseline REV``).
+
+Every measurement is ``train_runs`` (data loading, training, the evaluations after each task and, when
+on, those during training) in a fresh process, timed inside it (process start and imports excluded);
+the variants alternate within each repeat, their order turning from one repeat to the next, so a slow
+spell of the machine falls on all alike. ``--baseline REV``: a temporary git worktree of REV, run with
+the same python and ``PYTHONPATH`` pointing there; REV is measured with the evaluations too (no target:
+the before/after of the evaluations' cost), and the runs' results are compared between the trees
+(curve counts and final matrices: the speed-up must change no stored number).
+
+Usage: python benchmarks/eval_every.py [--repeats 3] [--baseline REV] [--quick]
+Targets: with the evaluations, the group's wall <= 1.3x its wall without them (ratio of medians);
+without them, this tree no slower than REV: the ratio of medians at most 1 + the tolerance, the larger
+of 3 % and the repeats' own relative spread (half the range over the median, the larger of the two
+trees'): on a shared machine a difference inside the repeats' spread is not a slow-down that was
+measured. ``--quick``: 2 seeds on tiny synthetic data, eval every 5 steps on 10 samples (not a
+measurement; writes benchmarks/results/quick/eval_every.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from _common import REPO, base_parser, begin, load_line, median, say_targets, table, target, write_result
+from startup import worktree
+
+TARGET_RATIO = 1.3  # the group with evaluations every 50 steps against the group without
+MIN_TOLERANCE = 0.03  # "no slower": the least slack allowed for the machine's noise
+
+# One group in a fresh process: its wall, the split of it (each run of a group holds the group's
+# training and evaluation seconds), and the numbers that must not change.
+WORKER = """
+import json, sys, time
+spec = json.loads(sys.argv[1])
+import torch
+if spec["threads"]:
+    torch.set_num_threads(spec["threads"])
+from clbench import RunConfig, SyntheticOptions, train_runs
+syn = SyntheticOptions(**spec["synthetic"]) if spec["synthetic"] else None
+every = spec["eval_every"] or None
+cfgs = [
+    RunConfig(method="er", benchmark=spec["benchmark"], synthetic=syn, seed=s, buffer_size=spec["buffer"],
+              eval_every=every, eval_samples=spec["eval_samples"] if every else None)
+    for s in range(spec["seeds"])
+]
+t0 = time.perf_counter()
+res = train_runs(cfgs)
+wall = time.perf_counter() - t0
+print(json.dumps({
+    "wall_s": wall,
+    "train_s": float(sum(r.train_s.sum() for r in res)) / len(res),
+    "eval_s": float(sum(r.eval_s.sum() for r in res)) / len(res),
+    "class_il_correct": [r.class_il_correct.tolist() for r in res],
+    "task_il_correct": [r.task_il_correct.tolist() for r in res],
+    "curve": [None if r.curve is None else [r.curve.steps.tolist(), r.curve.class_il_correct.tolist(),
+              r.curve.task_il_correct.tolist()] for r in res],
+}))
+"""
+
+
+def run_group(tree: str, spec: dict, cwd: str) -> dict:
+    """One group's measurement in a fresh python with ``tree`` first on the path; exits on a failure."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CLBENCH_DB", "PYTHONPATH")}
+    env["PYTHONPATH"] = tree
+    cmd = [sys.executable, "-c", WORKER, json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"the group failed (exit status {proc.returncode}) in {tree}:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def spread(xs: list[float]) -> float:
+    """Half the range of the repeats over their median: the machine's noise, relative."""
+    return (max(xs) - min(xs)) / 2 / median(xs)
+
+
+def variants(baseline: str | None) -> list[tuple[str, str, bool]]:
+    """(name, tree key, evaluations on) of each measurement of a repeat."""
+    out = [("this tree, with", "this tree", True), ("this tree, without", "this tree", False)]
+    if baseline:
+        out += [("baseline, without", "baseline", False), ("baseline, with", "baseline", True)]
+    return out
+
+
+def measure(args, trees: dict[str, str], tmp: str) -> dict[str, list[dict]]:
+    quick = args.quick
+    base = {
+        "benchmark": "synthetic" if quick else "seq-fmnist",
+        "synthetic": {"train_per_class": 40, "test_per_class": 20} if quick else None,
+        "seeds": args.seeds,
+        "buffer": args.buffer,
+        "eval_samples": args.eval_samples,
+        "threads": args.threads,
+    }
+    ways = variants(args.baseline)
+    got: dict[str, list[dict]] = {name: [] for name, _, _ in ways}
+    for rep in range(args.repeats):
+        turn = rep % len(ways)  # each variant goes first in turn
+        for name, tree, on in ways[turn:] + ways[:turn]:
+            got[name].append(run_group(trees[tree], {**base, "eval_every": args.eval_every if on else 0}, tmp))
+        print(f"repeat {rep + 1}/{args.repeats}: " + ", ".join(f"{n} {got[n][-1]['wall_s']:.2f} s" for n in got))
+    return got
+
+
+def same_numbers(a: dict, b: dict, curve: bool) -> bool:
+    keys = ("class_il_correct", "task_il_correct") + (("curve",) if curve else ())
+    return all(a[k] == b[k] for k in keys)
+
+
+def main() -> None:
+    ap = base_parser(__doc__.split("\n\n")[0], repeats=3)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--buffer", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--eval-samples", type=int, default=1000)
+    ap.add_argument("--baseline", metavar="REV", help="another commit, measured side by side (a git worktree)")
+    args = begin(ap)
+    if args.quick:
+        args.seeds, args.repeats, args.eval_every, args.eval_samples = 2, 1, 5, 10
+    trees = {"this tree": REPO}
+    with tempfile.TemporaryDirectory(prefix="clbench-eval-every-") as tmp:
+        try:
+            if args.baseline:
+                trees["baseline"] = worktree(args.baseline, tmp)
+            got = measure(args, trees, tmp)
+        finally:
+            if args.baseline and os.path.isdir(os.path.join(tmp, "baseline")):
+                subprocess.run(["git", "worktree", "remove", "--force", os.path.join(tmp, "baseline")], cwd=REPO)
+                shutil.rmtree(os.path.join(tmp, "baseline"), ignore_errors=True)
+    report(args, got)
+
+
+def report(args, got: dict[str, list[dict]]) -> None:
+    walls = {name: [m["wall_s"] for m in ms] for name, ms in got.items()}
+    med = {name: median(w) for name, w in walls.items()}
+    group = f"{args.seeds}-seed er group on {'synthetic' if args.quick else 'seq-fmnist'} (buffer {args.buffer})"
+    print()
+    print(f"{group}, wall seconds of train_runs in fresh processes (loading + training + evaluations):")
+    rows = [
+        [
+            name,
+            " / ".join(f"{w:.2f}" for w in walls[name]),
+            f"{med[name]:.2f}",
+            f"{median([m['train_s'] for m in got[name]]):.2f}",
+            f"{median([m['eval_s'] for m in got[name]]):.2f}",
+        ]
+        for name in got
+    ]
+    print(table(["variant", "repeats (s)", "median (s)", "of which training (s)", "of which evaluation (s)"], rows))
+    ours, without = med["this tree, with"], med["this tree, without"]
+    ratio = ours / without
+    every = f"--eval-every {args.eval_every} on {args.eval_samples} samples per seen task"
+    # the evaluations change nothing the training computes: final matrices equal with and without them
+    identical = [same_numbers(a, b, False) for a, b in zip(got["this tree, with"], got["this tree, without"])]
+    targets = [
+        target(
+            f"the {group} with {every} <= {TARGET_RATIO:g}x the group without it",
+            ratio,
+            "x",
+            ratio <= TARGET_RATIO,
+            shown=f"{ratio:.2f}x ({ours:.2f} s / {without:.2f} s, medians of {args.repeats})",
+        )
+    ]
+    data = {"args": {k: v for k, v in vars(args).items() if k != "results_dir"}, "seconds": walls, "ratio": ratio}
+    if args.baseline:
+        targets += baseline_targets(args, got, med, walls, group, every, data)
+    else:
+        targets.append(
+            target(
+                f"without it, the {group} no slower than a baseline commit",
+                None,
+                "x",
+                None,
+                why="no --baseline REV given",
+            )
+        )
+    print(f"final matrices the same with and without the evaluations: {all(identical)}")
+    print()
+    say_targets(targets)
+    print(load_line())
+    write_result("eval_every", targets, {**data, "same_matrices_with_and_without": all(identical)}, args)
+
+
+def baseline_targets(args, got, med, walls, group, every, data) -> list[dict]:
+    """The group without the evaluations against REV's (target), REV's ratio with them (no target),
+    and whether the two trees stored the same numbers."""
+    slower = med["this tree, without"] / med["baseline, without"]
+    tolerance = max(MIN_TOLERANCE, spread(walls["this tree, without"]), spread(walls["baseline, without"]))
+    before = med["baseline, with"] / med["baseline, without"]
+    same = all(
+        same_numbers(a, b, True) for a, b in zip(got["this tree, with"], got["baseline, with"], strict=True)
+    ) and all(same_numbers(a, b, False) for a, b in zip(got["this tree, without"], got["baseline, without"]))
+    print(f"curves and final matrices the same on this tree and on {args.baseline}: {same}")
+    data.update(baseline=args.baseline, tolerance=tolerance, baseline_ratio=before, same_as_baseline=same)
+    return [
+        target(
+            f"without it, the {group} no slower than on {args.baseline} (within the repeats' spread, at least "
+            f"{MIN_TOLERANCE:.0%})",
+            slower,
+            "x",
+            slower <= 1 + tolerance,
+            shown=f"{slower:.3f}x ({med['this tree, without']:.2f} s / {med['baseline, without']:.2f} s, "
+            f"tolerance {tolerance:.1%})",
+        ),
+        target(
+            f"on {args.baseline}: the group with {every} against without",
+            before,
+            "x",
+            None,
+            shown=f"{before:.2f}x ({med['baseline, with']:.2f} s / {med['baseline, without']:.2f} s)",
+        ),
+        target(
+            f"the same curves and final matrices on this tree as on {args.baseline}",
+            None,
+            "",
+            same,
+            shown="bit-identical" if same else "DIFFERENT",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    main()
