@@ -844,17 +844,17 @@ def _pool(step):
 
 @pytest.mark.parametrize(
     "method,base,options",
-    [
-        ("ss_il", "er", {"distill": 1.0}),
-        ("lode", "er", {"rho": 0.1}),
-        ("lode_derpp", "derpp", {"rho": 0.05}),
+    [  # the authors' defaults, but the knob chosen on seq-fmnist's validation split (test_presets_provenance.py)
+        ("ss_il", "er", {"distill": 0.0}),
+        ("lode", "er", {"rho": 0.5}),
+        ("lode_derpp", "derpp", {"rho": 0.5}),
         ("er_las", "er", {"tau": 1.0, "window": 1}),
-        ("er_aml", "er", {"temperature": 0.2}),
+        ("er_aml", "er", {"temperature": 0.1}),
         ("wa", "er", {}),
         (
             "bic",
             "er",
-            {"bias_epochs": 250, "bias_lr": 1e-3, "temperature": 2.0, "val_split": 0.1, "distill_after_bias": 1},
+            {"bias_epochs": 250, "bias_lr": 1e-3, "temperature": 4.0, "val_split": 0.1, "distill_after_bias": 1},
         ),
     ],
 )

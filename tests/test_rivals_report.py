@@ -36,16 +36,17 @@ def write(folder, text=EXPERIMENT, render=""):
     return path
 
 
-def test_the_shipped_rivals_experiment_plans_360_runs():
+def test_the_shipped_rivals_experiment_plans_390_runs():
     spec = load_experiment("rivals")
     assert spec.kind == "rivals" and spec.benchmark == "seq-fmnist" and spec.buffers == (50, 200, 500)
     assert len(spec.methods) == 10 and len(spec.seeds) == 10
-    assert spec.render["masked"] == ("er:-inf", "derpp:-inf")
+    assert spec.render["masked"] == ("er:-inf", "er:-5.0", "derpp:-inf")
     configs = spec.configs()
-    # (8 rivals x 1 mask + ER and DER++ x 2 masks) x 3 buffers x 10 seeds
-    assert len(configs) == (8 * 1 + 2 * 2) * 3 * 10 == 360
+    # (8 rivals x 1 mask + ER x 3 masks (none, -inf, the chosen -5) + DER++ x 2 masks) x 3 buffers x 10 seeds
+    assert len(configs) == (8 * 1 + 3 + 2) * 3 * 10 == 390
     variants = {(c.method, c.resolve().mask.label) for c in configs}
-    assert len(variants) == 12 and ("er", "-inf") in variants and ("derpp", "-inf") in variants
+    assert len(variants) == 13 and ("er", "-inf") in variants and ("derpp", "-inf") in variants
+    assert ("er", "-5.0") in variants
     assert {m for m, mask in variants if mask != "none"} == {"er", "derpp"}
 
 
