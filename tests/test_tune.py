@@ -57,6 +57,17 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def counting_into(computed: list[str]):
+    """The sweep's ``execute``, recording into ``computed`` the runs it trained."""
+
+    def counting(plan, store, **kw):
+        outcome = execute(plan, store, **kw)
+        computed.extend(outcome.computed)
+        return outcome
+
+    return counting
+
+
 def _fresh_pg_database(base_url: str):
     name = f"clbench_t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
@@ -133,12 +144,7 @@ def test_a_study_resumes_keeping_its_trials_and_runs(tmp_path):
     before = load_runs(db, run_id=list(first.trials[0].run_ids)).set_index("run_id")["finished_at"]
     computed: list[str] = []
 
-    def counting(plan, store, **kw):
-        outcome = execute(plan, store, **kw)
-        computed.extend(outcome.computed)
-        return outcome
-
-    again = tune(**SMALL, trials=3, study_name="s", db=db, execute_plan=counting)
+    again = tune(**SMALL, trials=3, study_name="s", db=db, execute_plan=counting_into(computed))
     assert [t.number for t in again.trials] == [0, 1, 2] and again.trained_trials == 2
     assert again.trials[0] == first.trials[0]
     assert not set(computed) & set(first.trials[0].run_ids) and len(computed) == 4
@@ -163,17 +169,39 @@ def test_an_interrupted_trial_is_tried_again_with_its_parameters_and_its_runs_re
         tune(**SMALL, trials=2, study_name="i", db=db, execute_plan=interrupted_after_training)
     computed: list[str] = []
 
-    def counting(plan, store, **kw):
-        outcome = execute(plan, store, **kw)
-        computed.extend(outcome.computed)
-        return outcome
-
-    result = tune(**SMALL, trials=2, study_name="i", db=db, execute_plan=counting)
+    result = tune(**SMALL, trials=2, study_name="i", db=db, execute_plan=counting_into(computed))
     states = [t.state for t in result.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
     assert result.trials[2].params == result.trials[1].params
     assert "interrupted" in result.trials[1].note
     assert computed == []  # the interrupted trial's runs were in the registry already
+
+
+def test_a_process_that_finds_the_last_trial_running_elsewhere_runs_no_surplus_trial(tmp_path):
+    """The moment two processes race in: the study holds 2 complete trials and another process's third
+    is running; a process asked for 3 must not start a fourth (Optuna's MaxTrialsCallback looks only
+    after a trial). Its surplus trial computes nothing, is left out of the records and its parameters
+    are tried by the next tune, so a grid loses no point."""
+    from clbench.store.connection import resolve_db_url
+    from clbench.sweep.tune import optuna_storage
+
+    db = str(tmp_path / "r.db")
+    tune(**SMALL, trials=2, study_name="s", db=db)
+    storage = optuna_storage(resolve_db_url(db), None)
+    elsewhere = optuna.load_study(study_name="s", storage=storage).ask()  # another process's third trial
+    computed: list[str] = []
+
+    result = tune(**SMALL, trials=3, study_name="s", db=db, execute_plan=counting_into(computed))
+    assert computed == [] and result.trained_trials == 0
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    raw = optuna.load_study(study_name="s", storage=storage).get_trials(deepcopy=False)
+    assert [t.state.name for t in raw] == ["COMPLETE", "COMPLETE", "RUNNING", "FAIL"]
+    surplus = raw[3]
+    assert surplus.user_attrs["surplus"] and "mask" in surplus.params
+    optuna.load_study(study_name="s", storage=storage).tell(elsewhere, 50.0)
+    again = tune(**SMALL, trials=4, study_name="s", db=db)  # the surplus trial's parameters, now run
+    assert [t.state for t in again.trials] == ["COMPLETE"] * 3 + ["COMPLETE"]
+    assert again.trials[3].params == surplus.params
 
 
 def test_two_processes_share_one_study(tmp_path):
@@ -366,15 +394,12 @@ def test_a_trial_whose_process_was_killed_is_tried_again_with_its_runs_reused(tm
     finally:
         child.kill()
         child.wait()
-    time.sleep(3.5)  # past the grace period (3 heartbeats of 1 s)
+    # Past the grace period (3 heartbeats of 1 s) by more than a second: SQLite's now() keeps whole
+    # seconds, so a beat 3.5 s old can read as 3 s, which Optuna does not call stale (it wants > 3 s).
+    time.sleep(5.0)
     computed: list[str] = []
 
-    def counting(plan, store, **kw):
-        outcome = execute(plan, store, **kw)
-        computed.extend(outcome.computed)
-        return outcome
-
-    result = tune(**{**SMALL, "heartbeat_s": 1}, trials=2, study_name="k", db=db, execute_plan=counting)
+    result = tune(**{**SMALL, "heartbeat_s": 1}, trials=2, study_name="k", db=db, execute_plan=counting_into(computed))
     assert [t.state for t in result.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert result.trials[2].params == result.trials[1].params
     assert computed == []

@@ -62,6 +62,7 @@ from clbench.sweep.tune import (
     TuneSpec,
     check_name,
     check_study,
+    check_trials,
     tune,
     tune_spec,
 )
@@ -229,9 +230,8 @@ def _spec(method, dataset, buffer, seeds, trials, param, objective, validation, 
             **overrides,
         )
     )
-    if spec.grid_size and trials is not None and trials > spec.grid_size:
-        n = spec.grid_size
-        raise UsageProblem(f"invalid --trials {trials}: the grid has {n} points; give T <= {n}")
+    if trials is not None:
+        _checked(lambda: check_trials(spec, trials, "--trials"))
     return spec
 
 

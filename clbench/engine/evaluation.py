@@ -227,12 +227,12 @@ class CurveInputs:
     kept: the subsets are fixed for the whole run, and preparing them (gather, scale, standardise) cost
     twice the MLP's forward pass at every point."""
 
-    def __init__(self, data: ContinualData, subsets: torch.Tensor, max_bytes: int | None = None):
+    def __init__(self, data: ContinualData, subsets: torch.Tensor):
         self.data, self.subsets = data, subsets
         self.n_ready = 0  # tasks prepared so far
-        xs = split_rows(data, curve_split(data))[0]
-        limit = CURVE_CACHE_BYTES if max_bytes is None else max_bytes  # read at each call: tests set it
-        kept = curve_cache_bytes(subsets.shape[1], subsets.shape[2], int(np.prod(xs.shape[1:])), limit)
+        self.xs = xs = split_rows(data, curve_split(data))[0]
+        # the module's limit, read at each call (a test lowers it)
+        kept = curve_cache_bytes(subsets.shape[1], subsets.shape[2], int(np.prod(xs.shape[1:])), CURVE_CACHE_BYTES)
         shape = (subsets.shape[0], subsets.shape[1] * subsets.shape[2], *xs.shape[1:])
         # uint8 images only (prepared into float32); allocated empty: the pages of tasks not yet reached
         # are not touched
@@ -243,10 +243,10 @@ class CurveInputs:
         """The prepared inputs of tasks ``0..task``, ``(R, (task + 1) * S, C, H, W)``; None beyond the budget."""
         if self.prepared is None:
             return None
-        xs, n_samples = split_rows(self.data, curve_split(self.data))[0], self.subsets.shape[2]
+        n_samples = self.subsets.shape[2]
         for t in range(self.n_ready, task + 1):
             rows = self.subsets[:, t]
-            self.prepared[:, t * n_samples : (t + 1) * n_samples] = prepare_inputs(xs[rows], self.data.spec)
+            self.prepared[:, t * n_samples : (t + 1) * n_samples] = prepare_inputs(self.xs[rows], self.data.spec)
         self.n_ready = max(self.n_ready, task + 1)
         return self.prepared[:, : (task + 1) * n_samples]
 

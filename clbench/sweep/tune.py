@@ -472,10 +472,7 @@ def tune(
         sampler_seed=sampler_seed,
         **overrides,
     )
-    if not isinstance(trials, int) or trials < 1:
-        raise TuneProblem(f"invalid trials {trials!r}: give T >= 1 (the study's number of complete trials)")
-    if spec.grid_size and trials > spec.grid_size:
-        raise TuneProblem(f"invalid trials {trials}: the grid has {spec.grid_size} points; give T <= {spec.grid_size}")
+    check_trials(spec, trials)
     name = check_name(study_name or spec.default_name())
     url = resolve_db_url(db)
     check_study(url, name, spec)
@@ -485,7 +482,7 @@ def tune(
     with open_store(url) as store:
         store.mark_stale_runs()
         study = _open_study(url, name, spec, heartbeat_s)
-        objective = _objective_function(spec, name, store, run, execute_plan or execute, memory_budget)
+        objective = _objective_function(spec, name, store, run, execute_plan or execute, memory_budget, trials)
         ran = _optimize(study, trials, objective, on_trial)
         records = collect(study)
     return TuneResult(name, spec, records, describe_url(url), time.perf_counter() - started, ran)
@@ -528,6 +525,15 @@ def _sampler(spec: TuneSpec):
     return GridSampler({p.name: list(p.grid) for p in spec.params}, seed=spec.sampler_seed)
 
 
+def check_trials(spec: TuneSpec, trials: object, label: str = "trials") -> None:
+    """``trials`` is a whole number >= 1 and, for a grid, at most its number of points; ``label``
+    names the value in the message (the CLI's ``--trials``)."""
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise TuneProblem(f"invalid {label} {trials!r}: give T >= 1 (the study's number of complete trials)")
+    if spec.grid_size and trials > spec.grid_size:
+        raise TuneProblem(f"invalid {label} {trials}: the grid has {spec.grid_size} points; give T <= {spec.grid_size}")
+
+
 def _optimize(study, trials: int, objective, on_trial) -> int:
     """Ask for trials until the study holds ``trials`` complete ones; returns how many ran here."""
     from optuna.study import MaxTrialsCallback  # noqa: PLC0415
@@ -542,9 +548,11 @@ def _optimize(study, trials: int, objective, on_trial) -> int:
     # processes on one study end with ``trials`` complete trials, not one more each.
     callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.RUNNING))]
     if on_trial is not None:
-        callbacks.append(lambda _study, frozen: on_trial(record_of(frozen)))
+        callbacks.append(
+            lambda _study, frozen: None if frozen.user_attrs.get("surplus") else on_trial(record_of(frozen))
+        )
     study.optimize(objective, n_trials=trials - done + retried, callbacks=callbacks, gc_after_trial=False)
-    return len(study.get_trials(deepcopy=False)) - before
+    return sum(not t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False)[before:])
 
 
 def _retry_interrupted(study) -> int:
@@ -562,10 +570,12 @@ def _retry_interrupted(study) -> int:
     return n
 
 
-def _objective_function(spec, name, store, run, execute_plan, memory_budget):
+def _objective_function(spec, name, store, run, execute_plan, memory_budget, trials: int):
     def objective(trial) -> float:
         try:
-            values = {p.name: p.suggest(trial) for p in spec.params}
+            values = {p.name: p.suggest(trial) for p in spec.params}  # first: a surplus trial keeps them
+            if _surplus(trial, trials):
+                return math.nan  # nothing computed; Optuna fails the trial
             data = run["source"].data_print(spec.benchmark)
             configs = [replace(c.resolve(), data=data) for c in spec.configs(values)]
             ids = [c.identity() for c in configs]
@@ -583,6 +593,25 @@ def _objective_function(spec, name, store, run, execute_plan, memory_budget):
         return float(sum(finite) / len(finite))
 
     return objective
+
+
+def _surplus(trial, trials: int) -> bool:
+    """Whether the trials numbered before ``trial`` that are complete or still running already reach
+    ``trials``: then another process started this study's last trial in the moment between this process's
+    check after its previous trial and its asking for this one (Optuna's ``MaxTrialsCallback`` checks
+    apart from creating). Trial numbers are assigned once by the storage, so of two such trials only the
+    later is surplus. It stops this process, computes nothing, and is failed, hidden from the study's
+    records and its parameters tried by the next tune (a grid loses no point)."""
+    from optuna.trial import TrialState  # noqa: PLC0415
+
+    alive = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+    if sum(t.number < trial.number for t in alive) < trials:
+        return False
+    trial.set_user_attr("surplus", True)
+    trial.set_user_attr("interrupted", True)
+    trial.set_user_attr("note", "not run: the study had its trials (another process); tried by the next tune")
+    trial.study.stop()
+    return True
 
 
 def _mark_interrupted(trial) -> None:
@@ -616,8 +645,9 @@ def seed_values(store: Store, run_ids: Sequence[str], split: str) -> list[float]
 
 
 def collect(study) -> tuple[TrialRecord, ...]:
-    """The study's trials as records, by number."""
-    return tuple(record_of(t) for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number))
+    """The study's trials as records, by number (surplus ones, never run, left out: see ``_surplus``)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    return tuple(record_of(t) for t in sorted(trials, key=lambda t: t.number))
 
 
 def record_of(t) -> TrialRecord:
