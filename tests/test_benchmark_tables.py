@@ -193,3 +193,28 @@ def test_a_benchmark_script_runs_at_toy_size(script, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (rec,) = tables.load_results(str(tmp_path)).values()
     assert rec["benchmark"] == script and rec["quick"] and rec["targets"]
+
+
+def test_the_readmes_prose_on_the_machines_quotes_the_results_files():
+    """The paragraph under the performance table quotes numbers of the files it names: each is the
+    file's own (a re-measured file fails here until the prose follows it)."""
+    text = " ".join((REPO / "README.md").read_text().split())
+    start = text.index("These files come from")
+    prose = text[start : text.index("**The GPU check", start)]
+    results = tables.load_results(tables.RESULTS_DIR)
+
+    def shown(name: str, starts: str) -> str:
+        (entry,) = [t for t in results[name]["targets"] if t["target"].startswith(starts)]
+        return entry["shown"]
+
+    group = shown("lockstep", "10-seed er group").split(" (")[0]
+    assert f"took {group} on the AVX-512 EPYC (`lockstep.json`" in prose
+    without = shown("eval_every", "without it").split("/ ")[0].split("(")[1]
+    assert f"{without.strip()} on the AVX2 EPYC (`eval_every.json`" in prose
+    for starts, label in (
+        ("ER, 10 seeds", "the ER group"),
+        ("ER, one run", "one ER run"),
+        ("DER++ buffer 200", "the fig4-shaped DER++ group"),
+    ):
+        assert f"{label} {shown('versus', starts).split(' (')[0]}" in prose
+    assert shown("versus", "results unchanged").startswith("largest |FAA this - base| 0.0000")
