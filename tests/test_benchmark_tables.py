@@ -218,3 +218,25 @@ def test_the_readmes_prose_on_the_machines_quotes_the_results_files():
     ):
         assert f"{label} {shown('versus', starts).split(' (')[0]}" in prose
     assert shown("versus", "results unchanged").startswith("largest |FAA this - base| 0.0000")
+
+
+def test_the_readmes_determinism_table_is_the_one_its_results_file_printed():
+    """The README shows determinism.py's table row for row (Markdown's escaped pipes aside)."""
+    output = tables.load_results(tables.RESULTS_DIR)["determinism"]["output"].splitlines()
+    printed = [line for line in output if line.startswith("| ") or line.startswith("|---")]
+    readme = (REPO / "README.md").read_text().replace("\\|", "|").splitlines()
+    start = readme.index(printed[0])
+    assert readme[start : start + len(printed)] == printed
+
+
+def test_every_results_file_quote_in_the_readmes_is_what_the_file_shows():
+    """Prose quotes a measurement as `benchmarks/results/NAME.json`: "SHOWN": SHOWN must be one of that
+    file's results, verbatim (a re-measured file fails here until the prose follows it)."""
+    results = tables.load_results(tables.RESULTS_DIR)
+    quotes = []
+    for readme in ("README.md", "benchmarks/README.md"):
+        text = " ".join((REPO / readme).read_text().split())
+        quotes += re.findall(r'`benchmarks/results/(\w+)\.json`: "([^"]+)"', text)
+    assert len(quotes) >= 3
+    for name, quoted in quotes:
+        assert quoted in [t["shown"] for t in results[name]["targets"]], (name, quoted)

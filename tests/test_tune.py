@@ -170,6 +170,7 @@ def test_an_interrupted_trial_is_tried_again_with_its_parameters_and_its_runs_re
     computed: list[str] = []
 
     result = tune(**SMALL, trials=2, study_name="i", db=db, execute_plan=counting_into(computed))
+    assert result.trained_trials == 1  # the retry is a trial this call ran
     states = [t.state for t in result.trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
     assert result.trials[2].params == result.trials[1].params

@@ -543,7 +543,8 @@ def _optimize(study, trials: int, objective, on_trial) -> int:
     done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     if done >= trials:
         return 0
-    before = len(study.get_trials(deepcopy=False))
+    # trials started before this call (not the retries just enqueued, which it runs: they count as run)
+    before = {t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING}
     # Stop once the complete trials and those other processes are running reach ``trials``: two
     # processes on one study end with ``trials`` complete trials, not one more each.
     callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.RUNNING))]
@@ -552,7 +553,10 @@ def _optimize(study, trials: int, objective, on_trial) -> int:
             lambda _study, frozen: None if frozen.user_attrs.get("surplus") else on_trial(record_of(frozen))
         )
     study.optimize(objective, n_trials=trials - done + retried, callbacks=callbacks, gc_after_trial=False)
-    return sum(not t.user_attrs.get("surplus") for t in study.get_trials(deepcopy=False)[before:])
+    after = study.get_trials(deepcopy=False)
+    return sum(
+        t.number not in before and t.state != TrialState.WAITING and not t.user_attrs.get("surplus") for t in after
+    )
 
 
 def _retry_interrupted(study) -> int:
