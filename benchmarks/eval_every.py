@@ -17,7 +17,9 @@ of 3 % and the repeats' own relative spread (half the range over the median, the
 trees'): on a shared machine a difference inside the repeats' spread is not a slow-down that was
 measured. Measured with no target: the arithmetic floor, the ratio the evaluations' multiply-adds
 alone would give at this machine's best measured fp32 matmul rate (what kernel work could reach
-without computing less). ``--quick``: 2 seeds on tiny synthetic data, eval every 5 steps on 10 samples (not a
+without computing less); and the kernel floor, the same multiply-adds at the rate the MLP's own forward
+pass reaches at the evaluations' shapes (what the gap left is: the kernels' efficiency at those shapes,
+or the rest of an evaluation). ``--quick``: 2 seeds on tiny synthetic data, eval every 5 steps on 10 samples (not a
 measurement; writes benchmarks/results/quick/eval_every.json).
 """
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 
+import torch
 from _common import (
     REPO,
     base_parser,
@@ -41,6 +44,7 @@ from _common import (
     say_targets,
     table,
     target,
+    timed,
     write_result,
 )
 from startup import worktree
@@ -192,6 +196,7 @@ def report(args, got: dict[str, list[dict]]) -> None:
     ]
     data = {"args": {k: v for k, v in vars(args).items() if k != "results_dir"}, "seconds": walls, "ratio": ratio}
     targets.append(arithmetic_floor(got, without, data))
+    targets.append(forward_floor(got, without, data, args.seeds))
     if args.baseline:
         targets += baseline_targets(args, got, med, walls, group, every, data)
     else:
@@ -233,6 +238,55 @@ def arithmetic_floor(got: dict[str, list[dict]], without: float, data: dict) -> 
         floor,
         "x",
         shown=f"{floor:.2f}x ({without:.2f} s + {seconds:.2f} s of arithmetic at {max(rates.values()):.0f} GFLOP/s)",
+    )
+
+
+def forward_rate(n_runs: int, rows: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of the MLP's batched forward pass (features and head, the kernels the evaluations call)
+    over ``n_runs`` runs of ``rows`` own rows each: the evaluations' chunk shape, timed in this process
+    with the threads the groups get."""
+    import math
+
+    from clbench.data.specs import BENCHMARKS
+    from clbench.lockstep.backbones import BatchedMLP
+
+    spec = BENCHMARKS["seq-fmnist"]
+    net = BatchedMLP(math.prod(spec.input_shape), spec.n_classes)
+    params, buffers = net.init([torch.Generator().manual_seed(r) for r in range(n_runs)])
+    params = {k: v.detach() for k, v in params.items()}
+    x = torch.randn(n_runs, rows, net.sizes[0])
+
+    def forward() -> object:
+        with torch.no_grad():
+            return net.head_logits(params, net.features(params, buffers, x, train=False)[0])
+
+    forward()
+    times = [timed(forward)[1] for _ in range(repeats)]
+    macs = n_runs * rows * sum(a * b for a, b in zip(net.sizes[:-1], net.sizes[1:]))
+    return 2 * macs / median(times) / 1e9
+
+
+def forward_floor(got: dict[str, list[dict]], without: float, data: dict, n_runs: int) -> dict:
+    """The evaluations' multiply-adds at the rate the network's own forward pass reaches at the
+    evaluations' shapes (``forward_rate``), added to the group without them. No target: against the
+    arithmetic floor it says how much of the gap is the kernels' efficiency at these shapes, and against
+    the measured ratio how much is everything else an evaluation does (gathers, argmax, bookkeeping)."""
+    macs = got["this tree, with"][0]["curve_macs"]
+    rate = forward_rate(n_runs)
+    seconds = 2 * macs / (rate * 1e9)
+    floor = (without + seconds) / without
+    spent = median([m["eval_s"] for m in got["this tree, with"]])
+    print(
+        f"the MLP's forward pass at the evaluations' shapes ({n_runs} runs x 2048 rows): {rate:.0f} GFLOP/s, "
+        f"so {seconds:.2f} s for the evaluations' arithmetic ({100 * seconds / spent:.0f} % of the {spent:.2f} s spent)"
+    )
+    data.update(forward_gflops=rate, forward_s=seconds, forward_floor=floor)
+    return measurement(
+        "the smallest ratio at the rate the network's forward pass reaches at the evaluations' shapes: their "
+        "multiply-adds at that rate, over the group without them",
+        floor,
+        "x",
+        shown=f"{floor:.2f}x ({without:.2f} s + {seconds:.2f} s at {rate:.0f} GFLOP/s)",
     )
 
 
