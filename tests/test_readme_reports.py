@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -224,3 +225,88 @@ def test_the_class_order_paragraph_is_the_class_order_report():
     assert f"(order {order['class_order']}: {order['difference'].lstrip('+')} points, {order['seeds_won']} of 5" in text
     gains = [float(r["difference"]) for r in wins if r["masking_wins"] == "True"]
     assert f"by +{min(gains):.1f} to +{max(gains):.1f} points where it wins" in text
+
+
+def shared_cells(new: str, old: pd.DataFrame) -> pd.DataFrame:
+    """The summary cells of ``new`` (a committed report's CSV) that ``old`` holds too, with ``d`` the
+    absolute difference of their means."""
+    keys = ["method", "mask", "buffer_size", "setting", "metric"]
+    both = pd.read_csv(REPO / new, dtype={"mask": str}).merge(old, on=keys, suffixes=("", "_old"))
+    return both.assign(d=(both["mean"] - both["mean_old"]).abs())
+
+
+def test_the_methods_reports_provenance_paragraph_is_the_files():
+    """What the README says of how the methods report differs from the reports made on another CPU:
+    the collapsed X-DER cell, and the largest differences in the cells it shares with forgetting and
+    tiny-buffer, computed from the committed CSVs."""
+    text = flat_readme()
+    xder = row(report_tables("reports/methods/methods.md")["Class-IL"], method="X-DER", mask="no mask")
+    assert f"counts in the mean ({xder['FAA (buffer 500)']})" in text
+    for name, count in (("forgetting", "48"), ("tiny-buffer", "24")):
+        cells = shared_cells(
+            "reports/methods/methods.csv", pd.read_csv(REPO / f"reports/{name}/{name}.csv", dtype={"mask": str})
+        )
+        assert f"{name}'s {len(cells)}" in text and str(len(cells)) == count
+        assert re.search(rf"{name}'s {count} (?:differ )?by at most {cells.d.max():.2f} points", text), name
+
+
+def test_the_methods_reports_comparison_with_the_earlier_render_is_the_files():
+    """The README's counts and largest moves against the methods report committed before the re-render
+    (commit 73ce9ac, read from git; skipped where the clone has no history)."""
+    import subprocess
+
+    old = subprocess.run(
+        ["git", "show", "73ce9ac:reports/methods/methods.csv"], cwd=REPO, capture_output=True, text=True
+    )
+    if old.returncode != 0:
+        pytest.skip("no git history here: " + old.stderr.strip()[:200])
+    from io import StringIO
+
+    cells = shared_cells("reports/methods/methods.csv", pd.read_csv(StringIO(old.stdout), dtype={"mask": str}))
+    text = flat_readme()
+    equal = int((cells.d < 1e-9).sum())
+    assert f"Of the {len(cells)} summary cells the two renders share, {equal} are equal" in text
+    rest = cells[~((cells.method == "xder") & (cells["mask"] == "none") & (cells.buffer_size == 500))]
+    largest = rest.groupby("method").d.max()
+    assert f"A-GEM's (up to {largest['agem']:.2f} points" in text
+    assert f"ER-ACE's ({largest['er_ace']:.2f}, unmasked at buffer 500)" in text
+    assert f"DER++'s ({largest['derpp']:.2f}, unmasked at buffer 20)" in text
+    others = largest.drop(["agem", "er_ace", "derpp"])
+    assert (others < largest["derpp"]).all(), others  # "the largest moves" are these three
+    agem = pd.read_csv(REPO / "reports/methods/methods.csv", dtype={"mask": str})
+    agem = agem[(agem.method == "agem") & (agem.setting == "class_il") & (agem.metric == "faa")]["std"]
+    assert f"seed-to-seed std of {agem.min():.2f} to {agem.max():.2f}" in text
+
+
+def methods_quantities() -> set[str]:
+    """Every quantity the methods bullets may quote, rounded to one decimal and unsigned: the report's
+    means (FAA and forgetting, class-IL and task-IL), the paired differences (class-IL and task-IL
+    FAA, class-IL forgetting), and the differences between a method's two masked variants."""
+    means = pd.read_csv(REPO / "reports/methods/methods.csv", dtype={"mask": str})
+    compare = pd.read_csv(REPO / "reports/methods/methods-compare.csv", dtype={"variant": str})
+    values = list(means["mean"]) + list(compare["difference"])
+    faa = means[(means.setting == "class_il") & (means.metric == "faa")].set_index(["method", "buffer_size", "mask"])[
+        "mean"
+    ]
+    for (method, buffer, mask), v in faa.items():
+        if mask == "-2" or mask == "-2.0":
+            values.append(v - faa.get((method, buffer, "-inf"), float("nan")))
+    finite = [abs(v) for v in values if v == v]
+    # 70.05 reads 70.0 in binary floating point and 70.1 rounded half up from the tables' two decimals
+    half_up = {str(Decimal(f"{v:.4f}").quantize(Decimal("0.1"), ROUND_HALF_UP)) for v in finite}
+    return {f"{v:.1f}" for v in finite} | half_up
+
+
+def test_the_methods_bullets_quote_the_methods_report():
+    """Each one-decimal number in the README's "What it says" bullets on the methods report is one of
+    the report's quantities (``methods_quantities``): a re-render that moves them fails here until the
+    prose follows. A membership check: a stale number that happens to equal another of the report's
+    quantities passes (small ones often do), so the bullets' numbers are worth reading against the
+    tables after a re-render."""
+    text = flat_readme()
+    start = text.index("What it says, as measured (seq-fmnist, MLP, the presets of methods.md")
+    bullets = text[start : text.index("## Performance", start)]
+    quoted = re.findall(r"(?<![\w.])[+-]?(\d+\.\d)(?!\d)", bullets)
+    assert len(quoted) > 20
+    known = methods_quantities()
+    assert [q for q in quoted if q not in known] == []
