@@ -549,14 +549,10 @@ def _optimize(study, trials: int, objective, on_trial) -> int:
     # processes on one study end with ``trials`` complete trials, not one more each.
     callbacks = [MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.RUNNING))]
     if on_trial is not None:
-        callbacks.append(
-            lambda _study, frozen: None if frozen.user_attrs.get("surplus") else on_trial(record_of(frozen))
-        )
+        callbacks.append(lambda _study, frozen: None if is_surplus(frozen) else on_trial(record_of(frozen)))
     study.optimize(objective, n_trials=trials - done + retried, callbacks=callbacks, gc_after_trial=False)
     after = study.get_trials(deepcopy=False)
-    return sum(
-        t.number not in before and t.state != TrialState.WAITING and not t.user_attrs.get("surplus") for t in after
-    )
+    return sum(t.number not in before and t.state != TrialState.WAITING and not is_surplus(t) for t in after)
 
 
 def _retry_interrupted(study) -> int:
@@ -599,6 +595,14 @@ def _objective_function(spec, name, store, run, execute_plan, memory_budget, tri
     return objective
 
 
+SURPLUS = "surplus"  # the user attribute of a trial that ``_surplus`` stopped before it computed anything
+
+
+def is_surplus(trial) -> bool:
+    """Whether ``trial`` (an Optuna trial, frozen or not) was marked by ``_surplus``: no result, not shown."""
+    return bool(trial.user_attrs.get(SURPLUS))
+
+
 def _surplus(trial, trials: int) -> bool:
     """Whether the trials numbered before ``trial`` that are complete or still running already reach
     ``trials``: then another process started this study's last trial in the moment between this process's
@@ -611,7 +615,7 @@ def _surplus(trial, trials: int) -> bool:
     alive = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
     if sum(t.number < trial.number for t in alive) < trials:
         return False
-    trial.set_user_attr("surplus", True)
+    trial.set_user_attr(SURPLUS, True)
     trial.set_user_attr("interrupted", True)
     trial.set_user_attr("note", "not run: the study had its trials (another process); tried by the next tune")
     trial.study.stop()
@@ -650,7 +654,7 @@ def seed_values(store: Store, run_ids: Sequence[str], split: str) -> list[float]
 
 def collect(study) -> tuple[TrialRecord, ...]:
     """The study's trials as records, by number (surplus ones, never run, left out: see ``_surplus``)."""
-    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
     return tuple(record_of(t) for t in sorted(trials, key=lambda t: t.number))
 
 
