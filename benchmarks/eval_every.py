@@ -223,9 +223,7 @@ def arithmetic_floor(got: dict[str, list[dict]], without: float, data: dict) -> 
     the 1.3x target is within reach of kernel work on this machine, or only of less arithmetic."""
     macs = got["this tree, with"][0]["curve_macs"]
     rates = matmul_peak()
-    seconds = 2 * macs / (max(rates.values()) * 1e9)
-    floor = (without + seconds) / without
-    spent = median([m["eval_s"] for m in got["this tree, with"]])
+    seconds, floor, spent = at_rate(got, without, max(rates.values()))
     print(
         f"evaluations during training: {2 * macs / 1e9:.0f} GFLOP; best measured matmul rate "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items())
@@ -241,7 +239,15 @@ def arithmetic_floor(got: dict[str, list[dict]], without: float, data: dict) -> 
     )
 
 
-def forward_rate(n_runs: int, rows: int = 2048, repeats: int = 7) -> float:
+def at_rate(got: dict[str, list[dict]], without: float, gflops: float) -> tuple[float, float, float]:
+    """The evaluations' multiply-adds at ``gflops``: their seconds, the ratio they give added to the group
+    without them, and the seconds the evaluations spent (median over the repeats), for the floors."""
+    seconds = 2 * got["this tree, with"][0]["curve_macs"] / (gflops * 1e9)
+    spent = median([m["eval_s"] for m in got["this tree, with"]])
+    return seconds, (without + seconds) / without, spent
+
+
+def forward_rate(n_runs: int, rows: int, repeats: int = 7) -> float:
     """GFLOP/s of the MLP's batched forward pass (features and head, the kernels the evaluations call)
     over ``n_runs`` runs of ``rows`` own rows each: the evaluations' chunk shape, timed in this process
     with the threads the groups get."""
@@ -271,13 +277,15 @@ def forward_floor(got: dict[str, list[dict]], without: float, data: dict, n_runs
     evaluations' shapes (``forward_rate``), added to the group without them. No target: against the
     arithmetic floor it says how much of the gap is the kernels' efficiency at these shapes, and against
     the measured ratio how much is everything else an evaluation does (gathers, argmax, bookkeeping)."""
-    macs = got["this tree, with"][0]["curve_macs"]
-    rate = forward_rate(n_runs)
-    seconds = 2 * macs / (rate * 1e9)
-    floor = (without + seconds) / without
-    spent = median([m["eval_s"] for m in got["this tree, with"]])
+    import inspect
+
+    from clbench.engine.evaluation import evaluate_curve
+
+    rows = inspect.signature(evaluate_curve).parameters["chunk_size"].default  # the rows of one chunk
+    rate = forward_rate(n_runs, rows)
+    seconds, floor, spent = at_rate(got, without, rate)
     print(
-        f"the MLP's forward pass at the evaluations' shapes ({n_runs} runs x 2048 rows): {rate:.0f} GFLOP/s, "
+        f"the MLP's forward pass at the evaluations' shapes ({n_runs} runs x {rows} rows): {rate:.0f} GFLOP/s, "
         f"so {seconds:.2f} s for the evaluations' arithmetic ({100 * seconds / spent:.0f} % of the {spent:.2f} s spent)"
     )
     data.update(forward_gflops=rate, forward_s=seconds, forward_floor=floor)
