@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from decimal import ROUND_HALF_UP, Decimal
+from io import StringIO
 from pathlib import Path
 
 import pandas as pd
@@ -253,15 +255,11 @@ def test_the_methods_reports_provenance_paragraph_is_the_files():
 def test_the_methods_reports_comparison_with_the_earlier_render_is_the_files():
     """The README's counts and largest moves against the methods report committed before the re-render
     (commit 73ce9ac, read from git; skipped where the clone has no history)."""
-    import subprocess
-
     old = subprocess.run(
         ["git", "show", "73ce9ac:reports/methods/methods.csv"], cwd=REPO, capture_output=True, text=True
     )
     if old.returncode != 0:
         pytest.skip("no git history here: " + old.stderr.strip()[:200])
-    from io import StringIO
-
     cells = shared_cells("reports/methods/methods.csv", pd.read_csv(StringIO(old.stdout), dtype={"mask": str}))
     text = flat_readme()
     equal = int((cells.d < 1e-9).sum())
